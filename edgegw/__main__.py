@@ -1,0 +1,3 @@
+from edgegw.cli import main
+
+main()

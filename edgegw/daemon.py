@@ -1,0 +1,264 @@
+"""The daemon: wires sources -> writer (ingest + store) -> forwarders -> uplinks, and supervises them.
+
+Threads, not asyncio: every stage blocks on I/O of its own (a serial port, a socket, fsync), and a
+thread per stage keeps each one readable alone. Exactly one thread, the writer, touches the
+database for writing; everything else talks to it through one queue.
+
+The writer takes whatever arrived while its previous commit ran and commits it as one group: the
+loss window of a crash is the frames read from the port but not yet committed, at most one group.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import structlog
+
+from edgegw.config import Config
+from edgegw.drivers import DriverRegistry
+from edgegw.forwarder import Ack, Forwarder, UplinkState
+from edgegw.ingest import Duplicate, Ingest
+from edgegw.log import Throttle
+from edgegw.model import Frame, Reading, Reject
+from edgegw.radio import Backoff, SourceState
+from edgegw.radio.emulator import RylrEmulator
+from edgegw.radio.field import VirtualField, load_field
+from edgegw.radio.rylr import RylrRadio
+from edgegw.store import Store
+from edgegw.uplink import build_uplink
+
+log = structlog.get_logger("edgegw.daemon")
+
+QUEUE_LIMIT = 10_000  # frames waiting for the writer; beyond it sources block and the tty buffers
+GROUP_LIMIT = 2_000  # events per transaction
+DB_NAME = "edgegw.db"
+PURGE_EVERY = 3600.0
+
+
+def db_path(config: Config) -> Path:
+    return config.data_dir / DB_NAME
+
+
+def notify_systemd(message: str) -> None:
+    """sd_notify without libsystemd: one datagram to $NOTIFY_SOCKET, if systemd gave us one."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        try:
+            s.sendto(message.encode(), addr)
+        except OSError:
+            pass
+
+
+class Gateway:
+    """One running gateway. ``start()``, then ``stop()``; :func:`run` does both around signals."""
+
+    def __init__(self, config: Config, drivers: DriverRegistry):
+        self.config, self.drivers = config, drivers
+        self.stopping = threading.Event()
+        self.events: queue.Queue = queue.Queue(QUEUE_LIMIT)
+        self.store = Store(db_path(config), config.store.synchronous, config.store.rejects_kept)
+        uplinks = config.effective_uplinks()
+        bits = self.store.register_uplinks([u.name for u in uplinks])
+        self.ingest = Ingest(config, drivers, self.store, sum(bits.values()))
+        self.forwarders = [
+            Forwarder(build_uplink(u, config.gateway_id, config.data_dir), bits[u.name], db_path(config),
+                      config.gateway_id, u.batch.max_items, u.batch.max_bytes, getattr(u, "max_inflight", 1),
+                      self.events.put)
+            for u in uplinks
+        ]
+        self.emulators: list[RylrEmulator] = []
+        self.threads: list[threading.Thread] = []
+        self.throttle = Throttle(60.0)
+        self.counts = {"readings": 0, "duplicates": 0, "rejects": 0}
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread(self._write_loop, "writer")
+        self._source_stop = threading.Event()
+        self._forward_stop = threading.Event()
+        for fwd in self.forwarders:
+            self._thread(lambda f=fwd: f.run(self._forward_stop), f"forwarder:{fwd.uplink.name}")
+        for source in self.config.sources:
+            port = source.port
+            if source.simulate is not None:
+                port = str(self._start_simulation(source))
+            radio = RylrRadio(source, port)
+            self._thread(lambda r=radio: self._supervise(r), f"source:{radio.name}")
+        notify_systemd("READY=1")
+        log.info("gateway started", gateway=self.config.gateway_id, data_dir=str(self.config.data_dir),
+                 sources=[s.name for s in self.config.sources], uplinks=[f.uplink.name for f in self.forwarders],
+                 devices=len(self.config.devices))
+
+    def _start_simulation(self, source) -> Path:
+        link = self.config.data_dir / f"{source.name}.pty"
+        emulator = RylrEmulator(link)
+        field = VirtualField(load_field(source.simulate), self.drivers, emulator)
+        emulator.plug()
+        self.emulators.append(emulator)
+        self._thread(lambda: field.run(self._source_stop), f"field:{source.name}")
+        log.info("simulated radio module", source=source.name, port=str(link), field=str(source.simulate))
+        return link
+
+    def _thread(self, target, name: str) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def _supervise(self, radio: RylrRadio) -> None:
+        """Keep a source running; a bug in it costs a restart with backoff, never the daemon."""
+        backoff = Backoff(1.0, 60.0)
+        while not self._source_stop.is_set():
+            try:
+                radio.run(self._emit, self._source_stop)
+            except Exception:
+                log.exception("source crashed, restarting", source=radio.name)
+                self._source_stop.wait(backoff.next())
+
+    def _emit(self, event) -> None:
+        while not self._source_stop.is_set():
+            try:
+                self.events.put(event, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def stop(self) -> None:
+        """Stop reading, commit what was read, stop forwarding. Nothing accepted is lost by stopping."""
+        notify_systemd("STOPPING=1")
+        self._source_stop.set()
+        for t in self.threads:
+            if t.name.startswith(("source:", "field:")):
+                t.join(timeout=5)
+        for e in self.emulators:
+            e.unplug()
+        for source in self.config.sources:
+            self.events.put(SourceState(source.name, "stopped"))
+        self._forward_stop.set()
+        for fwd in self.forwarders:
+            fwd.wake.set()
+        for t in self.threads:
+            if t.name.startswith("forwarder:"):
+                t.join(timeout=10)
+        for fwd in self.forwarders:
+            self.events.put(UplinkState(fwd.uplink.name, "stopped"))
+        self.events.put(None)
+        for t in self.threads:
+            if t.name == "writer":
+                t.join(timeout=30)
+        self.store.close()
+        log.info("gateway stopped", **self.counts)
+
+    # -- the writer -----------------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        next_purge = time.monotonic() + 60
+        while True:
+            try:
+                first = self.events.get(timeout=5.0)
+            except queue.Empty:
+                notify_systemd("WATCHDOG=1")
+                first = ()
+            group = [first] if first != () else []
+            while len(group) < GROUP_LIMIT:
+                try:
+                    group.append(self.events.get_nowait())
+                except queue.Empty:
+                    break
+            done = None in group
+            group = [e for e in group if e is not None]
+            if group:
+                self._commit_group(group)
+            notify_systemd("WATCHDOG=1")
+            if time.monotonic() >= next_purge:
+                next_purge = time.monotonic() + PURGE_EVERY
+                self._purge()
+            if done:
+                return
+
+    def _commit_group(self, group: list) -> None:
+        after: list = []
+        new_items = False
+        store = self.store
+        store.begin()
+        try:
+            for event in group:
+                if isinstance(event, Frame):
+                    result = self.ingest.handle(event)
+                    if isinstance(result, Reading):
+                        new_items = True
+                    after.append(result)
+                elif isinstance(event, Reject):
+                    after.append(event)
+                elif isinstance(event, Ack):
+                    store.acked(event.bit, event.seqs, event.wall)
+                    store.uplink_delivered(event.uplink, len(event.seqs), event.wall)
+                    after.append(event)
+                elif isinstance(event, UplinkState):
+                    store.uplink_state(event.uplink, event.state, event.detail, event.wall)
+                elif isinstance(event, SourceState):
+                    store.source_state(event.source, event.state, event.detail, event.wall)
+            for r in after:
+                if isinstance(r, Reject):
+                    store.add_reject(r.source, r.reason, r.detail, r.address, r.device_id, r.raw, r.wall)
+            store.commit()
+        except Exception:
+            # A database error (disk full, I/O error) must not kill the writer: the group is not
+            # accepted, its frames are lost as if never heard, and we say so loudly.
+            log.exception("commit failed; group dropped", events=len(group))
+            store.rollback()
+            return
+        for r in after:
+            self._after_commit(r)
+        if new_items:
+            for fwd in self.forwarders:
+                fwd.wake.set()
+
+    def _after_commit(self, r) -> None:
+        if isinstance(r, Reading):
+            self.counts["readings"] += 1
+            log.info("reading", source=r.source, device=r.device_id, address=r.address, id=r.reading_id,
+                     values=r.values, rssi=r.rssi, snr=r.snr)
+        elif isinstance(r, Duplicate):
+            self.counts["duplicates"] += 1
+            log.debug("duplicate frame", device=r.device_id, id=r.reading_id)
+        elif isinstance(r, Reject):
+            self.counts["rejects"] += 1
+            suppressed = self.throttle.allow((r.source, r.reason, r.address))
+            if suppressed is not None:
+                log.warning("frame rejected", source=r.source, reason=r.reason, address=r.address,
+                            device=r.device_id, detail=r.detail, raw=r.raw[:64].hex(),
+                            similar_suppressed=suppressed)
+        elif isinstance(r, Ack):
+            r.committed()
+
+    def _purge(self) -> None:
+        cutoff = time.time() - self.config.store.keep_delivered
+        self.store.begin()
+        n = self.store.purge_delivered(cutoff)
+        self.store.commit()
+        if n:
+            log.info("purged delivered items", count=n, older_than_s=self.config.store.keep_delivered)
+
+
+def run(config: Config, drivers: DriverRegistry) -> None:
+    """Run until SIGTERM or SIGINT."""
+    gateway = Gateway(config, drivers)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    gateway.start()
+    while not done.wait(1.0):
+        pass
+    log.info("stopping", gateway=config.gateway_id)
+    gateway.stop()

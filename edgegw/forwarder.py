@@ -1,0 +1,136 @@
+"""Forwarder: pending outbox items -> batches -> one uplink; acknowledgements back to the writer.
+
+One forwarder thread per uplink reads the outbox through its own read-only connection, by priority
+then age, keeps up to ``max_inflight`` batches awaiting acknowledgement, and posts each ack to the
+writer as an :class:`Ack`. Items of an unacknowledged batch are simply eligible again once the
+uplink reports the failure (or after a restart), so delivery is at least once.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from edgegw.errors import UplinkError
+from edgegw.model import batch_json, new_batch_id
+from edgegw.radio import Backoff
+from edgegw.store import open_reader
+from edgegw.uplink import Uplink
+
+log = structlog.get_logger("edgegw.forwarder")
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """An uplink acknowledged these outbox rows; ``committed`` runs once the writer has recorded it."""
+
+    uplink: str
+    bit: int
+    seqs: list[int]
+    committed: Callable[[], None]
+    wall: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkState:
+    uplink: str
+    state: str
+    detail: str = ""
+    wall: float = field(default_factory=time.time)
+
+
+class Forwarder:
+    def __init__(self, uplink: Uplink, bit: int, db_path: Path, gateway_id: str, max_items: int, max_bytes: int,
+                 max_inflight: int, post: Callable[[object], None]):
+        self.uplink, self.bit, self.db_path, self.gateway_id = uplink, bit, db_path, gateway_id
+        self.max_items, self.max_bytes, self.max_inflight = max_items, max_bytes, max_inflight
+        self.post = post  # to the writer's queue
+        self.wake = threading.Event()  # set by the writer when new items are committed
+        self._results: queue.Queue[tuple[str, UplinkError | None]] = queue.Queue()
+        self._inflight: dict[str, list[int]] = {}  # batch id -> outbox seqs
+        self._busy: set[int] = set()  # seqs in flight or acked but not yet committed by the writer
+        self._busy_lock = threading.Lock()
+
+    def _on_result(self, batch_id: str, error: UplinkError | None) -> None:
+        self._results.put((batch_id, error))
+        self.wake.set()
+
+    def _on_state(self, state: str, detail: str) -> None:
+        self.post(UplinkState(self.uplink.name, state, detail))
+        self.wake.set()
+
+    def run(self, stop: threading.Event) -> None:
+        reader = open_reader(self.db_path)
+        self.uplink.start(self._on_result, self._on_state)
+        backoff = Backoff(0.5, 60.0)
+        try:
+            while not stop.is_set():
+                if self._handle_results(backoff, stop):
+                    continue
+                if self.uplink.ready() and len(self._inflight) < self.max_inflight and self._send_next(reader):
+                    continue
+                self.wake.wait(1.0)
+                self.wake.clear()
+        finally:
+            self.uplink.stop()
+            reader.close()
+
+    def _handle_results(self, backoff: Backoff, stop: threading.Event) -> bool:
+        failed = None
+        while True:
+            try:
+                batch_id, error = self._results.get_nowait()
+            except queue.Empty:
+                break
+            seqs = self._inflight.pop(batch_id, [])
+            if error is None:
+                backoff.reset()
+                self.post(Ack(self.uplink.name, self.bit, seqs, lambda s=seqs: self._release(s)))
+            else:
+                self._release(seqs)
+                failed = error
+        if failed is not None:
+            delay = backoff.next()
+            log.warning("batch not delivered, will retry", uplink=self.uplink.name, error=str(failed),
+                        retry_in=round(delay, 2))
+            stop.wait(delay)
+            return True
+        return False
+
+    def _release(self, seqs: list[int]) -> None:
+        with self._busy_lock:
+            self._busy.difference_update(seqs)
+        self.wake.set()
+
+    def _send_next(self, reader) -> bool:
+        with self._busy_lock:
+            busy = set(self._busy)
+        rows = reader.execute(
+            "SELECT seq, body FROM outbox WHERE pending != 0 AND pending & ? ORDER BY priority DESC, seq LIMIT ?",
+            (self.bit, self.max_items + len(busy)),
+        ).fetchall()
+        seqs, bodies, size = [], [], 200
+        for seq, body in rows:
+            if seq in busy:
+                continue
+            if bodies and size + len(body) + 1 > self.max_bytes:
+                break
+            seqs.append(seq)
+            bodies.append(body)
+            size += len(body) + 1
+            if len(seqs) >= self.max_items:
+                break
+        if not seqs:
+            return False
+        batch_id = new_batch_id()
+        with self._busy_lock:
+            self._busy.update(seqs)
+        self._inflight[batch_id] = seqs
+        self.uplink.send(batch_id, batch_json(batch_id, self.gateway_id, bodies))
+        return True

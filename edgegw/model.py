@@ -1,0 +1,118 @@
+"""The data that flows between stages: Frame -> Reading -> (outbox item) -> Batch.
+
+Frames and readings are plain frozen dataclasses: they are created on the hot path, thousands per
+second, and never validated twice. Batches are the wire format, described by the JSON Schema in
+``edgegw/schemas/batch-v1.schema.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+BATCH_SCHEMA = "edgegw.batch/1"
+BATCH_SCHEMA_FILE = Path(__file__).parent / "schemas" / "batch-v1.schema.json"
+
+Value = float | int | str | bool
+
+
+def boot_id() -> str:
+    """The kernel's id for this boot: monotonic times are only comparable within one boot."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """Raw bytes as one radio source heard them, with the radio metadata of that moment."""
+
+    source: str
+    address: int | None
+    payload: bytes
+    rssi: float | None = None
+    snr: float | None = None
+    wall: float = field(default_factory=time.time)
+    mono: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """Something a source or driver could not turn into a reading; counted by reason, never fatal."""
+
+    source: str
+    reason: str
+    detail: str
+    address: int | None = None
+    device_id: str | None = None
+    raw: bytes = b""
+    wall: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One decoded observation of one device.
+
+    ``reading_id`` is derived from what the device sent (device id, counter epoch, frame counter), so
+    two gateways hearing the same frame produce the same id and the platform can de-duplicate.
+    """
+
+    reading_id: str
+    device_id: str
+    driver: str
+    observed_at: float
+    time_quality: str  # "synced"; "unsynced" while the clock is obviously wrong (no RTC, no NTP yet)
+    counter: int | None
+    values: dict[str, Value]
+    units: dict[str, str]
+    source: str
+    address: int | None
+    rssi: float | None
+    snr: float | None
+    mono: float
+    boot_id: str
+
+    def item(self, gateway_id: str) -> dict[str, Any]:
+        """The batch item for this reading (see the batch JSON Schema)."""
+        return {
+            "type": "reading",
+            "id": self.reading_id,
+            "device": self.device_id,
+            "driver": self.driver,
+            "observed_at": iso(self.observed_at),
+            "time_quality": self.time_quality,
+            "counter": self.counter,
+            "values": self.values,
+            "units": self.units,
+            "radio": {
+                "gateway": gateway_id,
+                "source": self.source,
+                "address": self.address,
+                "rssi": self.rssi,
+                "snr": self.snr,
+            },
+        }
+
+
+def iso(ts: float) -> str:
+    """UTC ISO 8601 with milliseconds and a Z, the form FIWARE and JSON Schema date-time accept."""
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_batch_id() -> str:
+    return uuid.uuid4().hex
+
+
+def batch_json(batch_id: str, gateway_id: str, item_bodies: list[str], sent_at: float | None = None) -> bytes:
+    """Assemble a batch from items already stored as JSON text, without re-parsing them."""
+    head = json.dumps(
+        {"schema": BATCH_SCHEMA, "batch_id": batch_id, "gateway": gateway_id, "sent_at": iso(sent_at or time.time())},
+        separators=(",", ":"),
+    )
+    return (head[:-1] + ',"items":[' + ",".join(item_bodies) + "]}").encode()

@@ -1,0 +1,174 @@
+"""REYAX RYLR896/RYLR998 LoRa modules: AT commands over a serial port.
+
+The module is configured at every (re)open, because a module that was unplugged or reset has lost
+whatever RAM settings it had. Received frames arrive as ``+RCV=<addr>,<len>,<data>,<rssi>,<snr>``
+and may arrive between a command and its ``+OK``, so one loop reads every line and routes it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import threading
+import time
+
+import serial
+import structlog
+
+from edgegw.config import RylrSource as RylrConfig
+from edgegw.errors import ModuleError
+from edgegw.model import Frame, Reject
+from edgegw.radio import Backoff, Emit, SourceState
+
+log = structlog.get_logger("edgegw.radio.rylr")
+
+# +ERR=<n> meanings from the REYAX AT command guides (RYLR896 and RYLR998 share most of them).
+ERRORS = {
+    1: "no \\r\\n at the end of the command",
+    2: "command does not start with AT",
+    3: "no = in the command",
+    4: "unknown command",
+    5: "data length does not match the data",
+    10: "TX timeout",
+    11: "RX timeout",
+    12: "CRC error",
+    13: "TX data longer than 240 bytes",
+    14: "flash write failed",
+    15: "unknown error",
+    17: "previous TX unfinished",
+    18: "invalid preamble value",
+    19: "RX header error",
+    20: "invalid MODE 2 time",
+}
+
+MAX_LINE = 600  # "+RCV=65535,240," + 480 hex chars + RSSI/SNR fits; longer is noise, not a frame
+COMMAND_TIMEOUT = 2.0
+_TAIL = re.compile(r",(-?\d{1,3}),(-?\d{1,3}(?:\.\d+)?)$")
+
+
+def parse_rcv(line: str, source: str, encoding: str, wall: float, mono: float) -> Frame | Reject:
+    """Parse one ``+RCV=`` line (latin-1 text, no line ending) into a Frame, or say why not."""
+    raw = line.encode("latin-1", "replace")
+    parts = line[5:].split(",", 2)  # the data itself may contain commas
+    if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
+        return Reject(source, "garbage", "malformed +RCV line", None, None, raw, wall)
+    address, length, rest = int(parts[0]), int(parts[1]), parts[2]
+    data, tail = rest[:length], _TAIL.fullmatch(rest[length:])
+    if tail is None or len(data) != length:
+        return Reject(source, "wrong_length", f"declared {length} bytes, line does not match", address, None, raw, wall)
+    try:
+        payload = _decode_payload(data, encoding)
+    except ValueError as exc:
+        return Reject(source, f"bad_{encoding}", str(exc), address, None, raw, wall)
+    return Frame(source, address, payload, float(tail.group(1)), float(tail.group(2)), wall, mono)
+
+
+def _decode_payload(data: str, encoding: str) -> bytes:
+    if encoding == "hex":
+        if len(data) % 2:
+            raise ValueError(f"odd number of hex digits ({len(data)})")
+        try:
+            return bytes.fromhex(data)
+        except ValueError:
+            raise ValueError("not hexadecimal") from None
+    if encoding == "base64":
+        try:
+            return base64.b64decode(data, validate=True)
+        except binascii.Error as exc:
+            raise ValueError(f"not base64: {exc}") from None
+    return data.encode("latin-1")
+
+
+class LineReader:
+    """Splits the byte stream of a serial port into lines, with a cap on line length."""
+
+    def __init__(self, port: serial.Serial):
+        self.port = port
+        self.buf = bytearray()
+
+    def readline(self, timeout: float) -> str | None:
+        """The next line without its ending (latin-1), or None if none completed within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            nl = self.buf.find(b"\n")
+            if nl >= 0:
+                line = bytes(self.buf[:nl]).rstrip(b"\r")
+                del self.buf[: nl + 1]
+                return line.decode("latin-1")
+            if len(self.buf) > MAX_LINE:  # no line ending in sight: hand the junk on as one line
+                line = bytes(self.buf[:MAX_LINE])
+                del self.buf[:MAX_LINE]
+                return line.decode("latin-1")
+            if time.monotonic() >= deadline:
+                return None
+            # pyserial's read raises SerialException when the port vanishes (USB unplugged, pty closed)
+            self.buf += self.port.read(max(1, self.port.in_waiting))
+
+
+class RylrRadio:
+    """A :class:`~edgegw.radio.Source` for one RYLR module."""
+
+    def __init__(self, config: RylrConfig, port: str):
+        self.config = config
+        self.name = config.name
+        self.port = port
+
+    def commands(self) -> list[str]:
+        c = self.config
+        cmds = ["AT", f"AT+ADDRESS={c.address}", f"AT+NETWORKID={c.network_id}", f"AT+BAND={c.band}",
+                f"AT+PARAMETER={c.at_parameter()}"]
+        if c.cpin:
+            cmds.append(f"AT+CPIN={c.cpin}")
+        return cmds
+
+    def run(self, emit: Emit, stop: threading.Event) -> None:
+        backoff = Backoff(0.25, 30.0)
+        while not stop.is_set():
+            try:
+                with serial.Serial(self.port, self.config.baudrate, timeout=0.2) as port:
+                    lines = LineReader(port)
+                    for cmd in self.commands():
+                        self._command(port, lines, cmd, emit)
+                    emit(SourceState(self.name, "receiving", self.port))
+                    log.info("radio configured", source=self.name, port=self.port, band=self.config.band,
+                             parameter=self.config.at_parameter())
+                    backoff.reset()
+                    while not stop.is_set():
+                        line = lines.readline(0.5)
+                        if line == "+READY":  # the module restarted: its settings may be gone
+                            raise ModuleError("module reset itself (+READY); reconfiguring")
+                        if line is not None:
+                            self._route(line, emit)
+            except (serial.SerialException, OSError, ModuleError) as exc:
+                delay = backoff.next()
+                emit(SourceState(self.name, "down", str(exc)))
+                log.warning("radio port down, reopening", source=self.name, port=self.port, error=str(exc),
+                            retry_in=round(delay, 2))
+                stop.wait(delay)
+
+    def _command(self, port: serial.Serial, lines: LineReader, cmd: str, emit: Emit) -> None:
+        port.write(cmd.encode("ascii") + b"\r\n")
+        deadline = time.monotonic() + COMMAND_TIMEOUT
+        while (left := deadline - time.monotonic()) > 0:
+            line = lines.readline(left)
+            if line is None:
+                break
+            if line == "+OK":
+                return
+            if line.startswith("+ERR="):
+                code = line[5:]
+                meaning = ERRORS.get(int(code), "undocumented error") if code.isdigit() else "unreadable error"
+                raise ModuleError(f"{cmd}: module answered +ERR={code} ({meaning})")
+            self._route(line, emit)
+        raise ModuleError(f"{cmd}: no answer within {COMMAND_TIMEOUT:.0f} s (wrong port or baud rate?)")
+
+    def _route(self, line: str, emit: Emit) -> None:
+        wall, mono = time.time(), time.monotonic()
+        if line.startswith("+RCV="):
+            emit(parse_rcv(line, self.name, self.config.payload_encoding, wall, mono))
+        elif line in ("", "+READY", "+OK"):
+            return  # +READY after a module reset; the reopen path reconfigures when it matters
+        else:
+            emit(Reject(self.name, "garbage", "line is not a module reply", None, None,
+                        line.encode("latin-1", "replace"), wall))

@@ -1,0 +1,310 @@
+"""The SQLite outbox and device registry.
+
+One :class:`Store` object is the only writer. It is used from one thread (the daemon's writer) and
+groups everything that arrived while the previous commit ran into the next transaction, so an SD
+card sees one WAL append and one fsync per group, not per frame.
+
+Readers (the forwarders, ``edgegw status``) open their own connections with :func:`open_reader`;
+WAL lets them read while the writer writes.
+
+Tables:
+
+``outbox``         readings (and later alarms) with priority and a bitmask of uplinks yet to ack
+``uplinks``        uplink name -> bit in ``outbox.pending``, and its last known state
+``devices``        registry: last seen, last RSSI/SNR, frame counter and its epoch, counts
+``sources``        radio sources: state, last frame time, frame count
+``rejects``        the last N raw frames that failed, for diagnosis (bounded)
+``reject_counts``  every failure counted by source and reason, forever
+``meta``           schema version
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+SCHEMA_VERSION = 1
+PRIORITY_READING = 0
+
+
+@dataclass
+class DeviceState:
+    """The registry row of one device, cached in memory and written back at each commit."""
+
+    id: str
+    source: str
+    address: int | None
+    driver: str
+    first_seen: float
+    last_seen: float = 0.0
+    last_rssi: float | None = None
+    last_snr: float | None = None
+    last_counter: int | None = None
+    epoch: int = 0
+    readings: int = 0
+    duplicates: int = 0
+    rejects: int = 0
+
+
+def _connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+def open_reader(path: Path) -> sqlite3.Connection:
+    """A connection for reading while the daemon writes (status, forwarders)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA busy_timeout=30000")
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def _create_schema(db: sqlite_utils.Database) -> None:
+    db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
+    db["outbox"].create(
+        {
+            "seq": int, "item_id": str, "kind": str, "priority": int, "device_id": str,
+            "observed_at": float, "mono": float, "boot_id": str, "raw": bytes, "body": str,
+            "pending": int, "accepted_at": float, "delivered_at": float,
+        },
+        pk="seq", not_null={"item_id", "kind", "priority", "body", "pending", "accepted_at"}, if_not_exists=True,
+    )
+    db.execute("CREATE UNIQUE INDEX IF NOT EXISTS outbox_item ON outbox(item_id)")
+    # Only undelivered rows are indexed, so a million delivered rows cost the forwarder nothing.
+    db.execute("CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(priority DESC, seq) WHERE pending != 0")
+    db.execute("CREATE INDEX IF NOT EXISTS outbox_delivered ON outbox(delivered_at) WHERE pending = 0")
+    db["uplinks"].create(
+        {"name": str, "bit": int, "state": str, "detail": str, "changed_at": float, "batches": int,
+         "items": int, "last_ack_at": float},
+        pk="name", if_not_exists=True,
+    )
+    db["devices"].create(
+        {"id": str, "source": str, "address": int, "driver": str, "first_seen": float, "last_seen": float,
+         "last_rssi": float, "last_snr": float, "last_counter": int, "epoch": int, "readings": int,
+         "duplicates": int, "rejects": int},
+        pk="id", if_not_exists=True,
+    )
+    db["sources"].create(
+        {"name": str, "state": str, "detail": str, "changed_at": float, "last_frame_at": float, "frames": int},
+        pk="name", if_not_exists=True,
+    )
+    db["rejects"].create(
+        {"id": int, "at": float, "source": str, "reason": str, "address": int, "device_id": str, "detail": str,
+         "raw": bytes},
+        pk="id", if_not_exists=True,
+    )
+    db["reject_counts"].create(
+        {"source": str, "reason": str, "count": int, "last_at": float}, pk=("source", "reason"), if_not_exists=True,
+    )
+    db["meta"].upsert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
+
+
+class Store:
+    """The single writer of the gateway database."""
+
+    def __init__(self, path: Path, synchronous: str = "FULL", rejects_kept: int = 1000):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = _connect(self.path, synchronous)
+        self.db = sqlite_utils.Database(self.conn)
+        _create_schema(self.db)
+        self.rejects_kept = rejects_kept
+        self.devices: dict[str, DeviceState] = {
+            row["id"]: DeviceState(**row) for row in self.db["devices"].rows
+        }
+        self._dirty_devices: set[str] = set()
+        self._source_frames: dict[str, tuple[int, float]] = {}
+        self._rejects_added = 0
+
+    # -- transactions ---------------------------------------------------------------------------
+
+    def begin(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        """Write back cached registry rows and commit: everything since begin() is now accepted."""
+        if self._dirty_devices:
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO devices VALUES (:id, :source, :address, :driver, :first_seen, :last_seen,"
+                " :last_rssi, :last_snr, :last_counter, :epoch, :readings, :duplicates, :rejects)",
+                [vars(self.devices[d]) for d in self._dirty_devices],
+            )
+            self._dirty_devices.clear()
+        for name, (frames, last) in self._source_frames.items():
+            self.conn.execute(
+                "INSERT INTO sources(name, frames, last_frame_at) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE"
+                " SET frames = frames + excluded.frames, last_frame_at = excluded.last_frame_at",
+                (name, frames, last),
+            )
+        self._source_frames.clear()
+        if self._rejects_added and self.rejects_kept >= 0:
+            self.conn.execute(
+                "DELETE FROM rejects WHERE id <= (SELECT max(id) FROM rejects) - ?", (self.rejects_kept,)
+            )
+            self._rejects_added = 0
+        self.conn.execute("COMMIT")
+
+    def rollback(self) -> None:
+        self.conn.execute("ROLLBACK")
+        # The cache may hold changes of the rolled-back group: reload it from what is on disk.
+        self.devices = {row["id"]: DeviceState(**row) for row in self.db["devices"].rows}
+        self._dirty_devices.clear()
+        self._source_frames.clear()
+
+    # -- devices --------------------------------------------------------------------------------
+
+    def device(self, device_id: str, source: str, address: int | None, driver: str, now: float) -> DeviceState:
+        state = self.devices.get(device_id)
+        if state is None:
+            state = self.devices[device_id] = DeviceState(device_id, source, address, driver, first_seen=now)
+        return state
+
+    def touch(self, state: DeviceState) -> None:
+        self._dirty_devices.add(state.id)
+
+    def frame_heard(self, source: str, at: float) -> None:
+        frames, _ = self._source_frames.get(source, (0, at))
+        self._source_frames[source] = (frames + 1, at)
+
+    # -- outbox ---------------------------------------------------------------------------------
+
+    def earlier(self, item_id: str) -> tuple[bytes, float] | None:
+        """The raw payload and acceptance time of an item already in the outbox, if any."""
+        row = self.conn.execute("SELECT raw, accepted_at FROM outbox WHERE item_id = ?", (item_id,)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def add_item(
+        self, item_id: str, kind: str, priority: int, device_id: str | None, observed_at: float, mono: float,
+        boot_id: str, raw: bytes | None, body: str, pending: int, now: float,
+    ) -> bool:
+        """Insert one outbox item; False if an item with this id is already there."""
+        cur = self.conn.execute(
+            "INSERT OR IGNORE INTO outbox(item_id, kind, priority, device_id, observed_at, mono, boot_id, raw, body,"
+            " pending, accepted_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (item_id, kind, priority, device_id, observed_at, mono, boot_id, raw, body, pending, now),
+        )
+        return cur.rowcount == 1
+
+    def acked(self, bit: int, seqs: list[int], now: float) -> None:
+        """Record an uplink's acknowledgement; rows acknowledged by every uplink become delivered."""
+        self.conn.executemany(
+            "UPDATE outbox SET pending = pending & ~:bit,"
+            " delivered_at = CASE WHEN (pending & ~:bit) = 0 THEN :now ELSE delivered_at END WHERE seq = :seq",
+            [{"bit": bit, "now": now, "seq": s} for s in seqs],
+        )
+
+    def purge_delivered(self, older_than: float) -> int:
+        return self.conn.execute(
+            "DELETE FROM outbox WHERE pending = 0 AND delivered_at < ?", (older_than,)
+        ).rowcount
+
+    # -- uplinks and sources --------------------------------------------------------------------
+
+    def register_uplinks(self, names: list[str]) -> dict[str, int]:
+        """Give each configured uplink a stable bit; release the bits of uplinks no longer configured.
+
+        Items still pending for a removed uplink would otherwise wait forever for an ack that cannot come.
+        Returns name -> bit.
+        """
+        self.begin()
+        rows = {r["name"]: r["bit"] for r in self.db["uplinks"].rows}
+        for gone in set(rows) - set(names):
+            self.conn.execute("UPDATE outbox SET pending = pending & ~? WHERE pending & ?", (rows[gone], rows[gone]))
+            self.conn.execute(
+                "UPDATE outbox SET delivered_at = ? WHERE pending = 0 AND delivered_at IS NULL", (time.time(),)
+            )
+            self.conn.execute("DELETE FROM uplinks WHERE name = ?", (gone,))
+            del rows[gone]
+        for name in names:
+            if name not in rows:
+                free = next(b for b in range(62) if 1 << b not in rows.values())
+                rows[name] = 1 << free
+                self.db["uplinks"].insert({"name": name, "bit": rows[name], "state": "starting", "batches": 0,
+                                           "items": 0, "changed_at": time.time()})
+        self.commit()
+        return rows
+
+    def uplink_state(self, name: str, state: str, detail: str, at: float) -> None:
+        self.conn.execute(
+            "UPDATE uplinks SET state = ?, detail = ?, changed_at = ? WHERE name = ?", (state, detail, at, name)
+        )
+
+    def uplink_delivered(self, name: str, items: int, at: float) -> None:
+        self.conn.execute(
+            "UPDATE uplinks SET batches = batches + 1, items = items + ?, last_ack_at = ? WHERE name = ?",
+            (items, at, name),
+        )
+
+    def source_state(self, name: str, state: str, detail: str, at: float) -> None:
+        self.conn.execute(
+            "INSERT INTO sources(name, state, detail, changed_at, frames) VALUES (?, ?, ?, ?, 0)"
+            " ON CONFLICT(name) DO UPDATE SET state = excluded.state, detail = excluded.detail,"
+            " changed_at = excluded.changed_at",
+            (name, state, detail, at),
+        )
+
+    # -- rejects --------------------------------------------------------------------------------
+
+    def add_reject(self, source: str, reason: str, detail: str, address: int | None, device_id: str | None,
+                   raw: bytes, at: float) -> None:
+        self.conn.execute(
+            "INSERT INTO reject_counts VALUES (?, ?, 1, ?) ON CONFLICT(source, reason) DO UPDATE"
+            " SET count = count + 1, last_at = excluded.last_at",
+            (source, reason, at),
+        )
+        if self.rejects_kept:
+            self.conn.execute(
+                "INSERT INTO rejects(at, source, reason, address, device_id, detail, raw) VALUES (?,?,?,?,?,?,?)",
+                (at, source, reason, address, device_id, detail[:500], raw[:512]),
+            )
+            self._rejects_added += 1
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def status(path: Path) -> dict[str, Any]:
+    """Everything ``edgegw status`` shows, read from the database while the daemon runs."""
+    conn = open_reader(path)
+    try:
+        now = time.time()
+        q = lambda sql, *a: [dict(r) for r in conn.execute(sql, a)]  # noqa: E731
+        outbox = q(
+            "SELECT count(*) FILTER (WHERE pending != 0) AS pending,"
+            " count(*) FILTER (WHERE pending = 0) AS delivered,"
+            " min(accepted_at) FILTER (WHERE pending != 0) AS oldest_pending_at FROM outbox"
+        )[0]
+        uplinks = q("SELECT name, state, detail, changed_at, batches, items, last_ack_at, bit FROM uplinks ORDER BY name")
+        for u in uplinks:
+            u["pending"] = conn.execute(
+                "SELECT count(*) FROM outbox WHERE pending != 0 AND pending & ?", (u.pop("bit"),)
+            ).fetchone()[0]
+        return {
+            "now": now,
+            "outbox": outbox,
+            "uplinks": uplinks,
+            "sources": q("SELECT name, state, detail, changed_at, last_frame_at, frames FROM sources ORDER BY name"),
+            "devices": q(
+                "SELECT id, source, address, driver, last_seen, last_rssi, last_snr, last_counter, readings,"
+                " duplicates, rejects FROM devices ORDER BY id"
+            ),
+            "rejects": {
+                "by_reason": {r["reason"]: r["n"] for r in q(
+                    "SELECT reason, sum(count) AS n FROM reject_counts GROUP BY reason ORDER BY reason")},
+                "by_source": q("SELECT source, reason, count, last_at FROM reject_counts ORDER BY source, reason"),
+                "recent": q(
+                    "SELECT at, source, reason, address, device_id, detail, hex(raw) AS raw_hex FROM rejects"
+                    " ORDER BY id DESC LIMIT 10"
+                ),
+            },
+        }
+    finally:
+        conn.close()

@@ -1,0 +1,74 @@
+"""The embedded default uplink: batches appended as JSON lines to files in the data directory.
+
+For sites without coverage (a maintainer collects the files on a USB stick) and for the demo. A
+batch counts as delivered once its line is written and fsynced. Files rotate by size; a rotated
+file is never written again, so it can be copied away while the daemon runs.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from edgegw.config import FileUplink
+from edgegw.errors import TransientUplinkError
+from edgegw.uplink import OnResult, OnState
+
+
+class FileWriterUplink:
+    def __init__(self, config: FileUplink, data_dir: Path):
+        self.name = config.name
+        self.dir = config.path if config.path.is_absolute() else Path(data_dir) / config.path
+        self.rotate_bytes = config.rotate_bytes
+        self._lock = threading.Lock()
+        self._file = None
+
+    def start(self, on_result: OnResult, on_state: OnState) -> None:
+        self.on_result = on_result
+        self.dir.mkdir(parents=True, exist_ok=True)
+        on_state("up", str(self.dir))
+
+    def ready(self) -> bool:
+        return True
+
+    def send(self, batch_id: str, payload: bytes) -> None:
+        try:
+            with self._lock:
+                f = self._current()
+                f.write(payload + b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:  # disk full or USB stick pulled: keep the items, try again later
+            self._close()
+            self.on_result(batch_id, TransientUplinkError(f"{self.dir}: {exc}"))
+        else:
+            self.on_result(batch_id, None)
+
+    def _current(self):
+        if self._file is not None and self._file.tell() >= self.rotate_bytes:
+            self._close()
+        if self._file is None:
+            # One file name per start and rotation; time plus pid keeps names unique and sortable.
+            path = self.dir / f"batches-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{time.monotonic_ns() % 10**6:06d}.jsonl"
+            self._file = open(path, "ab")
+            # The new name must survive a power cut too: fsync the directory entry once.
+            dir_fd = os.open(self.dir, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        return self._file
+
+    def _close(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            self._file = None
+
+    def stop(self) -> None:
+        with self._lock:
+            self._close()
