@@ -88,10 +88,11 @@ class MqttBatchUplink:
         backoff = Backoff(0.5, 60.0)
         where = f"{self.config.host}:{self.config.port}"
         while not self._stop.is_set():
-            client = self._new_client()
+            client = None
             self._refused: str | None = None
             self.on_state("connecting", where)
             try:
+                client = self._new_client()  # reads password_file: a missing file is an outage, not a crash
                 client.connect(self.config.host, self.config.port, self.config.keepalive)
                 self._client = client
                 while not self._stop.is_set() and self._refused is None:
@@ -105,12 +106,15 @@ class MqttBatchUplink:
             self._client = None
             self._fail_inflight(reason)
             try:
-                client.disconnect()
+                if client is not None:
+                    client.disconnect()
             except Exception:  # the socket may already be gone; nothing to clean up then
                 pass
             if self._stop.is_set():
                 break
-            delay = backoff.next() if not was_up else backoff.next() if backoff.attempt else (backoff.reset() or backoff.next())
+            if was_up:
+                backoff.reset()  # a connection that worked starts the backoff afresh
+            delay = backoff.next()
             self.on_state("down", f"{where}: {reason}")
             log.warning("mqtt uplink down", uplink=self.name, broker=where, reason=reason, retry_in=round(delay, 2))
             self._stop.wait(delay)

@@ -1,0 +1,157 @@
+"""Test harness: the real daemon as a subprocess, reading an emulated module on a pty.
+
+The emulator lives in the test process so a test can unplug it, inject garbage, or send exactly
+the frames it wants; the daemon opens the pty's link with real pyserial as it would a USB port.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgegw.drivers import load_drivers
+from edgegw.radio.emulator import RylrEmulator
+from edgegw.store import status
+
+DRIVERS = load_drivers()
+
+DEVICES = [  # (id, address, driver)
+    ("trap-01", 17, "trap"),
+    ("river-01", 21, "water_level"),
+    ("river-02", 22, "water_level"),
+]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def write_config(tmp: Path, link: Path, mqtt_port: int | None, topic: str = "test/{gateway}/batches",
+                 extra: str = "", log_level: str = "debug", max_items: int = 50) -> Path:
+    devices = "".join(
+        f'\n[[devices]]\nid = "{d}"\naddress = {a}\ndriver = "{drv}"\ninterval = "10m"\n' for d, a, drv in DEVICES
+    )
+    uplink = (f'\n[[uplinks]]\ntype = "mqtt"\nname = "broker"\nhost = "127.0.0.1"\nport = {mqtt_port}\n'
+              f'topic = "{topic}"\nbatch = {{ max_items = {max_items} }}\n') if mqtt_port else ""
+    path = tmp / "gateway.toml"
+    path.write_text(
+        f'gateway_id = "gw-test"\ndata_dir = "data"\n\n[[sources]]\ntype = "rylr"\nname = "lora0"\n'
+        f'port = "{link}"\n{devices}{uplink}{extra}\n[log]\nlevel = "{log_level}"\nformat = "json"\n'
+    )
+    return path
+
+
+@dataclass
+class Sender:
+    """Sends frames of the test devices through the emulator and remembers what each should decode to."""
+
+    emulator: RylrEmulator
+    counters: dict[str, int] = field(default_factory=dict)
+    sent: dict[str, dict[str, Any]] = field(default_factory=dict)  # reading id -> expected values
+
+    def send(self, device_id: str, values: dict[str, Any] | None = None) -> str:
+        _, address, driver = next(d for d in DEVICES if d[0] == device_id)
+        n = self.counters.get(device_id, 0)
+        self.counters[device_id] = n + 1
+        if values is None:
+            values = ({"state": "sprung" if n % 2 else "armed", "tamper": False, "battery": 3.3}
+                      if driver == "trap" else
+                      {"level": 1000 + 7 * n, "water_temperature": 12.5, "battery": 3.6})
+        data = DRIVERS[driver].encode(values, n).hex().upper()
+        assert self.emulator.receive(address, data, -80, 7.5), "emulator did not pass the frame (not configured?)"
+        reading_id = f"{device_id}:0:{n}"
+        self.sent[reading_id] = values
+        return reading_id
+
+    def burst(self, count: int) -> list[str]:
+        return [self.send(DEVICES[i % len(DEVICES)][0]) for i in range(count)]
+
+
+class Daemon:
+    """``edgegw run`` as a child process; ended by PID only."""
+
+    def __init__(self, config: Path):
+        self.config = config
+        self.db = config.parent / "data" / "edgegw.db"
+        self.log = config.parent / "daemon.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Daemon:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "edgegw", "run", "-c", str(self.config)], stdout=log, stderr=log, env=env,
+            )
+        return self
+
+    def status(self) -> dict[str, Any]:
+        if not self.db.exists():
+            return {}
+        try:
+            return status(self.db)
+        except Exception:  # the database may be mid-creation
+            return {}
+
+    def wait_receiving(self, timeout: float = 20.0) -> None:
+        def receiving() -> bool:
+            self._check_alive()
+            return any(s["state"] == "receiving" for s in self.status().get("sources", []))
+        wait_until(receiving, timeout, f"source receiving (log: {self.log_tail()})")
+
+    def wait_committed(self, count: int, timeout: float = 20.0) -> None:
+        def committed() -> bool:
+            self._check_alive()
+            ob = self.status().get("outbox", {})
+            return ob.get("pending", 0) + ob.get("delivered", 0) >= count
+        wait_until(committed, timeout, f"{count} readings committed")
+
+    def _check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text().splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def log_events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise AssertionError(f"daemon did not stop on SIGTERM:\n{self.log_tail()}") from None
