@@ -61,6 +61,7 @@ class Sender:
     """Sends frames of the test devices through the emulator and remembers what each should decode to."""
 
     emulator: RylrEmulator
+    strict: bool = True  # False: a frame the module could not pass on (host not reading) is just not recorded
     counters: dict[str, int] = field(default_factory=dict)
     sent: dict[str, dict[str, Any]] = field(default_factory=dict)  # reading id -> expected values
 
@@ -71,9 +72,11 @@ class Sender:
         if values is None:
             values = ({"state": "sprung" if n % 2 else "armed", "tamper": False, "battery": 3.3}
                       if driver == "trap" else
-                      {"level": 1000 + 7 * n, "water_temperature": 12.5, "battery": 3.6})
+                      {"level": (1000 + 7 * n) % 10000, "water_temperature": 12.5, "battery": 3.6})
         data = DRIVERS[driver].encode(values, n).hex().upper()
-        assert self.emulator.receive(address, data, -80, 7.5), "emulator did not pass the frame (not configured?)"
+        if not self.emulator.receive(address, data, -80, 7.5):
+            assert not self.strict, "emulator did not pass the frame (not configured?)"
+            return ""
         reading_id = f"{device_id}:0:{n}"
         self.sent[reading_id] = values
         return reading_id

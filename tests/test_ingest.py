@@ -1,0 +1,136 @@
+"""Frame -> reading: ids from what the device sent, duplicates, counter wrap and device reset."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgegw.config import Config
+from edgegw.drivers import load_drivers
+from edgegw.ingest import LATE_WINDOW, Duplicate, Ingest
+from edgegw.model import Frame, Reading, Reject
+from edgegw.store import Store
+
+DRIVERS = load_drivers()
+WL = DRIVERS["water_level"]
+
+
+def make(tmp_path, name="gw.db") -> Ingest:
+    config = Config.model_validate({
+        "gateway_id": "gw-a",
+        "sources": [{"type": "rylr", "name": "lora0", "port": "/dev/null"}],
+        "devices": [{"id": "river-01", "address": 21, "driver": "water_level"},
+                    {"id": "trap-01", "address": 17, "driver": "trap"}],
+    })
+    return Ingest(config, DRIVERS, Store(tmp_path / name), uplink_mask=1)
+
+
+def frame(counter: int, level: int = 1000, address: int = 21) -> Frame:
+    payload = WL.encode({"level": level, "water_temperature": 10.0, "battery": 3.6}, counter)
+    return Frame("lora0", address, payload, -80.0, 7.0)
+
+
+def handle(ingest: Ingest, *frames: Frame) -> list:
+    ingest.store.begin()
+    out = [ingest.handle(f) for f in frames]
+    ingest.store.commit()
+    return out
+
+
+def ids(results) -> list[str]:
+    return [r.reading_id for r in results if isinstance(r, Reading)]
+
+
+def test_reading_id_comes_from_device_counter_not_gateway(tmp_path):
+    a, b = make(tmp_path, "a.db"), make(tmp_path, "b.db")
+    b.gateway_id = "gw-b"  # a second gateway with overlapping coverage
+    ra, rb = handle(a, frame(5))[0], handle(b, frame(5))[0]
+    assert ra.reading_id == rb.reading_id == "river-01:0:5"
+    body = json.loads(a.store.conn.execute("SELECT body FROM outbox").fetchone()[0])
+    assert body["radio"]["gateway"] == "gw-a" and body["values"]["level"] == 1000
+
+
+def test_same_frame_twice_is_one_reading(tmp_path):
+    ingest = make(tmp_path)
+    results = handle(ingest, frame(1), frame(1), frame(2))
+    assert ids(results) == ["river-01:0:1", "river-01:0:2"]
+    assert isinstance(results[1], Duplicate)
+    assert ingest.store.devices["river-01"].duplicates == 1
+
+
+def test_duplicate_across_commits_and_restart(tmp_path):
+    handle(make(tmp_path), frame(1))
+    again = make(tmp_path)  # a restarted daemon: registry state comes from the database
+    assert isinstance(handle(again, frame(1))[0], Duplicate)
+
+
+def test_device_reset_starts_a_new_epoch(tmp_path):
+    ingest = make(tmp_path)
+    handle(ingest, frame(0), frame(1), frame(2))
+    # the sensor rebooted: counter 0 again, with different bytes
+    assert ids(handle(ingest, frame(0, level=1200), frame(1, level=1201))) == ["river-01:1:0", "river-01:1:1"]
+
+
+def test_counter_wrap_starts_a_new_epoch(tmp_path):
+    ingest = make(tmp_path)
+    assert ids(handle(ingest, frame(65534), frame(65535), frame(0), frame(1))) == [
+        "river-01:0:65534", "river-01:0:65535", "river-01:1:0", "river-01:1:1"]
+
+
+def test_late_frame_within_window_keeps_epoch(tmp_path):
+    ingest = make(tmp_path)
+    assert ids(handle(ingest, frame(10), frame(12), frame(11))) == ["river-01:0:10", "river-01:0:12", "river-01:0:11"]
+
+
+def test_rejects_name_reason_and_device(tmp_path):
+    ingest = make(tmp_path)
+    unknown, short, ok = handle(ingest, frame(1, address=99), Frame("lora0", 21, b"\x01\x02"), frame(3))
+    assert isinstance(unknown, Reject) and unknown.reason == "unknown_device" and unknown.address == 99
+    assert isinstance(short, Reject) and (short.reason, short.device_id) == ("wrong_length", "river-01")
+    assert isinstance(ok, Reading)
+
+
+def test_driver_bug_is_a_reject_not_a_crash(tmp_path):
+    ingest = make(tmp_path)
+
+    class Broken(type(WL)):
+        def decode(self, payload):
+            raise ZeroDivisionError("oops")
+
+    ingest.drivers.drivers["water_level"] = Broken()
+    try:
+        (result,) = handle(ingest, frame(1))
+    finally:
+        ingest.drivers.drivers["water_level"] = WL
+    assert isinstance(result, Reject) and result.reason == "driver_error" and "ZeroDivisionError" in result.detail
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40), st.booleans()), min_size=1, max_size=60))
+def test_ids_unique_and_retransmissions_dropped(tmp_path_factory, sends):
+    """Whatever order of new frames and retransmissions: one reading per distinct frame, ids unique."""
+    ingest = make(tmp_path_factory.mktemp("h"))
+    counter, frames, distinct = 0, [], 0
+    for step, retransmit in sends:
+        if retransmit and frames:
+            frames.append(frames[-1])
+        else:
+            counter += 1 + step % 3
+            frames.append(frame(counter, level=counter))
+            distinct += 1
+    results = handle(ingest, *frames)
+    got = ids(results)
+    assert len(got) == len(set(got)) == distinct
+    assert sum(isinstance(r, Duplicate) for r in results) == len(frames) - distinct
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 65535), st.integers(1, LATE_WINDOW))
+def test_new_frames_never_collide_with_stored_ones(tmp_path_factory, start, n):
+    """A long run of frames across a wrap never produces an id already in the outbox."""
+    ingest = make(tmp_path_factory.mktemp("w"))
+    frames = [frame((start + i) % 65536, level=i) for i in range(n)]
+    got = ids(handle(ingest, *frames))
+    assert len(got) == n == len(set(got))
