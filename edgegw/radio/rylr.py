@@ -44,16 +44,18 @@ ERRORS = {
 
 MAX_LINE = 600  # "+RCV=65535,240," + 480 hex chars + RSSI/SNR fits; longer is noise, not a frame
 COMMAND_TIMEOUT = 2.0
-_TAIL = re.compile(r",(-?\d{1,3}),(-?\d{1,3}(?:\.\d+)?)$")
+_TAIL = re.compile(r",(-?[0-9]{1,3}),(-?[0-9]{1,3}(?:\.[0-9]+)?)$")
+_HEAD = re.compile(r"([0-9]{1,6}),([0-9]{1,6}),(.*)", re.DOTALL)  # ASCII digits only: noise has ² and ³ too
+_HEX = re.compile(r"[0-9A-Fa-f]*")
 
 
 def parse_rcv(line: str, source: str, encoding: str, wall: float, mono: float) -> Frame | Reject:
     """Parse one ``+RCV=`` line (latin-1 text, no line ending) into a Frame, or say why not."""
     raw = line.encode("latin-1", "replace")
-    parts = line[5:].split(",", 2)  # the data itself may contain commas
-    if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
+    head = _HEAD.fullmatch(line, 5)  # address, length, then data that may itself contain commas
+    if head is None:
         return Reject(source, "garbage", "malformed +RCV line", None, None, raw, wall)
-    address, length, rest = int(parts[0]), int(parts[1]), parts[2]
+    address, length, rest = int(head.group(1)), int(head.group(2)), head.group(3)
     data, tail = rest[:length], _TAIL.fullmatch(rest[length:])
     if tail is None or len(data) != length:
         return Reject(source, "wrong_length", f"declared {length} bytes, line does not match", address, None, raw, wall)
@@ -66,12 +68,11 @@ def parse_rcv(line: str, source: str, encoding: str, wall: float, mono: float) -
 
 def _decode_payload(data: str, encoding: str) -> bytes:
     if encoding == "hex":
+        if not _HEX.fullmatch(data):
+            raise ValueError("not hexadecimal")
         if len(data) % 2:
             raise ValueError(f"odd number of hex digits ({len(data)})")
-        try:
-            return bytes.fromhex(data)
-        except ValueError:
-            raise ValueError("not hexadecimal") from None
+        return bytes.fromhex(data)
     if encoding == "base64":
         try:
             return base64.b64decode(data, validate=True)
@@ -91,12 +92,12 @@ class LineReader:
         """The next line without its ending (latin-1), or None if none completed within ``timeout``."""
         deadline = time.monotonic() + timeout
         while True:
-            nl = self.buf.find(b"\n")
+            nl = self.buf.find(b"\n", 0, MAX_LINE + 1)
             if nl >= 0:
                 line = bytes(self.buf[:nl]).rstrip(b"\r")
                 del self.buf[: nl + 1]
                 return line.decode("latin-1")
-            if len(self.buf) > MAX_LINE:  # no line ending in sight: hand the junk on as one line
+            if len(self.buf) > MAX_LINE:  # no line ending within reach: hand the junk on as one line
                 line = bytes(self.buf[:MAX_LINE])
                 del self.buf[:MAX_LINE]
                 return line.decode("latin-1")
@@ -126,6 +127,7 @@ class RylrRadio:
         backoff = Backoff(0.25, 30.0)
         while not stop.is_set():
             try:
+                emit(SourceState(self.name, "starting", self.port))
                 with serial.Serial(self.port, self.config.baudrate, timeout=0.2) as port:
                     lines = LineReader(port)
                     for cmd in self.commands():
@@ -158,7 +160,7 @@ class RylrRadio:
                 return
             if line.startswith("+ERR="):
                 code = line[5:]
-                meaning = ERRORS.get(int(code), "undocumented error") if code.isdigit() else "unreadable error"
+                meaning = ERRORS.get(int(code), "undocumented error") if re.fullmatch("[0-9]{1,3}", code) else "unreadable error"
                 raise ModuleError(f"{cmd}: module answered +ERR={code} ({meaning})")
             self._route(line, emit)
         raise ModuleError(f"{cmd}: no answer within {COMMAND_TIMEOUT:.0f} s (wrong port or baud rate?)")
@@ -166,7 +168,12 @@ class RylrRadio:
     def _route(self, line: str, emit: Emit) -> None:
         wall, mono = time.time(), time.monotonic()
         if line.startswith("+RCV="):
-            emit(parse_rcv(line, self.name, self.config.payload_encoding, wall, mono))
+            try:
+                event = parse_rcv(line, self.name, self.config.payload_encoding, wall, mono)
+            except Exception as exc:  # radio noise is hostile input: a parser bug costs one line, never the source
+                event = Reject(self.name, "parser_error", f"{type(exc).__name__}: {exc}", None, None,
+                               line.encode("latin-1", "replace"), wall)
+            emit(event)
         elif line in ("", "+READY", "+OK"):
             return  # +READY after a module reset; the reopen path reconfigures when it matters
         else:

@@ -1,0 +1,591 @@
+"""Tests of the RYLR source: the +RCV parser, and RylrRadio on a real pty with the emulator behind it.
+
+No mocks: the radio opens the emulator's ``link`` with real pyserial, exactly as it opens
+/dev/ttyUSB0. Nothing waits with a fixed sleep; every wait polls a condition against a deadline.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import threading
+import time
+import tty
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import serial
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgegw.config import RylrSource
+from edgegw.errors import ModuleError
+from edgegw.model import Frame, Reject
+from edgegw.radio import SourceState
+from edgegw.radio import rylr
+from edgegw.radio.emulator import RylrEmulator
+from edgegw.radio.rylr import ERRORS, MAX_LINE, LineReader, RylrRadio, parse_rcv
+
+T = TypeVar("T")
+
+# A water_level payload (see drivers/water_level.py): level 1234 mm, 23.00 °C, 3.500 V, counter 256.
+WATER = "0104D208FC0DAC0100"
+
+
+def wait_until(pred: Callable[[], T], timeout: float = 5.0, what: str = "") -> T:
+    """Poll ``pred`` until it returns something truthy (and return that), or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or pred}")
+        time.sleep(0.005)
+
+
+def source(**kw: Any) -> RylrSource:
+    """A gateway source config; the port is handed to RylrRadio separately (simulate stands in)."""
+    return RylrSource(type="rylr", name="lora0", simulate=Path("field.toml"), **kw)
+
+
+def rcv_line(address: int, data: str, rssi: int, snr: float) -> str:
+    """The line an RYLR module writes for a received frame (the emulator's format)."""
+    return f"+RCV={address},{len(data)},{data},{rssi},{snr:g}"
+
+
+# -- parse_rcv ---------------------------------------------------------------------------------------
+
+
+def test_parse_valid_hex_line():
+    line = rcv_line(21, WATER, -80, 7.5)
+    frame = parse_rcv(line, "lora0", "hex", 1700000000.0, 123.0)
+    assert frame == Frame("lora0", 21, bytes.fromhex(WATER), -80.0, 7.5, 1700000000.0, 123.0)
+
+
+def test_parse_lowercase_hex_and_integer_snr():
+    frame = parse_rcv("+RCV=65535,4,beef,-120,-12", "s", "hex", 0.0, 0.0)
+    assert isinstance(frame, Frame)
+    assert (frame.address, frame.payload, frame.rssi, frame.snr) == (65535, b"\xbe\xef", -120.0, -12.0)
+
+
+def test_parse_empty_payload():
+    frame = parse_rcv("+RCV=3,0,,-60,9", "s", "hex", 0.0, 0.0)
+    assert isinstance(frame, Frame)
+    assert frame.payload == b""
+
+
+@pytest.mark.parametrize(
+    "data",
+    ["a,b,,c,d,ef", ",", ",,,", "x,-60,9.5", "hello, world", "-61,10"],
+)
+def test_parse_text_payload_containing_commas(data):
+    """The declared length, not the commas, says where the data ends (the tail may even look alike)."""
+    frame = parse_rcv(rcv_line(5, data, -42, -3.5), "s", "text", 0.0, 0.0)
+    assert isinstance(frame, Frame)
+    assert (frame.address, frame.payload, frame.rssi, frame.snr) == (5, data.encode("latin-1"), -42.0, -3.5)
+
+
+def test_parse_base64_payload():
+    frame = parse_rcv(rcv_line(7, "AQIDBA==", -100, 2.25), "s", "base64", 0.0, 0.0)
+    assert isinstance(frame, Frame)
+    assert (frame.address, frame.payload, frame.rssi, frame.snr) == (7, b"\x01\x02\x03\x04", -100.0, 2.25)
+
+
+@pytest.mark.parametrize("data", ["AQIDBA=", "AQ!DBA==", "ÄQIDBA=="])
+def test_parse_bad_base64(data):
+    reject = parse_rcv(rcv_line(7, data, -100, 2), "s", "base64", 0.0, 0.0)
+    assert isinstance(reject, Reject)
+    assert reject.reason == "bad_base64"
+    assert reject.address == 7
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "+RCV=",
+        "+RCV=1",
+        "+RCV=1,2",
+        "+RCV=,2,AB,-60,9",
+        "+RCV=a,2,AB,-60,9",
+        "+RCV=-1,2,AB,-60,9",
+        "+RCV=1,x,AB,-60,9",
+        "+RCV=1,-2,AB,-60,9",
+        "+RCV=1 ,2,AB,-60,9",
+    ],
+)
+def test_parse_malformed_is_garbage(line):
+    reject = parse_rcv(line, "lora0", "hex", 42.0, 0.0)
+    assert isinstance(reject, Reject)
+    assert (reject.source, reject.reason, reject.address, reject.raw, reject.wall) == (
+        "lora0", "garbage", None, line.encode(), 42.0)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "+RCV=1,4,AB,-60,9",        # declared longer than the data
+        "+RCV=1,2,ABCD,-60,9",      # declared shorter than the data
+        "+RCV=1,2,AB,-60",          # no SNR
+        "+RCV=1,2,AB",              # no RSSI, no SNR
+        "+RCV=1,2,AB,-60,9,0",      # one field too many
+        "+RCV=1,2,AB,-6000,9",      # RSSI is not 1-3 digits
+        "+RCV=1,2,AB,-60,9.",       # SNR cut off
+        "+RCV=1,99999,AB,-60,9",
+    ],
+)
+def test_parse_wrong_length(line):
+    reject = parse_rcv(line, "lora0", "hex", 0.0, 0.0)
+    assert isinstance(reject, Reject)
+    assert reject.reason == "wrong_length"
+    assert reject.address == 1
+    assert reject.raw == line.encode()
+
+
+@pytest.mark.parametrize(
+    ("data", "detail"),
+    [("ABC", "odd number of hex digits (3)"), ("ZZ01", "not hexadecimal"), ("0x01", "not hexadecimal"),
+     ("AB-1", "not hexadecimal")],
+)
+def test_parse_bad_hex(data, detail):
+    reject = parse_rcv(rcv_line(9, data, -60, 9), "lora0", "hex", 0.0, 0.0)
+    assert isinstance(reject, Reject)
+    assert (reject.reason, reject.detail, reject.address) == ("bad_hex", detail, 9)
+
+
+_TOKENS = st.one_of(
+    st.integers(-(10**6), 10**6).map(str),
+    st.text(alphabet="0123456789ABCDEFabcdef", max_size=12),
+    st.text(alphabet="0123456789-.", max_size=6),
+    st.text(st.characters(), max_size=8),
+    st.just(""),
+)
+_RCV_LINES = st.one_of(
+    st.text(st.characters(), max_size=60),
+    st.lists(_TOKENS, max_size=7).map(",".join),
+).map(lambda rest: "+RCV=" + rest)
+
+
+@settings(max_examples=400, database=None, deadline=None)
+@given(line=_RCV_LINES, encoding=st.sampled_from(["hex", "base64", "text"]))
+def test_parse_rcv_never_raises(line, encoding):
+    result = parse_rcv(line, "lora0", encoding, 1.0, 2.0)
+    assert isinstance(result, Frame | Reject)
+    assert result.source == "lora0"
+    if isinstance(result, Reject):
+        assert result.reason in {"garbage", "wrong_length", f"bad_{encoding}"}, result
+        assert result.raw == line.encode("latin-1", "replace")
+
+
+# str.isdigit() is True for superscripts, three of which are in latin-1 (¹²³): a serial line can carry them.
+@pytest.mark.parametrize("line", ["+RCV=²,2,AB,-60,9", "+RCV=1,³,AB,-60,9", "+RCV=¹2,2,AB,-60,9"])
+def test_parse_rcv_survives_non_decimal_digits(line):
+    result = parse_rcv(line, "lora0", "hex", 0.0, 0.0)
+    assert isinstance(result, Reject) and result.reason == "garbage"
+
+
+_RADIO = dict(
+    address=st.integers(0, 65535),
+    rssi=st.integers(-164, 0),
+    snr=st.integers(-200, 200).map(lambda tenths: tenths / 10),
+)
+
+
+@settings(max_examples=300, database=None, deadline=None)
+@given(payload=st.binary(max_size=240), upper=st.booleans(), **_RADIO)
+def test_hex_line_round_trips(payload, upper, address, rssi, snr):
+    data = payload.hex().upper() if upper else payload.hex()
+    frame = parse_rcv(rcv_line(address, data, rssi, snr), "lora0", "hex", 5.0, 6.0)
+    assert frame == Frame("lora0", address, payload, float(rssi), snr, 5.0, 6.0)
+
+
+@settings(max_examples=300, database=None, deadline=None)
+@given(payload=st.binary(max_size=180), **_RADIO)
+def test_base64_line_round_trips(payload, address, rssi, snr):
+    data = base64.b64encode(payload).decode()
+    frame = parse_rcv(rcv_line(address, data, rssi, snr), "lora0", "base64", 5.0, 6.0)
+    assert frame == Frame("lora0", address, payload, float(rssi), snr, 5.0, 6.0)
+
+
+@settings(max_examples=300, database=None, deadline=None)
+@given(payload=st.binary(max_size=240).filter(lambda b: b"\n" not in b and b"\r" not in b), **_RADIO)
+def test_text_line_round_trips(payload, address, rssi, snr):
+    data = payload.decode("latin-1")  # how the radio decodes the serial bytes
+    frame = parse_rcv(rcv_line(address, data, rssi, snr), "lora0", "text", 5.0, 6.0)
+    assert frame == Frame("lora0", address, payload, float(rssi), snr, 5.0, 6.0)
+
+
+# -- LineReader on a bare pty -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bare_pty():
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    port = serial.Serial(os.ttyname(slave), 115200, timeout=0.2)
+    try:
+        yield master, port
+    finally:
+        port.close()
+        os.close(slave)
+        os.close(master)
+
+
+def test_line_reader_splits_lines_and_strips_endings(bare_pty):
+    master, port = bare_pty
+    reader = LineReader(port)
+    assert reader.readline(0.05) is None
+    os.write(master, b"+OK\r\n\r\nbare\n+RCV=1,2,")
+    assert [reader.readline(2.0) for _ in range(3)] == ["+OK", "", "bare"]
+    assert reader.readline(0.05) is None  # the last line is not complete yet...
+    os.write(master, b"AB,-60,9\r\n")
+    assert reader.readline(2.0) == "+RCV=1,2,AB,-60,9"  # ...and is not lost either
+
+
+def test_line_reader_caps_a_stream_without_line_endings(bare_pty):
+    master, port = bare_pty
+    reader = LineReader(port)
+    os.write(master, b"x" * (MAX_LINE + 100))
+    assert reader.readline(2.0) == "x" * MAX_LINE
+    os.write(master, b"\xb5y\r\n")
+    assert reader.readline(2.0) == "x" * 100 + "\xb5y"  # latin-1: every byte is a character
+
+
+# -- RylrRadio against the emulator ---------------------------------------------------------------------
+
+
+class Running:
+    """A RylrRadio in its own thread, emitting into a list."""
+
+    def __init__(self, radio: RylrRadio, emulator: RylrEmulator):
+        self.radio = radio
+        self.emulator = emulator
+        self.events: list[Frame | Reject | SourceState] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=radio.run, args=(self.events.append, self.stop),
+                                       name=f"radio:{radio.name}", daemon=True)
+        self._sync = 0
+
+    def start(self) -> Running:
+        self.thread.start()
+        return self
+
+    def halt(self) -> None:
+        self.stop.set()
+        # A blank line (ignored by the radio) ends its 0.5 s read at once, so teardown takes
+        # milliseconds; test_radio_stops_within_a_read_timeout covers stopping without it.
+        self.emulator.write_line("")
+        self.thread.join(timeout=10)
+        assert not self.thread.is_alive(), "the radio thread did not stop"
+
+    def of(self, kind: type, start: int = 0) -> list:
+        return [e for e in self.events[start:] if isinstance(e, kind)]
+
+    def frames(self, start: int = 0) -> list[Frame]:
+        return self.of(Frame, start)
+
+    def states(self, start: int = 0) -> list[SourceState]:
+        return self.of(SourceState, start)
+
+    def wait_state(self, state: str, start: int = 0, timeout: float = 5.0) -> int:
+        """Index (in ``events``) of the first SourceState ``state`` at or after ``start``."""
+        def find() -> int | None:
+            for i, e in enumerate(list(self.events)[start:], start):
+                if isinstance(e, SourceState) and e.state == state:
+                    return i + 1  # truthy even at index 0
+            return None
+        return wait_until(find, timeout, f"SourceState {state!r} after event {start}") - 1
+
+    def sync(self, emulator: RylrEmulator) -> int:
+        """Write a marker line and wait until the radio has reported it: everything the emulator
+        wrote before it has been handled. Returns the marker's index in ``events``."""
+        self._sync += 1
+        marker = f"sync-marker-{self._sync}"
+        assert emulator.write_line(marker)
+
+        def find() -> int | None:
+            for i, e in enumerate(list(self.events)):
+                if isinstance(e, Reject) and e.raw == marker.encode():
+                    return i + 1
+            return None
+        return wait_until(find, 5.0, f"marker {marker}") - 1
+
+
+@pytest.fixture
+def unplugged(tmp_path):
+    emulator = RylrEmulator(tmp_path / "ttyLORA0")
+    yield emulator
+    emulator.unplug()
+
+
+@pytest.fixture
+def emulator(unplugged):
+    unplugged.plug()
+    return unplugged
+
+
+@pytest.fixture
+def start_radio():
+    running: list[Running] = []
+
+    def start(emulator: RylrEmulator, **config: Any) -> Running:
+        r = Running(RylrRadio(source(**config), str(emulator.link)), emulator).start()
+        running.append(r)
+        return r
+
+    yield start
+    for r in running:
+        r.halt()
+
+
+CONFIG_COMMANDS = ["AT", "AT+ADDRESS=1", "AT+NETWORKID=18", "AT+BAND=920600000", "AT+PARAMETER=9,7,1,12"]
+
+
+def test_radio_configures_the_module_then_receives(emulator, start_radio):
+    r = start_radio(emulator)
+    i = r.wait_state("receiving")
+    assert r.events[i].source == "lora0"
+    assert r.events[i].detail == str(emulator.link)
+    assert [s.state for s in r.states()] == ["starting", "receiving"]
+    assert emulator.commands[:5] == CONFIG_COMMANDS
+    assert emulator.configured
+
+    assert emulator.receive(21, WATER, -80, 7.5)
+    assert emulator.receive(17, "01010CE4002A", -101, -3)
+    frames = wait_until(lambda: len(r.frames()) >= 2 and r.frames(), what="two frames")
+    assert [(f.source, f.address, f.payload, f.rssi, f.snr) for f in frames] == [
+        ("lora0", 21, bytes.fromhex(WATER), -80.0, 7.5),
+        ("lora0", 17, bytes.fromhex("01010CE4002A"), -101.0, -3.0),
+    ]
+    assert frames[0].mono <= frames[1].mono <= time.monotonic()
+    assert abs(frames[0].wall - time.time()) < 60
+
+
+def test_radio_stops_within_a_read_timeout(emulator, start_radio):
+    r = start_radio(emulator)
+    r.wait_state("receiving")
+    r.stop.set()
+    r.thread.join(timeout=2.0)
+    assert not r.thread.is_alive()
+
+
+def test_radio_stops_while_the_port_is_missing(unplugged, start_radio):
+    r = start_radio(unplugged)
+    r.wait_state("down")
+    r.stop.set()
+    r.thread.join(timeout=2.0)
+    assert not r.thread.is_alive()
+
+
+def test_radio_sends_its_address_and_cpin(emulator, start_radio):
+    r = start_radio(emulator, address=4242, cpin="1A2B3C4D")
+    r.wait_state("receiving")
+    assert "AT+ADDRESS=4242" in emulator.commands
+    assert "AT+CPIN=1A2B3C4D" in emulator.commands
+    assert emulator.settings.address == 4242
+    assert emulator.settings.cpin == "1A2B3C4D"
+
+
+def test_radio_rejects_garbage_and_bad_frames_and_keeps_going(emulator, start_radio):
+    r = start_radio(emulator)
+    start = r.wait_state("receiving")
+    emulator.write_line("xyz")
+    emulator.write_line("+RCV=33,3,ABC,-60,9")
+    emulator.write_line("+RCV=33,8,AB,-60,9")
+    emulator.receive(33, "CAFE", -60, 9)
+    wait_until(lambda: r.frames(start), what="the frame after the rejects")
+    rejects = r.of(Reject, start)
+    assert [(x.source, x.reason, x.address, x.raw) for x in rejects] == [
+        ("lora0", "garbage", None, b"xyz"),
+        ("lora0", "bad_hex", 33, b"+RCV=33,3,ABC,-60,9"),
+        ("lora0", "wrong_length", 33, b"+RCV=33,8,AB,-60,9"),
+    ]
+    assert r.frames(start)[0].payload == b"\xca\xfe"
+    assert [s.state for s in r.states()] == ["starting", "receiving"]
+
+
+def test_radio_ignores_blank_lines_and_stray_ok(emulator, start_radio):
+    r = start_radio(emulator)
+    start = r.wait_state("receiving")
+    emulator.write_line("")
+    emulator.write_line("+OK")
+    marker = r.sync(emulator)
+    assert r.events[start + 1: marker] == []
+
+
+@pytest.mark.parametrize("config", [dict(band=923_200_000), dict(spreading_factor=10), dict(network_id=5)],
+                         ids=["band", "parameter", "network_id"])
+def test_radio_configured_off_air_hears_nothing(emulator, start_radio, config):
+    r = start_radio(emulator, **config)
+    start = r.wait_state("receiving")
+    assert not emulator.configured
+    assert emulator.receive(21, WATER) is False
+    marker = r.sync(emulator)
+    assert r.frames() == []
+    assert r.events[start + 1: marker] == []
+
+
+@pytest.mark.parametrize(
+    ("config", "command"),
+    [(dict(network_id=16), "AT+NETWORKID=16"), (dict(bandwidth_khz=62.5), "AT+PARAMETER=9,6,1,12")],
+    ids=["network_id", "bandwidth"],
+)
+def test_radio_reports_module_error_with_its_meaning(emulator, start_radio, config, command):
+    r = start_radio(emulator, **config)
+    first = r.wait_state("down")
+    reply = emulator.answer(command)  # what the module answered (the emulator is deterministic)
+    assert reply.startswith("+ERR=")
+    code = int(reply[5:])
+    detail = r.events[first].detail
+    assert command in detail
+    assert f"+ERR={code}" in detail
+    assert ERRORS[code] in detail
+    # it keeps retrying (with backoff) and never claims to be receiving
+    r.wait_state("down", first + 1)
+    assert emulator.commands.count(command) >= 2
+    assert "receiving" not in [s.state for s in r.states()]
+
+
+def test_radio_recovers_from_unplug_and_replug(emulator, start_radio):
+    r = start_radio(emulator)
+    up = r.wait_state("receiving")
+    emulator.unplug()
+    down = r.wait_state("down", up + 1)
+    assert r.events[down].source == "lora0"
+    assert r.events[down].detail  # pyserial's reason
+    seen = len(emulator.commands)
+    assert emulator.receive(21, WATER) is False  # nobody on the other end of the air
+
+    emulator.plug()  # same link, a new pty; the module has its power-on defaults again
+    assert not emulator.configured
+    again = r.wait_state("receiving", down + 1, timeout=10.0)
+    for cmd in CONFIG_COMMANDS:
+        assert cmd in emulator.commands[seen:]
+    assert emulator.configured
+    assert emulator.receive(22, "0102", -70, 8)
+    frame = wait_until(lambda: r.frames(again), what="a frame after replug")[0]
+    assert (frame.address, frame.payload) == (22, b"\x01\x02")
+
+
+def test_radio_started_before_the_port_exists(unplugged, start_radio):
+    assert not unplugged.link.exists()
+    r = start_radio(unplugged)
+    down = r.wait_state("down")
+    assert str(unplugged.link) in r.events[down].detail
+    unplugged.plug()
+    up = r.wait_state("receiving", down + 1, timeout=10.0)
+    assert unplugged.commands[:5] == CONFIG_COMMANDS
+    assert unplugged.receive(5, "00FF", -50, 10)
+    frame = wait_until(lambda: r.frames(up), what="a frame")[0]
+    assert (frame.address, frame.payload, frame.rssi, frame.snr) == (5, b"\x00\xff", -50.0, 10.0)
+
+
+def test_radio_reconfigures_after_module_reset(emulator, start_radio):
+    r = start_radio(emulator)
+    up = r.wait_state("receiving")
+    seen = len(emulator.commands)
+    emulator.settings.band = 915_000_000  # the reset lost the RAM settings...
+    assert emulator.write_line("+READY")  # ...and the module says so
+    down = r.wait_state("down", up + 1)
+    assert "+READY" in r.events[down].detail
+    again = r.wait_state("receiving", down + 1)
+    assert emulator.commands[seen:seen + 5] == CONFIG_COMMANDS
+    assert emulator.configured
+    assert emulator.receive(21, WATER)
+    assert wait_until(lambda: r.frames(again), what="a frame after reconfiguring")[0].address == 21
+
+
+class ScriptedEmulator(RylrEmulator):
+    """The emulated module, but it writes ``before[cmd]`` lines ahead of its answer to ``cmd``, and
+    answers ``replies[cmd]`` instead of its own answer when one is given ("" = silence)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.before: dict[str, list[str]] = {}
+        self.replies: dict[str, str] = {}
+
+    def answer(self, cmd: str) -> str:
+        for line in self.before.get(cmd, []):
+            self.write_line(line)
+        own = super().answer(cmd)
+        return self.replies.get(cmd, own)
+
+
+@pytest.fixture
+def scripted(tmp_path):
+    emulator = ScriptedEmulator(tmp_path / "ttyLORA0")
+    emulator.plug()
+    yield emulator
+    emulator.unplug()
+
+
+def test_radio_emits_frames_arriving_during_configuration(scripted, start_radio):
+    scripted.before["AT+BAND=920600000"] = [rcv_line(40, "0A0B", -90, -1.5), "noise"]
+    r = start_radio(scripted)
+    up = r.wait_state("receiving")
+    frames, rejects = r.frames(), r.of(Reject)
+    assert [(f.address, f.payload, f.rssi, f.snr) for f in frames] == [(40, b"\x0a\x0b", -90.0, -1.5)]
+    assert [x.raw for x in rejects] == [b"noise"]
+    assert r.events.index(frames[0]) < up
+
+
+@pytest.fixture
+def host(scripted):
+    """The gateway's side of the scripted emulator's pty, opened as RylrRadio opens it."""
+    with serial.Serial(str(scripted.link), 115200, timeout=0.2) as port:
+        yield port, LineReader(port)
+
+
+def test_command_routes_lines_before_its_ok(scripted, host):
+    port, lines = host
+    scripted.before["AT+ADDRESS=9"] = [rcv_line(41, "FF", -80, 3), "+READY", "", "junk"]
+    events: list = []
+    radio = RylrRadio(source(), str(scripted.link))
+    radio._command(port, lines, "AT+ADDRESS=9", events.append)
+    assert [(type(e), getattr(e, "payload", None) or getattr(e, "raw", None)) for e in events] == [
+        (Frame, b"\xff"), (Reject, b"junk")]
+    assert scripted.settings.address == 9
+
+
+@pytest.mark.parametrize(
+    ("reply", "meaning"),
+    [("+ERR=4", ERRORS[4]), ("+ERR=12", ERRORS[12]), ("+ERR=99", "undocumented error"), ("+ERR=x", "unreadable error")],
+)
+def test_command_raises_module_error_with_meaning(scripted, host, reply, meaning):
+    port, lines = host
+    scripted.replies["AT+BAND=920600000"] = reply
+    radio = RylrRadio(source(), str(scripted.link))
+    with pytest.raises(ModuleError) as exc:
+        radio._command(port, lines, "AT+BAND=920600000", lambda e: None)
+    assert str(exc.value) == f"AT+BAND=920600000: module answered {reply} ({meaning})"
+
+
+def test_command_times_out_on_silence(scripted, host, monkeypatch):
+    monkeypatch.setattr(rylr, "COMMAND_TIMEOUT", 0.3)
+    port, lines = host
+    scripted.replies["AT"] = ""
+    radio = RylrRadio(source(), str(scripted.link))
+    started = time.monotonic()
+    with pytest.raises(ModuleError, match="AT: no answer"):
+        radio._command(port, lines, "AT", lambda e: None)
+    assert time.monotonic() - started < 2.0
+
+
+def test_command_survives_unreadable_error_code_with_superscript(scripted, host):
+    port, lines = host
+    scripted.replies["AT"] = "+ERR=²"
+    radio = RylrRadio(source(), str(scripted.link))
+    with pytest.raises(ModuleError, match="unreadable error"):
+        radio._command(port, lines, "AT", lambda e: None)
+
+
+def test_radio_thread_survives_a_noisy_line(emulator, start_radio):
+    r = start_radio(emulator)
+    up = r.wait_state("receiving")
+    emulator.write_line("+RCV=²,2,AB,-60,9")
+    emulator.receive(21, WATER)
+    wait_until(lambda: r.frames(up) or not r.thread.is_alive(), what="a frame or a dead thread")
+    assert r.thread.is_alive()
+    assert r.frames(up)[0].address == 21
