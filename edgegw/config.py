@@ -293,7 +293,12 @@ def _describe(err: dict[str, Any]) -> list[str]:
     path = _key_path(err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
-        msg = "unknown key (misspelt? see configs/ for the keys each section takes)"
+        key = err["loc"][-1]
+        if len(err["loc"]) > 1 and key in Config.model_fields:
+            msg = (f"unknown key here; {key} is a top-level key: TOML puts every key below a [section] header "
+                   "into that section, so move it above the first [section] or [[section]]")
+        else:
+            msg = "unknown key (misspelt? see configs/ for the keys each section takes)"
     elif err["type"] == "missing":
         msg = "required key is missing"
     elif err["type"] == "union_tag_invalid":
@@ -330,7 +335,7 @@ def load_config(path: str | Path) -> tuple[Config, DriverRegistry]:
         try:
             layouts.append(Layout.model_validate(spec).driver())
         except ValidationError as exc:
-            problems += [f"layouts[{i}].{line}" for e in exc.errors() for line in _describe(e)]
+            problems += [line for e in exc.errors() for line in _describe({**e, "loc": ("layouts", i, *e["loc"])})]
     drivers_dir = _resolve(base, Path(raw["drivers_dir"])) if isinstance(raw.get("drivers_dir"), str) else None
     if drivers_dir is not None and not drivers_dir.is_dir():
         problems.append(f"drivers_dir: {drivers_dir} is not a directory")
@@ -344,11 +349,8 @@ def load_config(path: str | Path) -> tuple[Config, DriverRegistry]:
     try:
         config = Config.model_validate(raw, context={"drivers": registry})
     except ValidationError as exc:
-        seen = set(problems)
-        for e in exc.errors():
-            for line in _describe(e):
-                if not line.startswith("layouts[") or line not in seen:
-                    problems.append(line)
+        # Layouts were validated above too: _dedupe drops the second copy of their problems.
+        problems += [line for e in exc.errors() for line in _describe(e)]
         raise ConfigError(name, _dedupe(problems)) from None
     if problems:
         raise ConfigError(name, _dedupe(problems))

@@ -30,7 +30,8 @@ DEVICES = [  # (id, address, driver)
 ]
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition",
+               poll: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         result = predicate()
@@ -38,7 +39,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = 
             return result
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(poll)
 
 
 def write_config(tmp: Path, link: Path, mqtt_port: int | None, topic: str = "test/{gateway}/batches",
