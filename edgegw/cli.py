@@ -204,7 +204,8 @@ def drivers_list(config_path: Path | None, as_json: bool) -> None:
     for r in rows:
         click.echo(f"{r['name']}  ({r['origin']})  {r['description'].splitlines()[0] if r['description'] else ''}")
         for k, v in r["values"].items():
-            rng = "|".join(v["choices"]) if v["choices"] else f"{_num(v['min'])}..{_num(v['max'])}"
+            rng = ("|".join(v["choices"]) if v["choices"] else "-" if v["min"] is None and v["max"] is None
+                   else f"{_num(v['min'])}..{_num(v['max'])}")
             click.echo(f"    {k:<20} {v['unit'] or '-':<6} {rng}")
 
 
@@ -216,19 +217,19 @@ def _num(x: float | None) -> str:
 @click.option("--driver", required=True, help="driver name, see `edgegw drivers list`")
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="config with drivers_dir/layouts")
-@click.argument("payload_hex")
-def decode(driver: str, config_path: Path | None, payload_hex: str) -> None:
-    """Decode one payload (hex) with a driver and print the values as JSON.
+@click.argument("payload_hex", nargs=-1, required=True)
+def decode(driver: str, config_path: Path | None, payload_hex: tuple[str, ...]) -> None:
+    """Decode one payload (hex, spaces allowed) with a driver and print the values as JSON.
 
-    Example: edgegw decode --driver water_level 01035205AA0E740007
+    Example: edgegw decode --driver water_level 01 09C4 05AA 0E74 0007
     """
     registry = _load(config_path)[1] if config_path else _bundled()
     if driver not in registry:
         raise click.ClickException(f"unknown driver {driver!r}; known: {', '.join(registry.names())}")
     try:
-        payload = bytes.fromhex(payload_hex.replace(" ", ""))
+        payload = bytes.fromhex("".join(payload_hex))
     except ValueError:
-        raise click.ClickException(f"not hexadecimal: {payload_hex!r}") from None
+        raise click.ClickException(f"not hexadecimal: {' '.join(payload_hex)!r}") from None
     try:
         decoded = registry[driver].decode(payload)
     except DecodeError as exc:

@@ -245,24 +245,10 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _cross_references(self) -> Config:
-        problems = []
-        names = [s.name for s in self.sources]
-        for i, d in enumerate(self.devices):
-            if d.source is None and len(names) > 1:
-                problems.append(f"devices[{i}].source: several sources exist; name one of {names}")
-            elif d.source is not None and d.source not in names:
-                problems.append(f"devices[{i}].source: unknown source {d.source!r}; expected one of {names}")
-        seen: dict[tuple[str, int], int] = {}
-        for i, d in enumerate(self.devices):
-            key = (d.source or names[0], d.address)
-            if key in seen:
-                problems.append(f"devices[{i}].address: {d.address} is also devices[{seen[key]}] on source {key[0]!r}")
-            seen[key] = i
-        for what, items in (("devices", [d.id for d in self.devices]), ("sources", names),
-                            ("uplinks", [u.name for u in self.uplinks])):
-            dupes = sorted({x for x in items if items.count(x) > 1})
-            if dupes:
-                problems.append(f"{what}: names must be unique, repeated: {dupes}")
+        problems = cross_reference_problems(
+            [s.model_dump() for s in self.sources], [d.model_dump() for d in self.devices],
+            [u.model_dump() for u in self.uplinks],
+        )
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -273,6 +259,36 @@ class Config(_Section):
     def effective_uplinks(self) -> list[MqttUplink | FileUplink]:
         """The configured uplinks, or the embedded default: JSON-lines files in the data directory."""
         return list(self.uplinks) or [FileUplink(type="file")]
+
+
+def cross_reference_problems(sources: list, devices: list, uplinks: list) -> list[str]:
+    """Problems between sections: unknown or ambiguous sources, shared addresses, repeated names.
+
+    Works on plain dicts, so :func:`load_config` can report these alongside every other problem,
+    even when some entries are malformed (those are skipped here and reported on their own).
+    """
+    sources = [s for s in sources if isinstance(s, dict)]
+    devices = [(i, d) for i, d in enumerate(devices) if isinstance(d, dict)]
+    names = [s.get("name") for s in sources]
+    problems = []
+    seen: dict[tuple, int] = {}
+    for i, d in devices:
+        source = d.get("source")
+        if source is None and len(names) > 1:
+            problems.append(f"devices[{i}].source: several sources exist; name one of {names}")
+        elif source is not None and source not in names:
+            problems.append(f"devices[{i}].source: unknown source {source!r}; expected one of {names}")
+        key = (source or (names[0] if names else None), d.get("address"))
+        if key[1] is not None:
+            if key in seen:
+                problems.append(f"devices[{i}].address: {key[1]} is also devices[{seen[key]}] on source {key[0]!r}")
+            seen.setdefault(key, i)
+    for what, items in (("devices", [d.get("id") for _, d in devices]), ("sources", names),
+                        ("uplinks", [u.get("name", u.get("type")) for u in uplinks if isinstance(u, dict)])):
+        dupes = sorted({str(x) for x in items if x is not None and items.count(x) > 1})
+        if dupes:
+            problems.append(f"{what}: names must be unique, repeated: {dupes}")
+    return problems
 
 
 # -- loading ----------------------------------------------------------------------------------------
@@ -301,6 +317,8 @@ def _describe(err: dict[str, Any]) -> list[str]:
             msg = "unknown key (misspelt? see configs/ for the keys each section takes)"
     elif err["type"] == "missing":
         msg = "required key is missing"
+    elif err["type"] == "union_tag_not_found":
+        return [f"{path}.type: required key is missing; expected one of: 'mqtt', 'file'"]
     elif err["type"] == "union_tag_invalid":
         msg = f"unknown type {err['input'].get('type')!r}; expected one of: {err['ctx']['expected_tags']}"
     elif err["type"] not in ("value_error", "assertion_error") and "input" in err and not isinstance(err["input"], dict | list):
@@ -351,6 +369,9 @@ def load_config(path: str | Path) -> tuple[Config, DriverRegistry]:
     except ValidationError as exc:
         # Layouts were validated above too: _dedupe drops the second copy of their problems.
         problems += [line for e in exc.errors() for line in _describe(e)]
+        # The cross-section checks did not run (pydantic stops before them): run them on the raw file.
+        problems += cross_reference_problems(*(raw.get(k) if isinstance(raw.get(k), list) else []
+                                               for k in ("sources", "devices", "uplinks")))
         raise ConfigError(name, _dedupe(problems)) from None
     if problems:
         raise ConfigError(name, _dedupe(problems))

@@ -99,62 +99,49 @@ class Host:
 
 
 @pytest.fixture
-def emulator(tmp_path):
-    em = RylrEmulator(tmp_path / "ttyLORA0")
-    yield em
-    em.unplug()
-
-
-@pytest.fixture
-def plugged(emulator):
-    emulator.plug()
-    return emulator
-
-
-@pytest.fixture
-def host(plugged):
-    h = Host(plugged.link)
+def host(emulator):
+    h = Host(emulator.link)
     yield h
     h.close()
 
 
-def tune(emulator: RylrEmulator) -> None:
+def tune(module: RylrEmulator) -> None:
     """Configure the module as the gateway would, to what the field transmits on."""
-    a = emulator.air
+    a = module.air
     for cmd in (f"AT+BAND={a.band}", f"AT+PARAMETER={a.parameter}", f"AT+NETWORKID={a.network_id}"):
-        assert emulator.answer(cmd) == "+OK"
-    assert emulator.configured
+        assert module.answer(cmd) == "+OK"
+    assert module.configured
 
 
 # -- AT answers ---------------------------------------------------------------------------------------
 
 
-def test_answer_basics(emulator):
-    assert emulator.answer("AT") == "+OK"
-    assert emulator.answer("") == ""
-    assert emulator.answer("HELLO") == "+ERR=2"
-    assert emulator.answer("at") == "+ERR=2"
-    assert emulator.answer(" AT") == "+ERR=2"
-    assert emulator.answer("AT+FOO=1") == "+ERR=4"
-    assert emulator.answer("AT+FOO?") == "+ERR=4"
-    assert emulator.answer("AT+") == "+ERR=4"
-    assert emulator.answer("ATZ") == "+ERR=4"
-    assert emulator.answer("AT+ADDRESS").startswith("+ERR=")  # no "=": refused, whatever the code
-    assert emulator.answer("AT+VER?").startswith("+VER=RYLR998")
-    assert emulator.commands == ["AT", "", "HELLO", "at", " AT", "AT+FOO=1", "AT+FOO?", "AT+", "ATZ",
+def test_answer_basics(unplugged):
+    assert unplugged.answer("AT") == "+OK"
+    assert unplugged.answer("") == ""
+    assert unplugged.answer("HELLO") == "+ERR=2"
+    assert unplugged.answer("at") == "+ERR=2"
+    assert unplugged.answer(" AT") == "+ERR=2"
+    assert unplugged.answer("AT+FOO=1") == "+ERR=4"
+    assert unplugged.answer("AT+FOO?") == "+ERR=4"
+    assert unplugged.answer("AT+") == "+ERR=4"
+    assert unplugged.answer("ATZ") == "+ERR=4"
+    assert unplugged.answer("AT+ADDRESS").startswith("+ERR=")  # no "=": refused, whatever the code
+    assert unplugged.answer("AT+VER?").startswith("+VER=RYLR998")
+    assert unplugged.commands == ["AT", "", "HELLO", "at", " AT", "AT+FOO=1", "AT+FOO?", "AT+", "ATZ",
                                  "AT+ADDRESS", "AT+VER?"]
-    assert emulator.settings == ModuleSettings()
+    assert unplugged.settings == ModuleSettings()
 
 
-def test_queries_return_the_defaults_then_the_set_values(emulator):
-    assert [emulator.answer(f"AT+{q}?") for q in ("ADDRESS", "NETWORKID", "BAND", "PARAMETER", "MODE", "CPIN")] == [
+def test_queries_return_the_defaults_then_the_set_values(unplugged):
+    assert [unplugged.answer(f"AT+{q}?") for q in ("ADDRESS", "NETWORKID", "BAND", "PARAMETER", "MODE", "CPIN")] == [
         "+ADDRESS=0", "+NETWORKID=18", "+BAND=915000000", "+PARAMETER=9,7,1,12", "+MODE=0", "+CPIN="]
     for cmd in ("AT+ADDRESS=120", "AT+NETWORKID=6", "AT+BAND=868500000", "AT+PARAMETER=12,9,4,24",
                 "AT+MODE=1", "AT+CPIN=1A2b3C4d"):
-        assert emulator.answer(cmd) == "+OK", cmd
-    assert [emulator.answer(f"AT+{q}?") for q in ("ADDRESS", "NETWORKID", "BAND", "PARAMETER", "MODE", "CPIN")] == [
+        assert unplugged.answer(cmd) == "+OK", cmd
+    assert [unplugged.answer(f"AT+{q}?") for q in ("ADDRESS", "NETWORKID", "BAND", "PARAMETER", "MODE", "CPIN")] == [
         "+ADDRESS=120", "+NETWORKID=6", "+BAND=868500000", "+PARAMETER=12,9,4,24", "+MODE=1", "+CPIN=1A2b3C4d"]
-    assert emulator.settings == ModuleSettings(120, 6, 868_500_000, "12,9,4,24", "1A2b3C4d", "1")
+    assert unplugged.settings == ModuleSettings(120, 6, 868_500_000, "12,9,4,24", "1A2b3C4d", "1")
 
 
 @pytest.mark.parametrize(
@@ -163,8 +150,8 @@ def test_queries_return_the_defaults_then_the_set_values(emulator):
      "AT+BAND=862000000", "AT+BAND=1020000000", "AT+PARAMETER=7,7,1,4", "AT+PARAMETER=12,9,4,24",
      "AT+CPIN=00000000", "AT+MODE=0"],
 )
-def test_setters_accept_values_in_range(emulator, cmd):
-    assert emulator.answer(cmd) == "+OK"
+def test_setters_accept_values_in_range(unplugged, cmd):
+    assert unplugged.answer(cmd) == "+OK"
 
 
 @pytest.mark.parametrize(
@@ -182,98 +169,98 @@ def test_setters_accept_values_in_range(emulator, cmd):
         ("AT+MODE=2", 4),
     ],
 )
-def test_setters_refuse_values_out_of_range_and_keep_the_old_value(emulator, cmd, err):
-    before = dataclasses.replace(emulator.settings)
-    assert emulator.answer(cmd) == f"+ERR={err}"
-    assert emulator.settings == before
+def test_setters_refuse_values_out_of_range_and_keep_the_old_value(unplugged, cmd, err):
+    before = dataclasses.replace(unplugged.settings)
+    assert unplugged.answer(cmd) == f"+ERR={err}"
+    assert unplugged.settings == before
 
 
-def test_reset_and_factory_restore_the_defaults(emulator):
-    emulator.answer("AT+ADDRESS=7")
-    assert emulator.answer("AT+RESET") == "+RESET\r\n+READY"
-    assert emulator.settings == ModuleSettings()
-    emulator.answer("AT+BAND=868000000")
-    assert emulator.answer("AT+FACTORY") == "+FACTORY"
-    assert emulator.settings == ModuleSettings()
+def test_reset_and_factory_restore_the_defaults(unplugged):
+    unplugged.answer("AT+ADDRESS=7")
+    assert unplugged.answer("AT+RESET") == "+RESET\r\n+READY"
+    assert unplugged.settings == ModuleSettings()
+    unplugged.answer("AT+BAND=868000000")
+    assert unplugged.answer("AT+FACTORY") == "+FACTORY"
+    assert unplugged.settings == ModuleSettings()
 
 
-def test_configured_needs_band_parameter_network_and_mode(emulator):
-    assert emulator.air == Air()
-    assert not emulator.configured  # a fresh module sits on 915 MHz
-    tune(emulator)
-    assert emulator.answer("AT+ADDRESS=77") == "+OK"
-    assert emulator.configured  # the address does not matter for hearing
+def test_configured_needs_band_parameter_network_and_mode(unplugged):
+    assert unplugged.air == Air()
+    assert not unplugged.configured  # a fresh module sits on 915 MHz
+    tune(unplugged)
+    assert unplugged.answer("AT+ADDRESS=77") == "+OK"
+    assert unplugged.configured  # the address does not matter for hearing
     for cmd, undo in (("AT+NETWORKID=5", "AT+NETWORKID=18"), ("AT+PARAMETER=10,7,1,12", "AT+PARAMETER=9,7,1,12"),
                       ("AT+BAND=920800000", "AT+BAND=920600000"), ("AT+MODE=1", "AT+MODE=0")):
-        emulator.answer(cmd)
-        assert not emulator.configured, cmd
-        emulator.answer(undo)
-        assert emulator.configured
-    emulator.air = Air(band=868_100_000, parameter="7,9,1,8", network_id=6)
-    assert not emulator.configured
-    tune(emulator)
+        unplugged.answer(cmd)
+        assert not unplugged.configured, cmd
+        unplugged.answer(undo)
+        assert unplugged.configured
+    unplugged.air = Air(band=868_100_000, parameter="7,9,1,8", network_id=6)
+    assert not unplugged.configured
+    tune(unplugged)
 
 
-def test_receive_and_write_line_while_unplugged(emulator):
-    assert not emulator.plugged
-    assert emulator.receive(1, "AB") is False  # not configured: not even tried
-    assert emulator.dropped == 0
-    tune(emulator)
-    assert emulator.receive(1, "AB") is False  # configured, but no host port
-    assert emulator.write_line("xyz") is False
-    assert (emulator.written, emulator.dropped) == (0, 2)
+def test_receive_and_write_line_while_unplugged(unplugged):
+    assert not unplugged.plugged
+    assert unplugged.receive(1, "AB") is False  # not configured: not even tried
+    assert unplugged.dropped == 0
+    tune(unplugged)
+    assert unplugged.receive(1, "AB") is False  # configured, but no host port
+    assert unplugged.write_line("xyz") is False
+    assert (unplugged.written, unplugged.dropped) == (0, 2)
 
 
 # -- the pty ------------------------------------------------------------------------------------------
 
 
-def test_plug_creates_link_to_a_pty_and_says_ready(plugged, host):
-    assert plugged.plugged
-    assert plugged.link.is_symlink()
-    assert os.readlink(plugged.link).startswith("/dev/pts/")
-    assert not plugged.link.with_name(plugged.link.name + ".new").exists()
+def test_plug_creates_link_to_a_pty_and_says_ready(emulator, host):
+    assert emulator.plugged
+    assert emulator.link.is_symlink()
+    assert os.readlink(emulator.link).startswith("/dev/pts/")
+    assert not emulator.link.with_name(emulator.link.name + ".new").exists()
     assert host.readline() == "+READY"
 
 
-def test_answers_commands_over_the_pty(plugged, host):
+def test_answers_commands_over_the_pty(emulator, host):
     assert host.readline() == "+READY"
     host.write("AT\r\nAT+ADDRESS=5\r\nAT+NETWORKID=16\r\nAT+BAND?\r\nNOPE\n")  # bare \n works too
     assert host.lines(5) == ["+OK", "+OK", "+ERR=4", "+BAND=915000000", "+ERR=2"]
-    assert plugged.settings.address == 5
+    assert emulator.settings.address == 5
     host.write("AT+NETWO")  # a command split across reads
     assert not host.hung_up()
     host.write("RKID=5\r\n")
     assert host.readline() == "+OK"
-    assert plugged.commands[-1] == "AT+NETWORKID=5"
+    assert emulator.commands[-1] == "AT+NETWORKID=5"
 
 
-def test_receive_writes_rcv_lines_only_when_configured(plugged, host):
+def test_receive_writes_rcv_lines_only_when_configured(emulator, host):
     assert host.readline() == "+READY"
-    assert plugged.receive(21, "ABCD", -60, 9.5) is False
-    tune(plugged)
-    assert plugged.receive(21, "ABCD", -60, 9.5) is True
-    assert plugged.receive(65535, "", -120, -7) is True
-    assert plugged.write_line("garbage!") is True
+    assert emulator.receive(21, "ABCD", -60, 9.5) is False
+    tune(emulator)
+    assert emulator.receive(21, "ABCD", -60, 9.5) is True
+    assert emulator.receive(65535, "", -120, -7) is True
+    assert emulator.write_line("garbage!") is True
     assert host.lines(3) == ["+RCV=21,4,ABCD,-60,9.5", "+RCV=65535,0,,-120,-7", "garbage!"]
-    assert plugged.written == 4  # +READY and the three
+    assert emulator.written == 4  # +READY and the three
 
 
-def test_unplug_hangs_up_removes_link_and_replug_is_a_fresh_module(plugged, host):
+def test_unplug_hangs_up_removes_link_and_replug_is_a_fresh_module(emulator, host):
     assert host.readline() == "+READY"
-    tune(plugged)
-    plugged.answer("AT+ADDRESS=9")
-    plugged.unplug()
-    assert not plugged.plugged
-    assert not plugged.link.exists() and not plugged.link.is_symlink()
+    tune(emulator)
+    emulator.answer("AT+ADDRESS=9")
+    emulator.unplug()
+    assert not emulator.plugged
+    assert not emulator.link.exists() and not emulator.link.is_symlink()
     assert wait_until(host.hung_up, what="the host to see the hang-up")
-    assert plugged.receive(21, "AB") is False
-    plugged.unplug()  # unplugging twice is harmless
+    assert emulator.receive(21, "AB") is False
+    emulator.unplug()  # unplugging twice is harmless
 
-    plugged.plug()
-    assert plugged.link.is_symlink()
-    assert plugged.settings == ModuleSettings()  # power-on defaults
-    assert not plugged.configured
-    h2 = Host(plugged.link)
+    emulator.plug()
+    assert emulator.link.is_symlink()
+    assert emulator.settings == ModuleSettings()  # power-on defaults
+    assert not emulator.configured
+    h2 = Host(emulator.link)
     try:
         assert h2.readline() == "+READY"
         h2.write("AT+ADDRESS?\r\n")
@@ -282,16 +269,16 @@ def test_unplug_hangs_up_removes_link_and_replug_is_a_fresh_module(plugged, host
         h2.close()
 
 
-def test_write_gives_up_when_nobody_reads(plugged):
+def test_write_gives_up_when_nobody_reads(emulator):
     """A dead host must not hang the field: the line is dropped once the tty buffer is full."""
-    tune(plugged)
+    tune(emulator)
     line = "X" * 500
     started = time.monotonic()
     results = []
     while time.monotonic() - started < 10 and (not results or results[-1]):
-        results.append(plugged.write_line(line))
+        results.append(emulator.write_line(line))
     assert results[-1] is False, "the pty never filled up"
-    assert plugged.dropped == 1
+    assert emulator.dropped == 1
     assert time.monotonic() - started < 5
 
 
@@ -344,21 +331,21 @@ def check_frames_match_sent(lines: list[str], field: VirtualField) -> None:
         assert close_to(decoded.values, sent.values), (decoded.values, sent.values)
 
 
-def test_field_applies_its_air_and_refuses_unknown_drivers(emulator):
-    VirtualField(field_spec(), DRIVERS, emulator)
-    assert emulator.air == Air(**AIR)
+def test_field_applies_its_air_and_refuses_unknown_drivers(unplugged):
+    VirtualField(field_spec(), DRIVERS, unplugged)
+    assert unplugged.air == Air(**AIR)
     spec = FieldSpec.model_validate({"devices": [{"address": 1, "driver": "nope", "interval": 5, "values": {}}]})
     with pytest.raises(ConfigError, match=r"unknown driver\(s\) \['nope'\]"):
-        VirtualField(spec, DRIVERS, emulator)
+        VirtualField(spec, DRIVERS, unplugged)
 
 
-def test_transmit_puts_decodable_frames_on_the_air(plugged, host):
-    field = VirtualField(field_spec(), DRIVERS, plugged, seed=1)
+def test_transmit_puts_decodable_frames_on_the_air(emulator, host):
+    field = VirtualField(field_spec(), DRIVERS, emulator, seed=1)
     trap, water = field.devices
     assert host.readline() == "+READY"
     field.transmit(water, 0.0)  # the module is not tuned to the field yet: nothing heard, nothing sent
     assert field.sent == []
-    tune(plugged)
+    tune(emulator)
     for t in (5.0, 10.0, 15.0):
         field.transmit(water, t)
     field.transmit(trap, 20.0)
@@ -373,10 +360,10 @@ def test_transmit_puts_decodable_frames_on_the_air(plugged, host):
     assert field.faults_sent == {}
 
 
-def test_events_change_values_at_their_time(plugged, host):
-    field = VirtualField(field_spec(), DRIVERS, plugged, seed=2)
+def test_events_change_values_at_their_time(emulator, host):
+    field = VirtualField(field_spec(), DRIVERS, emulator, seed=2)
     trap = field.devices[0]
-    tune(plugged)
+    tune(emulator)
     assert host.readline() == "+READY"
     for t in (44.9, 45.0, 59.0, 60.0, 3600.0):
         field.transmit(trap, t)
@@ -397,7 +384,7 @@ def test_curves_drift_and_swing():
     assert abs(sum(values) / len(values) - 10) < 0.15
 
 
-def test_curves_are_clamped_into_the_driver_range(plugged, host):
+def test_curves_are_clamped_into_the_driver_range(emulator, host):
     spec = FieldSpec.model_validate({
         "air": AIR,
         "devices": [{"address": 21, "driver": "water_level", "interval": "5s", "values": {
@@ -406,9 +393,9 @@ def test_curves_are_clamped_into_the_driver_range(plugged, host):
             "battery": {"start": 9.0, "noise": 0.5},          # an impossible battery
         }}],
     })
-    field = VirtualField(spec, DRIVERS, plugged, seed=3)
+    field = VirtualField(spec, DRIVERS, emulator, seed=3)
     water = field.devices[0]
-    tune(plugged)
+    tune(emulator)
     assert host.readline() == "+READY"
     for t in (0.0, 900.0, 2700.0, 3600.0):
         field.transmit(water, t)
@@ -425,9 +412,9 @@ def test_curves_are_clamped_into_the_driver_range(plugged, host):
 
 
 @pytest.mark.parametrize("kind", ["garbage", "truncated", "bad_hex", "wrong_length"])
-def test_faults_produce_corrupt_lines(plugged, host, kind):
-    field = VirtualField(field_spec(faults={kind: 1.0}), DRIVERS, plugged, seed=4)
-    tune(plugged)
+def test_faults_produce_corrupt_lines(emulator, host, kind):
+    field = VirtualField(field_spec(faults={kind: 1.0}), DRIVERS, emulator, seed=4)
+    tune(emulator)
     assert host.readline() == "+READY"
     n = 20
     for i in range(n):
@@ -435,7 +422,7 @@ def test_faults_produce_corrupt_lines(plugged, host, kind):
     lines = host.lines(n)
     assert field.sent == []
     assert field.faults_sent == {kind: n}
-    radio = RylrRadio(RylrSource(type="rylr", name="lora0", simulate=Path("f.toml")), str(plugged.link))
+    radio = RylrRadio(RylrSource(type="rylr", name="lora0", simulate=Path("f.toml")), str(emulator.link))
     for line in lines:
         events: list = []
         radio._route(line, events.append)  # what the gateway makes of the line
@@ -452,9 +439,9 @@ def test_faults_produce_corrupt_lines(plugged, host, kind):
             assert events[0].address in (17, 21)
 
 
-def test_duplicate_fault_sends_the_same_frame_twice(plugged, host):
-    field = VirtualField(field_spec(faults={"duplicate": 1.0}), DRIVERS, plugged, seed=5)
-    tune(plugged)
+def test_duplicate_fault_sends_the_same_frame_twice(emulator, host):
+    field = VirtualField(field_spec(faults={"duplicate": 1.0}), DRIVERS, emulator, seed=5)
+    tune(emulator)
     assert host.readline() == "+READY"
     field.transmit(field.devices[1], 5.0)
     field.transmit(field.devices[0], 20.0)
@@ -464,11 +451,11 @@ def test_duplicate_fault_sends_the_same_frame_twice(plugged, host):
     assert field.faults_sent == {"duplicate": 2}
 
 
-def test_fault_mix_is_reproducible_with_a_seed(emulator):
+def test_fault_mix_is_reproducible_with_a_seed(unplugged):
     faults = {"garbage": 0.1, "truncated": 0.1, "bad_hex": 0.1, "wrong_length": 0.1, "duplicate": 0.1}
     counts = []
     for _ in range(2):
-        em = RylrEmulator(emulator.link)  # never plugged: lines are dropped, faults still counted
+        em = RylrEmulator(unplugged.link)  # never emulator: lines are dropped, faults still counted
         field = VirtualField(field_spec(faults=faults), DRIVERS, em, seed=11)
         for i in range(300):
             field.transmit(field.devices[i % 2], 5.0 * i)
@@ -512,16 +499,16 @@ def test_bundled_demo_field_loads():
     assert len(spec.devices) >= 2
 
 
-# -- the whole chain: field -> emulator -> pty -> pyserial -> RylrRadio --------------------------------
+# -- the whole chain: field -> unplugged -> pty -> pyserial -> RylrRadio --------------------------------
 
 
-def test_field_run_reaches_the_radio(plugged):
-    field = VirtualField(field_spec(), DRIVERS, plugged, seed=6)
+def test_field_run_reaches_the_radio(emulator):
+    field = VirtualField(field_spec(), DRIVERS, emulator, seed=6)
     config = RylrSource(type="rylr", name="lora0", simulate=Path("field.toml"), band=AIR["band"],
                         spreading_factor=10, preamble=8, network_id=AIR["network_id"])
     events: list = []
     radio_stop, field_stop = threading.Event(), threading.Event()
-    radio = threading.Thread(target=RylrRadio(config, str(plugged.link)).run, args=(events.append, radio_stop),
+    radio = threading.Thread(target=RylrRadio(config, str(emulator.link)).run, args=(events.append, radio_stop),
                              daemon=True)
     air = threading.Thread(target=field.run, args=(field_stop,), kwargs={"speed": 400.0}, daemon=True)
     radio.start()
@@ -538,7 +525,7 @@ def test_field_run_reaches_the_radio(plugged):
                             and [e for e in events if isinstance(e, Frame)], what="every sent frame")
     finally:
         radio_stop.set()
-        plugged.write_line("")  # wake the radio's read so it sees the stop at once
+        emulator.write_line("")  # wake the radio's read so it sees the stop at once
         radio.join(timeout=5)
     assert not radio.is_alive()
     assert not [e for e in events if isinstance(e, Reject)]

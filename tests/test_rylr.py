@@ -314,19 +314,6 @@ class Running:
 
 
 @pytest.fixture
-def unplugged(tmp_path):
-    emulator = RylrEmulator(tmp_path / "ttyLORA0")
-    yield emulator
-    emulator.unplug()
-
-
-@pytest.fixture
-def emulator(unplugged):
-    unplugged.plug()
-    return unplugged
-
-
-@pytest.fixture
 def start_radio():
     running: list[Running] = []
 
