@@ -14,11 +14,15 @@ import json
 import time
 from dataclasses import dataclass
 
+import structlog
+
 from edgegw.config import Config, Device
 from edgegw.drivers import DriverRegistry
 from edgegw.errors import DecodeError
 from edgegw.model import Frame, Reading, Reject, boot_id
 from edgegw.store import DeviceState, Store
+
+log = structlog.get_logger("edgegw.ingest")
 
 DUPLICATE_WINDOW = 3600.0  # s: a copy of a frame older than this with the same counter is a new epoch
 LATE_WINDOW = 256  # counters this far behind the last one, never seen, are late frames, not a reset
@@ -83,6 +87,9 @@ class Ingest:
                     return self._duplicate(state, frame, f"{device.id}:{state.epoch}:{counter}")
                 if earlier is not None or last - counter > LATE_WINDOW:
                     # Same counter with other bytes, or far behind: the counter wrapped or the device restarted.
+                    log.info("frame counter went back: new counter epoch", device=device.id, source=frame.source,
+                             last_counter=last, counter=counter, epoch=state.epoch + 1,
+                             seen_before=earlier is not None)
                     state.epoch, state.last_counter = state.epoch + 1, counter
                 # else: a late frame, never seen, within the window: it keeps the current epoch.
             reading_id = f"{device.id}:{state.epoch}:{counter}"

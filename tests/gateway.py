@@ -78,7 +78,7 @@ class Sender:
         if not self.emulator.receive(address, data, -80, 7.5):
             assert not self.strict, "emulator did not pass the frame (not configured?)"
             return ""
-        reading_id = f"{device_id}:0:{n}"
+        reading_id = f"{device_id}:{n >> 16}:{n & 0xFFFF}"  # the 16-bit counter wraps into a new epoch
         self.sent[reading_id] = values
         return reading_id
 

@@ -25,14 +25,12 @@ def test_repeated_kill_9_loses_no_committed_reading(tmp_path):
     daemon = Daemon(write_config(tmp_path, emulator.link, broker.port, log_level="info"))
     sub = Subscriber("127.0.0.1", broker.port, TOPIC, client_id="soak-subscriber")
     sender = Sender(emulator, strict=False)
-    streaming = threading.Event()
-    streaming.set()
+    stop_streaming = threading.Event()
 
-    def stream() -> None:
-        while streaming.is_set():
+    def stream() -> None:  # about 225 frames/s in bursts, so kills land mid-group as well as between
+        while not stop_streaming.wait(0.02):
             if emulator.configured:
-                sender.burst(rng.randint(1, 8))  # bursts, so kills land mid-group as well as between
-            streaming.wait(0.02)
+                sender.burst(rng.randint(1, 8))
 
     streamer = threading.Thread(target=stream, daemon=True)
     try:
@@ -44,7 +42,7 @@ def test_repeated_kill_9_loses_no_committed_reading(tmp_path):
                 broker.stop() if broker.running else broker.start()
             daemon.kill()
             daemon.start().wait_receiving()
-        streaming.clear()
+        stop_streaming.set()
         streamer.join()
         if not broker.running:
             broker.start()
@@ -62,7 +60,7 @@ def test_repeated_kill_9_loses_no_committed_reading(tmp_path):
         assert len(committed) > 30 * 10
         assert set(received) <= set(sender.sent)
     finally:
-        streaming.clear()
+        stop_streaming.set()
         sub.close()
         daemon.stop()
         emulator.unplug()
