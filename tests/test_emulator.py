@@ -536,3 +536,23 @@ def test_field_run_reaches_the_radio(emulator):
         assert close_to(decoded.values, s.values)
     assert {s.address for s in field.sent} == {17, 21}
     assert not any(math.isnan(f.rssi) for f in frames)
+
+
+def test_an_event_makes_the_device_transmit_at_once(emulator):
+    """A trap sensor reports the moment it is sprung, not at its next heartbeat."""
+    spec = FieldSpec.model_validate({"air": AIR, "devices": [
+        {"address": 17, "driver": "trap", "interval": "1h", "values": {"state": "armed", "tamper": False,
+         "battery": 3.3}, "events": [{"at": "100s", "set": {"state": "sprung"}}]}]})
+    field = VirtualField(spec, DRIVERS, emulator, seed=1)
+    tune(emulator)  # after the field set the emulator's air
+    stop = threading.Event()
+    air = threading.Thread(target=field.run, args=(stop,), kwargs={"speed": 1000.0}, daemon=True)
+    air.start()
+    try:
+        wait_until(lambda: len(field.sent) >= 2, what="the heartbeat and the event's frame")
+    finally:
+        stop.set()
+        air.join(timeout=5)
+    # the first heartbeat (within 3 s), then the event at 100 s: not the next heartbeat at one hour
+    assert [s.values["state"] for s in field.sent[:2]] == ["armed", "sprung"]
+    assert [s.counter for s in field.sent[:2]] == [0, 1]

@@ -116,6 +116,12 @@ class VirtualDevice:
     driver: Driver
     counter: int = 0
     next_at: float = 0.0
+    events_due: list[float] = field(default_factory=list)
+
+    def due(self) -> float:
+        """When this device transmits next: its heartbeat, or earlier when an event happens (a trap
+        sensor reports the moment it is sprung, not at its next heartbeat)."""
+        return min([self.next_at, *self.events_due[:1]])
 
     def values_at(self, t: float, rng: random.Random) -> dict[str, Any]:
         specs = dict(self.spec.values)
@@ -195,12 +201,17 @@ class VirtualField:
         start = time.monotonic()
         for d in self.devices:
             d.next_at = self.rng.uniform(0, min(d.spec.interval, 3.0))
+            d.events_due = sorted(e.at for e in d.spec.events)
         while not stop.is_set():
             t = (time.monotonic() - start) * speed
-            due = min(self.devices, key=lambda d: d.next_at)
-            if due.next_at > t:
-                stop.wait(min((due.next_at - t) / speed, 0.5))
+            device = min(self.devices, key=VirtualDevice.due)
+            at = device.due()
+            if at > t:
+                stop.wait(min((at - t) / speed, 0.5))
                 continue
             if self.emulator.plugged:
-                self.transmit(due, due.next_at)
-            due.next_at += due.spec.interval
+                self.transmit(device, at)
+            if device.events_due and device.events_due[0] == at:
+                device.events_due.pop(0)
+            else:
+                device.next_at += device.spec.interval
