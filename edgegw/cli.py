@@ -166,7 +166,8 @@ def simulate(field_file: Path, link: Path, config_path: Path | None, speed: floa
     finally:
         stop.set()
         emulator.unplug()
-        click.echo(f"frames written {emulator.written}, dropped {emulator.dropped}, faults {vfield.faults_sent}",
+        click.echo(f"frames on the air {len(vfield.sent)}, lines to the host {emulator.written}, "
+                   f"dropped {emulator.dropped}, faults {vfield.faults_sent}",
                    err=True)
 
 
