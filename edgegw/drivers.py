@@ -124,7 +124,7 @@ class LayoutDriver(Driver):
             raise DecodeError("wrong_length", f"{self.name} expects {self._struct.size} bytes, got {len(payload)}")
         values: dict[str, Value] = {}
         counter = None
-        for f, raw in zip(self.fields, self._struct.unpack(payload)):
+        for f, raw in zip(self.fields, self._struct.unpack(payload), strict=True):
             if f.counter:
                 counter = int(raw)
             elif f.type == "f32" and not math.isfinite(raw):

@@ -31,7 +31,8 @@ DEVICES = [  # (id, address, driver)
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition",
-               poll: float = 0.05) -> Any:
+               poll: float = 0.01) -> Any:
+    """Poll ``predicate`` until it returns something truthy (and return that), or fail after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
         result = predicate()

@@ -9,7 +9,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from tests import broker as broker_mod
-from tests.broker import Mosquitto, Subscriber, free_port, mosquitto, publish  # noqa: F401 (fixture)
+from tests.broker import Mosquitto, Subscriber, free_port, publish
 
 
 def _publish_with_own_client(host: str, port: int, topic: str, payload: bytes) -> None:

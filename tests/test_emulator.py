@@ -14,9 +14,8 @@ import random
 import select
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -27,22 +26,10 @@ from edgegw.model import Frame, Reject
 from edgegw.radio import SourceState
 from edgegw.radio.emulator import Air, ModuleSettings, RylrEmulator
 from edgegw.radio.field import Curve, FieldSpec, VirtualField, load_field, value_at
+from tests.gateway import wait_until
 from edgegw.radio.rylr import RylrRadio, parse_rcv
 
-T = TypeVar("T")
 DRIVERS = load_drivers()
-
-
-def wait_until(pred: Callable[[], T], timeout: float = 5.0, what: str = "") -> T:
-    """Poll ``pred`` until it returns something truthy (and return that), or fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or pred}")
-        time.sleep(0.005)
 
 
 class Host:

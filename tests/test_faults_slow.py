@@ -36,7 +36,7 @@ def test_repeated_kill_9_loses_no_committed_reading(tmp_path):
     try:
         daemon.start().wait_receiving()
         streamer.start()
-        for cycle in range(30):
+        for _ in range(30):
             threading.Event().wait(rng.uniform(0.1, 0.8))
             if rng.random() < 0.3:
                 broker.stop() if broker.running else broker.start()

@@ -11,9 +11,8 @@ import os
 import threading
 import time
 import tty
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import serial
@@ -26,24 +25,12 @@ from edgegw.model import Frame, Reject
 from edgegw.radio import SourceState
 from edgegw.radio import rylr
 from edgegw.radio.emulator import RylrEmulator
+from tests.gateway import wait_until
 from edgegw.radio.rylr import ERRORS, MAX_LINE, LineReader, RylrRadio, parse_rcv
 
-T = TypeVar("T")
 
 # A water_level payload (see drivers/water_level.py): level 1234 mm, 23.00 °C, 3.500 V, counter 256.
 WATER = "0104D208FC0DAC0100"
-
-
-def wait_until(pred: Callable[[], T], timeout: float = 5.0, what: str = "") -> T:
-    """Poll ``pred`` until it returns something truthy (and return that), or fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or pred}")
-        time.sleep(0.005)
 
 
 def source(**kw: Any) -> RylrSource:
