@@ -163,14 +163,13 @@ class Gateway:
 
     def _write_loop(self) -> None:
         next_purge = time.monotonic() + 60
-        while True:
+        done = False
+        while not done:
             try:
-                first = self.events.get(timeout=5.0)
+                group = [self.events.get(timeout=5.0)]
             except queue.Empty:
-                notify_systemd("WATCHDOG=1")
-                first = ()
-            group = [first] if first != () else []
-            while len(group) < GROUP_LIMIT:
+                group = []
+            while group and len(group) < GROUP_LIMIT:
                 try:
                     group.append(self.events.get_nowait())
                 except queue.Empty:
@@ -183,8 +182,6 @@ class Gateway:
             if time.monotonic() >= next_purge:
                 next_purge = time.monotonic() + PURGE_EVERY
                 self._purge()
-            if done:
-                return
 
     def _commit_group(self, group: list) -> None:
         after: list = []
@@ -217,6 +214,9 @@ class Gateway:
             # accepted, its frames are lost as if never heard, and we say so loudly.
             log.exception("commit failed; group dropped", events=len(group))
             store.rollback()
+            for event in group:
+                if isinstance(event, Ack):
+                    event.committed()  # the ack is not recorded: release its items to be sent again
             return
         for r in after:
             self._after_commit(r)
@@ -244,9 +244,14 @@ class Gateway:
 
     def _purge(self) -> None:
         cutoff = time.time() - self.config.store.keep_delivered
-        self.store.begin()
-        n = self.store.purge_delivered(cutoff)
-        self.store.commit()
+        try:
+            self.store.begin()
+            n = self.store.purge_delivered(cutoff)
+            self.store.commit()
+        except Exception:  # housekeeping must never stop the writer; the next round tries again
+            log.exception("purge of delivered items failed")
+            self.store.rollback()
+            return
         if n:
             log.info("purged delivered items", count=n, older_than_s=self.config.store.keep_delivered)
 
