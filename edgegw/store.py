@@ -153,7 +153,8 @@ class Store:
         self.conn.execute("COMMIT")
 
     def rollback(self) -> None:
-        self.conn.execute("ROLLBACK")
+        if self.conn.in_transaction:  # BEGIN itself may be what failed
+            self.conn.execute("ROLLBACK")
         # The cache may hold changes of the rolled-back group: reload it from what is on disk.
         self.devices = {row["id"]: DeviceState(**row) for row in self.db["devices"].rows}
         self._dirty_devices.clear()

@@ -134,3 +134,14 @@ def test_new_frames_never_collide_with_stored_ones(tmp_path_factory, start, n):
     frames = [frame((start + i) % 65536, level=i) for i in range(n)]
     got = ids(handle(ingest, *frames))
     assert len(got) == n == len(set(got))
+
+
+def test_rollback_forgets_the_group_and_reloads_the_registry(tmp_path):
+    ingest = make(tmp_path)
+    handle(ingest, frame(1))
+    ingest.store.begin()
+    ingest.handle(frame(2))
+    ingest.store.rollback()  # as the writer does when a commit fails
+    ingest.store.rollback()  # and a second time is harmless
+    assert ingest.store.devices["river-01"].last_counter == 1
+    assert ids(handle(ingest, frame(2))) == ["river-01:0:2"]
