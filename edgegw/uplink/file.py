@@ -50,8 +50,10 @@ class FileWriterUplink:
         if self._file is not None and self._file.tell() >= self.rotate_bytes:
             self._close()
         if self._file is None:
-            # One file name per start and rotation; time plus pid keeps names unique and sortable.
-            path = self.dir / f"batches-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{time.monotonic_ns() % 10**6:06d}.jsonl"
+            # UTC to the microsecond: names sort in the order the files were written.
+            now = time.time()
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now * 1e6) % 1_000_000:06d}Z"
+            path = self.dir / f"batches-{stamp}.jsonl"
             self._file = open(path, "ab")
             # The new name must survive a power cut too: fsync the directory entry once.
             dir_fd = os.open(self.dir, os.O_RDONLY)
