@@ -147,7 +147,7 @@ def simulate(field_file: Path, link: Path, config_path: Path | None, speed: floa
     from edgegw.radio.emulator import RylrEmulator
     from edgegw.radio.field import VirtualField, load_field
 
-    drivers = _load(config_path)[1] if config_path else _bundled()
+    drivers = _drivers(config_path)
     try:
         spec = load_field(field_file)
         emulator = RylrEmulator(link)
@@ -171,7 +171,10 @@ def simulate(field_file: Path, link: Path, config_path: Path | None, speed: floa
                    err=True)
 
 
-def _bundled() -> DriverRegistry:
+def _drivers(config_path: Path | None) -> DriverRegistry:
+    """The config's drivers (bundled, drivers_dir, layouts), or the bundled ones without a config."""
+    if config_path is not None:
+        return _load(config_path)[1]
     try:
         return load_drivers()
     except DriverLoadError as exc:
@@ -192,7 +195,7 @@ def drivers_list(config_path: Path | None, as_json: bool) -> None:
 
     Example: edgegw drivers list -c configs/demo.toml
     """
-    registry = _load(config_path)[1] if config_path else _bundled()
+    registry = _drivers(config_path)
     rows = [
         {"name": name, "origin": registry.origins[name], "description": registry[name].description,
          "values": {k: {"unit": v.unit, "min": v.minimum, "max": v.maximum, "choices": list(v.choices)}
@@ -224,7 +227,7 @@ def decode(driver: str, config_path: Path | None, payload_hex: tuple[str, ...]) 
 
     Example: edgegw decode --driver water_level 01 09C4 05AA 0E74 0007
     """
-    registry = _load(config_path)[1] if config_path else _bundled()
+    registry = _drivers(config_path)
     if driver not in registry:
         raise click.ClickException(f"unknown driver {driver!r}; known: {', '.join(registry.names())}")
     try:

@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from edgegw.drivers import FIELD_TYPES, DriverRegistry, LayoutDriver, LayoutField, load_drivers
+from edgegw.drivers import DriverRegistry, LayoutDriver, LayoutField, load_drivers
 from edgegw.errors import ConfigError, DriverLoadError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -155,7 +155,6 @@ class Layout(_Section):
         return self
 
     def driver(self) -> LayoutDriver:
-        assert set(FIELD_TYPES) >= {f.type for f in self.fields}
         return LayoutDriver(
             self.name,
             [LayoutField(f.name, f.type, f.scale, f.offset, f.unit, f.min, f.max, f.counter) for f in self.fields],

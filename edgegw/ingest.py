@@ -44,6 +44,7 @@ class Ingest:
         self.store = store
         self.uplink_mask = uplink_mask
         self.boot_id = boot_id()
+        self.units = {name: driver.units() for name, driver in drivers.drivers.items()}  # not per frame
         self.by_address: dict[tuple[str, int], Device] = {
             (config.device_source(d), d.address): d for d in config.devices
         }
@@ -65,7 +66,7 @@ class Ingest:
             reason, detail = "driver_error", f"{type(exc).__name__}: {exc}"
         else:
             return self._store_reading(frame, device, state, decoded.values, decoded.counter, decoded.epoch,
-                                       driver.units())
+                                       self.units[device.driver])
         state.rejects += 1
         self.store.touch(state)
         return Reject(frame.source, reason, detail, frame.address, device.id, frame.payload, frame.wall)

@@ -106,8 +106,6 @@ class RylrEmulator:
             self._master = self._slave = None
         self.link.unlink(missing_ok=True)
 
-    close = unplug
-
     @property
     def plugged(self) -> bool:
         return self._master is not None

@@ -31,6 +31,7 @@ class MqttBatchUplink:
         self._lock = threading.Lock()
         self._client: mqtt.Client | None = None
         self._connected = False
+        self._refused: str | None = None  # set by on_connect when the broker says no
         self._inflight: dict[int, str] = {}  # mid -> batch id
         self._early: set[int] = set()  # PUBACKs that overtook the bookkeeping of their publish()
         self._stop = threading.Event()
@@ -89,7 +90,7 @@ class MqttBatchUplink:
         where = f"{self.config.host}:{self.config.port}"
         while not self._stop.is_set():
             client = None
-            self._refused: str | None = None
+            self._refused = None
             self.on_state("connecting", where)
             try:
                 client = self._new_client()  # reads password_file: a missing file is an outage, not a crash
