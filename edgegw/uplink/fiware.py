@@ -1,0 +1,491 @@
+"""FIWARE wire formats for outbox items: IoT Agent JSON, Ultralight 2.0, NGSI-v2, NGSI-LD.
+
+Pure functions, no I/O and no dependencies beyond the standard library: an uplink hands over the
+items of one batch (dicts as in ``edgegw/schemas/batch-v1.schema.json``) in outbox order and sends
+what comes back. How readings become attributes is data (:class:`FiwareMapping`, from the config),
+not code per town.
+
+Decisions, in short (the constants below hold the data):
+
+* **Entity types** (NGSI-v2/LD): ``water_level`` readings are Smart Data Model ``WaterObserved``,
+  ``trap`` readings are SDM ``Device``, anything else is ``DeviceMeasurement`` (SDM: "a measurement
+  of a device", only id and type required, so a multi-value reading stays one entity and one
+  update). Alarms are SDM ``Alert`` entities of their own (an alert is an event, not device state);
+  health is the gateway as an SDM ``Device`` of category ``network``.
+* **WaterObserved** ``height`` is in metres (SDM examples and unit), converted from the driver's
+  mm/cm/m and sent with ``unitCode`` MTR; the raw level is then not repeated. A negative level (below
+  the gauge datum) cannot be ``height`` (SDM ``minimum 0``) and stays a plain attribute in its own
+  unit. SDM requires ``location``: a device without a configured location is sent as
+  ``DeviceMeasurement`` instead of an invalid ``WaterObserved``.
+* **Device** (trap): ``deviceState`` is the trap state, ``rssi`` the radio RSSI in dBm (Rec 20 has
+  no dBm code, so no unitCode). ``batteryLevel`` (a 0..1 fraction) is omitted: a voltage is not a
+  charge fraction without the cell's discharge curve, and -1 means "transiently unknown", which it
+  would be forever. The voltage stays a plain attribute with unitCode VLT.
+* **Units**: UCUM codes from the drivers become UN/CEFACT Rec 20 common codes via
+  :data:`UNIT_CODES`; unknown units get no unitCode rather than a guess.
+* **Text** in NGSI-v2 and IoT-Agent payloads: Orion rejects ``< > " ' = ; ( )`` in values, and the
+  agents forward to Orion. They become their full-width forms (（ ） ＝ ...), which Japanese text uses
+  anyway and NFKC folds back; control characters become spaces. Ultralight additionally maps its
+  separators ``| # @`` to ｜ ＃ ＠. NGSI-LD text is sent unchanged.
+* **Alarms** on the IoT Agent: measures ``alarm`` (kind), ``alarmSeverity``, ``alarmMessage``,
+  ``alarmId`` on the device's own entity, ``TimeInstant`` = raised_at.
+* **Health** on the IoT Agent: measures of the gateway's device (id = the health item's gateway);
+  per-key counters are flattened (``pending_<uplink>``, ``rejects_<reason>``, ``last_frame_<source>``)
+  because Ultralight has no structured values; ``oldest_pending_s`` null (nothing pending) is 0.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Container, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+Item = Mapping[str, Any]
+
+# UCUM (as drivers declare units) -> UN/CEFACT Recommendation 20 common code. Each pair was checked
+# against the Rec 20 code list (names in tests/test_fiware.py). Note hPa is A97: HPA is a volume.
+UNIT_CODES: dict[str, str] = {
+    "mm": "MMT", "cm": "CMT", "m": "MTR", "km": "KMT",
+    "Cel": "CEL", "K": "KEL", "[degF]": "FAH",
+    "%": "P1", "1": "C62",
+    "V": "VLT", "mV": "2Z", "A": "AMP", "mA": "4K", "W": "WTT",
+    "Pa": "PAL", "hPa": "A97", "kPa": "KPA",
+    "s": "SEC", "min": "MIN", "h": "HUR", "d": "DAY",
+    "m/s": "MTS", "km/h": "KMH", "mm/h": "H67",
+    "m3": "MTQ", "m3/s": "MQS", "L": "LTR", "l": "LTR",
+    "lx": "LUX", "deg": "DD", "dB": "2N", "By": "AD",
+}
+_METRES_PER_UNIT = {"mm": 0.001, "cm": 0.01, "m": 1.0}
+
+WATER_TYPE = "WaterObserved"
+DEVICE_TYPE = "Device"
+ALERT_TYPE = "Alert"
+GENERIC_TYPE = "DeviceMeasurement"
+DEFAULT_TYPES: dict[str, str] = {"water_level": WATER_TYPE, "trap": DEVICE_TYPE}
+
+# SDM Device (category, controlledProperty) per driver, from the model's enums. A trap senses the
+# animal's pull on the wire: "motion" is the nearest controlled property.
+DEVICE_PROFILES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {"trap": (("sensor",), ("motion",))}
+_DEFAULT_PROFILE: tuple[tuple[str, ...], tuple[str, ...]] = (("sensor",), ())
+# A gateway senses nothing in the controlledProperty enum; the required list is sent empty.
+GATEWAY_PROFILE: tuple[tuple[str, ...], tuple[str, ...]] = (("network",), ())
+
+# SDM Alert (category, subCategory) per alarm kind; FiwareMapping.alert_categories overrides by rule
+# name or kind (a paddy town maps its water rules to ("agriculture", "irrigation")). Wildlife traps
+# protect crops, but no subCategory names boar or deer ("rodent" is wrong), so none is sent. Device
+# faults have no category of their own in the closed enum; "environment" is the least wrong.
+ALERT_CATEGORIES: dict[str, tuple[str, str | None]] = {
+    "trap_sprung": ("agriculture", None),
+    "trap_reminder": ("agriculture", None),
+    "trap_rearmed": ("agriculture", None),
+    "water_level_alarm": ("naturalDisaster", "floodRisk"),
+    "water_rise": ("naturalDisaster", "floodRisk"),
+    "water_level_clear": ("naturalDisaster", "floodRisk"),
+}
+DEFAULT_ALERT_CATEGORY: tuple[str, str | None] = ("environment", None)
+
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_ENTITY_TYPE = re.compile(r"^[A-Za-z0-9_:-]{1,256}$")
+_ID_FORBIDDEN = set("&?/#<>\"'=;()")  # Orion: ids must avoid these, whitespace and control characters
+# Names a value never gets: entity members of NGSI-v2 and NGSI-LD (location must be a GeoProperty),
+# and TimeInstant, which edgegw sets itself.
+_RESERVED = frozenset({
+    "id", "type", "@context", "scope", "location", "observationSpace", "operationSpace",
+    "createdAt", "modifiedAt", "deletedAt", "TimeInstant",
+})
+# SDM attributes edgegw fills itself, per type: a raw value never lands there, even when edgegw
+# leaves them out (a negative level is no height, a voltage is no batteryLevel).
+_MANAGED: dict[str, set[str]] = {
+    WATER_TYPE: {"height"},
+    DEVICE_TYPE: {"batteryLevel", "deviceState", "rssi"},
+}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ORION_FORBIDDEN = str.maketrans({
+    "<": "＜", ">": "＞", '"': "＂", "'": "＇", "=": "＝", ";": "；", "(": "（", ")": "）",
+})
+_UL_SEPARATORS = str.maketrans({"|": "｜", "#": "＃", "@": "＠"})
+
+
+@dataclass(frozen=True)
+class FiwareMapping:
+    """How items become FIWARE attributes and entities; built once from the config.
+
+    ``attributes`` renames driver value names (to IoT Agent object_ids or NGSI attribute names);
+    unmapped names pass through. ``entity_types`` maps driver -> entity type, over
+    :data:`DEFAULT_TYPES`. ``entity_id`` is a template with ``{type}``, ``{device}``, ``{gateway}``.
+    ``locations`` maps device (or gateway) id -> (latitude, longitude), as in ``[[devices]]``.
+    ``alert_categories`` maps a rule name or alarm kind -> (SDM Alert category, subCategory or None).
+    """
+
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    entity_types: Mapping[str, str] = field(default_factory=dict)
+    entity_id: str = "urn:ngsi-ld:{type}:{device}"
+    gateway_id: str = "gw"
+    locations: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    alert_categories: Mapping[str, tuple[str, str | None]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # A broken template must fail at startup, not turn every batch into a poison batch.
+        try:
+            self.entity_id.format(type="T", device="d", gateway=self.gateway_id)
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(
+                f"entity_id template {self.entity_id!r}: use only {{type}}, {{device}}, {{gateway}} ({e})"
+            ) from None
+        bad = [t for t in self.entity_types.values() if not _ENTITY_TYPE.match(t)]
+        if bad:
+            raise ValueError(f"entity types {bad}: use letters, digits, _ - and : only, e.g. WaterObserved")
+
+    def attribute(self, name: str) -> str:
+        """The attribute name for a driver value name (mapped, then made safe)."""
+        return _safe_name(self.attributes.get(name, name))
+
+    def entity_type(self, driver: str) -> str:
+        """The entity type for a driver's readings."""
+        return self.entity_types.get(driver) or DEFAULT_TYPES.get(driver) or GENERIC_TYPE
+
+    def entity(self, type_: str, device: str) -> str:
+        """The entity id of ``device`` as an entity of ``type_``; ValueError if Orion would refuse it."""
+        eid = self.entity_id.format(type=type_, device=device, gateway=self.gateway_id)
+        if not 0 < len(eid) <= 256 or any(c in _ID_FORBIDDEN or not "!" <= c <= "~" for c in eid):
+            raise ValueError(f"entity id {eid!r} has characters Orion refuses or is longer than 256")
+        return eid
+
+    def alert_category(self, alarm: Item) -> tuple[str, str | None]:
+        """SDM Alert (category, subCategory) for an alarm item: by rule name, then by kind."""
+        for key in (alarm["rule"], alarm["alarm"]):
+            if key in self.alert_categories:
+                return self.alert_categories[key]
+        return ALERT_CATEGORIES.get(alarm["alarm"], DEFAULT_ALERT_CATEGORY)
+
+
+# -- IoT Agent --------------------------------------------------------------------------------------
+
+def iota_json(items: Iterable[Item], mapping: FiwareMapping) -> list[tuple[str, bytes]]:
+    """IoT Agent JSON measure payloads, one per device: ``(device id, payload)``, devices in order.
+
+    One measure group is a flat object, several are an array (one NGSI update each, in order).
+    Every group carries ``TimeInstant``. The uplink builds the topic ``/<apikey>/<device>/attrs``.
+    """
+    return [
+        (device, _json(groups[0] if len(groups) == 1 else groups))
+        for device, groups in _measure_groups(items, mapping, _json_value).items()
+    ]
+
+
+def iota_ul(items: Iterable[Item], mapping: FiwareMapping) -> list[tuple[str, bytes]]:
+    """Ultralight 2.0 measure payloads, one per device: ``TimeInstant|k|v|k|v`` groups joined by ``#``.
+
+    Booleans are ``true``/``false``. The agent rejects empty fields, so empty strings are left out,
+    as are nulls; separators inside text are replaced (see the module docstring).
+    """
+    out = []
+    for device, groups in _measure_groups(items, mapping, _ul_value).items():
+        text = "#".join("|".join([g.pop("TimeInstant"), *(f"{k}|{v}" for k, v in g.items())]) for g in groups)
+        out.append((device, text.encode()))
+    return out
+
+
+def _measure_groups(
+    items: Iterable[Item], mapping: FiwareMapping, encode: Callable[[Any], Any]
+) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for item in items:
+        device, time, values = _measures(item, mapping)
+        group: dict[str, Any] = {}
+        for name, value in values:
+            encoded = encode(value)
+            if encoded is not None:
+                group[_free(name, group)] = encoded
+        if group:  # a group with a timestamp only is a parse error at the agent
+            groups.setdefault(device, []).append({"TimeInstant": time, **group})
+    return groups
+
+
+def _measures(item: Item, mapping: FiwareMapping) -> tuple[str, str, list[tuple[str, Any]]]:
+    """(device id, time, [(attribute name, value)]) of one item, for the IoT Agent."""
+    kind = item["type"]
+    if kind == "reading":
+        values = [(mapping.attribute(k), v) for k, v in item["values"].items()]
+        return _device(item["device"]), item["observed_at"], values
+    if kind == "alarm":
+        fields = {"alarm": item["alarm"], "alarmSeverity": item["severity"],
+                  "alarmMessage": item["message"], "alarmId": item["id"]}
+        return _device(item["device"]), item["raised_at"], [(mapping.attribute(k), v) for k, v in fields.items()]
+    if kind == "health":
+        values = [("version", item["version"])] + [(n, v) for n, v, _, _ in _health_counters(item)]
+        return _device(item["gateway"]), item["observed_at"], [(mapping.attribute(k), v) for k, v in values]
+    raise ValueError(f"unknown item type {kind!r}")
+
+
+def _json_value(value: Any) -> Any:
+    return _orion_text(value) if isinstance(value, str) else value
+
+
+def _ul_value(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return json.dumps(value, allow_nan=False)
+    return _orion_text(str(value)).translate(_UL_SEPARATORS) or None
+
+
+# -- NGSI -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Attr:
+    value: Any
+    kind: str  # NGSI-v2 attribute type: Number, Text, Boolean, DateTime, StructuredValue, Relationship, geo:json
+    unit: str | None = None  # UN/CEFACT code
+    observed: str | None = None  # when the value was measured
+
+
+@dataclass(frozen=True)
+class _Entity:
+    id: str
+    type: str
+    time: str
+    attrs: dict[str, _Attr]
+
+
+def ngsi_v2_entities(items: Iterable[Item], mapping: FiwareMapping) -> list[dict[str, Any]]:
+    """NGSI-v2 entities for ``POST /v2/op/update`` with ``actionType: append``, one per item, in order.
+
+    Measured attributes carry ``unitCode`` (when known) and ``TimeInstant`` metadata; each entity
+    also has a ``TimeInstant`` attribute, as IoT-Agent-made entities do, for history subscribers.
+    """
+    out = []
+    for e in (_entity(i, mapping) for i in items):
+        body: dict[str, Any] = {"id": e.id, "type": e.type}
+        body.update((name, _v2_attr(a)) for name, a in e.attrs.items())
+        body["TimeInstant"] = {"type": "DateTime", "value": e.time}
+        out.append(body)
+    return out
+
+
+def ngsi_ld_entities(items: Iterable[Item], mapping: FiwareMapping, context: str | list[str]) -> list[dict[str, Any]]:
+    """NGSI-LD entities (normalized, ``@context`` in each) for ``/ngsi-ld/v1/entityOperations/upsert``.
+
+    One entity per item, in order; split them with :func:`upsert_rounds`. Use upsert's default
+    (replace): each entity is complete, so an attribute a reading lacks (no height for a negative
+    level) does not linger from the previous reading as it would with ``?options=update``.
+    """
+    out = []
+    for e in (_entity(i, mapping) for i in items):
+        body: dict[str, Any] = {"id": e.id, "type": e.type}
+        body.update((name, _ld_attr(a)) for name, a in e.attrs.items())
+        body["@context"] = context
+        out.append(body)
+    return out
+
+
+def upsert_rounds(entities: Iterable[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Split entities into consecutive requests, each with an id at most once, keeping their order."""
+    rounds: list[list[dict[str, Any]]] = []
+    seen: set[str] = set()
+    for entity in entities:
+        if not rounds or entity["id"] in seen:
+            rounds.append([])
+            seen = set()
+        rounds[-1].append(entity)
+        seen.add(entity["id"])
+    return rounds
+
+
+def _entity(item: Item, mapping: FiwareMapping) -> _Entity:
+    kind = item["type"]
+    if kind == "reading":
+        return _reading(item, mapping)
+    if kind == "alarm":
+        return _alarm(item, mapping)
+    if kind == "health":
+        return _health(item, mapping)
+    raise ValueError(f"unknown item type {kind!r}")
+
+
+def _reading(item: Item, mapping: FiwareMapping) -> _Entity:
+    device, driver, observed = _device(item["device"]), item["driver"], item["observed_at"]
+    values: dict[str, Any] = dict(item["values"])
+    units: Mapping[str, str] = item["units"]
+    location = mapping.locations.get(device)
+    etype = mapping.entity_type(driver)
+    if etype == WATER_TYPE and location is None:
+        etype = GENERIC_TYPE  # SDM WaterObserved requires a location
+    attrs: dict[str, _Attr] = {}
+    if etype == DEVICE_TYPE:
+        attrs.update(_device_profile(DEVICE_PROFILES.get(driver, _DEFAULT_PROFILE)))
+        attrs["dateLastValueReported"] = _Attr(observed, "DateTime")
+        if isinstance(values.get("state"), str):
+            attrs["deviceState"] = _Attr(values.pop("state"), "Text", observed=observed)
+        if item["radio"].get("rssi") is not None:
+            attrs["rssi"] = _Attr(item["radio"]["rssi"], "Number", observed=observed)
+    else:
+        attrs["dateObserved"] = _Attr(observed, "DateTime")
+        attrs["refDevice"] = _Attr(mapping.entity(DEVICE_TYPE, device), "Relationship")
+    if etype == WATER_TYPE:
+        source = next((k for k in values if mapping.attribute(k) == "height"), "level")
+        height = _metres(values.get(source), units.get(source))
+        if height is not None:
+            del values[source]
+            attrs["height"] = _Attr(height, "Number", "MTR", observed)
+    if location is not None:
+        attrs["location"] = _Attr(_point(location), "geo:json")
+    taken = set(attrs) | _MANAGED.get(etype, set())
+    for name, value in values.items():
+        attr = _free(mapping.attribute(name), taken)
+        taken.add(attr)
+        attrs[attr] = _Attr(value, _kind(value), UNIT_CODES.get(units.get(name, "")), observed)
+    return _Entity(mapping.entity(etype, device), etype, observed, attrs)
+
+
+def _alarm(item: Item, mapping: FiwareMapping) -> _Entity:
+    device, raised = _device(item["device"]), item["raised_at"]
+    category, sub = mapping.alert_category(item)
+    attrs = {"category": _Attr(category, "Text")}
+    if sub is not None:
+        attrs["subCategory"] = _Attr(sub, "Text")
+    attrs.update({
+        "severity": _Attr(item["severity"], "Text"),
+        "alertSource": _Attr(mapping.entity(DEVICE_TYPE, device), "Relationship"),
+        # raised_at is when the triggering reading was observed: the alert holds from then on.
+        "dateIssued": _Attr(raised, "DateTime"),
+        "validFrom": _Attr(raised, "DateTime"),
+        "description": _Attr(item["message"], "Text"),
+        "data": _Attr({k: item[k] for k in ("alarm", "rule", "name", "reading", "late", "time_quality", "details")},
+                      "StructuredValue"),
+    })
+    location = item["location"] or mapping.locations.get(device)
+    if location is not None:
+        attrs["location"] = _Attr(_point(location), "geo:json")
+    # Alarm ids are stable, so a resent alarm lands on the same Alert entity.
+    return _Entity(mapping.entity(ALERT_TYPE, item["id"]), ALERT_TYPE, raised, attrs)
+
+
+def _health(item: Item, mapping: FiwareMapping) -> _Entity:
+    gateway, observed = _device(item["gateway"]), item["observed_at"]
+    attrs = _device_profile(GATEWAY_PROFILE)
+    attrs["softwareVersion"] = _Attr(item["version"], "Text")
+    attrs["dateLastValueReported"] = _Attr(observed, "DateTime")
+    if (location := mapping.locations.get(gateway)) is not None:
+        attrs["location"] = _Attr(_point(location), "geo:json")
+    taken = set(attrs) | _MANAGED[DEVICE_TYPE]
+    for name, value, unit, kind in _health_counters(item):
+        attr = _free(mapping.attribute(name), taken)
+        taken.add(attr)
+        attrs[attr] = _Attr(value, kind, UNIT_CODES.get(unit or ""), observed)
+    return _Entity(mapping.entity(DEVICE_TYPE, gateway), DEVICE_TYPE, observed, attrs)
+
+
+def _health_counters(item: Item) -> list[tuple[str, Any, str | None, str]]:
+    """(name, value, UCUM unit, NGSI-v2 type) of a health item's numbers, per-key maps flattened."""
+    out: list[tuple[str, Any, str | None, str]] = [("uptime_s", item["uptime_s"], "s", "Number")]
+    out.append(("pending", sum(item["pending"].values()), None, "Number"))
+    out += [(f"pending_{_safe_name(k)}", v, None, "Number") for k, v in item["pending"].items()]
+    out.append(("oldest_pending_s", item["oldest_pending_s"] or 0, "s", "Number"))
+    out.append(("rejects", sum(item["rejects"].values()), None, "Number"))
+    out += [(f"rejects_{_safe_name(k)}", v, None, "Number") for k, v in item["rejects"].items()]
+    out.append(("disk_free_bytes", item["disk_free_bytes"], "By", "Number"))
+    out.append(("open_alarms", item["open_alarms"], None, "Number"))
+    out += [(f"last_frame_{_safe_name(k)}", v, None, "DateTime") for k, v in item["last_frame"].items() if v]
+    return out
+
+
+def _device_profile(profile: tuple[tuple[str, ...], tuple[str, ...]]) -> dict[str, _Attr]:
+    category, controlled = profile
+    # "category" is required by older Device schemas, "deviceCategory" replaces it in newer ones.
+    return {
+        "category": _Attr(list(category), "StructuredValue"),
+        "deviceCategory": _Attr(list(category), "StructuredValue"),
+        "controlledProperty": _Attr(list(controlled), "StructuredValue"),
+    }
+
+
+def _v2_attr(a: _Attr) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": a.kind, "value": _v2_value(a.value)}
+    metadata = {}
+    if a.unit:
+        metadata["unitCode"] = {"type": "Text", "value": a.unit}
+    if a.observed:
+        metadata["TimeInstant"] = {"type": "DateTime", "value": a.observed}
+    if metadata:
+        out["metadata"] = metadata
+    return out
+
+
+def _v2_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return _orion_text(value)
+    if isinstance(value, list):
+        return [_v2_value(v) for v in value]
+    if isinstance(value, dict):
+        return {_orion_text(k): _v2_value(v) for k, v in value.items()}
+    return value
+
+
+def _ld_attr(a: _Attr) -> dict[str, Any]:
+    if a.kind == "Relationship":
+        return {"type": "Relationship", "object": a.value}
+    if a.kind == "geo:json":
+        return {"type": "GeoProperty", "value": a.value}
+    # NGSI-LD types temporal values as JSON-LD value objects.
+    value = {"@type": "DateTime", "@value": a.value} if a.kind == "DateTime" else a.value
+    out: dict[str, Any] = {"type": "Property", "value": value}
+    if a.observed:
+        out["observedAt"] = a.observed
+    if a.unit:
+        out["unitCode"] = a.unit
+    return out
+
+
+# -- small helpers ----------------------------------------------------------------------------------
+
+def _device(device_id: str) -> str:
+    if not _DEVICE_ID.match(device_id):
+        raise ValueError(f"device id {device_id!r} does not match {_DEVICE_ID.pattern}")
+    return device_id
+
+
+def _safe_name(name: str) -> str:
+    # Names travel in Ultralight, Orion and JSON-LD; letters, digits, _ and - are safe in all three.
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name) or "_"
+
+
+def _free(name: str, taken: Container[str]) -> str:
+    """``name``, or ``name_value`` (repeated) when the entity already uses it or it is reserved."""
+    while name in taken or name in _RESERVED:
+        name += "_value"
+    return name
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):  # before int: bool is an int in Python
+        return "Boolean"
+    if isinstance(value, (int, float)):
+        return "Number"
+    return "Text" if isinstance(value, str) else "StructuredValue"
+
+
+def _metres(value: Any, unit: str | None) -> float | None:
+    """A non-negative length in metres, or None when the value is not a length that can be a height."""
+    factor = _METRES_PER_UNIT.get(unit or "")
+    if factor is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    metres = round(value * factor, 6) + 0.0  # micrometres are beyond any gauge; + 0.0 drops a -0.0
+    return metres if metres >= 0 else None
+
+
+def _point(lat_lon: Iterable[float]) -> dict[str, Any]:
+    lat, lon = lat_lon
+    return {"type": "Point", "coordinates": [lon, lat]}  # GeoJSON order is longitude, latitude
+
+
+def _orion_text(text: str) -> str:
+    return _CONTROL.sub(" ", text).translate(_ORION_FORBIDDEN)
+
+
+def _json(body: Any) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()

@@ -1,0 +1,713 @@
+"""Tests of the FIWARE payload builders (edgegw.uplink.fiware).
+
+Every payload is checked by something that is not the module: filip's NGSI-v2 and NGSI-LD entity
+models, the Smart Data Model rules below (copied from the models' JSON Schemas), the UN/CEFACT
+Rec 20 code list that ships with filip, ``json.loads``, and a small Ultralight parser written here
+after the agent's own (iotagent-ul ``lib/ulParser.js``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import jsonschema
+import pytest
+from filip.models.base import DataType
+from filip.models.ngsi_ld.context import ContextLDEntity
+from filip.models.ngsi_v2.context import ContextEntity
+from filip.models.ngsi_v2.units import load_units
+from geojson_pydantic import Point
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edgegw.model import BATCH_SCHEMA_FILE, Reading
+from edgegw.uplink.fiware import (
+    UNIT_CODES,
+    FiwareMapping,
+    iota_json,
+    iota_ul,
+    ngsi_ld_entities,
+    ngsi_v2_entities,
+    upsert_rounds,
+)
+from edgegw_drivers.trap import TrapSensor
+from edgegw_drivers.water_level import WaterLevelSensor
+
+CONTEXT = [
+    "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context.jsonld",
+    "https://raw.githubusercontent.com/smart-data-models/dataModel.Environment/master/context.jsonld",
+]
+KAGAWA = (34.3401, 134.0434)  # (latitude, longitude): asymmetric, so a swapped order shows
+
+# -- Smart Data Model rules, from the models' JSON Schemas ----------------------------------------------
+# WaterObserved 0.0.4 (dataModel.Environment), Device 0.0.9 (dataModel.Device; older versions also
+# require category), Alert 0.0.3 (dataModel.Alert), DeviceMeasurement 0.1.0.
+
+SDM_REQUIRED = {
+    "WaterObserved": {"id", "type", "location", "dateObserved"},
+    "Device": {"id", "type", "category", "controlledProperty"},
+    "Alert": {"id", "type", "alertSource", "category", "dateIssued"},
+    "DeviceMeasurement": {"id", "type"},
+}
+DEVICE_CATEGORIES = {
+    "actuator", "beacon", "endgun", "HVAC", "implement", "irrSection", "irrSystem", "meter", "multimedia",
+    "network", "sensor",
+}
+CONTROLLED_PROPERTIES = {
+    "airPollution", "atmosphericPressure", "averageVelocity", "batteryLife", "batterySupply", "cdom",
+    "conductance", "conductivity", "depth", "eatingActivity", "electricityConsumption", "energy",
+    "fillingLevel", "freeChlorine", "gasConsumption", "gateOpening", "heading", "humidity", "light",
+    "location", "milking", "motion", "movementActivity", "noiseLevel", "occupancy", "orp", "pH", "power",
+    "precipitation", "pressure", "refractiveIndex", "salinity", "smoke", "soilMoisture", "solarRadiation",
+    "speed", "tds", "temperature", "trafficFlow", "tss", "turbidity", "uvLampIntensity", "uvOrganicLoad",
+    "waterConsumption", "waterFlow", "waterLevel", "waterPollution", "weatherConditions", "weight",
+    "windDirection", "windSpeed",
+}
+ALERT_CATEGORIES = {"traffic", "naturalDisaster", "weather", "environment", "health", "security", "agriculture"}
+ALERT_SUBCATEGORIES = {
+    "airPollution", "assault", "asthmaAttack", "avalancheRisk", "bacteria", "badSeaState", "bikerOnRoad",
+    "buildingFire", "bumpedPatient", "carAccident", "carStopped", "carWrongDirection", "coastalEvent",
+    "civilDisorder", "coldWave", "crowdRisk", "earthquake", "fallenPatient", "fertilisation", "fireRisk",
+    "flood", "floodRisk", "fog", "forestFire", "fungus", "hazardOnRoad", "heartAttack", "heatWave",
+    "highAtmosphericPressure", "highHumidity", "highTemperature", "hurricane", "ice", "injuredBiker",
+    "insect", "irrigation", "lowAtmosphericPressure", "lowHumidity", "lowTemperature", "microbe", "mite",
+    "nematodes", "noxiousWeed", "pedestrianOnRoad", "pollenConcentration", "pothole", "rainfall",
+    "roadClosed", "roadWorks", "robbery", "rodent", "snail", "snow", "snow/ice", "suspiciousAction",
+    "thunderstorms", "tornado", "trafficJam", "tramApproaching", "tropicalCyclone", "tsunami", "virus",
+    "waterPollution", "wind",
+}
+ALERT_SEVERITIES = {"informational", "low", "medium", "high", "critical"}
+
+
+def _is_datetime(v: Any) -> bool:
+    try:
+        return datetime.fromisoformat(v).tzinfo is not None
+    except (TypeError, ValueError):
+        return False
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+SDM_CONSTRAINTS: dict[str, dict[str, Callable[[Any], bool]]] = {
+    "WaterObserved": {
+        "height": lambda v: _is_number(v) and v >= 0,
+        "flow": lambda v: _is_number(v) and v >= 0,
+        "dateObserved": _is_datetime,
+    },
+    "Device": {
+        "category": lambda v: isinstance(v, list) and set(v) <= DEVICE_CATEGORIES,
+        "deviceCategory": lambda v: isinstance(v, list) and set(v) <= DEVICE_CATEGORIES,
+        "controlledProperty": lambda v: isinstance(v, list) and set(v) <= CONTROLLED_PROPERTIES,
+        "batteryLevel": lambda v: _is_number(v) and (0 <= v <= 1 or v == -1),
+        "rssi": _is_number,
+        "deviceState": lambda v: isinstance(v, str),
+        "value": lambda v: isinstance(v, str),
+        "dateLastValueReported": _is_datetime,
+        "softwareVersion": lambda v: isinstance(v, str),
+    },
+    "Alert": {
+        "category": lambda v: v in ALERT_CATEGORIES,
+        "subCategory": lambda v: v in ALERT_SUBCATEGORIES,
+        "severity": lambda v: v in ALERT_SEVERITIES,
+        "dateIssued": _is_datetime,
+        "validFrom": _is_datetime,
+        "alertSource": lambda v: isinstance(v, str) and re.fullmatch(r"[\w\-.{}$+*\[\]`|~^@!,:\\]+", v),
+        "data": lambda v: isinstance(v, dict),
+    },
+    "DeviceMeasurement": {"dateObserved": _is_datetime},
+}
+
+
+def sdm_violations(kv: dict[str, Any]) -> list[str]:
+    """What breaks the Smart Data Model rules, for an entity in key-value form (a town's own type has none)."""
+    etype = kv["type"]
+    problems = [f"{etype}: missing {k}" for k in sorted(SDM_REQUIRED.get(etype, set()) - set(kv))]
+    problems += [
+        f"{etype}.{k} = {kv[k]!r}" for k, ok in SDM_CONSTRAINTS.get(etype, {}).items() if k in kv and not ok(kv[k])
+    ]
+    return problems
+
+
+def kv_v2(entity: dict[str, Any]) -> dict[str, Any]:
+    return {k: v if k in ("id", "type") else v["value"] for k, v in entity.items()}
+
+
+def kv_ld(entity: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in entity.items():
+        if k in ("id", "type", "@context"):
+            out[k] = v
+        elif v["type"] == "Relationship":
+            out[k] = v["object"]
+        elif isinstance(v["value"], dict) and v["value"].get("@type") == "DateTime":
+            out[k] = v["value"]["@value"]
+        else:
+            out[k] = v["value"]
+    return out
+
+
+# -- independent checks of each wire format ---------------------------------------------------------
+
+ORION_FORBIDDEN_IN_IDS = set("<>\"'=;()&?/#")
+BATCH_VALIDATOR = jsonschema.Draft202012Validator(json.loads(BATCH_SCHEMA_FILE.read_text()))
+
+
+def assert_valid_items(items: list[dict[str, Any]]) -> None:
+    """The test inputs themselves follow the batch schema."""
+    batch = {"schema": "edgegw.batch/1", "batch_id": "0" * 32, "gateway": "gw", "sent_at": "2025-06-01T00:00:00Z",
+             "items": items}
+    BATCH_VALIDATOR.validate(batch)
+
+
+def check_v2(entity: dict[str, Any]) -> None:
+    # filip checks a plain-string type like an attribute name (so "geo:json" fails); its own enum
+    # is how it expects the NGSI-v2 types.
+    ContextEntity(**{k: v if k in ("id", "type") else {**v, "type": DataType(v["type"])} for k, v in entity.items()})
+    assert not (set(entity["id"]) & ORION_FORBIDDEN_IN_IDS) and entity["id"].isascii() and entity["id"].isprintable()
+    assert not sdm_violations(kv_v2(entity)), sdm_violations(kv_v2(entity))
+    for name, attr in entity.items():
+        if name in ("id", "type"):
+            continue
+        kind, value = attr["type"], attr["value"]
+        assert {"Number": _is_number, "Boolean": lambda v: isinstance(v, bool), "Text": lambda v: isinstance(v, str),
+                "DateTime": _is_datetime}.get(kind, lambda v: True)(value), (name, attr)
+        if kind == "geo:json":
+            Point(**value)
+        for meta in attr.get("metadata", {}).values():
+            if meta["type"] == "DateTime":
+                assert _is_datetime(meta["value"])
+
+
+def check_ld(entity: dict[str, Any], context: Any = CONTEXT) -> None:
+    ContextLDEntity(**entity)
+    assert entity["@context"] == context
+    assert not sdm_violations(kv_ld(entity)), sdm_violations(kv_ld(entity))
+    for name, attr in entity.items():
+        if name in ("id", "type", "@context"):
+            continue
+        assert attr["type"] in ("Property", "Relationship", "GeoProperty"), (name, attr)
+        if attr["type"] == "GeoProperty":
+            point = Point(**attr["value"])
+            lon, lat = point.coordinates[0], point.coordinates[1]
+            assert -180 <= lon <= 180 and -90 <= lat <= 90
+        if "observedAt" in attr:
+            assert _is_datetime(attr["observedAt"])
+
+
+def parse_ul(payload: bytes) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Ultralight 2.0 measure groups as [(timestamp, [(key, raw value)])], strict like the agent.
+
+    A group with an even number of ``|`` starts with a timestamp; fields must not be empty.
+    """
+    groups = []
+    for group in payload.decode().split("#"):
+        fields = group.split("|")
+        assert len(fields) % 2 == 1, f"no timestamp prefix in {group!r}"
+        stamp, rest = fields[0], fields[1:]
+        assert all(rest), f"empty field in {group!r}"
+        groups.append((stamp, list(zip(rest[0::2], rest[1::2], strict=True))))
+    return groups
+
+
+def folded(text: str) -> str:
+    """Text as a reader sees it: control characters as spaces, full-width forms folded (NFKC)."""
+    return unicodedata.normalize("NFKC", re.sub(r"[\x00-\x1f\x7f]", " ", text))
+
+
+def same_value(sent: Any, original: Any) -> bool:
+    if isinstance(original, bool) or not isinstance(original, (int, float)):
+        if isinstance(original, bool):
+            return sent is original
+        return isinstance(sent, str) and folded(sent) == folded(original)
+    return _is_number(sent) and sent == original
+
+
+def same_ul_value(raw: str, original: Any) -> bool:
+    if isinstance(original, bool):
+        return raw == ("true" if original else "false")
+    if isinstance(original, (int, float)):
+        return float(raw) == original and (isinstance(original, float) or int(raw) == original)
+    return folded(raw) == folded(original)
+
+
+def measured_values(item: dict[str, Any]) -> list[Any]:
+    """Values the IoT Agent formats carry for an item, in order (None is never sent)."""
+    if item["type"] == "reading":
+        return list(item["values"].values())
+    if item["type"] == "alarm":
+        return [item["alarm"], item["severity"], item["message"], item["id"]]
+    return [item["version"], item["uptime_s"]]  # the rest are derived counters
+
+
+# -- fixtures: items as the gateway makes them ----------------------------------------------------------
+
+def reading_item(driver, payload: bytes, device: str, rssi: float | None = -97.0) -> dict[str, Any]:
+    decoded = driver.decode(payload)
+    reading = Reading(
+        reading_id=f"{device}:0:{decoded.counter}", device_id=device, driver=driver.name,
+        observed_at=1748746800.0, time_quality="synced", counter=decoded.counter, values=decoded.values,
+        units=driver.units(), source="lora0", address=7, rssi=rssi, snr=7.25, mono=1.0, boot_id="b",
+    )
+    return reading.item("gw-1")
+
+
+def water(level_mm: int = 1234, device: str = "river-1") -> dict[str, Any]:
+    return reading_item(WaterLevelSensor(), WaterLevelSensor().encode(
+        {"level": level_mm, "water_temperature": 23.0, "battery": 3.5}), device)
+
+
+def trap(state: str = "sprung", device: str = "trap-017") -> dict[str, Any]:
+    payload = TrapSensor().encode({"state": state, "tamper": False, "battery": 3.3}, 42)
+    return reading_item(TrapSensor(), payload, device)
+
+
+def alarm(kind: str = "trap_sprung", device: str = "trap-017", **over: Any) -> dict[str, Any]:
+    item = {
+        "type": "alarm", "id": f"{device}:{kind}:42", "alarm": kind, "severity": "high", "device": device,
+        "name": "北の畑 わな17", "location": list(KAGAWA), "rule": "traps", "raised_at": "2025-06-01T03:00:00.000Z",
+        "time_quality": "synced", "late": False, "reading": f"{device}:0:42",
+        "message": "わなが作動しました (trap sprung; check within 24 h)", "details": {"battery": 3.3, "note": None},
+    }
+    return {**item, **over}
+
+
+def health(**over: Any) -> dict[str, Any]:
+    item = {
+        "type": "health", "id": "gw-1:health:1", "gateway": "gw-1", "observed_at": "2025-06-01T03:05:00.000Z",
+        "version": "0.3.1", "uptime_s": 86400.5, "pending": {"mqtt": 3, "ngsi-v2": 1}, "oldest_pending_s": None,
+        "rejects": {"bad_mic": 2, "wrong_length": 1}, "disk_free_bytes": 1_000_000_000,
+        "last_frame": {"lora0": "2025-06-01T03:04:59.000Z", "lora1": None}, "open_alarms": 1,
+    }
+    return {**item, **over}
+
+
+LOCATED = FiwareMapping(locations={"river-1": KAGAWA, "trap-017": KAGAWA, "gw-1": KAGAWA})
+
+
+def test_fixture_items_follow_the_batch_schema():
+    assert_valid_items([water(), water(0), trap(), alarm(), alarm(location=None, name=None), health()])
+
+
+# -- units ---------------------------------------------------------------------------------------------
+
+# The UN/CEFACT Rec 20 name each UCUM unit must resolve to, written down here independently.
+REC20_NAMES = {
+    "mm": "millimetre", "cm": "centimetre", "m": "metre", "km": "kilometre", "Cel": "degree Celsius",
+    "K": "kelvin", "[degF]": "degree Fahrenheit", "%": "percent", "1": "one", "V": "volt", "mV": "millivolt",
+    "A": "ampere", "mA": "milliampere", "W": "watt", "Pa": "pascal", "hPa": "hectopascal", "kPa": "kilopascal",
+    "s": "second [unit of time]", "min": "minute [unit of time]", "h": "hour", "d": "day",
+    "m/s": "metre per second", "km/h": "kilometre per hour", "mm/h": "millimetre per hour",
+    "m3": "cubic metre", "m3/s": "cubic metre per second", "L": "litre", "l": "litre", "lx": "lux",
+    "deg": "degree [unit of angle]", "dB": "decibel", "By": "byte",
+}
+
+
+def test_unit_codes_are_the_rec20_codes_of_their_units():
+    rec20 = load_units()
+    names = dict(zip(rec20.CommonCode, rec20.Name, strict=True))
+    assert set(UNIT_CODES) <= set(REC20_NAMES)
+    wrong = {ucum: (code, names.get(code)) for ucum, code in UNIT_CODES.items() if names.get(code) != REC20_NAMES[ucum]}
+    assert not wrong
+
+
+def test_driver_units_all_have_codes():
+    for driver in (TrapSensor(), WaterLevelSensor()):
+        assert set(driver.units().values()) <= set(UNIT_CODES), driver.name
+
+
+# -- NGSI-v2 and NGSI-LD: examples ------------------------------------------------------------------------
+
+def test_water_level_is_water_observed_with_height_in_metres():
+    item = water(1234)
+    [v2] = ngsi_v2_entities([item], LOCATED)
+    [ld] = ngsi_ld_entities([item], LOCATED, CONTEXT)
+    check_v2(v2)
+    check_ld(ld)
+    assert v2["id"] == ld["id"] == "urn:ngsi-ld:WaterObserved:river-1"
+    assert v2["height"]["value"] == 1.234
+    assert v2["height"]["metadata"]["unitCode"]["value"] == "MTR"
+    assert v2["height"]["metadata"]["TimeInstant"]["value"] == item["observed_at"]
+    assert v2["water_temperature"]["metadata"]["unitCode"]["value"] == "CEL"
+    assert v2["battery"]["metadata"]["unitCode"]["value"] == "VLT"
+    assert "level" not in v2  # carried as height
+    assert v2["refDevice"] == {"type": "Relationship", "value": "urn:ngsi-ld:Device:river-1"}
+    assert v2["location"]["value"]["coordinates"] == [KAGAWA[1], KAGAWA[0]]
+    assert ld["height"] == {"type": "Property", "value": 1.234, "observedAt": item["observed_at"], "unitCode": "MTR"}
+    assert ld["location"]["value"]["coordinates"] == [KAGAWA[1], KAGAWA[0]]
+    assert ld["dateObserved"]["value"] == {"@type": "DateTime", "@value": item["observed_at"]}
+    assert ld["refDevice"] == {"type": "Relationship", "object": "urn:ngsi-ld:Device:river-1"}
+
+
+def test_water_level_without_location_is_a_device_measurement():
+    [v2] = ngsi_v2_entities([water()], FiwareMapping())
+    check_v2(v2)
+    assert v2["type"] == "DeviceMeasurement" and v2["id"] == "urn:ngsi-ld:DeviceMeasurement:river-1"
+    assert v2["level"]["value"] == 1234 and v2["level"]["metadata"]["unitCode"]["value"] == "MMT"
+
+
+def test_negative_level_is_no_height_but_is_kept():
+    item = {**water(), "values": {"level": -120, "water_temperature": 4.5, "battery": 3.4}}
+    assert_valid_items([item])
+    for entity, kv in ((e, kv_v2(e)) for e in ngsi_v2_entities([item], LOCATED)):
+        check_v2(entity)
+        assert "height" not in kv and kv["level"] == -120
+    [ld] = ngsi_ld_entities([item], LOCATED, CONTEXT)
+    check_ld(ld)
+    assert "height" not in ld and ld["level"]["unitCode"] == "MMT"
+
+
+def test_a_value_mapped_to_height_is_the_height_source():
+    item = {**water(), "values": {"depth": 45, "battery": 3.4}, "units": {"depth": "cm", "battery": "V"}}
+    mapping = FiwareMapping(attributes={"depth": "height"}, locations={"river-1": KAGAWA})
+    [v2] = ngsi_v2_entities([item], mapping)
+    check_v2(v2)
+    assert v2["height"]["value"] == 0.45 and "depth" not in v2
+
+
+def test_trap_is_an_sdm_device_without_battery_level():
+    item = trap("sprung")
+    [v2] = ngsi_v2_entities([item], LOCATED)
+    [ld] = ngsi_ld_entities([item], LOCATED, CONTEXT)
+    check_v2(v2)
+    check_ld(ld)
+    assert v2["id"] == "urn:ngsi-ld:Device:trap-017"
+    assert v2["deviceState"]["value"] == "sprung"
+    assert v2["controlledProperty"]["value"] == ["motion"]
+    assert v2["category"]["value"] == v2["deviceCategory"]["value"] == ["sensor"]
+    assert "batteryLevel" not in v2 and "state" not in v2
+    assert v2["battery"]["value"] == 3.3 and v2["battery"]["metadata"]["unitCode"]["value"] == "VLT"
+    assert v2["tamper"] == {"type": "Boolean", "value": False,
+                            "metadata": {"TimeInstant": {"type": "DateTime", "value": item["observed_at"]}}}
+    assert v2["rssi"]["value"] == -97.0 and "unitCode" not in v2["rssi"]["metadata"]  # dBm has no Rec 20 code
+    assert v2["dateLastValueReported"]["value"] == item["observed_at"]
+    assert ld["deviceState"]["value"] == "sprung" and ld["battery"]["unitCode"] == "VLT"
+
+
+def test_alarm_is_an_sdm_alert_pointing_at_its_device():
+    item = alarm()
+    [v2] = ngsi_v2_entities([item], FiwareMapping())
+    [ld] = ngsi_ld_entities([item], FiwareMapping(), CONTEXT)
+    check_v2(v2)
+    check_ld(ld)
+    assert v2["id"] == "urn:ngsi-ld:Alert:trap-017:trap_sprung:42"
+    assert kv_v2(v2)["category"] == "agriculture" and "subCategory" not in v2
+    assert v2["alertSource"] == {"type": "Relationship", "value": "urn:ngsi-ld:Device:trap-017"}
+    assert ld["alertSource"] == {"type": "Relationship", "object": "urn:ngsi-ld:Device:trap-017"}
+    assert v2["severity"]["value"] == "high"
+    assert v2["dateIssued"]["value"] == v2["validFrom"]["value"] == item["raised_at"]
+    assert v2["location"]["value"]["coordinates"] == [KAGAWA[1], KAGAWA[0]]
+    assert ld["location"]["value"]["coordinates"] == [KAGAWA[1], KAGAWA[0]]
+    # Orion refuses ( ) in values: v2 gets the full-width forms, LD the message as it is.
+    assert v2["description"]["value"] == "わなが作動しました （trap sprung； check within 24 h）"
+    assert ld["description"]["value"] == item["message"]
+    assert v2["data"]["value"]["rule"] == "traps" and v2["data"]["value"]["details"] == {"battery": 3.3, "note": None}
+
+
+def test_alert_categories_come_from_the_mapping_by_rule_then_kind():
+    river = alarm("water_level_alarm", "river-1", rule="river_stage")
+    paddy = alarm("water_level_alarm", "paddy-3", rule="paddy_low")
+    silent = alarm("device_silent", "trap-017", location=None, severity="medium")
+    mapping = FiwareMapping(alert_categories={"paddy_low": ("agriculture", "irrigation")})
+    entities = [kv_v2(e) for e in ngsi_v2_entities([river, paddy, silent], mapping)]
+    assert [(e["category"], e.get("subCategory")) for e in entities] == [
+        ("naturalDisaster", "floodRisk"), ("agriculture", "irrigation"), ("environment", None)]
+    assert "location" not in entities[2]
+    for e in ngsi_v2_entities([river, paddy, silent], mapping):
+        check_v2(e)
+
+
+def test_health_is_the_gateway_as_a_network_device():
+    item = health()
+    [v2] = ngsi_v2_entities([item], LOCATED)
+    [ld] = ngsi_ld_entities([item], LOCATED, CONTEXT)
+    check_v2(v2)
+    check_ld(ld)
+    kv = kv_v2(v2)
+    assert v2["id"] == "urn:ngsi-ld:Device:gw-1" and kv["category"] == ["network"]
+    assert kv["softwareVersion"] == "0.3.1"
+    assert (kv["pending"], kv["pending_mqtt"], kv["pending_ngsi-v2"]) == (4, 3, 1)
+    assert (kv["rejects"], kv["rejects_bad_mic"]) == (3, 2)
+    assert kv["oldest_pending_s"] == 0  # null means nothing is pending
+    assert kv["last_frame_lora0"] == "2025-06-01T03:04:59.000Z" and "last_frame_lora1" not in kv
+    assert v2["uptime_s"]["metadata"]["unitCode"]["value"] == "SEC"
+    assert v2["disk_free_bytes"]["metadata"]["unitCode"]["value"] == "AD"
+
+
+def test_entities_keep_item_order_one_per_item():
+    items = [alarm(), water(1000), trap(), water(1001), health(), water(1002)]
+    v2 = ngsi_v2_entities(items, LOCATED)
+    assert [e["type"] for e in v2] == ["Alert", "WaterObserved", "Device", "WaterObserved", "Device", "WaterObserved"]
+    assert [e["height"]["value"] for e in v2 if e["type"] == "WaterObserved"] == [1.0, 1.001, 1.002]
+    ld = ngsi_ld_entities(items, LOCATED, CONTEXT)
+    rounds = upsert_rounds(ld)
+    assert [[e["type"] for e in r] for r in rounds] == [["Alert", "WaterObserved", "Device"],
+                                                       ["WaterObserved", "Device"], ["WaterObserved"]]
+
+
+def test_entity_type_and_id_template_come_from_the_mapping():
+    mapping = FiwareMapping(
+        entity_types={"water_level": "PaddyWater"}, entity_id="urn:ngsi-ld:{type}:{gateway}:{device}",
+        gateway_id="town-gw1", attributes={"level": "waterDepth"},
+    )
+    [v2] = ngsi_v2_entities([water()], mapping)
+    check_v2(v2)
+    assert v2["id"] == "urn:ngsi-ld:PaddyWater:town-gw1:river-1" and v2["type"] == "PaddyWater"
+    assert v2["waterDepth"]["value"] == 1234
+    assert v2["refDevice"]["value"] == "urn:ngsi-ld:Device:town-gw1:river-1"
+
+
+def test_values_named_like_reserved_attributes_are_renamed_not_lost():
+    item = {**trap(), "values": {"state": "armed", "type": "x", "id": 1, "location": 5, "batteryLevel": 3.1,
+                                 "category": "c"}}
+    assert_valid_items([item])
+    [v2] = ngsi_v2_entities([item], LOCATED)
+    check_v2(v2)
+    assert v2["type"] == "Device" and v2["id"] == "urn:ngsi-ld:Device:trap-017"
+    assert {k: kv_v2(v2)[k] for k in ("type_value", "id_value", "location_value", "batteryLevel_value",
+                                      "category_value")} == {"type_value": "x", "id_value": 1, "location_value": 5,
+                                                             "batteryLevel_value": 3.1, "category_value": "c"}
+    [ld] = ngsi_ld_entities([item], LOCATED, CONTEXT)
+    check_ld(ld)
+
+
+def test_bad_templates_and_device_ids_are_refused():
+    with pytest.raises(ValueError, match="entity_id template"):
+        FiwareMapping(entity_id="urn:ngsi-ld:{kind}:{device}")
+    with pytest.raises(ValueError, match="entity types"):
+        FiwareMapping(entity_types={"trap": "Wild Trap"})
+    with pytest.raises(ValueError, match="Orion"):
+        ngsi_v2_entities([water()], FiwareMapping(entity_id="urn:ngsi-ld:{type}/{device}"))
+    with pytest.raises(ValueError, match="device id"):
+        iota_json([{**water(), "device": "river 1"}], FiwareMapping())
+
+
+def test_unknown_item_types_are_refused():
+    with pytest.raises(ValueError, match="unknown item type"):
+        ngsi_v2_entities([{"type": "gossip"}], FiwareMapping())
+
+
+# -- IoT Agent: examples ------------------------------------------------------------------------------
+
+def test_iota_json_single_reading_is_a_flat_object():
+    item = water()
+    [(device, payload)] = iota_json([item], FiwareMapping(attributes={"level": "wl", "water_temperature": "wt"}))
+    assert device == "river-1"
+    assert json.loads(payload) == {"TimeInstant": item["observed_at"], "wl": 1234, "wt": 23.0, "battery": 3.5}
+
+
+def test_iota_json_groups_per_device_and_keeps_order():
+    items = [alarm(), water(1000), trap("armed"), water(1001), health()]
+    out = iota_json(items, FiwareMapping())
+    assert [d for d, _ in out] == ["trap-017", "river-1", "gw-1"]
+    trap_groups = json.loads(out[0][1])
+    assert trap_groups == [
+        {"TimeInstant": "2025-06-01T03:00:00.000Z", "alarm": "trap_sprung", "alarmSeverity": "high",
+         "alarmMessage": "わなが作動しました （trap sprung； check within 24 h）",
+         "alarmId": "trap-017:trap_sprung:42"},
+        {"TimeInstant": items[2]["observed_at"], "state": "armed", "tamper": False, "battery": 3.3},
+    ]
+    assert [g["level"] for g in json.loads(out[1][1])] == [1000, 1001]
+    gateway = json.loads(out[2][1])
+    assert gateway["TimeInstant"] == "2025-06-01T03:05:00.000Z" and gateway["version"] == "0.3.1"
+    assert gateway["pending_mqtt"] == 3 and gateway["oldest_pending_s"] == 0
+
+
+def test_iota_ul_groups_are_timestamped_and_parse():
+    items = [water(1000), water(1001), trap()]
+    out = dict(iota_ul(items, FiwareMapping(attributes={"level": "wl"})))
+    groups = parse_ul(out["river-1"])
+    assert [stamp for stamp, _ in groups] == [items[0]["observed_at"]] * 2
+    assert groups[0][1] == [("wl", "1000"), ("water_temperature", "23.0"), ("battery", "3.5")]
+    assert parse_ul(out["trap-017"])[0][1] == [("state", "sprung"), ("tamper", "false"), ("battery", "3.3")]
+
+
+def test_iota_ul_replaces_separators_and_drops_empty_values():
+    item = {**trap(), "values": {"state": "a|b#c@d", "note": "", "ok": True}}
+    [(_, payload)] = iota_ul([item], FiwareMapping())
+    [(_, pairs)] = parse_ul(payload)
+    assert pairs == [("state", "a｜b＃c＠d"), ("ok", "true")]
+
+
+def test_items_without_values_send_nothing_to_the_agent():
+    item = {**trap(), "values": {}, "units": {}}
+    assert iota_ul([item], FiwareMapping()) == [] and iota_json([item], FiwareMapping()) == []
+    check_v2(ngsi_v2_entities([item], FiwareMapping())[0])  # the entity still says when it was heard
+
+
+def test_iota_ul_health_is_flat():
+    [(device, payload)] = iota_ul([health()], FiwareMapping())
+    [(_, pairs)] = parse_ul(payload)
+    assert device == "gw-1"
+    assert dict(pairs)["pending_ngsi-v2"] == "1" and dict(pairs)["last_frame_lora0"] == "2025-06-01T03:04:59.000Z"
+
+
+# -- hypothesis: arbitrary valid items ----------------------------------------------------------------------
+
+DEVICE_IDS = st.from_regex(r"\A[A-Za-z0-9_.:-]{1,64}\Z")
+NAMES = st.from_regex(r"\A[A-Za-z_][A-Za-z0-9_]{0,15}\Z")
+SCALARS = st.one_of(st.booleans(), st.integers(-(10**12), 10**12), st.floats(allow_nan=False, allow_infinity=False),
+                    st.text(max_size=40))
+UNITS = st.sampled_from([*REC20_NAMES, "furlong", "", "dBm", "ppm"])
+TIMES = st.datetimes(datetime(2000, 1, 1), datetime(2100, 1, 1), timezones=st.just(timezone.utc)).map(
+    lambda t: t.isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+LAT_LON = st.tuples(st.floats(-90, 90), st.floats(-180, 180))
+
+
+@st.composite
+def readings(draw) -> dict[str, Any]:
+    driver = draw(st.sampled_from(["water_level", "trap", "paddy", "custom_layout"]))
+    values: dict[str, Any] = {}
+    if driver == "water_level" and draw(st.booleans()):
+        values["level"] = draw(st.integers(-1000, 10000) | st.floats(-1000, 10000))
+    if driver == "trap" and draw(st.booleans()):
+        values["state"] = draw(st.sampled_from(["armed", "sprung"]) | SCALARS)
+    values.update(draw(st.dictionaries(NAMES, SCALARS, max_size=6)))
+    units = draw(st.dictionaries(st.sampled_from(sorted(values) or ["x"]), UNITS, max_size=len(values)))
+    if "level" in values and draw(st.booleans()):
+        units["level"] = draw(st.sampled_from(["mm", "cm", "m"]))
+    device = draw(DEVICE_IDS)
+    counter = draw(st.none() | st.integers(0, 2**32))
+    return {
+        "type": "reading", "id": f"{device}:{draw(st.integers(0, 99))}:{counter or 0}", "device": device,
+        "driver": driver, "observed_at": draw(TIMES), "time_quality": draw(st.sampled_from(["synced", "estimated"])),
+        "counter": counter, "values": values, "units": units,
+        "radio": {"gateway": "gw-1", "source": "lora0", "address": draw(st.none() | st.integers(0, 65535)),
+                  "rssi": draw(st.none() | st.floats(-150, 0)), "snr": draw(st.none() | st.floats(-30, 20))},
+    }
+
+
+@st.composite
+def alarms(draw) -> dict[str, Any]:
+    kind = draw(st.sampled_from(BATCH_VALIDATOR.schema["$defs"]["alarm"]["properties"]["alarm"]["enum"]))
+    return {
+        "type": "alarm", "id": draw(st.from_regex(r"\A[A-Za-z0-9_.:-]{1,80}\Z")), "alarm": kind,
+        "severity": draw(st.sampled_from(sorted(ALERT_SEVERITIES))), "device": draw(DEVICE_IDS),
+        "name": draw(st.none() | st.text(max_size=20)), "location": draw(st.none() | LAT_LON.map(list)),
+        "rule": draw(st.text(max_size=20)), "raised_at": draw(TIMES), "time_quality": "synced",
+        "late": draw(st.booleans()), "reading": draw(st.none() | st.text(max_size=20)),
+        "message": draw(st.text(max_size=60)),
+        "details": draw(st.dictionaries(st.text(max_size=8), SCALARS | st.none(), max_size=3)),
+    }
+
+
+@st.composite
+def healths(draw) -> dict[str, Any]:
+    keys = st.from_regex(r"\A[A-Za-z0-9_.-]{1,12}\Z")
+    return {
+        "type": "health", "id": "gw:health:1", "gateway": draw(DEVICE_IDS), "observed_at": draw(TIMES),
+        "version": draw(st.text(max_size=12)), "uptime_s": draw(st.floats(0, 1e9)),
+        "pending": draw(st.dictionaries(keys, st.integers(0, 10**6), max_size=3)),
+        "oldest_pending_s": draw(st.none() | st.floats(0, 1e7)),
+        "rejects": draw(st.dictionaries(keys, st.integers(0, 10**6), max_size=3)),
+        "disk_free_bytes": draw(st.integers(0, 2**40)),
+        "last_frame": draw(st.dictionaries(keys, st.none() | TIMES, max_size=3)),
+        "open_alarms": draw(st.integers(0, 100)),
+    }
+
+
+ITEMS = st.lists(st.one_of(readings(), readings(), alarms(), healths()), min_size=1, max_size=6)
+
+
+@st.composite
+def mappings(draw, items: list[dict[str, Any]]) -> FiwareMapping:
+    devices = sorted({i.get("device") or i["gateway"] for i in items})
+    located = draw(st.lists(st.sampled_from(devices), unique=True))
+    return FiwareMapping(locations={d: draw(LAT_LON) for d in located},
+                         attributes=draw(st.dictionaries(NAMES, NAMES, max_size=3)))
+
+
+SLOW = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@SLOW
+@given(st.data())
+def test_any_items_make_valid_ngsi_entities(data):
+    items = data.draw(ITEMS)
+    assert_valid_items(items)
+    mapping = data.draw(mappings(items))
+    v2 = ngsi_v2_entities(items, mapping)
+    ld = ngsi_ld_entities(items, mapping, CONTEXT)
+    assert len(v2) == len(ld) == len(items)
+    for item, e2, eld in zip(items, v2, ld, strict=True):
+        check_v2(e2)
+        check_ld(eld)
+        assert e2["id"] == eld["id"] and e2["type"] == eld["type"]
+        assert (e2["type"] == "Alert") == (item["type"] == "alarm")
+        if item["type"] == "reading":
+            # every value is carried exactly once: as itself, as height, or as deviceState
+            measured = [k for k, a in eld.items() if isinstance(a, dict) and "observedAt" in a]
+            extra = e2["type"] == "Device" and item["radio"]["rssi"] is not None
+            assert len(measured) == len(item["values"]) + extra
+            if item["device"] in mapping.locations:
+                lat, lon = mapping.locations[item["device"]]
+                assert eld["location"]["value"]["coordinates"] == [lon, lat]
+
+
+@SLOW
+@given(st.data())
+def test_any_items_make_iota_json_that_round_trips(data):
+    items = data.draw(ITEMS)
+    out = iota_json(items, FiwareMapping())
+    payloads = {device: json.loads(body) for device, body in out}
+    assert len(payloads) == len(out)
+    groups = {device: p if isinstance(p, list) else [p] for device, p in payloads.items()}
+    for body in payloads.values():  # one group is an object, several an array
+        assert isinstance(body, dict) or len(body) > 1
+    for item in items:
+        device = item.get("device") or item["gateway"]
+        expected = [v for v in measured_values(item) if v is not None]
+        if not expected:
+            continue
+        group = groups[device].pop(0)
+        assert group.pop("TimeInstant") == (item.get("observed_at") or item.get("raised_at"))
+        sent = list(group.values())[: len(expected)]
+        assert all(same_value(s, o) for s, o in zip(sent, expected, strict=True)), (sent, expected)
+    assert all(not rest for rest in groups.values())
+
+
+@SLOW
+@given(st.data())
+def test_any_items_make_ultralight_that_round_trips(data):
+    items = data.draw(ITEMS)
+    out = dict(iota_ul(items, FiwareMapping()))
+    groups = {device: parse_ul(body) for device, body in out.items()}
+    for item in items:
+        # the agent refuses empty fields, so nulls and empty strings are left out
+        expected = [v for v in measured_values(item) if v is not None and v != ""]
+        if not expected:
+            continue
+        stamp, pairs = groups[item.get("device") or item["gateway"]].pop(0)
+        assert stamp == (item.get("observed_at") or item.get("raised_at"))
+        for (key, raw), original in zip(pairs, expected, strict=item["type"] != "health"):  # health: + counters
+            assert not set(raw) & set("|#@") and not set(key) & set("|#@")
+            assert same_ul_value(raw, original), (key, raw, original)
+    assert all(not rest for rest in groups.values())
+
+
+@settings(max_examples=200)
+@given(st.lists(st.sampled_from("abcde"), max_size=30))
+def test_upsert_rounds_keep_order_and_make_ids_unique(ids):
+    entities = [{"id": i, "n": n} for n, i in enumerate(ids)]
+    rounds = upsert_rounds(entities)
+    assert [e for r in rounds for e in r] == entities
+    for r in rounds:
+        assert r and len({e["id"] for e in r}) == len(r)
+    for previous, current in zip(rounds, rounds[1:], strict=False):  # a new round starts only when it must
+        assert current[0]["id"] in {e["id"] for e in previous}
+
+
+def test_floats_survive_every_format():
+    item = {**trap(), "values": {"x": 0.1 + 0.2, "big": 1e300, "tiny": -5e-324}}
+    [(_, ul)] = iota_ul([item], FiwareMapping())
+    [(_, pairs)] = parse_ul(ul)
+    assert [float(v) for _, v in pairs] == [0.1 + 0.2, 1e300, -5e-324]
+    [(_, js)] = iota_json([item], FiwareMapping())
+    assert json.loads(js)["x"] == 0.1 + 0.2
+    assert ngsi_v2_entities([item], FiwareMapping())[0]["big"]["value"] == 1e300
