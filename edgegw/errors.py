@@ -50,7 +50,14 @@ class UplinkError(EdgegwError):
 
 
 class TransientUplinkError(UplinkError):
-    """The platform could not be reached or was busy; the batch will be retried."""
+    """The platform could not be reached or was busy; the batch will be retried.
+
+    ``retry_after`` is the platform's own hint (HTTP ``Retry-After``), in seconds, when it gave one.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class PermanentUplinkError(UplinkError):

@@ -18,7 +18,7 @@ from pathlib import Path
 import structlog
 
 from edgegw.errors import UplinkError
-from edgegw.model import batch_json, new_batch_id
+from edgegw.model import Batch, new_batch_id
 from edgegw.radio import Backoff
 from edgegw.store import open_reader
 from edgegw.uplink import Uplink
@@ -132,5 +132,5 @@ class Forwarder:
         with self._busy_lock:
             self._busy.update(seqs)
         self._inflight[batch_id] = seqs
-        self.uplink.send(batch_id, batch_json(batch_id, self.gateway_id, bodies))
+        self.uplink.send(Batch(batch_id, self.gateway_id, bodies))
         return True

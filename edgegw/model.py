@@ -109,6 +109,25 @@ def new_batch_id() -> str:
     return uuid.uuid4().hex
 
 
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Outbox items on their way to one uplink, each already stored as JSON text (see the schema).
+
+    An uplink picks its wire format: :meth:`json` is edgegw's own versioned batch; FIWARE uplinks
+    take :meth:`items` and map them.
+    """
+
+    batch_id: str
+    gateway_id: str
+    bodies: list[str]
+
+    def json(self) -> bytes:
+        return batch_json(self.batch_id, self.gateway_id, self.bodies)
+
+    def items(self) -> list[dict[str, Any]]:
+        return [json.loads(b) for b in self.bodies]
+
+
 def batch_json(batch_id: str, gateway_id: str, item_bodies: list[str], sent_at: float | None = None) -> bytes:
     """Assemble a batch from items already stored as JSON text, without re-parsing them."""
     head = json.dumps(

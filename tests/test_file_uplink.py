@@ -6,7 +6,7 @@ import json
 
 from edgegw.config import FileUplink
 from edgegw.log import Throttle
-from edgegw.model import batch_json
+from edgegw.model import Batch
 from edgegw.uplink.file import FileWriterUplink
 
 
@@ -16,10 +16,10 @@ def test_batches_are_lines_acknowledged_in_order_and_rotated(tmp_path):
     uplink.start(lambda b, e: results.append((b, e)), lambda s, d: states.append(s))
     body = json.dumps({"type": "reading", "id": "x", "pad": "p" * 900})
     for i in range(12):
-        uplink.send(f"b{i}", batch_json(f"{i:032x}", "gw", [body]))
+        uplink.send(Batch(f"{i:032x}", "gw", [body]))
     uplink.stop()
 
-    assert states == ["up"] and results == [(f"b{i}", None) for i in range(12)]
+    assert states == ["up"] and results == [(f"{i:032x}", None) for i in range(12)]
     files = sorted((tmp_path / "out").glob("batches-*.jsonl"))
     assert len(files) > 1  # rotated: each file stops growing once it passed rotate_bytes
     assert all(f.stat().st_size < 4096 + 1200 for f in files)
@@ -32,7 +32,7 @@ def test_unwritable_folder_is_a_transient_failure(tmp_path):
     uplink = FileWriterUplink(FileUplink(type="file", path="out/sub"), tmp_path)
     results = []
     uplink.on_result = lambda b, e: results.append((b, e))
-    uplink.send("b1", b"{}")
+    uplink.send(Batch("b1", "gw", []))
     (batch, error), = results
     assert batch == "b1" and error is not None and "out/sub" in str(error)
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from edgegw.errors import UplinkError
+from edgegw.model import Batch
 
 OnResult = Callable[[str, UplinkError | None], None]
 OnState = Callable[[str, str], None]  # (state, detail): "up" | "down" | "connecting"
@@ -26,8 +27,8 @@ class Uplink(Protocol):
     def ready(self) -> bool:
         """True when a batch sent now can be delivered."""
 
-    def send(self, batch_id: str, payload: bytes) -> None:
-        """Hand one batch over; its result arrives through ``on_result``."""
+    def send(self, batch: Batch) -> None:
+        """Hand one batch over; its result arrives through ``on_result(batch.batch_id, error)``."""
 
     def stop(self) -> None:
         """Disconnect; batches not yet acknowledged will be resent after restart."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from edgegw.config import FileUplink
 from edgegw.errors import TransientUplinkError
+from edgegw.model import Batch
 from edgegw.uplink import OnResult, OnState
 
 
@@ -33,7 +34,8 @@ class FileWriterUplink:
     def ready(self) -> bool:
         return True
 
-    def send(self, batch_id: str, payload: bytes) -> None:
+    def send(self, batch: Batch) -> None:
+        batch_id, payload = batch.batch_id, batch.json()
         try:
             with self._lock:
                 f = self._current()

@@ -16,6 +16,7 @@ import structlog
 
 from edgegw.config import MqttUplink
 from edgegw.errors import PermanentUplinkError, TransientUplinkError
+from edgegw.model import Batch
 from edgegw.radio import Backoff
 from edgegw.uplink import OnResult, OnState
 
@@ -45,7 +46,8 @@ class MqttBatchUplink:
     def ready(self) -> bool:
         return self._connected
 
-    def send(self, batch_id: str, payload: bytes) -> None:
+    def send(self, batch: Batch) -> None:
+        batch_id, payload = batch.batch_id, batch.json()
         client = self._client
         if client is None or not self._connected:
             self.on_result(batch_id, TransientUplinkError("not connected"))
