@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 from pathlib import Path
 
 import click
@@ -83,11 +84,22 @@ def _ago(now: float, t: float | None) -> str:
     return f"{s:.0f}s ago" if s < 120 else f"{s / 60:.0f}m ago" if s < 7200 else f"{s / 3600:.1f}h ago"
 
 
+def _format_alarm(now: float, a: dict) -> str:
+    late = " (late)" if a["late"] else ""
+    return f"  {a['severity']:<13} {a['kind']:<18} {a['device_id']:<20} {_ago(now, a['raised_at']):>10}{late}  {a['message']}"
+
+
+def _format_open(now: float, open_alarms: list[dict]) -> list[str]:
+    head = f"open alarms ({len(open_alarms)})" if open_alarms else "open alarms: none"
+    return [head] + [_format_alarm(now, a) for a in open_alarms]
+
+
 def _format_status(st: dict) -> str:
     now, ob = st["now"], st["outbox"]
-    out = [f"gateway {st['gateway']}",
-           f"outbox   {ob['pending']} pending, {ob['delivered']} delivered, oldest pending "
-           f"{_ago(now, ob['oldest_pending_at']) if ob['oldest_pending_at'] else '-'}", "uplinks"]
+    out = [f"gateway {st['gateway']}"]
+    out += _format_open(now, st["open_alarms"])  # what a maintainer must act on comes first
+    out += [f"outbox   {ob['pending']} pending, {ob['delivered']} delivered, oldest pending "
+            f"{_ago(now, ob['oldest_pending_at']) if ob['oldest_pending_at'] else '-'}", "uplinks"]
     for u in st["uplinks"]:
         out.append(f"  {u['name']:<12} {u['state']:<10} {u['pending']} pending, {u['items']} delivered in "
                    f"{u['batches']} batches, last ack {_ago(now, u['last_ack_at'])}  {u['detail'] or ''}")
@@ -105,6 +117,34 @@ def _format_status(st: dict) -> str:
     by_reason = st["rejects"]["by_reason"]
     out.append("rejects  " + (", ".join(f"{k} {v}" for k, v in by_reason.items()) if by_reason else "none"))
     return "\n".join(out)
+
+
+@cli.command("alarms")
+@config_option
+@json_option
+@click.option("--recent", default=20, show_default=True, help="how many recent alarms (open or closed) to list")
+def alarms_command(config_path: Path, as_json: bool, recent: int) -> None:
+    """List open alarms, then the most recent ones (a running gateway's database is read, not locked).
+
+    Example: edgegw alarms -c configs/demo.toml --json
+    """
+    config, _ = _load(config_path)
+    from edgegw.daemon import db_path
+    from edgegw.store import alarms
+
+    path = db_path(config)
+    if not path.exists():
+        raise click.ClickException(f"no database at {path}: has `edgegw run -c {config_path}` run yet?")
+    found = alarms(path, recent)
+    if as_json:
+        click.echo(json.dumps(found, indent=2, ensure_ascii=False))
+        return
+    now = time.time()
+    click.echo("\n".join(_format_open(now, found["open"])))
+    click.echo(f"recent alarms ({len(found['recent'])})")
+    for a in found["recent"]:
+        closed = f"  [closed by {a['closed_by']}]" if a["closed_by"] else ""
+        click.echo(_format_alarm(now, a) + closed)
 
 
 @cli.group("config")

@@ -20,16 +20,19 @@ from pathlib import Path
 
 import structlog
 
+from edgegw import __version__
 from edgegw.config import Config
 from edgegw.drivers import DriverRegistry
-from edgegw.forwarder import Ack, Forwarder, UplinkState
+from edgegw.forwarder import Ack, Forwarder, Park, UplinkState
 from edgegw.ingest import Duplicate, Ingest
 from edgegw.log import Throttle
-from edgegw.model import Frame, Reading, Reject
+from edgegw.model import Alarm, Frame, Reading, Reject
 from edgegw.radio import Backoff, SourceState
 from edgegw.radio.emulator import RylrEmulator
 from edgegw.radio.field import VirtualField, load_field
 from edgegw.radio.rylr import RylrRadio
+from edgegw.rules import RuleEngine
+from edgegw.rules.actions import ActionRunner
 from edgegw.store import Store
 from edgegw.uplink import build_uplink
 
@@ -39,6 +42,8 @@ QUEUE_LIMIT = 10_000  # frames waiting for the writer; beyond it sources block a
 GROUP_LIMIT = 2_000  # events per transaction
 DB_NAME = "edgegw.db"
 PURGE_EVERY = 3600.0
+TICK_EVERY = 1.0  # s: resolution of rule timers (silence, reminders)
+CLOCK_SAVE_EVERY = 300.0  # s: how often the rules' clock is saved when nothing else is written
 
 
 def db_path(config: Config) -> Path:
@@ -69,9 +74,14 @@ class Gateway:
         self.store = Store(db_path(config), config.store.synchronous, config.store.rejects_kept)
         uplinks = config.effective_uplinks()
         bits = self.store.register_uplinks([u.name for u in uplinks])
-        self.ingest = Ingest(config, drivers, self.store, sum(bits.values()))
+        self.bits = bits
+        self.uplink_mask = sum(bits.values())
+        self.started = time.monotonic()
+        self.ingest = Ingest(config, drivers, self.store, self.uplink_mask)
+        self.rules = RuleEngine(config, drivers, self.store.conn, time.time(), time.monotonic())
+        self.actions = ActionRunner(config.actions, config.gateway_id)
         self.forwarders = [
-            Forwarder(build_uplink(u, config.gateway_id, config.data_dir), bits[u.name], db_path(config),
+            Forwarder(build_uplink(u, config), bits[u.name], db_path(config),
                       config.gateway_id, u.batch.max_items, u.batch.max_bytes, getattr(u, "max_inflight", 1),
                       self.events.put)
             for u in uplinks
@@ -79,11 +89,12 @@ class Gateway:
         self.emulators: list[RylrEmulator] = []
         self.threads: list[threading.Thread] = []
         self.throttle = Throttle(60.0)
-        self.counts = {"readings": 0, "duplicates": 0, "rejects": 0}
+        self.counts = {"readings": 0, "duplicates": 0, "rejects": 0, "alarms": 0}
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.actions.start()
         self._thread(self._write_loop, "writer")
         self._source_stop = threading.Event()
         self._forward_stop = threading.Event()
@@ -156,6 +167,7 @@ class Gateway:
         for t in self.threads:
             if t.name == "writer":
                 t.join(timeout=30)
+        self.actions.stop()
         self.store.close()
         log.info("gateway stopped", **self.counts)
 
@@ -163,10 +175,13 @@ class Gateway:
 
     def _write_loop(self) -> None:
         next_purge = time.monotonic() + 60
+        next_tick = time.monotonic()
+        next_clock_save = time.monotonic() + CLOCK_SAVE_EVERY
+        next_health = time.monotonic() + min(30.0, self.config.health_every)
         done = False
         while not done:
             try:
-                group = [self.events.get(timeout=5.0)]
+                group = [self.events.get(timeout=max(0.0, next_tick - time.monotonic()))]
             except queue.Empty:
                 group = []
             while group and len(group) < GROUP_LIMIT:
@@ -178,6 +193,14 @@ class Gateway:
             group = [e for e in group if e is not None]
             if group:
                 self._commit_group(group)
+                next_clock_save = time.monotonic() + CLOCK_SAVE_EVERY
+            if time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + TICK_EVERY
+                if self._tick_rules(force=time.monotonic() >= next_clock_save):
+                    next_clock_save = time.monotonic() + CLOCK_SAVE_EVERY
+            if time.monotonic() >= next_health:
+                next_health = time.monotonic() + self.config.health_every
+                self._report_health()
             notify_systemd("WATCHDOG=1")
             if time.monotonic() >= next_purge:
                 next_purge = time.monotonic() + PURGE_EVERY
@@ -192,14 +215,18 @@ class Gateway:
             for event in group:
                 if isinstance(event, Frame):
                     result = self.ingest.handle(event)
+                    after.append(result)
                     if isinstance(result, Reading):
                         new_items = True
-                    after.append(result)
+                        after += self._store_alarms(self.rules.observe(result, time.time()))
                 elif isinstance(event, Reject):
                     after.append(event)
                 elif isinstance(event, Ack):
                     store.acked(event.bit, event.seqs, event.wall)
                     store.uplink_delivered(event.uplink, len(event.seqs), event.wall)
+                    after.append(event)
+                elif isinstance(event, Park):
+                    store.park(event.uplink, event.bit, event.seq, event.error, event.wall)
                     after.append(event)
                 elif isinstance(event, UplinkState):
                     store.uplink_state(event.uplink, event.state, event.detail, event.wall)
@@ -208,21 +235,50 @@ class Gateway:
             for r in after:
                 if isinstance(r, Reject):
                     store.add_reject(r.source, r.reason, r.detail, r.address, r.device_id, r.raw, r.wall)
+            self.rules.save(time.time())
             store.commit()
         except Exception:
             # A database error (disk full, I/O error) must not kill the writer: the group is not
             # accepted, its frames are lost as if never heard, and we say so loudly.
             log.exception("commit failed; group dropped", events=len(group))
             store.rollback()
+            self.rules.reload()
             for event in group:
-                if isinstance(event, Ack):
-                    event.committed()  # the ack is not recorded: release its items to be sent again
+                if isinstance(event, Ack | Park):
+                    event.committed()  # not recorded: release its items to be sent (or parked) again
             return
         for r in after:
             self._after_commit(r)
         if new_items:
             for fwd in self.forwarders:
                 fwd.wake.set()
+
+    def _store_alarms(self, alarms: list[Alarm]) -> list[Alarm]:
+        """Put alarms in the outbox (inside the open transaction); the ones new to it are returned."""
+        now = time.time()
+        return [a for a in alarms if self.store.add_alarm(a, self.uplink_mask, now)]
+
+    def _tick_rules(self, force: bool) -> bool:
+        """Run the rule timers; commit if they raised alarms or changed state (or ``force``). True if committed."""
+        alarms = self.rules.tick(time.time(), time.monotonic())
+        if not (alarms or self.rules.dirty or force):
+            return False
+        try:
+            self.store.begin()
+            new = self._store_alarms(alarms)
+            self.rules.save(time.time())
+            self.store.commit()
+        except Exception:  # as in _commit_group: the writer lives on, the next tick tries again
+            log.exception("commit of rule timers failed")
+            self.store.rollback()
+            self.rules.reload()
+            return False
+        for alarm in new:
+            self._after_commit(alarm)
+        if new:
+            for fwd in self.forwarders:
+                fwd.wake.set()
+        return True
 
     def _after_commit(self, r) -> None:
         if isinstance(r, Reading):
@@ -241,6 +297,31 @@ class Gateway:
                             similar_suppressed=suppressed)
         elif isinstance(r, Ack):
             r.committed()
+        elif isinstance(r, Park):
+            r.committed()
+            log.error("item parked: the platform refused it for good", uplink=r.uplink, seq=r.seq, error=r.error)
+        elif isinstance(r, Alarm):
+            self.counts["alarms"] += 1
+            log.warning("alarm", alarm=r.kind, id=r.alarm_id, severity=r.severity, device=r.device_id,
+                        late=r.late, message=r.message)
+            self.actions.submit(r)
+
+    def _report_health(self) -> None:
+        """Queue the gateway's health report for every uplink (a town with thirty gateways sees the sick one)."""
+        try:
+            self.store.begin()
+            now = time.time()
+            item = self.store.health(self.config.gateway_id, __version__, time.monotonic() - self.started,
+                                     self.bits, now)
+            self.store.add_health(item, self.uplink_mask, now)
+            self.store.commit()
+        except Exception:  # housekeeping: the next report tries again
+            log.exception("health report failed")
+            self.store.rollback()
+            self.rules.reload()
+            return
+        for fwd in self.forwarders:
+            fwd.wake.set()
 
     def _purge(self) -> None:
         cutoff = time.time() - self.config.store.keep_delivered

@@ -4,6 +4,11 @@ One forwarder thread per uplink reads the outbox through its own read-only conne
 then age, keeps up to ``max_inflight`` batches awaiting acknowledgement, and posts each ack to the
 writer as an :class:`Ack`. Items of an unacknowledged batch are simply eligible again once the
 uplink reports the failure (or after a restart), so delivery is at least once.
+
+A transient failure backs off (exponentially, with jitter, at least as long as the platform's
+``Retry-After``). A permanent one means something in the batch is refused: the batch is split in
+halves, each sent on its own, until the refused item stands alone; it is then parked with the
+platform's error (:class:`Park`) and the rest flows on.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from pathlib import Path
 
 import structlog
 
-from edgegw.errors import UplinkError
+from edgegw.errors import PermanentUplinkError, TransientUplinkError, UplinkError
 from edgegw.model import Batch, new_batch_id
 from edgegw.radio import Backoff
 from edgegw.store import open_reader
@@ -33,6 +38,18 @@ class Ack:
     uplink: str
     bit: int
     seqs: list[int]
+    committed: Callable[[], None]
+    wall: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True, slots=True)
+class Park:
+    """An uplink refused this one outbox row for good; ``committed`` runs once the writer parked it."""
+
+    uplink: str
+    bit: int
+    seq: int
+    error: str
     committed: Callable[[], None]
     wall: float = field(default_factory=time.time)
 
@@ -54,6 +71,7 @@ class Forwarder:
         self.wake = threading.Event()  # set by the writer when new items are committed
         self._results: queue.Queue[tuple[str, UplinkError | None]] = queue.Queue()
         self._inflight: dict[str, list[int]] = {}  # batch id -> outbox seqs
+        self._suspects: list[list[int]] = []  # halves of a refused batch, each to be sent alone
         self._busy: set[int] = set()  # seqs in flight or acked but not yet committed by the writer
         self._busy_lock = threading.Lock()
 
@@ -92,11 +110,19 @@ class Forwarder:
             if error is None:
                 backoff.reset()
                 self.post(Ack(self.uplink.name, self.bit, seqs, lambda s=seqs: self._release(s)))
+            elif isinstance(error, PermanentUplinkError) and len(seqs) > 1:
+                half = len(seqs) // 2
+                self._suspects += [seqs[:half], seqs[half:]]  # still busy: sent next, each alone
+                log.warning("batch refused; splitting it to find the refused item", uplink=self.uplink.name,
+                            items=len(seqs), error=str(error))
+            elif isinstance(error, PermanentUplinkError) and seqs:
+                self.post(Park(self.uplink.name, self.bit, seqs[0], str(error), lambda s=seqs: self._release(s)))
             else:
                 self._release(seqs)
                 failed = error
         if failed is not None:
-            delay = backoff.next()
+            hint = failed.retry_after if isinstance(failed, TransientUplinkError) else None
+            delay = max(backoff.next(), hint or 0.0)
             log.warning("batch not delivered, will retry", uplink=self.uplink.name, error=str(failed),
                         retry_in=round(delay, 2))
             stop.wait(delay)
@@ -109,6 +135,12 @@ class Forwarder:
         self.wake.set()
 
     def _send_next(self, reader) -> bool:
+        if self._suspects:
+            seqs = self._suspects.pop(0)
+            marks = ",".join("?" * len(seqs))
+            bodies = dict(reader.execute(f"SELECT seq, body FROM outbox WHERE seq IN ({marks})", seqs).fetchall())
+            self._release([s for s in seqs if s not in bodies])  # replaced meanwhile (an older health report)
+            return self._send([s for s in seqs if s in bodies], [bodies[s] for s in seqs if s in bodies])
         with self._busy_lock:
             busy = set(self._busy)
         rows = reader.execute(
@@ -126,11 +158,14 @@ class Forwarder:
             size += len(body) + 1
             if len(seqs) >= self.max_items:
                 break
+        with self._busy_lock:
+            self._busy.update(seqs)
+        return self._send(seqs, bodies)
+
+    def _send(self, seqs: list[int], bodies: list[str]) -> bool:
         if not seqs:
             return False
         batch_id = new_batch_id()
-        with self._busy_lock:
-            self._busy.update(seqs)
         self._inflight[batch_id] = seqs
         self.uplink.send(Batch(batch_id, self.gateway_id, bodies))
         return True

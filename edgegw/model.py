@@ -100,6 +100,62 @@ class Reading:
         }
 
 
+ALARM_KINDS = (
+    "trap_sprung", "trap_reminder", "trap_rearmed", "water_level_alarm", "water_level_clear", "water_rise",
+    "device_silent", "device_back", "battery_low", "battery_ok", "sensor_fault",
+)
+SEVERITIES = ("informational", "low", "medium", "high", "critical")
+PRIORITY_ALARM = 10  # outbox priority: alarms overtake any backlog of readings (priority 0)
+PRIORITY_HEALTH = 5  # a gateway's health report is news only while it is fresh
+
+
+@dataclass(frozen=True, slots=True)
+class Alarm:
+    """Something a rule decided a person must know, from one reading or from time passing.
+
+    ``alarm_id`` is derived from what caused it (the reading's id, or the episode it belongs to), so
+    evaluating the same readings again after a crash yields the same id and the platform can
+    de-duplicate. ``late`` marks an alarm about the past: its reading was observed long before the
+    gateway evaluated it, or arrived after newer ones. ``opens`` and ``closes`` are the gateway's own
+    bookkeeping for ``edgegw alarms``: an alarm that stays open until another alarm (by id) closes it.
+    """
+
+    alarm_id: str
+    kind: str
+    severity: str
+    device_id: str
+    rule: str
+    raised_at: float
+    message: str
+    details: dict[str, Value | None] = field(default_factory=dict)
+    reading_id: str | None = None
+    time_quality: str = "synced"
+    late: bool = False
+    name: str | None = None
+    location: tuple[float, float] | None = None
+    opens: bool = False
+    closes: tuple[str, ...] = ()
+
+    def item(self) -> dict[str, Any]:
+        """The batch item for this alarm (see the batch JSON Schema)."""
+        return {
+            "type": "alarm",
+            "id": self.alarm_id,
+            "alarm": self.kind,
+            "severity": self.severity,
+            "device": self.device_id,
+            "name": self.name,
+            "location": list(self.location) if self.location else None,
+            "rule": self.rule,
+            "raised_at": iso(self.raised_at),
+            "time_quality": self.time_quality,
+            "late": self.late,
+            "reading": self.reading_id,
+            "message": self.message,
+            "details": self.details,
+        }
+
+
 def iso(ts: float) -> str:
     """UTC ISO 8601 with milliseconds and a Z, the form FIWARE and JSON Schema date-time accept."""
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")

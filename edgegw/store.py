@@ -9,27 +9,53 @@ WAL lets them read while the writer writes.
 
 Tables:
 
-``outbox``         readings (and later alarms) with priority and a bitmask of uplinks yet to ack
+``outbox``         readings and alarms with priority and a bitmask of uplinks yet to ack
 ``uplinks``        uplink name -> bit in ``outbox.pending``, and its last known state
 ``devices``        registry: last seen, last RSSI/SNR, frame counter and its epoch, counts
 ``sources``        radio sources: state, last frame time, frame count
 ``rejects``        the last N raw frames that failed, for diagnosis (bounded)
 ``reject_counts``  every failure counted by source and reason, forever
+``rule_state``     each rule's memory per device (JSON), written in the transaction of the reading
+``rule_buffer``    readings held back to be evaluated in observation order (see rules.engine)
+``parked``         items an uplink refused for good, with the platform's error, kept for inspection
+``alarms``         every alarm raised, open until a later alarm closes it, for ``edgegw alarms``
 ``meta``           schema version
 """
 
 from __future__ import annotations
 
+import importlib
+import json
+import shutil
 import sqlite3
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
+from edgegw.model import PRIORITY_ALARM, PRIORITY_HEALTH, Alarm, iso
 
 SCHEMA_VERSION = 1
-PRIORITY_READING = 0
+
+
+def _import_sqlite_utils():
+    """Import sqlite-utils without its optional pandas and numpy.
+
+    sqlite-utils imports both when they are installed (only to convert their types, which the gateway
+    never stores): 40 MB of a Pi Zero's 512 MB. They are hidden for the duration of the import only,
+    so code that wants them later (a driver, a test library) still gets them.
+    """
+    hidden = [m for m in ("pandas", "numpy") if m not in sys.modules]
+    sys.modules.update(dict.fromkeys(hidden))  # None in sys.modules makes an import raise ImportError
+    try:
+        return importlib.import_module("sqlite_utils")
+    finally:
+        for m in hidden:
+            del sys.modules[m]
+
+
+sqlite_utils = _import_sqlite_utils()
 
 
 @dataclass
@@ -104,6 +130,20 @@ def _create_schema(db: sqlite_utils.Database) -> None:
     db["reject_counts"].create(
         {"source": str, "reason": str, "count": int, "last_at": float}, pk=("source", "reason"), if_not_exists=True,
     )
+    db["rule_state"].create({"rule": str, "device_id": str, "state": str}, pk=("rule", "device_id"),
+                            if_not_exists=True)
+    db["rule_buffer"].create({"reading_id": str, "observed_at": float, "reading": str}, pk="reading_id",
+                             if_not_exists=True)
+    db["parked"].create(
+        {"item_id": str, "uplink": str, "kind": str, "error": str, "parked_at": float, "body": str},
+        pk=("item_id", "uplink"), if_not_exists=True,
+    )
+    db["alarms"].create(
+        {"id": str, "kind": str, "severity": str, "device_id": str, "rule": str, "raised_at": float,
+         "late": int, "message": str, "open": int, "closed_by": str, "closed_at": float, "body": str},
+        pk="id", if_not_exists=True,
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS alarms_open ON alarms(open, raised_at)")
     db["meta"].upsert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
 
 
@@ -194,6 +234,54 @@ class Store:
         )
         return cur.rowcount == 1
 
+    def add_alarm(self, alarm: Alarm, pending: int, now: float) -> bool:
+        """Put an alarm in the outbox at alarm priority and in the alarm log; False if it was already there."""
+        body = json.dumps(alarm.item(), separators=(",", ":"), ensure_ascii=False)
+        if not self.add_item(alarm.alarm_id, "alarm", PRIORITY_ALARM, alarm.device_id, alarm.raised_at, 0.0, "",
+                             None, body, pending, now):
+            return False
+        self.conn.execute(
+            "INSERT OR IGNORE INTO alarms(id, kind, severity, device_id, rule, raised_at, late, message, open, body)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (alarm.alarm_id, alarm.kind, alarm.severity, alarm.device_id, alarm.rule, alarm.raised_at,
+             int(alarm.late), alarm.message, int(alarm.opens), body),
+        )
+        for closed in alarm.closes:
+            self.conn.execute(
+                "UPDATE alarms SET open = 0, closed_by = ?, closed_at = ? WHERE id = ? AND open = 1",
+                (alarm.alarm_id, alarm.raised_at, closed),
+            )
+        return True
+
+    def health(self, gateway_id: str, version: str, uptime_s: float, bits: dict[str, int], now: float) -> dict[str, Any]:
+        """The gateway's health report (a batch item, see the schema), read from the database."""
+        one = lambda sql, *a: self.conn.execute(sql, a).fetchone()[0]  # noqa: E731
+        oldest = one("SELECT min(accepted_at) FROM outbox WHERE pending != 0")
+        return {
+            "type": "health", "id": f"{gateway_id}:health:{int(now * 1000)}", "gateway": gateway_id,
+            "observed_at": iso(now), "version": version, "uptime_s": round(uptime_s, 1),
+            "pending": {name: one("SELECT count(*) FROM outbox WHERE pending & ?", bit) for name, bit in bits.items()},
+            "oldest_pending_s": None if oldest is None else round(max(0.0, now - oldest), 1),
+            "rejects": dict(self.conn.execute("SELECT reason, sum(count) FROM reject_counts GROUP BY reason")),
+            "disk_free_bytes": shutil.disk_usage(self.path.parent).free,
+            "last_frame": {name: None if at is None else iso(at)
+                           for name, at in self.conn.execute("SELECT name, last_frame_at FROM sources")},
+            "open_alarms": one("SELECT count(*) FROM alarms WHERE open = 1"),
+        }
+
+    def add_health(self, item: dict[str, Any], pending: int, now: float) -> None:
+        """Queue a health report; older undelivered ones are dropped, only the newest matters."""
+        self.conn.execute("DELETE FROM outbox WHERE kind = 'health' AND pending != 0")
+        self.add_item(item["id"], "health", PRIORITY_HEALTH, None, now, 0.0, "", None,
+                      json.dumps(item, separators=(",", ":")), pending, now)
+
+    def park(self, uplink: str, bit: int, seq: int, error: str, now: float) -> None:
+        """An uplink refused this item for good: stop offering it to that uplink, keep it with the error."""
+        self.conn.execute(
+            "INSERT OR REPLACE INTO parked(item_id, uplink, kind, error, parked_at, body)"
+            " SELECT item_id, ?, kind, ?, ?, body FROM outbox WHERE seq = ?", (uplink, error[:2000], now, seq))
+        self.acked(bit, [seq], now)
+
     def acked(self, bit: int, seqs: list[int], now: float) -> None:
         """Record an uplink's acknowledgement; rows acknowledged by every uplink become delivered."""
         self.conn.executemany(
@@ -203,6 +291,8 @@ class Store:
         )
 
     def purge_delivered(self, older_than: float) -> int:
+        """Delete delivered items, and closed alarms from the alarm log, older than ``older_than``."""
+        self.conn.execute("DELETE FROM alarms WHERE open = 0 AND raised_at < ?", (older_than,))
         return self.conn.execute(
             "DELETE FROM outbox WHERE pending = 0 AND delivered_at < ?", (older_than,)
         ).rowcount
@@ -272,6 +362,23 @@ class Store:
         self.conn.close()
 
 
+ALARM_COLUMNS = "id, kind, severity, device_id, rule, raised_at, late, message, open, closed_by, closed_at"
+
+
+def _alarm_rows(conn: sqlite3.Connection, where: str, limit: int) -> list[dict[str, Any]]:
+    rows = conn.execute(f"SELECT {ALARM_COLUMNS} FROM alarms WHERE {where} ORDER BY raised_at DESC LIMIT ?", (limit,))
+    return [{**dict(r), "late": bool(r["late"]), "open": bool(r["open"])} for r in rows]
+
+
+def alarms(path: Path, recent: int = 50) -> dict[str, list[dict[str, Any]]]:
+    """Open alarms (newest first), and the ``recent`` latest alarms of any state."""
+    conn = open_reader(path)
+    try:
+        return {"open": _alarm_rows(conn, "open = 1", 10_000), "recent": _alarm_rows(conn, "1", recent)}
+    finally:
+        conn.close()
+
+
 def status(path: Path) -> dict[str, Any]:
     """Everything ``edgegw status`` shows, read from the database while the daemon runs."""
     conn = open_reader(path)
@@ -290,6 +397,11 @@ def status(path: Path) -> dict[str, Any]:
             ).fetchone()[0]
         return {
             "now": now,
+            "open_alarms": _alarm_rows(conn, "open = 1", 10_000),
+            "parked": {
+                "by_uplink": {r["uplink"]: r["n"] for r in q("SELECT uplink, count(*) AS n FROM parked GROUP BY uplink")},
+                "recent": q("SELECT item_id, uplink, kind, error, parked_at FROM parked ORDER BY parked_at DESC LIMIT 10"),
+            },
             "outbox": outbox,
             "uplinks": uplinks,
             "sources": q("SELECT name, state, detail, changed_at, last_frame_at, frames FROM sources ORDER BY name"),

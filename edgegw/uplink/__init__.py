@@ -9,10 +9,13 @@ then, so a batch lost in a crash is simply sent again.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from edgegw.errors import UplinkError
 from edgegw.model import Batch
+
+if TYPE_CHECKING:
+    from edgegw.config import Config, UplinkConfig
 
 OnResult = Callable[[str, UplinkError | None], None]
 OnState = Callable[[str, str], None]  # (state, detail): "up" | "down" | "connecting"
@@ -34,11 +37,22 @@ class Uplink(Protocol):
         """Disconnect; batches not yet acknowledged will be resent after restart."""
 
 
-def build_uplink(config, gateway_id: str, data_dir) -> Uplink:
-    """The uplink object for one ``[[uplinks]]`` entry."""
-    from edgegw.config import FileUplink
-    if isinstance(config, FileUplink):
+def build_uplink(uplink: UplinkConfig, config: Config) -> Uplink:
+    """The uplink object for one ``[[uplinks]]`` entry of ``config`` (which gives the gateway id,
+    the data directory and the device locations FIWARE entities carry)."""
+    # Imported here: edgegw.config imports edgegw.uplink.fiware, and each uplink its own client library.
+    from edgegw.config import FileUplink, IotAgentUplink, MqttUplink, NgsiConnection
+    if isinstance(uplink, FileUplink):
         from edgegw.uplink.file import FileWriterUplink
-        return FileWriterUplink(config, data_dir)
-    from edgegw.uplink.mqtt import MqttBatchUplink
-    return MqttBatchUplink(config, gateway_id)
+        return FileWriterUplink(uplink, config.data_dir)
+    if isinstance(uplink, MqttUplink):
+        from edgegw.uplink.mqtt import MqttBatchUplink
+        return MqttBatchUplink(uplink, config.gateway_id)
+    mapping = uplink.fiware_mapping(config.gateway_id, config.devices)
+    if isinstance(uplink, IotAgentUplink):
+        from edgegw.uplink.iota import IotAgentMqttUplink
+        return IotAgentMqttUplink(uplink, mapping, config.gateway_id)
+    if isinstance(uplink, NgsiConnection):
+        from edgegw.uplink.ngsi import NgsiUplink
+        return NgsiUplink(uplink, mapping)
+    raise TypeError(f"no uplink for {type(uplink).__name__}")

@@ -64,6 +64,10 @@ DEVICE_TYPE = "Device"
 ALERT_TYPE = "Alert"
 GENERIC_TYPE = "DeviceMeasurement"
 DEFAULT_TYPES: dict[str, str] = {"water_level": WATER_TYPE, "trap": DEVICE_TYPE}
+# The entity types a reading can become (FiwareMapping.entity_types values); the config offers these.
+READING_TYPES: tuple[str, ...] = (WATER_TYPE, DEVICE_TYPE, GENERIC_TYPE)
+# NGSI-LD's core @context, the default when the config names none.
+LD_CORE_CONTEXT = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context.jsonld"
 
 # SDM Device (category, controlledProperty) per driver, from the model's enums. A trap senses the
 # animal's pull on the wire: "motion" is the nearest controlled property.
@@ -85,6 +89,17 @@ ALERT_CATEGORIES: dict[str, tuple[str, str | None]] = {
     "water_level_clear": ("naturalDisaster", "floodRisk"),
 }
 DEFAULT_ALERT_CATEGORY: tuple[str, str | None] = ("environment", None)
+# SDM Alert's closed category enum (dataModel.Alert 0.0.3), to check categories from the config.
+ALERT_CATEGORY_NAMES = frozenset({
+    "traffic", "naturalDisaster", "weather", "environment", "health", "security", "agriculture",
+})
+# Names that alarm and health items contribute besides driver values (see _measures and
+# _health_counters): FiwareMapping.attributes may rename these too.
+ITEM_MEASURES = frozenset({
+    "alarm", "alarmSeverity", "alarmMessage", "alarmId", "version", "uptime_s", "pending",
+    "oldest_pending_s", "rejects", "disk_free_bytes", "open_alarms",
+})
+ITEM_MEASURE_PREFIXES = ("pending_", "rejects_", "last_frame_")
 
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _ENTITY_TYPE = re.compile(r"^[A-Za-z0-9_:-]{1,256}$")

@@ -1,0 +1,173 @@
+"""Local actions: what an alarm does on site, uplink or not (a siren, a text via a local modem, a
+local MQTT topic a display subscribes to).
+
+The writer hands committed alarms to :meth:`ActionRunner.submit`, which never blocks: actions run in
+their own thread, each limited to ``limit`` runs per ``per``. A command gets the alarm as JSON on
+stdin and its key fields as ``EDGEGW_*`` environment variables; it is started from an argv list,
+never through a shell, so nothing a radio sends can become a command line. A command that outlives
+its timeout is killed. Failures are logged (rate-limited) and counted, never retried: an alarm is
+still delivered through the uplinks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import threading
+import time
+from collections import deque
+
+import paho.mqtt.client as mqtt
+import structlog
+
+from edgegw.config import CommandAction, MqttAction
+from edgegw.log import Throttle
+from edgegw.model import SEVERITIES, Alarm
+
+log = structlog.get_logger("edgegw.actions")
+
+QUEUE_LIMIT = 1000
+
+
+class ActionRunner:
+    """Runs the configured local actions of committed alarms, off the writer's thread."""
+
+    def __init__(self, actions: list[CommandAction | MqttAction], gateway_id: str):
+        self.actions = actions
+        self.gateway_id = gateway_id
+        self.counts = {"started": 0, "failed": 0, "rate_limited": 0, "dropped": 0}
+        self._queue: queue.Queue[Alarm | None] = queue.Queue(QUEUE_LIMIT)
+        self._runs: dict[str, deque[float]] = {a.name: deque() for a in actions}
+        self._mqtt: dict[str, mqtt.Client] = {}
+        self._throttle = Throttle(60.0)
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if not self.actions:
+            return
+        for action in self.actions:
+            if isinstance(action, MqttAction):
+                self._mqtt[action.name] = self._connect(action)
+        self._thread = threading.Thread(target=self._run, name="actions", daemon=True)
+        self._thread.start()
+
+    def submit(self, alarm: Alarm) -> None:
+        """Queue an alarm for its actions; never blocks the caller."""
+        if self._thread is None:
+            return
+        try:
+            self._queue.put_nowait(alarm)
+        except queue.Full:
+            self.counts["dropped"] += 1
+            self._warn("action queue full; alarm's actions skipped", alarm.alarm_id, alarm=alarm.alarm_id)
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=10)
+        for client in self._mqtt.values():
+            client.loop_stop()
+            client.disconnect()
+
+    # -- running --------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while (alarm := self._queue.get()) is not None:
+            for action in self.actions:
+                if not self._matches(action, alarm):
+                    continue
+                if not self._allow(action):
+                    self.counts["rate_limited"] += 1
+                    self._warn("action rate limit reached; skipped", action.name, action=action.name,
+                               alarm=alarm.alarm_id, limit=action.limit, per_s=action.per)
+                    continue
+                try:
+                    if isinstance(action, CommandAction):
+                        self._command(action, alarm)
+                    else:
+                        self._publish(action, alarm)
+                    self.counts["started"] += 1
+                except Exception as exc:  # one broken action must not stop the others
+                    self._failed(action, alarm, f"{type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def _matches(action: CommandAction | MqttAction, alarm: Alarm) -> bool:
+        return ((not action.alarms or alarm.kind in action.alarms)
+                and SEVERITIES.index(alarm.severity) >= SEVERITIES.index(action.min_severity)
+                and (not action.devices or alarm.device_id in action.devices)
+                and (action.include_late or not alarm.late))
+
+    def _allow(self, action: CommandAction | MqttAction) -> bool:
+        runs, now = self._runs[action.name], time.monotonic()
+        while runs and runs[0] <= now - action.per:
+            runs.popleft()
+        if len(runs) >= action.limit:
+            return False
+        runs.append(now)
+        return True
+
+    def _command(self, action: CommandAction, alarm: Alarm) -> None:
+        env = {**os.environ, **self.environment(alarm)}
+        proc = subprocess.Popen(action.command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, env=env, start_new_session=True)
+        log.info("action started", action=action.name, alarm=alarm.alarm_id, kind=alarm.kind, pid=proc.pid)
+        # Waiting happens beside the runner, so a slow siren never delays the next alarm.
+        threading.Thread(target=self._wait, args=(action, alarm, proc), name=f"action:{action.name}",
+                         daemon=True).start()
+
+    def _wait(self, action: CommandAction, alarm: Alarm, proc: subprocess.Popen) -> None:
+        body = json.dumps(alarm.item(), ensure_ascii=False).encode()
+        try:
+            _, err = proc.communicate(body, timeout=action.timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            self._failed(action, alarm, f"killed after its {action.timeout:g} s timeout")
+            return
+        except OSError as exc:  # it exited before reading stdin
+            proc.wait()
+            err = str(exc).encode()
+        if proc.returncode != 0:
+            self._failed(action, alarm, f"exit status {proc.returncode}: {err.decode(errors='replace')[-300:].strip()}")
+
+    def environment(self, alarm: Alarm) -> dict[str, str]:
+        """The ``EDGEGW_*`` variables a command action sees."""
+        env = {
+            "EDGEGW_GATEWAY": self.gateway_id, "EDGEGW_ALARM": alarm.kind, "EDGEGW_ALARM_ID": alarm.alarm_id,
+            "EDGEGW_SEVERITY": alarm.severity, "EDGEGW_DEVICE": alarm.device_id,
+            "EDGEGW_DEVICE_NAME": alarm.name or "", "EDGEGW_RAISED_AT": alarm.item()["raised_at"],
+            "EDGEGW_LATE": "1" if alarm.late else "0", "EDGEGW_MESSAGE": alarm.message,
+        }
+        if alarm.location:
+            env["EDGEGW_LATITUDE"], env["EDGEGW_LONGITUDE"] = (str(x) for x in alarm.location)
+        return env
+
+    def _connect(self, action: MqttAction) -> mqtt.Client:
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgegw-{self.gateway_id}-{action.name}")
+        if action.username is not None:
+            client.username_pw_set(action.username, action.password)
+        client.reconnect_delay_set(1, 30)
+        client.connect_async(action.host, action.port)
+        client.loop_start()  # paho reconnects on its own; a publish while down is queued by paho
+        return client
+
+    def _publish(self, action: MqttAction, alarm: Alarm) -> None:
+        topic = action.topic.format(gateway=self.gateway_id, device=alarm.device_id, alarm=alarm.kind)
+        client = self._mqtt[action.name]
+        if not client.is_connected():
+            raise ConnectionError(f"local broker {action.host}:{action.port} not connected")
+        info = client.publish(topic, json.dumps(alarm.item(), ensure_ascii=False), qos=1, retain=action.retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise ConnectionError(mqtt.error_string(info.rc))
+        log.info("action published", action=action.name, alarm=alarm.alarm_id, topic=topic)
+
+    def _failed(self, action: CommandAction | MqttAction, alarm: Alarm, why: str) -> None:
+        self.counts["failed"] += 1
+        self._warn("action failed", action.name, action=action.name, alarm=alarm.alarm_id, error=why)
+
+    def _warn(self, event: str, key: str, **fields) -> None:
+        suppressed = self._throttle.allow((event, key))
+        if suppressed is not None:
+            log.warning(event, similar_suppressed=suppressed, **fields)

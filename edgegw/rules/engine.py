@@ -1,0 +1,241 @@
+"""The rule engine: which rules watch which device, their persistent state, and evaluation order.
+
+The writer thread calls :meth:`RuleEngine.observe` for every committed reading and
+:meth:`RuleEngine.tick` about once a second, then :meth:`RuleEngine.save` inside its open
+transaction. A rule is a small object with ``reading(ctx, state, obs)`` and ``tick(ctx, state, now)``;
+``state`` is a plain JSON-able dict per (rule, device) that the engine loads and stores.
+
+Order. Rules see a device's readings in observation order. With ``reorder_window`` = 0 (radio
+readings are stamped on arrival, so arrival order is observation order) a reading is evaluated at
+once. With a window W, readings wait until the clock passes their observation time + W and are then
+evaluated oldest first: any arrival order within W gives the same alarms. A reading older than one
+already evaluated for the same rule and device cannot be placed in the past; it is skipped and
+counted, not allowed to flip a state machine backwards.
+
+Time. Alarms about readings observed more than ``late_after`` before evaluation are marked ``late``.
+Timers (silence, reminders) only run while the clock is plausible, and silence is measured only over
+time the gateway was listening: after a restart or a clock jump every device gets a fresh interval.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+import structlog
+
+from edgegw.config import Config, Device, DeviceHealthRule, TrapRule, WaterLevelRule
+from edgegw.drivers import DriverRegistry, ValueSpec
+from edgegw.ingest import CLOCK_SANE_AFTER
+from edgegw.model import Alarm, Reading, Value
+
+log = structlog.get_logger("edgegw.rules")
+
+GAP = 120.0  # s without saving state (daemon down, clock jumped): silence timers start afresh
+
+
+class Observation(NamedTuple):
+    """What rules need of a reading; small enough to hold back in ``rule_buffer`` as JSON."""
+
+    reading_id: str
+    device_id: str
+    observed_at: float
+    time_quality: str
+    values: dict[str, Value]
+
+    @classmethod
+    def of(cls, r: Reading) -> Observation:
+        return cls(r.reading_id, r.device_id, r.observed_at, r.time_quality, r.values)
+
+
+@dataclass
+class Context:
+    """What a rule knows while it evaluates one device, and where its alarms go."""
+
+    device: Device
+    specs: Mapping[str, ValueSpec]
+    rule: str
+    now: float
+    late_after: float
+    listening_since: float = 0.0
+    alarms: list[Alarm] = field(default_factory=list)
+
+    def raise_alarm(self, kind: str, severity: str, key: str, at: float, message: str,
+                    obs: Observation | None = None, details: dict[str, Value | None] | None = None,
+                    opens: bool = False, closes: tuple[str, ...] = ()) -> str:
+        """Raise an alarm; ``key`` names its cause (a reading id, an episode) and makes the id stable."""
+        alarm_id = f"{key}:{self.rule}:{kind}"
+        self.alarms.append(Alarm(
+            alarm_id=alarm_id, kind=kind, severity=severity, device_id=self.device.id, rule=self.rule,
+            raised_at=at, message=message, details=details or {},
+            reading_id=obs.reading_id if obs else None,
+            time_quality=obs.time_quality if obs else "synced",
+            late=self.now - at > self.late_after,
+            name=self.device.name or None, location=self.device.location, opens=opens, closes=tuple(closes),
+        ))
+        return alarm_id
+
+    def label(self) -> str:
+        """The device as a person knows it: 'Box trap by the shrine (trap-shrine)'."""
+        return f"{self.device.name} ({self.device.id})" if self.device.name else self.device.id
+
+
+class Watch(Protocol):
+    """One configured rule, as the engine drives it."""
+
+    def reading(self, ctx: Context, state: dict[str, Any], obs: Observation) -> None: ...
+
+    def tick(self, ctx: Context, state: dict[str, Any], now: float) -> None: ...
+
+
+def build_watch(rule: TrapRule | WaterLevelRule | DeviceHealthRule, device: Device) -> Watch:
+    from edgegw.rules.health import HealthWatch
+    from edgegw.rules.trap import TrapWatch
+    from edgegw.rules.water import WaterWatch
+    if isinstance(rule, TrapRule):
+        return TrapWatch(rule)
+    if isinstance(rule, WaterLevelRule):
+        return WaterWatch(rule)
+    return HealthWatch(rule, device)
+
+
+class RuleEngine:
+    """Evaluates rules for one gateway; used by the writer thread only."""
+
+    def __init__(self, config: Config, drivers: DriverRegistry, conn: sqlite3.Connection, now: float, mono: float):
+        self.conn = conn
+        self.window = config.alarms.reorder_window
+        # Time spent in the reorder window is ours, not lateness of the reading.
+        self.late_after = config.alarms.late_after + self.window
+        self.devices = {d.id: d for d in config.devices}
+        self.specs = {d.id: drivers[d.driver].values for d in config.devices}
+        self.watches: dict[str, list[tuple[str, Watch]]] = {d.id: [] for d in config.devices}
+        for rule in config.effective_rules():
+            for device in config.devices:
+                if rule.applies_to(device):
+                    self.watches[device.id].append((rule.name, build_watch(rule, device)))
+        self.skipped_out_of_order = 0
+        self.reload()
+        row = conn.execute("SELECT value FROM meta WHERE key = 'rules_clock'").fetchone()
+        last = json.loads(row[0]) if row else None
+        # Silence counts only while we listened: after downtime every device gets a fresh interval.
+        self.listening_since = last["since"] if last and 0 <= now - last["wall"] <= GAP else now
+        self._clock = (now, mono)
+        if row is None:  # a first start: remember when listening began before anything else happens
+            self.save(now)
+
+    def reload(self) -> None:
+        """(Re)load state from the database: at start, and after the writer rolled a group back."""
+        self.states: dict[tuple[str, str], dict[str, Any]] = {
+            (rule, device): json.loads(state)
+            for rule, device, state in self.conn.execute("SELECT rule, device_id, state FROM rule_state")
+        }
+        self.buffer: list[tuple[float, str, Observation]] = [
+            (obs.observed_at, obs.reading_id, obs)
+            for obs in (Observation(*json.loads(body)) for (body,) in
+                        self.conn.execute("SELECT reading FROM rule_buffer ORDER BY observed_at, reading_id"))
+        ]
+        heapq.heapify(self.buffer)
+        self._dirty: set[tuple[str, str]] = set()
+        self._buffered: list[Observation] = []
+        self._released: list[str] = []
+
+    # -- evaluation -----------------------------------------------------------------------------
+
+    def observe(self, reading: Reading, now: float) -> list[Alarm]:
+        """A committed reading: evaluate it now, or hold it back for the reorder window."""
+        obs = Observation.of(reading)
+        if obs.device_id not in self.watches:
+            return []
+        if self.window <= 0:
+            return self._evaluate(obs, now)
+        heapq.heappush(self.buffer, (obs.observed_at, obs.reading_id, obs))
+        self._buffered.append(obs)
+        return self._release(now)
+
+    def tick(self, now: float, mono: float) -> list[Alarm]:
+        """Time passed: release held readings, then run the timers (silence, reminders)."""
+        alarms = self._release(now)
+        wall0, mono0 = self._clock
+        if abs((now - wall0) - (mono - mono0)) > GAP:
+            log.warning("system clock jumped; silence timers start afresh", jump_s=round(now - wall0 - (mono - mono0)))
+            self.listening_since = now
+        self._clock = (now, mono)
+        if now < CLOCK_SANE_AFTER:
+            return alarms  # no RTC, no NTP yet: "an hour since" means nothing
+        for device_id, watches in self.watches.items():
+            for rule, watch in watches:
+                ctx = self._context(device_id, rule, now)
+                watch.tick(ctx, self._state(rule, device_id), now)
+                if ctx.alarms:  # a tick changes state only together with an alarm
+                    self._dirty.add((rule, device_id))
+                    alarms += ctx.alarms
+        return alarms
+
+    def _release(self, now: float) -> list[Alarm]:
+        alarms: list[Alarm] = []
+        while self.buffer and self.buffer[0][0] <= now - self.window:
+            _, reading_id, obs = heapq.heappop(self.buffer)
+            self._released.append(reading_id)
+            alarms += self._evaluate(obs, now)
+        return alarms
+
+    def flush(self, now: float) -> list[Alarm]:
+        """Evaluate every held reading now (at shutdown of a test run, or to drain the window)."""
+        alarms: list[Alarm] = []
+        while self.buffer:
+            _, reading_id, obs = heapq.heappop(self.buffer)
+            self._released.append(reading_id)
+            alarms += self._evaluate(obs, now)
+        return alarms
+
+    def _evaluate(self, obs: Observation, now: float) -> list[Alarm]:
+        alarms: list[Alarm] = []
+        for rule, watch in self.watches[obs.device_id]:
+            state = self._state(rule, obs.device_id)
+            if obs.observed_at < state.get("t", float("-inf")):
+                self.skipped_out_of_order += 1
+                log.info("reading older than one already evaluated; rule skips it", rule=rule,
+                         device=obs.device_id, reading=obs.reading_id)
+                continue
+            state["t"] = obs.observed_at
+            ctx = self._context(obs.device_id, rule, now)
+            watch.reading(ctx, state, obs)
+            self._dirty.add((rule, obs.device_id))
+            alarms += ctx.alarms
+        return alarms
+
+    def _context(self, device_id: str, rule: str, now: float) -> Context:
+        return Context(self.devices[device_id], self.specs[device_id], rule, now, self.late_after,
+                       self.listening_since)
+
+    def _state(self, rule: str, device_id: str) -> dict[str, Any]:
+        return self.states.setdefault((rule, device_id), {})
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    @property
+    def dirty(self) -> bool:
+        """True when state changed since the last :meth:`save`."""
+        return bool(self._dirty or self._buffered or self._released)
+
+    def save(self, now: float) -> None:
+        """Write changed state inside the writer's open transaction."""
+        self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('rules_clock', ?)",
+                          (json.dumps({"wall": now, "since": self.listening_since}),))
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO rule_state(rule, device_id, state) VALUES (?, ?, ?)",
+            [(r, d, json.dumps(self.states[(r, d)], separators=(",", ":"))) for r, d in self._dirty],
+        )
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO rule_buffer(reading_id, observed_at, reading) VALUES (?, ?, ?)",
+            [(o.reading_id, o.observed_at, json.dumps(o, separators=(",", ":"))) for o in self._buffered],
+        )
+        self.conn.executemany("DELETE FROM rule_buffer WHERE reading_id = ?", [(r,) for r in self._released])
+        self._dirty.clear()
+        self._buffered.clear()
+        self._released.clear()

@@ -1,0 +1,106 @@
+"""Device health: silent devices, low batteries, implausible readings.
+
+A trap sensor that stops reporting is an unchecked trap, so silence is an alarm of its own:
+``device_silent`` once the device missed ``silent_after`` of its reporting intervals, ``device_back``
+when it is heard again. ``battery_low`` / ``battery_ok`` use hysteresis. ``sensor_fault`` reports a
+value outside the range its driver declares, a value stuck for ``stuck`` readings, or a jump
+larger than ``max_jump`` between two readings; once per episode, re-armed by a plausible reading.
+Stuck and jump checks apply only to the values named in the rule: a battery voltage is steady.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgegw.config import Device, DeviceHealthRule
+from edgegw.rules.engine import Context, Observation
+
+
+def _number(value: Any) -> float | None:
+    return None if isinstance(value, bool) or not isinstance(value, int | float) else value
+
+
+class HealthWatch:
+    def __init__(self, rule: DeviceHealthRule, device: Device):
+        self.rule = rule
+        self.silent_after = rule.silent_after * device.interval
+
+    def reading(self, ctx: Context, state: dict[str, Any], obs: Observation) -> None:
+        if state.get("silent"):
+            ctx.raise_alarm(
+                "device_back", "informational", obs.reading_id, obs.observed_at,
+                f"{ctx.label()} heard again after {(obs.observed_at - state['heard']) / 60:.0f} min"
+                if state.get("heard") else f"{ctx.label()} heard for the first time", obs,
+                closes=(state["silent"],),
+            )
+            state["silent"] = None
+        state["heard"], state["last"] = obs.observed_at, obs.reading_id
+        self._battery(ctx, state, obs)
+        faults = self._faults(ctx, state, obs)
+        open_faults = set(state.get("faults", []))
+        for key, message, details in faults:
+            if key not in open_faults:
+                ctx.raise_alarm("sensor_fault", "medium", f"{obs.reading_id}:{key}", obs.observed_at,
+                                f"{ctx.label()}: {message}", obs, details)
+        state["faults"] = sorted(key for key, _, _ in faults)
+
+    def _battery(self, ctx: Context, state: dict[str, Any], obs: Observation) -> None:
+        volts = _number(obs.values.get(self.rule.battery))
+        low = self.rule.battery_low
+        if volts is None or low is None:
+            return
+        if not state.get("battery_low") and volts <= low:
+            state["battery_low"] = ctx.raise_alarm(
+                "battery_low", "low", obs.reading_id, obs.observed_at,
+                f"{ctx.label()}: battery {volts} V (low at {low} V)", obs, {"battery": volts}, opens=True,
+            )
+        elif state.get("battery_low") and volts > low + self.rule.battery_hysteresis:
+            ctx.raise_alarm("battery_ok", "informational", obs.reading_id, obs.observed_at,
+                            f"{ctx.label()}: battery {volts} V again", obs, {"battery": volts},
+                            closes=(state["battery_low"],))
+            state["battery_low"] = None
+
+    def _faults(self, ctx: Context, state: dict[str, Any], obs: Observation) -> list[tuple[str, str, dict]]:
+        faults = []
+        previous = state.get("previous", {})
+        stuck = state.get("stuck", {})
+        for name, raw in obs.values.items():
+            value = _number(raw)
+            if value is None:
+                continue
+            spec = ctx.specs.get(name)
+            if self.rule.plausible and spec is not None and (
+                    (spec.minimum is not None and value < spec.minimum)
+                    or (spec.maximum is not None and value > spec.maximum)):
+                faults.append((f"{name}.range", f"{name} {value} outside {spec.minimum}..{spec.maximum}",
+                               {"value": name, "reading": value, "minimum": spec.minimum, "maximum": spec.maximum}))
+            limit = self.rule.max_jump.get(name)
+            if limit is not None and name in previous and abs(value - previous[name]) > limit:
+                faults.append((f"{name}.jump", f"{name} jumped from {previous[name]} to {value}",
+                               {"value": name, "reading": value, "previous": previous[name], "max_jump": limit}))
+            readings = self.rule.stuck.get(name)
+            if readings:
+                same = stuck.get(name, [None, 0])
+                stuck[name] = [value, same[1] + 1 if same[0] == value else 1]
+                if stuck[name][1] >= readings:
+                    faults.append((f"{name}.stuck", f"{name} stuck at {value} for {stuck[name][1]} readings",
+                                   {"value": name, "reading": value, "readings": stuck[name][1]}))
+            previous[name] = value
+        state["previous"] = previous
+        if stuck:
+            state["stuck"] = stuck
+        return faults
+
+    def tick(self, ctx: Context, state: dict[str, Any], now: float) -> None:
+        if state.get("silent"):
+            return
+        since = max(state.get("heard", 0.0), ctx.listening_since)
+        if now - since <= self.silent_after:
+            return
+        key = state.get("last") or f"{ctx.device.id}:never:{int(ctx.listening_since)}"
+        minutes = (now - since) / 60
+        state["silent"] = ctx.raise_alarm(
+            "device_silent", self.rule.silent_severity, key, since + self.silent_after,
+            f"{ctx.label()} silent for {minutes:.0f} min (expected every {ctx.device.interval / 60:g} min)",
+            None, {"last_heard": state.get("heard"), "interval_s": ctx.device.interval}, opens=True,
+        )

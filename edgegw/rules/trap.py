@@ -1,0 +1,55 @@
+"""Trap sprung: one alarm per catch, reminders while nobody re-arms the trap, and the re-arm.
+
+A sprung trap holds a live animal: leaving it unchecked is an animal-welfare and legal problem, so
+the alarm is repeated every ``reminder`` until a reading says the trap is armed again. Repeated
+sprung frames (the device reports its state each interval) change nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgegw.config import TrapRule
+from edgegw.rules.engine import Context, Observation
+
+
+class TrapWatch:
+    def __init__(self, rule: TrapRule):
+        self.rule = rule
+
+    def reading(self, ctx: Context, state: dict[str, Any], obs: Observation) -> None:
+        value = obs.values.get(self.rule.value)
+        if value is None:
+            return
+        sprung = value == self.rule.sprung
+        if sprung and not state.get("sprung"):
+            alarm = ctx.raise_alarm(
+                "trap_sprung", "high", obs.reading_id, obs.observed_at, f"{ctx.label()}: trap sprung", obs,
+                {self.rule.value: value}, opens=True,
+            )
+            state.update(sprung=True, since=obs.observed_at, alarm=alarm, cause=obs.reading_id, reminders=0)
+        elif not sprung and state.get("sprung"):
+            ctx.raise_alarm(
+                "trap_rearmed", "informational", obs.reading_id, obs.observed_at,
+                f"{ctx.label()}: trap re-armed", obs,
+                {self.rule.value: value, "sprung_for_s": round(obs.observed_at - state["since"], 1)},
+                closes=(state["alarm"],),
+            )
+            state.update(sprung=False, alarm=None, cause=None, reminders=0)
+        elif not sprung:
+            state["sprung"] = False
+
+    def tick(self, ctx: Context, state: dict[str, Any], now: float) -> None:
+        every = self.rule.reminder
+        if not state.get("sprung") or not every:
+            return
+        n = int((now - state["since"]) // every)
+        if n > state["reminders"]:
+            # Stamped at the due time, not at the tick: a restart mid-interval yields the same alarm.
+            at = state["since"] + n * every
+            hours = (at - state["since"]) / 3600
+            ctx.raise_alarm(
+                "trap_reminder", "high", f"{state['cause']}:{n}", at,
+                f"{ctx.label()}: trap still sprung after {hours:.1f} h", None, {"reminder": n},
+            )
+            state["reminders"] = n

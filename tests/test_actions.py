@@ -1,0 +1,122 @@
+"""Local actions: real subprocesses and a real Mosquitto; never a shell, never blocking."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from edgegw.config import CommandAction, MqttAction
+from edgegw.model import Alarm
+from edgegw.rules.actions import ActionRunner
+from tests.broker import Subscriber
+from tests.gateway import wait_until
+
+RECORDER = """
+import json, os, sys
+alarm = json.load(sys.stdin)
+env = {k: v for k, v in os.environ.items() if k.startswith("EDGEGW_")}
+with open(sys.argv[1], "a") as f:
+    f.write(json.dumps({"argv": sys.argv[2:], "alarm": alarm, "env": env}) + "\\n")
+"""
+
+
+def alarm(kind: str = "trap_sprung", severity: str = "high", late: bool = False, n: int = 0) -> Alarm:
+    return Alarm(f"trap-01:0:{n}:trap:{kind}", kind, severity, "trap-01", "trap", 1_790_000_000.0,
+                 "trap Shrine box trap (trap-01) sprung", {"state": "sprung"}, f"trap-01:0:{n}", "synced", late,
+                 "Shrine box trap", (35.98, 138.15))
+
+
+def recorder(tmp_path, **options) -> tuple[CommandAction, object]:
+    script = tmp_path / "recorder.py"
+    script.write_text(RECORDER)
+    out = tmp_path / "runs.jsonl"
+    # The last argument would be a command injection through a shell; as argv it is one harmless string.
+    action = CommandAction(type="command", name="rec", command=[sys.executable, str(script), str(out), "x; rm -rf /"],
+                           **options)
+    return action, out
+
+
+def runs(out) -> list[dict]:
+    return [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+
+
+def test_command_gets_the_alarm_on_stdin_and_key_fields_in_the_environment(tmp_path):
+    action, out = recorder(tmp_path)
+    runner = ActionRunner([action], "gw-1")
+    runner.start()
+    try:
+        runner.submit(alarm())
+        (run,) = wait_until(lambda: runs(out), 10, "the action ran")
+    finally:
+        runner.stop()
+    assert run["argv"] == ["x; rm -rf /"]
+    assert run["alarm"] == json.loads(json.dumps(alarm().item()))
+    assert run["env"] == {
+        "EDGEGW_GATEWAY": "gw-1", "EDGEGW_ALARM": "trap_sprung", "EDGEGW_ALARM_ID": "trap-01:0:0:trap:trap_sprung",
+        "EDGEGW_SEVERITY": "high", "EDGEGW_DEVICE": "trap-01", "EDGEGW_DEVICE_NAME": "Shrine box trap",
+        "EDGEGW_RAISED_AT": "2026-09-21T14:13:20.000Z", "EDGEGW_LATE": "0",
+        "EDGEGW_MESSAGE": "trap Shrine box trap (trap-01) sprung", "EDGEGW_LATITUDE": "35.98",
+        "EDGEGW_LONGITUDE": "138.15",
+    }
+
+
+def test_filters_rate_limit_and_counts(tmp_path):
+    action, out = recorder(tmp_path, alarms=["trap_sprung"], min_severity="high", limit=2, per="1h")
+    runner = ActionRunner([action], "gw-1")
+    runner.start()
+    try:
+        runner.submit(alarm("trap_rearmed", "informational"))  # kind not listed
+        runner.submit(alarm(late=True))  # late alarms are about the past: not by default
+        for n in range(1, 5):
+            runner.submit(alarm(n=n))
+        wait_until(lambda: runner.counts["started"] + runner.counts["rate_limited"] == 4, 10, "all handled")
+        wait_until(lambda: len(runs(out)) == 2, 10, "two runs")
+    finally:
+        runner.stop()
+    assert runner.counts == {"started": 2, "failed": 0, "rate_limited": 2, "dropped": 0}
+    assert [r["alarm"]["id"] for r in runs(out)] == [alarm(n=1).alarm_id, alarm(n=2).alarm_id]
+
+
+def test_a_hanging_or_failing_command_is_killed_counted_and_blocks_nothing(tmp_path):
+    hang = CommandAction(type="command", name="hang", command=[sys.executable, "-c", "import time; time.sleep(60)"],
+                         timeout=0.5)
+    fail = CommandAction(type="command", name="fail", command=[sys.executable, "-c", "import sys; sys.exit(3)"])
+    missing = CommandAction(type="command", name="missing", command=[str(tmp_path / "no-such-program")])
+    action, out = recorder(tmp_path)
+    runner = ActionRunner([hang, fail, missing, action], "gw-1")
+    runner.start()
+    try:
+        runner.submit(alarm())
+        wait_until(lambda: runs(out), 10, "the recorder ran although the first action hangs")
+        wait_until(lambda: runner.counts["failed"] == 3, 10, "hang killed, exit 3 and missing program counted")
+    finally:
+        runner.stop()
+    assert runner.counts["started"] == 3
+
+
+def test_mqtt_action_publishes_to_the_local_broker(mosquitto):
+    action = MqttAction(type="mqtt", name="local", host="127.0.0.1", port=mosquitto.port)
+    with Subscriber("127.0.0.1", mosquitto.port, "edgegw/#") as sub:
+        runner = ActionRunner([action], "gw-1")
+        runner.start()
+        try:
+            wait_until(lambda: runner._mqtt["local"].is_connected(), 10, "local broker connected")
+            runner.submit(alarm())
+            ((topic, payload),) = sub.wait_for_count(1, timeout=10)
+        finally:
+            runner.stop()
+    assert topic == "edgegw/gw-1/alarms/trap_sprung"
+    assert json.loads(payload)["id"] == alarm().alarm_id
+
+
+def test_mqtt_action_with_the_local_broker_down_fails_without_blocking(tmp_path):
+    action = MqttAction(type="mqtt", name="local", host="127.0.0.1", port=9)  # nothing listens on discard
+    rec, out = recorder(tmp_path)
+    runner = ActionRunner([action, rec], "gw-1")
+    runner.start()
+    try:
+        runner.submit(alarm())
+        wait_until(lambda: runs(out), 10, "the command still ran")
+        wait_until(lambda: runner.counts["failed"] == 1, 10, "mqtt failure counted")
+    finally:
+        runner.stop()

@@ -1,0 +1,342 @@
+"""Edge rules on real SQLite: trap, water level, device health; ordering, lateness and restarts."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import jsonschema
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edgegw.config import Config
+from edgegw.drivers import load_drivers
+from edgegw.model import BATCH_SCHEMA_FILE, Alarm, Reading
+from edgegw.rules import RuleEngine
+from edgegw.store import Store
+
+DRIVERS = load_drivers()
+T0 = 1_790_000_000.0  # 2026-09: a plausible clock
+BATCH = jsonschema.Draft202012Validator(json.loads(BATCH_SCHEMA_FILE.read_text()))
+
+RIVER_STAGES = [
+    {"name": "standby", "above": 1500}, {"name": "caution", "above": 2000},
+    {"name": "evacuation_decision", "above": 2500}, {"name": "danger", "above": 3000},
+]
+
+
+def config(rules: list[dict] | None = None, **alarms) -> Config:
+    return Config.model_validate({
+        "gateway_id": "gw",
+        "sources": [{"type": "rylr", "name": "lora0", "port": "/dev/null"}],
+        "devices": [
+            {"id": "trap-01", "address": 17, "driver": "trap", "name": "Shrine box trap", "location": [35.98, 138.15],
+             "interval": "10m"},
+            {"id": "river-01", "address": 21, "driver": "water_level", "interval": "10m"},
+        ],
+        "rules": rules or [],
+        "alarms": alarms,
+    }, context={"drivers": DRIVERS})
+
+
+class Rig:
+    """A rule engine on a real database, fed the way the writer feeds it: one transaction per step."""
+
+    def __init__(self, path: Path, cfg: Config, now: float = T0):
+        self.path, self.cfg = path, cfg
+        self.store = Store(path)
+        self.engine = RuleEngine(cfg, DRIVERS, self.store.conn, now, 0.0)
+        self.alarms: list[Alarm] = []
+        self.counter = 0
+
+    def _commit(self, alarms: list[Alarm], now: float) -> list[Alarm]:
+        new = [a for a in alarms if self.store.add_alarm(a, 1, now)]
+        self.engine.save(now)
+        self.store.commit()
+        self.alarms += new
+        return new
+
+    def read(self, device: str, values: dict, at: float, now: float | None = None) -> list[Alarm]:
+        self.counter += 1
+        driver = "trap" if device.startswith("trap") else "water_level"
+        reading = Reading(f"{device}:0:{self.counter}", device, driver, at, "synced", self.counter, values, {},
+                          "lora0", 17, None, None, 0.0, "boot")
+        now = at if now is None else now
+        self.store.begin()
+        return self._commit(self.engine.observe(reading, now), now)
+
+    def tick(self, now: float) -> list[Alarm]:
+        self.store.begin()
+        return self._commit(self.engine.tick(now, now - T0), now)
+
+    def restart(self, now: float) -> None:
+        self.store.close()
+        self.store = Store(self.path)
+        self.engine = RuleEngine(self.cfg, DRIVERS, self.store.conn, now, now - T0)
+
+    def kinds(self, prefix: str = "") -> list[str]:
+        return [a.kind for a in self.alarms if a.kind.startswith(prefix)]
+
+
+def trap(state: str, battery: float = 3.6) -> dict:
+    return {"state": state, "tamper": False, "battery": battery}
+
+
+def level(mm: float) -> dict:
+    return {"level": mm, "water_temperature": 15.0, "battery": 3.6}
+
+
+@pytest.fixture
+def rig(tmp_path):
+    r = Rig(tmp_path / "gw.db", config())
+    yield r
+    r.store.close()
+
+
+# -- trap -------------------------------------------------------------------------------------------
+
+def test_trap_sprung_raises_once_with_device_location_and_first_frame_time(rig):
+    rig.read("trap-01", trap("armed"), T0)
+    (alarm,) = rig.read("trap-01", trap("sprung"), T0 + 60)
+    rig.read("trap-01", trap("sprung"), T0 + 61)  # the device repeats its state
+    rig.read("trap-01", trap("sprung"), T0 + 600)
+    assert rig.kinds() == ["trap_sprung"]
+    assert (alarm.severity, alarm.device_id, alarm.location, alarm.raised_at) == ("high", "trap-01", (35.98, 138.15), T0 + 60)
+    assert alarm.name == "Shrine box trap" and "Shrine box trap" in alarm.message and not alarm.late
+    BATCH.validate({"schema": "edgegw.batch/1", "batch_id": "b" * 32, "gateway": "gw", "sent_at": "2026-01-01T00:00:00Z",
+                    "items": [alarm.item()]})
+
+
+def test_reminders_until_rearmed_then_rearmed_closes_the_alarm(rig):
+    rig.read("trap-01", trap("sprung"), T0)  # the first report already sprung: a catch all the same
+    for minute in range(1, 200):
+        rig.tick(T0 + 60 * minute)
+    assert rig.kinds("trap") == ["trap_sprung", "trap_reminder", "trap_reminder", "trap_reminder"]
+    assert [a.raised_at for a in rig.alarms if a.kind == "trap_reminder"] == [T0 + 3600, T0 + 7200, T0 + 10800]
+    (rearmed,) = [a for a in rig.read("trap-01", trap("armed"), T0 + 12000) if a.kind.startswith("trap")]
+    assert rearmed.kind == "trap_rearmed" and rearmed.closes == (rig.alarms[0].alarm_id,)
+    assert rig.store.conn.execute("SELECT count(*) FROM alarms WHERE open = 1 AND kind = 'trap_sprung'").fetchone()[0] == 0
+    rig.tick(T0 + 20000)
+    assert rig.kinds("trap")[-1] == "trap_rearmed"
+
+
+def test_restart_while_sprung_raises_no_second_alarm(rig):
+    rig.read("trap-01", trap("armed"), T0)
+    rig.read("trap-01", trap("sprung"), T0 + 10)
+    rig.restart(T0 + 20)
+    rig.read("trap-01", trap("sprung"), T0 + 30)
+    rig.tick(T0 + 40)
+    assert rig.kinds() == ["trap_sprung"]
+
+
+def test_alarm_ids_are_the_same_when_the_same_readings_are_evaluated_again(tmp_path):
+    def run(path):
+        r = Rig(path, config())
+        r.read("trap-01", trap("armed"), T0)
+        r.read("trap-01", trap("sprung"), T0 + 5)
+        r.tick(T0 + 3700)
+        return [a.alarm_id for a in r.alarms if a.kind.startswith("trap")]
+    first, second = run(tmp_path / "a.db"), run(tmp_path / "b.db")
+    assert first == second and len(set(first)) == 2
+
+
+# -- water level ------------------------------------------------------------------------------------
+
+RIVER = [{"type": "water_level", "devices": ["river-01"], "hysteresis": 50, "stages": RIVER_STAGES}]
+
+
+def test_river_stages_alarm_on_entering_and_clear_below_threshold_minus_hysteresis(tmp_path):
+    rig = Rig(tmp_path / "gw.db", config(RIVER))
+    for i, mm in enumerate([1000, 1600, 1700, 2100, 3200, 3100, 2960, 2940, 1400, 1000]):
+        rig.read("river-01", level(mm), T0 + 600 * i)
+    got = [(a.kind, a.details.get("stage"), a.severity) for a in rig.alarms]
+    assert got == [
+        ("water_level_alarm", "standby", "low"), ("water_level_alarm", "caution", "medium"),
+        ("water_level_alarm", "danger", "critical"),  # straight past evacuation_decision: one alarm
+        ("water_level_clear", "evacuation_decision", "informational"),  # 2940 < 3000 - 50
+        ("water_level_clear", None, "informational"),  # 1400 < 1500 - 50: back to normal
+    ]
+    assert rig.store.conn.execute("SELECT count(*) FROM alarms WHERE open = 1").fetchone()[0] == 0
+
+
+def test_paddy_too_low_and_overflow_are_two_ladders(tmp_path):
+    paddy = [{"type": "water_level", "devices": ["river-01"], "hysteresis": 5,
+              "stages": [{"name": "too_low", "below": 30}, {"name": "overflow", "above": 120}]}]
+    rig = Rig(tmp_path / "gw.db", config(paddy))
+    for i, mm in enumerate([60, 29, 33, 36, 130, 100]):
+        rig.read("river-01", level(mm), T0 + 600 * i)
+    assert [(a.kind, a.details.get("stage")) for a in rig.alarms] == [
+        ("water_level_alarm", "too_low"), ("water_level_clear", None),
+        ("water_level_alarm", "overflow"), ("water_level_clear", None),
+    ]
+
+
+def test_rate_of_rise(tmp_path):
+    rule = [{"type": "water_level", "devices": ["river-01"], "rise": {"amount": 300, "within": "30m"}}]
+    rig = Rig(tmp_path / "gw.db", config(rule))
+    for i, mm in enumerate([1000, 1100, 1200, 1350, 1400, 1450, 1450, 1450, 1450, 1450, 1900]):
+        rig.read("river-01", level(mm), T0 + 600 * i)
+    # 1000 -> 1350 within 30 min; flat long enough to re-arm; then +450 in 10 min.
+    assert [(a.kind, a.details["rise"]) for a in rig.alarms] == [("water_rise", 350), ("water_rise", 450)]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.floats(min_value=1950, max_value=2050, allow_nan=False), min_size=1, max_size=60))
+def test_a_level_within_the_hysteresis_band_alarms_at_most_once(tmp_path_factory, levels):
+    rule = [{"type": "water_level", "devices": ["river-01"], "hysteresis": 50, "stages": [{"name": "caution", "above": 2000}]}]
+    rig = Rig(tmp_path_factory.mktemp("band") / "gw.db", config(rule))
+    for i, mm in enumerate(levels):
+        rig.read("river-01", level(mm), T0 + i)
+    assert rig.kinds().count("water_level_alarm") <= 1 and "water_level_clear" not in rig.kinds()
+
+
+walks = st.lists(st.integers(min_value=-400, max_value=400), min_size=1, max_size=50).map(
+    lambda steps: [max(0, 1500 + sum(steps[:i + 1])) for i in range(len(steps))])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(walks)
+def test_every_clear_follows_an_alarm(tmp_path_factory, levels):
+    rig = Rig(tmp_path_factory.mktemp("walk") / "gw.db", config(RIVER))
+    for i, mm in enumerate(levels):
+        rig.read("river-01", level(mm), T0 + i)
+    open_alarm = None
+    for a in rig.alarms:
+        if a.kind == "water_level_clear":
+            assert open_alarm is not None and a.closes == (open_alarm,)
+        open_alarm = a.alarm_id if a.details.get("stage") is not None else None
+
+
+def _signal(seed: int, n: int) -> list[tuple[str, dict, float]]:
+    rnd = random.Random(seed)
+    out, mm, state = [], 1500, "armed"
+    for i in range(n):
+        mm = max(0, mm + rnd.randint(-400, 400))
+        if rnd.random() < 0.2:
+            state = "sprung" if state == "armed" else "armed"
+        t = T0 + 60 * i + rnd.random() * 30
+        out.append(("river-01", level(mm), t) if rnd.random() < 0.6 else ("trap-01", trap(state), t))
+    return out
+
+
+RULES_ALL = RIVER + [{"type": "water_level", "name": "rise", "devices": ["river-01"],
+                      "rise": {"amount": 500, "within": "5m"}}]
+
+
+def _ids(alarms: list[Alarm]) -> list[tuple[str, str]]:
+    return [(a.alarm_id, a.kind) for a in alarms]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(0, 10**6), st.integers(2, 40), st.data())
+def test_shuffled_within_the_reorder_window_gives_the_same_alarms(tmp_path_factory, seed, n, data):
+    window = 600.0
+    signal = _signal(seed, n)
+    in_order = Rig(tmp_path_factory.mktemp("a") / "gw.db", config(RULES_ALL, reorder_window=window))
+    for device, values, t in signal:
+        in_order.read(device, values, t, now=t)
+    in_order.tick(signal[-1][2] + window + 1)
+    # Each reading arrives up to `window` after it was observed, so arrival order is a shuffle.
+    delays = data.draw(st.lists(st.floats(0, window - 1), min_size=n, max_size=n))
+    arrivals = sorted(((t + d, device, values, t) for (device, values, t), d in zip(signal, delays, strict=True)),
+                      key=lambda x: x[0])
+    shuffled = Rig(tmp_path_factory.mktemp("b") / "gw.db", config(RULES_ALL, reorder_window=window))
+    for now, device, values, t in arrivals:
+        shuffled.read(device, values, t, now=now)
+    shuffled.tick(signal[-1][2] + window + 1)
+    # The rig numbers readings in arrival order: compare by cause instead of reading id.
+    assert [(a.kind, a.raised_at) for a in shuffled.alarms] == [(a.kind, a.raised_at) for a in in_order.alarms]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(0, 10**6), st.integers(2, 40), st.integers(0, 40))
+def test_restarting_at_any_point_gives_the_same_alarms(tmp_path_factory, seed, n, cut):
+    signal = _signal(seed, n)
+
+    def run(restart_at: int | None) -> list:
+        rig = Rig(tmp_path_factory.mktemp("r") / "gw.db", config(RULES_ALL))
+        for i, (device, values, t) in enumerate(signal):
+            if i == restart_at:
+                rig.restart(t)
+            rig.read(device, values, t)
+            rig.tick(t + 1)
+        rig.tick(signal[-1][2] + 7200)
+        return _ids(rig.alarms)
+
+    assert run(cut % n) == run(None)
+
+
+# -- lateness ---------------------------------------------------------------------------------------
+
+def test_a_reading_observed_long_ago_raises_a_late_alarm_and_skips_local_actions_by_default(rig):
+    rig.read("trap-01", trap("armed"), T0)
+    (alarm,) = rig.read("trap-01", trap("sprung"), T0 + 60, now=T0 + 3 * 3600)
+    assert alarm.late and alarm.item()["late"] is True
+
+
+def test_a_reading_older_than_one_already_evaluated_is_skipped_not_allowed_to_rearm(rig):
+    rig.read("trap-01", trap("armed"), T0)
+    rig.read("trap-01", trap("sprung"), T0 + 100)
+    assert rig.read("trap-01", trap("armed"), T0 + 50, now=T0 + 101) == []
+    assert rig.engine.skipped_out_of_order == 2  # the trap rule and the health rule
+    assert rig.kinds() == ["trap_sprung"]
+
+
+# -- device health ----------------------------------------------------------------------------------
+
+def test_silent_device_alarms_once_and_back_closes_it_across_a_restart(rig):
+    rig.read("trap-01", trap("armed"), T0)
+    rig.read("river-01", level(1000), T0)
+    for minute in range(1, 40):
+        rig.tick(T0 + 60 * minute)
+        if minute % 5 == 0:
+            rig.read("river-01", level(1000), T0 + 60 * minute)
+    (silent,) = [a for a in rig.alarms if a.kind == "device_silent"]
+    assert silent.device_id == "trap-01" and silent.raised_at == T0 + 1800  # 3 x 10 min
+    rig.restart(T0 + 60 * 40)  # restarted within the gap: still the same listening
+    rig.tick(T0 + 60 * 41)
+    (back,) = rig.read("trap-01", trap("armed"), T0 + 60 * 42)
+    assert back.kind == "device_back" and back.closes == (silent.alarm_id,)
+    assert rig.kinds().count("device_silent") == 1
+
+
+def test_after_downtime_every_device_gets_a_fresh_interval(rig):
+    rig.read("trap-01", trap("armed"), T0)
+    rig.read("river-01", level(1000), T0)
+    rig.restart(T0 + 5 * 3600)  # the gateway was off for five hours: we were not listening
+    rig.tick(T0 + 5 * 3600 + 60)
+    assert rig.kinds() == []
+    rig.tick(T0 + 5 * 3600 + 1801)
+    assert sorted(a.device_id for a in rig.alarms if a.kind == "device_silent") == ["river-01", "trap-01"]
+
+
+def test_no_timers_while_the_clock_is_implausible(tmp_path):
+    rig = Rig(tmp_path / "gw.db", config(), now=1000.0)  # a Pi booted without RTC: 1970
+    rig.tick(1000.0 + 86400)
+    assert rig.alarms == []
+
+
+def test_battery_low_with_hysteresis(rig):
+    for i, volts in enumerate([3.6, 3.2, 3.25, 3.15, 3.28, 3.31, 3.1]):
+        rig.read("trap-01", trap("armed", volts), T0 + 60 * i)
+    assert [(a.kind, a.details["battery"]) for a in rig.alarms] == [
+        ("battery_low", 3.2), ("battery_ok", 3.31), ("battery_low", 3.1)]
+
+
+def test_sensor_faults_out_of_range_stuck_and_jump_once_per_episode(tmp_path):
+    rule = [{"type": "device_health", "devices": ["river-01"], "stuck": {"level": 3}, "max_jump": {"level": 500}}]
+    rig = Rig(tmp_path / "gw.db", config(rule))
+    for i, mm in enumerate([1000, 12000, 12000, 1000, 1100, 1100, 1100, 1100, 1200, 2500]):
+        rig.read("river-01", level(mm), T0 + 60 * i)
+    got = [a.details["value"] + ":" + a.alarm_id.split(":")[3] for a in rig.alarms if a.kind == "sensor_fault"]
+    assert got == ["level:level.range", "level:level.jump", "level:level.jump", "level:level.stuck",
+                   "level:level.jump"]
+
+
+# -- config -----------------------------------------------------------------------------------------
+
+def test_default_rules_watch_traps_and_every_device_health():
+    names = {(r.type, r.name) for r in config().effective_rules()}
+    assert names == {("trap", "trap"), ("device_health", "device_health")}
