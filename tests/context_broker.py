@@ -543,6 +543,8 @@ class _Server(ThreadingHTTPServer):
     def process_request(self, request: Any, client_address: Any) -> None:
         with self.connections_lock:
             self.open_connections.add(request)
+        with self.broker._lock:
+            self.broker._connections += 1  # to see whether clients reuse their connection
         super().process_request(request, client_address)
 
     def shutdown_request(self, request: Any) -> None:
@@ -608,6 +610,7 @@ class ContextBroker:
         self._delay = 0.0
         self._update_count = 0
         self._upsert_count = 0
+        self._connections = 0
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -671,6 +674,12 @@ class ContextBroker:
         (and per 500 answer, should this broker itself fail)."""
         with self._lock:
             return list(self._invalid)
+
+    @property
+    def connections(self) -> int:
+        """TCP connections accepted since the first start (a client with keep-alive opens one)."""
+        with self._lock:
+            return self._connections
 
     @property
     def update_count(self) -> int:

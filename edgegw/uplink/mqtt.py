@@ -1,4 +1,8 @@
-"""Batches as versioned JSON to an MQTT broker (paho-mqtt), QoS 1, delivered on PUBACK.
+"""Uplinks over MQTT (paho-mqtt), QoS 1, a batch delivered when the PUBACKs of all its messages are in.
+
+:class:`MqttPublisher` holds the connection handling; a subclass only says which messages a batch
+becomes (:meth:`MqttPublisher.messages`): :class:`MqttBatchUplink` publishes edgegw's own
+versioned batch as one message, :class:`edgegw.uplink.iota.IotAgentMqttUplink` one message per device.
 
 Each connection attempt uses a fresh paho client: when a connection drops, batches that were not
 acknowledged are reported failed and the forwarder sends them again; a fresh client cannot also
@@ -10,12 +14,13 @@ from __future__ import annotations
 
 import ssl
 import threading
+from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 import structlog
 
-from edgegw.config import MqttUplink
-from edgegw.errors import PermanentUplinkError, TransientUplinkError
+from edgegw.config import MqttConnection, MqttUplink
+from edgegw.errors import PermanentUplinkError, TransientUplinkError, UplinkError
 from edgegw.model import Batch
 from edgegw.radio import Backoff
 from edgegw.uplink import OnResult, OnState
@@ -23,20 +28,37 @@ from edgegw.uplink import OnResult, OnState
 log = structlog.get_logger("edgegw.uplink.mqtt")
 
 
-class MqttBatchUplink:
-    def __init__(self, config: MqttUplink, gateway_id: str):
+@dataclass
+class _Pending:
+    """One batch on its way: acknowledged when every message is published and PUBACKed."""
+
+    batch_id: str
+    unacked: int  # messages published (or still to publish) whose PUBACK has not come
+    published: bool = False  # every message of the batch has been handed to paho
+    done: bool = False  # on_result was called (exactly once per batch)
+
+
+class MqttPublisher:
+    """A connection to one broker that publishes each batch as one or more QoS 1 messages."""
+
+    def __init__(self, config: MqttConnection, name: str, client_id: str, describe: str):
         self.config = config
-        self.name = config.name
-        self.topic = config.topic.replace("{gateway}", gateway_id)
-        self.client_id = config.client_id or f"edgegw-{gateway_id}"
+        self.name = name
+        self.client_id = client_id
+        self.describe = describe  # where batches go, for the "up" state and the log
         self._lock = threading.Lock()
         self._client: mqtt.Client | None = None
         self._connected = False
         self._refused: str | None = None  # set by on_connect when the broker says no
-        self._inflight: dict[int, str] = {}  # mid -> batch id
+        self._inflight: dict[int, _Pending] = {}  # mid -> its batch
         self._early: set[int] = set()  # PUBACKs that overtook the bookkeeping of their publish()
+        self._generation = 0  # bumped when a connection ends: its mids will never be acknowledged
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def messages(self, batch: Batch) -> list[tuple[str, bytes]]:
+        """The ``(topic, payload)`` messages of a batch; ValueError if the batch cannot be sent at all."""
+        raise NotImplementedError
 
     def start(self, on_result: OnResult, on_state: OnState) -> None:
         self.on_result, self.on_state = on_result, on_state
@@ -47,26 +69,43 @@ class MqttBatchUplink:
         return self._connected
 
     def send(self, batch: Batch) -> None:
-        batch_id, payload = batch.batch_id, batch.json()
-        client = self._client
+        batch_id = batch.batch_id
+        with self._lock:
+            client, generation = self._client, self._generation
         if client is None or not self._connected:
             self.on_result(batch_id, TransientUplinkError("not connected"))
             return
-        info = client.publish(self.topic, payload, qos=1)
-        if info.rc == mqtt.MQTT_ERR_PAYLOAD_SIZE:
-            self.on_result(batch_id, PermanentUplinkError(f"payload of {len(payload)} bytes too large for MQTT"))
+        try:
+            messages = self.messages(batch)
+        except ValueError as exc:  # an item the format cannot carry: resending cannot help
+            self.on_result(batch_id, PermanentUplinkError(str(exc)))
             return
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            self.on_result(batch_id, TransientUplinkError(mqtt.error_string(info.rc)))
-            return
+        pending = _Pending(batch_id, len(messages))
+        error: UplinkError | None = None
+        for topic, payload in messages:
+            info = client.publish(topic, payload, qos=1)
+            if info.rc == mqtt.MQTT_ERR_PAYLOAD_SIZE:
+                error = PermanentUplinkError(f"payload of {len(payload)} bytes too large for MQTT")
+            elif info.rc != mqtt.MQTT_ERR_SUCCESS:
+                error = TransientUplinkError(mqtt.error_string(info.rc))
+            if error is not None:
+                break
+            with self._lock:
+                if self._generation != generation:  # the connection ended while we published
+                    error = TransientUplinkError("connection lost")
+                    break
+                if info.mid in self._early:
+                    self._early.discard(info.mid)
+                    pending.unacked -= 1
+                else:
+                    self._inflight[info.mid] = pending
         with self._lock:
-            acked = info.mid in self._early
-            if acked:
-                self._early.discard(info.mid)
-            else:
-                self._inflight[info.mid] = batch_id
-        if acked:
-            self.on_result(batch_id, None)
+            # Messages of a failed batch stay in _inflight: their late PUBACKs are then ignored.
+            pending.published = True
+            report = not pending.done and (error is not None or pending.unacked == 0)
+            pending.done = pending.done or report
+        if report:
+            self.on_result(batch_id, error)
 
     def stop(self) -> None:
         self._stop.set()
@@ -127,20 +166,40 @@ class MqttBatchUplink:
             self._refused = f"broker refused the connection: {reason_code}"
             return
         self._connected = True
-        self.on_state("up", f"{self.config.host}:{self.config.port} topic {self.topic}")
-        log.info("mqtt uplink up", uplink=self.name, broker=f"{self.config.host}:{self.config.port}", topic=self.topic)
+        self.on_state("up", f"{self.config.host}:{self.config.port} {self.describe}")
+        log.info("mqtt uplink up", uplink=self.name, broker=f"{self.config.host}:{self.config.port}",
+                 to=self.describe)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         # Runs inside paho's lock: keep it short and never take a lock held across publish().
         with self._lock:
-            batch_id = self._inflight.pop(mid, None)
-            if batch_id is None:
+            pending = self._inflight.pop(mid, None)
+            if pending is None:
                 self._early.add(mid)
-        if batch_id is not None:
-            self.on_result(batch_id, None)
+                return
+            pending.unacked -= 1
+            report = pending.published and pending.unacked == 0 and not pending.done
+            pending.done = pending.done or report
+        if report:
+            self.on_result(pending.batch_id, None)
 
     def _fail_inflight(self, reason: str) -> None:
         with self._lock:
-            lost, self._inflight, self._early = list(self._inflight.values()), {}, set()
-        for batch_id in lost:
-            self.on_result(batch_id, TransientUplinkError(reason))
+            lost = {id(p): p for p in self._inflight.values() if not p.done}
+            for pending in lost.values():
+                pending.done = True
+            self._inflight, self._early = {}, set()
+            self._generation += 1
+        for pending in lost.values():
+            self.on_result(pending.batch_id, TransientUplinkError(reason))
+
+
+class MqttBatchUplink(MqttPublisher):
+    """edgegw's own versioned JSON batch, one message per batch on the configured topic."""
+
+    def __init__(self, config: MqttUplink, gateway_id: str):
+        self.topic = config.topic.replace("{gateway}", gateway_id)
+        super().__init__(config, config.name, config.client_id or f"edgegw-{gateway_id}", f"topic {self.topic}")
+
+    def messages(self, batch: Batch) -> list[tuple[str, bytes]]:
+        return [(self.topic, batch.json())]

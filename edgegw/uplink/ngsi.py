@@ -1,0 +1,266 @@
+"""Batches to a FIWARE context broker over HTTP: NGSI-v2 (Orion) or NGSI-LD.
+
+NGSI-v2: ``POST {url}/v2/op/update`` with ``{"actionType": "append", "entities": [...]}``, one
+entity per item in outbox order (append creates or overwrites attributes; 204 on success).
+NGSI-LD: ``POST {url}/ngsi-ld/v1/entityOperations/upsert`` once per upsert round (an entity id at
+most once per request), ``application/ld+json`` with the configured ``@context`` in every entity.
+A batch is acknowledged when every request of it succeeded; a request over Orion's 1 MB limit is
+split. Sending a batch again is harmless: the same items make the same entities.
+
+HTTP goes through urllib3: the pool under requests, so no second HTTP stack in the gateway's
+memory (filip and requests bring it along anyway), one connection reused for every batch,
+explicit timeouts, and TLS verification with the system's or a given CA. urllib3's own retries and
+redirects are off: the forwarder retries with backoff, and a redirected POST would lose its body.
+
+``send`` returns at once; one worker thread per uplink takes batches from a queue in order.
+Answers are classified (see :func:`classify`): connection problems, timeouts, 5xx, 429 and the 4xx
+that are about the gateway's credentials or URL rather than the payload are transient; other 4xx
+are permanent and carry the broker's own error text.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import queue
+import threading
+import time
+from collections.abc import Mapping
+from datetime import timezone
+from typing import Any
+
+import structlog
+import urllib3
+
+from edgegw import __version__
+from edgegw.config import NgsiLdUplink, NgsiV2Uplink
+from edgegw.errors import PermanentUplinkError, TransientUplinkError, UplinkError
+from edgegw.model import Batch
+from edgegw.uplink import OnResult, OnState
+from edgegw.uplink.fiware import FiwareMapping, ngsi_ld_entities, ngsi_v2_entities, upsert_rounds
+
+log = structlog.get_logger("edgegw.uplink.ngsi")
+
+V2_UPDATE = "/v2/op/update"
+LD_UPSERT = "/ngsi-ld/v1/entityOperations/upsert"
+MAX_REQUEST_BYTES = 1_000_000  # Orion refuses bodies over 1 MB (its default inReqPayloadMaxSize)
+MAX_RETRY_AFTER = 3600.0  # a broker asking for more is not followed blindly: retry within the hour
+# 4xx answers about the gateway's token or URL, not about the payload: once the platform team (or
+# the installer) fixes them, the same batch goes through, so they must not park any item.
+TRANSIENT_4XX = frozenset({401, 403, 404, 405, 407, 408, 421, 425, 429})
+
+
+class NgsiUplink:
+    """One NGSI-v2 or NGSI-LD context broker, reached through one urllib3 pool."""
+
+    def __init__(self, config: NgsiV2Uplink | NgsiLdUplink, mapping: FiwareMapping):
+        self.config = config
+        self.name = config.name
+        self.mapping = mapping
+        self.ld = isinstance(config, NgsiLdUplink)
+        self.endpoint = config.url + (LD_UPSERT if self.ld else V2_UPDATE)
+        self._headers = {
+            "Content-Type": "application/ld+json" if self.ld else "application/json",
+            "Accept": "application/json",
+            "User-Agent": f"edgegw/{__version__}",
+        }
+        if isinstance(config, NgsiLdUplink) and config.tenant:
+            self._headers["NGSILD-Tenant"] = config.tenant
+        if isinstance(config, NgsiV2Uplink):
+            if config.service:
+                self._headers["Fiware-Service"] = config.service
+            self._headers["Fiware-ServicePath"] = config.service_path
+        tls: dict[str, Any] = {"cert_reqs": "CERT_REQUIRED"}
+        if config.ca_file is not None:
+            tls["ca_certs"] = str(config.ca_file)
+        if not config.verify_tls:
+            tls = {"cert_reqs": "CERT_NONE", "assert_hostname": False}
+        # One pool, one connection: the worker sends one request at a time and reuses it.
+        self._http = urllib3.PoolManager(
+            num_pools=2, maxsize=1, retries=False,
+            timeout=urllib3.Timeout(connect=config.timeout, read=config.timeout), **tls,
+        )
+        self._queue: queue.Queue[Batch | None] = queue.Queue()
+        self._stop = threading.Event()
+        self._hold_until = 0.0  # monotonic: the broker's Retry-After, honoured through ready()
+        self._state: tuple[str, str] | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, on_result: OnResult, on_state: OnState) -> None:
+        self.on_result, self.on_state = on_result, on_state
+        if not self.config.verify_tls:
+            log.warning("TLS certificates of the context broker are not verified", uplink=self.name)
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # said once, above
+        self._set_state("connecting", f"{self.endpoint} (nothing sent yet)")
+        self._thread = threading.Thread(target=self._run, name=f"uplink:{self.name}", daemon=True)
+        self._thread.start()
+
+    def ready(self) -> bool:
+        """False while the broker's ``Retry-After`` runs (and after stop), else True: HTTP needs no
+        standing connection, so the next batch is also the probe that finds the broker back."""
+        return not self._stop.is_set() and time.monotonic() >= self._hold_until
+
+    def send(self, batch: Batch) -> None:
+        """Queue the batch for the worker thread and return at once."""
+        self._queue.put(batch)
+
+    def stop(self) -> None:
+        """Finish the request under way, fail the queued batches (transient) and close the pool."""
+        self._stop.set()
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout=self.config.timeout + 5)
+        self._http.clear()
+
+    # -- worker ---------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while (batch := self._queue.get()) is not None:
+            if self._stop.is_set():
+                self.on_result(batch.batch_id, TransientUplinkError("uplink stopped"))
+                continue
+            try:
+                error = self._deliver(batch)
+            except Exception as exc:  # a bug must fail the batch, not kill the worker and hang the forwarder
+                log.exception("ngsi uplink failed on a batch", uplink=self.name)
+                error = TransientUplinkError(f"internal error: {exc!r}")
+            self.on_result(batch.batch_id, error)
+
+    def _deliver(self, batch: Batch) -> UplinkError | None:
+        try:
+            bodies = self.bodies(batch.items())
+        except ValueError as exc:  # an item the broker could never take (an id Orion refuses, NaN)
+            return PermanentUplinkError(f"cannot map the batch to NGSI: {exc}")
+        for body in bodies:
+            if (error := self._post(body)) is not None:
+                return error
+        return None
+
+    def bodies(self, items: list[dict[str, Any]]) -> list[bytes]:
+        """The request bodies for a batch's items, in order, each under :data:`MAX_REQUEST_BYTES`."""
+        if isinstance(self.config, NgsiLdUplink):
+            rounds = upsert_rounds(ngsi_ld_entities(items, self.mapping, self.config.context))
+            head, tail = b"[", b"]"
+        else:
+            rounds = [ngsi_v2_entities(items, self.mapping)] if items else []
+            head, tail = b'{"actionType":"append","entities":[', b"]}"
+        out = []
+        for entities in rounds:
+            parts = [json.dumps(e, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+                     for e in entities]
+            out += [head + b",".join(chunk) + tail
+                    for chunk in _chunks(parts, MAX_REQUEST_BYTES - len(head) - len(tail))]
+        return out
+
+    def _post(self, body: bytes) -> UplinkError | None:
+        headers = dict(self._headers)
+        try:
+            token = self.config.secret()  # token_file is read each time: a rotated token needs no restart
+        except OSError as exc:
+            return self._down(TransientUplinkError(f"cannot read token_file: {exc}"))
+        if token:
+            headers["X-Auth-Token"] = token
+        try:
+            response = self._http.request("POST", self.endpoint, body=body, headers=headers,
+                                          retries=False, redirect=False)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:  # refused, timed out, TLS, reset
+            return self._down(TransientUplinkError(f"{self.endpoint}: {_reason(exc)}"))
+        error = classify(response.status, response.headers, response.data)
+        if isinstance(error, TransientUplinkError):
+            return self._down(error)
+        self._set_state("up", self.endpoint)  # a refused payload still means the broker answers
+        return error
+
+    def _down(self, error: TransientUplinkError) -> TransientUplinkError:
+        if error.retry_after:
+            self._hold_until = time.monotonic() + error.retry_after
+        self._set_state("down", str(error))
+        return error
+
+    def _set_state(self, state: str, detail: str) -> None:
+        if self._state != (state, detail):
+            if self._state is not None and state != self._state[0]:
+                (log.info if state == "up" else log.warning)(f"ngsi uplink {state}", uplink=self.name, detail=detail)
+            self._state = (state, detail)
+            self.on_state(state, detail)
+
+
+def classify(status: int, headers: Mapping[str, str], body: bytes) -> UplinkError | None:
+    """The outcome of one answer: None when accepted, else a transient or permanent error.
+
+    ``headers`` must look names up case-insensitively, as urllib3's do.
+    """
+    if 200 <= status < 300 and status != 207:
+        return None
+    text = error_text(body)
+    if status == 207:  # NGSI-LD batch: some entities stored, others refused
+        return PermanentUplinkError(f"HTTP 207, some entities refused: {text}")
+    message = f"HTTP {status}: {text}" if text else f"HTTP {status}"
+    if status >= 500 or status in TRANSIENT_4XX or status < 400:
+        hint = {401: " (check token)", 403: " (check token and service)", 404: " (check url)"}.get(status, "")
+        if 300 <= status < 400:
+            hint = f" (redirected to {headers.get('Location')!r}: check url)"
+        return TransientUplinkError(message + hint, retry_after_seconds(headers.get("Retry-After")))
+    return PermanentUplinkError(message)
+
+
+def error_text(body: bytes, limit: int = 500) -> str:
+    """The broker's own words: Orion's ``{"error", "description"}``, an NGSI-LD problem, or the text."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body.decode("utf-8", "replace").strip()[:limit]
+    if isinstance(data, dict) and isinstance(data.get("errors"), list):  # NGSI-LD batch result
+        return "; ".join(f"{e.get('entityId')}: {_problem(e.get('error'))}" for e in data["errors"]
+                         if isinstance(e, dict))[:limit]
+    return _problem(data)[:limit]
+
+
+def _problem(data: Any) -> str:
+    if isinstance(data, dict):
+        for keys in (("error", "description"), ("title", "detail")):
+            if any(data.get(k) for k in keys):
+                return ": ".join(str(data[k]) for k in keys if data.get(k))
+    return json.dumps(data, ensure_ascii=False)
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds from now (it is either seconds or an HTTP date), at most an hour."""
+    if not value or not value.strip():
+        return None
+    value = value.strip()
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)
+
+
+def _reason(exc: BaseException) -> str:
+    # urllib3 wraps the socket error; its own message names the pool, the cause says what happened.
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):
+        return f"cannot connect: {exc.__cause__ or exc}"
+    if isinstance(exc, urllib3.exceptions.TimeoutError):
+        return f"timed out ({exc})"
+    return str(exc) or type(exc).__name__
+
+
+def _chunks(parts: list[bytes], limit: int) -> list[list[bytes]]:
+    """Consecutive groups of ``parts`` whose comma-joined size stays within ``limit``."""
+    chunks: list[list[bytes]] = []
+    size = limit + 1
+    for part in parts:
+        if len(part) > limit:
+            raise ValueError(f"one entity is {len(part)} bytes, over the broker's request limit of {limit}")
+        if size + 1 + len(part) > limit:
+            chunks.append([])
+            size = -1
+        chunks[-1].append(part)
+        size += 1 + len(part)
+    return chunks
