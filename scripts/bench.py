@@ -7,6 +7,8 @@ Prints, for this machine:
   drain       readings/s of a backlog accumulated while the broker was down, from the reconnect on
   disk        bytes the daemon wrote per reading (/proc/<pid>/io write_bytes)
   memory      peak RSS of the daemon (VmHWM)
+  alarms      latency p50/p99, serial line -> local action started and -> broker, while a backlog of
+              --readings drains (alarm frames sent every 20 ms as the uplink comes back)
 
 Usage: python scripts/bench.py [--readings 20000] [--json]
 """
@@ -16,10 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+
+import paho.mqtt.client as mqtt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -28,6 +34,64 @@ from tests.broker import Mosquitto  # noqa: E402
 from tests.gateway import Daemon, Sender, wait_until, write_config  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
+ALARM_FRAMES = 40
+
+# One stage far above the backlog's levels: every frame above it after one below raises an alarm.
+RULES = """
+[[rules]]
+type = "water_level"
+devices = ["river-02"]
+stages = [{{ name = "danger", above = 5000 }}]
+
+[[actions]]
+type = "command"
+name = "stamp"
+alarms = ["water_level_alarm"]
+limit = 1000
+command = ["sh", "-c", 'echo "$EDGEGW_ALARM_ID $(date +%s.%N)" >> {out}']
+"""
+
+
+class ArrivalClock:
+    """Subscribes to the batches and notes when each alarm's item arrived (by its reading id)."""
+
+    def __init__(self, port: int, topic: str):
+        self.arrived: dict[str, float] = {}
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-platform", clean_session=False)
+        self.client.on_message = self._message
+        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _message(self, client, userdata, msg) -> None:
+        now = time.time()
+        for item in json.loads(msg.payload)["items"]:
+            if item["type"] == "alarm":
+                with self.lock:
+                    self.arrived.setdefault(item["reading"], now)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def steady_burst(sender: Sender, count: int) -> None:
+    """A field on a quiet day: rivers vary, traps stay armed (no alarms in the measured readings)."""
+    for i in range(count):
+        if i % 3 == 0:
+            sender.send("trap-01", {"state": "armed", "tamper": False, "battery": 3.6})
+        else:
+            sender.send(("river-01", "river-02")[i % 3 - 1],
+                        {"level": 1000 + (7 * i) % 3000, "water_temperature": 12.5, "battery": 3.6})
+
+
+def percentiles(latencies: list[float]) -> dict:
+    ms = sorted(x * 1000 for x in latencies)
+    if not ms:
+        return {"n": 0}
+    p99 = ms[min(len(ms) - 1, round(0.99 * (len(ms) - 1)))]
+    return {"n": len(ms), "p50_ms": round(statistics.median(ms), 1), "p99_ms": round(p99, 1)}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -52,10 +116,14 @@ def peak_rss_mb(pid: int) -> float:
 def run(n: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="edgegw-bench-") as tmp:
         tmp = Path(tmp)
-        broker = Mosquitto(tmp / "mosquitto").start()
+        # Persistent, so the arrival clock's subscription survives the outages like a platform's would.
+        (tmp / "mosquitto").mkdir()
+        broker = Mosquitto(tmp / "mosquitto", persistence=True).start()
         emulator = RylrEmulator(tmp / "rylr0")
         emulator.plug()
-        config = write_config(tmp, emulator.link, broker.port, log_level="warning", max_items=500)
+        stamps = tmp / "action-stamps.txt"
+        config = write_config(tmp, emulator.link, broker.port, log_level="warning", max_items=500,
+                              extra=RULES.format(out=stamps))
         daemon = Daemon(config).start()
         try:
             daemon.wait_receiving()
@@ -65,7 +133,7 @@ def run(n: int) -> dict:
 
             # 1. broker up: serial line -> committed -> PUBACK recorded
             cpu0, io0, t0 = cpu_seconds(pid), write_bytes(pid), time.perf_counter()
-            sender.burst(n)
+            steady_burst(sender, n)
             daemon.wait_committed(n, timeout=600)
             t_committed = time.perf_counter()
             wait_until(lambda: daemon.status()["outbox"]["pending"] == 0, 600, "delivered")
@@ -80,7 +148,7 @@ def run(n: int) -> dict:
             # 2. broker down: a backlog builds up, then drains
             broker.stop()
             wait_until(lambda: any(u["state"] == "down" for u in daemon.status()["uplinks"]), 30, "uplink down")
-            sender.burst(n)
+            steady_burst(sender, n)
             daemon.wait_committed(2 * n, timeout=600)
             broker.start()
             # Time the drain from the reconnect on, not the reconnect backoff before it.
@@ -91,6 +159,33 @@ def run(n: int) -> dict:
             t3 = time.perf_counter()
             out["drain_readings_per_s"] = round(n / (t3 - t2))
             out["drain_cpu_us_per_reading"] = round((cpu_seconds(pid) - cpu2) / n * 1e6, 1)
+
+            # 3. alarms while a backlog drains: the priority lane and the local action
+            clock = ArrivalClock(broker.port, "test/gw-test/batches")
+            broker.stop()
+            wait_until(lambda: any(u["state"] == "down" for u in daemon.status()["uplinks"]), 30, "uplink down")
+            steady_burst(sender, n)
+            daemon.wait_committed(3 * n, timeout=600)
+            sent: dict[str, float] = {}
+            broker.start()
+            wait_until(lambda: any(u["state"] == "up" for u in daemon.status()["uplinks"]), 120, "uplink up")
+            for i in range(2 * ALARM_FRAMES):
+                high = i % 2 == 1
+                at = time.time()
+                reading = sender.send("river-02", {"level": 6000 if high else 1000, "water_temperature": 10, "battery": 3.6})
+                if high:
+                    sent[reading] = at
+                time.sleep(0.01)
+            wait_until(lambda: set(sent) <= set(clock.arrived), 120, "every alarm at the broker")
+
+            def started() -> dict[str, float]:  # reading id -> when its alarm's action started
+                lines = stamps.read_text().splitlines() if stamps.exists() else []
+                return {line.split()[0].rsplit(":", 2)[0]: float(line.split()[1]) for line in lines}
+            wait_until(lambda: set(sent) <= set(started()), 30, "every local action")
+            out["backlog_pending_when_alarms_sent"] = n
+            out["alarm_to_broker"] = percentiles([clock.arrived[r] - t for r, t in sent.items()])
+            out["alarm_to_local_action"] = percentiles([started()[r] - t for r, t in sent.items()])
+            clock.close()
             out["peak_rss_mb"] = round(peak_rss_mb(pid), 1)
             out["emulator_dropped_frames"] = emulator.dropped
             return out

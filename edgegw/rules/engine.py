@@ -31,6 +31,7 @@ import structlog
 from edgegw.config import Config, Device, DeviceHealthRule, TrapRule, WaterLevelRule
 from edgegw.drivers import DriverRegistry, ValueSpec
 from edgegw.ingest import CLOCK_SANE_AFTER
+from edgegw.log import Throttle
 from edgegw.model import Alarm, Reading, Value
 
 log = structlog.get_logger("edgegw.rules")
@@ -119,6 +120,7 @@ class RuleEngine:
                 if rule.applies_to(device):
                     self.watches[device.id].append((rule.name, build_watch(rule, device)))
         self.skipped_out_of_order = 0
+        self._throttle = Throttle(60.0)
         self.reload()
         row = conn.execute("SELECT value FROM meta WHERE key = 'rules_clock'").fetchone()
         last = json.loads(row[0]) if row else None
@@ -199,8 +201,10 @@ class RuleEngine:
             state = self._state(rule, obs.device_id)
             if obs.observed_at < state.get("t", float("-inf")):
                 self.skipped_out_of_order += 1
-                log.info("reading older than one already evaluated; rule skips it", rule=rule,
-                         device=obs.device_id, reading=obs.reading_id)
+                suppressed = self._throttle.allow((rule, obs.device_id))
+                if suppressed is not None:
+                    log.info("reading older than one already evaluated; rule skips it", rule=rule,
+                             device=obs.device_id, reading=obs.reading_id, similar_suppressed=suppressed)
                 continue
             state["t"] = obs.observed_at
             ctx = self._context(obs.device_id, rule, now)
