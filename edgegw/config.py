@@ -46,6 +46,22 @@ def _duration(value: Any) -> Any:
 
 Duration = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|kB|KB|MB|GB)?\s*$")
+_UNIT_BYTES = {"B": 1, "kB": 1000, "KB": 1000, "MB": 1000**2, "GB": 1000**3, None: 1}
+
+
+def _size(value: Any) -> Any:
+    """Accept bytes as a number or a string such as "500MB", "2GB"."""
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if not m:
+            raise ValueError(f"expected a size such as 1000000, \"500MB\", \"2GB\" (got {value!r})")
+        return int(float(m.group(1)) * _UNIT_BYTES[m.group(2)])
+    return value
+
+
+Size = Annotated[int, BeforeValidator(_size), Field(ge=1_000_000)]
+
 
 class _Section(BaseModel):
     # A misspelt key is the most common installer mistake: refuse it instead of silently ignoring it.
@@ -622,6 +638,8 @@ class Store(_Section):
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
     rejects_kept: int = Field(1000, ge=0, description="raw rejected frames kept for diagnosis")
     keep_delivered: Duration = Field(7 * 86400, description="how long delivered items stay for inspection")
+    max_bytes: Size = Field(2_000_000_000, description="cap on the database and its WAL, e.g. \"2GB\"; when"
+                            " reached, delivered items go first, then the oldest readings, never alarms")
 
 
 class Log(_Section):

@@ -43,6 +43,7 @@ GROUP_LIMIT = 2_000  # events per transaction
 DB_NAME = "edgegw.db"
 PURGE_EVERY = 3600.0
 TICK_EVERY = 1.0  # s: resolution of rule timers (silence, reminders)
+CAP_EVERY = 10.0  # s: how often the disk cap is checked (cheap: a few PRAGMAs)
 CLOCK_SAVE_EVERY = 300.0  # s: how often the rules' clock is saved when nothing else is written
 
 
@@ -77,6 +78,7 @@ class Gateway:
         self.bits = bits
         self.uplink_mask = sum(bits.values())
         self.started = time.monotonic()
+        self.dropping: dict[str, int] = {}  # unsent items dropped in the current disk cap episode
         self.ingest = Ingest(config, drivers, self.store, self.uplink_mask)
         self.rules = RuleEngine(config, drivers, self.store.conn, time.time(), time.monotonic())
         self.actions = ActionRunner(config.actions, config.gateway_id)
@@ -178,6 +180,7 @@ class Gateway:
         next_tick = time.monotonic()
         next_clock_save = time.monotonic() + CLOCK_SAVE_EVERY
         next_health = time.monotonic() + min(30.0, self.config.health_every)
+        next_cap = time.monotonic()
         done = False
         while not done:
             try:
@@ -201,6 +204,9 @@ class Gateway:
             if time.monotonic() >= next_health:
                 next_health = time.monotonic() + self.config.health_every
                 self._report_health()
+            if time.monotonic() >= next_cap:
+                next_cap = time.monotonic() + CAP_EVERY
+                self._enforce_cap()
             notify_systemd("WATCHDOG=1")
             if time.monotonic() >= next_purge:
                 next_purge = time.monotonic() + PURGE_EVERY
@@ -322,6 +328,24 @@ class Gateway:
             return
         for fwd in self.forwarders:
             fwd.wake.set()
+
+    def _enforce_cap(self) -> None:
+        """Keep the database under its cap; say so once per episode of dropping, not per drop."""
+        try:
+            deleted = self.store.enforce_cap(self.config.store.max_bytes, time.time())
+        except Exception:  # housekeeping: the next round tries again
+            log.exception("disk cap enforcement failed")
+            self.store.rollback()
+            self.rules.reload()
+            return
+        dropped = {k: n for k, n in deleted.items() if k != "delivered"}
+        if dropped and not self.dropping:
+            log.warning("disk cap reached: dropping the oldest unsent readings (alarms are kept)",
+                        max_bytes=self.config.store.max_bytes, **dropped)
+        self.dropping = {k: self.dropping.get(k, 0) + dropped.get(k, 0) for k in {*self.dropping, *dropped}}
+        if self.dropping and not dropped:
+            log.warning("disk cap episode over", dropped=self.dropping)
+            self.dropping = {}
 
     def _purge(self) -> None:
         cutoff = time.time() - self.config.store.keep_delivered

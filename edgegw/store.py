@@ -15,6 +15,7 @@ Tables:
 ``sources``        radio sources: state, last frame time, frame count
 ``rejects``        the last N raw frames that failed, for diagnosis (bounded)
 ``reject_counts``  every failure counted by source and reason, forever
+``drops``          items deleted unsent because the disk cap was reached, counted by kind
 ``rule_state``     each rule's memory per device (JSON), written in the transaction of the reading
 ``rule_buffer``    readings held back to be evaluated in observation order (see rules.engine)
 ``parked``         items an uplink refused for good, with the platform's error, kept for inspection
@@ -37,6 +38,8 @@ from typing import Any
 from edgegw.model import PRIORITY_ALARM, PRIORITY_HEALTH, Alarm, iso
 
 SCHEMA_VERSION = 1
+WAL_LIMIT = 8_000_000
+CAP_LOW_WATER = 0.9  # once over the cap, free space down to this fraction of it: not a drop per commit
 
 
 def _import_sqlite_utils():
@@ -82,6 +85,8 @@ def _connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA busy_timeout=30000")
+    # After each checkpoint the WAL file is cut back to this, so a long outage cannot grow it unbounded.
+    conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
     return conn
 
 
@@ -130,6 +135,8 @@ def _create_schema(db: sqlite_utils.Database) -> None:
     db["reject_counts"].create(
         {"source": str, "reason": str, "count": int, "last_at": float}, pk=("source", "reason"), if_not_exists=True,
     )
+    db["drops"].create({"reason": str, "kind": str, "count": int, "last_at": float}, pk=("reason", "kind"),
+                       if_not_exists=True)
     db["rule_state"].create({"rule": str, "device_id": str, "state": str}, pk=("rule", "device_id"),
                             if_not_exists=True)
     db["rule_buffer"].create({"reading_id": str, "observed_at": float, "reading": str}, pk="reading_id",
@@ -358,6 +365,49 @@ class Store:
             )
             self._rejects_added += 1
 
+    # -- disk cap -------------------------------------------------------------------------------
+
+    def used_bytes(self) -> tuple[int, int]:
+        """Bytes in the database's live pages (free pages are reused, not counted), and in its WAL file."""
+        pages, free, size = (self.conn.execute(f"PRAGMA {p}").fetchone()[0]
+                             for p in ("page_count", "freelist_count", "page_size"))
+        wal = self.path.with_name(self.path.name + "-wal")
+        return (pages - free) * size, wal.stat().st_size if wal.exists() else 0
+
+    def enforce_cap(self, max_bytes: int, now: float) -> dict[str, int]:
+        """Keep the database and its WAL under ``max_bytes`` (call outside a transaction).
+
+        Over the cap, delivered items go first, then the oldest plain readings, never alarms, until
+        the data fits in :data:`CAP_LOW_WATER` of the cap. Returns what was deleted, by kind
+        (``delivered`` for delivered items of any kind); drops of unsent items are counted in ``drops``.
+        """
+        deleted: dict[str, int] = {}
+        if sum(self.used_bytes()) <= max_bytes:
+            return deleted
+        for kind, where in (("delivered", "pending = 0"), ("reading", "pending != 0 AND kind = 'reading'"),
+                            ("health", "pending != 0 AND kind = 'health'")):
+            while True:
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # rarely: only while over the cap
+                live, wal = self.used_bytes()
+                target = max_bytes * CAP_LOW_WATER - wal
+                rows = self.conn.execute(f"SELECT count(*) FROM outbox WHERE {where}").fetchone()[0]
+                if live <= target or not rows:
+                    break
+                total = max(1, self.conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+                # Rows to free, from the average row size; at least a chunk so the loop converges.
+                n = max(1000, int((live - target) / max(1.0, live / total) * 1.1))
+                self.begin()
+                gone = self.conn.execute(
+                    f"DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE {where} ORDER BY seq LIMIT ?)", (n,)
+                ).rowcount
+                if kind != "delivered":
+                    self.conn.execute(
+                        "INSERT INTO drops VALUES ('disk_cap', ?, ?, ?) ON CONFLICT(reason, kind) DO UPDATE"
+                        " SET count = count + excluded.count, last_at = excluded.last_at", (kind, gone, now))
+                self.conn.execute("COMMIT")
+                deleted[kind] = deleted.get(kind, 0) + gone
+        return deleted
+
     def close(self) -> None:
         self.conn.close()
 
@@ -409,6 +459,7 @@ def status(path: Path) -> dict[str, Any]:
                 "SELECT id, source, address, driver, last_seen, last_rssi, last_snr, last_counter, readings,"
                 " duplicates, rejects FROM devices ORDER BY id"
             ),
+            "dropped": {r["kind"]: r["count"] for r in q("SELECT kind, count FROM drops WHERE reason = 'disk_cap'")},
             "rejects": {
                 "by_reason": {r["reason"]: r["n"] for r in q(
                     "SELECT reason, sum(count) AS n FROM reject_counts GROUP BY reason ORDER BY reason")},

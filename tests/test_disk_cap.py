@@ -1,0 +1,104 @@
+"""The disk cap: delivered items go first, then the oldest readings, never alarms; every drop counted."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edgegw.model import PRIORITY_ALARM
+from edgegw.store import CAP_LOW_WATER, Store, status
+
+CAP = 2_000_000
+BODY = json.dumps({"type": "reading", "pad": "x" * 300})
+
+
+def fill(store: Store, readings: int, alarms_every: int = 0, delivered: int = 0) -> None:
+    store.register_uplinks(["town"])
+    store.begin()
+    for i in range(readings):
+        alarm = alarms_every and i % alarms_every == 0
+        store.add_item(f"{'a' if alarm else 'r'}{i}", "alarm" if alarm else "reading",
+                       PRIORITY_ALARM if alarm else 0, "river-01", float(i), 0.0, "b", b"\x01" * 9, BODY,
+                       0 if i < delivered else 1, float(i))
+    store.commit()
+
+
+def kinds(store: Store) -> dict[str, int]:
+    return dict(store.conn.execute("SELECT kind, count(*) FROM outbox GROUP BY kind"))
+
+
+def test_under_the_cap_nothing_goes(tmp_path):
+    store = Store(tmp_path / "gw.db")
+    fill(store, 500)
+    assert store.enforce_cap(CAP, 1.0) == {} and kinds(store) == {"reading": 500}
+
+
+def test_delivered_first_then_oldest_readings_never_alarms_and_counted(tmp_path):
+    store = Store(tmp_path / "gw.db")
+    fill(store, 12_000, alarms_every=100, delivered=3000)
+    deleted = store.enforce_cap(CAP, 1.0)
+    assert deleted["delivered"] == 3000  # delivered alarms too: the platform has them
+    assert deleted["reading"] > 0
+    assert sum(store.used_bytes()) <= CAP * CAP_LOW_WATER
+    left = [r[0] for r in store.conn.execute("SELECT item_id FROM outbox WHERE kind = 'reading' ORDER BY seq")]
+    assert left and left[-1] == "r11999" and all(int(i[1:]) >= 3000 for i in left)  # the oldest went
+    oldest_kept = int(left[0][1:])
+    assert {f"r{i}" for i in range(oldest_kept, 12_000) if i % 100} == set(left)  # contiguous: oldest first
+    assert kinds(store)["alarm"] == 90  # every undelivered alarm survives
+    assert status(store.path)["dropped"] == {"reading": deleted["reading"]}
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(1000, 9000), st.integers(0, 50))
+def test_alarms_always_survive_the_cap(tmp_path_factory, readings, alarms_every):
+    store = Store(tmp_path_factory.mktemp("cap") / "gw.db")
+    fill(store, readings, alarms_every=alarms_every)
+    alarms = kinds(store).get("alarm", 0)
+    store.enforce_cap(CAP, 1.0)
+    assert kinds(store).get("alarm", 0) == alarms
+    dropped = dict(store.conn.execute("SELECT kind, count FROM drops"))
+    assert kinds(store).get("reading", 0) + dropped.get("reading", 0) == readings - alarms
+
+
+def test_cap_during_an_outage_keeps_alarms_and_counts_drops(tmp_path, mosquitto):
+    import sqlite3
+
+    from edgegw.radio.emulator import RylrEmulator
+    from tests.broker import Subscriber
+    from tests.gateway import Daemon, Sender, wait_until, write_config
+
+    emulator = RylrEmulator(tmp_path / "rylr0")
+    emulator.plug()
+    config = write_config(tmp_path, emulator.link, mosquitto.port, log_level="info",
+                          extra='\n[store]\nmax_bytes = "1MB"\n')
+    daemon = Daemon(config)
+    sub = Subscriber("127.0.0.1", mosquitto.port, "test/gw-test/batches", client_id="platform")
+    try:
+        mosquitto.stop()
+        daemon.start().wait_receiving()
+        sender = Sender(emulator)  # traps toggle: an alarm every other trap frame
+        for _ in range(8):
+            sender.burst(500)
+            daemon.wait_committed(1)
+        wait_until(lambda: daemon.status().get("dropped", {}).get("reading"), 30, "readings dropped at the cap")
+        with sqlite3.connect(daemon.db) as db:
+            raised = db.execute("SELECT count(*) FROM alarms").fetchone()[0]
+            queued_alarms = db.execute("SELECT count(*) FROM outbox WHERE kind = 'alarm'").fetchone()[0]
+            readings_left = db.execute("SELECT count(*) FROM outbox WHERE kind = 'reading'").fetchone()[0]
+            accepted = db.execute("SELECT sum(readings) FROM devices").fetchone()[0]
+        dropped = daemon.status()["dropped"]["reading"]
+        assert raised > 100 and queued_alarms == raised  # no alarm dropped
+        assert readings_left + dropped == accepted  # every accepted reading is either queued or counted
+        wait_until(lambda: "disk cap reached" in daemon.log.read_text(), 10, "the episode logged")
+
+        mosquitto.start()
+        sub.wait_subscribed(timeout=20)
+        wait_until(lambda: daemon.status()["outbox"]["pending"] == 0, 60, "the rest delivered")
+        received = [i for b in sub.json_messages() for i in b["items"]]
+        assert sum(i["type"] == "alarm" for i in received) == raised
+    finally:
+        sub.close()
+        daemon.stop()
+        emulator.unplug()
