@@ -38,8 +38,6 @@ from edgegw.uplink import build_uplink
 
 log = structlog.get_logger("edgegw.daemon")
 
-QUEUE_LIMIT = 10_000  # frames waiting for the writer; beyond it sources block and the tty buffers
-GROUP_LIMIT = 2_000  # events per transaction
 DB_NAME = "edgegw.db"
 PURGE_EVERY = 3600.0
 TICK_EVERY = 1.0  # s: resolution of rule timers (silence, reminders)
@@ -71,7 +69,12 @@ class Gateway:
     def __init__(self, config: Config, drivers: DriverRegistry):
         self.config, self.drivers = config, drivers
         self.stopping = threading.Event()
-        self.events: queue.Queue = queue.Queue(QUEUE_LIMIT)
+        # Unbounded, yet small: sources add at most one turn's worth of frames (see read_turn), the
+        # forwarders at most their in-flight acks.
+        self.events: queue.Queue = queue.Queue()
+        # Held by the writer while it commits and by a source while it reads its port: frames are read
+        # only between commits, so a crash loses at most the frames of the commit in progress.
+        self.read_turn = threading.Lock()
         self.store = Store(db_path(config), config.store.synchronous, config.store.rejects_kept)
         uplinks = config.effective_uplinks()
         bits = self.store.register_uplinks([u.name for u in uplinks])
@@ -106,7 +109,7 @@ class Gateway:
             port = source.port
             if source.simulate is not None:
                 port = str(self._start_simulation(source))
-            radio = RylrRadio(source, port)
+            radio = RylrRadio(source, port, self.read_turn)
             self._thread(lambda r=radio: self._supervise(r), f"source:{radio.name}")
         notify_systemd("READY=1")
         log.info("gateway started", gateway=self.config.gateway_id, data_dir=str(self.config.data_dir),
@@ -139,12 +142,7 @@ class Gateway:
                 self._source_stop.wait(backoff.next())
 
     def _emit(self, event) -> None:
-        while not self._source_stop.is_set():
-            try:
-                self.events.put(event, timeout=0.5)
-                return
-            except queue.Full:
-                continue
+        self.events.put(event)
 
     def stop(self) -> None:
         """Stop reading, commit what was read, stop forwarding. Nothing accepted is lost by stopping."""
@@ -187,15 +185,16 @@ class Gateway:
                 group = [self.events.get(timeout=max(0.0, next_tick - time.monotonic()))]
             except queue.Empty:
                 group = []
-            while group and len(group) < GROUP_LIMIT:
-                try:
-                    group.append(self.events.get_nowait())
-                except queue.Empty:
-                    break
-            done = None in group
-            group = [e for e in group if e is not None]
             if group:
-                self._commit_group(group)
+                with self.read_turn:  # whatever the sources read is in the queue; they wait for the commit
+                    while True:
+                        try:
+                            group.append(self.events.get_nowait())
+                        except queue.Empty:
+                            break
+                    done = None in group
+                    after = self._commit_group([e for e in group if e is not None])
+                self._announce(after)
                 next_clock_save = time.monotonic() + CLOCK_SAVE_EVERY
             if time.monotonic() >= next_tick:
                 next_tick = time.monotonic() + TICK_EVERY
@@ -212,9 +211,9 @@ class Gateway:
                 next_purge = time.monotonic() + PURGE_EVERY
                 self._purge()
 
-    def _commit_group(self, group: list) -> None:
+    def _commit_group(self, group: list) -> list:
+        """Commit one group of events; return what to announce once the sources may read again."""
         after: list = []
-        new_items = False
         store = self.store
         store.begin()
         try:
@@ -223,7 +222,6 @@ class Gateway:
                     result = self.ingest.handle(event)
                     after.append(result)
                     if isinstance(result, Reading):
-                        new_items = True
                         after += self._store_alarms(self.rules.observe(result, time.time()))
                 elif isinstance(event, Reject):
                     after.append(event)
@@ -252,10 +250,14 @@ class Gateway:
             for event in group:
                 if isinstance(event, Ack | Park):
                     event.committed()  # not recorded: release its items to be sent (or parked) again
-            return
+            return []
+        return after
+
+    def _announce(self, after: list) -> None:
+        """After a commit: log, run actions, release acks, wake the forwarders for new items."""
         for r in after:
             self._after_commit(r)
-        if new_items:
+        if any(isinstance(r, Reading | Alarm) for r in after):
             for fwd in self.forwarders:
                 fwd.wake.set()
 
@@ -279,11 +281,7 @@ class Gateway:
             self.store.rollback()
             self.rules.reload()
             return False
-        for alarm in new:
-            self._after_commit(alarm)
-        if new:
-            for fwd in self.forwarders:
-                fwd.wake.set()
+        self._announce(new)
         return True
 
     def _after_commit(self, r) -> None:

@@ -563,3 +563,23 @@ def test_radio_thread_survives_a_noisy_line(emulator, start_radio):
     wait_until(lambda: r.frames(up) or not r.thread.is_alive(), what="a frame or a dead thread")
     assert r.thread.is_alive()
     assert r.frames(up)[0].address == 21
+
+
+def test_radio_reads_nothing_while_the_writer_holds_the_read_turn(emulator):
+    # The loss window of a crash: frames are read only between commits, so while the writer commits
+    # (holding the turn) new frames stay unread in the kernel's tty buffer, not in our memory.
+    turn = threading.Lock()
+    r = Running(RylrRadio(source(), str(emulator.link), turn), emulator).start()
+    try:
+        r.wait_state("receiving")
+        with turn:
+            for n in range(20):
+                assert emulator.receive(21, WATER, -80, 7.5 + n)
+            held = threading.Event()
+            held.wait(0.3)  # time enough for the radio to read them, were it allowed to
+            assert r.frames() == []
+            assert emulator.pending_bytes() > 0
+        frames = wait_until(lambda: len(r.frames()) == 20 and r.frames(), what="the frames, once the turn is free")
+        assert [f.snr for f in frames] == [7.5 + n for n in range(20)]
+    finally:
+        r.halt()

@@ -32,7 +32,12 @@ class Source(Protocol):
     name: str
 
     def run(self, emit: Emit, stop: threading.Event) -> None:
-        """Read frames until ``stop`` is set; recover from a lost port on its own."""
+        """Read frames until ``stop`` is set; recover from a lost port on its own.
+
+        A source reads from its port only while it holds the gateway's read turn (a lock the writer
+        holds while it commits), and emits what it read before letting go: frames not yet read wait
+        in the kernel's buffer, so a crash loses at most the frames of the commit in progress.
+        """
 
 
 class Backoff:

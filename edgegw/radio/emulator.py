@@ -10,8 +10,11 @@ module would. :meth:`unplug` and :meth:`plug` make the port vanish and come back
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import select
+import struct
+import termios
 import threading
 import time
 import tty
@@ -109,6 +112,13 @@ class RylrEmulator:
     @property
     def plugged(self) -> bool:
         return self._master is not None
+
+    def pending_bytes(self) -> int:
+        """Bytes sent to the host that it has not read yet (still in the kernel's tty buffer)."""
+        with self._lock:
+            if self._slave is None:
+                return 0
+            return struct.unpack("i", fcntl.ioctl(self._slave, termios.FIONREAD, b"\0\0\0\0"))[0]
 
     @property
     def configured(self) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import select
 import threading
 import time
 
@@ -88,6 +89,23 @@ class LineReader:
         self.port = port
         self.buf = bytearray()
 
+    def wait(self, timeout: float) -> bool:
+        """True when a line is buffered or the port has bytes to read, within ``timeout``; reads nothing."""
+        if b"\n" in self.buf:
+            return True
+        readable, _, _ = select.select([self.port.fileno()], [], [], timeout)
+        return bool(readable)
+
+    def available(self) -> list[str]:
+        """Every complete line buffered or waiting in the port now, as :meth:`readline` returns them."""
+        if select.select([self.port.fileno()], [], [], 0)[0]:
+            # At least one byte: a port that is readable with nothing in it has gone, and read says so.
+            self.buf += self.port.read(max(1, self.port.in_waiting))
+        out = []
+        while (line := self.readline(0)) is not None:
+            out.append(line)
+        return out
+
     def readline(self, timeout: float) -> str | None:
         """The next line without its ending (latin-1), or None if none completed within ``timeout``."""
         deadline = time.monotonic() + timeout
@@ -101,7 +119,7 @@ class LineReader:
                 line = bytes(self.buf[:MAX_LINE])
                 del self.buf[:MAX_LINE]
                 return line.decode("latin-1")
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or timeout == 0:
                 return None
             # pyserial's read raises SerialException when the port vanishes (USB unplugged, pty closed)
             self.buf += self.port.read(max(1, self.port.in_waiting))
@@ -110,10 +128,11 @@ class LineReader:
 class RylrRadio:
     """A :class:`~edgegw.radio.Source` for one RYLR module."""
 
-    def __init__(self, config: RylrConfig, port: str):
+    def __init__(self, config: RylrConfig, port: str, read_turn: threading.Lock | None = None):
         self.config = config
         self.name = config.name
         self.port = port
+        self.read_turn = read_turn or threading.Lock()
 
     def commands(self) -> list[str]:
         c = self.config
@@ -137,11 +156,13 @@ class RylrRadio:
                              parameter=self.config.at_parameter())
                     backoff.reset()
                     while not stop.is_set():
-                        line = lines.readline(0.5)
-                        if line == "+READY":  # the module restarted: its settings may be gone
-                            raise ModuleError("module reset itself (+READY); reconfiguring")
-                        if line is not None:
-                            self._route(line, emit)
+                        if not lines.wait(0.5):
+                            continue
+                        with self.read_turn:  # not while the writer commits: unread frames are safe in the kernel
+                            for line in lines.available():
+                                if line == "+READY":  # the module restarted: its settings may be gone
+                                    raise ModuleError("module reset itself (+READY); reconfiguring")
+                                self._route(line, emit)
             except (serial.SerialException, OSError, ModuleError) as exc:
                 delay = backoff.next()
                 emit(SourceState(self.name, "down", str(exc)))
