@@ -21,6 +21,7 @@ from pathlib import Path
 import structlog
 
 from edgegw import __version__
+from edgegw.clock import CLOCK_SANE_AFTER, ClockWatch, plausible
 from edgegw.config import Config
 from edgegw.drivers import DriverRegistry
 from edgegw.forwarder import Ack, Forwarder, Park, UplinkState
@@ -84,6 +85,7 @@ class Gateway:
         self.dropping: dict[str, int] = {}  # unsent items dropped in the current disk cap episode
         self.ingest = Ingest(config, drivers, self.store, self.uplink_mask)
         self.rules = RuleEngine(config, drivers, self.store.conn, time.time(), time.monotonic())
+        self.clock = ClockWatch(time.time(), time.monotonic())
         self.actions = ActionRunner(config.actions, config.gateway_id)
         self.forwarders = [
             Forwarder(build_uplink(u, config), bits[u.name], db_path(config),
@@ -174,6 +176,7 @@ class Gateway:
     # -- the writer -----------------------------------------------------------------------------
 
     def _write_loop(self) -> None:
+        self._watch_clock(starting=True)
         next_purge = time.monotonic() + 60
         next_tick = time.monotonic()
         next_clock_save = time.monotonic() + CLOCK_SAVE_EVERY
@@ -198,6 +201,7 @@ class Gateway:
                 next_clock_save = time.monotonic() + CLOCK_SAVE_EVERY
             if time.monotonic() >= next_tick:
                 next_tick = time.monotonic() + TICK_EVERY
+                self._watch_clock()
                 if self._tick_rules(force=time.monotonic() >= next_clock_save):
                     next_clock_save = time.monotonic() + CLOCK_SAVE_EVERY
             if time.monotonic() >= next_health:
@@ -265,6 +269,32 @@ class Gateway:
         """Put alarms in the outbox (inside the open transaction); the ones new to it are returned."""
         now = time.time()
         return [a for a in alarms if self.store.add_alarm(a, self.uplink_mask, now)]
+
+    def _watch_clock(self, starting: bool = False) -> None:
+        """Re-stamp this boot's unsent readings when the wall clock steps (NTP arrived, or a jump).
+
+        At start, the clock may have been set while the daemon was down: readings of this boot
+        stamped in 1970 are re-stamped then (only those: others may differ by NTP's slewing alone).
+        """
+        before = self.clock.step(time.time(), time.monotonic())
+        if before is None and not (starting and plausible(time.time())):
+            return
+        before = self.clock.offset if before is None else before
+        try:
+            self.store.begin()
+            n = self.store.restamp(self.ingest.boot_id, self.clock.offset,
+                                   CLOCK_SANE_AFTER if starting else float("inf"))
+            self.store.commit()
+        except Exception:  # the next step (or restart) tries again; stamps are not lost, only unrepaired
+            log.exception("re-stamping readings after a clock step failed")
+            self.store.rollback()
+            self.rules.reload()
+            return
+        if n or not starting:
+            log.warning("system clock stepped; readings taken before re-stamped as estimated",
+                        step_s=round(self.clock.offset - before, 3), restamped=n)
+        for fwd in self.forwarders:
+            fwd.wake.set()
 
     def _tick_rules(self, force: bool) -> bool:
         """Run the rule timers; commit if they raised alarms or changed state (or ``force``). True if committed."""

@@ -23,7 +23,8 @@ from pathlib import Path
 import structlog
 
 from edgegw.errors import PermanentUplinkError, TransientUplinkError, UplinkError
-from edgegw.model import Batch, new_batch_id
+from edgegw.clock import CLOCK_SANE_AFTER
+from edgegw.model import Batch, boot_id, new_batch_id
 from edgegw.radio import Backoff
 from edgegw.store import open_reader
 from edgegw.uplink import Uplink
@@ -68,6 +69,7 @@ class Forwarder:
         self.uplink, self.bit, self.db_path, self.gateway_id = uplink, bit, db_path, gateway_id
         self.max_items, self.max_bytes, self.max_inflight = max_items, max_bytes, max_inflight
         self.post = post  # to the writer's queue
+        self.boot_id = boot_id()
         self.wake = threading.Event()  # set by the writer when new items are committed
         self._results: queue.Queue[tuple[str, UplinkError | None]] = queue.Queue()
         self._inflight: dict[str, list[int]] = {}  # batch id -> outbox seqs
@@ -143,9 +145,11 @@ class Forwarder:
             return self._send([s for s in seqs if s in bodies], [bodies[s] for s in seqs if s in bodies])
         with self._busy_lock:
             busy = set(self._busy)
+        # Readings of this boot stamped before the clock was set wait to be re-stamped (edgegw.clock).
         rows = reader.execute(
-            "SELECT seq, body FROM outbox WHERE pending != 0 AND pending & ? ORDER BY priority DESC, seq LIMIT ?",
-            (self.bit, self.max_items + len(busy)),
+            "SELECT seq, body FROM outbox WHERE pending != 0 AND pending & ?"
+            " AND NOT (kind = 'reading' AND observed_at < ? AND boot_id = ?) ORDER BY priority DESC, seq LIMIT ?",
+            (self.bit, CLOCK_SANE_AFTER, self.boot_id, self.max_items + len(busy)),
         ).fetchall()
         seqs, bodies, size = [], [], 200
         for seq, body in rows:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from edgegw.clock import plausible
 from edgegw.config import Config, Device
 from edgegw.drivers import DriverRegistry
 from edgegw.errors import DecodeError
@@ -26,7 +27,6 @@ log = structlog.get_logger("edgegw.ingest")
 
 DUPLICATE_WINDOW = 3600.0  # s: a copy of a frame older than this with the same counter is a new epoch
 LATE_WINDOW = 256  # counters this far behind the last one, never seen, are late frames, not a reset
-CLOCK_SANE_AFTER = 1_704_067_200  # 2024-01-01: a Pi without RTC and NTP boots in 1970
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +97,7 @@ class Ingest:
         observed = frame.wall
         reading = Reading(
             reading_id=reading_id, device_id=device.id, driver=device.driver, observed_at=observed,
-            time_quality="synced" if observed >= CLOCK_SANE_AFTER else "unsynced", counter=counter,
+            time_quality="synced" if plausible(observed) else "unsynced", counter=counter,
             values=values, units=units, source=frame.source, address=frame.address, rssi=frame.rssi,
             snr=frame.snr, mono=frame.mono, boot_id=self.boot_id,
         )

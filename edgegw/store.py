@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgegw.clock import STEP
 from edgegw.model import PRIORITY_ALARM, PRIORITY_HEALTH, Alarm, iso
 
 SCHEMA_VERSION = 1
@@ -288,6 +289,22 @@ class Store:
             "INSERT OR REPLACE INTO parked(item_id, uplink, kind, error, parked_at, body)"
             " SELECT item_id, ?, kind, ?, ?, body FROM outbox WHERE seq = ?", (uplink, error[:2000], now, seq))
         self.acked(bit, [seq], now)
+
+    def restamp(self, boot_id: str, offset: float, before: float = float("inf")) -> int:
+        """The wall clock stepped: re-stamp this boot's unsent readings taken before the step.
+
+        Every reading of this boot stamped with another wall-minus-monotonic offset than the clock's
+        ``offset`` (and stamped before ``before``) now becomes ``mono + offset``, marked
+        ``estimated``. Returns how many.
+        """
+        return self.conn.execute(
+            "UPDATE outbox SET observed_at = mono + :new, body = json_set(body,"
+            " '$.observed_at', strftime('%Y-%m-%dT%H:%M:%fZ', mono + :new, 'unixepoch'),"
+            " '$.time_quality', 'estimated')"
+            " WHERE kind = 'reading' AND pending != 0 AND boot_id = :boot AND abs(observed_at - mono - :new) > :tol"
+            " AND observed_at < :before",
+            {"new": offset, "boot": boot_id, "tol": STEP, "before": before},
+        ).rowcount
 
     def acked(self, bit: int, seqs: list[int], now: float) -> None:
         """Record an uplink's acknowledgement; rows acknowledged by every uplink become delivered."""

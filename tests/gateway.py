@@ -90,14 +90,15 @@ class Sender:
 class Daemon:
     """``edgegw run`` as a child process; ended by PID only."""
 
-    def __init__(self, config: Path):
+    def __init__(self, config: Path, env: dict[str, str] | None = None):
         self.config = config
+        self.env = env or {}  # extra environment, e.g. libfaketime's
         self.db = config.parent / "data" / "edgegw.db"
         self.log = config.parent / "daemon.log"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Daemon:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "edgegw", "run", "-c", str(self.config)], stdout=log, stderr=log, env=env,

@@ -30,7 +30,7 @@ import structlog
 
 from edgegw.config import Config, Device, DeviceHealthRule, TrapRule, WaterLevelRule
 from edgegw.drivers import DriverRegistry, ValueSpec
-from edgegw.ingest import CLOCK_SANE_AFTER
+from edgegw.clock import plausible
 from edgegw.log import Throttle
 from edgegw.model import Alarm, Reading, Value
 
@@ -167,7 +167,7 @@ class RuleEngine:
             log.warning("system clock jumped; silence timers start afresh", jump_s=round(now - wall0 - (mono - mono0)))
             self.listening_since = now
         self._clock = (now, mono)
-        if now < CLOCK_SANE_AFTER:
+        if not plausible(now):
             return alarms  # no RTC, no NTP yet: "an hour since" means nothing
         for device_id, watches in self.watches.items():
             for rule, watch in watches:

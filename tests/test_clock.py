@@ -1,0 +1,86 @@
+"""Clock repair: a Pi without RTC stamps readings in 1970 until NTP steps the clock; they are held,
+then re-stamped from the monotonic clock and marked estimated."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edgegw.clock import STEP, ClockWatch
+from edgegw.radio.emulator import RylrEmulator
+from edgegw.store import Store
+from tests.broker import Subscriber
+from tests.gateway import Daemon, Sender, wait_until, write_config
+
+LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+
+@given(st.lists(st.floats(-STEP * 0.9, STEP * 0.9), max_size=50))
+def test_slewing_is_followed_silently_and_a_step_is_reported_once(slews):
+    watch, offset = ClockWatch(86400.0, 10.0), 86390.0
+    for i, slew in enumerate(slews):
+        offset += slew
+        assert watch.step(offset + 11.0 + i, 11.0 + i) is None
+    assert watch.step(1_790_000_000.0, 100.0) == pytest.approx(offset)
+    assert watch.step(1_790_000_001.0, 101.0) is None
+
+
+def test_restamp_touches_only_this_boots_unsent_readings_from_before_the_step(tmp_path):
+    store = Store(tmp_path / "gw.db")
+    store.register_uplinks(["town"])
+    body = json.dumps({"type": "reading", "observed_at": "1970-01-02T00:00:00.000Z", "time_quality": "unsynced"})
+    store.begin()
+    for item_id, observed, mono, boot, pending in [
+        ("old", 86400.0, 100.0, "boot-a", 1),    # before the step: re-stamped
+        ("sent", 86401.0, 101.0, "boot-a", 0),   # already delivered: history, left alone
+        ("other", 86402.0, 102.0, "boot-b", 1),  # another boot: its monotonic clock means nothing now
+        ("new", 1_790_000_103.0, 103.0, "boot-a", 1),  # after the step: already right
+    ]:
+        store.add_item(item_id, "reading", 0, "river-01", observed, mono, boot, None, body, pending, 0.0)
+    assert store.restamp("boot-a", 1_790_000_000.0) == 1
+    store.commit()
+    rows = {r[0]: (r[1], json.loads(r[2])) for r in store.conn.execute("SELECT item_id, observed_at, body FROM outbox")}
+    assert rows["old"][0] == 1_790_000_100.0
+    assert rows["old"][1]["observed_at"] == "2026-09-21T14:15:00.000Z" and rows["old"][1]["time_quality"] == "estimated"
+    assert rows["sent"][0] == 86401.0 and rows["other"][0] == 86402.0 and rows["new"][0] == 1_790_000_103.0
+
+
+@pytest.mark.skipif(not LIBFAKETIME.exists() or not shutil.which("faketime"), reason="needs libfaketime (apt-get install faketime)")
+def test_readings_stamped_before_ntp_are_held_then_restamped_and_marked_estimated(tmp_path, mosquitto):
+    clock = tmp_path / "faketime"
+    clock.write_text("@1970-01-02 00:00:00\n")  # a Pi booted without RTC, before NTP
+    env = {"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME_TIMESTAMP_FILE": str(clock), "FAKETIME_NO_CACHE": "1",
+           "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    emulator = RylrEmulator(tmp_path / "rylr0")
+    emulator.plug()
+    daemon = Daemon(write_config(tmp_path, emulator.link, mosquitto.port, log_level="info"), env)
+    sub = Subscriber("127.0.0.1", mosquitto.port, "test/gw-test/batches")
+    try:
+        daemon.start().wait_receiving()
+        sender = Sender(emulator)
+        sent_at = {}
+        for _ in range(3):
+            sent_at[sender.send("river-01")] = time.time()  # the test's own, true clock
+        daemon.wait_committed(3)
+        wait_until(lambda: any(u["state"] == "up" for u in daemon.status()["uplinks"]), 20, "uplink up")
+        assert [i for b in sub.json_messages() for i in b["items"] if i["type"] == "reading"] == []  # held
+
+        clock.write_text("+0\n")  # NTP steps the clock to the true time
+        readings = wait_until(lambda: [i for b in sub.json_messages() for i in b["items"] if i["type"] == "reading"],
+                              20, "the held readings, re-stamped")
+        assert {r["id"] for r in readings} == set(sent_at)
+        for r in readings:
+            assert r["time_quality"] == "estimated"
+            observed = time.mktime(time.strptime(r["observed_at"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+            assert abs(observed - sent_at[r["id"]]) < 2.0, r
+        wait_until(lambda: "system clock stepped" in daemon.log.read_text(), 10, "the step logged")
+    finally:
+        sub.close()
+        daemon.stop()
+        emulator.unplug()
