@@ -5,6 +5,7 @@
     ├── DriverLoadError        a driver module could not be loaded or clashes with another
     ├── DecodeError            a payload is not what the driver expects (reason: wrong_length, bad_value, ...)
     ├── ModuleError            a radio module answered +ERR / NG / nothing to a command
+    ├── OutboxError            a maintainer's outbox command cannot be done (no database, unknown id, ...)
     └── UplinkError            delivering a batch failed
         ├── TransientUplinkError   retry later with backoff (broker down, timeout)
         └── PermanentUplinkError   retrying the same batch cannot help (payload refused)
@@ -43,6 +44,11 @@ class DecodeError(EdgegwError):
 
 class ModuleError(EdgegwError):
     """A radio module rejected a command or did not answer."""
+
+
+class OutboxError(EdgegwError):
+    """An ``edgegw outbox`` operation cannot be done: no database, an unknown item or uplink, nothing
+    parked, the database locked for too long. The message is one line, meant for the maintainer."""
 
 
 class UplinkError(EdgegwError):
