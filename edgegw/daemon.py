@@ -34,7 +34,7 @@ from edgegw.radio.field import VirtualField, load_field
 from edgegw.radio.rylr import RylrRadio
 from edgegw.rules import RuleEngine
 from edgegw.rules.actions import ActionRunner
-from edgegw.store import Store
+from edgegw.store import Store, quick_check
 from edgegw.uplink import build_uplink
 
 log = structlog.get_logger("edgegw.daemon")
@@ -103,6 +103,9 @@ class Gateway:
     def start(self) -> None:
         self.actions.start()
         self._thread(self._write_loop, "writer")
+        # Beside the pipeline, not before it: on a million-row database the check takes seconds,
+        # and sending must start at once.
+        self._thread(self._check_integrity, "integrity-check")
         self._source_stop = threading.Event()
         self._forward_stop = threading.Event()
         for fwd in self.forwarders:
@@ -356,6 +359,19 @@ class Gateway:
             return
         for fwd in self.forwarders:
             fwd.wake.set()
+
+    def _check_integrity(self) -> None:
+        started = time.monotonic()
+        try:
+            problems = quick_check(db_path(self.config))
+        except Exception:
+            log.exception("integrity check could not run")
+            return
+        if problems:
+            log.error("database integrity check found problems; back it up and tell a maintainer",
+                      problems=problems[:10])
+        else:
+            log.info("database integrity check ok", seconds=round(time.monotonic() - started, 2))
 
     def _enforce_cap(self) -> None:
         """Keep the database under its cap; say so once per episode of dropping, not per drop."""

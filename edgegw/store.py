@@ -268,7 +268,8 @@ class Store:
         return {
             "type": "health", "id": f"{gateway_id}:health:{int(now * 1000)}", "gateway": gateway_id,
             "observed_at": iso(now), "version": version, "uptime_s": round(uptime_s, 1),
-            "pending": {name: one("SELECT count(*) FROM outbox WHERE pending & ?", bit) for name, bit in bits.items()},
+            "pending": {name: one("SELECT count(*) FROM outbox WHERE pending != 0 AND pending & ?", bit)
+                        for name, bit in bits.items()},
             "oldest_pending_s": None if oldest is None else round(max(0.0, now - oldest), 1),
             "rejects": dict(self.conn.execute("SELECT reason, sum(count) FROM reject_counts GROUP BY reason")),
             "disk_free_bytes": shutil.disk_usage(self.path.parent).free,
@@ -435,6 +436,16 @@ ALARM_COLUMNS = "id, kind, severity, device_id, rule, raised_at, late, message, 
 def _alarm_rows(conn: sqlite3.Connection, where: str, limit: int) -> list[dict[str, Any]]:
     rows = conn.execute(f"SELECT {ALARM_COLUMNS} FROM alarms WHERE {where} ORDER BY raised_at DESC LIMIT ?", (limit,))
     return [{**dict(r), "late": bool(r["late"]), "open": bool(r["open"])} for r in rows]
+
+
+def quick_check(path: Path) -> list[str]:
+    """SQLite's quick integrity check on a reader connection: [] when the database is sound."""
+    conn = open_reader(path)
+    try:
+        problems = [r[0] for r in conn.execute("PRAGMA quick_check")]
+        return [] if problems == ["ok"] else problems
+    finally:
+        conn.close()
 
 
 def alarms(path: Path, recent: int = 50) -> dict[str, list[dict[str, Any]]]:
