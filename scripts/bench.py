@@ -10,7 +10,11 @@ Prints, for this machine:
   alarms      latency p50/p99, serial line -> local action started and -> broker, while a backlog of
               --readings drains (alarm frames sent every 20 ms as the uplink comes back)
 
-Usage: python scripts/bench.py [--readings 20000] [--json]
+  restart     with --backlog pending readings put straight into the outbox: time from start to the
+              first batch at the broker, alarm latency while that backlog drains, its drain rate,
+              peak RSS with it
+
+Usage: python scripts/bench.py [--readings 20000] [--backlog 1000000] [--json]
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ import paho.mqtt.client as mqtt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from edgegw.model import Reading, boot_id  # noqa: E402
 from edgegw.radio.emulator import RylrEmulator  # noqa: E402
+from edgegw.store import Store  # noqa: E402
 from tests.broker import Mosquitto  # noqa: E402
 from tests.gateway import Daemon, Sender, wait_until, write_config  # noqa: E402
 
@@ -57,6 +63,7 @@ class ArrivalClock:
 
     def __init__(self, port: int, topic: str):
         self.arrived: dict[str, float] = {}
+        self.first: float | None = None  # when the first batch of any kind arrived
         self.lock = threading.Lock()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-platform", clean_session=False)
         self.client.on_message = self._message
@@ -66,6 +73,8 @@ class ArrivalClock:
 
     def _message(self, client, userdata, msg) -> None:
         now = time.time()
+        if self.first is None:
+            self.first = now
         for item in json.loads(msg.payload)["items"]:
             if item["type"] == "alarm":
                 with self.lock:
@@ -74,16 +83,6 @@ class ArrivalClock:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
-
-
-def steady_burst(sender: Sender, count: int) -> None:
-    """A field on a quiet day: rivers vary, traps stay armed (no alarms in the measured readings)."""
-    for i in range(count):
-        if i % 3 == 0:
-            sender.send("trap-01", {"state": "armed", "tamper": False, "battery": 3.6})
-        else:
-            sender.send(("river-01", "river-02")[i % 3 - 1],
-                        {"level": 1000 + (7 * i) % 3000, "water_temperature": 12.5, "battery": 3.6})
 
 
 def percentiles(latencies: list[float]) -> dict:
@@ -113,7 +112,47 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def run(n: int) -> dict:
+def alarm_latencies(sender: Sender, clock: ArrivalClock, stamps: Path) -> dict:
+    """Send alarm frames every 20 ms; latency of each to its local action and to the broker."""
+    sent: dict[str, float] = {}
+    for i in range(2 * ALARM_FRAMES):
+        high = i % 2 == 1
+        at = time.time()
+        reading = sender.send("river-02", {"level": 6000 if high else 1000, "water_temperature": 10, "battery": 3.6})
+        if high:
+            sent[reading] = at
+        time.sleep(0.01)
+    wait_until(lambda: set(sent) <= set(clock.arrived), 600, "every alarm at the broker")
+
+    def started() -> dict[str, float]:  # reading id -> when its alarm's action started
+        lines = stamps.read_text().splitlines() if stamps.exists() else []
+        return {line.split()[0].rsplit(":", 2)[0]: float(line.split()[1]) for line in lines}
+    wait_until(lambda: set(sent) <= set(started()), 60, "every local action")
+    return {"alarm_to_broker": percentiles([clock.arrived[r] - t for r, t in sent.items()]),
+            "alarm_to_local_action": percentiles([started()[r] - t for r, t in sent.items()])}
+
+
+def fill(db: Path, count: int) -> None:
+    """Put ``count`` pending readings straight into the daemon's outbox, as ingest would have."""
+    store = Store(db)
+    bits = store.register_uplinks(["broker"])
+    boot, now = boot_id(), time.time()
+    store.begin()
+    for i in range(count):
+        reading = Reading(f"backlog:0:{i}", "river-01", "water_level", now - count + i, "synced", i,
+                          {"level": 1000 + i % 1000, "water_temperature": 12.5, "battery": 3.6},
+                          {"level": "mm", "water_temperature": "Cel", "battery": "V"}, "lora0", 21, -80.0, 7.5,
+                          0.0, boot)
+        store.add_item(reading.reading_id, "reading", 0, "river-01", reading.observed_at, 0.0, boot,
+                       b"\x01" * 9, json.dumps(reading.item("gw-test"), separators=(",", ":")), bits["broker"], now)
+        if i % 50_000 == 49_999:
+            store.commit()
+            store.begin()
+    store.commit()
+    store.close()
+
+
+def run(n: int, backlog: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="edgegw-bench-") as tmp:
         tmp = Path(tmp)
         # Persistent, so the arrival clock's subscription survives the outages like a platform's would.
@@ -133,7 +172,7 @@ def run(n: int) -> dict:
 
             # 1. broker up: serial line -> committed -> PUBACK recorded
             cpu0, io0, t0 = cpu_seconds(pid), write_bytes(pid), time.perf_counter()
-            steady_burst(sender, n)
+            sender.quiet(n)
             daemon.wait_committed(n, timeout=600)
             t_committed = time.perf_counter()
             wait_until(lambda: daemon.status()["outbox"]["pending"] == 0, 600, "delivered")
@@ -148,7 +187,7 @@ def run(n: int) -> dict:
             # 2. broker down: a backlog builds up, then drains
             broker.stop()
             wait_until(lambda: any(u["state"] == "down" for u in daemon.status()["uplinks"]), 30, "uplink down")
-            steady_burst(sender, n)
+            sender.quiet(n)
             daemon.wait_committed(2 * n, timeout=600)
             broker.start()
             # Time the drain from the reconnect on, not the reconnect backoff before it.
@@ -164,29 +203,33 @@ def run(n: int) -> dict:
             clock = ArrivalClock(broker.port, "test/gw-test/batches")
             broker.stop()
             wait_until(lambda: any(u["state"] == "down" for u in daemon.status()["uplinks"]), 30, "uplink down")
-            steady_burst(sender, n)
+            sender.quiet(n)
             daemon.wait_committed(3 * n, timeout=600)
-            sent: dict[str, float] = {}
             broker.start()
             wait_until(lambda: any(u["state"] == "up" for u in daemon.status()["uplinks"]), 120, "uplink up")
-            for i in range(2 * ALARM_FRAMES):
-                high = i % 2 == 1
-                at = time.time()
-                reading = sender.send("river-02", {"level": 6000 if high else 1000, "water_temperature": 10, "battery": 3.6})
-                if high:
-                    sent[reading] = at
-                time.sleep(0.01)
-            wait_until(lambda: set(sent) <= set(clock.arrived), 120, "every alarm at the broker")
-
-            def started() -> dict[str, float]:  # reading id -> when its alarm's action started
-                lines = stamps.read_text().splitlines() if stamps.exists() else []
-                return {line.split()[0].rsplit(":", 2)[0]: float(line.split()[1]) for line in lines}
-            wait_until(lambda: set(sent) <= set(started()), 30, "every local action")
             out["backlog_pending_when_alarms_sent"] = n
-            out["alarm_to_broker"] = percentiles([clock.arrived[r] - t for r, t in sent.items()])
-            out["alarm_to_local_action"] = percentiles([started()[r] - t for r, t in sent.items()])
+            out.update(alarm_latencies(sender, clock, stamps))
             clock.close()
             out["peak_rss_mb"] = round(peak_rss_mb(pid), 1)
+
+            if backlog:
+                # 4. a restart with a big backlog: time to the first batch, alarms while it drains
+                daemon.stop()
+                broker.stop()
+                fill(daemon.db, backlog)
+                broker.start()
+                clock = ArrivalClock(broker.port, "test/gw-test/batches")
+                t0 = time.time()
+                daemon.start()
+                wait_until(lambda: clock.first is not None, 120, "the first batch after the restart")
+                out["restart_backlog"] = backlog
+                out["restart_to_first_batch_s"] = round(clock.first - t0, 2)
+                daemon.wait_receiving()
+                out["backlog_alarms"] = alarm_latencies(sender, clock, stamps)
+                wait_until(lambda: daemon.status()["outbox"]["pending"] == 0, 1800, "the big backlog drained")
+                out["backlog_drain_readings_per_s"] = round(backlog / (time.time() - clock.first))
+                out["peak_rss_mb_with_backlog"] = round(peak_rss_mb(daemon.proc.pid), 1)
+                clock.close()
             out["emulator_dropped_frames"] = emulator.dropped
             return out
         finally:
@@ -198,9 +241,11 @@ def run(n: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--readings", type=int, default=20000)
+    parser.add_argument("--backlog", type=int, default=1_000_000,
+                        help="pending readings for the restart and drain phase (0 to skip it)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    result = run(args.readings)
+    result = run(args.readings, args.backlog)
     result["machine"] = f"{os.cpu_count()} cores, {os.uname().machine}, Python {sys.version.split()[0]}"
     if args.json:
         print(json.dumps(result, indent=2))

@@ -66,3 +66,39 @@ def test_repeated_kill_9_loses_no_committed_reading(tmp_path):
         daemon.stop()
         emulator.unplug()
         broker.stop()
+
+
+@pytest.mark.slow
+def test_a_long_outage_drains_completely_and_its_alarms_go_first(tmp_path):
+    backlog = 200_000
+    broker = Mosquitto(tmp_path / "mosquitto", persistence=True).start()
+    emulator = RylrEmulator(tmp_path / "rylr0")
+    emulator.plug()
+    daemon = Daemon(write_config(tmp_path, emulator.link, broker.port, log_level="warning", max_items=500))
+    sub = Subscriber("127.0.0.1", broker.port, TOPIC, client_id="outage-subscriber")
+    try:
+        broker.stop()
+        daemon.start().wait_receiving()
+        sender = Sender(emulator)
+        readings = set()
+        for _ in range(backlog // 10_000):
+            readings.update(sender.quiet(10_000))
+            daemon.wait_committed(len(readings), timeout=300)
+        # During the outage, after the backlog: a trap is sprung.
+        sender.send("trap-01", {"state": "sprung", "tamper": False, "battery": 3.6})
+        daemon.wait_committed(backlog + 2, timeout=60)  # the reading and its alarm
+
+        broker.start()
+        wait_until(lambda: daemon.status()["outbox"]["pending"] == 0, 600, "the backlog drained")
+
+        def items() -> list[dict]:
+            return [i for b in sub.json_messages() for i in b["items"] if i["type"] != "health"]
+        sub.wait_for(lambda _: readings <= {i["id"] for i in items()}, 120, "every reading of the outage")
+        order = [i["type"] for i in items()]
+        assert order.index("alarm") < order.index("reading")  # the alarm overtook 200,000 readings
+        assert order.count("alarm") == 1
+    finally:
+        sub.close()
+        daemon.stop()
+        emulator.unplug()
+        broker.stop()
