@@ -115,6 +115,9 @@ def _format_status(st: dict) -> str:
                    f" {d['last_snr'] if d['last_snr'] is not None else '-':>5}"
                    f" {d['readings']:>8} {d['duplicates']:>5} {d['rejects']:>5}")
     by_reason = st["rejects"]["by_reason"]
+    if st["parked"]["by_uplink"]:
+        out.append("parked   " + ", ".join(f"{n} for {u}" for u, n in st["parked"]["by_uplink"].items())
+                   + " (refused by the platform: edgegw outbox list --parked)")
     if st.get("dropped"):
         out.append("dropped  " + ", ".join(f"{n} {k}s" for k, n in st["dropped"].items()) + " (disk cap reached)")
     out.append("rejects  " + (", ".join(f"{k} {v}" for k, v in by_reason.items()) if by_reason else "none"))
