@@ -28,7 +28,7 @@ from edgegw.forwarder import Ack, Forwarder, Park, UplinkState
 from edgegw.ingest import Duplicate, Ingest
 from edgegw.log import Throttle
 from edgegw.model import Alarm, Frame, Reading, Reject
-from edgegw.radio import Backoff, SourceState
+from edgegw.radio import Backoff, ReadTurn, SourceState
 from edgegw.radio.emulator import RylrEmulator
 from edgegw.radio.field import VirtualField, load_field
 from edgegw.radio.rylr import RylrRadio
@@ -75,7 +75,7 @@ class Gateway:
         self.events: queue.Queue = queue.Queue()
         # Held by the writer while it commits and by a source while it reads its port: frames are read
         # only between commits, so a crash loses at most the frames of the commit in progress.
-        self.read_turn = threading.Lock()
+        self.read_turn = ReadTurn()
         self.store = Store(db_path(config), config.store.synchronous, config.store.rejects_kept)
         uplinks = config.effective_uplinks()
         bits = self.store.register_uplinks([u.name for u in uplinks])
@@ -192,7 +192,7 @@ class Gateway:
             except queue.Empty:
                 group = []
             if group:
-                with self.read_turn:  # whatever the sources read is in the queue; they wait for the commit
+                with self.read_turn.write():  # what the sources read is in the queue; they wait for the commit
                     while True:
                         try:
                             group.append(self.events.get_nowait())
@@ -264,6 +264,9 @@ class Gateway:
         """After a commit: log, run actions, release acks, wake the forwarders for new items."""
         for r in after:
             self._after_commit(r)
+        if any(isinstance(r, Alarm) for r in after):
+            for fwd in self.forwarders:
+                fwd.urgent.set()
         if any(isinstance(r, Reading | Alarm) for r in after):
             for fwd in self.forwarders:
                 fwd.wake.set()

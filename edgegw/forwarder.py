@@ -24,7 +24,7 @@ import structlog
 
 from edgegw.errors import PermanentUplinkError, TransientUplinkError, UplinkError
 from edgegw.clock import CLOCK_SANE_AFTER
-from edgegw.model import Batch, boot_id, new_batch_id
+from edgegw.model import PRIORITY_ALARM, Batch, boot_id, new_batch_id
 from edgegw.radio import Backoff
 from edgegw.store import open_reader
 from edgegw.uplink import Uplink
@@ -71,6 +71,9 @@ class Forwarder:
         self.post = post  # to the writer's queue
         self.boot_id = boot_id()
         self.wake = threading.Event()  # set by the writer when new items are committed
+        # Set by the writer when alarms are committed: they go at once, past the in-flight limit,
+        # instead of waiting for a slot behind batches of backlog.
+        self.urgent = threading.Event()
         self._results: queue.Queue[tuple[str, UplinkError | None]] = queue.Queue()
         self._inflight: dict[str, list[int]] = {}  # batch id -> outbox seqs
         self._suspects: list[list[int]] = []  # halves of a refused batch, each to be sent alone
@@ -93,6 +96,9 @@ class Forwarder:
             while not stop.is_set():
                 if self._handle_results(backoff, stop):
                     continue
+                if self.urgent.is_set() and self.uplink.ready():
+                    self.urgent.clear()
+                    self._send_next(reader, PRIORITY_ALARM)
                 if self.uplink.ready() and len(self._inflight) < self.max_inflight and self._send_next(reader):
                     continue
                 self.wake.wait(1.0)
@@ -136,7 +142,7 @@ class Forwarder:
             self._busy.difference_update(seqs)
         self.wake.set()
 
-    def _send_next(self, reader) -> bool:
+    def _send_next(self, reader, min_priority: int = 0) -> bool:
         if self._suspects:
             seqs = self._suspects.pop(0)
             marks = ",".join("?" * len(seqs))
@@ -147,9 +153,9 @@ class Forwarder:
             busy = set(self._busy)
         # Readings of this boot stamped before the clock was set wait to be re-stamped (edgegw.clock).
         rows = reader.execute(
-            "SELECT seq, body FROM outbox WHERE pending != 0 AND pending & ?"
+            "SELECT seq, body FROM outbox WHERE pending != 0 AND pending & ? AND priority >= ?"
             " AND NOT (kind = 'reading' AND observed_at < ? AND boot_id = ?) ORDER BY priority DESC, seq LIMIT ?",
-            (self.bit, CLOCK_SANE_AFTER, self.boot_id, self.max_items + len(busy)),
+            (self.bit, min_priority, CLOCK_SANE_AFTER, self.boot_id, self.max_items + len(busy)),
         ).fetchall()
         seqs, bodies, size = [], [], 200
         for seq, body in rows:

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from edgegw.config import RylrSource
 from edgegw.errors import ModuleError
 from edgegw.model import Frame, Reject
-from edgegw.radio import SourceState
+from edgegw.radio import ReadTurn, SourceState
 from edgegw.radio import rylr
 from edgegw.radio.emulator import RylrEmulator
 from tests.gateway import wait_until
@@ -568,11 +568,11 @@ def test_radio_thread_survives_a_noisy_line(emulator, start_radio):
 def test_radio_reads_nothing_while_the_writer_holds_the_read_turn(emulator):
     # The loss window of a crash: frames are read only between commits, so while the writer commits
     # (holding the turn) new frames stay unread in the kernel's tty buffer, not in our memory.
-    turn = threading.Lock()
+    turn = ReadTurn()
     r = Running(RylrRadio(source(), str(emulator.link), turn), emulator).start()
     try:
         r.wait_state("receiving")
-        with turn:
+        with turn.write():
             for n in range(20):
                 assert emulator.receive(21, WATER, -80, 7.5 + n)
             held = threading.Event()
@@ -583,3 +583,28 @@ def test_radio_reads_nothing_while_the_writer_holds_the_read_turn(emulator):
         assert [f.snr for f in frames] == [7.5 + n for n in range(20)]
     finally:
         r.halt()
+
+
+def test_a_waiting_source_gets_its_turn_before_the_next_commit_but_one():
+    # With a plain lock the writer, busy with acknowledgements, could take the turn back again and
+    # again while an alarm frame waits; ReadTurn lets a waiting source in before the next commit.
+    turn, stop = ReadTurn(), threading.Event()
+    commits, waited = [0], []
+
+    def writer() -> None:
+        while not stop.is_set():
+            with turn.write():
+                commits[0] += 1
+                threading.Event().wait(0.002)  # an fsync
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    try:
+        for _ in range(30):
+            asked = commits[0]
+            with turn.read():
+                waited.append(commits[0] - asked)
+    finally:
+        stop.set()
+        t.join(5)
+    assert max(waited) <= 1, waited

@@ -10,7 +10,8 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -38,6 +39,50 @@ class Source(Protocol):
         holds while it commits), and emits what it read before letting go: frames not yet read wait
         in the kernel's buffer, so a crash loses at most the frames of the commit in progress.
         """
+
+
+class ReadTurn:
+    """Takes turns between the writer's commits and the sources' reads of their ports.
+
+    Sources read (all at once, if several) only while no commit runs, and a commit waits until the
+    sources already waiting have had their turn: a plain lock would let the writer, busy with
+    acknowledgements, take it back again and again while an alarm frame waits in the tty buffer.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._writing = False
+        self._waiting = self._reading = self._turns = 0
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            self._cond.wait_for(lambda: not self._writing)
+            self._waiting -= 1
+            self._reading += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._reading -= 1
+                self._turns += 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            turns = self._turns
+            # One turn for the sources waiting now, not for every frame that arrives meanwhile.
+            self._cond.wait_for(lambda: not self._waiting or self._turns > turns)
+            self._cond.wait_for(lambda: not self._reading)
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
 
 
 class Backoff:

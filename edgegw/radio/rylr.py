@@ -20,7 +20,7 @@ import structlog
 from edgegw.config import RylrSource as RylrConfig
 from edgegw.errors import ModuleError
 from edgegw.model import Frame, Reject
-from edgegw.radio import Backoff, Emit, SourceState
+from edgegw.radio import Backoff, Emit, ReadTurn, SourceState
 
 log = structlog.get_logger("edgegw.radio.rylr")
 
@@ -128,11 +128,11 @@ class LineReader:
 class RylrRadio:
     """A :class:`~edgegw.radio.Source` for one RYLR module."""
 
-    def __init__(self, config: RylrConfig, port: str, read_turn: threading.Lock | None = None):
+    def __init__(self, config: RylrConfig, port: str, read_turn: ReadTurn | None = None):
         self.config = config
         self.name = config.name
         self.port = port
-        self.read_turn = read_turn or threading.Lock()
+        self.read_turn = read_turn or ReadTurn()
 
     def commands(self) -> list[str]:
         c = self.config
@@ -158,7 +158,7 @@ class RylrRadio:
                     while not stop.is_set():
                         if not lines.wait(0.5):
                             continue
-                        with self.read_turn:  # not while the writer commits: unread frames are safe in the kernel
+                        with self.read_turn.read():  # not while the writer commits: unread frames stay in the kernel
                             for line in lines.available():
                                 if line == "+READY":  # the module restarted: its settings may be gone
                                     raise ModuleError("module reset itself (+READY); reconfiguring")
