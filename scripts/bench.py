@@ -75,6 +75,8 @@ class ArrivalClock:
         now = time.time()
         if self.first is None:
             self.first = now
+        if b'"type":"alarm"' not in msg.payload:  # parse only what matters: keep up with the drain
+            return
         for item in json.loads(msg.payload)["items"]:
             if item["type"] == "alarm":
                 with self.lock:
