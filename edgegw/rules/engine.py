@@ -14,7 +14,8 @@ counted, not allowed to flip a state machine backwards.
 
 Time. Alarms about readings observed more than ``late_after`` before evaluation are marked ``late``.
 Timers (silence, reminders) only run while the clock is plausible, and silence is measured only over
-time the gateway was listening: after a restart or a clock jump every device gets a fresh interval.
+time the gateway was listening: after more than ten minutes down, or a clock jump, every device gets
+a fresh interval.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ from edgegw.model import Alarm, Reading, Value
 
 log = structlog.get_logger("edgegw.rules")
 
-GAP = 120.0  # s without saving state (daemon down, clock jumped): silence timers start afresh
+DOWNTIME = 600.0  # s since the rules' clock was last saved: the gateway was down, silence timers start afresh
+CLOCK_JUMP = 120.0  # s the wall clock moved against the monotonic one: silence timers start afresh
+CLOCK_WRITE_EVERY = 60.0  # s: the rules' clock is written at most this often (a page per commit wears the card)
 
 
 class Observation(NamedTuple):
@@ -125,7 +128,8 @@ class RuleEngine:
         row = conn.execute("SELECT value FROM meta WHERE key = 'rules_clock'").fetchone()
         last = json.loads(row[0]) if row else None
         # Silence counts only while we listened: after downtime every device gets a fresh interval.
-        self.listening_since = last["since"] if last and 0 <= now - last["wall"] <= GAP else now
+        self.listening_since = last["since"] if last and 0 <= now - last["wall"] <= DOWNTIME else now
+        self._clock_since = self.listening_since
         self._clock = (now, mono)
         if row is None:  # a first start: remember when listening began before anything else happens
             self.save(now)
@@ -143,6 +147,7 @@ class RuleEngine:
         ]
         heapq.heapify(self.buffer)
         self._dirty: set[tuple[str, str]] = set()
+        self._clock_written = float("-inf")  # a rolled-back group may have held the last write
         self._buffered: list[Observation] = []
         self._released: list[str] = []
 
@@ -163,7 +168,7 @@ class RuleEngine:
         """Time passed: release held readings, then run the timers (silence, reminders)."""
         alarms = self._release(now)
         wall0, mono0 = self._clock
-        if abs((now - wall0) - (mono - mono0)) > GAP:
+        if abs((now - wall0) - (mono - mono0)) > CLOCK_JUMP:
             log.warning("system clock jumped; silence timers start afresh", jump_s=round(now - wall0 - (mono - mono0)))
             self.listening_since = now
         self._clock = (now, mono)
@@ -229,8 +234,10 @@ class RuleEngine:
 
     def save(self, now: float) -> None:
         """Write changed state inside the writer's open transaction."""
-        self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('rules_clock', ?)",
-                          (json.dumps({"wall": now, "since": self.listening_since}),))
+        if now - self._clock_written >= CLOCK_WRITE_EVERY or self._clock_since != self.listening_since:
+            self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('rules_clock', ?)",
+                              (json.dumps({"wall": now, "since": self.listening_since}),))
+            self._clock_written, self._clock_since = now, self.listening_since
         self.conn.executemany(
             "INSERT OR REPLACE INTO rule_state(rule, device_id, state) VALUES (?, ?, ?)",
             [(r, d, json.dumps(self.states[(r, d)], separators=(",", ":"))) for r, d in self._dirty],
