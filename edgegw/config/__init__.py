@@ -1,0 +1,309 @@
+"""The TOML config, validated by pydantic, with errors an installer can act on.
+
+:func:`load_config` reports every problem at once, each as ``file: key.path: what is wrong (expected
+...)``. Relative paths in the file are relative to the file itself, so a config can be copied
+together with its field file and drivers folder.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, model_validator
+
+from edgegw.config.base import Duration, Size, _Section
+from edgegw.config.radio import (
+    RYLR_BANDWIDTH_CODES,
+    Device,
+    Layout,
+    LayoutFieldSpec,
+    RylrSource,
+    Source,
+)
+from edgegw.config.rules import (
+    RULE_DEFAULTS,
+    Action,
+    AlarmSettings,
+    CommandAction,
+    DeviceHealthRule,
+    MqttAction,
+    Rule,
+    Stage,
+    TrapRule,
+    WaterLevelRule,
+    rule_problems,
+)
+from edgegw.config.uplinks import (
+    _URL_EXAMPLE,
+    UPLINK_TYPES,
+    AttributeMapping,
+    Batching,
+    EntityMapping,
+    FileUplink,
+    IotAgentUplink,
+    IotaJsonUplink,
+    IotaUlUplink,
+    MqttConnection,
+    MqttUplink,
+    NgsiConnection,
+    NgsiLdUplink,
+    NgsiV2Uplink,
+    Uplink,
+    UplinkConfig,
+)
+from edgegw.drivers import DriverRegistry, load_drivers
+from edgegw.errors import ConfigError, DriverLoadError
+
+__all__ = [
+    "Action",
+    "AlarmSettings",
+    "AttributeMapping",
+    "Batching",
+    "CommandAction",
+    "Config",
+    "Device",
+    "DeviceHealthRule",
+    "Duration",
+    "EntityMapping",
+    "FileUplink",
+    "IotAgentUplink",
+    "IotaJsonUplink",
+    "IotaUlUplink",
+    "Layout",
+    "LayoutFieldSpec",
+    "Log",
+    "MqttAction",
+    "MqttConnection",
+    "MqttUplink",
+    "NgsiConnection",
+    "NgsiLdUplink",
+    "NgsiV2Uplink",
+    "RULE_DEFAULTS",
+    "RYLR_BANDWIDTH_CODES",
+    "Rule",
+    "RylrSource",
+    "Size",
+    "Source",
+    "Stage",
+    "Store",
+    "TrapRule",
+    "UPLINK_TYPES",
+    "Uplink",
+    "UplinkConfig",
+    "WaterLevelRule",
+    "cross_reference_problems",
+    "load_config",
+    "rule_problems",
+]
+
+
+class Store(_Section):
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    rejects_kept: int = Field(1000, ge=0, description="raw rejected frames kept for diagnosis")
+    keep_delivered: Duration = Field(7 * 86400, description="how long delivered items stay for inspection")
+    max_bytes: Size = Field(2_000_000_000, description="cap on the database and its WAL, e.g. \"2GB\"; when"
+                            " reached, delivered items go first, then the oldest readings, never alarms")
+
+
+class Log(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "console", "json"] = "auto"
+
+
+class Config(_Section):
+    """A whole gateway config file."""
+
+    gateway_id: str = Field(pattern=r"^[A-Za-z0-9_.:-]+$", max_length=64)
+    data_dir: Path = Path("data")
+    drivers_dir: Path | None = None
+    sources: list[Source] = Field(min_length=1)
+    devices: list[Device] = []
+    layouts: list[Layout] = []
+    uplinks: list[Uplink] = []
+    rules: list[Rule] = []
+    actions: list[Action] = []
+    alarms: AlarmSettings = AlarmSettings()
+    health_every: Duration = Field(300, description="how often the gateway reports its own health upstream")
+    store: Store = Store()
+    log: Log = Log()
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Config:
+        problems = cross_reference_problems(
+            [s.model_dump() for s in self.sources], [d.model_dump() for d in self.devices],
+            [u.model_dump() for u in self.uplinks],
+        )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def device_source(self, device: Device) -> str:
+        return device.source or self.sources[0].name
+
+    def effective_rules(self) -> list[TrapRule | WaterLevelRule | DeviceHealthRule]:
+        """The configured rules, plus the defaults for kinds not configured: trap and device health."""
+        configured = {r.type for r in self.rules}
+        defaults = [TrapRule(type="trap"), DeviceHealthRule(type="device_health")]
+        return list(self.rules) + [r for r in defaults if r.type not in configured]
+
+    def effective_uplinks(self) -> list[UplinkConfig]:
+        """The configured uplinks, or the embedded default: JSON-lines files in the data directory."""
+        return list(self.uplinks) or [FileUplink(type="file")]
+
+
+def cross_reference_problems(sources: list, devices: list, uplinks: list) -> list[str]:
+    """Problems between sections: unknown or ambiguous sources, shared addresses, repeated names.
+
+    Works on plain dicts, so :func:`load_config` can report these alongside every other problem,
+    even when some entries are malformed (those are skipped here and reported on their own).
+    """
+    sources = [s for s in sources if isinstance(s, dict)]
+    devices = [(i, d) for i, d in enumerate(devices) if isinstance(d, dict)]
+    names = [s.get("name") for s in sources]
+    problems = []
+    seen: dict[tuple, int] = {}
+    for i, d in devices:
+        source = d.get("source")
+        if source is None and len(names) > 1:
+            problems.append(f"devices[{i}].source: several sources exist; name one of {names}")
+        elif source is not None and source not in names:
+            problems.append(f"devices[{i}].source: unknown source {source!r}; expected one of {names}")
+        key = (source or (names[0] if names else None), d.get("address"))
+        if key[1] is not None:
+            if key in seen:
+                problems.append(f"devices[{i}].address: {key[1]} is also devices[{seen[key]}] on source {key[0]!r}")
+            seen.setdefault(key, i)
+    for what, items in (("devices", [d.get("id") for _, d in devices]), ("sources", names),
+                        ("uplinks", [u.get("name", u.get("type")) for u in uplinks if isinstance(u, dict)])):
+        dupes = sorted({str(x) for x in items if x is not None and items.count(x) > 1})
+        if dupes:
+            problems.append(f"{what}: names must be unique, repeated: {dupes}")
+    return problems
+
+
+# -- loading ----------------------------------------------------------------------------------------
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif (i and isinstance(loc[i - 1], int) and part in ("rylr", *UPLINK_TYPES, *RULE_DEFAULTS, "command")) \
+                or part.startswith("function-"):
+            continue  # discriminator tags (right after a list index) and validator names are pydantic's
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+# What a missing key is, where "required key is missing" alone would leave an installer guessing.
+_MISSING_HINTS = {
+    "apikey": ": the API key of the IoT Agent's service group (ask the platform team), "
+              'e.g. "4jggokgpepnvsb2uv4s40d59ov"',
+    "url": f": the context broker's base URL, {_URL_EXAMPLE}",
+}
+
+
+def _describe(err: dict[str, Any]) -> list[str]:
+    path = _key_path(err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        key = err["loc"][-1]
+        if len(err["loc"]) > 1 and key in Config.model_fields:
+            msg = (f"unknown key here; {key} is a top-level key: TOML puts every key below a [section] header "
+                   "into that section, so move it above the first [section] or [[section]]")
+        else:
+            msg = "unknown key (misspelt? see configs/ for the keys each section takes)"
+    elif err["type"] == "missing":
+        msg = "required key is missing" + _MISSING_HINTS.get(str(err["loc"][-1]), "")
+    elif err["type"] == "union_tag_not_found":
+        tags = {"rules": tuple(RULE_DEFAULTS), "actions": ("command", "mqtt")}.get(str(err["loc"][0]), UPLINK_TYPES)
+        return [f"{path}.type: required key is missing; expected one of: {', '.join(map(repr, tags))}"]
+    elif err["type"] == "union_tag_invalid":
+        msg = f"unknown type {err['input'].get('type')!r}; expected one of: {err['ctx']['expected_tags']}"
+    elif err["type"] not in ("value_error", "assertion_error") and "input" in err and not isinstance(err["input"], dict | list):
+        msg = f"{msg} (got {err['input']!r})"
+    if "\n" in msg:  # cross-reference problems carry their own key paths
+        return msg.split("\n")
+    return [f"{path}: {msg}" if path else msg]
+
+
+def _resolve(base: Path, p: Path | None) -> Path | None:
+    return None if p is None else Path(os.path.normpath(p if p.is_absolute() else base / p))
+
+
+def load_config(path: str | Path) -> tuple[Config, DriverRegistry]:
+    """Read, validate and resolve a config file; raise :class:`ConfigError` listing every problem."""
+    path = Path(path)
+    name = str(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(name, ["file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(name, [f"cannot read: {exc}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(name, [f"not valid TOML: {exc}"]) from None
+
+    base = path.resolve().parent
+    problems: list[str] = []
+    # Drivers first, best effort, so that device entries can be checked against them in the same pass.
+    layouts = []
+    for i, spec in enumerate(raw.get("layouts", []) if isinstance(raw.get("layouts"), list) else []):
+        try:
+            layouts.append(Layout.model_validate(spec).driver())
+        except ValidationError as exc:
+            problems += [line for e in exc.errors() for line in _describe({**e, "loc": ("layouts", i, *e["loc"])})]
+    drivers_dir = _resolve(base, Path(raw["drivers_dir"])) if isinstance(raw.get("drivers_dir"), str) else None
+    if drivers_dir is not None and not drivers_dir.is_dir():
+        problems.append(f"drivers_dir: {drivers_dir} is not a directory")
+        drivers_dir = None
+    try:
+        registry = load_drivers(drivers_dir, layouts)
+    except DriverLoadError as exc:
+        problems.append(f"drivers: {exc}")
+        registry = None
+
+    try:
+        # device_drivers: uplink mappings are checked against the values these drivers produce.
+        devices = raw["devices"] if isinstance(raw.get("devices"), list) else []
+        device_drivers = [d.get("driver") for d in devices if isinstance(d, dict)]
+        config = Config.model_validate(raw, context={"drivers": registry, "device_drivers": device_drivers})
+    except ValidationError as exc:
+        # Layouts were validated above too: _dedupe drops the second copy of their problems.
+        problems += [line for e in exc.errors() for line in _describe(e)]
+        # The cross-section checks did not run (pydantic stops before them): run them on the raw file.
+        problems += cross_reference_problems(*(raw.get(k) if isinstance(raw.get(k), list) else []
+                                               for k in ("sources", "devices", "uplinks")))
+        problems += rule_problems(*(raw.get(k) if isinstance(raw.get(k), list) else []
+                                    for k in ("rules", "actions", "devices")), registry)
+        raise ConfigError(name, _dedupe(problems)) from None
+    problems += rule_problems(*(raw.get(k) if isinstance(raw.get(k), list) else []
+                                for k in ("rules", "actions", "devices")), registry)
+    if problems:
+        raise ConfigError(name, _dedupe(problems))
+    assert registry is not None
+
+    config = config.model_copy(update={
+        "data_dir": _resolve(base, config.data_dir),
+        "drivers_dir": drivers_dir,
+        "sources": [s.model_copy(update={"simulate": _resolve(base, s.simulate)}) for s in config.sources],
+        "uplinks": [_resolve_uplink(base, u) for u in config.uplinks],
+    })
+    return config, registry
+
+
+def _resolve_uplink(base: Path, u: UplinkConfig) -> UplinkConfig:
+    if isinstance(u, MqttConnection):
+        return u.model_copy(update={"password_file": _resolve(base, u.password_file),
+                                    "ca_file": _resolve(base, u.ca_file)})
+    if isinstance(u, NgsiConnection):
+        return u.model_copy(update={"token_file": _resolve(base, u.token_file), "ca_file": _resolve(base, u.ca_file)})
+    return u
+
+
+def _dedupe(lines: list[str]) -> list[str]:
+    return list(dict.fromkeys(lines))

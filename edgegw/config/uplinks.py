@@ -1,0 +1,333 @@
+"""Config of uplinks: MQTT, files, FIWARE IoT Agents and NGSI context brokers."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from edgegw.config.base import Duration, _Section
+from edgegw.config.radio import Device
+from edgegw.drivers import DriverRegistry
+from edgegw.uplink import fiware
+
+# -- uplinks ----------------------------------------------------------------------------------------
+
+class Batching(_Section):
+    max_items: int = Field(500, ge=1, le=100_000)
+    max_bytes: int = Field(256_000, ge=1024)
+
+
+class MqttConnection(_Section):
+    """How to reach an MQTT broker: shared by every uplink that publishes over MQTT."""
+
+    host: str
+    port: int = Field(1883, ge=1, le=65535)
+    client_id: str | None = None
+    username: str | None = None
+    password: str | None = None
+    password_file: Path | None = None
+    tls: bool = False
+    ca_file: Path | None = None
+    keepalive: int = Field(60, ge=5, le=3600)
+    max_inflight: int = Field(4, ge=1, le=64, description="batches awaiting PUBACK at once")
+    batch: Batching = Batching()
+
+    @model_validator(mode="after")
+    def _one_password(self) -> MqttConnection:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("set password or password_file, not both")
+        return self
+
+    def secret(self) -> str | None:
+        if self.password_file is not None:
+            return self.password_file.read_text().strip()
+        return self.password
+
+
+class MqttUplink(MqttConnection):
+    type: Literal["mqtt"]
+    name: str = Field("mqtt", pattern=r"^[A-Za-z0-9_.-]+$")
+    topic: str = Field("edgegw/{gateway}/batches", description="{gateway} is replaced by gateway_id")
+
+    @field_validator("topic")
+    @classmethod
+    def _publishable(cls, v: str) -> str:
+        if not v or "#" in v or "+" in v:
+            raise ValueError("expected a topic without wildcards (+ or #), e.g. \"town/sensors/{gateway}\"")
+        return v
+
+
+class FileUplink(_Section):
+    """Batches appended as JSON lines in a folder: sites with no coverage, collected on a USB stick."""
+
+    type: Literal["file"]
+    name: str = Field("file", pattern=r"^[A-Za-z0-9_.-]+$")
+    path: Path = Path("batches")
+    rotate_bytes: int = Field(10_000_000, ge=4096)
+    batch: Batching = Batching()
+
+
+# -- FIWARE uplinks --------------------------------------------------------------------------------
+
+_ATTRIBUTE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+_API_SEGMENTS = ("v2", "ngsi-ld")  # where the API paths edgegw appends itself begin
+_URL_EXAMPLE = 'e.g. "http://orion.town.example:1026"'
+
+
+class AttributeMapping(_Section):
+    """How driver value names become IoT Agent object ids or NGSI attribute names."""
+
+    attributes: dict[str, str] = Field({}, description='driver value name -> attribute name, e.g. { level = "wl" }')
+
+    @field_validator("attributes")
+    @classmethod
+    def _values_exist(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        bad = [f"{k} = {t!r}" for k, t in v.items() if not _ATTRIBUTE_NAME.match(t)]
+        if bad:
+            raise ValueError(f"attribute names may use letters, digits, _ and - only: {', '.join(bad)}")
+        drivers: DriverRegistry | None = (info.context or {}).get("drivers")
+        used = sorted({d for d in (info.context or {}).get("device_drivers", ()) if drivers and d in drivers})
+        if drivers is None or not used:
+            return v  # no devices yet (or their drivers are reported elsewhere): nothing to check against
+        produced = sorted({name for d in used for name in drivers[d].values})
+        unknown = [k for k in v if k not in produced and k not in fiware.ITEM_MEASURES
+                   and not k.startswith(fiware.ITEM_MEASURE_PREFIXES)]
+        if unknown:
+            raise ValueError(
+                f"{', '.join(map(repr, unknown))}: no driver of the configured devices ({', '.join(used)}) produces "
+                f"such a value; they produce: {', '.join(produced)}"
+            )
+        return v
+
+    def fiware_mapping(self, gateway_id: str, devices: Iterable[Device]) -> fiware.FiwareMapping:
+        """The mapping for :mod:`edgegw.uplink.fiware`, with the locations of ``[[devices]]``."""
+        locations = {d.id: d.location for d in devices if d.location is not None}
+        return fiware.FiwareMapping(gateway_id=gateway_id, locations=locations, **self._mapping())
+
+    def _mapping(self) -> dict[str, Any]:
+        return {"attributes": dict(self.attributes)}
+
+
+class EntityMapping(AttributeMapping):
+    """Attribute names plus how readings and alarms become NGSI entities."""
+
+    entity_types: dict[str, str] = Field({}, description='driver -> entity type, e.g. { paddy = "WaterObserved" }')
+    entity_id: str = Field("urn:ngsi-ld:{type}:{device}", description="{type}, {device}, {gateway} are filled in")
+    alert_categories: dict[str, str | tuple[str, str]] = Field(
+        {}, description='rule name or alarm kind -> SDM Alert category, or [category, subCategory]')
+
+    @field_validator("entity_types")
+    @classmethod
+    def _known_types(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        drivers: DriverRegistry | None = (info.context or {}).get("drivers")
+        problems = []
+        if drivers is not None and (unknown := [k for k in v if k not in drivers]):
+            problems.append(f"unknown driver(s) {', '.join(map(repr, unknown))}; "
+                            f"known drivers: {', '.join(drivers.names())}")
+        if wrong := [f"{t!r} (for {k})" for k, t in v.items() if t not in fiware.READING_TYPES]:
+            problems.append(f"unknown entity type {', '.join(wrong)}; "
+                            f"supported: {', '.join(sorted(fiware.READING_TYPES))}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return v
+
+    @field_validator("entity_id")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        fiware.FiwareMapping(entity_id=v)  # its ValueError says what is wrong
+        return v
+
+    @field_validator("alert_categories")
+    @classmethod
+    def _categories(cls, v: dict[str, str | tuple[str, str]]) -> dict[str, str | tuple[str, str]]:
+        wrong = [f"{k} = {c!r}" for k, c in v.items()
+                 if (c if isinstance(c, str) else c[0]) not in fiware.ALERT_CATEGORY_NAMES]
+        if wrong:
+            raise ValueError(f"unknown SDM Alert category: {', '.join(wrong)}; "
+                             f"expected one of {', '.join(sorted(fiware.ALERT_CATEGORY_NAMES))}")
+        return v
+
+    def _mapping(self) -> dict[str, Any]:
+        categories = {k: (c, None) if isinstance(c, str) else (c[0], c[1]) for k, c in self.alert_categories.items()}
+        return {"attributes": dict(self.attributes), "entity_types": dict(self.entity_types),
+                "entity_id": self.entity_id, "alert_categories": categories}
+
+
+class IotAgentUplink(MqttConnection, AttributeMapping):
+    """Measures to a FIWARE IoT Agent over MQTT: one message per device and batch, QoS 1."""
+
+    apikey: str = Field(description="the API key of the IoT Agent's service group")
+    topic: str = Field(description="{apikey} and {device} are filled in")
+
+    @field_validator("apikey")
+    @classmethod
+    def _apikey(cls, v: str) -> str:
+        if not v or any(c in "/+#" or c.isspace() for c in v):
+            raise ValueError("expected the service group's API key, without / + # or spaces, "
+                             f'e.g. "4jggokgpepnvsb2uv4s40d59ov" (got {v!r})')
+        return v
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, v: str) -> str:
+        try:
+            v.format(apikey="k", device="d")
+        except (KeyError, IndexError, ValueError):
+            raise ValueError(f"use only {{apikey}} and {{device}} in the topic (got {v!r})") from None
+        if "{device}" not in v or "#" in v or "+" in v:
+            raise ValueError("the IoT Agent tells devices apart by topic: it needs {device} and no wildcards, "
+                             f'e.g. "/{{apikey}}/{{device}}/attrs" (got {v!r})')
+        return v
+
+
+class IotaJsonUplink(IotAgentUplink):
+    """IoT Agent JSON: ``{"level": 412, "TimeInstant": ...}``.
+
+    The default topic is the classic form; the agent's current docs name ``/json/{apikey}/{device}/attrs``:
+    check the deployed version.
+    """
+
+    type: Literal["iota-json"]
+    name: str = Field("iota-json", pattern=r"^[A-Za-z0-9_.-]+$")
+    topic: str = Field("/{apikey}/{device}/attrs", description="{apikey} and {device} are filled in")
+
+
+class IotaUlUplink(IotAgentUplink):
+    """IoT Agent Ultralight 2.0: ``<time>|level|412|battery|3.6``."""
+
+    type: Literal["iota-ul"]
+    name: str = Field("iota-ul", pattern=r"^[A-Za-z0-9_.-]+$")
+    topic: str = Field("/ul/{apikey}/{device}/attrs", description="{apikey} and {device} are filled in")
+
+
+def _broker_url(v: str) -> str:
+    """The base URL of a context broker, without a trailing slash."""
+    parts = urlsplit(v.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected the http:// or https:// base URL of the context broker, {_URL_EXAMPLE} (got {v!r})")
+    try:
+        _ = parts.port  # urlsplit checks the port only when asked
+    except ValueError:
+        raise ValueError(f"the port in {v!r} is not a number from 1 to 65535; {_URL_EXAMPLE}") from None
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("put no user or password in the URL: set token or token_file (sent as X-Auth-Token)")
+    if parts.query or parts.fragment:
+        raise ValueError(f"expected a base URL without ?query or #fragment, {_URL_EXAMPLE} (got {v!r})")
+    segments = parts.path.split("/")
+    api = next((i for i, seg in enumerate(segments) if seg in _API_SEGMENTS), None)
+    if api is not None:
+        base = f"{parts.scheme}://{parts.netloc}{'/'.join(segments[:api])}"
+        raise ValueError(f"edgegw adds the API path (/v2/op/update or /ngsi-ld/v1/entityOperations/upsert) "
+                         f"itself: set url to the broker's base URL, \"{base}\" (got {v!r})")
+    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+def _tenant_name(v: str | None, header: str) -> str | None:
+    if v is not None and not re.fullmatch(r"[a-z0-9_]{1,50}", v):
+        raise ValueError(f"{header}: expected 1-50 lowercase letters, digits or _ (FIWARE tenant rules; "
+                         f'Orion folds case), e.g. "kamikawa" (got {v!r})')
+    return v
+
+
+class NgsiConnection(EntityMapping):
+    """How to reach a context broker over HTTP: shared by the NGSI-v2 and NGSI-LD uplinks."""
+
+    url: str = Field(description="the context broker's base URL")
+    token: str | None = Field(None, description="sent as X-Auth-Token")
+    token_file: Path | None = None
+    timeout: Duration = Field(10, description="per request, for connecting and for the answer")
+    verify_tls: bool = True
+    ca_file: Path | None = None
+    batch: Batching = Batching()
+
+    @field_validator("url")
+    @classmethod
+    def _base_url(cls, v: str) -> str:
+        return _broker_url(v)
+
+    @model_validator(mode="after")
+    def _one_token(self) -> NgsiConnection:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("set token or token_file, not both")
+        return self
+
+    def secret(self) -> str | None:
+        """The X-Auth-Token, read from token_file at each call so a rotated token needs no restart."""
+        if self.token_file is not None:
+            return self.token_file.read_text().strip()
+        return self.token
+
+
+class NgsiV2Uplink(NgsiConnection):
+    """NGSI-v2 (Orion): ``POST /v2/op/update`` with ``actionType: append``."""
+
+    type: Literal["ngsi-v2"]
+    name: str = Field("ngsi-v2", pattern=r"^[A-Za-z0-9_.-]+$")
+    service: str | None = Field(None, description="Fiware-Service (tenant)")
+    service_path: str = Field("/", description="Fiware-ServicePath")
+
+    @field_validator("service")
+    @classmethod
+    def _service(cls, v: str | None) -> str | None:
+        return _tenant_name(v, "Fiware-Service")
+
+    @field_validator("service_path")
+    @classmethod
+    def _service_path(cls, v: str) -> str:
+        example = 'e.g. "/" or "/rivers/kamo"'
+        if "#" in v or "," in v:
+            raise ValueError(f"an update goes to exactly one service path (# and , are for queries), {example}")
+        if not v.startswith("/") or (v != "/" and v.endswith("/")):
+            raise ValueError(f"expected an absolute path that starts with / and does not end with /, {example} "
+                             f"(got {v!r})")
+        segments = v[1:].split("/") if v != "/" else []
+        if len(segments) > 10 or not all(re.fullmatch(r"[A-Za-z0-9_]{1,50}", s) for s in segments):
+            raise ValueError(f"expected at most 10 levels of 1-50 letters, digits or _, {example} (got {v!r})")
+        return v
+
+
+class NgsiLdUplink(NgsiConnection):
+    """NGSI-LD: ``POST /ngsi-ld/v1/entityOperations/upsert``, the @context in every entity."""
+
+    type: Literal["ngsi-ld"]
+    name: str = Field("ngsi-ld", pattern=r"^[A-Za-z0-9_.-]+$")
+    tenant: str | None = Field(None, description="NGSILD-Tenant")
+    context: str | list[str] = Field(fiware.LD_CORE_CONTEXT, description="@context URL(s)")
+
+    @field_validator("tenant")
+    @classmethod
+    def _tenant(cls, v: str | None) -> str | None:
+        return _tenant_name(v, "NGSILD-Tenant")
+
+    @field_validator("context")
+    @classmethod
+    def _context_urls(cls, v: str | list[str]) -> str | list[str]:
+        urls = [v] if isinstance(v, str) else v
+        if not urls or any(urlsplit(u).scheme not in ("http", "https") or not urlsplit(u).netloc for u in urls):
+            raise ValueError(f"expected the URL of an @context, or a list of them, e.g. \"{fiware.LD_CORE_CONTEXT}\"")
+        return v
+
+    @field_validator("entity_id")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", v):
+            raise ValueError("NGSI-LD entity ids are URIs: start the template with a scheme, "
+                             f'e.g. "urn:ngsi-ld:{{type}}:{{device}}" (got {v!r})')
+        return v
+
+
+Uplink = Annotated[
+    MqttUplink | FileUplink | IotaJsonUplink | IotaUlUplink | NgsiV2Uplink | NgsiLdUplink, Field(discriminator="type")
+]
+UplinkConfig = MqttUplink | FileUplink | IotaJsonUplink | IotaUlUplink | NgsiV2Uplink | NgsiLdUplink
+UPLINK_TYPES = ("mqtt", "file", "iota-json", "iota-ul", "ngsi-v2", "ngsi-ld")
