@@ -344,13 +344,7 @@ class Outbox:
         """Parked items, the most recently parked first, with the outbox row's details where it still exists."""
         conn = self._reader()
         try:
-            where, args = [], []
-            if kind is not None:
-                where.append("p.kind = ?")
-                args.append(kind)
-            if device is not None:
-                where.append("coalesce(o.device_id, json_extract(p.body, '$.device')) = ?")
-                args.append(device)
+            where, args = _filters(kind, device, "p.kind", "coalesce(o.device_id, json_extract(p.body, '$.device'))")
             if uplink is not None:
                 where.append("p.uplink = ?")
                 args.append(uplink)
@@ -586,14 +580,15 @@ class Purge:
 # -- helpers --------------------------------------------------------------------------------------
 
 
-def _filters(kind: str | None, device: str | None) -> tuple[list[str], list[Any]]:
+def _filters(kind: str | None, device: str | None, kind_column: str = "kind",
+             device_column: str = "device_id") -> tuple[list[str], list[Any]]:
     where: list[str] = []
     args: list[Any] = []
     if kind is not None:
-        where.append("kind = ?")
+        where.append(f"{kind_column} = ?")
         args.append(kind)
     if device is not None:
-        where.append("device_id = ?")
+        where.append(f"{device_column} = ?")
         args.append(device)
     return where, args
 

@@ -7,7 +7,9 @@ import sys
 import time
 
 import pytest
+from click.testing import CliRunner
 
+from edgegw.cli import cli
 from edgegw.radio.emulator import RylrEmulator
 from tests.broker import Mosquitto, Subscriber
 from tests.gateway import Daemon, Sender, wait_until, write_config
@@ -56,12 +58,22 @@ def broker(tmp_path):
     b.stop()
 
 
-def test_alarms_act_locally_within_a_second_and_overtake_the_backlog(tmp_path, broker):
+@pytest.fixture
+def site(tmp_path, broker):
+    """Emulator + daemon (river stages, a siren action recording its runs in ``out``), torn down after."""
     script, out = tmp_path / "siren.py", tmp_path / "siren.jsonl"
     script.write_text(ACTION)
     emulator = RylrEmulator(tmp_path / "rylr0")
     emulator.plug()
-    daemon = Daemon(write_config(tmp_path, emulator.link, broker.port, extra=rules_and_action(script, out)))
+    config = write_config(tmp_path, emulator.link, broker.port, extra=rules_and_action(script, out))
+    daemon = Daemon(config)
+    yield emulator, daemon, config, out
+    daemon.stop()
+    emulator.unplug()
+
+
+def test_alarms_act_locally_within_a_second_and_overtake_the_backlog(site, broker):
+    emulator, daemon, _, out = site
     sub = Subscriber("127.0.0.1", broker.port, TOPIC, client_id="platform")
     try:
         broker.stop()  # the uplink is down from the start
@@ -99,34 +111,20 @@ def test_alarms_act_locally_within_a_second_and_overtake_the_backlog(tmp_path, b
         assert alarms["trap_sprung"]["location"] is None and not alarms["trap_sprung"]["late"]
     finally:
         sub.close()
-        daemon.stop()
-        emulator.unplug()
 
 
-def test_status_and_alarms_commands_show_open_alarms_first(tmp_path, broker):
-    script, out = tmp_path / "siren.py", tmp_path / "siren.jsonl"
-    script.write_text(ACTION)
-    emulator = RylrEmulator(tmp_path / "rylr0")
-    emulator.plug()
-    config = write_config(tmp_path, emulator.link, broker.port, extra=rules_and_action(script, out))
-    daemon = Daemon(config)
-    try:
-        daemon.start().wait_receiving()
-        sender = Sender(emulator)
-        sender.send("trap-01", {"state": "sprung", "tamper": False, "battery": 3.6})
-        wait_until(lambda: daemon.status().get("open_alarms"), 10, "an open alarm")
-        from click.testing import CliRunner
-
-        from edgegw.cli import cli
-        text = CliRunner().invoke(cli, ["status", "-c", str(config)]).output
-        assert text.splitlines()[1] == "open alarms (1)" and "trap_sprung" in text.splitlines()[2]
-        listed = json.loads(CliRunner().invoke(cli, ["alarms", "-c", str(config), "--json"]).output)
-        assert [a["kind"] for a in listed["open"]] == ["trap_sprung"]
-        sender.send("trap-01", {"state": "armed", "tamper": False, "battery": 3.6})
-        wait_until(lambda: not daemon.status().get("open_alarms", [1]), 10, "the alarm closed by the re-arm")
-        listed = json.loads(CliRunner().invoke(cli, ["alarms", "-c", str(config), "--json"]).output)
-        assert [a["kind"] for a in listed["recent"]] == ["trap_rearmed", "trap_sprung"]
-        assert listed["recent"][1]["closed_by"] == listed["recent"][0]["id"]
-    finally:
-        daemon.stop()
-        emulator.unplug()
+def test_status_and_alarms_commands_show_open_alarms_first(site):
+    emulator, daemon, config, _ = site
+    daemon.start().wait_receiving()
+    sender = Sender(emulator)
+    sender.send("trap-01", {"state": "sprung", "tamper": False, "battery": 3.6})
+    wait_until(lambda: daemon.status().get("open_alarms"), 10, "an open alarm")
+    text = CliRunner().invoke(cli, ["status", "-c", str(config)]).output
+    assert text.splitlines()[1] == "open alarms (1)" and "trap_sprung" in text.splitlines()[2]
+    listed = json.loads(CliRunner().invoke(cli, ["alarms", "-c", str(config), "--json"]).output)
+    assert [a["kind"] for a in listed["open"]] == ["trap_sprung"]
+    sender.send("trap-01", {"state": "armed", "tamper": False, "battery": 3.6})
+    wait_until(lambda: not daemon.status().get("open_alarms", [1]), 10, "the alarm closed by the re-arm")
+    listed = json.loads(CliRunner().invoke(cli, ["alarms", "-c", str(config), "--json"]).output)
+    assert [a["kind"] for a in listed["recent"]] == ["trap_rearmed", "trap_sprung"]
+    assert listed["recent"][1]["closed_by"] == listed["recent"][0]["id"]
