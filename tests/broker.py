@@ -554,3 +554,19 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture
+def persistent_mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """Like ``mosquitto``, but the broker keeps sessions across ``stop()``/``start()``.
+
+    Use it when a test stops the broker for an outage and then checks what a subscriber
+    received: a platform's broker keeps its subscribers' sessions, and without that the
+    gateway may deliver its backlog before the test's subscriber has subscribed again.
+    """
+    broker = Mosquitto(tmp_path / "persistent-mosquitto", persistence=True)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()

@@ -1,7 +1,7 @@
 import pytest
 
 from edgegw.radio.emulator import RylrEmulator
-from tests.broker import mosquitto  # noqa: F401  (fixture: a real Mosquitto on a free loopback port)
+from tests.broker import mosquitto, persistent_mosquitto  # noqa: F401  (fixtures: a real Mosquitto on a free loopback port)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from edgegw.cli import cli
 from edgegw.radio.emulator import RylrEmulator
-from tests.broker import Mosquitto, Subscriber
+from tests.broker import Subscriber
 from tests.gateway import Daemon, Sender, wait_until, write_config
 
 TOPIC = "test/gw-test/batches"
@@ -49,13 +49,8 @@ def actions_run(out) -> list[dict]:
 
 
 @pytest.fixture
-def broker(tmp_path):
-    # Persistent, so the test's subscription outlives the outage like a platform's would.
-    b = Mosquitto(tmp_path / "broker", persistence=True)
-    (tmp_path / "broker").mkdir()
-    b.start()
-    yield b
-    b.stop()
+def broker(persistent_mosquitto):
+    return persistent_mosquitto
 
 
 @pytest.fixture

@@ -62,7 +62,7 @@ def test_alarms_always_survive_the_cap(tmp_path_factory, readings, alarms_every)
     assert kinds(store).get("reading", 0) + dropped.get("reading", 0) == readings - alarms
 
 
-def test_cap_during_an_outage_keeps_alarms_and_counts_drops(tmp_path, mosquitto):
+def test_cap_during_an_outage_keeps_alarms_and_counts_drops(tmp_path, persistent_mosquitto):
     import sqlite3
 
     from edgegw.radio.emulator import RylrEmulator
@@ -71,12 +71,12 @@ def test_cap_during_an_outage_keeps_alarms_and_counts_drops(tmp_path, mosquitto)
 
     emulator = RylrEmulator(tmp_path / "rylr0")
     emulator.plug()
-    config = write_config(tmp_path, emulator.link, mosquitto.port, log_level="info",
+    config = write_config(tmp_path, emulator.link, persistent_mosquitto.port, log_level="info",
                           extra='\n[store]\nmax_bytes = "1MB"\n')
     daemon = Daemon(config)
-    sub = Subscriber("127.0.0.1", mosquitto.port, "test/gw-test/batches", client_id="platform")
+    sub = Subscriber("127.0.0.1", persistent_mosquitto.port, "test/gw-test/batches", client_id="platform")
     try:
-        mosquitto.stop()
+        persistent_mosquitto.stop()
         daemon.start().wait_receiving()
         sender = Sender(emulator)  # traps toggle: an alarm every other trap frame
         for _ in range(8):
@@ -93,11 +93,15 @@ def test_cap_during_an_outage_keeps_alarms_and_counts_drops(tmp_path, mosquitto)
         assert readings_left + dropped == accepted  # every accepted reading is either queued or counted
         wait_until(lambda: "disk cap reached" in daemon.log.read_text(), 10, "the episode logged")
 
-        mosquitto.start()
+        persistent_mosquitto.start()
         sub.wait_subscribed(timeout=20)
         wait_until(lambda: daemon.status()["outbox"]["pending"] == 0, 60, "the rest delivered")
-        received = [i for b in sub.json_messages() for i in b["items"]]
-        assert sum(i["type"] == "alarm" for i in received) == raised
+
+        def alarms_received() -> int:
+            return sum(i["type"] == "alarm" for b in sub.json_messages() for i in b["items"])
+        # Acknowledged by the broker is not yet received by the platform: wait for the subscriber.
+        wait_until(lambda: alarms_received() >= raised, 30, "every alarm at the platform")
+        assert alarms_received() == raised
     finally:
         sub.close()
         daemon.stop()

@@ -21,15 +21,15 @@ def pending_health(db) -> list[str]:
         return [r[0] for r in conn.execute("SELECT item_id FROM outbox WHERE kind = 'health' AND pending != 0")]
 
 
-def test_health_reports_queue_depth_rejects_and_sources_and_only_the_newest_waits(tmp_path, mosquitto):
+def test_health_reports_queue_depth_rejects_and_sources_and_only_the_newest_waits(tmp_path, persistent_mosquitto):
     emulator = RylrEmulator(tmp_path / "rylr0")
     emulator.plug()
-    config = write_config(tmp_path, emulator.link, mosquitto.port, log_level="info")
+    config = write_config(tmp_path, emulator.link, persistent_mosquitto.port, log_level="info")
     config.write_text('health_every = "1s"\n' + config.read_text())
     daemon = Daemon(config)
-    sub = Subscriber("127.0.0.1", mosquitto.port, "test/gw-test/batches", client_id="platform")
+    sub = Subscriber("127.0.0.1", persistent_mosquitto.port, "test/gw-test/batches", client_id="platform")
     try:
-        mosquitto.stop()
+        persistent_mosquitto.stop()
         daemon.start().wait_receiving()
         Sender(emulator).burst(5)
         emulator.receive(99, "00", -90, 1.0)  # an unknown device: one reject
@@ -43,7 +43,7 @@ def test_health_reports_queue_depth_rejects_and_sources_and_only_the_newest_wait
         wait_until(three_reports, 20, "three health reports queued in turn")
         assert len(pending_health(daemon.db)) == 1
 
-        mosquitto.start()
+        persistent_mosquitto.start()
         sub.wait_subscribed(timeout=20)
 
         def health() -> list[dict]:
