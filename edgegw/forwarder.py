@@ -146,14 +146,14 @@ class Forwarder:
         if self._suspects:
             seqs = self._suspects.pop(0)
             marks = ",".join("?" * len(seqs))
-            bodies = dict(reader.execute(f"SELECT seq, body FROM outbox WHERE seq IN ({marks})", seqs).fetchall())
+            bodies = dict(reader.execute(f"SELECT seq, item FROM outbox_items WHERE seq IN ({marks})", seqs).fetchall())
             self._release([s for s in seqs if s not in bodies])  # replaced meanwhile (an older health report)
             return self._send([s for s in seqs if s in bodies], [bodies[s] for s in seqs if s in bodies])
         with self._busy_lock:
             busy = set(self._busy)
         # Readings of this boot stamped before the clock was set wait to be re-stamped (edgegw.clock).
         rows = reader.execute(
-            "SELECT seq, body FROM outbox WHERE pending != 0 AND pending & ? AND priority >= ?"
+            "SELECT seq, item FROM outbox_items WHERE pending != 0 AND pending & ? AND priority >= ?"
             " AND NOT (kind = 'reading' AND observed_at < ? AND boot_id = ?) ORDER BY priority DESC, seq LIMIT ?",
             (self.bit, min_priority, CLOCK_SANE_AFTER, self.boot_id, self.max_items + len(busy)),
         ).fetchall()

@@ -10,7 +10,6 @@ gets ``<device>:h:<hash of payload>:<minute>``.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import dataclass
 
@@ -39,12 +38,11 @@ class Ingest:
     """Turns frames into readings and stores them; used only by the writer thread."""
 
     def __init__(self, config: Config, drivers: DriverRegistry, store: Store, uplink_mask: int):
-        self.gateway_id = config.gateway_id
         self.drivers = drivers
         self.store = store
+        store.describe(config.gateway_id, {name: driver.units() for name, driver in drivers.drivers.items()})
         self.uplink_mask = uplink_mask
         self.boot_id = boot_id()
-        self.units = {name: driver.units() for name, driver in drivers.drivers.items()}  # not per frame
         self.by_address: dict[tuple[str, int], Device] = {
             (config.device_source(d), d.address): d for d in config.devices
         }
@@ -65,14 +63,13 @@ class Ingest:
         except Exception as exc:  # a driver bug must cost one frame, never the daemon
             reason, detail = "driver_error", f"{type(exc).__name__}: {exc}"
         else:
-            return self._store_reading(frame, device, state, decoded.values, decoded.counter, decoded.epoch,
-                                       self.units[device.driver])
+            return self._store_reading(frame, device, state, decoded.values, decoded.counter, decoded.epoch)
         state.rejects += 1
         self.store.touch(state)
         return Reject(frame.source, reason, detail, frame.address, device.id, frame.payload, frame.wall)
 
     def _store_reading(self, frame: Frame, device: Device, state: DeviceState, values, counter: int | None,
-                       device_epoch: int | None, units: dict[str, str]) -> Reading | Duplicate:
+                       device_epoch: int | None) -> Reading | Duplicate:
         now = time.time()
         if counter is None:
             reading_id = f"{device.id}:h:{hashlib.sha256(frame.payload).hexdigest()[:16]}:{int(frame.wall // 60)}"
@@ -98,15 +95,10 @@ class Ingest:
         reading = Reading(
             reading_id=reading_id, device_id=device.id, driver=device.driver, observed_at=observed,
             time_quality="synced" if plausible(observed) else "unsynced", counter=counter,
-            values=values, units=units, source=frame.source, address=frame.address, rssi=frame.rssi,
+            values=values, source=frame.source, address=frame.address, rssi=frame.rssi,
             snr=frame.snr, mono=frame.mono, boot_id=self.boot_id,
         )
-        body = json.dumps(reading.item(self.gateway_id), separators=(",", ":"), ensure_ascii=False)
-        added = self.store.add_item(
-            reading_id, "reading", 0, device.id, observed, frame.mono, self.boot_id, frame.payload, body,
-            self.uplink_mask, now,
-        )
-        if not added:
+        if not self.store.add_reading(reading, frame.payload, self.uplink_mask, now):
             return self._duplicate(state, frame, reading_id)
         state.readings += 1
         state.last_seen, state.last_rssi, state.last_snr = frame.wall, frame.rssi, frame.snr

@@ -616,10 +616,10 @@ def _bit(conn: sqlite3.Connection, uplink: str) -> int:
 
 def _find(conn: sqlite3.Connection, ident: str) -> sqlite3.Row | None:
     """The outbox row of an item id, or of a seq (a number that is not an item id)."""
-    cols = "seq, item_id, kind, priority, device_id, observed_at, accepted_at, delivered_at, pending, body"
-    row = conn.execute(f"SELECT {cols} FROM outbox WHERE item_id = ?", (ident,)).fetchone()
+    cols = "seq, item_id, kind, priority, device_id, observed_at, accepted_at, delivered_at, pending, item AS body"
+    row = conn.execute(f"SELECT {cols} FROM outbox_items WHERE item_id = ?", (ident,)).fetchone()
     if row is None and ident.isdigit():
-        row = conn.execute(f"SELECT {cols} FROM outbox WHERE seq = ?", (int(ident),)).fetchone()
+        row = conn.execute(f"SELECT {cols} FROM outbox_items WHERE seq = ?", (int(ident),)).fetchone()
     return row
 
 

@@ -9,7 +9,9 @@ WAL lets them read while the writer writes.
 
 Tables:
 
-``outbox``         readings and alarms with priority and a bitmask of uplinks yet to ack
+``outbox``         readings, alarms and health reports, with priority and a bitmask of uplinks yet to ack
+``outbox_items``   a view: each outbox row with its batch item as JSON text (see below)
+``drivers``        driver name -> the units of its values, for rendering readings
 ``uplinks``        uplink name -> bit in ``outbox.pending``, and its last known state
 ``devices``        registry: last seen, last RSSI/SNR, frame counter and its epoch, counts
 ``sources``        radio sources: state, last frame time, frame count
@@ -20,7 +22,13 @@ Tables:
 ``rule_buffer``    readings held back to be evaluated in observation order (see rules.engine)
 ``parked``         items an uplink refused for good, with the platform's error, kept for inspection
 ``alarms``         every alarm raised, open until a later alarm closes it, for ``edgegw alarms``
-``meta``           schema version
+``meta``           schema version, gateway id, the rules' clock
+
+A reading is stored as columns plus its values as JSON, about 150 bytes, and rendered into its batch
+item by the ``outbox_items`` view when it is read: the full item (360 bytes) written to the WAL,
+rewritten by the acknowledgement and again by the checkpoint was most of what the SD card wrote.
+Alarms, health reports, and readings rebuilt from a parked copy keep their whole item in ``body``
+(their ``driver`` column is NULL).
 """
 
 from __future__ import annotations
@@ -36,9 +44,9 @@ from pathlib import Path
 from typing import Any
 
 from edgegw.clock import STEP
-from edgegw.model import PRIORITY_ALARM, PRIORITY_HEALTH, Alarm, iso
+from edgegw.model import PRIORITY_ALARM, PRIORITY_HEALTH, Alarm, Reading, iso
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 WAL_LIMIT = 8_000_000
 CAP_LOW_WATER = 0.9  # once over the cap, free space down to this fraction of it: not a drop per commit
 
@@ -110,20 +118,42 @@ def open_reader(path: Path) -> sqlite3.Connection:
     return conn
 
 
+# The batch item of a reading (see edgegw/schemas/batch-v1.schema.json). Milliseconds are truncated,
+# as edgegw.model.iso does for alarms and health reports.
+ITEM_SQL = """
+CASE WHEN o.kind = 'reading' AND o.driver IS NOT NULL THEN json_object(
+    'type', 'reading', 'id', o.item_id, 'device', o.device_id, 'driver', o.driver,
+    'observed_at', strftime('%Y-%m-%dT%H:%M:%fZ', floor(o.observed_at * 1000) / 1000.0, 'unixepoch'),
+    'time_quality', o.time_quality, 'counter', o.counter, 'values', json(o.body),
+    'units', json(coalesce((SELECT units FROM drivers d WHERE d.name = o.driver), '{}')),
+    'radio', json_object('gateway', (SELECT value FROM meta WHERE key = 'gateway_id'), 'source', o.source,
+                         'address', o.address, 'rssi', o.rssi, 'snr', o.snr))
+ELSE o.body END"""
+
+# Columns a v1 outbox lacks; its rows keep their whole item in body, which the view sends as it is.
+READING_COLUMNS = {"driver": str, "time_quality": str, "counter": int, "source": str, "address": int,
+                   "rssi": float, "snr": float}
+
+
 def _create_schema(db: sqlite_utils.Database) -> None:
     db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
     db["outbox"].create(
         {
             "seq": int, "item_id": str, "kind": str, "priority": int, "device_id": str,
             "observed_at": float, "mono": float, "boot_id": str, "raw": bytes, "body": str,
-            "pending": int, "accepted_at": float, "delivered_at": float,
+            "pending": int, "accepted_at": float, "delivered_at": float, **READING_COLUMNS,
         },
         pk="seq", not_null={"item_id", "kind", "priority", "body", "pending", "accepted_at"}, if_not_exists=True,
     )
+    for name, kind in READING_COLUMNS.items():
+        if name not in db["outbox"].columns_dict:
+            db["outbox"].add_column(name, kind)
     db.execute("CREATE UNIQUE INDEX IF NOT EXISTS outbox_item ON outbox(item_id)")
     # Only undelivered rows are indexed, so a million delivered rows cost the forwarder nothing.
     db.execute("CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(priority DESC, seq) WHERE pending != 0")
     db.execute("CREATE INDEX IF NOT EXISTS outbox_delivered ON outbox(delivered_at) WHERE pending = 0")
+    db.execute(f"CREATE VIEW IF NOT EXISTS outbox_items AS SELECT o.*, {ITEM_SQL} AS item FROM outbox o")
+    db["drivers"].create({"name": str, "units": str}, pk="name", if_not_exists=True)
     db["uplinks"].create(
         {"name": str, "bit": int, "state": str, "detail": str, "changed_at": float, "batches": int,
          "items": int, "last_ack_at": float},
@@ -241,6 +271,30 @@ class Store:
         row = self.conn.execute("SELECT raw, accepted_at FROM outbox WHERE item_id = ?", (item_id,)).fetchone()
         return (row[0], row[1]) if row else None
 
+    def describe(self, gateway_id: str, units: dict[str, dict[str, str]]) -> None:
+        """Record what the ``outbox_items`` view needs to render readings: the gateway id and each driver's units."""
+        self.begin()
+        self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('gateway_id', ?)", (gateway_id,))
+        self.conn.executemany("INSERT OR REPLACE INTO drivers VALUES (?, ?)",
+                              [(name, json.dumps(u, separators=(",", ":"))) for name, u in units.items()])
+        self.commit()
+
+    def add_reading(self, reading: Reading, raw: bytes, pending: int, now: float) -> bool:
+        """Insert a reading as columns (see the module docstring); False if its id is already there.
+
+        RSSI and SNR are kept to 0.01 dB: SQL renders REALs to 15 significant digits, and no radio
+        measures finer than that (a hostile line may claim more).
+        """
+        rssi, snr = (None if x is None else round(x, 2) for x in (reading.rssi, reading.snr))
+        cur = self.conn.execute(
+            "INSERT OR IGNORE INTO outbox(item_id, kind, priority, device_id, driver, observed_at, time_quality,"
+            " counter, mono, boot_id, source, address, rssi, snr, raw, body, pending, accepted_at)"
+            " VALUES (?, 'reading', 0, ?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (reading.reading_id, reading.device_id, reading.driver, reading.observed_at, reading.time_quality,
+             reading.counter, reading.mono, reading.boot_id, reading.source, reading.address, rssi, snr, raw, json.dumps(reading.values, separators=(",", ":"), ensure_ascii=False), pending, now),
+        )
+        return cur.rowcount == 1
+
     def add_item(
         self, item_id: str, kind: str, priority: int, device_id: str | None, observed_at: float, mono: float,
         boot_id: str, raw: bytes | None, body: str, pending: int, now: float,
@@ -299,7 +353,7 @@ class Store:
         """An uplink refused this item for good: stop offering it to that uplink, keep it with the error."""
         self.conn.execute(
             "INSERT OR REPLACE INTO parked(item_id, uplink, kind, error, parked_at, body)"
-            " SELECT item_id, ?, kind, ?, ?, body FROM outbox WHERE seq = ?", (uplink, error[:2000], now, seq))
+            " SELECT item_id, ?, kind, ?, ?, item FROM outbox_items WHERE seq = ?", (uplink, error[:2000], now, seq))
         self.acked(bit, [seq], now)
 
     def restamp(self, boot_id: str, offset: float, before: float = float("inf")) -> int:
@@ -310,10 +364,9 @@ class Store:
         ``estimated``. Returns how many.
         """
         return self.conn.execute(
-            "UPDATE outbox SET observed_at = mono + :new, body = json_set(body,"
-            " '$.observed_at', strftime('%Y-%m-%dT%H:%M:%fZ', mono + :new, 'unixepoch'),"
-            " '$.time_quality', 'estimated')"
-            " WHERE kind = 'reading' AND pending != 0 AND boot_id = :boot AND abs(observed_at - mono - :new) > :tol"
+            "UPDATE outbox SET observed_at = mono + :new, time_quality = 'estimated'"
+            " WHERE kind = 'reading' AND driver IS NOT NULL AND pending != 0 AND boot_id = :boot"
+            " AND abs(observed_at - mono - :new) > :tol"
             " AND observed_at < :before",
             {"new": offset, "boot": boot_id, "tol": STEP, "before": before},
         ).rowcount

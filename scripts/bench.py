@@ -142,11 +142,9 @@ def fill(db: Path, count: int) -> None:
     store.begin()
     for i in range(count):
         reading = Reading(f"backlog:0:{i}", "river-01", "water_level", now - count + i, "synced", i,
-                          {"level": 1000 + i % 1000, "water_temperature": 12.5, "battery": 3.6},
-                          {"level": "mm", "water_temperature": "Cel", "battery": "V"}, "lora0", 21, -80.0, 7.5,
-                          0.0, boot)
-        store.add_item(reading.reading_id, "reading", 0, "river-01", reading.observed_at, 0.0, boot,
-                       b"\x01" * 9, json.dumps(reading.item("gw-test"), separators=(",", ":")), bits["broker"], now)
+                          {"level": 1000 + i % 1000, "water_temperature": 12.5, "battery": 3.6}, "lora0", 21,
+                          -80.0, 7.5, 0.0, boot)
+        store.add_reading(reading, b"\x01" * 9, bits["broker"], now)
         if i % 50_000 == 49_999:
             store.commit()
             store.begin()

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from edgegw.clock import STEP, ClockWatch
 from edgegw.radio.emulator import RylrEmulator
+from edgegw.model import Reading
 from edgegw.store import Store
 from tests.broker import Subscriber
 from tests.gateway import Daemon, Sender, wait_until, write_config
@@ -34,7 +35,6 @@ def test_slewing_is_followed_silently_and_a_step_is_reported_once(slews):
 def test_restamp_touches_only_this_boots_unsent_readings_from_before_the_step(tmp_path):
     store = Store(tmp_path / "gw.db")
     store.register_uplinks(["town"])
-    body = json.dumps({"type": "reading", "observed_at": "1970-01-02T00:00:00.000Z", "time_quality": "unsynced"})
     store.begin()
     for item_id, observed, mono, boot, pending in [
         ("old", 86400.0, 100.0, "boot-a", 1),    # before the step: re-stamped
@@ -42,13 +42,16 @@ def test_restamp_touches_only_this_boots_unsent_readings_from_before_the_step(tm
         ("other", 86402.0, 102.0, "boot-b", 1),  # another boot: its monotonic clock means nothing now
         ("new", 1_790_000_103.0, 103.0, "boot-a", 1),  # after the step: already right
     ]:
-        store.add_item(item_id, "reading", 0, "river-01", observed, mono, boot, None, body, pending, 0.0)
+        reading = Reading(item_id, "river-01", "water_level", observed, "unsynced", 1, {"level": 1}, "lora0", 21,
+                          None, None, mono, boot)
+        store.add_reading(reading, b"", pending, 0.0)
     assert store.restamp("boot-a", 1_790_000_000.0) == 1
     store.commit()
-    rows = {r[0]: (r[1], json.loads(r[2])) for r in store.conn.execute("SELECT item_id, observed_at, body FROM outbox")}
+    rows = {r[0]: (r[1], json.loads(r[2])) for r in store.conn.execute("SELECT item_id, observed_at, item FROM outbox_items")}
     assert rows["old"][0] == 1_790_000_100.0
     assert rows["old"][1]["observed_at"] == "2026-09-21T14:15:00.000Z" and rows["old"][1]["time_quality"] == "estimated"
     assert rows["sent"][0] == 86401.0 and rows["other"][0] == 86402.0 and rows["new"][0] == 1_790_000_103.0
+    assert rows["sent"][1]["time_quality"] == "unsynced"
 
 
 @pytest.mark.skipif(not LIBFAKETIME.exists() or not shutil.which("faketime"), reason="needs libfaketime (apt-get install faketime)")

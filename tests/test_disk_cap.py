@@ -83,12 +83,14 @@ def test_cap_during_an_outage_keeps_alarms_and_counts_drops(tmp_path, persistent
             sender.burst(500)
             daemon.wait_committed(1)
         wait_until(lambda: daemon.status().get("dropped", {}).get("reading"), 30, "readings dropped at the cap")
-        with sqlite3.connect(daemon.db) as db:
-            raised = db.execute("SELECT count(*) FROM alarms").fetchone()[0]
-            queued_alarms = db.execute("SELECT count(*) FROM outbox WHERE kind = 'alarm'").fetchone()[0]
-            readings_left = db.execute("SELECT count(*) FROM outbox WHERE kind = 'reading'").fetchone()[0]
-            accepted = db.execute("SELECT sum(readings) FROM devices").fetchone()[0]
-        dropped = daemon.status()["dropped"]["reading"]
+        db = sqlite3.connect(daemon.db, isolation_level=None)
+        db.execute("BEGIN")  # one snapshot: the daemon goes on dropping meanwhile
+        raised = db.execute("SELECT count(*) FROM alarms").fetchone()[0]
+        queued_alarms = db.execute("SELECT count(*) FROM outbox WHERE kind = 'alarm'").fetchone()[0]
+        readings_left = db.execute("SELECT count(*) FROM outbox WHERE kind = 'reading'").fetchone()[0]
+        accepted = db.execute("SELECT sum(readings) FROM devices").fetchone()[0]
+        dropped = db.execute("SELECT count FROM drops WHERE reason = 'disk_cap' AND kind = 'reading'").fetchone()[0]
+        db.close()
         assert raised > 100 and queued_alarms == raised  # no alarm dropped
         assert readings_left + dropped == accepted  # every accepted reading is either queued or counted
         wait_until(lambda: "disk cap reached" in daemon.log.read_text(), 10, "the episode logged")

@@ -13,6 +13,7 @@ import re
 import unicodedata
 from collections.abc import Callable
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -26,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgegw.model import BATCH_SCHEMA_FILE, Reading
+from edgegw.store import Store
 from edgegw.uplink.fiware import (
     UNIT_CODES,
     FiwareMapping,
@@ -248,14 +250,25 @@ def measured_values(item: dict[str, Any]) -> list[Any]:
 
 # -- fixtures: items as the gateway makes them ----------------------------------------------------------
 
+OUTBOX = Store(Path(":memory:"))
+
+
 def reading_item(driver, payload: bytes, device: str, rssi: float | None = -97.0) -> dict[str, Any]:
     decoded = driver.decode(payload)
     reading = Reading(
         reading_id=f"{device}:0:{decoded.counter}", device_id=device, driver=driver.name,
         observed_at=1748746800.0, time_quality="synced", counter=decoded.counter, values=decoded.values,
-        units=driver.units(), source="lora0", address=7, rssi=rssi, snr=7.25, mono=1.0, boot_id="b",
+        source="lora0", address=7, rssi=rssi, snr=7.25, mono=1.0, boot_id="b",
     )
-    return reading.item("gw-1")
+    # Rendered by the outbox, as the forwarders read it.
+    OUTBOX.describe("gw-1", {driver.name: driver.units()})
+    OUTBOX.begin()
+    try:
+        OUTBOX.add_reading(reading, payload, 1, 0.0)
+        (item,) = OUTBOX.conn.execute("SELECT item FROM outbox_items WHERE item_id = ?", (reading.reading_id,)).fetchone()
+    finally:
+        OUTBOX.rollback()
+    return json.loads(item)
 
 
 def water(level_mm: int = 1234, device: str = "river-1") -> dict[str, Any]:

@@ -17,9 +17,9 @@ DRIVERS = load_drivers()
 WL = DRIVERS["water_level"]
 
 
-def make(tmp_path, name="gw.db") -> Ingest:
+def make(tmp_path, name="gw.db", gateway_id="gw-a") -> Ingest:
     config = Config.model_validate({
-        "gateway_id": "gw-a",
+        "gateway_id": gateway_id,
         "sources": [{"type": "rylr", "name": "lora0", "port": "/dev/null"}],
         "devices": [{"id": "river-01", "address": 21, "driver": "water_level"},
                     {"id": "trap-01", "address": 17, "driver": "trap"}],
@@ -44,12 +44,12 @@ def ids(results) -> list[str]:
 
 
 def test_reading_id_comes_from_device_counter_not_gateway(tmp_path):
-    a, b = make(tmp_path, "a.db"), make(tmp_path, "b.db")
-    b.gateway_id = "gw-b"  # a second gateway with overlapping coverage
+    a, b = make(tmp_path, "a.db"), make(tmp_path, "b.db", "gw-b")  # a second gateway with overlapping coverage
     ra, rb = handle(a, frame(5))[0], handle(b, frame(5))[0]
     assert ra.reading_id == rb.reading_id == "river-01:0:5"
-    body = json.loads(a.store.conn.execute("SELECT body FROM outbox").fetchone()[0])
-    assert body["radio"]["gateway"] == "gw-a" and body["values"]["level"] == 1000
+    items = [json.loads(i.store.conn.execute("SELECT item FROM outbox_items").fetchone()[0]) for i in (a, b)]
+    assert [i["radio"]["gateway"] for i in items] == ["gw-a", "gw-b"]
+    assert items[0]["id"] == items[1]["id"] and items[0]["values"]["level"] == 1000
 
 
 def test_same_frame_twice_is_one_reading(tmp_path):

@@ -61,7 +61,7 @@ class Rig:
     def read(self, device: str, values: dict, at: float, now: float | None = None) -> list[Alarm]:
         self.counter += 1
         driver = "trap" if device.startswith("trap") else "water_level"
-        reading = Reading(f"{device}:0:{self.counter}", device, driver, at, "synced", self.counter, values, {},
+        reading = Reading(f"{device}:0:{self.counter}", device, driver, at, "synced", self.counter, values,
                           "lora0", 17, None, None, 0.0, "boot")
         now = at if now is None else now
         self.store.begin()

@@ -1,10 +1,15 @@
-"""The outbox's bookkeeping on a real SQLite file: acknowledgements touch exactly the rows acked."""
+"""The outbox on real SQLite: acknowledgements touch exactly the rows acked; readings read back as stored."""
 
 from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edgegw.model import Reading, iso
 from edgegw.store import Store, runs
 
 
@@ -33,3 +38,65 @@ def test_an_ack_clears_only_its_rows_and_only_its_uplink(tmp_path_factory, first
         assert bool(pending & bits["b"]) == (seq not in second)
         assert (delivered is not None) == (seq in first and seq in second)
     store.close()
+
+
+VALUES = st.dictionaries(
+    st.text(st.characters(codec="utf-8"), min_size=1, max_size=12),
+    st.one_of(st.integers(-2**53, 2**53), st.floats(allow_nan=False, allow_infinity=False), st.booleans(),
+              st.text(st.characters(codec="utf-8"), max_size=20)),
+    max_size=5,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(VALUES, st.floats(0, 4e9), st.none() | st.integers(0, 65535), st.none() | st.floats(-140, 0),
+       st.sampled_from(["synced", "unsynced", "estimated"]))
+def test_a_reading_reads_back_as_the_item_it_was(values, observed, counter, rssi, quality):
+    """Readings are stored as columns and rendered by SQL: the item must say exactly what was decoded."""
+    store = OUTBOX
+    reading = Reading("dev-1:0:1", "dev-1", "water_level", observed, quality, counter, values, "lora0", 21,
+                      rssi, 7.5, 1.0, "boot")
+    store.begin()
+    try:
+        store.add_reading(reading, b"\x01", 1, 0.0)
+        (text,) = store.conn.execute("SELECT item FROM outbox_items WHERE item_id = 'dev-1:0:1'").fetchone()
+    finally:
+        store.rollback()
+    item = json.loads(text)
+    assert item == {
+        "type": "reading", "id": "dev-1:0:1", "device": "dev-1", "driver": "water_level",
+        "observed_at": iso(observed), "time_quality": quality, "counter": counter, "values": values,
+        "units": {"level": "mm"},
+        "radio": {"gateway": "gw-x", "source": "lora0", "address": 21, "rssi": rssi and round(rssi, 2),
+                  "snr": 7.5},
+    }
+
+
+def test_an_outbox_of_schema_1_is_upgraded_and_its_rows_sent_as_they_were(tmp_path):
+    path = tmp_path / "edgegw.db"
+    old = sqlite3.connect(path)
+    old.executescript(SCHEMA_1)
+    item = {"type": "reading", "id": "river-01:0:7", "device": "river-01", "values": {"level": 1200}}
+    old.execute("INSERT INTO outbox(item_id, kind, priority, device_id, observed_at, mono, boot_id, raw, body,"
+                " pending, accepted_at) VALUES ('river-01:0:7', 'reading', 0, 'river-01', 1.0, 1.0,"
+                " '8f0c2e4a-0000-0000-0000-000000000000', x'01', ?, 1, 1.0)", (json.dumps(item),))
+    old.commit()
+    old.close()
+    store = Store(path)
+    assert store.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+    (text,) = store.conn.execute("SELECT item FROM outbox_items").fetchone()
+    assert json.loads(text) == item
+    store.close()
+
+
+OUTBOX = Store(Path(":memory:"))
+OUTBOX.describe("gw-x", {"water_level": {"level": "mm"}})
+
+SCHEMA_1 = """
+CREATE TABLE [meta] ([key] TEXT PRIMARY KEY, [value] TEXT);
+INSERT INTO meta VALUES ('schema_version', '1');
+CREATE TABLE [outbox] ([seq] INTEGER PRIMARY KEY, [item_id] TEXT NOT NULL, [kind] TEXT NOT NULL,
+  [priority] INTEGER NOT NULL, [device_id] TEXT, [observed_at] FLOAT, [mono] FLOAT, [boot_id] TEXT, [raw] BLOB,
+  [body] TEXT NOT NULL, [pending] INTEGER NOT NULL, [accepted_at] FLOAT NOT NULL, [delivered_at] FLOAT);
+CREATE UNIQUE INDEX outbox_item ON outbox(item_id);
+"""
