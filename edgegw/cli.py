@@ -98,10 +98,11 @@ def _format_status(st: dict) -> str:
     now, ob = st["now"], st["outbox"]
     out = [f"gateway {st['gateway']}"]
     out += _format_open(now, st["open_alarms"])  # what a maintainer must act on comes first
-    out += [f"outbox   {ob['pending']} pending, {ob['delivered']} delivered, oldest pending "
+    out += [f"outbox   {ob['pending']} pending ({ob['in_flight']} in flight), {ob['delivered']} delivered, oldest pending "
             f"{_ago(now, ob['oldest_pending_at']) if ob['oldest_pending_at'] else '-'}", "uplinks"]
     for u in st["uplinks"]:
-        out.append(f"  {u['name']:<12} {u['state']:<10} {u['pending']} pending, {u['items']} delivered in "
+        out.append(f"  {u['name']:<12} {u['state']:<10} {u['pending']} pending ({u['in_flight']} in flight), "
+                   f"{u['items']} delivered in "
                    f"{u['batches']} batches, last ack {_ago(now, u['last_ack_at'])}  {u['detail'] or ''}")
     out.append("sources")
     for s in st["sources"]:

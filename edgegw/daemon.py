@@ -97,6 +97,7 @@ class Gateway:
         self.threads: list[threading.Thread] = []
         self.throttle = Throttle(60.0)
         self.counts = {"readings": 0, "duplicates": 0, "rejects": 0, "alarms": 0}
+        self.inflight_noted: dict[str, int] = {}  # uplink -> items in flight as last written for status
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -205,6 +206,7 @@ class Gateway:
             if time.monotonic() >= next_tick:
                 next_tick = time.monotonic() + TICK_EVERY
                 self._watch_clock()
+                self._commit_inflight()
                 if self._tick_rules(force=time.monotonic() >= next_clock_save):
                     next_clock_save = time.monotonic() + CLOCK_SAVE_EVERY
             if time.monotonic() >= next_health:
@@ -247,6 +249,7 @@ class Gateway:
                 if isinstance(r, Reject):
                     store.add_reject(r.source, r.reason, r.detail, r.address, r.device_id, r.raw, r.wall)
             self.rules.save(time.time())
+            self._record_inflight()
             store.commit()
         except Exception:
             # A database error (disk full, I/O error) must not kill the writer: the group is not
@@ -345,6 +348,28 @@ class Gateway:
             log.warning("alarm", alarm=r.kind, id=r.alarm_id, severity=r.severity, device=r.device_id,
                         late=r.late, message=r.message)
             self.actions.submit(r)
+
+    def _record_inflight(self) -> None:
+        """Inside a transaction: note each uplink's items in flight where they changed since last noted."""
+        for fwd in self.forwarders:
+            items = fwd.inflight_items
+            if self.inflight_noted.get(fwd.uplink.name) != items:
+                self.store.uplink_inflight(fwd.uplink.name, items)
+                self.inflight_noted[fwd.uplink.name] = items
+
+    def _commit_inflight(self) -> None:
+        """Commit in-flight counts that changed with no commit since: only while an uplink is slow to ack."""
+        if all(self.inflight_noted.get(f.uplink.name) == f.inflight_items for f in self.forwarders):
+            return
+        try:
+            self.store.begin()
+            self._record_inflight()
+            self.store.commit()
+        except Exception:  # bookkeeping for status: the next tick tries again
+            log.exception("recording items in flight failed")
+            self.store.rollback()
+            self.rules.reload()
+            self.inflight_noted.clear()
 
     def _report_health(self) -> None:
         """Queue the gateway's health report for every uplink (a town with thirty gateways sees the sick one)."""

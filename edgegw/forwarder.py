@@ -76,6 +76,7 @@ class Forwarder:
         self.urgent = threading.Event()
         self._results: queue.Queue[tuple[str, UplinkError | None]] = queue.Queue()
         self._inflight: dict[str, list[int]] = {}  # batch id -> outbox seqs
+        self.inflight_items = 0  # read by the writer for `edgegw status`; an int, so safe across threads
         self._suspects: list[list[int]] = []  # halves of a refused batch, each to be sent alone
         self._busy: set[int] = set()  # seqs in flight or acked but not yet committed by the writer
         self._busy_lock = threading.Lock()
@@ -115,6 +116,7 @@ class Forwarder:
             except queue.Empty:
                 break
             seqs = self._inflight.pop(batch_id, [])
+            self.inflight_items -= len(seqs)
             if error is None:
                 backoff.reset()
                 self.post(Ack(self.uplink.name, self.bit, seqs, lambda s=seqs: self._release(s)))
@@ -143,39 +145,49 @@ class Forwarder:
         self.wake.set()
 
     def _send_next(self, reader, min_priority: int = 0) -> bool:
-        if self._suspects:
-            seqs = self._suspects.pop(0)
-            marks = ",".join("?" * len(seqs))
-            bodies = dict(reader.execute(f"SELECT seq, item FROM outbox_items WHERE seq IN ({marks})", seqs).fetchall())
-            self._release([s for s in seqs if s not in bodies])  # replaced meanwhile (an older health report)
-            return self._send([s for s in seqs if s in bodies], [bodies[s] for s in seqs if s in bodies])
-        with self._busy_lock:
-            busy = set(self._busy)
-        # Readings of this boot stamped before the clock was set wait to be re-stamped (edgegw.clock).
-        rows = reader.execute(
-            "SELECT seq, item FROM outbox_items WHERE pending != 0 AND pending & ? AND priority >= ?"
-            " AND NOT (kind = 'reading' AND observed_at < ? AND boot_id = ?) ORDER BY priority DESC, seq LIMIT ?",
-            (self.bit, min_priority, CLOCK_SANE_AFTER, self.boot_id, self.max_items + len(busy)),
-        ).fetchall()
+        reader.execute("BEGIN")  # one snapshot for choosing the items and reading them
+        try:
+            if self._suspects:
+                seqs = self._suspects.pop(0)
+                items = self._items(reader, seqs)
+                self._release([s for s in seqs if s not in items])  # replaced meanwhile (an older health report)
+                return self._send(list(items), list(items.values()))
+            with self._busy_lock:
+                busy = set(self._busy)
+            # Choose by seq first and render only what goes: in-flight rows come first in this order,
+            # and rendering them again only to skip them cost more than the rest of the forwarder.
+            # Readings of this boot stamped before the clock was set wait to be re-stamped (edgegw.clock).
+            candidates = reader.execute(
+                "SELECT seq FROM outbox WHERE pending != 0 AND pending & ? AND priority >= ?"
+                " AND NOT (kind = 'reading' AND observed_at < ? AND boot_id = ?) ORDER BY priority DESC, seq LIMIT ?",
+                (self.bit, min_priority, CLOCK_SANE_AFTER, self.boot_id, self.max_items + len(busy)),
+            ).fetchall()
+            items = self._items(reader, [seq for (seq,) in candidates if seq not in busy][: self.max_items])
+        finally:
+            reader.execute("COMMIT")
         seqs, bodies, size = [], [], 200
-        for seq, body in rows:
-            if seq in busy:
-                continue
+        for seq, body in items.items():
             if bodies and size + len(body) + 1 > self.max_bytes:
                 break
             seqs.append(seq)
             bodies.append(body)
             size += len(body) + 1
-            if len(seqs) >= self.max_items:
-                break
         with self._busy_lock:
             self._busy.update(seqs)
         return self._send(seqs, bodies)
+
+    @staticmethod
+    def _items(reader, seqs: list[int]) -> dict[int, str]:
+        """The batch items of these outbox rows, in the order given; rows gone meanwhile are left out."""
+        marks = ",".join("?" * len(seqs))
+        found = dict(reader.execute(f"SELECT seq, item FROM outbox_items WHERE seq IN ({marks})", seqs).fetchall())
+        return {s: found[s] for s in seqs if s in found}
 
     def _send(self, seqs: list[int], bodies: list[str]) -> bool:
         if not seqs:
             return False
         batch_id = new_batch_id()
         self._inflight[batch_id] = seqs
+        self.inflight_items += len(seqs)
         self.uplink.send(Batch(batch_id, self.gateway_id, bodies))
         return True

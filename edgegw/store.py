@@ -156,9 +156,11 @@ def _create_schema(db: sqlite_utils.Database) -> None:
     db["drivers"].create({"name": str, "units": str}, pk="name", if_not_exists=True)
     db["uplinks"].create(
         {"name": str, "bit": int, "state": str, "detail": str, "changed_at": float, "batches": int,
-         "items": int, "last_ack_at": float},
+         "items": int, "last_ack_at": float, "inflight": int},
         pk="name", if_not_exists=True,
     )
+    if "inflight" not in db["uplinks"].columns_dict:  # added in schema 2
+        db["uplinks"].add_column("inflight", int)
     db["devices"].create(
         {"id": str, "source": str, "address": int, "driver": str, "first_seen": float, "last_seen": float,
          "last_rssi": float, "last_snr": float, "last_counter": int, "epoch": int, "readings": int,
@@ -428,6 +430,10 @@ class Store:
             (items, at, name),
         )
 
+    def uplink_inflight(self, name: str, items: int) -> None:
+        """How many items the uplink has sent and not yet seen acknowledged, for ``edgegw status``."""
+        self.conn.execute("UPDATE uplinks SET inflight = ? WHERE name = ?", (items, name))
+
     def source_state(self, name: str, state: str, detail: str, at: float) -> None:
         self.conn.execute(
             "INSERT INTO sources(name, state, detail, changed_at, frames) VALUES (?, ?, ?, ?, 0)"
@@ -537,11 +543,13 @@ def status(path: Path) -> dict[str, Any]:
             " count(*) FILTER (WHERE pending = 0) AS delivered,"
             " min(accepted_at) FILTER (WHERE pending != 0) AS oldest_pending_at FROM outbox"
         )[0]
-        uplinks = q("SELECT name, state, detail, changed_at, batches, items, last_ack_at, bit FROM uplinks ORDER BY name")
+        uplinks = q("SELECT name, state, detail, changed_at, batches, items, last_ack_at,"
+                    " coalesce(inflight, 0) AS in_flight, bit FROM uplinks ORDER BY name")
         for u in uplinks:
             u["pending"] = conn.execute(
                 "SELECT count(*) FROM outbox WHERE pending != 0 AND pending & ?", (u.pop("bit"),)
             ).fetchone()[0]
+        outbox["in_flight"] = sum(u["in_flight"] for u in uplinks)
         return {
             "now": now,
             "open_alarms": _alarm_rows(conn, "open = 1", 10_000),

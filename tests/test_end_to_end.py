@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -94,6 +96,21 @@ def test_committed_readings_survive_kill_9_with_broker_down(rig):
         wait_until(lambda: daemon.status()["outbox"]["pending"] == 0, 20, "outbox drained")
     finally:
         sub2.close()
+
+
+def test_status_counts_items_in_flight_while_the_platform_is_slow_to_ack(rig):
+    emulator, daemon, _, broker = rig
+    daemon.start().wait_receiving()
+    os.kill(broker.pid, signal.SIGSTOP)  # the broker takes the batches into its socket, and never acks
+    try:
+        Sender(emulator).burst(30)
+        daemon.wait_committed(30)
+        status = wait_until(lambda: (s := daemon.status())["outbox"]["in_flight"] and s, 10, "items in flight")
+        assert 0 < status["outbox"]["in_flight"] <= status["outbox"]["pending"]  # readings, and the traps' alarms
+        assert [u["in_flight"] for u in status["uplinks"]] == [status["outbox"]["in_flight"]]
+    finally:
+        os.kill(broker.pid, signal.SIGCONT)
+    wait_until(lambda: (s := daemon.status()["outbox"])["pending"] == 0 and s["in_flight"] == 0, 20, "all acked")
 
 
 def test_garbage_is_counted_by_reason_and_good_frames_arrive(rig, tmp_path):
