@@ -33,11 +33,9 @@ Alarms, health reports, and readings rebuilt from a parked copy keep their whole
 
 from __future__ import annotations
 
-import importlib
 import json
 import shutil
 import sqlite3
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,26 +46,10 @@ from edgegw.model import PRIORITY_ALARM, PRIORITY_HEALTH, Alarm, Reading, iso
 
 SCHEMA_VERSION = 2
 WAL_LIMIT = 8_000_000
+# Page cache per connection, KiB. SQLite's default is 2 MiB; the writer appends at the end of its
+# tables and the forwarder reads the head of the queue, so a quarter of that does the same work.
+CACHE_KIB = 512
 CAP_LOW_WATER = 0.9  # once over the cap, free space down to this fraction of it: not a drop per commit
-
-
-def _import_sqlite_utils():
-    """Import sqlite-utils without its optional pandas and numpy.
-
-    sqlite-utils imports both when they are installed (only to convert their types, which the gateway
-    never stores): 40 MB of a Pi Zero's 512 MB. They are hidden for the duration of the import only,
-    so code that wants them later (a driver, a test library) still gets them.
-    """
-    hidden = [m for m in ("pandas", "numpy") if m not in sys.modules]
-    sys.modules.update(dict.fromkeys(hidden))  # None in sys.modules makes an import raise ImportError
-    try:
-        return importlib.import_module("sqlite_utils")
-    finally:
-        for m in hidden:
-            del sys.modules[m]
-
-
-sqlite_utils = _import_sqlite_utils()
 
 
 @dataclass
@@ -107,6 +89,7 @@ def _connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
     conn.execute("PRAGMA busy_timeout=30000")
     # After each checkpoint the WAL file is cut back to this, so a long outage cannot grow it unbounded.
     conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
+    conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
     return conn
 
 
@@ -114,6 +97,7 @@ def open_reader(path: Path) -> sqlite3.Connection:
     """A connection for reading while the daemon writes (status, forwarders)."""
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
     conn.row_factory = sqlite3.Row
     return conn
 
@@ -130,72 +114,66 @@ CASE WHEN o.kind = 'reading' AND o.driver IS NOT NULL THEN json_object(
                          'address', o.address, 'rssi', o.rssi, 'snr', o.snr))
 ELSE o.body END"""
 
-# Columns a v1 outbox lacks; its rows keep their whole item in body, which the view sends as it is.
-READING_COLUMNS = {"driver": str, "time_quality": str, "counter": int, "source": str, "address": int,
-                   "rssi": float, "snr": float}
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY, item_id TEXT NOT NULL, kind TEXT NOT NULL, priority INTEGER NOT NULL,
+    device_id TEXT, observed_at FLOAT, mono FLOAT, boot_id TEXT, raw BLOB, body TEXT NOT NULL,
+    pending INTEGER NOT NULL, accepted_at FLOAT NOT NULL, delivered_at FLOAT,
+    driver TEXT, time_quality TEXT, counter INTEGER, source TEXT, address INTEGER, rssi FLOAT, snr FLOAT);
+CREATE UNIQUE INDEX IF NOT EXISTS outbox_item ON outbox(item_id);
+-- Only undelivered rows are indexed, so a million delivered rows cost the forwarder nothing.
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(priority DESC, seq) WHERE pending != 0;
+CREATE INDEX IF NOT EXISTS outbox_delivered ON outbox(delivered_at) WHERE pending = 0;
+CREATE TABLE IF NOT EXISTS drivers (name TEXT PRIMARY KEY, units TEXT);
+CREATE TABLE IF NOT EXISTS uplinks (
+    name TEXT PRIMARY KEY, bit INTEGER, state TEXT, detail TEXT, changed_at FLOAT, batches INTEGER,
+    items INTEGER, last_ack_at FLOAT, inflight INTEGER);
+CREATE TABLE IF NOT EXISTS devices (
+    id TEXT PRIMARY KEY, source TEXT, address INTEGER, driver TEXT, first_seen FLOAT, last_seen FLOAT,
+    last_rssi FLOAT, last_snr FLOAT, last_counter INTEGER, epoch INTEGER, readings INTEGER,
+    duplicates INTEGER, rejects INTEGER);
+CREATE TABLE IF NOT EXISTS sources (
+    name TEXT PRIMARY KEY, state TEXT, detail TEXT, changed_at FLOAT, last_frame_at FLOAT, frames INTEGER);
+CREATE TABLE IF NOT EXISTS rejects (
+    id INTEGER PRIMARY KEY, at FLOAT, source TEXT, reason TEXT, address INTEGER, device_id TEXT, detail TEXT,
+    raw BLOB);
+CREATE TABLE IF NOT EXISTS reject_counts (
+    source TEXT, reason TEXT, count INTEGER, last_at FLOAT, PRIMARY KEY (source, reason));
+CREATE TABLE IF NOT EXISTS drops (reason TEXT, kind TEXT, count INTEGER, last_at FLOAT, PRIMARY KEY (reason, kind));
+CREATE TABLE IF NOT EXISTS rule_state (rule TEXT, device_id TEXT, state TEXT, PRIMARY KEY (rule, device_id));
+CREATE TABLE IF NOT EXISTS rule_buffer (reading_id TEXT PRIMARY KEY, observed_at FLOAT, reading TEXT);
+CREATE TABLE IF NOT EXISTS parked (
+    item_id TEXT, uplink TEXT, kind TEXT, error TEXT, parked_at FLOAT, body TEXT, PRIMARY KEY (item_id, uplink));
+CREATE TABLE IF NOT EXISTS alarms (
+    id TEXT PRIMARY KEY, kind TEXT, severity TEXT, device_id TEXT, rule TEXT, raised_at FLOAT, late INTEGER,
+    message TEXT, open INTEGER, closed_by TEXT, closed_at FLOAT, body TEXT);
+CREATE INDEX IF NOT EXISTS alarms_open ON alarms(open, raised_at);
+"""
+
+# Schema 1 lacked these columns. Its reading rows keep their whole item in body, sent as it is.
+ADDED_IN_2 = {"outbox": ["driver TEXT", "time_quality TEXT", "counter INTEGER", "source TEXT", "address INTEGER",
+                         "rssi FLOAT", "snr FLOAT"],
+              "uplinks": ["inflight INTEGER"]}
 
 
-def _create_schema(db: sqlite_utils.Database) -> None:
-    db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
-    db["outbox"].create(
-        {
-            "seq": int, "item_id": str, "kind": str, "priority": int, "device_id": str,
-            "observed_at": float, "mono": float, "boot_id": str, "raw": bytes, "body": str,
-            "pending": int, "accepted_at": float, "delivered_at": float, **READING_COLUMNS,
-        },
-        pk="seq", not_null={"item_id", "kind", "priority", "body", "pending", "accepted_at"}, if_not_exists=True,
-    )
-    for name, kind in READING_COLUMNS.items():
-        if name not in db["outbox"].columns_dict:
-            db["outbox"].add_column(name, kind)
-    db.execute("CREATE UNIQUE INDEX IF NOT EXISTS outbox_item ON outbox(item_id)")
-    # Only undelivered rows are indexed, so a million delivered rows cost the forwarder nothing.
-    db.execute("CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(priority DESC, seq) WHERE pending != 0")
-    db.execute("CREATE INDEX IF NOT EXISTS outbox_delivered ON outbox(delivered_at) WHERE pending = 0")
-    db.execute(f"CREATE VIEW IF NOT EXISTS outbox_items AS SELECT o.*, {ITEM_SQL} AS item FROM outbox o")
-    db["drivers"].create({"name": str, "units": str}, pk="name", if_not_exists=True)
-    db["uplinks"].create(
-        {"name": str, "bit": int, "state": str, "detail": str, "changed_at": float, "batches": int,
-         "items": int, "last_ack_at": float, "inflight": int},
-        pk="name", if_not_exists=True,
-    )
-    if "inflight" not in db["uplinks"].columns_dict:  # added in schema 2
-        db["uplinks"].add_column("inflight", int)
-    db["devices"].create(
-        {"id": str, "source": str, "address": int, "driver": str, "first_seen": float, "last_seen": float,
-         "last_rssi": float, "last_snr": float, "last_counter": int, "epoch": int, "readings": int,
-         "duplicates": int, "rejects": int},
-        pk="id", if_not_exists=True,
-    )
-    db["sources"].create(
-        {"name": str, "state": str, "detail": str, "changed_at": float, "last_frame_at": float, "frames": int},
-        pk="name", if_not_exists=True,
-    )
-    db["rejects"].create(
-        {"id": int, "at": float, "source": str, "reason": str, "address": int, "device_id": str, "detail": str,
-         "raw": bytes},
-        pk="id", if_not_exists=True,
-    )
-    db["reject_counts"].create(
-        {"source": str, "reason": str, "count": int, "last_at": float}, pk=("source", "reason"), if_not_exists=True,
-    )
-    db["drops"].create({"reason": str, "kind": str, "count": int, "last_at": float}, pk=("reason", "kind"),
-                       if_not_exists=True)
-    db["rule_state"].create({"rule": str, "device_id": str, "state": str}, pk=("rule", "device_id"),
-                            if_not_exists=True)
-    db["rule_buffer"].create({"reading_id": str, "observed_at": float, "reading": str}, pk="reading_id",
-                             if_not_exists=True)
-    db["parked"].create(
-        {"item_id": str, "uplink": str, "kind": str, "error": str, "parked_at": float, "body": str},
-        pk=("item_id", "uplink"), if_not_exists=True,
-    )
-    db["alarms"].create(
-        {"id": str, "kind": str, "severity": str, "device_id": str, "rule": str, "raised_at": float,
-         "late": int, "message": str, "open": int, "closed_by": str, "closed_at": float, "body": str},
-        pk="id", if_not_exists=True,
-    )
-    db.execute("CREATE INDEX IF NOT EXISTS alarms_open ON alarms(open, raised_at)")
-    db["meta"].upsert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
+def _create_schema(conn: sqlite3.Connection) -> None:
+    """Create the tables, or bring an older database up to :data:`SCHEMA_VERSION`."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for table, columns in ADDED_IN_2.items():
+            have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+            for column in columns:
+                if have and column.split()[0] not in have:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+        for statement in SCHEMA.split(";"):
+            conn.execute(statement)
+        conn.execute(f"CREATE VIEW IF NOT EXISTS outbox_items AS SELECT o.*, {ITEM_SQL} AS item FROM outbox o")
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 class Store:
@@ -205,15 +183,19 @@ class Store:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = _connect(self.path, synchronous)
-        self.db = sqlite_utils.Database(self.conn)
-        _create_schema(self.db)
+        _create_schema(self.conn)
         self.rejects_kept = rejects_kept
         self.devices: dict[str, DeviceState] = {
-            row["id"]: DeviceState(**row) for row in self.db["devices"].rows
+            row["id"]: DeviceState(**row) for row in self._rows("SELECT * FROM devices")
         }
         self._dirty_devices: set[str] = set()
         self._source_frames: dict[str, tuple[int, float]] = {}
         self._rejects_added = 0
+
+    def _rows(self, sql: str) -> list[dict[str, Any]]:
+        cur = self.conn.execute(sql)
+        names = [c[0] for c in cur.description]
+        return [dict(zip(names, row)) for row in cur]
 
     # -- transactions ---------------------------------------------------------------------------
 
@@ -247,7 +229,7 @@ class Store:
         if self.conn.in_transaction:  # BEGIN itself may be what failed
             self.conn.execute("ROLLBACK")
         # The cache may hold changes of the rolled-back group: reload it from what is on disk.
-        self.devices = {row["id"]: DeviceState(**row) for row in self.db["devices"].rows}
+        self.devices = {row["id"]: DeviceState(**row) for row in self._rows("SELECT * FROM devices")}
         self._dirty_devices.clear()
         self._source_frames.clear()
 
@@ -402,7 +384,7 @@ class Store:
         Returns name -> bit.
         """
         self.begin()
-        rows = {r["name"]: r["bit"] for r in self.db["uplinks"].rows}
+        rows = dict(self.conn.execute("SELECT name, bit FROM uplinks").fetchall())
         for gone in set(rows) - set(names):
             self.conn.execute("UPDATE outbox SET pending = pending & ~? WHERE pending & ?", (rows[gone], rows[gone]))
             self.conn.execute(
@@ -414,8 +396,8 @@ class Store:
             if name not in rows:
                 free = next(b for b in range(62) if 1 << b not in rows.values())
                 rows[name] = 1 << free
-                self.db["uplinks"].insert({"name": name, "bit": rows[name], "state": "starting", "batches": 0,
-                                           "items": 0, "changed_at": time.time()})
+                self.conn.execute("INSERT INTO uplinks(name, bit, state, batches, items, changed_at)"
+                                  " VALUES (?, ?, 'starting', 0, 0, ?)", (name, rows[name], time.time()))
         self.commit()
         return rows
 

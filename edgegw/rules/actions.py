@@ -19,12 +19,14 @@ import threading
 import time
 from collections import deque
 
-import paho.mqtt.client as mqtt
 import structlog
 
 from edgegw.config import CommandAction, MqttAction
+from edgegw.imports import import_without
 from edgegw.log import Throttle
 from edgegw.model import SEVERITIES, Alarm
+
+mqtt = import_without("paho.mqtt.client", "dns")
 
 log = structlog.get_logger("edgegw.actions")
 

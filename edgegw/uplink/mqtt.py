@@ -16,14 +16,16 @@ import ssl
 import threading
 from dataclasses import dataclass
 
-import paho.mqtt.client as mqtt
 import structlog
 
 from edgegw.config import MqttConnection, MqttUplink
 from edgegw.errors import PermanentUplinkError, TransientUplinkError, UplinkError
+from edgegw.imports import import_without
 from edgegw.model import Batch
 from edgegw.radio import Backoff
 from edgegw.uplink import OnResult, OnState
+
+mqtt = import_without("paho.mqtt.client", "dns")
 
 log = structlog.get_logger("edgegw.uplink.mqtt")
 
