@@ -147,8 +147,8 @@ class Gateway:
                 log.exception("source crashed, restarting", source=radio.name)
                 self._source_stop.wait(backoff.next())
 
-    def _emit(self, event) -> None:
-        self.events.put(event)
+    def _emit(self, events: list) -> None:
+        self.events.put(events)
 
     def stop(self) -> None:
         """Stop reading, commit what was read, stop forwarding. Nothing accepted is lost by stopping."""
@@ -200,7 +200,9 @@ class Gateway:
                         except queue.Empty:
                             break
                     done = None in group
-                    after = self._commit_group([e for e in group if e is not None])
+                    # Sources hand over a list per read turn, forwarders one event at a time.
+                    events = [e for item in group for e in (item if isinstance(item, list) else (item,))]
+                    after = self._commit_group([e for e in events if e is not None])
                 self._announce(after)
                 next_clock_save = time.monotonic() + CLOCK_SAVE_EVERY
             if time.monotonic() >= next_tick:

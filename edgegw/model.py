@@ -8,10 +8,10 @@ second, and never validated twice. Batches are the wire format, described by the
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -139,8 +139,14 @@ class Alarm:
 
 
 def iso(ts: float) -> str:
-    """UTC ISO 8601 with milliseconds and a Z, the form FIWARE and JSON Schema date-time accept."""
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """UTC ISO 8601 with milliseconds and a Z, the form FIWARE and JSON Schema date-time accept.
+
+    Milliseconds are ``floor(ts * 1000)``, exactly as the outbox's SQL renders readings.
+    """
+    ms = math.floor(ts * 1000)
+    t = time.gmtime(ms // 1000)
+    return (f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+            f".{ms % 1000:03d}Z")
 
 
 def new_batch_id() -> str:

@@ -102,8 +102,8 @@ def open_reader(path: Path) -> sqlite3.Connection:
     return conn
 
 
-# The batch item of a reading (see edgegw/schemas/batch-v1.schema.json). Milliseconds are truncated,
-# as edgegw.model.iso does for alarms and health reports.
+# The batch item of a reading (see edgegw/schemas/batch-v1.schema.json). Milliseconds are
+# floor(ts * 1000), as edgegw.model.iso renders alarms and health reports.
 ITEM_SQL = """
 CASE WHEN o.kind = 'reading' AND o.driver IS NOT NULL THEN json_object(
     'type', 'reading', 'id', o.item_id, 'device', o.device_id, 'driver', o.driver,

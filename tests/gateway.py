@@ -19,7 +19,8 @@ from typing import Any
 
 from edgegw.drivers import load_drivers
 from edgegw.radio.emulator import RylrEmulator
-from edgegw.store import status
+from edgegw.model import Reading, boot_id
+from edgegw.store import Store, status
 
 DRIVERS = load_drivers()
 
@@ -176,3 +177,22 @@ class Daemon:
             self.proc.kill()
             self.proc.wait(5)
             raise AssertionError(f"daemon did not stop on SIGTERM:\n{self.log_tail()}") from None
+
+
+def fill_outbox(db: Path, count: int, device: str = "river-01") -> None:
+    """Put ``count`` pending readings (ids ``backlog:0:<n>``) straight into a stopped daemon's outbox."""
+    store = Store(db)
+    bit = store.register_uplinks(["broker"])["broker"]
+    boot, now = boot_id(), time.time()
+    store.begin()
+    for i in range(count):
+        reading = Reading(f"backlog:0:{i}", device, "water_level", now - count + i, "synced", i,
+                          {"level": 1000 + i % 1000, "water_temperature": 12.5, "battery": 3.6}, "lora0", 21,
+                          -80.0, 7.5, 0.0, boot)
+        store.add_reading(reading, b"\x01" * 9, bit, now)
+        if i % 50_000 == 49_999:
+            store.commit()
+            store.begin()
+    store.commit()
+    store.close()
+

@@ -411,10 +411,9 @@ def test_faults_produce_corrupt_lines(emulator, host, kind):
     assert field.faults_sent == {kind: n}
     radio = RylrRadio(RylrSource(type="rylr", name="lora0", simulate=Path("f.toml")), str(emulator.link))
     for line in lines:
-        events: list = []
-        radio._route(line, events.append)  # what the gateway makes of the line
-        assert len(events) == 1 and isinstance(events[0], Reject), line
-        reason = events[0].reason
+        event = radio._route(line)  # what the gateway makes of the line
+        assert isinstance(event, Reject), line
+        reason = event.reason
         if kind == "garbage":
             assert 1 <= len(line) <= 40 and line.isprintable()
             assert reason in {"garbage", "wrong_length", "bad_hex"}
@@ -423,7 +422,7 @@ def test_faults_produce_corrupt_lines(emulator, host, kind):
             assert reason in {"garbage", "wrong_length"}
         else:
             assert reason == kind
-            assert events[0].address in (17, 21)
+            assert event.address in (17, 21)
 
 
 def test_duplicate_fault_sends_the_same_frame_twice(emulator, host):
@@ -495,7 +494,7 @@ def test_field_run_reaches_the_radio(emulator):
                         spreading_factor=10, preamble=8, network_id=AIR["network_id"])
     events: list = []
     radio_stop, field_stop = threading.Event(), threading.Event()
-    radio = threading.Thread(target=RylrRadio(config, str(emulator.link)).run, args=(events.append, radio_stop),
+    radio = threading.Thread(target=RylrRadio(config, str(emulator.link)).run, args=(events.extend, radio_stop),
                              daemon=True)
     air = threading.Thread(target=field.run, args=(field_stop,), kwargs={"speed": 400.0}, daemon=True)
     radio.start()

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import random
 import sqlite3
 import threading
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from edgegw.radio.emulator import RylrEmulator
 from tests.broker import Mosquitto, Subscriber
-from tests.gateway import Daemon, Sender, wait_until, write_config
+from tests.gateway import Daemon, Sender, fill_outbox, wait_until, write_config
 
 TOPIC = "test/gw-test/batches"
 
@@ -99,6 +101,57 @@ def test_a_long_outage_drains_completely_and_its_alarms_go_first(tmp_path):
         assert order.count("alarm") == 1
     finally:
         sub.close()
+        daemon.stop()
+        emulator.unplug()
+        broker.stop()
+
+
+class ItemCounter:
+    """A platform that counts what arrives (a million items would not fit a list of messages)."""
+
+    def __init__(self, port: int):
+        self.readings = bytearray(1_000_000)  # backlog reading n arrived
+        self.count = 0
+        self.alarm_after: int | None = None  # readings that arrived before the first alarm
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="million-platform")
+        self.client.on_connect = lambda c, *_: c.subscribe(TOPIC, qos=1)
+        self.client.on_message = self._message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _message(self, client, userdata, msg) -> None:
+        for item in json.loads(msg.payload)["items"]:
+            if item["type"] == "alarm" and self.alarm_after is None:
+                self.alarm_after = self.count
+            elif item["id"].startswith("backlog:"):
+                self.readings[int(item["id"].rsplit(":", 1)[1])] = 1
+                self.count += 1
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.mark.slow
+def test_an_alarm_overtakes_a_million_pending_readings(tmp_path):
+    broker = Mosquitto(tmp_path / "mosquitto").start()
+    emulator = RylrEmulator(tmp_path / "rylr0")
+    emulator.plug()
+    daemon = Daemon(write_config(tmp_path, emulator.link, broker.port, log_level="warning", max_items=500))
+    fill_outbox(daemon.db, 1_000_000)
+    platform = ItemCounter(broker.port)
+    try:
+        daemon.start().wait_receiving()
+        wait_until(lambda: platform.count > 0, 30, "the backlog draining")
+        sender = Sender(emulator)
+        sender.send("trap-01", {"state": "armed", "tamper": False, "battery": 3.6})
+        sender.send("trap-01", {"state": "sprung", "tamper": False, "battery": 3.6})
+        wait_until(lambda: platform.alarm_after is not None, 60, "the trap's alarm")
+        assert platform.alarm_after < 500_000  # sent in observation order, it would have come after all
+        wait_until(lambda: platform.count >= 1_000_000, 600, "the whole backlog", poll=1.0)
+        assert platform.count == 1_000_000 and all(platform.readings)  # each reading once, none lost
+    finally:
+        platform.close()
         daemon.stop()
         emulator.unplug()
         broker.stop()

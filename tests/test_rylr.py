@@ -251,7 +251,7 @@ class Running:
         self.emulator = emulator
         self.events: list[Frame | Reject | SourceState] = []
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=radio.run, args=(self.events.append, self.stop),
+        self.thread = threading.Thread(target=radio.run, args=(self.events.extend, self.stop),
                                        name=f"radio:{radio.name}", daemon=True)
         self._sync = 0
 
@@ -517,7 +517,7 @@ def test_command_routes_lines_before_its_ok(scripted, host):
     scripted.before["AT+ADDRESS=9"] = [rcv_line(41, "FF", -80, 3), "+READY", "", "junk"]
     events: list = []
     radio = RylrRadio(source(), str(scripted.link))
-    radio._command(port, lines, "AT+ADDRESS=9", events.append)
+    radio._command(port, lines, "AT+ADDRESS=9", events.extend)
     assert [(type(e), getattr(e, "payload", None) or getattr(e, "raw", None)) for e in events] == [
         (Frame, b"\xff"), (Reject, b"junk")]
     assert scripted.settings.address == 9

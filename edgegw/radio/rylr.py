@@ -146,12 +146,12 @@ class RylrRadio:
         backoff = Backoff(0.25, 30.0)
         while not stop.is_set():
             try:
-                emit(SourceState(self.name, "starting", self.port))
+                emit([SourceState(self.name, "starting", self.port)])
                 with serial.Serial(self.port, self.config.baudrate, timeout=0.2) as port:
                     lines = LineReader(port)
                     for cmd in self.commands():
                         self._command(port, lines, cmd, emit)
-                    emit(SourceState(self.name, "receiving", self.port))
+                    emit([SourceState(self.name, "receiving", self.port)])
                     log.info("radio configured", source=self.name, port=self.port, band=self.config.band,
                              parameter=self.config.at_parameter())
                     backoff.reset()
@@ -159,13 +159,19 @@ class RylrRadio:
                         if not lines.wait(0.5):
                             continue
                         with self.read_turn.read():  # not while the writer commits: unread frames stay in the kernel
+                            events = []
                             for line in lines.available():
                                 if line == "+READY":  # the module restarted: its settings may be gone
+                                    if events:
+                                        emit(events)
                                     raise ModuleError("module reset itself (+READY); reconfiguring")
-                                self._route(line, emit)
+                                if (event := self._route(line)) is not None:
+                                    events.append(event)
+                            if events:
+                                emit(events)  # one hand-over per turn, not per frame
             except (serial.SerialException, OSError, ModuleError) as exc:
                 delay = backoff.next()
-                emit(SourceState(self.name, "down", str(exc)))
+                emit([SourceState(self.name, "down", str(exc))])
                 log.warning("radio port down, reopening", source=self.name, port=self.port, error=str(exc),
                             retry_in=round(delay, 2))
                 stop.wait(delay)
@@ -183,10 +189,11 @@ class RylrRadio:
                 code = line[5:]
                 meaning = ERRORS.get(int(code), "undocumented error") if re.fullmatch("[0-9]{1,3}", code) else "unreadable error"
                 raise ModuleError(f"{cmd}: module answered +ERR={code} ({meaning})")
-            self._route(line, emit)
+            if (event := self._route(line)) is not None:
+                emit([event])
         raise ModuleError(f"{cmd}: no answer within {COMMAND_TIMEOUT:.0f} s (wrong port or baud rate?)")
 
-    def _route(self, line: str, emit: Emit) -> None:
+    def _route(self, line: str) -> Frame | Reject | None:
         wall, mono = time.time(), time.monotonic()
         if line.startswith("+RCV="):
             try:
@@ -194,9 +201,8 @@ class RylrRadio:
             except Exception as exc:  # radio noise is hostile input: a parser bug costs one line, never the source
                 event = Reject(self.name, "parser_error", f"{type(exc).__name__}: {exc}", None, None,
                                line.encode("latin-1", "replace"), wall)
-            emit(event)
-        elif line in ("", "+READY", "+OK"):
-            return  # +READY after a module reset; the reopen path reconfigures when it matters
-        else:
-            emit(Reject(self.name, "garbage", "line is not a module reply", None, None,
-                        line.encode("latin-1", "replace"), wall))
+            return event
+        if line in ("", "+READY", "+OK"):
+            return None  # +READY after a module reset; the reopen path reconfigures when it matters
+        return Reject(self.name, "garbage", "line is not a module reply", None, None,
+                      line.encode("latin-1", "replace"), wall)
