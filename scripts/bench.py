@@ -11,8 +11,8 @@ Prints, for this machine:
               --readings drains (alarm frames sent every 20 ms as the uplink comes back)
 
   restart     with --backlog pending readings put straight into the outbox: time from start to the
-              first batch at the broker, alarm latency while that backlog drains, its drain rate,
-              peak RSS with it
+              first batch at the broker, alarm latency while that backlog drains, then its drain
+              rate once the bench's own subscriber has left the broker, peak RSS with it
 
 Usage: python scripts/bench.py [--readings 20000] [--backlog 1000000] [--json]
 """
@@ -59,11 +59,12 @@ command = ["sh", "-c", 'echo "$EDGEGW_ALARM_ID $(date +%s.%N)" >> {out}']
 class ArrivalClock:
     """Subscribes to the batches and notes when each alarm's item arrived (by its reading id)."""
 
-    def __init__(self, port: int, topic: str):
+    def __init__(self, port: int, topic: str, keep_session: bool = True):
         self.arrived: dict[str, float] = {}
         self.first: float | None = None  # when the first batch of any kind arrived
         self.lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-platform", clean_session=False)
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-platform",
+                                  clean_session=not keep_session)
         self.subscribed = threading.Event()  # cleared while the broker is away
         self.client.on_message = self._message
         self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
@@ -204,7 +205,7 @@ def run(n: int, backlog: int) -> dict:
                 broker.stop()
                 fill_outbox(daemon.db, backlog)
                 broker.start()
-                clock = ArrivalClock(broker.port, "test/gw-test/batches")
+                clock = ArrivalClock(broker.port, "test/gw-test/batches", keep_session=False)
                 t0 = time.time()
                 daemon.start()
                 wait_until(lambda: clock.first is not None, 120, "the first batch after the restart")
@@ -212,10 +213,12 @@ def run(n: int, backlog: int) -> dict:
                 out["restart_to_first_batch_s"] = round(clock.first - t0, 2)
                 daemon.wait_receiving()
                 out["backlog_alarms"] = alarm_latencies(sender, clock, stamps)
-                wait_until(lambda: daemon.status()["outbox"]["pending"] == 0, 1800, "the big backlog drained")
-                out["backlog_drain_readings_per_s"] = round(backlog / (time.time() - clock.first))
-                out["peak_rss_mb_with_backlog"] = round(peak_rss_mb(daemon.proc.pid), 1)
+                # The rest drains to the broker alone: a town's platform does not share the gateway's CPU.
                 clock.close()
+                left, t1 = daemon.status()["outbox"]["pending"], time.time()
+                wait_until(lambda: daemon.status()["outbox"]["pending"] == 0, 1800, "the big backlog drained")
+                out["backlog_drain_readings_per_s"] = round(left / (time.time() - t1))
+                out["peak_rss_mb_with_backlog"] = round(peak_rss_mb(daemon.proc.pid), 1)
             out["emulator_dropped_frames"] = emulator.dropped
             return out
         finally:
