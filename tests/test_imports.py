@@ -1,0 +1,23 @@
+"""The daemon stays lean: optional extras of its libraries are not loaded, and stay loadable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def run_python(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_the_daemon_does_not_load_dnspython_or_sqlite_utils():
+    loaded = run_python("import sys, edgegw.daemon, edgegw.uplink.mqtt, edgegw.rules.actions;"
+                        " print(sorted({m.split('.')[0] for m in sys.modules} & {'dns', 'sqlite_utils', 'pandas'}))")
+    assert loaded == "[]"
+
+
+def test_a_hidden_extra_can_still_be_imported_afterwards():
+    pytest.importorskip("dns")  # the test tools bring dnspython; a field install may not have it
+    assert run_python("import edgegw.uplink.mqtt, dns.resolver; print(dns.resolver.__name__)") == "dns.resolver"
