@@ -168,7 +168,9 @@ def _create_schema(conn: sqlite3.Connection) -> None:
                     conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
         for statement in SCHEMA.split(";"):
             conn.execute(statement)
-        conn.execute(f"CREATE VIEW IF NOT EXISTS outbox_items AS SELECT o.*, {ITEM_SQL} AS item FROM outbox o")
+        # The view is code, not data: made afresh at every start, so a newer item format takes effect.
+        conn.execute("DROP VIEW IF EXISTS outbox_items")
+        conn.execute(f"CREATE VIEW outbox_items AS SELECT o.*, {ITEM_SQL} AS item FROM outbox o")
         conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         conn.execute("COMMIT")
     except BaseException:

@@ -100,3 +100,19 @@ CREATE TABLE [outbox] ([seq] INTEGER PRIMARY KEY, [item_id] TEXT NOT NULL, [kind
   [body] TEXT NOT NULL, [pending] INTEGER NOT NULL, [accepted_at] FLOAT NOT NULL, [delivered_at] FLOAT);
 CREATE UNIQUE INDEX outbox_item ON outbox(item_id);
 """
+
+
+def test_the_item_view_is_made_afresh_at_every_start(tmp_path):
+    store = Store(tmp_path / "edgegw.db")
+    store.conn.execute("DROP VIEW outbox_items")
+    store.conn.execute("CREATE VIEW outbox_items AS SELECT o.*, 'an older format' AS item FROM outbox o")
+    store.close()
+    store = Store(tmp_path / "edgegw.db")
+    store.describe("gw-x", {"water_level": {"level": "mm"}})
+    store.begin()
+    store.add_reading(Reading("d:0:1", "d", "water_level", 1.0, "synced", 1, {"level": 5}, "lora0", 21,
+                              None, None, 1.0, "boot"), b"\x01", 1, 0.0)
+    store.commit()
+    (text,) = store.conn.execute("SELECT item FROM outbox_items").fetchone()
+    assert json.loads(text)["values"] == {"level": 5}
+    store.close()
