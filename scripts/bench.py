@@ -5,7 +5,8 @@ Prints, for this machine:
   ingest      readings/s from the serial line to committed in SQLite (a burst sent as fast as the pty takes it)
   end to end  readings/s and daemon CPU µs per reading, serial line in -> PUBACK recorded (broker up)
   drain       readings/s of a backlog accumulated while the broker was down, from the reconnect on
-  disk        bytes the daemon wrote per reading (/proc/<pid>/io write_bytes)
+  disk        bytes the daemon wrote per reading (/proc/<pid>/io write_bytes), in the burst and at
+              field rate (one reading every 0.2 s, each in a commit of its own)
   memory      peak RSS of the daemon (VmHWM)
   alarms      latency p50/p99, serial line -> local action started and -> broker, while a backlog of
               --readings drains (alarm frames sent every 20 ms as the uplink comes back)
@@ -39,6 +40,7 @@ from tests.gateway import Daemon, Sender, fill_outbox, wait_until, write_config 
 
 TICKS = os.sysconf("SC_CLK_TCK")
 ALARM_FRAMES = 40
+FIELD_READINGS = 100
 
 # One stage far above the backlog's levels: every frame above it after one below raises an alarm.
 RULES = """
@@ -169,11 +171,19 @@ def run(n: int, backlog: int) -> dict:
             out["bytes_written_per_reading"] = round((io1 - io0) / n)
             out["peak_rss_mb_after_live_run"] = round(peak_rss_mb(pid), 1)
 
+            # 1b. field rate: one reading per commit, as a real field sends them (SD card wear)
+            io0 = write_bytes(pid)
+            for _ in range(FIELD_READINGS):
+                sender.quiet(1)
+                time.sleep(0.2)
+            wait_until(lambda: daemon.status()["outbox"]["pending"] == 0, 60, "delivered")
+            out["bytes_written_per_reading_one_per_commit"] = round((write_bytes(pid) - io0) / FIELD_READINGS)
+
             # 2. broker down: a backlog builds up, then drains
             broker.stop()
             wait_until(lambda: any(u["state"] == "down" for u in daemon.status()["uplinks"]), 30, "uplink down")
             sender.quiet(n)
-            daemon.wait_committed(2 * n, timeout=600)
+            daemon.wait_committed(2 * n + FIELD_READINGS, timeout=600)
             broker.start()
             # Time the drain from the reconnect on, not the reconnect backoff before it.
             wait_until(lambda: any(u["state"] == "up" for u in daemon.status()["uplinks"]), 120, "uplink up")
@@ -189,7 +199,7 @@ def run(n: int, backlog: int) -> dict:
             broker.stop()
             wait_until(lambda: any(u["state"] == "down" for u in daemon.status()["uplinks"]), 30, "uplink down")
             sender.quiet(n)
-            daemon.wait_committed(3 * n, timeout=600)
+            daemon.wait_committed(3 * n + FIELD_READINGS, timeout=600)
             broker.start()
             wait_until(lambda: any(u["state"] == "up" for u in daemon.status()["uplinks"]), 120, "uplink up")
             # The platform's own reconnect is not the gateway's latency.
