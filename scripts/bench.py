@@ -139,6 +139,16 @@ def alarm_latencies(sender: Sender, clock: ArrivalClock, stamps: Path) -> dict:
             "alarm_to_local_action": percentiles([started()[r] - t for r, t in sent.items()])}
 
 
+def outage(broker: Mosquitto, daemon: Daemon, sender: Sender, n: int, committed: int) -> None:
+    """Stop the broker, let ``n`` readings pile up (``committed`` in all), start it, wait for the uplink."""
+    broker.stop()
+    wait_until(lambda: any(u["state"] == "down" for u in daemon.status()["uplinks"]), 30, "uplink down")
+    sender.quiet(n)
+    daemon.wait_committed(committed, timeout=600)
+    broker.start()
+    wait_until(lambda: any(u["state"] == "up" for u in daemon.status()["uplinks"]), 120, "uplink up")
+
+
 def run(n: int, backlog: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="edgegw-bench-") as tmp:
         tmp = Path(tmp)
@@ -180,13 +190,8 @@ def run(n: int, backlog: int) -> dict:
             out["bytes_written_per_reading_one_per_commit"] = round((write_bytes(pid) - io0) / FIELD_READINGS)
 
             # 2. broker down: a backlog builds up, then drains
-            broker.stop()
-            wait_until(lambda: any(u["state"] == "down" for u in daemon.status()["uplinks"]), 30, "uplink down")
-            sender.quiet(n)
-            daemon.wait_committed(2 * n + FIELD_READINGS, timeout=600)
-            broker.start()
+            outage(broker, daemon, sender, n, committed=2 * n + FIELD_READINGS)
             # Time the drain from the reconnect on, not the reconnect backoff before it.
-            wait_until(lambda: any(u["state"] == "up" for u in daemon.status()["uplinks"]), 120, "uplink up")
             cpu2 = cpu_seconds(pid)
             t2 = time.perf_counter()
             wait_until(lambda: daemon.status()["outbox"]["pending"] == 0, 600, "backlog drained")
@@ -196,12 +201,7 @@ def run(n: int, backlog: int) -> dict:
 
             # 3. alarms while a backlog drains: the priority lane and the local action
             clock = ArrivalClock(broker.port, "test/gw-test/batches")
-            broker.stop()
-            wait_until(lambda: any(u["state"] == "down" for u in daemon.status()["uplinks"]), 30, "uplink down")
-            sender.quiet(n)
-            daemon.wait_committed(3 * n + FIELD_READINGS, timeout=600)
-            broker.start()
-            wait_until(lambda: any(u["state"] == "up" for u in daemon.status()["uplinks"]), 120, "uplink up")
+            outage(broker, daemon, sender, n, committed=3 * n + FIELD_READINGS)
             # The platform's own reconnect is not the gateway's latency.
             wait_until(clock.subscribed.is_set, 30, "the arrival clock back")
             out["backlog_pending_when_alarms_sent"] = n
