@@ -80,6 +80,7 @@ class Forwarder:
         self._suspects: list[list[int]] = []  # halves of a refused batch, each to be sent alone
         self._busy: set[int] = set()  # seqs in flight or acked but not yet committed by the writer
         self._busy_lock = threading.Lock()
+        self._plain_after = 0  # seq the last batch of plain readings ended at: the next starts after it
 
     def _on_result(self, batch_id: str, error: UplinkError | None) -> None:
         self._results.put((batch_id, error))
@@ -129,6 +130,7 @@ class Forwarder:
                 self.post(Park(self.uplink.name, self.bit, seqs[0], str(error), lambda s=seqs: self._release(s)))
             else:
                 self._release(seqs)
+                self._plain_after = 0  # these go again, from the head of the lane
                 failed = error
         if failed is not None:
             hint = failed.retry_after if isinstance(failed, TransientUplinkError) else None
@@ -154,15 +156,19 @@ class Forwarder:
                 return self._send(list(items), list(items.values()))
             with self._busy_lock:
                 busy = set(self._busy)
-            # Choose by seq first and render only what goes: in-flight rows come first in this order,
-            # and rendering them again only to skip them cost more than the rest of the forwarder.
-            # Readings of this boot stamped before the clock was set wait to be re-stamped (edgegw.clock).
-            candidates = reader.execute(
-                "SELECT seq FROM outbox WHERE pending != 0 AND pending & ? AND priority >= ?"
-                " AND NOT (kind = 'reading' AND observed_at < ? AND boot_id = ?) ORDER BY priority DESC, seq LIMIT ?",
-                (self.bit, min_priority, CLOCK_SANE_AFTER, self.boot_id, self.max_items + len(busy)),
-            ).fetchall()
-            items = self._items(reader, [seq for (seq,) in candidates if seq not in busy][: self.max_items])
+            # Choose by seq first and render only what goes (rendering rows only to skip them cost
+            # more than the rest of the forwarder). Urgent lanes are short: scanned from their head.
+            # The plain lane can hold a million rows, its head in flight: scanned from where the last
+            # batch ended, so the in-flight rows are not read again for every batch.
+            chosen = self._choose(reader, "priority > 0 AND priority >= ?", (min_priority,), busy, self.max_items)
+            plain: list[int] = []
+            lane_ended = False
+            if min_priority <= 0 and len(chosen) < self.max_items:
+                after, room = self._plain_after, self.max_items - len(chosen)
+                plain = self._choose(reader, "priority = 0 AND seq > ?", (after,), busy, room,
+                                     sum(1 for s in busy if s > after))
+                lane_ended = len(plain) < room
+            items = self._items(reader, chosen + plain)
         finally:
             reader.execute("COMMIT")
         seqs, bodies, size = [], [], 200
@@ -174,7 +180,26 @@ class Forwarder:
             size += len(body) + 1
         with self._busy_lock:
             self._busy.update(seqs)
+        if lane_ended:
+            # Look again from the head next time: rows passed over meanwhile (released by a
+            # failure, re-stamped after a clock step) are there.
+            self._plain_after = 0
+        elif plain:
+            self._plain_after = max(set(seqs) & set(plain), default=self._plain_after)
         return self._send(seqs, bodies)
+
+    def _choose(self, reader, lane: str, args: tuple, busy: set[int], limit: int, busy_in_lane: int | None = None
+                ) -> list[int]:
+        """Up to ``limit`` sendable seqs of one lane, in send order, skipping those in flight.
+
+        Readings of this boot stamped before the clock was set wait to be re-stamped (edgegw.clock).
+        """
+        rows = reader.execute(
+            f"SELECT seq FROM outbox WHERE pending != 0 AND pending & ? AND {lane}"
+            " AND NOT (kind = 'reading' AND observed_at < ? AND boot_id = ?) ORDER BY priority DESC, seq LIMIT ?",
+            (self.bit, *args, CLOCK_SANE_AFTER, self.boot_id, limit + (len(busy) if busy_in_lane is None else busy_in_lane)),
+        ).fetchall()
+        return [seq for (seq,) in rows if seq not in busy][:limit]
 
     @staticmethod
     def _items(reader, seqs: list[int]) -> dict[int, str]:

@@ -1,0 +1,87 @@
+"""The forwarder against a real outbox: which items go, in which order, after acks and failures.
+
+The uplink here is a scripted one: it answers each batch at once with the next outcome of a list,
+as the file uplink answers after its fsync. Acks are recorded in the store the moment they come, as
+the writer would record them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from edgegw.errors import TransientUplinkError
+from edgegw.forwarder import Ack, Forwarder
+from edgegw.model import Batch, boot_id
+from edgegw.store import Store
+
+
+class ScriptedUplink:
+    name = "scripted"
+
+    def __init__(self, outcomes: list[Exception | None]):
+        self.outcomes = outcomes  # for the first batches; every later one is acknowledged
+        self.sent: list[list[str]] = []  # item ids of each batch, in the order sent
+
+    def start(self, on_result, on_state) -> None:
+        self.on_result = on_result
+        on_state("up", "")
+
+    def ready(self) -> bool:
+        return True
+
+    def send(self, batch: Batch) -> None:
+        self.sent.append([item["id"] for item in batch.items()])
+        outcome = self.outcomes.pop(0) if self.outcomes else None
+        self.on_result(batch.batch_id, outcome)
+
+    def stop(self) -> None:
+        pass
+
+
+def forward(tmp_path: Path, readings: int, outcomes: list[Exception | None], max_items: int = 10) -> list[list[str]]:
+    """Put ``readings`` readings in a fresh outbox, forward until all are delivered; the batches sent."""
+    store = Store(tmp_path / "edgegw.db")
+    bit = store.register_uplinks(["scripted"])["scripted"]
+    store.begin()
+    for i in range(readings):
+        store.add_item(f"d:0:{i}", "reading", 0, "d", 2e9 + i, 0.0, boot_id(), b"x", f'{{"id":"d:0:{i}"}}', bit, 1.0)
+    store.commit()
+
+    def record(event) -> None:
+        if isinstance(event, Ack):
+            store.begin()
+            store.acked(event.bit, event.seqs, event.wall)
+            store.commit()
+            event.committed()
+
+    uplink = ScriptedUplink(outcomes)
+    forwarder = Forwarder(uplink, bit, store.path, "gw", max_items, 1 << 20, 1, record)
+    stop = threading.Event()
+    thread = threading.Thread(target=forwarder.run, args=(stop,))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while store.conn.execute("SELECT count(*) FROM outbox WHERE pending != 0").fetchone()[0]:
+            assert time.monotonic() < deadline, f"not all delivered; batches sent: {uplink.sent}"
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        forwarder.wake.set()
+        thread.join()
+        store.close()
+    return uplink.sent
+
+
+def test_the_backlog_goes_in_order_each_item_once(tmp_path):
+    sent = forward(tmp_path, 95, [])
+    assert [i for batch in sent for i in batch] == [f"d:0:{i}" for i in range(95)]
+    assert [len(b) for b in sent] == [10] * 9 + [5]
+
+
+def test_a_failed_batch_goes_again_before_the_items_after_it(tmp_path):
+    sent = forward(tmp_path, 50, [None, TransientUplinkError("platform busy")])
+    first_two = [f"d:0:{i}" for i in range(10)], [f"d:0:{i}" for i in range(10, 20)]
+    assert sent[:3] == [first_two[0], first_two[1], first_two[1]]
+    assert [i for batch in sent[2:] for i in batch] == [f"d:0:{i}" for i in range(10, 50)]
