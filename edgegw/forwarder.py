@@ -31,6 +31,8 @@ from edgegw.uplink import Uplink
 
 log = structlog.get_logger("edgegw.forwarder")
 
+RESCAN_EVERY = 5.0  # s: at most this often, reaching the end of the plain lane rescans it from its head
+
 
 @dataclass(frozen=True, slots=True)
 class Ack:
@@ -81,6 +83,7 @@ class Forwarder:
         self._busy: set[int] = set()  # seqs in flight or acked but not yet committed by the writer
         self._busy_lock = threading.Lock()
         self._plain_after = 0  # seq the last batch of plain readings ended at: the next starts after it
+        self._rescan_at = 0.0  # monotonic time after which the end of the plain lane sends it back to its head
 
     def _on_result(self, batch_id: str, error: UplinkError | None) -> None:
         self._results.put((batch_id, error))
@@ -180,10 +183,13 @@ class Forwarder:
             size += len(body) + 1
         with self._busy_lock:
             self._busy.update(seqs)
-        if lane_ended:
-            # Look again from the head next time: rows passed over meanwhile (released by a
-            # failure, re-stamped after a clock step) are there.
+        if lane_ended and time.monotonic() >= self._rescan_at:
+            # Look again from the head next time: rows passed over meanwhile (released when the
+            # writer could not record their ack, re-stamped after a clock step) are there. Not at
+            # every end of the lane: live traffic reaches it with every batch, and would read the
+            # rows in flight again each time.
             self._plain_after = 0
+            self._rescan_at = time.monotonic() + RESCAN_EVERY
         elif plain:
             self._plain_after = max(set(seqs) & set(plain), default=self._plain_after)
         return self._send(seqs, bodies)

@@ -40,8 +40,14 @@ class ScriptedUplink:
         pass
 
 
-def forward(tmp_path: Path, readings: int, outcomes: list[Exception | None], max_items: int = 10) -> list[list[str]]:
-    """Put ``readings`` readings in a fresh outbox, forward until all are delivered; the batches sent."""
+def forward(tmp_path: Path, readings: int, outcomes: list[Exception | None], max_items: int = 10,
+            unrecorded_acks: int = 0) -> list[list[str]]:
+    """Put ``readings`` readings in a fresh outbox, forward until all are delivered; the batches sent.
+
+    The first ``unrecorded_acks`` acks are released without being recorded, as the writer does
+    when their commit fails.
+    """
+    lost = [unrecorded_acks]
     store = Store(tmp_path / "edgegw.db")
     bit = store.register_uplinks(["scripted"])["scripted"]
     store.begin()
@@ -50,7 +56,10 @@ def forward(tmp_path: Path, readings: int, outcomes: list[Exception | None], max
     store.commit()
 
     def record(event) -> None:
-        if isinstance(event, Ack):
+        if isinstance(event, Ack) and lost[0]:
+            lost[0] -= 1
+            event.committed()
+        elif isinstance(event, Ack):
             store.begin()
             store.acked(event.bit, event.seqs, event.wall)
             store.commit()
@@ -85,3 +94,10 @@ def test_a_failed_batch_goes_again_before_the_items_after_it(tmp_path):
     first_two = [f"d:0:{i}" for i in range(10)], [f"d:0:{i}" for i in range(10, 20)]
     assert sent[:3] == [first_two[0], first_two[1], first_two[1]]
     assert [i for batch in sent[2:] for i in batch] == [f"d:0:{i}" for i in range(10, 50)]
+
+
+def test_items_whose_ack_was_not_recorded_go_again(tmp_path):
+    sent = forward(tmp_path, 50, [], unrecorded_acks=1)
+    ids = [i for batch in sent for i in batch]
+    assert sorted(set(ids)) == sorted(f"d:0:{i}" for i in range(50))
+    assert [i for i in ids if ids.count(i) > 1] == [f"d:0:{i}" for i in range(10)] * 2
