@@ -83,7 +83,9 @@ def test_an_outbox_of_schema_1_is_upgraded_and_its_rows_sent_as_they_were(tmp_pa
     old.commit()
     old.close()
     store = Store(path)
-    assert store.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+    assert store.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "3"
+    indexes = {name for (name,) in store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "outbox_send_order" in indexes and "outbox_pending" not in indexes
     (text,) = store.conn.execute("SELECT item FROM outbox_items").fetchone()
     assert json.loads(text) == item
     store.close()
@@ -99,6 +101,7 @@ CREATE TABLE [outbox] ([seq] INTEGER PRIMARY KEY, [item_id] TEXT NOT NULL, [kind
   [priority] INTEGER NOT NULL, [device_id] TEXT, [observed_at] FLOAT, [mono] FLOAT, [boot_id] TEXT, [raw] BLOB,
   [body] TEXT NOT NULL, [pending] INTEGER NOT NULL, [accepted_at] FLOAT NOT NULL, [delivered_at] FLOAT);
 CREATE UNIQUE INDEX outbox_item ON outbox(item_id);
+CREATE INDEX outbox_pending ON outbox(priority DESC, seq) WHERE pending != 0;
 """
 
 
