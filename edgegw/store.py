@@ -71,6 +71,9 @@ class DeviceState:
     rejects: int = 0
 
 
+DEVICE_UPDATE = ", ".join(f"{name} = excluded.{name}" for name in DeviceState.__dataclass_fields__ if name != "id")
+
+
 def runs(seqs: list[int]) -> list[tuple[int, int]]:
     """Consecutive integers as (first, last) runs: [1, 2, 3, 7, 8] -> [(1, 3), (7, 8)]."""
     out: list[tuple[int, int]] = []
@@ -209,9 +212,12 @@ class Store:
     def commit(self) -> None:
         """Write back cached registry rows and commit: everything since begin() is now accepted."""
         if self._dirty_devices:
+            # An upsert changes the row in place; INSERT OR REPLACE deleted and re-inserted it, and so
+            # also rewrote a page of the primary key's index in every commit.
             self.conn.executemany(
-                "INSERT OR REPLACE INTO devices VALUES (:id, :source, :address, :driver, :first_seen, :last_seen,"
-                " :last_rssi, :last_snr, :last_counter, :epoch, :readings, :duplicates, :rejects)",
+                "INSERT INTO devices VALUES (:id, :source, :address, :driver, :first_seen, :last_seen,"
+                " :last_rssi, :last_snr, :last_counter, :epoch, :readings, :duplicates, :rejects)"
+                f" ON CONFLICT(id) DO UPDATE SET {DEVICE_UPDATE}",
                 [vars(self.devices[d]) for d in self._dirty_devices],
             )
             self._dirty_devices.clear()

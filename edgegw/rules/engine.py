@@ -235,11 +235,14 @@ class RuleEngine:
     def save(self, now: float) -> None:
         """Write changed state inside the writer's open transaction."""
         if now - self._clock_written >= CLOCK_WRITE_EVERY or self._clock_since != self.listening_since:
-            self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('rules_clock', ?)",
+            self.conn.execute("INSERT INTO meta(key, value) VALUES ('rules_clock', ?)"
+                              " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                               (json.dumps({"wall": now, "since": self.listening_since}),))
             self._clock_written, self._clock_since = now, self.listening_since
         self.conn.executemany(
-            "INSERT OR REPLACE INTO rule_state(rule, device_id, state) VALUES (?, ?, ?)",
+            # In place (see Store.commit): REPLACE would rewrite the primary key's index as well.
+            "INSERT INTO rule_state(rule, device_id, state) VALUES (?, ?, ?)"
+            " ON CONFLICT(rule, device_id) DO UPDATE SET state = excluded.state",
             [(r, d, json.dumps(self.states[(r, d)], separators=(",", ":"))) for r, d in self._dirty],
         )
         self.conn.executemany(
