@@ -163,7 +163,8 @@ class Forwarder:
             # more than the rest of the forwarder). Urgent lanes are short: scanned from their head.
             # The plain lane can hold a million rows, its head in flight: scanned from where the last
             # batch ended, so the in-flight rows are not read again for every batch.
-            chosen = self._choose(reader, "priority > 0 AND priority >= ?", (min_priority,), busy, self.max_items)
+            chosen = self._choose(reader, "priority > 0 AND priority >= ?", (min_priority,), busy, self.max_items,
+                                  len(busy))
             plain: list[int] = []
             lane_ended = False
             if min_priority <= 0 and len(chosen) < self.max_items:
@@ -194,16 +195,16 @@ class Forwarder:
             self._plain_after = max(set(seqs) & set(plain), default=self._plain_after)
         return self._send(seqs, bodies)
 
-    def _choose(self, reader, lane: str, args: tuple, busy: set[int], limit: int, busy_in_lane: int | None = None
-                ) -> list[int]:
-        """Up to ``limit`` sendable seqs of one lane, in send order, skipping those in flight.
+    def _choose(self, reader, lane: str, args: tuple, busy: set[int], limit: int, busy_in_lane: int) -> list[int]:
+        """Up to ``limit`` sendable seqs of one lane, in send order, skipping the (at most
+        ``busy_in_lane``) rows of ``busy`` it holds.
 
         Readings of this boot stamped before the clock was set wait to be re-stamped (edgegw.clock).
         """
         rows = reader.execute(
             f"SELECT seq FROM outbox WHERE pending != 0 AND pending & ? AND {lane}"
             " AND NOT (kind = 'reading' AND observed_at < ? AND boot_id = ?) ORDER BY priority DESC, seq LIMIT ?",
-            (self.bit, *args, CLOCK_SANE_AFTER, self.boot_id, limit + (len(busy) if busy_in_lane is None else busy_in_lane)),
+            (self.bit, *args, CLOCK_SANE_AFTER, self.boot_id, limit + busy_in_lane),
         ).fetchall()
         return [seq for (seq,) in rows if seq not in busy][:limit]
 
