@@ -45,13 +45,7 @@ from edgegw.clock import STEP
 from edgegw.model import PRIORITY_ALARM, PRIORITY_HEALTH, Alarm, Reading, iso
 
 SCHEMA_VERSION = 3  # 3: the send-order index carries the uplink bits
-# Pages the WAL collects before the writer copies them into the database file. A page that many
-# commits rewrite in between (the outbox's tail, index leaves, the device registry) reaches the file
-# once per checkpoint: 4,000 pages (16 MiB) instead of SQLite's 1,000 cut the bytes written per
-# reading by a fifth. After a checkpoint the WAL is cut back to WAL_LIMIT, above that size, so it is
-# reused, not regrown, and a long outage cannot grow it without bound.
-WAL_CHECKPOINT_PAGES = 4000
-WAL_LIMIT = 24_000_000
+WAL_LIMIT = 8_000_000
 # Page cache per connection, KiB. SQLite's default is 2 MiB; the writer appends at the end of its
 # tables and the forwarder reads the head of the queue, so a quarter of that does the same work.
 CACHE_KIB = 512
@@ -96,7 +90,7 @@ def _connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA busy_timeout=30000")
-    conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+    # After each checkpoint the WAL file is cut back to this, so a long outage cannot grow it unbounded.
     conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
     conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
     return conn
