@@ -11,12 +11,15 @@ import structlog
 
 def configure(level: str = "info", fmt: str = "auto") -> None:
     as_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
-    renderer = structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=False)
+    # The console renderer prints tracebacks itself; JSON needs them rendered into the event first,
+    # or log.exception() says only "exc_info": true.
+    renderers = ([structlog.processors.format_exc_info, structlog.processors.JSONRenderer()] if as_json
+                 else [structlog.dev.ConsoleRenderer(colors=False)])
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
+            *renderers,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
