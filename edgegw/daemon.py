@@ -44,7 +44,6 @@ PURGE_EVERY = 3600.0
 TICK_EVERY = 1.0  # s: resolution of rule timers (silence, reminders)
 CAP_EVERY = 10.0  # s: how often the disk cap is checked (cheap: a few PRAGMAs)
 CLOCK_SAVE_EVERY = 300.0  # s: how often the rules' clock is saved when nothing else is written
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 
 
 def db_path(config: Config) -> Path:
@@ -436,24 +435,8 @@ class Gateway:
             log.info("purged delivered items", count=n, older_than_s=self.config.store.keep_delivered)
 
 
-def keep_big_buffers_off_the_heap() -> None:
-    """Have glibc serve buffers of 128 KiB and more from mmap, returned to the kernel when freed.
-
-    A draining backlog allocates and frees batches of a few hundred KiB all the time. After the
-    first such free, glibc raises its mmap threshold and serves them from the heap, which fragments
-    and does not shrink: peak RSS over identical drains of a million readings ranged 49-57 MB. A
-    fixed threshold turns that adjustment off.
-    """
-    try:
-        import ctypes
-        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 128 * 1024)
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
-        pass
-
-
 def run(config: Config, drivers: DriverRegistry) -> None:
     """Run until SIGTERM or SIGINT."""
-    keep_big_buffers_off_the_heap()
     gateway = Gateway(config, drivers)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
