@@ -27,6 +27,19 @@ class Batching(_Section):
     max_bytes: int = Field(256_000, ge=1024)
 
 
+def _one_secret(section, key: str):
+    """A secret is given inline (``key``) or in a file (``key_file``), not both."""
+    if getattr(section, key) is not None and getattr(section, f"{key}_file") is not None:
+        raise ValueError(f"set {key} or {key}_file, not both")
+    return section
+
+
+def _read_secret(section, key: str) -> str | None:
+    """The secret ``key``, from ``key_file`` when given: read at each call, so a rotated one needs no restart."""
+    path = getattr(section, f"{key}_file")
+    return getattr(section, key) if path is None else path.read_text().strip()
+
+
 class MqttConnection(_Section):
     """How to reach an MQTT broker: shared by every uplink that publishes over MQTT."""
 
@@ -44,14 +57,10 @@ class MqttConnection(_Section):
 
     @model_validator(mode="after")
     def _one_password(self) -> MqttConnection:
-        if self.password is not None and self.password_file is not None:
-            raise ValueError("set password or password_file, not both")
-        return self
+        return _one_secret(self, "password")
 
     def secret(self) -> str | None:
-        if self.password_file is not None:
-            return self.password_file.read_text().strip()
-        return self.password
+        return _read_secret(self, "password")
 
 
 class MqttUplink(MqttConnection):
@@ -257,15 +266,11 @@ class NgsiConnection(EntityMapping):
 
     @model_validator(mode="after")
     def _one_token(self) -> NgsiConnection:
-        if self.token is not None and self.token_file is not None:
-            raise ValueError("set token or token_file, not both")
-        return self
+        return _one_secret(self, "token")
 
     def secret(self) -> str | None:
-        """The X-Auth-Token, read from token_file at each call so a rotated token needs no restart."""
-        if self.token_file is not None:
-            return self.token_file.read_text().strip()
-        return self.token
+        """The X-Auth-Token (see :func:`_read_secret`)."""
+        return _read_secret(self, "token")
 
 
 class NgsiV2Uplink(NgsiConnection):
