@@ -135,6 +135,13 @@ class Daemon:
             return any(s["state"] == "receiving" for s in self.status().get("sources", []))
         wait_until(receiving, timeout, f"source receiving (log: {self.log_tail()})")
 
+    def wait_uplinks_up(self, timeout: float = 20.0) -> None:
+        def up() -> bool:
+            self._check_alive()
+            uplinks = self.status().get("uplinks", [])
+            return bool(uplinks) and all(u["state"] == "up" for u in uplinks)
+        wait_until(up, timeout, f"uplinks up (log: {self.log_tail()})")
+
     def wait_committed(self, count: int, timeout: float = 20.0) -> None:
         def committed() -> bool:
             self._check_alive()

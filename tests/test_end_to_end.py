@@ -101,6 +101,7 @@ def test_committed_readings_survive_kill_9_with_broker_down(rig):
 def test_status_counts_items_in_flight_while_the_platform_is_slow_to_ack(rig):
     emulator, daemon, _, broker = rig
     daemon.start().wait_receiving()
+    daemon.wait_uplinks_up()  # frozen before its CONNACK, the broker would leave nothing in flight
     os.kill(broker.pid, signal.SIGSTOP)  # the broker takes the batches into its socket, and never acks
     try:
         Sender(emulator).burst(30)
