@@ -20,7 +20,7 @@ from pathlib import Path
 
 import structlog
 
-from edgegw import __version__
+from edgegw import __version__, heap
 from edgegw.clock import CLOCK_SANE_AFTER, ClockWatch, plausible
 from edgegw.config import Config
 from edgegw.drivers import DriverRegistry
@@ -437,6 +437,7 @@ class Gateway:
 
 def run(config: Config, drivers: DriverRegistry) -> None:
     """Run until SIGTERM or SIGINT."""
+    heap.limit_heap_growth()
     gateway = Gateway(config, drivers)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
