@@ -322,7 +322,6 @@ class Store:
 
     def health(self, gateway_id: str, version: str, uptime_s: float, bits: dict[str, int], now: float) -> dict[str, Any]:
         """The gateway's health report (a batch item, see the schema), read from the database."""
-        one = lambda sql, *a: self.conn.execute(sql, a).fetchone()[0]  # noqa: E731
         oldest = oldest_pending_at(self.conn)
         return {
             "type": "health", "id": f"{gateway_id}:health:{int(now * 1000)}", "gateway": gateway_id,
@@ -333,7 +332,7 @@ class Store:
             "disk_free_bytes": shutil.disk_usage(self.path.parent).free,
             "last_frame": {name: None if at is None else iso(at)
                            for name, at in self.conn.execute("SELECT name, last_frame_at FROM sources")},
-            "open_alarms": one("SELECT count(*) FROM alarms WHERE open = 1"),
+            "open_alarms": self.conn.execute("SELECT count(*) FROM alarms WHERE open = 1").fetchone()[0],
         }
 
     def add_health(self, item: dict[str, Any], pending: int, now: float) -> None:

@@ -119,7 +119,7 @@ def write_bytes(pid: int) -> int:
 def checkpoint(db: Path) -> int:
     """Copy the daemon's WAL into its database now; the bytes this process wrote doing it.
 
-    The daemon checkpoints every few thousand pages, so a phase's checkpoint would otherwise land
+    SQLite checkpoints once the WAL holds 1,000 pages, so a phase's checkpoint would otherwise land
     in whichever phase came next: at the end of each disk phase the bench runs it and counts it.
     """
     before = write_bytes(os.getpid())
