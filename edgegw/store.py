@@ -93,6 +93,10 @@ def _connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
     # After each checkpoint the WAL file is cut back to this, so a long outage cannot grow it unbounded.
     conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
     conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+    # A multi-row UPDATE in a transaction (every acknowledgement) keeps a statement journal, and
+    # past 64 KiB SQLite spills it to a file in /var/tmp: on a Pi, the SD card. In memory it is the
+    # pages of one statement, a few hundred KiB at most.
+    conn.execute("PRAGMA temp_store=MEMORY")
     return conn
 
 
