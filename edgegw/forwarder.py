@@ -13,6 +13,7 @@ platform's error (:class:`Park`) and the rest flows on.
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
@@ -211,8 +212,10 @@ class Forwarder:
     @staticmethod
     def _items(reader, seqs: list[int]) -> dict[int, str]:
         """The batch items of these outbox rows, in the order given; rows gone meanwhile are left out."""
-        marks = ",".join("?" * len(seqs))
-        found = dict(reader.execute(f"SELECT seq, item FROM outbox_items WHERE seq IN ({marks})", seqs).fetchall())
+        # One statement for any number of seqs: an IN list of placeholders is a new statement per
+        # batch size, each kept in the connection's statement cache.
+        found = dict(reader.execute("SELECT seq, item FROM outbox_items WHERE seq IN (SELECT value FROM json_each(?))",
+                                    (json.dumps(seqs),)).fetchall())
         return {s: found[s] for s in seqs if s in found}
 
     def _send(self, seqs: list[int], bodies: list[str]) -> bool:
