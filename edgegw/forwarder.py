@@ -105,7 +105,7 @@ class Forwarder:
                 if self.urgent.is_set() and self.uplink.ready():
                     self.urgent.clear()
                     self._send_next(reader, PRIORITY_ALARM)
-                if self.uplink.ready() and len(self._inflight) < self.max_inflight and self._send_next(reader):
+                if self.uplink.ready() and self._room() and self._send_next(reader):
                     continue
                 self.wake.wait(1.0)
                 self.wake.clear()
@@ -144,6 +144,15 @@ class Forwarder:
             stop.wait(delay)
             return True
         return False
+
+    def _room(self) -> bool:
+        """Whether another batch may go: fewer than ``max_inflight`` await the platform's ack, and
+        the writer has recorded the acks of all but about as many again. Without the second bound a
+        busy writer (a checkpoint, a cold cache on a big database) lets acks pile up in its queue,
+        each holding its batch's seqs, while the forwarder reads and sends on at full speed."""
+        with self._busy_lock:
+            unrecorded = len(self._busy)
+        return len(self._inflight) < self.max_inflight and unrecorded < 2 * self.max_inflight * self.max_items
 
     def _release(self, seqs: list[int]) -> None:
         with self._busy_lock:

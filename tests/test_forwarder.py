@@ -101,3 +101,43 @@ def test_items_whose_ack_was_not_recorded_go_again(tmp_path):
     ids = [i for batch in sent for i in batch]
     assert sorted(set(ids)) == sorted(f"d:0:{i}" for i in range(50))
     assert [i for i in ids if ids.count(i) > 1] == [f"d:0:{i}" for i in range(10)] * 2
+
+
+def test_a_writer_behind_on_acks_holds_the_forwarder_back(tmp_path):
+    """Acks the writer has not recorded yet hold their batch's seqs: at most about 2 x max_inflight
+    batches of them, then the forwarder waits for the writer instead of reading on."""
+    store = Store(tmp_path / "edgegw.db")
+    bit = store.register_uplinks(["scripted"])["scripted"]
+    store.begin()
+    for i in range(100):
+        store.add_item(f"d:0:{i}", "reading", 0, "d", 2e9 + i, 0.0, boot_id(), b"x", f'{{"id":"d:0:{i}"}}', bit, 1.0)
+    store.commit()
+    waiting: list[Ack] = []
+    uplink = ScriptedUplink([])
+    forwarder = Forwarder(uplink, bit, store.path, "gw", 10, 1 << 20, 2,
+                          lambda event: waiting.append(event) if isinstance(event, Ack) else None)
+    stop = threading.Event()
+    thread = threading.Thread(target=forwarder.run, args=(stop,))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(waiting) < 4:
+            assert time.monotonic() < deadline, f"batches sent: {uplink.sent}"
+            time.sleep(0.02)
+        time.sleep(0.5)  # room for a fifth batch, were it allowed
+        assert [len(b) for b in uplink.sent] == [10] * 4  # 2 x max_inflight (2) x max_items (10)
+        while store.conn.execute("SELECT count(*) FROM outbox WHERE pending != 0").fetchone()[0]:
+            assert time.monotonic() < deadline + 20, f"not all delivered; batches sent: {uplink.sent}"
+            for ack in list(waiting):  # the writer catches up
+                waiting.remove(ack)
+                store.begin()
+                store.acked(ack.bit, ack.seqs, ack.wall)
+                store.commit()
+                ack.committed()
+            time.sleep(0.02)
+        assert sorted(i for b in uplink.sent for i in b) == sorted(f"d:0:{i}" for i in range(100))
+    finally:
+        stop.set()
+        forwarder.wake.set()
+        thread.join()
+        store.close()
