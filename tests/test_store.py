@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import json
 import sqlite3
 from pathlib import Path
@@ -119,3 +120,25 @@ def test_the_item_view_is_made_afresh_at_every_start(tmp_path):
     (text,) = store.conn.execute("SELECT item FROM outbox_items").fetchone()
     assert json.loads(text)["values"] == {"level": 5}
     store.close()
+
+
+def test_a_big_acknowledgement_keeps_its_statement_journal_off_the_disk(tmp_path):
+    # Past 64 KiB SQLite spills a statement journal to a temp file (with PrivateTmp, on the SD card),
+    # unlinked at once but open until the transaction ends: look for it among our open files.
+    store = Store(tmp_path / "edgegw.db")
+    bit = store.register_uplinks(["a"])["a"]
+    store.begin()
+    for i in range(3000):
+        store.add_item(f"d:0:{i}", "reading", 0, "d", 2e9 + i, 0.0, "b", b"x" * 50, "{}", bit, 1.0)
+    store.commit()
+    store.begin()
+    store.acked(bit, list(range(1, 3001)), 2.0)
+    open_files = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            open_files.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except FileNotFoundError:  # the listing's own descriptor, closed by now
+            pass
+    store.commit()
+    store.close()
+    assert not [f for f in open_files if "etilqs" in f]  # SQLite's temp file prefix
