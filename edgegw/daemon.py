@@ -34,7 +34,7 @@ from edgegw.radio.field import VirtualField, load_field
 from edgegw.radio.rylr import RylrRadio
 from edgegw.rules import RuleEngine
 from edgegw.rules.actions import ActionRunner
-from edgegw.store import Store, quick_check
+from edgegw.store import HOUSEKEEPING_CHUNK, Store, quick_check
 from edgegw.uplink import build_uplink
 
 log = structlog.get_logger("edgegw.daemon")
@@ -43,6 +43,9 @@ DB_NAME = "edgegw.db"
 PURGE_EVERY = 3600.0
 TICK_EVERY = 1.0  # s: resolution of rule timers (silence, reminders)
 CAP_EVERY = 10.0  # s: how often the disk cap is checked (cheap: a few PRAGMAs)
+# s: the pause between two chunks of housekeeping (a purge, a disk cap episode) that has more to
+# delete: frames and acks that arrived meanwhile are committed first.
+HOUSEKEEPING_STEP = 0.1
 CLOCK_SAVE_EVERY = 300.0  # s: how often the rules' clock is saved when nothing else is written
 
 
@@ -83,6 +86,7 @@ class Gateway:
         self.uplink_mask = sum(bits.values())
         self.started = time.monotonic()
         self.dropping: dict[str, int] = {}  # unsent items dropped in the current disk cap episode
+        self.purged = 0  # delivered items purged by the current round of chunks, logged when it ends
         self.ingest = Ingest(config, drivers, self.store, self.uplink_mask)
         self.rules = RuleEngine(config, drivers, self.store.conn, time.time(), time.monotonic())
         self.clock = ClockWatch(time.time(), time.monotonic())
@@ -189,7 +193,8 @@ class Gateway:
         done = False
         while not done:
             try:
-                group = [self.events.get(timeout=max(0.0, next_tick - time.monotonic()))]
+                wake = min(next_tick, next_cap, next_purge)
+                group = [self.events.get(timeout=max(0.0, wake - time.monotonic()))]
             except queue.Empty:
                 group = []
             if group:
@@ -215,12 +220,11 @@ class Gateway:
                 next_health = time.monotonic() + self.config.health_every
                 self._report_health()
             if time.monotonic() >= next_cap:
-                next_cap = time.monotonic() + CAP_EVERY
                 self._enforce_cap()
+                next_cap = time.monotonic() + (HOUSEKEEPING_STEP if self.store.capping else CAP_EVERY)
             notify_systemd("WATCHDOG=1")
             if time.monotonic() >= next_purge:
-                next_purge = time.monotonic() + PURGE_EVERY
-                self._purge()
+                next_purge = time.monotonic() + (HOUSEKEEPING_STEP if self._purge() else PURGE_EVERY)
 
     def _commit_group(self, group: list) -> list:
         """Commit one group of events; return what to announce once the sources may read again."""
@@ -407,33 +411,38 @@ class Gateway:
         """Keep the database under its cap; say so once per episode of dropping, not per drop."""
         try:
             deleted = self.store.enforce_cap(self.config.store.max_bytes, time.time())
-        except Exception:  # housekeeping: the next round tries again
+        except Exception:  # housekeeping: the next round (in CAP_EVERY, not at once) tries again
             log.exception("disk cap enforcement failed")
             self.store.rollback()
             self.rules.reload()
+            self.store.capping = False
             return
         dropped = {k: n for k, n in deleted.items() if k != "delivered"}
         if dropped and not self.dropping:
             log.warning("disk cap reached: dropping the oldest unsent readings (alarms are kept)",
                         max_bytes=self.config.store.max_bytes, **dropped)
         self.dropping = {k: self.dropping.get(k, 0) + dropped.get(k, 0) for k in {*self.dropping, *dropped}}
-        if self.dropping and not dropped:
+        if self.dropping and not self.store.capping:
             log.warning("disk cap episode over", dropped=self.dropping)
             self.dropping = {}
 
-    def _purge(self) -> None:
+    def _purge(self) -> bool:
+        """Delete one chunk of what the retention lets go; True if more may be due."""
         cutoff = time.time() - self.config.store.keep_delivered
         try:
             self.store.begin()
-            n = self.store.purge_delivered(cutoff)
+            items, alarms = self.store.purge_delivered(cutoff)
             self.store.commit()
         except Exception:  # housekeeping must never stop the writer; the next round tries again
             log.exception("purge of delivered items failed")
             self.store.rollback()
-            return
-        if n:
-            log.info("purged delivered items", count=n, older_than_s=self.config.store.keep_delivered)
-
+            return False
+        self.purged += items
+        more = HOUSEKEEPING_CHUNK in (items, alarms)
+        if self.purged and not more:
+            log.info("purged delivered items", count=self.purged, older_than_s=self.config.store.keep_delivered)
+            self.purged = 0
+        return more
 
 def run(config: Config, drivers: DriverRegistry) -> None:
     """Run until SIGTERM or SIGINT."""

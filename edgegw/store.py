@@ -50,6 +50,10 @@ WAL_LIMIT = 8_000_000
 # tables and the forwarder reads the head of the queue, so a quarter of that does the same work.
 CACHE_KIB = 512
 CAP_LOW_WATER = 0.9  # once over the cap, free space down to this fraction of it: not a drop per commit
+# Rows deleted per transaction by the daemon's housekeeping (retention, disk cap): about 10 ms here,
+# well under a second on a Pi Zero. Deleting a million in one statement held the writer (and with it
+# every frame and alarm) for 3.5 s here, and past systemd's 30 s watchdog on a Pi.
+HOUSEKEEPING_CHUNK = 2000
 
 
 @dataclass
@@ -202,6 +206,7 @@ class Store:
         self._dirty_devices: set[str] = set()
         self._source_frames: dict[str, tuple[int, float]] = {}
         self._rejects_added = 0
+        self.capping = False  # over the disk cap, and not yet down to its low-water mark
 
     def _rows(self, sql: str) -> list[dict[str, Any]]:
         cur = self.conn.execute(sql)
@@ -380,12 +385,17 @@ class Store:
             [{"bit": bit, "now": now, "lo": lo, "hi": hi} for lo, hi in runs(seqs)],
         )
 
-    def purge_delivered(self, older_than: float) -> int:
-        """Delete delivered items, and closed alarms from the alarm log, older than ``older_than``."""
-        self.conn.execute("DELETE FROM alarms WHERE open = 0 AND raised_at < ?", (older_than,))
-        return self.conn.execute(
-            "DELETE FROM outbox WHERE pending = 0 AND delivered_at < ?", (older_than,)
-        ).rowcount
+    def purge_delivered(self, older_than: float, limit: int = HOUSEKEEPING_CHUNK) -> tuple[int, int]:
+        """Delete up to ``limit`` delivered items, and up to ``limit`` closed alarms of the alarm log,
+        delivered (raised) before ``older_than``, the oldest first. Returns how many of each: while
+        either is ``limit``, more may be due."""
+        alarms = self.conn.execute(
+            "DELETE FROM alarms WHERE rowid IN (SELECT rowid FROM alarms WHERE open = 0 AND raised_at < ?"
+            " ORDER BY raised_at LIMIT ?)", (older_than, limit)).rowcount
+        items = self.conn.execute(
+            "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE pending = 0 AND delivered_at < ?"
+            " ORDER BY delivered_at LIMIT ?)", (older_than, limit)).rowcount
+        return items, alarms
 
     # -- uplinks and sources --------------------------------------------------------------------
 
@@ -461,39 +471,38 @@ class Store:
         wal = self.path.with_name(self.path.name + "-wal")
         return (pages - free) * size, wal.stat().st_size if wal.exists() else 0
 
-    def enforce_cap(self, max_bytes: int, now: float) -> dict[str, int]:
-        """Keep the database and its WAL under ``max_bytes`` (call outside a transaction).
+    def enforce_cap(self, max_bytes: int, now: float, limit: int = HOUSEKEEPING_CHUNK) -> dict[str, int]:
+        """One step of keeping the database and its WAL under ``max_bytes`` (call outside a transaction).
 
         Over the cap, delivered items go first, then the oldest plain readings, never alarms, until
-        the data fits in :data:`CAP_LOW_WATER` of the cap. Returns what was deleted, by kind
-        (``delivered`` for delivered items of any kind); drops of unsent items are counted in ``drops``.
+        the data fits in :data:`CAP_LOW_WATER` of the cap. A step deletes at most ``limit`` rows in
+        one short transaction; while :attr:`capping` is True, the episode goes on: call again soon.
+        Returns what the step deleted, by kind (``delivered`` for delivered items of any kind); drops
+        of unsent items are counted in ``drops``.
         """
-        deleted: dict[str, int] = {}
-        if sum(self.used_bytes()) <= max_bytes:
-            return deleted
+        if not self.capping and sum(self.used_bytes()) <= max_bytes:
+            return {}
+        self.capping = True
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # rarely: only while over the cap
+        live, wal = self.used_bytes()
+        if live <= max_bytes * CAP_LOW_WATER - wal:
+            self.capping = False
+            return {}
         for kind, where in (("delivered", "pending = 0"), ("reading", "pending != 0 AND kind = 'reading'"),
                             ("health", "pending != 0 AND kind = 'health'")):
-            while True:
-                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # rarely: only while over the cap
-                live, wal = self.used_bytes()
-                target = max_bytes * CAP_LOW_WATER - wal
-                rows = self.conn.execute(f"SELECT count(*) FROM outbox WHERE {where}").fetchone()[0]
-                if live <= target or not rows:
-                    break
-                total = max(1, self.conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
-                # Rows to free, from the average row size; at least a chunk so the loop converges.
-                n = max(1000, int((live - target) / max(1.0, live / total) * 1.1))
-                self.begin()
-                gone = self.conn.execute(
-                    f"DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE {where} ORDER BY seq LIMIT ?)", (n,)
-                ).rowcount
-                if kind != "delivered":
-                    self.conn.execute(
-                        "INSERT INTO drops VALUES ('disk_cap', ?, ?, ?) ON CONFLICT(reason, kind) DO UPDATE"
-                        " SET count = count + excluded.count, last_at = excluded.last_at", (kind, gone, now))
-                self.conn.execute("COMMIT")
-                deleted[kind] = deleted.get(kind, 0) + gone
-        return deleted
+            self.begin()
+            gone = self.conn.execute(
+                f"DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE {where} ORDER BY seq LIMIT ?)", (limit,)
+            ).rowcount
+            if gone and kind != "delivered":
+                self.conn.execute(
+                    "INSERT INTO drops VALUES ('disk_cap', ?, ?, ?) ON CONFLICT(reason, kind) DO UPDATE"
+                    " SET count = count + excluded.count, last_at = excluded.last_at", (kind, gone, now))
+            self.conn.execute("COMMIT")
+            if gone:
+                return {kind: gone}
+        self.capping = False  # only alarms left: they stay, whatever the cap
+        return {}
 
     def close(self) -> None:
         self.conn.close()

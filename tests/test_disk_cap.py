@@ -25,6 +25,19 @@ def fill(store: Store, readings: int, alarms_every: int = 0, delivered: int = 0)
     store.commit()
 
 
+def cap(store: Store, limit: int = 500) -> dict[str, int]:
+    """A disk cap episode run to its end step by step, as the daemon runs it; what it deleted in all."""
+    deleted: dict[str, int] = {}
+    for _ in range(10_000):
+        step = store.enforce_cap(CAP, 1.0, limit)
+        assert len(step) <= 1 and sum(step.values()) <= limit  # one short transaction per step
+        for kind, n in step.items():
+            deleted[kind] = deleted.get(kind, 0) + n
+        if not store.capping:
+            return deleted
+    raise AssertionError("the episode did not end")
+
+
 def kinds(store: Store) -> dict[str, int]:
     return dict(store.conn.execute("SELECT kind, count(*) FROM outbox GROUP BY kind"))
 
@@ -32,13 +45,13 @@ def kinds(store: Store) -> dict[str, int]:
 def test_under_the_cap_nothing_goes(tmp_path):
     store = Store(tmp_path / "gw.db")
     fill(store, 500)
-    assert store.enforce_cap(CAP, 1.0) == {} and kinds(store) == {"reading": 500}
+    assert cap(store) == {} and kinds(store) == {"reading": 500}
 
 
 def test_delivered_first_then_oldest_readings_never_alarms_and_counted(tmp_path):
     store = Store(tmp_path / "gw.db")
     fill(store, 12_000, alarms_every=100, delivered=3000)
-    deleted = store.enforce_cap(CAP, 1.0)
+    deleted = cap(store)
     assert deleted["delivered"] == 3000  # delivered alarms too: the platform has them
     assert deleted["reading"] > 0
     assert sum(store.used_bytes()) <= CAP * CAP_LOW_WATER
@@ -50,13 +63,30 @@ def test_delivered_first_then_oldest_readings_never_alarms_and_counted(tmp_path)
     assert status(store.path)["dropped"] == {"reading": deleted["reading"]}
 
 
+def test_the_retention_purge_deletes_a_chunk_at_a_time_the_longest_delivered_first(tmp_path):
+    store = Store(tmp_path / "gw.db")
+    fill(store, 3000, delivered=2500)
+    store.conn.execute("UPDATE outbox SET delivered_at = 3000 - seq WHERE pending = 0")  # the last acked first
+    store.begin()
+    assert store.purge_delivered(older_than=2000.0, limit=700) == (700, 0)
+    store.commit()
+    kept = [r[0] for r in store.conn.execute("SELECT delivered_at FROM outbox WHERE pending = 0")]
+    assert len(kept) == 1800 and min(kept) == 1200  # delivered at 500..1199 went: the oldest 700
+    for _ in range(3):
+        store.begin()
+        store.purge_delivered(older_than=2000.0, limit=700)
+        store.commit()
+    assert kinds(store) == {"reading": 500 + 1000}  # pending ones, and those delivered since 2000
+    assert store.conn.execute("SELECT count(*) FROM outbox WHERE pending != 0").fetchone()[0] == 500
+
+
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.integers(1000, 9000), st.integers(0, 50))
 def test_alarms_always_survive_the_cap(tmp_path_factory, readings, alarms_every):
     store = Store(tmp_path_factory.mktemp("cap") / "gw.db")
     fill(store, readings, alarms_every=alarms_every)
     alarms = kinds(store).get("alarm", 0)
-    store.enforce_cap(CAP, 1.0)
+    cap(store)
     assert kinds(store).get("alarm", 0) == alarms
     dropped = dict(store.conn.execute("SELECT kind, count FROM drops"))
     assert kinds(store).get("reading", 0) + dropped.get("reading", 0) == readings - alarms
