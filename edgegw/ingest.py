@@ -43,6 +43,7 @@ class Ingest:
         store.describe(config.gateway_id, {name: driver.units() for name, driver in drivers.drivers.items()})
         self.uplink_mask = uplink_mask
         self.boot_id = boot_id()
+        store.note_boot(self.boot_id)
         self.by_address: dict[tuple[str, int], Device] = {
             (config.device_source(d), d.address): d for d in config.devices
         }

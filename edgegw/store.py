@@ -22,7 +22,7 @@ Tables:
 ``rule_buffer``    readings held back to be evaluated in observation order (see rules.engine)
 ``parked``         items an uplink refused for good, with the platform's error, kept for inspection
 ``alarms``         every alarm raised, open until a later alarm closes it, for ``edgegw alarms``
-``meta``           schema version, gateway id, the rules' clock
+``meta``           schema version, gateway id, the rules' clock, where the rows of this boot begin
 
 A reading is stored as columns plus its values as JSON, about 150 bytes, and rendered into its batch
 item by the ``outbox_items`` view when it is read: the full item (360 bytes) written to the WAL,
@@ -207,6 +207,7 @@ class Store:
         self._source_frames: dict[str, tuple[int, float]] = {}
         self._rejects_added = 0
         self.capping = False  # over the disk cap, and not yet down to its low-water mark
+        self.boot_first_seq = 0  # rows of this boot have seqs from here on (see note_boot)
 
     def _rows(self, sql: str) -> list[dict[str, Any]]:
         cur = self.conn.execute(sql)
@@ -296,6 +297,10 @@ class Store:
             (reading.reading_id, reading.device_id, reading.driver, reading.observed_at, reading.time_quality,
              reading.counter, reading.mono, reading.boot_id, reading.source, reading.address, rssi, snr, raw, json.dumps(reading.values, separators=(",", ":"), ensure_ascii=False), pending, now),
         )
+        if cur.rowcount == 1 and cur.lastrowid < self.boot_first_seq:
+            # seq is the highest left plus one: it goes back below the mark when every row of this
+            # boot has been purged. The mark follows, so that re-stamping still finds this row.
+            self._mark_boot(reading.boot_id, cur.lastrowid)
         return cur.rowcount == 1
 
     def add_item(
@@ -357,19 +362,39 @@ class Store:
             " SELECT item_id, ?, kind, ?, ?, item FROM outbox_items WHERE seq = ?", (uplink, error[:2000], now, seq))
         self.acked(bit, [seq], now)
 
+    def note_boot(self, boot_id: str) -> None:
+        """Remember where the rows of this boot begin (call at start, before any reading is added),
+        so that a clock step re-stamps this boot's rows without reading those of every earlier boot."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'boot'").fetchone()
+        known = json.loads(row[0]) if row else {}
+        if known.get("id") == boot_id:  # the daemon restarted within the boot
+            self.boot_first_seq = known["first_seq"]
+            return
+        self.begin()
+        # A database without the mark may hold rows of this boot from before it had one: all may be.
+        last = self.conn.execute("SELECT max(seq) FROM outbox").fetchone()[0] or 0
+        self._mark_boot(boot_id, last + 1 if known else 0)
+        self.commit()
+
+    def _mark_boot(self, boot_id: str, first_seq: int) -> None:
+        self.boot_first_seq = first_seq
+        self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('boot', ?)",
+                          (json.dumps({"id": boot_id, "first_seq": first_seq}),))
+
     def restamp(self, boot_id: str, offset: float, before: float = float("inf")) -> int:
         """The wall clock stepped: re-stamp this boot's unsent readings taken before the step.
 
         Every reading of this boot stamped with another wall-minus-monotonic offset than the clock's
         ``offset`` (and stamped before ``before``) now becomes ``mono + offset``, marked
-        ``estimated``. Returns how many.
+        ``estimated``. Returns how many. Reads only the rows from :meth:`note_boot` on: behind a
+        million pending readings of earlier boots, reading them all held the writer 0.4 s here.
         """
         return self.conn.execute(
-            "UPDATE outbox SET observed_at = mono + :new, time_quality = 'estimated'"
-            " WHERE kind = 'reading' AND driver IS NOT NULL AND pending != 0 AND boot_id = :boot"
+            "UPDATE outbox NOT INDEXED SET observed_at = mono + :new, time_quality = 'estimated'"
+            " WHERE seq >= :first AND kind = 'reading' AND driver IS NOT NULL AND pending != 0 AND boot_id = :boot"
             " AND abs(observed_at - mono - :new) > :tol"
             " AND observed_at < :before",
-            {"new": offset, "boot": boot_id, "tol": STEP, "before": before},
+            {"new": offset, "boot": boot_id, "tol": STEP, "before": before, "first": self.boot_first_seq},
         ).rowcount
 
     def acked(self, bit: int, seqs: list[int], now: float) -> None:

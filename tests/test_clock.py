@@ -54,6 +54,53 @@ def test_restamp_touches_only_this_boots_unsent_readings_from_before_the_step(tm
     assert rows["sent"][1]["time_quality"] == "unsynced"
 
 
+def _unsynced(store: Store, item_id: str, mono: float, boot: str) -> None:
+    reading = Reading(item_id, "river-01", "water_level", 86400.0 + mono, "unsynced", 1, {"level": 1}, "lora0", 21,
+                      None, None, mono, boot)
+    store.begin()
+    store.add_reading(reading, b"", 1, 0.0)
+    store.commit()
+
+
+def test_restamp_reads_only_the_rows_of_this_boot(tmp_path):
+    store = Store(tmp_path / "gw.db")
+    store.register_uplinks(["town"])
+    store.note_boot("boot-a")
+    for i in range(5000):  # a backlog left by an earlier boot
+        _unsynced(store, f"a{i}", float(i), "boot-a")
+    store.note_boot("boot-b")
+    _unsynced(store, "b0", 10.0, "boot-b")
+    steps = []
+    store.conn.set_progress_handler(lambda: steps.append(1), 100)  # called every 100 VM instructions
+    store.begin()
+    assert store.restamp("boot-b", 1_790_000_000.0) == 1
+    store.commit()
+    store.conn.set_progress_handler(None, 0)
+    assert len(steps) < 20  # reading the 5,000 rows of boot-a takes thousands
+
+    again = Store(tmp_path / "gw.db")  # the daemon restarts within boot-b: its mark holds
+    again.note_boot("boot-b")
+    _unsynced(again, "b1", 11.0, "boot-b")
+    again.begin()
+    assert again.restamp("boot-b", 1_790_000_000.0) == 1  # b1; b0 is right already
+    again.commit()
+
+
+def test_a_row_of_this_boot_below_its_mark_is_still_restamped(tmp_path):
+    # seq is the highest left plus one: once every row of this boot has gone, new ones start lower.
+    store = Store(tmp_path / "gw.db")
+    store.register_uplinks(["town"])
+    store.note_boot("boot-a")
+    for i in range(3):
+        _unsynced(store, f"old{i}", float(i), "boot-a")
+    store.note_boot("boot-b")
+    store.conn.execute("DELETE FROM outbox")  # purged (delivered long ago), or dropped at the cap
+    _unsynced(store, "b0", 10.0, "boot-b")
+    store.begin()
+    assert store.restamp("boot-b", 1_790_000_000.0) == 1
+    store.commit()
+
+
 @pytest.mark.skipif(not LIBFAKETIME.exists() or not shutil.which("faketime"), reason="needs libfaketime (apt-get install faketime)")
 def test_readings_stamped_before_ntp_are_held_then_restamped_and_marked_estimated(tmp_path, mosquitto):
     clock = tmp_path / "faketime"
