@@ -351,7 +351,10 @@ class Store:
 
     def add_health(self, item: dict[str, Any], pending: int, now: float) -> None:
         """Queue a health report; older undelivered ones are dropped, only the newest matters."""
-        self.conn.execute("DELETE FROM outbox WHERE kind = 'health' AND pending != 0")
+        # By priority, the send-order index's first column: found at once behind a million readings
+        # (by kind, that index was read whole: 0.15 s here for every report).
+        self.conn.execute("DELETE FROM outbox WHERE priority = ? AND kind = 'health' AND pending != 0",
+                          (PRIORITY_HEALTH,))
         self.add_item(item["id"], "health", PRIORITY_HEALTH, None, now, 0.0, "", None,
                       json.dumps(item, separators=(",", ":")), pending, now)
 
