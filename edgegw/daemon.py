@@ -444,6 +444,7 @@ class Gateway:
             self.purged = 0
         return more
 
+
 def run(config: Config, drivers: DriverRegistry) -> None:
     """Run until SIGTERM or SIGINT."""
     heap.limit_heap_growth()
