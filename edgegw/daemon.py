@@ -16,7 +16,9 @@ import signal
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -34,7 +36,7 @@ from edgegw.radio.field import VirtualField, load_field
 from edgegw.radio.rylr import RylrRadio
 from edgegw.rules import RuleEngine
 from edgegw.rules.actions import ActionRunner
-from edgegw.store import HOUSEKEEPING_CHUNK, Store, quick_check
+from edgegw.store import HOUSEKEEPING_CHUNK, Store, health, quick_check
 from edgegw.uplink import build_uplink
 
 log = structlog.get_logger("edgegw.daemon")
@@ -47,6 +49,14 @@ CAP_EVERY = 10.0  # s: how often the disk cap is checked (cheap: a few PRAGMAs)
 # delete: frames and acks that arrived meanwhile are committed first.
 HOUSEKEEPING_STEP = 0.1
 CLOCK_SAVE_EVERY = 300.0  # s: how often the rules' clock is saved when nothing else is written
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    """The gateway's health report, built beside the writer, for the writer to queue."""
+
+    item: dict[str, Any]
+    wall: float
 
 
 def db_path(config: Config) -> Path:
@@ -87,6 +97,7 @@ class Gateway:
         self.started = time.monotonic()
         self.dropping: dict[str, int] = {}  # unsent items dropped in the current disk cap episode
         self.purged = 0  # delivered items purged by the current round of chunks, logged when it ends
+        self._health: threading.Thread | None = None  # the health report being built
         self.ingest = Ingest(config, drivers, self.store, self.uplink_mask)
         self.rules = RuleEngine(config, drivers, self.store.conn, time.time(), time.monotonic())
         self.clock = ClockWatch(time.time(), time.monotonic())
@@ -251,6 +262,9 @@ class Gateway:
                     store.uplink_state(event.uplink, event.state, event.detail, event.wall)
                 elif isinstance(event, SourceState):
                     store.source_state(event.source, event.state, event.detail, event.wall)
+                elif isinstance(event, HealthReport):
+                    store.add_health(event.item, self.uplink_mask, event.wall)
+                    after.append(event)
             for r in after:
                 if isinstance(r, Reject):
                     store.add_reject(r.source, r.reason, r.detail, r.address, r.device_id, r.raw, r.wall)
@@ -276,7 +290,7 @@ class Gateway:
         if any(isinstance(r, Alarm) for r in after):
             for fwd in self.forwarders:
                 fwd.urgent.set()
-        if any(isinstance(r, Reading | Alarm) for r in after):
+        if any(isinstance(r, Reading | Alarm | HealthReport) for r in after):
             for fwd in self.forwarders:
                 fwd.wake.set()
 
@@ -378,21 +392,26 @@ class Gateway:
             self.inflight_noted.clear()
 
     def _report_health(self) -> None:
-        """Queue the gateway's health report for every uplink (a town with thirty gateways sees the sick one)."""
-        try:
-            self.store.begin()
-            now = time.time()
-            item = self.store.health(self.config.gateway_id, __version__, time.monotonic() - self.started,
-                                     self.bits, now)
-            self.store.add_health(item, self.uplink_mask, now)
-            self.store.commit()
-        except Exception:  # housekeeping: the next report tries again
-            log.exception("health report failed")
-            self.store.rollback()
-            self.rules.reload()
-            return
-        for fwd in self.forwarders:
-            fwd.wake.set()
+        """Queue the gateway's health report for every uplink (a town with thirty gateways sees the sick one).
+
+        Built in a thread of its own on a reader connection (its counts read a whole backlog's
+        index); the writer only queues it, in its next group.
+        """
+        if self._health is not None and self._health.is_alive():
+            return  # the last one is still counting: a slow card, a huge backlog
+
+        def build(uptime_s: float) -> None:
+            try:
+                now = time.time()
+                item = health(db_path(self.config), self.config.gateway_id, __version__, uptime_s, self.bits, now)
+            except Exception:  # the next report tries again
+                log.exception("health report failed")
+                return
+            self.events.put(HealthReport(item, now))
+
+        self._health = threading.Thread(target=build, args=(time.monotonic() - self.started,), name="health",
+                                        daemon=True)
+        self._health.start()
 
     def _check_integrity(self) -> None:
         started = time.monotonic()

@@ -334,21 +334,6 @@ class Store:
             )
         return True
 
-    def health(self, gateway_id: str, version: str, uptime_s: float, bits: dict[str, int], now: float) -> dict[str, Any]:
-        """The gateway's health report (a batch item, see the schema), read from the database."""
-        oldest = oldest_pending_at(self.conn)
-        return {
-            "type": "health", "id": f"{gateway_id}:health:{int(now * 1000)}", "gateway": gateway_id,
-            "observed_at": iso(now), "version": version, "uptime_s": round(uptime_s, 1),
-            "pending": {name: pending_count(self.conn, bit) for name, bit in bits.items()},
-            "oldest_pending_s": None if oldest is None else round(max(0.0, now - oldest), 1),
-            "rejects": dict(self.conn.execute("SELECT reason, sum(count) FROM reject_counts GROUP BY reason")),
-            "disk_free_bytes": shutil.disk_usage(self.path.parent).free,
-            "last_frame": {name: None if at is None else iso(at)
-                           for name, at in self.conn.execute("SELECT name, last_frame_at FROM sources")},
-            "open_alarms": self.conn.execute("SELECT count(*) FROM alarms WHERE open = 1").fetchone()[0],
-        }
-
     def add_health(self, item: dict[str, Any], pending: int, now: float) -> None:
         """Queue a health report; older undelivered ones are dropped, only the newest matters."""
         # By priority, the send-order index's first column: found at once behind a million readings
@@ -544,6 +529,32 @@ def pending_count(conn: sqlite3.Connection, bit: int = -1) -> int:
     """
     return conn.execute("SELECT count(*) FROM outbox INDEXED BY outbox_send_order WHERE pending != 0 AND pending & ?",
                         (bit,)).fetchone()[0]
+
+
+def health(path: Path, gateway_id: str, version: str, uptime_s: float, bits: dict[str, int],
+           now: float) -> dict[str, Any]:
+    """The gateway's health report (a batch item, see the schema), read on a reader connection.
+
+    Counting what each uplink has pending reads the send-order index whole: 0.06 s per uplink here
+    behind a million readings, so the daemon builds the report beside the writer, not in it.
+    """
+    conn = open_reader(path)
+    try:
+        conn.execute("BEGIN")  # one snapshot for all the counts
+        oldest = oldest_pending_at(conn)
+        return {
+            "type": "health", "id": f"{gateway_id}:health:{int(now * 1000)}", "gateway": gateway_id,
+            "observed_at": iso(now), "version": version, "uptime_s": round(uptime_s, 1),
+            "pending": {name: pending_count(conn, bit) for name, bit in bits.items()},
+            "oldest_pending_s": None if oldest is None else round(max(0.0, now - oldest), 1),
+            "rejects": dict(conn.execute("SELECT reason, sum(count) FROM reject_counts GROUP BY reason").fetchall()),
+            "disk_free_bytes": shutil.disk_usage(path.parent).free,
+            "last_frame": {name: None if at is None else iso(at)
+                           for name, at in conn.execute("SELECT name, last_frame_at FROM sources")},
+            "open_alarms": conn.execute("SELECT count(*) FROM alarms WHERE open = 1").fetchone()[0],
+        }
+    finally:
+        conn.close()
 
 
 def oldest_pending_at(conn: sqlite3.Connection) -> float | None:
