@@ -464,6 +464,20 @@ class Gateway:
         return more
 
 
+def name_os_threads(named: dict[int, str]) -> dict[int, str]:
+    """Give each thread's name to the OS as well (Linux: the first 15 characters), so that ``top -H``
+    or ``/proc/<pid>/task/*/comm`` show which stage is busy, not eight threads called python.
+    ``named`` is what the last call named (native id -> name); returns the same for this one."""
+    current = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
+    for tid, name in current.items():
+        if named.get(tid) != name:
+            try:
+                Path(f"/proc/self/task/{tid}/comm").write_text(name[:15])
+            except OSError:  # not Linux, or the thread just ended
+                pass
+    return current
+
+
 def run(config: Config, drivers: DriverRegistry) -> None:
     """Run until SIGTERM or SIGINT."""
     heap.limit_heap_growth()
@@ -472,7 +486,8 @@ def run(config: Config, drivers: DriverRegistry) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     gateway.start()
+    named = name_os_threads({})
     while not done.wait(1.0):
-        pass
+        named = name_os_threads(named)
     log.info("stopping", gateway=config.gateway_id)
     gateway.stop()

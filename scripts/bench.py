@@ -3,7 +3,8 @@
 
 Prints, for this machine:
   ingest      readings/s from the serial line to committed in SQLite (a burst sent as fast as the pty takes it)
-  end to end  readings/s and daemon CPU µs per reading, serial line in -> PUBACK recorded (broker up)
+  end to end  readings/s and daemon CPU µs per reading, serial line in -> PUBACK recorded (broker up),
+              in all and by thread
   drain       readings/s of a backlog accumulated while the broker was down, from the reconnect on
   disk        bytes the daemon wrote per reading (/proc/<pid>/io write_bytes), plus the WAL checkpoint
               it owes for them (run by the bench at the end of the phase), in the burst and at
@@ -104,9 +105,21 @@ def percentiles(latencies: list[float]) -> dict:
     return {"n": len(ms), "p50_ms": round(statistics.median(ms), 1), "p99_ms": round(p99, 1)}
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+def cpu_seconds(pid: int, task: str = "") -> float:
+    """utime + stime of a process (or of one of its threads: ``task`` = "task/<tid>/")."""
+    fields = Path(f"/proc/{pid}/{task}stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def cpu_seconds_by_thread(pid: int) -> dict[str, tuple[str, float]]:
+    """Thread id -> (name, CPU seconds); the daemon gives its threads' names to the OS."""
+    out: dict[str, tuple[str, float]] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            out[tid] = (Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip(), cpu_seconds(pid, f"task/{tid}/"))
+        except FileNotFoundError:  # a short-lived thread (a health report) ended meanwhile
+            pass
+    return out
 
 
 def write_bytes(pid: int) -> int:
@@ -209,6 +222,7 @@ def run(n: int, backlog: int) -> dict:
             # 1. broker up: serial line -> committed -> PUBACK recorded
             checkpoint(daemon.db)
             cpu0, io0, t0 = cpu_seconds(pid), write_bytes(pid), time.perf_counter()
+            threads0 = cpu_seconds_by_thread(pid)
             sender.quiet(n)
             daemon.wait_committed(n, timeout=600)
             t_committed = time.perf_counter()
@@ -218,6 +232,12 @@ def run(n: int, backlog: int) -> dict:
             out["ingest_readings_per_s"] = round(n / (t_committed - t0))
             out["end_to_end_readings_per_s"] = round(n / (t_delivered - t0))
             out["cpu_us_per_reading"] = round((cpu1 - cpu0) / n * 1e6, 1)
+            threads1 = cpu_seconds_by_thread(pid)
+            by_thread: dict[str, float] = {}
+            for tid, (name, t) in threads1.items():
+                by_thread[name] = by_thread.get(name, 0.0) + t - threads0.get(tid, ("", 0.0))[1]
+            out["cpu_us_per_reading_by_thread"] = {name: round(t / n * 1e6, 1) for name, t in sorted(by_thread.items())
+                                                   if t}
             out["bytes_written_per_reading"] = round((io1 - io0 + checkpoint(daemon.db)) / n)
             out["peak_rss_mb_after_live_run"] = round(peak_rss_mb(pid), 1)
 

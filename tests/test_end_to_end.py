@@ -175,3 +175,23 @@ def test_retransmitted_frame_yields_one_reading(rig):
         return next((d for d in daemon.status()["devices"] if d["id"] == "river-01"), {})
     wait_until(lambda: river().get("duplicates") == 2, 10, "two duplicates counted")
     assert [i["id"] for i in items] == ["river-01:0:7"] and river()["readings"] == 1
+
+
+def test_each_stage_runs_in_a_thread_the_os_can_name(rig):
+    """top -H on a field gateway shows which stage is busy."""
+    _, daemon, _, _ = rig
+    daemon.start().wait_uplinks_up()
+    tasks = f"/proc/{daemon.proc.pid}/task"
+
+    def names() -> set[str]:
+        out = set()
+        for tid in os.listdir(tasks):
+            try:
+                with open(f"{tasks}/{tid}/comm") as f:
+                    out.add(f.read().strip())
+            except FileNotFoundError:  # a short-lived thread ended meanwhile
+                pass
+        return out
+
+    wait_until(lambda: {"writer", "forwarder:broke", "source:lora0", "uplink:broker"} <= names(), 10,
+               f"threads named (now {sorted(names())})")
