@@ -557,10 +557,11 @@ def health(path: Path, gateway_id: str, version: str, uptime_s: float, bits: dic
         conn.close()
 
 
-def oldest_pending_at(conn: sqlite3.Connection) -> float | None:
-    """When the oldest pending item was accepted: the lowest pending seq, as seqs follow acceptance."""
-    row = conn.execute("SELECT accepted_at FROM outbox WHERE seq ="
-                       " (SELECT min(seq) FROM outbox INDEXED BY outbox_send_order WHERE pending != 0)").fetchone()
+def oldest_pending_at(conn: sqlite3.Connection, bit: int = -1) -> float | None:
+    """When the oldest item pending for the uplink of ``bit`` (for any, -1) was accepted: the lowest
+    pending seq, as seqs follow acceptance."""
+    row = conn.execute("SELECT accepted_at FROM outbox WHERE seq = (SELECT min(seq) FROM outbox INDEXED BY"
+                       " outbox_send_order WHERE pending != 0 AND pending & ?)", (bit,)).fetchone()
     return None if row is None else row[0]
 
 
