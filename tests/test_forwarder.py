@@ -124,7 +124,11 @@ def test_a_writer_behind_on_acks_holds_the_forwarder_back(tmp_path):
         while len(waiting) < 4:
             assert time.monotonic() < deadline, f"batches sent: {uplink.sent}"
             time.sleep(0.02)
-        time.sleep(0.5)  # time for a fifth batch to go, were it allowed (this wait can only miss a bug, never flake)
+        for _ in range(2):  # wake it twice: by the second wait it has looked for work since the first
+            forwarder.wake.set()
+            while forwarder.wake.is_set():  # it clears the flag when it wakes
+                assert time.monotonic() < deadline, f"the forwarder never waited; batches sent: {uplink.sent}"
+                time.sleep(0.01)
         assert [len(b) for b in uplink.sent] == [10] * 4  # 2 x max_inflight (2) x max_items (10)
         while store.conn.execute("SELECT count(*) FROM outbox WHERE pending != 0").fetchone()[0]:
             assert time.monotonic() < deadline + 20, f"not all delivered; batches sent: {uplink.sent}"
