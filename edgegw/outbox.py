@@ -43,9 +43,9 @@ from pydantic import TypeAdapter, ValidationError
 from edgegw.config import Duration
 from edgegw.errors import OutboxError
 from edgegw.model import PRIORITY_ALARM, PRIORITY_HEALTH
-from edgegw.store import _connect, oldest_pending_at, open_reader, pending_count
+from edgegw.store import HOUSEKEEPING_CHUNK, _connect, oldest_pending_at, open_reader, pending_count
 
-PURGE_CHUNK = 10_000  # rows per purge transaction: the daemon waits for one chunk at most
+PURGE_CHUNK = HOUSEKEEPING_CHUNK  # rows per purge transaction, as the daemon's own: it waits for one at most
 RETRY_CHUNK = 500  # parked items re-queued per transaction by ``retry(all_parked=True)``
 KINDS = ("reading", "alarm", "health")
 PRIORITIES = {"alarm": PRIORITY_ALARM, "health": PRIORITY_HEALTH}  # readings (and anything else): 0

@@ -509,15 +509,16 @@ def test_parse_duration_speaks_the_configs_language():
 
 
 def test_purge_over_more_rows_than_one_chunk_shows_progress(runner, tmp_path, monkeypatch):
+    half = PURGE_CHUNK // 2
     config = write_config(tmp_path)
     db = tmp_path / "state" / "edgegw.db"
     store = Store(db)
     store.register_uplinks(["mqtt"])
     store.begin()
     body = reading("x", "river-03", NOW)
-    for i in range(2 * PURGE_CHUNK + 5000 + 300):
+    for i in range(2 * PURGE_CHUNK + half + 300):
         store.add_item(f"river-03:0:{i}", "reading", 0, "river-03", NOW, 0.0, "b", None, body, MQTT, NOW)
-    store.acked(MQTT, list(range(1, 2 * PURGE_CHUNK + 5001)), NOW - DAY)  # two chunks and a half delivered
+    store.acked(MQTT, list(range(1, 2 * PURGE_CHUNK + half + 1)), NOW - DAY)  # two chunks and a half delivered
     store.commit()
     store.close()
 
@@ -539,12 +540,12 @@ def test_purge_over_more_rows_than_one_chunk_shows_progress(runner, tmp_path, mo
     monkeypatch.setattr(click, "progressbar", recording)
     result = runner.invoke(cli, ["outbox", "purge", "-c", str(config), "--delivered"])
     assert result.exit_code == 0, result.output
-    assert bars == [{"length": 2 * PURGE_CHUNK + 5000, "updates": [PURGE_CHUNK, PURGE_CHUNK, 5000]}]
+    assert bars == [{"length": 2 * PURGE_CHUNK + half, "updates": [PURGE_CHUNK, PURGE_CHUNK, half]}]
     assert result.stderr.startswith("purging")  # the bar (only its label when stderr is not a terminal)
-    assert result.stdout.startswith(f"purged {2 * PURGE_CHUNK + 5000} delivered item(s) and 0 closed alarm(s)")
+    assert result.stdout.startswith(f"purged {2 * PURGE_CHUNK + half} delivered item(s) and 0 closed alarm(s)")
     conn = sqlite3.connect(db)
     assert conn.execute("SELECT count(*), min(seq) FROM outbox WHERE pending = ?", (MQTT,)).fetchone() \
-        == (300, 2 * PURGE_CHUNK + 5001)
+        == (300, 2 * PURGE_CHUNK + half + 1)
     assert conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == 300
     conn.close()
 
