@@ -466,9 +466,12 @@ class Gateway:
 
 def name_os_threads(named: dict[int, str]) -> dict[int, str]:
     """Give each thread's name to the OS as well (Linux: the first 15 characters), so that ``top -H``
-    or ``/proc/<pid>/task/*/comm`` show which stage is busy, not eight threads called python.
+    or ``/proc/<pid>/task/*/comm`` show which stage is busy, not eight threads called python. The
+    main thread's name is the process's in ``ps`` and ``pgrep``: "edgegw".
     ``named`` is what the last call named (native id -> name); returns the same for this one."""
-    current = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
+    main = threading.main_thread()
+    current = {t.native_id: "edgegw" if t is main else t.name for t in threading.enumerate()
+               if t.native_id is not None}
     for tid, name in current.items():
         if named.get(tid) != name:
             try:

@@ -195,3 +195,5 @@ def test_each_stage_runs_in_a_thread_the_os_can_name(rig):
 
     wait_until(lambda: {"writer", "forwarder:broke", "source:lora0", "uplink:broker"} <= names(), 10,
                f"threads named (now {sorted(names())})")
+    with open(f"/proc/{daemon.proc.pid}/comm") as f:
+        assert f.read().strip() == "edgegw"  # what ps and pgrep show
