@@ -142,3 +142,19 @@ def test_a_big_acknowledgement_keeps_its_statement_journal_off_the_disk(tmp_path
     store.commit()
     store.close()
     assert not [f for f in open_files if "etilqs" in f]  # SQLite's temp file prefix
+
+
+def test_an_uplink_removed_from_the_config_lets_go_of_its_rows(tmp_path):
+    store = Store(tmp_path / "edgegw.db")
+    bits = store.register_uplinks(["a", "b"])
+    a, b = bits["a"], bits["b"]
+    store.begin()
+    for item_id, pending in [("a-only", a), ("b-only", b), ("both", a | b), ("done", 0)]:
+        store.add_item(item_id, "reading", 0, "d", 2e9, 0.0, "b", None, "{}", pending, 1.0)
+    store.conn.execute("UPDATE outbox SET delivered_at = 5.0 WHERE item_id = 'done'")
+    store.commit()
+    assert store.register_uplinks(["a"]) == {"a": a}
+    rows = {r[0]: (r[1], r[2]) for r in store.conn.execute("SELECT item_id, pending, delivered_at FROM outbox")}
+    assert rows["a-only"] == (a, None) and rows["both"] == (a, None)
+    assert rows["b-only"][0] == 0 and rows["b-only"][1] is not None  # nobody waits for it: delivered
+    assert rows["done"] == (0, 5.0)
