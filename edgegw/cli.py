@@ -121,6 +121,9 @@ def _format_status(st: dict) -> str:
                    + " (refused by the platform: edgegw outbox list --parked)")
     if st.get("dropped"):
         out.append("dropped  " + ", ".join(f"{n} {k}s" for k, n in st["dropped"].items()) + " (disk cap reached)")
+    if st.get("released"):
+        out.append("released " + ", ".join(f"{n} {k}s" for k, n in st["released"].items())
+                   + " unsent (the only uplink they waited for left the config)")
     out.append("rejects  " + (", ".join(f"{k} {v}" for k, v in by_reason.items()) if by_reason else "none"))
     return "\n".join(out)
 
@@ -379,6 +382,16 @@ def config_check(file: Path) -> None:
     uplinks = ", ".join(f"{u.name} ({u.type})" for u in config.effective_uplinks())
     click.echo(f"{file}: OK: gateway {config.gateway_id}, {len(config.sources)} source(s), "
                f"{len(config.devices)} device(s), uplinks: {uplinks}, data in {config.data_dir}")
+    from edgegw.daemon import db_path
+    from edgegw.outbox import Outbox
+
+    if db_path(config).exists():  # an uplink renamed or removed lets go of its queue: say so before it happens
+        names = [u.name for u in config.effective_uplinks()]
+        for name, n in Outbox(db_path(config)).waiting_only_for(names).items():
+            if n:
+                click.echo(f"warning: uplink {name!r} is not in this config, and {n} unsent item(s) in "
+                           f"{db_path(config)} wait for it alone: the daemon will release them unsent. "
+                           f"Keep its [[uplinks]] entry (same name) until they are delivered.", err=True)
 
 
 @cli.command()

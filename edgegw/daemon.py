@@ -92,6 +92,9 @@ class Gateway:
         self.store = Store(db_path(config), config.store.synchronous, config.store.rejects_kept)
         uplinks = config.effective_uplinks()
         bits = self.store.register_uplinks([u.name for u in uplinks])
+        for name, kinds in self.store.released.items():
+            log.warning("uplink no longer in the config: what waited for it alone is released unsent",
+                        uplink=name, **kinds)
         self.bits = bits
         self.uplink_mask = sum(bits.values())
         self.started = time.monotonic()

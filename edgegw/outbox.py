@@ -391,6 +391,20 @@ class Outbox:
         finally:
             conn.close()
 
+    @_sqlite_errors
+    def waiting_only_for(self, uplinks: Sequence[str]) -> dict[str, int]:
+        """Of the uplinks this database knows and ``uplinks`` does not name: how many pending items
+        wait for each alone. Those leave unsent when the daemon starts with such a config."""
+        conn = self._reader()
+        try:
+            gone = [(name, bit) for name, bit in conn.execute("SELECT name, bit FROM uplinks ORDER BY name")
+                    if name not in uplinks]
+            return {name: conn.execute("SELECT count(*) FROM outbox INDEXED BY outbox_send_order"
+                                       " WHERE pending != 0 AND pending = ?", (bit,)).fetchone()[0]
+                    for name, bit in gone}
+        finally:
+            conn.close()
+
     # -- writing ----------------------------------------------------------------------------------
 
     @_sqlite_errors

@@ -17,7 +17,9 @@ Tables:
 ``sources``        radio sources: state, last frame time, frame count
 ``rejects``        the last N raw frames that failed, for diagnosis (bounded)
 ``reject_counts``  every failure counted by source and reason, forever
-``drops``          items deleted unsent because the disk cap was reached, counted by kind
+``drops``          items that left unsent, counted by reason and kind: deleted at the disk cap
+                   (``disk_cap``), released when the only uplink they waited for left the config
+                   (``uplink_removed``)
 ``rule_state``     each rule's memory per device (JSON), written in the transaction of the reading
 ``rule_buffer``    readings held back to be evaluated in observation order (see rules.engine)
 ``parked``         items an uplink refused for good, with the platform's error, kept for inspection
@@ -213,6 +215,7 @@ class Store:
         self._rejects_added = 0
         self.capping = False  # over the disk cap, and not yet down to its low-water mark
         self.boot_first_seq = 0  # rows of this boot have seqs from here on (see note_boot)
+        self.released: dict[str, dict[str, int]] = {}  # see register_uplinks
 
     def _rows(self, sql: str) -> list[dict[str, Any]]:
         cur = self.conn.execute(sql)
@@ -419,11 +422,19 @@ class Store:
         """Give each configured uplink a stable bit; release the bits of uplinks no longer configured.
 
         Items still pending for a removed uplink would otherwise wait forever for an ack that cannot come.
+        Those that waited for it alone leave unsent: counted in ``drops`` (reason ``uplink_removed``)
+        and in :attr:`released` (uplink -> kind -> count), for the daemon to say so.
         Returns name -> bit.
         """
         self.begin()
         rows = dict(self.conn.execute("SELECT name, bit FROM uplinks").fetchall())
+        self.released = {}
         for gone in set(rows) - set(names):
+            alone = dict(self.conn.execute("SELECT kind, count(*) FROM outbox WHERE pending != 0 AND pending = ?"
+                                           " GROUP BY kind", (rows[gone],)).fetchall())
+            self.released[gone] = alone
+            for kind, n in alone.items():
+                self._count_drops("uplink_removed", kind, n, time.time())
             # One pass over the pending rows (in the send-order index), not two over the whole table.
             self.conn.execute(f"UPDATE outbox SET {CLEAR_BIT} WHERE pending != 0 AND pending & :bit",
                               {"bit": rows[gone], "now": time.time()})
@@ -510,14 +521,16 @@ class Store:
                 f"DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE {where} ORDER BY seq LIMIT ?)", (limit,)
             ).rowcount
             if gone and kind != "delivered":
-                self.conn.execute(
-                    "INSERT INTO drops VALUES ('disk_cap', ?, ?, ?) ON CONFLICT(reason, kind) DO UPDATE"
-                    " SET count = count + excluded.count, last_at = excluded.last_at", (kind, gone, now))
+                self._count_drops("disk_cap", kind, gone, now)
             self.conn.execute("COMMIT")
             if gone:
                 return {kind: gone}
         self.capping = False  # only alarms left: they stay, whatever the cap
         return {}
+
+    def _count_drops(self, reason: str, kind: str, n: int, at: float) -> None:
+        self.conn.execute("INSERT INTO drops VALUES (?, ?, ?, ?) ON CONFLICT(reason, kind) DO UPDATE"
+                          " SET count = count + excluded.count, last_at = excluded.last_at", (reason, kind, n, at))
 
     def close(self) -> None:
         self.conn.close()
@@ -624,6 +637,8 @@ def status(path: Path) -> dict[str, Any]:
                 " duplicates, rejects FROM devices ORDER BY id"
             ),
             "dropped": {r["kind"]: r["count"] for r in q("SELECT kind, count FROM drops WHERE reason = 'disk_cap'")},
+            "released": {r["kind"]: r["count"] for r in q(
+                "SELECT kind, count FROM drops WHERE reason = 'uplink_removed'")},
             "rejects": {
                 "by_reason": {r["reason"]: r["n"] for r in q(
                     "SELECT reason, sum(count) AS n FROM reject_counts GROUP BY reason ORDER BY reason")},

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from edgegw.cli import cli
 from edgegw.model import PRIORITY_ALARM, PRIORITY_HEALTH, Alarm, iso
 from edgegw.outbox import PURGE_CHUNK, Outbox, parse_duration
-from edgegw.store import Store
+from edgegw.store import Store, status
 
 NOW = time.time()  # a fixed moment, for tests whose output does not show ages (the Site has its own)
 DAY = 86400.0
@@ -714,3 +714,35 @@ def test_retry_and_purge_while_the_daemon_runs(runner, tmp_path, emulator, orion
         wait_until(lambda: ob.stats().delivered >= 3 and ob.stats().pending == 0, 30, "new readings delivered")
     finally:
         daemon.stop()
+
+
+def test_config_check_warns_before_an_uplink_left_out_of_the_config_lets_go_of_its_queue(runner, tmp_path):
+    config = write_config(tmp_path)
+    config.write_text(config.read_text() + dedent('''
+        [[uplinks]]
+        type = "mqtt"
+        name = "mqtt"
+        host = "127.0.0.1"
+        '''))
+    store = Store(tmp_path / "state" / "edgegw.db")
+    assert store.register_uplinks(["mqtt", "orion"]) == {"mqtt": MQTT, "orion": ORION}
+    store.begin()
+    for i, pending in enumerate([ORION, ORION, MQTT | ORION, MQTT, 0]):
+        add_reading(store, f"river-03:0:{i}", "river-03", NOW, pending)
+    store.commit()
+    store.close()
+    result = runner.invoke(cli, ["config", "check", str(config)])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == (f"warning: uplink 'orion' is not in this config, and 2 unsent item(s) in "
+                             f"{tmp_path / 'state' / 'edgegw.db'} wait for it alone: the daemon will release them "
+                             "unsent. Keep its [[uplinks]] entry (same name) until they are delivered.\n")
+
+    store = Store(tmp_path / "state" / "edgegw.db")  # the daemon starts with this config anyway
+    assert store.register_uplinks(["mqtt"]) == {"mqtt": MQTT}
+    assert store.released == {"orion": {"reading": 2}}
+    store.close()
+    st = status(tmp_path / "state" / "edgegw.db")
+    assert st["released"] == {"reading": 2} and st["dropped"] == {}
+    assert ("released 2 readings unsent (the only uplink they waited for left the config)"
+            in runner.invoke(cli, ["status", "-c", str(config)]).stdout)
+    assert runner.invoke(cli, ["config", "check", str(config)]).stderr == ""  # nothing left to warn about
