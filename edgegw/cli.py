@@ -383,15 +383,23 @@ def config_check(file: Path) -> None:
     click.echo(f"{file}: OK: gateway {config.gateway_id}, {len(config.sources)} source(s), "
                f"{len(config.devices)} device(s), uplinks: {uplinks}, data in {config.data_dir}")
     from edgegw.daemon import db_path
+    from edgegw.errors import OutboxError
     from edgegw.outbox import Outbox
 
-    if db_path(config).exists():  # an uplink renamed or removed lets go of its queue: say so before it happens
-        names = [u.name for u in config.effective_uplinks()]
-        for name, n in Outbox(db_path(config)).waiting_only_for(names).items():
-            if n:
-                click.echo(f"warning: uplink {name!r} is not in this config, and {n} unsent item(s) in "
-                           f"{db_path(config)} wait for it alone: the daemon will release them unsent. "
-                           f"Keep its [[uplinks]] entry (same name) until they are delivered.", err=True)
+    db = db_path(config)
+    if not db.exists():
+        return
+    # An uplink renamed or removed lets go of its queue when the daemon starts: say so before.
+    try:
+        orphans = Outbox(db).waiting_only_for([u.name for u in config.effective_uplinks()])
+    except OutboxError as exc:
+        click.echo(f"warning: could not read {db}: {exc}", err=True)
+        return
+    for name, n in orphans.items():
+        if n:
+            click.echo(f"warning: uplink {name!r} is not in this config, and {n} unsent item(s) in {db} wait for"
+                       " it alone: the daemon will release them unsent. Keep its [[uplinks]] entry (same name)"
+                       " until they are delivered.", err=True)
 
 
 @cli.command()

@@ -2,8 +2,9 @@
 
 One forwarder thread per uplink reads the outbox through its own read-only connection, by priority
 then age, keeps up to ``max_inflight`` batches awaiting acknowledgement, and posts each ack to the
-writer as an :class:`Ack` (and waits when the writer falls behind recording them). Items of an unacknowledged batch are simply eligible again once the
-uplink reports the failure (or after a restart), so delivery is at least once.
+writer as an :class:`Ack` (and waits when the writer falls behind recording them). Items of an
+unacknowledged batch are simply eligible again once the uplink reports the failure (or after a
+restart), so delivery is at least once.
 
 A transient failure backs off (exponentially, with jitter, at least as long as the platform's
 ``Retry-After``). A permanent one means something in the batch is refused: the batch is split in

@@ -746,3 +746,12 @@ def test_config_check_warns_before_an_uplink_left_out_of_the_config_lets_go_of_i
     assert ("released 2 readings unsent (the only uplink they waited for left the config)"
             in runner.invoke(cli, ["status", "-c", str(config)]).stdout)
     assert runner.invoke(cli, ["config", "check", str(config)]).stderr == ""  # nothing left to warn about
+
+
+def test_config_check_says_so_when_the_database_cannot_be_read(runner, tmp_path):
+    config = write_config(tmp_path)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "edgegw.db").write_bytes(b"not a database, a tired installer's copy error" * 100)
+    result = runner.invoke(cli, ["config", "check", str(config)])
+    assert result.exit_code == 0, result.output  # the config itself is fine
+    assert result.stderr.startswith(f"warning: could not read {tmp_path / 'state' / 'edgegw.db'}: database error")
