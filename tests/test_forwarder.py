@@ -8,13 +8,13 @@ the writer would record them.
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 from edgegw.errors import TransientUplinkError
 from edgegw.forwarder import Ack, Forwarder
 from edgegw.model import Batch, boot_id
 from edgegw.store import Store
+from tests.gateway import wait_until
 
 
 class ScriptedUplink:
@@ -40,6 +40,17 @@ class ScriptedUplink:
         pass
 
 
+def outbox_of(tmp_path: Path, readings: int) -> tuple[Store, int]:
+    """A fresh outbox holding ``readings`` readings for the scripted uplink; the store and its bit."""
+    store = Store(tmp_path / "edgegw.db")
+    bit = store.register_uplinks(["scripted"])["scripted"]
+    store.begin()
+    for i in range(readings):
+        store.add_item(f"d:0:{i}", "reading", 0, "d", 2e9 + i, 0.0, boot_id(), b"x", f'{{"id":"d:0:{i}"}}', bit, 1.0)
+    store.commit()
+    return store, bit
+
+
 def forward(tmp_path: Path, readings: int, outcomes: list[Exception | None], max_items: int = 10,
             unrecorded_acks: int = 0) -> list[list[str]]:
     """Put ``readings`` readings in a fresh outbox, forward until all are delivered; the batches sent.
@@ -48,12 +59,7 @@ def forward(tmp_path: Path, readings: int, outcomes: list[Exception | None], max
     when their commit fails.
     """
     lost = [unrecorded_acks]
-    store = Store(tmp_path / "edgegw.db")
-    bit = store.register_uplinks(["scripted"])["scripted"]
-    store.begin()
-    for i in range(readings):
-        store.add_item(f"d:0:{i}", "reading", 0, "d", 2e9 + i, 0.0, boot_id(), b"x", f'{{"id":"d:0:{i}"}}', bit, 1.0)
-    store.commit()
+    store, bit = outbox_of(tmp_path, readings)
 
     def record(event) -> None:
         if isinstance(event, Ack) and lost[0]:
@@ -71,10 +77,8 @@ def forward(tmp_path: Path, readings: int, outcomes: list[Exception | None], max
     thread = threading.Thread(target=forwarder.run, args=(stop,))
     thread.start()
     try:
-        deadline = time.monotonic() + 30
-        while store.conn.execute("SELECT count(*) FROM outbox WHERE pending != 0").fetchone()[0]:
-            assert time.monotonic() < deadline, f"not all delivered; batches sent: {uplink.sent}"
-            time.sleep(0.02)
+        wait_until(lambda: not store.conn.execute("SELECT count(*) FROM outbox WHERE pending != 0").fetchone()[0],
+                   30, "every item delivered")
     finally:
         stop.set()
         forwarder.wake.set()
@@ -106,12 +110,7 @@ def test_items_whose_ack_was_not_recorded_go_again(tmp_path):
 def test_a_writer_behind_on_acks_holds_the_forwarder_back(tmp_path):
     """Acks the writer has not recorded yet hold their batch's seqs: at most about 2 x max_inflight
     batches of them, then the forwarder waits for the writer instead of reading on."""
-    store = Store(tmp_path / "edgegw.db")
-    bit = store.register_uplinks(["scripted"])["scripted"]
-    store.begin()
-    for i in range(100):
-        store.add_item(f"d:0:{i}", "reading", 0, "d", 2e9 + i, 0.0, boot_id(), b"x", f'{{"id":"d:0:{i}"}}', bit, 1.0)
-    store.commit()
+    store, bit = outbox_of(tmp_path, 100)
     waiting: list[Ack] = []
     uplink = ScriptedUplink([])
     forwarder = Forwarder(uplink, bit, store.path, "gw", 10, 1 << 20, 2,
@@ -119,26 +118,23 @@ def test_a_writer_behind_on_acks_holds_the_forwarder_back(tmp_path):
     stop = threading.Event()
     thread = threading.Thread(target=forwarder.run, args=(stop,))
     thread.start()
+
+    def writer_catches_up() -> bool:
+        for ack in list(waiting):
+            waiting.remove(ack)
+            store.begin()
+            store.acked(ack.bit, ack.seqs, ack.wall)
+            store.commit()
+            ack.committed()
+        return not store.conn.execute("SELECT count(*) FROM outbox WHERE pending != 0").fetchone()[0]
+
     try:
-        deadline = time.monotonic() + 10
-        while len(waiting) < 4:
-            assert time.monotonic() < deadline, f"batches sent: {uplink.sent}"
-            time.sleep(0.02)
+        wait_until(lambda: len(waiting) >= 4, 10, "four acks waiting for the writer")
         for _ in range(2):  # wake it twice: by the second wait it has looked for work since the first
             forwarder.wake.set()
-            while forwarder.wake.is_set():  # it clears the flag when it wakes
-                assert time.monotonic() < deadline, f"the forwarder never waited; batches sent: {uplink.sent}"
-                time.sleep(0.01)
+            wait_until(lambda: not forwarder.wake.is_set(), 10, "the forwarder waiting (it clears the flag)")
         assert [len(b) for b in uplink.sent] == [10] * 4  # 2 x max_inflight (2) x max_items (10)
-        while store.conn.execute("SELECT count(*) FROM outbox WHERE pending != 0").fetchone()[0]:
-            assert time.monotonic() < deadline + 20, f"not all delivered; batches sent: {uplink.sent}"
-            for ack in list(waiting):  # the writer catches up
-                waiting.remove(ack)
-                store.begin()
-                store.acked(ack.bit, ack.seqs, ack.wall)
-                store.commit()
-                ack.committed()
-            time.sleep(0.02)
+        wait_until(writer_catches_up, 20, "everything delivered")
         assert sorted(i for b in uplink.sent for i in b) == sorted(f"d:0:{i}" for i in range(100))
     finally:
         stop.set()
