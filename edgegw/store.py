@@ -622,6 +622,7 @@ def status(path: Path) -> dict[str, Any]:
         for u in uplinks:
             u["pending"] = pending_count(conn, u.pop("bit"))
         outbox["in_flight"] = sum(u["in_flight"] for u in uplinks)
+        drops = q("SELECT reason, kind, count FROM drops")
         return {
             "now": now,
             "open_alarms": _alarm_rows(conn, "open = 1", 10_000),
@@ -636,9 +637,8 @@ def status(path: Path) -> dict[str, Any]:
                 "SELECT id, source, address, driver, last_seen, last_rssi, last_snr, last_counter, readings,"
                 " duplicates, rejects FROM devices ORDER BY id"
             ),
-            "dropped": {r["kind"]: r["count"] for r in q("SELECT kind, count FROM drops WHERE reason = 'disk_cap'")},
-            "released": {r["kind"]: r["count"] for r in q(
-                "SELECT kind, count FROM drops WHERE reason = 'uplink_removed'")},
+            "dropped": {r["kind"]: r["count"] for r in drops if r["reason"] == "disk_cap"},
+            "released": {r["kind"]: r["count"] for r in drops if r["reason"] == "uplink_removed"},
             "rejects": {
                 "by_reason": {r["reason"]: r["n"] for r in q(
                     "SELECT reason, sum(count) AS n FROM reject_counts GROUP BY reason ORDER BY reason")},
