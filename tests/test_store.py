@@ -158,3 +158,25 @@ def test_an_uplink_removed_from_the_config_lets_go_of_its_rows(tmp_path):
     assert rows["a-only"] == (a, None) and rows["both"] == (a, None)
     assert rows["b-only"][0] == 0 and rows["b-only"][1] is not None  # nobody waits for it: delivered
     assert rows["done"] == (0, 5.0)
+
+
+def test_a_reading_in_a_commit_of_its_own_appends_little_to_the_wal(tmp_path):
+    # At field rate every reading is a commit, and a commit appends each page it changed, whole: the
+    # outbox, its indexes, the device's registry row. The page size decides what the SD card writes.
+    path = tmp_path / "edgegw.db"
+    store = Store(path)
+    store.describe("gw-x", {"water_level": {"level": "mm"}})
+    bit = store.register_uplinks(["a"])["a"]
+    wal = path.with_name(path.name + "-wal")
+    sizes = []
+    for i in range(1, 40):
+        before = wal.stat().st_size
+        store.begin()
+        store.add_reading(Reading(f"d:0:{i}", "d", "water_level", 2e9 + i, "synced", i, {"level": 5}, "lora0", 21,
+                                  -80.0, 7.5, 1.0, "boot"), b"\x01" * 9, bit, 2e9 + i)
+        store.touch(store.device("d", "lora0", 21, "water_level", 2e9))
+        store.commit()
+        sizes.append(wal.stat().st_size - before)
+    store.close()
+    # Three pages per commit, six when a page splits: 3 KiB, where 4 KiB pages made it 12 KiB.
+    assert max(sizes[5:]) <= 6 * (1024 + 24)
