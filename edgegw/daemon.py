@@ -36,7 +36,7 @@ from edgegw.radio.field import VirtualField, load_field
 from edgegw.radio.rylr import RylrRadio
 from edgegw.rules import RuleEngine
 from edgegw.rules.actions import ActionRunner
-from edgegw.store import HOUSEKEEPING_CHUNK, Store, health, quick_check
+from edgegw.store import Store, health, quick_check
 from edgegw.uplink import build_uplink
 
 log = structlog.get_logger("edgegw.daemon")
@@ -453,14 +453,13 @@ class Gateway:
         cutoff = time.time() - self.config.store.keep_delivered
         try:
             self.store.begin()
-            items, alarms = self.store.purge_delivered(cutoff)
+            items, _, more = self.store.purge_delivered(cutoff)
             self.store.commit()
         except Exception:  # housekeeping must never stop the writer; the next round tries again
             log.exception("purge of delivered items failed")
             self.store.rollback()
             return False
         self.purged += items
-        more = HOUSEKEEPING_CHUNK in (items, alarms)
         if self.purged and not more:
             log.info("purged delivered items", count=self.purged, older_than_s=self.config.store.keep_delivered)
             self.purged = 0

@@ -174,13 +174,13 @@ class Forwarder:
             # more than the rest of the forwarder). Urgent lanes are short: scanned from their head.
             # The plain lane can hold a million rows, its head in flight: scanned from where the last
             # batch ended, so the in-flight rows are not read again for every batch.
-            chosen = self._choose(reader, "priority > 0 AND priority >= ?", (min_priority,), busy, self.max_items,
+            chosen = self._choose(reader, "q.priority > 0 AND q.priority >= ?", (min_priority,), busy, self.max_items,
                                   len(busy))
             plain: list[int] = []
             lane_ended = False
             if min_priority <= 0 and len(chosen) < self.max_items:
                 after, room = self._plain_after, self.max_items - len(chosen)
-                plain = self._choose(reader, "priority = 0 AND seq > ?", (after,), busy, room,
+                plain = self._choose(reader, "q.priority = 0 AND q.seq > ?", (after,), busy, room,
                                      sum(1 for s in busy if s > after))
                 lane_ended = len(plain) < room
             items = self._items(reader, chosen + plain)
@@ -213,8 +213,9 @@ class Forwarder:
         Readings of this boot stamped before the clock was set wait to be re-stamped (edgegw.clock).
         """
         rows = reader.execute(
-            f"SELECT seq FROM outbox WHERE pending != 0 AND pending & ? AND {lane}"
-            " AND NOT (kind = 'reading' AND observed_at < ? AND boot_id = ?) ORDER BY priority DESC, seq LIMIT ?",
+            f"SELECT q.seq FROM queue q CROSS JOIN outbox o ON o.seq = q.seq WHERE q.pending & ? AND {lane}"
+            " AND NOT (o.kind = 'reading' AND o.observed_at < ? AND o.boot_id = ?) ORDER BY q.priority DESC, q.seq"
+            " LIMIT ?",
             (self.bit, *args, CLOCK_SANE_AFTER, self.boot_id, limit + busy_in_lane),
         ).fetchall()
         return [seq for (seq,) in rows if seq not in busy][:limit]

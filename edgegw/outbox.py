@@ -19,7 +19,7 @@ transaction, never all at once. The daemon keeps no copy of the outbox in memory
 query it at least once a second, so an item put back in the queue is sent within about a second.
 
 Words used here, as in ``edgegw status``: an item is *pending* while at least one uplink has not
-acknowledged it (its bit is set in ``outbox.pending``), *delivered* once no uplink waits for it any
+acknowledged it (it is in the ``queue`` table, with that uplink's bit set), *delivered* once no uplink waits for it any
 more: every uplink acknowledged it or parked it. *Parked* is per uplink: that uplink refused the item
 for good; the ``parked`` table keeps the item's body and the platform's error, even after the outbox
 row of the delivered item has been purged.
@@ -43,7 +43,7 @@ from pydantic import TypeAdapter, ValidationError
 from edgegw.config import Duration
 from edgegw.errors import OutboxError
 from edgegw.model import PRIORITY_ALARM, PRIORITY_HEALTH
-from edgegw.store import HOUSEKEEPING_CHUNK, _connect, oldest_pending_at, open_reader, pending_count
+from edgegw.store import HOUSEKEEPING_CHUNK, _connect, delete_delivered, oldest_pending_at, open_reader, pending_count
 
 PURGE_CHUNK = HOUSEKEEPING_CHUNK  # rows per purge transaction, as the daemon's own: it waits for one at most
 RETRY_CHUNK = 500  # parked items re-queued per transaction by ``retry(all_parked=True)``
@@ -266,9 +266,9 @@ class Outbox:
             by_kind = {k: KindCounts(0, 0) for k in KINDS}
             oldest = None
             for r in conn.execute(
-                "SELECT kind, count(*) FILTER (WHERE pending != 0) AS pending,"
-                " count(*) FILTER (WHERE pending = 0) AS delivered,"
-                " min(accepted_at) FILTER (WHERE pending != 0) AS oldest FROM outbox GROUP BY kind"
+                "SELECT o.kind, count(q.seq) AS pending, count(*) - count(q.seq) AS delivered,"
+                " min(o.accepted_at) FILTER (WHERE q.seq IS NOT NULL) AS oldest"
+                " FROM outbox o LEFT JOIN queue q ON q.seq = o.seq GROUP BY o.kind"
             ):
                 by_kind[r["kind"]] = KindCounts(r["pending"], r["delivered"])
                 if r["oldest"] is not None and (oldest is None or r["oldest"] < oldest):
@@ -276,7 +276,6 @@ class Outbox:
             parked = dict(conn.execute("SELECT uplink, count(*) FROM parked GROUP BY uplink").fetchall())
             by_uplink: dict[str, UplinkCounts] = {}
             for u in conn.execute("SELECT name, bit, state FROM uplinks ORDER BY name"):
-                # In the send-order index: 0.06 s, not 0.23 s, per uplink behind a million pending
                 by_uplink[u["name"]] = UplinkCounts(u["state"], pending_count(conn, u["bit"]),
                                                     oldest_pending_at(conn, u["bit"]), parked.pop(u["name"], 0))
             for name, n in sorted(parked.items()):  # parked for uplinks no longer configured
@@ -308,24 +307,27 @@ class Outbox:
         conn = self._reader()
         try:
             names = _uplink_names(conn)
-            where, args = _filters(kind, device)
+            where, args = _filters(kind, device, "o.kind", "o.device_id")
             if uplink is not None:
                 bit = _bit(conn, uplink)
-                where.append("pending & ?")
+                where.append("o.pending & ?")
                 args.append(bit)
+            rows_from = "outbox_items o"
             if state == "pending":
-                where.append("pending != 0")
-                order = "priority DESC, seq"
+                where.append("o.pending != 0")
+                order = "o.priority DESC, o.seq"
             elif state == "delivered":
-                where.append("pending = 0")
-                order = "delivered_at DESC, seq DESC"
+                # By the runs of deliveries, newest first: a delivery time is not a column to sort on.
+                rows_from = "deliveries d CROSS JOIN outbox_items o ON o.seq BETWEEN d.first AND d.last"
+                where.append("o.pending = 0")
+                order = "d.rowid DESC, o.seq DESC"
             else:
-                order = "seq DESC"
+                order = "o.seq DESC"
             sql = (
-                "SELECT seq, item_id, kind, priority, device_id, observed_at, accepted_at, delivered_at, pending,"
-                " (SELECT group_concat(uplink, ',') FROM (SELECT uplink FROM parked p WHERE p.item_id = outbox.item_id"
-                " ORDER BY uplink)) AS parked"
-                f" FROM outbox WHERE {' AND '.join(where) or '1'} ORDER BY {order} LIMIT ?"
+                "SELECT o.seq, o.item_id, o.kind, o.priority, o.device_id, o.observed_at, o.accepted_at,"
+                " o.delivered_at, o.pending, (SELECT group_concat(uplink, ',') FROM (SELECT uplink FROM parked p"
+                " WHERE p.item_id = o.item_id ORDER BY uplink)) AS parked"
+                f" FROM {rows_from} WHERE {' AND '.join(where) or '1'} ORDER BY {order} LIMIT ?"
             )
             rows = conn.execute(sql, [*args, -1 if limit is None else limit])
             return [
@@ -399,8 +401,7 @@ class Outbox:
         try:
             gone = [(name, bit) for name, bit in conn.execute("SELECT name, bit FROM uplinks ORDER BY name")
                     if name not in uplinks]
-            return {name: conn.execute("SELECT count(*) FROM outbox INDEXED BY outbox_send_order"
-                                       " WHERE pending != 0 AND pending = ?", (bit,)).fetchone()[0]
+            return {name: conn.execute("SELECT count(*) FROM queue WHERE pending = ?", (bit,)).fetchone()[0]
                     for name, bit in gone}
         finally:
             conn.close()
@@ -416,8 +417,8 @@ class Outbox:
         item that is not parked (for ``uplink``), changes nothing and raises OutboxError. With
         ``all_parked``, every parked item (of ``uplink``) goes back, a few hundred per transaction.
 
-        Re-queueing sets the uplink's bit in ``outbox.pending`` again, clears ``delivered_at`` and
-        deletes the parked row. If the outbox row was purged meanwhile, it is rebuilt from the parked
+        Re-queueing sets the uplink's bit in the item's ``queue`` row again (making one if it was
+        delivered) and deletes the parked row. If the outbox row was purged meanwhile, it is rebuilt from the parked
         row (same item id and body, a new seq, accepted now). A re-queued health report is replaced by
         the next one, as any pending health report is.
         """
@@ -513,12 +514,9 @@ class Outbox:
         return Purge(self, (time.time() if now is None else now) - older_than, chunk)
 
 
-# Delivered rows older than the cutoff. The partial index outbox_delivered holds exactly the rows with
-# pending = 0, by delivered_at; a row that was never pending has no delivered_at and counts by acceptance.
-_PURGEABLE = "pending = 0 AND (delivered_at < :cutoff OR (delivered_at IS NULL AND accepted_at < :cutoff))"
 # Closed alarms of the alarm log, except those whose outbox item is still on its way.
 _PURGEABLE_ALARMS = ("open = 0 AND raised_at < :cutoff AND NOT EXISTS"
-                     " (SELECT 1 FROM outbox o WHERE o.item_id = alarms.id AND o.pending != 0)")
+                     " (SELECT 1 FROM outbox o CROSS JOIN queue q ON q.seq = o.seq WHERE o.item_id = alarms.id)")
 
 
 class Purge:
@@ -526,7 +524,7 @@ class Purge:
     one ``BEGIN IMMEDIATE`` transaction per chunk, and yields the rows each chunk deleted; afterwards
     ``deleted_items``, ``deleted_alarms``, ``before`` and ``after`` (:class:`DiskUsage`) are set.
 
-    Pending rows are never touched: every DELETE repeats ``pending = 0`` in its own transaction. With
+    Pending rows are never touched: every DELETE checks the queue in its own transaction. With
     ``older_than``, rows delivered after the plan was made are newer than ``cutoff`` and stay; without
     it (``cutoff`` is infinite), rows delivered meanwhile go too and ``deleted_items`` may exceed ``items``.
     """
@@ -535,8 +533,9 @@ class Purge:
         self.outbox, self.cutoff, self.chunk = outbox, cutoff, chunk
         conn = outbox._reader()
         try:
-            self.items = conn.execute(f"SELECT count(*) FROM outbox WHERE {_PURGEABLE}",
-                                      {"cutoff": cutoff}).fetchone()[0]
+            self.items = conn.execute(
+                "SELECT count(*) FROM deliveries d CROSS JOIN outbox o ON o.seq BETWEEN d.first AND d.last"
+                " WHERE d.at < ? AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.seq = o.seq)", (cutoff,)).fetchone()[0]
             self.alarms = conn.execute(f"SELECT count(*) FROM alarms WHERE {_PURGEABLE_ALARMS}",
                                        {"cutoff": cutoff}).fetchone()[0]
             self.before = outbox.disk_usage(conn)
@@ -559,27 +558,32 @@ class Purge:
         except sqlite3.Error as exc:
             raise OutboxError(f"database error: {exc}") from None
         try:
-            for table, where in (("outbox", _PURGEABLE), ("alarms", _PURGEABLE_ALARMS)):
-                while True:
-                    n = self._chunk(conn, table, where)
+            for table in ("outbox", "alarms"):
+                more = True
+                while more:
+                    n, more = self._chunk(conn, table)
                     if table == "outbox":
                         self.deleted_items += n
                     else:
                         self.deleted_alarms += n
                     if n:
                         yield n  # between transactions: the daemon writes while the caller reports progress
-                    if n < self.chunk:
-                        break
             self.after = self.outbox.disk_usage(conn)
         finally:
             conn.close()
 
-    def _chunk(self, conn: sqlite3.Connection, table: str, where: str) -> int:
+    def _chunk(self, conn: sqlite3.Connection, table: str) -> tuple[int, bool]:
+        """One transaction: rows deleted, and whether more may be due."""
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                n = conn.execute(f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {where} LIMIT"
-                                 " :chunk)", {"cutoff": self.cutoff, "chunk": self.chunk}).rowcount
+                if table == "outbox":
+                    n, more = delete_delivered(conn, self.cutoff, self.chunk)
+                else:
+                    n = conn.execute(f"DELETE FROM alarms WHERE rowid IN (SELECT rowid FROM alarms WHERE"
+                                     f" {_PURGEABLE_ALARMS} LIMIT :chunk)", {"cutoff": self.cutoff, "chunk": self.chunk}
+                                     ).rowcount
+                    more = n == self.chunk
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -587,7 +591,7 @@ class Purge:
         except sqlite3.OperationalError as exc:
             raise OutboxError(f"purge stopped after {self.deleted_items + self.deleted_alarms} rows: {exc}"
                               " (what was deleted stays deleted; run it again)") from None
-        return n
+        return n, more
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -652,16 +656,16 @@ def _observed(body: Any, fallback: float) -> float:
 def _requeue(conn: sqlite3.Connection, parked: sqlite3.Row, bit: int, now: float) -> Requeued:
     """Inside a transaction: put one parked item back in one uplink's queue, and forget the parking."""
     item_id = parked["item_id"]
-    row = conn.execute(
-        "UPDATE outbox SET pending = pending | ?, delivered_at = NULL WHERE item_id = ? RETURNING seq",
-        (bit, item_id)).fetchall()  # fetch all: a RETURNING statement is done only when stepped to its end
-    reinserted = not row
+    row = conn.execute("SELECT seq, priority FROM outbox WHERE item_id = ?", (item_id,)).fetchone()
+    reinserted = row is None
     if reinserted:  # the delivered row was purged: the parked row still has everything that is sent
         body = json.loads(parked["body"])
         row = conn.execute(
-            "INSERT INTO outbox(item_id, kind, priority, device_id, observed_at, mono, boot_id, raw, body, pending,"
-            " accepted_at) VALUES (?, ?, ?, ?, ?, 0.0, '', NULL, ?, ?, ?) RETURNING seq",
+            "INSERT INTO outbox(item_id, kind, priority, device_id, observed_at, mono, boot_id, raw, body,"
+            " accepted_at) VALUES (?, ?, ?, ?, ?, 0.0, '', NULL, ?, ?) RETURNING seq, priority",
             (item_id, parked["kind"], PRIORITIES.get(parked["kind"], 0), _device(body), _observed(body, now),
-             parked["body"], bit, now)).fetchall()
+             parked["body"], now)).fetchall()[0]
+    conn.execute("INSERT INTO queue VALUES (?, ?, ?) ON CONFLICT(seq) DO UPDATE SET pending = pending | excluded.pending",
+                 (row[0], row[1], bit))
     conn.execute("DELETE FROM parked WHERE item_id = ? AND uplink = ?", (item_id, parked["uplink"]))
-    return Requeued(item_id, parked["uplink"], row[0][0], reinserted)
+    return Requeued(item_id, parked["uplink"], row[0], reinserted)

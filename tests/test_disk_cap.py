@@ -65,19 +65,22 @@ def test_delivered_first_then_oldest_readings_never_alarms_and_counted(tmp_path)
 
 def test_the_retention_purge_deletes_a_chunk_at_a_time_the_longest_delivered_first(tmp_path):
     store = Store(tmp_path / "gw.db")
-    fill(store, 3000, delivered=2500)
-    store.conn.execute("UPDATE outbox SET delivered_at = 3000 - seq WHERE pending = 0")  # the last acked first
+    fill(store, 3000)
     store.begin()
-    assert store.purge_delivered(older_than=2000.0, limit=700) == (700, 0)
+    for seq in range(2500, 0, -1):  # the last accepted acked first, seq 2500 at 500 s
+        store.acked(1, [seq], 3000.0 - seq)
     store.commit()
-    kept = [r[0] for r in store.conn.execute("SELECT delivered_at FROM outbox WHERE pending = 0")]
+    store.begin()
+    assert store.purge_delivered(older_than=2000.0, limit=700) == (700, 0, True)
+    store.commit()
+    kept = [r[0] for r in store.conn.execute("SELECT delivered_at FROM outbox_items WHERE pending = 0")]
     assert len(kept) == 1800 and min(kept) == 1200  # delivered at 500..1199 went: the oldest 700
     for _ in range(3):
         store.begin()
         store.purge_delivered(older_than=2000.0, limit=700)
         store.commit()
     assert kinds(store) == {"reading": 500 + 1000}  # pending ones, and those delivered since 2000
-    assert store.conn.execute("SELECT count(*) FROM outbox WHERE pending != 0").fetchone()[0] == 500
+    assert store.conn.execute("SELECT count(*) FROM outbox_items WHERE pending != 0").fetchone()[0] == 500
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

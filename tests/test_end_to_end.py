@@ -83,7 +83,7 @@ def test_committed_readings_survive_kill_9_with_broker_down(rig):
 
     with sqlite3.connect(daemon.db) as db:
         committed = {r[0] for r in db.execute("SELECT item_id FROM outbox WHERE kind = 'reading'")}
-        delivered = db.execute("SELECT count(*) FROM outbox WHERE pending = 0").fetchone()[0]
+        delivered = db.execute("SELECT count(*) FROM outbox_items WHERE pending = 0").fetchone()[0]
     assert committed == set(sender.sent) and delivered == 0
 
     broker.start()

@@ -77,7 +77,7 @@ def forward(tmp_path: Path, readings: int, outcomes: list[Exception | None], max
     thread = threading.Thread(target=forwarder.run, args=(stop,))
     thread.start()
     try:
-        wait_until(lambda: not store.conn.execute("SELECT count(*) FROM outbox WHERE pending != 0").fetchone()[0],
+        wait_until(lambda: not store.conn.execute("SELECT count(*) FROM outbox_items WHERE pending != 0").fetchone()[0],
                    30, "every item delivered")
     finally:
         stop.set()
@@ -126,7 +126,7 @@ def test_a_writer_behind_on_acks_holds_the_forwarder_back(tmp_path):
             store.acked(ack.bit, ack.seqs, ack.wall)
             store.commit()
             ack.committed()
-        return not store.conn.execute("SELECT count(*) FROM outbox WHERE pending != 0").fetchone()[0]
+        return not store.conn.execute("SELECT count(*) FROM outbox_items WHERE pending != 0").fetchone()[0]
 
     try:
         wait_until(lambda: len(waiting) >= 4, 10, "four acks waiting for the writer")

@@ -18,7 +18,7 @@ VALIDATOR = jsonschema.Draft202012Validator(json.loads(BATCH_SCHEMA_FILE.read_te
 
 def pending_health(db) -> list[str]:
     with sqlite3.connect(db) as conn:
-        return [r[0] for r in conn.execute("SELECT item_id FROM outbox WHERE kind = 'health' AND pending != 0")]
+        return [r[0] for r in conn.execute("SELECT item_id FROM outbox_items WHERE kind = 'health' AND pending != 0")]
 
 
 def test_health_reports_queue_depth_rejects_and_sources_and_only_the_newest_waits(tmp_path, persistent_mosquitto):

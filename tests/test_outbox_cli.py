@@ -66,7 +66,7 @@ def row(db: Path, item_id: str) -> dict | None:
     conn = sqlite3.connect(db)
     conn.row_factory = sqlite3.Row
     try:
-        r = conn.execute("SELECT * FROM outbox WHERE item_id = ?", (item_id,)).fetchone()
+        r = conn.execute("SELECT * FROM outbox_items WHERE item_id = ?", (item_id,)).fetchone()
         return dict(r) if r else None
     finally:
         conn.close()
@@ -206,7 +206,7 @@ def test_list_pending_in_the_order_the_forwarder_sends(runner, site):
     # the same order the forwarder's own query gives
     conn = sqlite3.connect(site.db)
     sent = [r[0] for r in conn.execute(
-        "SELECT item_id FROM outbox WHERE pending != 0 AND pending & ? ORDER BY priority DESC, seq", (ORION,))]
+        "SELECT item_id FROM outbox_items WHERE pending != 0 AND pending & ? ORDER BY priority DESC, seq", (ORION,))]
     conn.close()
     assert [r["item_id"] for r in rows] == sent
 
@@ -463,7 +463,7 @@ def test_retry_waits_for_the_daemons_transaction(tmp_path, site):
 
 def test_purge_older_than_deletes_old_delivered_items_and_closed_alarms_only(runner, site):
     conn = sqlite3.connect(site.db)
-    pending = "SELECT item_id, pending, body FROM outbox WHERE pending != 0 ORDER BY seq"
+    pending = "SELECT item_id, pending, body FROM outbox_items WHERE pending != 0 ORDER BY seq"
     pending_before = conn.execute(pending).fetchall()
     conn.close()
     result = site.run(runner, "purge", "--delivered", "--older-than", "7d")
@@ -544,7 +544,7 @@ def test_purge_over_more_rows_than_one_chunk_shows_progress(runner, tmp_path, mo
     assert result.stderr.startswith("purging")  # the bar (only its label when stderr is not a terminal)
     assert result.stdout.startswith(f"purged {2 * PURGE_CHUNK + half} delivered item(s) and 0 closed alarm(s)")
     conn = sqlite3.connect(db)
-    assert conn.execute("SELECT count(*), min(seq) FROM outbox WHERE pending = ?", (MQTT,)).fetchone() \
+    assert conn.execute("SELECT count(*), min(seq) FROM outbox_items WHERE pending = ?", (MQTT,)).fetchone() \
         == (300, 2 * PURGE_CHUNK + half + 1)
     assert conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == 300
     conn.close()
@@ -570,12 +570,12 @@ def test_purge_commits_each_chunk_so_the_daemon_can_write_between_them(tmp_path)
         store.begin()
         store.add_item(f"new:{len(chunks)}", "reading", 0, "d", NOW, 0.0, "b", None, "{}", MQTT, NOW)
         store.commit()
-        left = store.conn.execute("SELECT count(*) FROM outbox WHERE pending = 0").fetchone()[0]
+        left = store.conn.execute("SELECT count(*) FROM outbox_items WHERE pending = 0").fetchone()[0]
         assert left == 1000 - sum(chunks)  # each chunk is committed when it is reported
     assert chunks == [300, 300, 300, 100]
     assert (purge.deleted_items, purge.deleted_alarms) == (1000, 0)
     assert purge.after is not None and purge.before.database_bytes > 0
-    assert store.conn.execute("SELECT count(*) FROM outbox WHERE pending != 0").fetchone()[0] == 4
+    assert store.conn.execute("SELECT count(*) FROM outbox_items WHERE pending != 0").fetchone()[0] == 4
     store.close()
 
 

@@ -33,7 +33,7 @@ def test_an_ack_clears_only_its_rows_and_only_its_uplink(tmp_path_factory, first
     store.acked(bits["b"], sorted(second), 3.0)
     store.commit()
     rows = {seq: (pending, delivered) for seq, pending, delivered
-            in store.conn.execute("SELECT seq, pending, delivered_at FROM outbox")}
+            in store.conn.execute("SELECT seq, pending, delivered_at FROM outbox_items")}
     for seq, (pending, delivered) in rows.items():
         assert bool(pending & bits["a"]) == (seq not in first)
         assert bool(pending & bits["b"]) == (seq not in second)
@@ -73,7 +73,7 @@ def test_a_reading_reads_back_as_the_item_it_was(values, observed, counter, rssi
     }
 
 
-def test_an_outbox_of_schema_1_is_upgraded_and_its_rows_sent_as_they_were(tmp_path):
+def test_an_outbox_of_schema_1_is_upgraded_its_rows_sent_as_they_were_and_its_deliveries_kept(tmp_path):
     path = tmp_path / "edgegw.db"
     old = sqlite3.connect(path)
     old.executescript(SCHEMA_1)
@@ -81,13 +81,23 @@ def test_an_outbox_of_schema_1_is_upgraded_and_its_rows_sent_as_they_were(tmp_pa
     old.execute("INSERT INTO outbox(item_id, kind, priority, device_id, observed_at, mono, boot_id, raw, body,"
                 " pending, accepted_at) VALUES ('river-01:0:7', 'reading', 0, 'river-01', 1.0, 1.0,"
                 " '8f0c2e4a-0000-0000-0000-000000000000', x'01', ?, 1, 1.0)", (json.dumps(item),))
+    # Delivered: two acked together at 5.0, and one that never waited for an uplink (no delivered_at).
+    for n, delivered_at in ((8, 5.0), (9, 5.0), (10, None)):
+        old.execute("INSERT INTO outbox(item_id, kind, priority, body, pending, accepted_at, delivered_at)"
+                    " VALUES (?, 'reading', 0, '{}', 0, 2.0, ?)", (f"river-01:0:{n}", delivered_at))
     old.commit()
     old.close()
     store = Store(path)
-    assert store.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "3"
+    assert store.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "4"
     indexes = {name for (name,) in store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert "outbox_send_order" in indexes and "outbox_pending" not in indexes
-    (text,) = store.conn.execute("SELECT item FROM outbox_items").fetchone()
+    assert "queue_urgent" in indexes and "outbox_pending" not in indexes
+    assert store.conn.execute("SELECT seq, priority, pending FROM queue").fetchall() == [(1, 0, 1)]
+    assert store.conn.execute("SELECT first, last, at FROM deliveries").fetchall() == [(4, 4, 2.0), (2, 3, 5.0)]
+    columns = {r[1] for r in store.conn.execute("PRAGMA table_info(outbox)")}
+    assert "pending" not in columns and "delivered_at" not in columns
+    assert store.conn.execute("SELECT seq, pending, delivered_at FROM outbox_items ORDER BY seq").fetchall() == [
+        (1, 1, None), (2, 0, 5.0), (3, 0, 5.0), (4, 0, 2.0)]
+    (text,) = store.conn.execute("SELECT item FROM outbox_items WHERE seq = 1").fetchone()
     assert json.loads(text) == item
     store.close()
 
@@ -151,13 +161,12 @@ def test_an_uplink_removed_from_the_config_lets_go_of_its_rows(tmp_path):
     store.begin()
     for item_id, pending in [("a-only", a), ("b-only", b), ("both", a | b), ("done", 0)]:
         store.add_item(item_id, "reading", 0, "d", 2e9, 0.0, "b", None, "{}", pending, 1.0)
-    store.conn.execute("UPDATE outbox SET delivered_at = 5.0 WHERE item_id = 'done'")
     store.commit()
     assert store.register_uplinks(["a"]) == {"a": a}
-    rows = {r[0]: (r[1], r[2]) for r in store.conn.execute("SELECT item_id, pending, delivered_at FROM outbox")}
+    rows = {r[0]: (r[1], r[2]) for r in store.conn.execute("SELECT item_id, pending, delivered_at FROM outbox_items")}
     assert rows["a-only"] == (a, None) and rows["both"] == (a, None)
     assert rows["b-only"][0] == 0 and rows["b-only"][1] is not None  # nobody waits for it: delivered
-    assert rows["done"] == (0, 5.0)
+    assert rows["done"] == (0, 1.0)  # no uplink to wait for: delivered as it was accepted
 
 
 def test_a_reading_in_a_commit_of_its_own_appends_little_to_the_wal(tmp_path):
