@@ -244,7 +244,7 @@ class Gateway:
         """Commit one group of events; return what to announce once the sources may read again."""
         after: list = []
         store = self.store
-        store.begin()
+        store.begin(durable=any(isinstance(e, Frame | HealthReport) for e in group))
         try:
             for event in group:
                 if isinstance(event, Frame):
@@ -385,7 +385,7 @@ class Gateway:
         if all(self.inflight_noted.get(f.uplink.name) == f.inflight_items for f in self.forwarders):
             return
         try:
-            self.store.begin()
+            self.store.begin(durable=False)  # bookkeeping for status
             self._record_inflight()
             self.store.commit()
         except Exception:  # bookkeeping for status: the next tick tries again
