@@ -312,24 +312,26 @@ class Outbox:
                 bit = _bit(conn, uplink)
                 where.append("o.pending & ?")
                 args.append(bit)
-            rows_from = "outbox_items o"
             if state == "pending":
-                where.append("o.pending != 0")
-                order = "o.priority DESC, o.seq"
+                # As the forwarders go: the urgent lane by its index, then plain readings in seq
+                # order. One ORDER BY over both would sort the whole queue (0.5 s for a million).
+                lanes = [("queue q CROSS JOIN outbox_items o ON o.seq = q.seq", "q.priority > 0", "q.priority DESC, q.seq"),
+                         ("queue q CROSS JOIN outbox_items o ON o.seq = q.seq", "q.priority = 0", "q.seq")]
             elif state == "delivered":
                 # By the runs of deliveries, newest first: a delivery time is not a column to sort on.
-                rows_from = "deliveries d CROSS JOIN outbox_items o ON o.seq BETWEEN d.first AND d.last"
-                where.append("o.pending = 0")
-                order = "d.rowid DESC, o.seq DESC"
+                lanes = [("deliveries d CROSS JOIN outbox_items o ON o.seq BETWEEN d.first AND d.last", "o.pending = 0",
+                          "d.rowid DESC, o.seq DESC")]
             else:
-                order = "o.seq DESC"
-            sql = (
-                "SELECT o.seq, o.item_id, o.kind, o.priority, o.device_id, o.observed_at, o.accepted_at,"
-                " o.delivered_at, o.pending, (SELECT group_concat(uplink, ',') FROM (SELECT uplink FROM parked p"
-                " WHERE p.item_id = o.item_id ORDER BY uplink)) AS parked"
-                f" FROM {rows_from} WHERE {' AND '.join(where) or '1'} ORDER BY {order} LIMIT ?"
-            )
-            rows = conn.execute(sql, [*args, -1 if limit is None else limit])
+                lanes = [("outbox_items o", "1", "o.seq DESC")]
+            rows: list[sqlite3.Row] = []
+            for rows_from, lane, order in lanes:
+                left = -1 if limit is None else limit - len(rows)
+                if left:
+                    rows += conn.execute(
+                        "SELECT o.seq, o.item_id, o.kind, o.priority, o.device_id, o.observed_at, o.accepted_at,"
+                        " o.delivered_at, o.pending, (SELECT group_concat(uplink, ',') FROM (SELECT uplink FROM parked p"
+                        " WHERE p.item_id = o.item_id ORDER BY uplink)) AS parked"
+                        f" FROM {rows_from} WHERE {' AND '.join([lane, *where])} ORDER BY {order} LIMIT ?", [*args, left])
             return [
                 ItemRow(r["seq"], r["item_id"], r["kind"], r["priority"], r["device_id"], r["observed_at"],
                         r["accepted_at"], r["delivered_at"], _names(r["pending"], names),
