@@ -19,10 +19,10 @@ transaction, never all at once. The daemon keeps no copy of the outbox in memory
 query it at least once a second, so an item put back in the queue is sent within about a second.
 
 Words used here, as in ``edgegw status``: an item is *pending* while at least one uplink has not
-acknowledged it (it is in the ``queue`` table, with that uplink's bit set), *delivered* once no uplink waits for it any
-more: every uplink acknowledged it or parked it. *Parked* is per uplink: that uplink refused the item
-for good; the ``parked`` table keeps the item's body and the platform's error, even after the outbox
-row of the delivered item has been purged.
+acknowledged it (it has a row in the ``queue`` table, with that uplink's bit set), *delivered* once
+no uplink waits for it any more: every uplink acknowledged it or parked it. *Parked* is per uplink:
+that uplink refused the item for good; the ``parked`` table keeps the item's body and the platform's
+error, even after the outbox row of the delivered item has been purged.
 """
 
 from __future__ import annotations
@@ -315,8 +315,8 @@ class Outbox:
             if state == "pending":
                 # As the forwarders go: the urgent lane by its index, then plain readings in seq
                 # order. One ORDER BY over both would sort the whole queue (0.5 s for a million).
-                lanes = [("queue q CROSS JOIN outbox_items o ON o.seq = q.seq", "q.priority > 0", "q.priority DESC, q.seq"),
-                         ("queue q CROSS JOIN outbox_items o ON o.seq = q.seq", "q.priority = 0", "q.seq")]
+                queued = "queue q CROSS JOIN outbox_items o ON o.seq = q.seq"
+                lanes = [(queued, "q.priority > 0", "q.priority DESC, q.seq"), (queued, "q.priority = 0", "q.seq")]
             elif state == "delivered":
                 # By the runs of deliveries, newest first: a delivery time is not a column to sort on.
                 lanes = [("deliveries d CROSS JOIN outbox_items o ON o.seq BETWEEN d.first AND d.last", "o.pending = 0",
@@ -329,9 +329,10 @@ class Outbox:
                 if left:
                     rows += conn.execute(
                         "SELECT o.seq, o.item_id, o.kind, o.priority, o.device_id, o.observed_at, o.accepted_at,"
-                        " o.delivered_at, o.pending, (SELECT group_concat(uplink, ',') FROM (SELECT uplink FROM parked p"
-                        " WHERE p.item_id = o.item_id ORDER BY uplink)) AS parked"
-                        f" FROM {rows_from} WHERE {' AND '.join([lane, *where])} ORDER BY {order} LIMIT ?", [*args, left])
+                        " o.delivered_at, o.pending, (SELECT group_concat(uplink, ',') FROM"
+                        " (SELECT uplink FROM parked p WHERE p.item_id = o.item_id ORDER BY uplink)) AS parked"
+                        f" FROM {rows_from} WHERE {' AND '.join([lane, *where])} ORDER BY {order} LIMIT ?",
+                        [*args, left])
             return [
                 ItemRow(r["seq"], r["item_id"], r["kind"], r["priority"], r["device_id"], r["observed_at"],
                         r["accepted_at"], r["delivered_at"], _names(r["pending"], names),
@@ -420,9 +421,9 @@ class Outbox:
         ``all_parked``, every parked item (of ``uplink``) goes back, a few hundred per transaction.
 
         Re-queueing sets the uplink's bit in the item's ``queue`` row again (making one if it was
-        delivered) and deletes the parked row. If the outbox row was purged meanwhile, it is rebuilt from the parked
-        row (same item id and body, a new seq, accepted now). A re-queued health report is replaced by
-        the next one, as any pending health report is.
+        delivered) and deletes the parked row. If the outbox row was purged meanwhile, it is rebuilt
+        from the parked row (same item id and body, a new seq, accepted now). A re-queued health
+        report is replaced by the next one, as any pending health report is.
         """
         if bool(ids) == all_parked:
             raise OutboxError("name the items to retry, or say --all-parked (not both)")
@@ -667,7 +668,7 @@ def _requeue(conn: sqlite3.Connection, parked: sqlite3.Row, bit: int, now: float
             " accepted_at) VALUES (?, ?, ?, ?, ?, 0.0, '', NULL, ?, ?) RETURNING seq, priority",
             (item_id, parked["kind"], PRIORITIES.get(parked["kind"], 0), _device(body), _observed(body, now),
              parked["body"], now)).fetchall()[0]
-    conn.execute("INSERT INTO queue VALUES (?, ?, ?) ON CONFLICT(seq) DO UPDATE SET pending = pending | excluded.pending",
-                 (row[0], row[1], bit))
+    conn.execute("INSERT INTO queue VALUES (?, ?, ?)"
+                 " ON CONFLICT(seq) DO UPDATE SET pending = pending | excluded.pending", (row[0], row[1], bit))
     conn.execute("DELETE FROM parked WHERE item_id = ? AND uplink = ?", (item_id, parked["uplink"]))
     return Requeued(item_id, parked["uplink"], row[0], reinserted)

@@ -220,8 +220,8 @@ def _create_schema(conn: sqlite3.Connection) -> None:
 
 def _move_to_queue(conn: sqlite3.Connection) -> None:
     """Schema 3 and older: move the uplink bits of the outbox rows into ``queue`` and their delivery
-    times into ``deliveries``, then drop those columns. Dropping a column rewrites the table once:
-    3.3 s here for a million rows."""
+    times into ``deliveries``, then drop those columns. Dropping a column rewrites the table: the
+    whole move took 4.2 s here for a million rows."""
     conn.execute("INSERT INTO queue SELECT seq, priority, pending FROM outbox WHERE pending != 0")
     conn.execute("INSERT INTO deliveries(first, last, at) " + RUNS_SQL.format(
         "SELECT seq, coalesce(delivered_at, accepted_at) AS at FROM outbox WHERE pending = 0"))
@@ -471,7 +471,8 @@ class Store:
             args = {"bit": bit, "lo": lo, "hi": hi}
             delivered += [seq for (seq,) in self.conn.execute(
                 "DELETE FROM queue WHERE seq BETWEEN :lo AND :hi AND (pending & ~:bit) = 0 RETURNING seq", args)]
-            self.conn.execute("UPDATE queue SET pending = pending & ~:bit WHERE seq BETWEEN :lo AND :hi", args)
+            self.conn.execute("UPDATE queue SET pending = pending & ~:bit"
+                              " WHERE seq BETWEEN :lo AND :hi AND pending & :bit", args)
         self.conn.executemany("INSERT INTO deliveries VALUES (?, ?, ?)", [(lo, hi, now) for lo, hi in runs(delivered)])
 
     def purge_delivered(self, older_than: float, limit: int = HOUSEKEEPING_CHUNK) -> tuple[int, int, bool]:
@@ -591,8 +592,8 @@ class Store:
         for kind in ("reading", "health"):
             self.begin()
             seqs = [seq for (seq,) in self.conn.execute(
-                "SELECT q.seq FROM queue q CROSS JOIN outbox o ON o.seq = q.seq WHERE o.kind = ? ORDER BY q.seq LIMIT ?",
-                (kind, limit))]
+                "SELECT q.seq FROM queue q CROSS JOIN outbox o ON o.seq = q.seq WHERE o.kind = ?"
+                " ORDER BY q.seq LIMIT ?", (kind, limit))]
             self._forget(seqs)
             if seqs:
                 self._count_drops("disk_cap", kind, len(seqs), now)
@@ -622,8 +623,8 @@ def delete_delivered(conn: sqlite3.Connection, cutoff: float, limit: int) -> tup
     for rowid, first, last in conn.execute("SELECT rowid, first, last FROM deliveries WHERE at < ? ORDER BY rowid"
                                            " LIMIT ?", (cutoff, limit)).fetchall():
         end = min(last, first + budget - 1)
-        deleted += conn.execute("DELETE FROM outbox WHERE seq BETWEEN ? AND ?"
-                                " AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.seq = outbox.seq)", (first, end)).rowcount
+        deleted += conn.execute("DELETE FROM outbox WHERE seq BETWEEN ? AND ? AND NOT EXISTS"
+                                " (SELECT 1 FROM queue q WHERE q.seq = outbox.seq)", (first, end)).rowcount
         budget -= end - first + 1
         if end < last:
             conn.execute("UPDATE deliveries SET first = ? WHERE rowid = ?", (end + 1, rowid))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -141,3 +142,28 @@ def test_cap_during_an_outage_keeps_alarms_and_counts_drops(tmp_path, persistent
         sub.close()
         daemon.stop()
         emulator.unplug()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, 199), st.integers(1, 60), st.integers(0, 100)), max_size=25),
+       st.integers(1, 90), st.integers(0, 120))
+def test_the_retention_purge_takes_exactly_what_was_delivered_before_the_cutoff(tmp_path_factory, acks, limit,
+                                                                                  cutoff):
+    # acks: (first item, how many, when); runs of any length, in any order, overlapping.
+    store = Store(tmp_path_factory.mktemp("purge") / "gw.db")
+    fill(store, 200)
+    delivered_at: dict[int, float] = {}
+    for first, n, at in acks:
+        seqs = [s for s in range(first + 1, min(first + n, 200) + 1) if s not in delivered_at]
+        store.begin()
+        store.acked(1, seqs, float(at))
+        store.commit()
+        delivered_at.update((s, float(at)) for s in seqs)
+    more = True
+    while more:
+        store.begin()
+        items, _, more = store.purge_delivered(float(cutoff), limit)
+        store.commit()
+        assert items <= limit
+    left = {s for (s,) in store.conn.execute("SELECT seq FROM outbox")}
+    assert left == {s for s in range(1, 201) if delivered_at.get(s, math.inf) >= cutoff}
