@@ -13,7 +13,7 @@ import click
 from edgegw import __version__
 from edgegw.config import Config, load_config
 from edgegw.drivers import DriverRegistry, load_drivers
-from edgegw.errors import ConfigError, DecodeError, DriverLoadError
+from edgegw.errors import ConfigError, DecodeError, DriverLoadError, StoreError
 
 EXIT_CONFIG = 2
 
@@ -51,7 +51,10 @@ def run(config_path: Path) -> None:
     from edgegw import daemon, log
 
     log.configure(config.log.level, config.log.format)
-    daemon.run(config, drivers)
+    try:
+        daemon.run(config, drivers)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @cli.command()

@@ -6,6 +6,7 @@
     ├── DecodeError            a payload is not what the driver expects (reason: wrong_length, bad_value, ...)
     ├── ModuleError            a radio module answered +ERR / NG / nothing to a command
     ├── OutboxError            a maintainer's outbox command cannot be done (no database, unknown id, ...)
+    ├── StoreError             the database cannot be brought up to date (no room to convert it)
     └── UplinkError            delivering a batch failed
         ├── TransientUplinkError   retry later with backoff (broker down, timeout)
         └── PermanentUplinkError   retrying the same batch cannot help (payload refused)
@@ -49,6 +50,10 @@ class ModuleError(EdgegwError):
 class OutboxError(EdgegwError):
     """An ``edgegw outbox`` operation cannot be done: no database, an unknown item or uplink, nothing
     parked, the database locked for too long. The message is one line, meant for the maintainer."""
+
+
+class StoreError(EdgegwError):
+    """The gateway database cannot be opened as it must be; the message says why, in one line."""
 
 
 class UplinkError(EdgegwError):

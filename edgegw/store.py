@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from edgegw.clock import STEP
+from edgegw.errors import StoreError
 from edgegw.model import PRIORITY_ALARM, PRIORITY_HEALTH, Alarm, Reading, iso
 
 SCHEMA_VERSION = 4  # 4: the uplink bits live in the queue table, delivery times in deliveries
@@ -206,6 +207,7 @@ def _create_schema(conn: sqlite3.Connection) -> None:
         for statement in SCHEMA.split(";"):
             conn.execute(statement)
         if "pending" in {r[1] for r in conn.execute("PRAGMA table_info(outbox)")}:
+            _check_room_to_convert(conn)
             _move_to_queue(conn)
         conn.execute(
             "CREATE VIEW outbox_items AS SELECT o.*, coalesce(q.pending, 0) AS pending,"
@@ -216,6 +218,18 @@ def _create_schema(conn: sqlite3.Connection) -> None:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _check_room_to_convert(conn: sqlite3.Connection) -> None:
+    """Refuse, before writing anything, a conversion the disk has no room for: it would fill the
+    disk, roll back, and do it all again at every restart."""
+    path = Path(conn.execute("PRAGMA database_list").fetchone()[2])
+    pages, size = (conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "page_size"))
+    needed, free = pages * size, shutil.disk_usage(path.parent).free
+    if free < needed:
+        raise StoreError(f"{path}: converting this database to schema {SCHEMA_VERSION} rewrites its outbox and needs"
+                         f" about {needed / 1e6:.0f} MB free on that filesystem; {free / 1e6:.0f} MB is free."
+                         " Make room and start again (nothing was changed).")
 
 
 def _move_to_queue(conn: sqlite3.Connection) -> None:

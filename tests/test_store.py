@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import json
+import os
+import shutil
 import sqlite3
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -100,6 +102,41 @@ def test_an_outbox_of_schema_1_is_upgraded_its_rows_sent_as_they_were_and_its_de
     (text,) = store.conn.execute("SELECT item FROM outbox_items WHERE seq = 1").fetchone()
     assert json.loads(text) == item
     store.close()
+
+
+def _schema_1_database(path: Path) -> None:
+    old = sqlite3.connect(path)
+    old.executescript(SCHEMA_1)
+    old.execute("INSERT INTO outbox(item_id, kind, priority, body, pending, accepted_at) VALUES ('r:0:1', 'reading',"
+                " 0, '{}', 1, 1.0)")
+    old.commit()
+    old.close()
+
+
+def test_a_conversion_the_disk_has_no_room_for_is_refused_before_it_writes_anything(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import edgegw.store
+    from edgegw.cli import cli
+    from edgegw.errors import StoreError
+    from tests.gateway import write_config
+
+    config = write_config(tmp_path, tmp_path / "no-radio", None)
+    path = tmp_path / "data" / "edgegw.db"
+    path.parent.mkdir()
+    _schema_1_database(path)
+    # A full SD card cannot be made here: the one question the store asks the OS gets a full one's answer.
+    full = type(shutil.disk_usage(tmp_path))(total=2**30, used=2**30, free=0)
+    monkeypatch.setattr(edgegw.store.shutil, "disk_usage", lambda _: full)
+    with pytest.raises(StoreError, match=r"needs about \d+ MB free on that filesystem; 0 MB is free"):
+        Store(path)
+    result = CliRunner().invoke(cli, ["run", "-c", str(config)])
+    assert result.exit_code == 1 and "Make room and start again (nothing was changed)" in result.stderr
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("1",)
+    assert db.execute("SELECT item_id, pending FROM outbox").fetchall() == [("r:0:1", 1)]
+    assert not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'queue'").fetchall()
+    db.close()
 
 
 OUTBOX = Store(Path(":memory:"))
