@@ -9,11 +9,16 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import edgegw.store
+from edgegw.cli import cli
+from edgegw.errors import StoreError
 from edgegw.model import Reading, iso
 from edgegw.store import Store, runs
+from tests.gateway import write_config
 
 
 @given(st.lists(st.integers(0, 200), max_size=60))
@@ -77,8 +82,7 @@ def test_a_reading_reads_back_as_the_item_it_was(values, observed, counter, rssi
 
 def test_an_outbox_of_schema_1_is_upgraded_its_rows_sent_as_they_were_and_its_deliveries_kept(tmp_path):
     path = tmp_path / "edgegw.db"
-    old = sqlite3.connect(path)
-    old.executescript(SCHEMA_1)
+    old = schema_1(path)
     item = {"type": "reading", "id": "river-01:0:7", "device": "river-01", "values": {"level": 1200}}
     old.execute("INSERT INTO outbox(item_id, kind, priority, device_id, observed_at, mono, boot_id, raw, body,"
                 " pending, accepted_at) VALUES ('river-01:0:7', 'reading', 0, 'river-01', 1.0, 1.0,"
@@ -104,27 +108,22 @@ def test_an_outbox_of_schema_1_is_upgraded_its_rows_sent_as_they_were_and_its_de
     store.close()
 
 
-def _schema_1_database(path: Path) -> None:
+def schema_1(path: Path) -> sqlite3.Connection:
+    """A database as edgegw's first schema made it, open for the test to fill."""
     old = sqlite3.connect(path)
     old.executescript(SCHEMA_1)
-    old.execute("INSERT INTO outbox(item_id, kind, priority, body, pending, accepted_at) VALUES ('r:0:1', 'reading',"
-                " 0, '{}', 1, 1.0)")
-    old.commit()
-    old.close()
+    return old
 
 
 def test_a_conversion_the_disk_has_no_room_for_is_refused_before_it_writes_anything(tmp_path, monkeypatch):
-    from click.testing import CliRunner
-
-    import edgegw.store
-    from edgegw.cli import cli
-    from edgegw.errors import StoreError
-    from tests.gateway import write_config
-
     config = write_config(tmp_path, tmp_path / "no-radio", None)
     path = tmp_path / "data" / "edgegw.db"
     path.parent.mkdir()
-    _schema_1_database(path)
+    old = schema_1(path)
+    old.execute("INSERT INTO outbox(item_id, kind, priority, body, pending, accepted_at)"
+                " VALUES ('r:0:1', 'reading', 0, '{}', 1, 1.0)")
+    old.commit()
+    old.close()
     # A full SD card cannot be made here: the one question the store asks the OS gets a full one's answer.
     full = type(shutil.disk_usage(tmp_path))(total=2**30, used=2**30, free=0)
     monkeypatch.setattr(edgegw.store.shutil, "disk_usage", lambda _: full)
