@@ -498,6 +498,30 @@ def test_source_needs_exactly_one_of_port_and_simulate(tmp_path, lines):
     ]
 
 
+FIELD = """
+[[devices]]
+address = 17
+driver = "trap"
+interval = "20s"
+values = { state = "armed", tamper = false, battery = 3.3 }
+"""
+
+
+def test_a_simulated_sources_field_file_is_checked_with_the_config(tmp_path):
+    # Found missing only when the daemon started, it stopped with a traceback after config check said OK.
+    source = '[[sources]]\ntype = "rylr"\nname = "sim{n}"\nsimulate = "{file}"\n'
+    path = write(tmp_path, 'gateway_id = "gw"\n' + source.format(n=0, file="gone.toml")
+                 + source.format(n=1, file="broken.toml") + source.format(n=2, file="good.toml"))
+    write(tmp_path, "[[devices]]\naddress = 17\n", "broken.toml")
+    write(tmp_path, FIELD, "good.toml")
+    assert problems_of(path) == [
+        f"sources[0].simulate: {tmp_path / 'gone.toml'}: file not found",
+        f"sources[1].simulate: {tmp_path / 'broken.toml'}: devices.0.driver: Field required",
+        f"sources[1].simulate: {tmp_path / 'broken.toml'}: devices.0.interval: Field required",
+        f"sources[1].simulate: {tmp_path / 'broken.toml'}: devices.0.values: Field required",
+    ]
+
+
 def test_unknown_source_type(tmp_path):
     path = write(tmp_path, minimal(source='''
         [[sources]]
@@ -545,6 +569,7 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path, monkeypatch)
         ca_file = "/etc/ssl/certs/ca.pem"
         ''', "etc/edgegw/gw.toml")
     folder = tmp_path / "etc" / "edgegw"
+    write(folder, FIELD, "fields/field.toml")
     config, _ = load_config(path)
     assert config.data_dir == tmp_path / "etc" / "var" / "gw"
     assert config.sources[0].simulate == folder / "fields" / "field.toml"

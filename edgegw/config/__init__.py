@@ -283,6 +283,7 @@ def load_config(path: str | Path) -> tuple[Config, DriverRegistry]:
         raise ConfigError(name, _dedupe(problems)) from None
     problems += rule_problems(*(raw.get(k) if isinstance(raw.get(k), list) else []
                                 for k in ("rules", "actions", "devices")), registry)
+    problems += _field_problems(base, config.sources)
     if problems:
         raise ConfigError(name, _dedupe(problems))
     assert registry is not None
@@ -294,6 +295,21 @@ def load_config(path: str | Path) -> tuple[Config, DriverRegistry]:
         "uplinks": [_resolve_uplink(base, u) for u in config.uplinks],
     })
     return config, registry
+
+
+def _field_problems(base: Path, sources: list[RylrSource]) -> list[str]:
+    """A simulated source's field file, checked now: found missing only by ``edgegw run``, it stopped
+    the daemon with a traceback after ``edgegw config check`` had said OK."""
+    from edgegw.radio.field import load_field  # the field module builds on this one
+
+    problems = []
+    for i, source in enumerate(sources):
+        if source.simulate is not None:
+            try:
+                load_field(_resolve(base, source.simulate))
+            except ConfigError as exc:
+                problems += [f"{_key_path(('sources', i, 'simulate'))}: {exc.path}: {p}" for p in exc.problems]
+    return problems
 
 
 def _resolve_uplink(base: Path, u: UplinkConfig) -> UplinkConfig:
