@@ -5,6 +5,12 @@ at 0 and moves on when the counter goes backwards for real (wrap-around or devic
 whose counter was already seen with the same bytes within :data:`DUPLICATE_WINDOW` is a
 retransmission (or a second copy of the line) and yields no new reading. A device without a counter
 gets ``<device>:h:<hash of payload>:<minute>``.
+
+Which counters arrived is the device's registry row (``DeviceState.seen``, the last
+:data:`LATE_WINDOW` counters), and where the device's last :data:`RECENT_FRAMES` frames are is
+kept here, in memory: the outbox has no index on the ids of counted readings (see the store).
+A copy of an older frame of the same epoch, or one accepted more than an hour ago, starts a new
+epoch as any other counter that went back does.
 """
 
 from __future__ import annotations
@@ -20,12 +26,16 @@ from edgegw.config import Config, Device
 from edgegw.drivers import DriverRegistry
 from edgegw.errors import DecodeError
 from edgegw.model import Frame, Reading, Reject, boot_id
-from edgegw.store import DeviceState, Store
+from edgegw.store import LATE_WINDOW, DeviceState, Store
 
 log = structlog.get_logger("edgegw.ingest")
 
 DUPLICATE_WINDOW = 3600.0  # s: a copy of a frame older than this with the same counter is a new epoch
-LATE_WINDOW = 256  # counters this far behind the last one, never seen, are late frames, not a reset
+SEEN_MASK = (1 << LATE_WINDOW + 1) - 1  # DeviceState.seen: the last counter and LATE_WINDOW before it
+RECENT_FRAMES = LATE_WINDOW  # per device: the frames a copy is checked against
+# Rows read at most at start, newest first, to find the recent frames again (within the hour):
+# 0.12 s here when a backlog that large arrived in the last hour; its older copies count as new.
+RECENT_SCAN = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +57,19 @@ class Ingest:
         self.by_address: dict[tuple[str, int], Device] = {
             (config.device_source(d), d.address): d for d in config.devices
         }
+        # device id -> {counter: seq} of its last frames in the current epoch, oldest first
+        self.recent: dict[str, dict[int, int]] = self._recent_frames(store)
+
+    @staticmethod
+    def _recent_frames(store: Store) -> dict[str, dict[int, int]]:
+        """Each device's recent frames, as the outbox holds them (at start)."""
+        newest_first: dict[str, dict[int, int]] = {}
+        for seq, device_id, item_id, counter in store.latest_counted(time.time() - DUPLICATE_WINDOW, RECENT_SCAN):
+            state = store.devices.get(device_id)
+            frames = newest_first.setdefault(device_id, {})
+            if state is not None and item_id == f"{device_id}:{state.epoch}:{counter}" and len(frames) < RECENT_FRAMES:
+                frames.setdefault(counter, seq)
+        return {device_id: dict(reversed(frames.items())) for device_id, frames in newest_first.items()}
 
     def handle(self, frame: Frame) -> Reading | Reject | Duplicate:
         """Decode and store one frame inside the writer's open transaction."""
@@ -76,21 +99,24 @@ class Ingest:
             reading_id = f"{device.id}:h:{hashlib.sha256(frame.payload).hexdigest()[:16]}:{int(frame.wall // 60)}"
         else:
             if device_epoch is not None and device_epoch != state.epoch:
-                state.epoch, state.last_counter = device_epoch, None
+                self._new_epoch(state, device_epoch, None)
             last = state.last_counter
             if last is None or counter > last:
+                ahead = counter - last if last is not None else LATE_WINDOW + 1
+                state.seen = (state.seen << ahead | 1) & SEEN_MASK if ahead <= LATE_WINDOW else 1
                 state.last_counter = counter
             else:
-                earlier = self.store.earlier(f"{device.id}:{state.epoch}:{counter}")
-                if earlier is not None and earlier[0] == frame.payload and now - earlier[1] < DUPLICATE_WINDOW:
-                    return self._duplicate(state, frame, f"{device.id}:{state.epoch}:{counter}")
-                if earlier is not None or last - counter > LATE_WINDOW:
+                behind = last - counter
+                seen = behind <= LATE_WINDOW and state.seen >> behind & 1
+                if seen or behind > LATE_WINDOW:
+                    if self._copy(device.id, f"{device.id}:{state.epoch}:{counter}", counter, frame.payload, now):
+                        return self._duplicate(state, frame, f"{device.id}:{state.epoch}:{counter}")
                     # Same counter with other bytes, or far behind: the counter wrapped or the device restarted.
                     log.info("frame counter went back: new counter epoch", device=device.id, source=frame.source,
-                             last_counter=last, counter=counter, epoch=state.epoch + 1,
-                             seen_before=earlier is not None)
-                    state.epoch, state.last_counter = state.epoch + 1, counter
-                # else: a late frame, never seen, within the window: it keeps the current epoch.
+                             last_counter=last, counter=counter, epoch=state.epoch + 1, seen_before=bool(seen))
+                    self._new_epoch(state, state.epoch + 1, counter)
+                else:  # a late frame, never seen, within the window: it keeps the current epoch
+                    state.seen |= 1 << behind
             reading_id = f"{device.id}:{state.epoch}:{counter}"
         observed = frame.wall
         reading = Reading(
@@ -99,12 +125,29 @@ class Ingest:
             values=values, source=frame.source, address=frame.address, rssi=frame.rssi,
             snr=frame.snr, mono=frame.mono, boot_id=self.boot_id,
         )
-        if not self.store.add_reading(reading, frame.payload, self.uplink_mask, now):
+        seq = self.store.add_reading(reading, frame.payload, self.uplink_mask, now)
+        if seq is None:
             return self._duplicate(state, frame, reading_id)
+        if counter is not None:
+            frames = self.recent.setdefault(device.id, {})
+            frames.pop(counter, None)
+            frames[counter] = seq
+            if len(frames) > RECENT_FRAMES:
+                del frames[next(iter(frames))]
         state.readings += 1
         state.last_seen, state.last_rssi, state.last_snr = frame.wall, frame.rssi, frame.snr
         self.store.touch(state)
         return reading
+
+    def _copy(self, device_id: str, reading_id: str, counter: int, payload: bytes, now: float) -> bool:
+        """Is this a copy of one of the device's recent frames, accepted within the duplicate window?"""
+        seq = self.recent.get(device_id, {}).get(counter)
+        earlier = self.store.frame_at(seq, reading_id) if seq is not None else None
+        return earlier is not None and earlier[0] == payload and now - earlier[1] < DUPLICATE_WINDOW
+
+    def _new_epoch(self, state: DeviceState, epoch: int, counter: int | None) -> None:
+        state.epoch, state.last_counter, state.seen = epoch, counter, 1 if counter is not None else 0
+        self.recent.pop(state.id, None)  # its frames have ids of the old epoch
 
     def _duplicate(self, state: DeviceState, frame: Frame, reading_id: str) -> Duplicate:
         state.duplicates += 1

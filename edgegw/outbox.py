@@ -355,7 +355,7 @@ class Outbox:
             rows = conn.execute(
                 "SELECT p.item_id, p.uplink, p.kind, p.error, p.parked_at, o.seq, o.observed_at, o.accepted_at,"
                 " coalesce(o.device_id, json_extract(p.body, '$.device')) AS device_id"
-                " FROM parked p LEFT JOIN outbox o ON o.item_id = p.item_id"
+                " FROM parked p LEFT JOIN outbox o ON o.seq = p.seq AND o.item_id = p.item_id"
                 f" WHERE {' AND '.join(where) or '1'} ORDER BY p.parked_at DESC, p.item_id LIMIT ?",
                 [*args, -1 if limit is None else limit],
             )
@@ -454,7 +454,8 @@ class Outbox:
                 row = _find(conn, ident)
                 item_id = row["item_id"] if row is not None else ident
                 parked = [p for p in conn.execute(
-                    "SELECT item_id, uplink, kind, body FROM parked WHERE item_id = ? ORDER BY uplink", (item_id,))]
+                    "SELECT item_id, uplink, kind, body, seq FROM parked WHERE item_id = ? ORDER BY uplink",
+                    (item_id,))]
                 if row is None and not parked:
                     raise OutboxError(f"no item {ident!r} in the outbox (give an item id or a seq); nothing retried")
                 mine = [p for p in parked if uplink is None or p["uplink"] == uplink]
@@ -489,7 +490,7 @@ class Outbox:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 batch = conn.execute(
-                    "SELECT item_id, uplink, kind, body FROM parked WHERE uplink IN (SELECT name FROM uplinks)"
+                    "SELECT item_id, uplink, kind, body, seq FROM parked WHERE uplink IN (SELECT name FROM uplinks)"
                     f" {only} ORDER BY parked_at, item_id LIMIT ?", [*args, RETRY_CHUNK]).fetchall()
                 for p in batch:
                     result.requeued.append(_requeue(conn, p, bits[p["uplink"]], now))
@@ -519,7 +520,8 @@ class Outbox:
 
 # Closed alarms of the alarm log, except those whose outbox item is still on its way.
 _PURGEABLE_ALARMS = ("open = 0 AND raised_at < :cutoff AND NOT EXISTS"
-                     " (SELECT 1 FROM outbox o CROSS JOIN queue q ON q.seq = o.seq WHERE o.item_id = alarms.id)")
+                     " (SELECT 1 FROM outbox o CROSS JOIN queue q ON q.seq = o.seq"
+                     " WHERE o.counter IS NULL AND o.item_id = alarms.id)")
 
 
 class Purge:
@@ -635,9 +637,15 @@ def _bit(conn: sqlite3.Connection, uplink: str) -> int:
 
 
 def _find(conn: sqlite3.Connection, ident: str) -> sqlite3.Row | None:
-    """The outbox row of an item id, or of a seq (a number that is not an item id)."""
+    """The outbox row of an item id, or of a seq (a number that is not an item id).
+
+    Only the ids of items without a device counter are indexed: a reading's id is looked up by a
+    scan of the outbox (0.3 s for a million rows here), which is fine for a maintainer's command.
+    """
     cols = "seq, item_id, kind, priority, device_id, observed_at, accepted_at, delivered_at, pending, item AS body"
-    row = conn.execute(f"SELECT {cols} FROM outbox_items WHERE item_id = ?", (ident,)).fetchone()
+    row = (conn.execute(f"SELECT {cols} FROM outbox_items WHERE counter IS NULL AND item_id = ?", (ident,)).fetchone()
+           or conn.execute(f"SELECT {cols} FROM outbox_items WHERE counter IS NOT NULL AND item_id = ?",
+                           (ident,)).fetchone())
     if row is None and ident.isdigit():
         row = conn.execute(f"SELECT {cols} FROM outbox_items WHERE seq = ?", (int(ident),)).fetchone()
     return row
@@ -659,7 +667,8 @@ def _observed(body: Any, fallback: float) -> float:
 def _requeue(conn: sqlite3.Connection, parked: sqlite3.Row, bit: int, now: float) -> Requeued:
     """Inside a transaction: put one parked item back in one uplink's queue, and forget the parking."""
     item_id = parked["item_id"]
-    row = conn.execute("SELECT seq, priority FROM outbox WHERE item_id = ?", (item_id,)).fetchone()
+    row = conn.execute("SELECT seq, priority FROM outbox WHERE seq = ? AND item_id = ?",
+                       (parked["seq"], item_id)).fetchone()
     reinserted = row is None
     if reinserted:  # the delivered row was purged: the parked row still has everything that is sent
         body = json.loads(parked["body"])
@@ -668,6 +677,7 @@ def _requeue(conn: sqlite3.Connection, parked: sqlite3.Row, bit: int, now: float
             " accepted_at) VALUES (?, ?, ?, ?, ?, 0.0, '', NULL, ?, ?) RETURNING seq, priority",
             (item_id, parked["kind"], PRIORITIES.get(parked["kind"], 0), _device(body), _observed(body, now),
              parked["body"], now)).fetchall()[0]
+        conn.execute("UPDATE parked SET seq = ? WHERE item_id = ?", (row[0], item_id))  # for its other uplinks
     conn.execute("INSERT INTO queue VALUES (?, ?, ?)"
                  " ON CONFLICT(seq) DO UPDATE SET pending = pending | excluded.pending", (row[0], row[1], bit))
     conn.execute("DELETE FROM parked WHERE item_id = ? AND uplink = ?", (item_id, parked["uplink"]))

@@ -34,6 +34,11 @@ rewritten by the acknowledgement and again by the checkpoint was most of what th
 Alarms, health reports, and readings rebuilt from a parked copy keep their whole item in ``body``
 (their ``driver`` column is NULL).
 
+Only the ids of items without a device counter (alarms, health reports, readings of counterless
+devices) are indexed. An index on every id was a fifth of what a burst wrote, rebalanced mid-tree
+at each commit; a counted reading's duplicate is found from its device's row instead (see
+edgegw.ingest), and a maintainer's lookup by such an id scans the outbox.
+
 An acknowledgement changes only ``queue`` (a few bytes per item) and adds a row to ``deliveries`` per
 run of seqs. Up to schema 3 the uplink bits and the delivery time were columns of the outbox row: an
 ack of 500 readings rewrote the 90 KiB of pages they sit on, which was a third of what a burst wrote.
@@ -54,7 +59,9 @@ from edgegw.clock import STEP
 from edgegw.errors import StoreError
 from edgegw.model import PRIORITY_ALARM, PRIORITY_HEALTH, Alarm, Reading, iso
 
-SCHEMA_VERSION = 4  # 4: the uplink bits live in the queue table, delivery times in deliveries
+# 4: the uplink bits live in the queue table, delivery times in deliveries.
+# 5: only items without a device counter have their id indexed (see ``DeviceState.seen``).
+SCHEMA_VERSION = 5
 WAL_LIMIT = 8_000_000
 # Page cache per connection, KiB. SQLite's default is 2 MiB; the writer appends at the end of its
 # tables and the forwarder reads the head of the queue, so a quarter of that does the same work.
@@ -68,6 +75,10 @@ CAP_LOW_WATER = 0.9  # once over the cap, free space down to this fraction of it
 # well under a second on a Pi Zero. Deleting a million in one statement held the writer (and with it
 # every frame and alarm) for 3.5 s here, and past systemd's 30 s watchdog on a Pi.
 HOUSEKEEPING_CHUNK = 2000
+
+
+# Counters this far behind the last one, never seen, are late frames, not a reset (see edgegw.ingest).
+LATE_WINDOW = 256
 
 
 @dataclass
@@ -87,6 +98,20 @@ class DeviceState:
     readings: int = 0
     duplicates: int = 0
     rejects: int = 0
+    # Bit i: the counter ``last_counter - i`` arrived in this epoch (0 <= i <= LATE_WINDOW). It stands in for an index on the ids of counted readings: such an index took
+    # a fifth of what a burst wrote to the SD card, for the rare frame whose counter went back.
+    seen: int = 0
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> DeviceState:
+        return cls(**{**row, "seen": int.from_bytes(row["seen"] or b"", "little")})
+
+    def row(self) -> dict[str, Any]:
+        return {**vars(self), "seen": _blob(self.seen)}
+
+
+def _blob(bits: int) -> bytes:
+    return bits.to_bytes((bits.bit_length() + 7) // 8, "little")
 
 
 DEVICE_UPDATE = ", ".join(f"{name} = excluded.{name}" for name in DeviceState.__dataclass_fields__ if name != "id")
@@ -150,7 +175,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     device_id TEXT, observed_at FLOAT, mono FLOAT, boot_id TEXT, raw BLOB, body TEXT NOT NULL,
     accepted_at FLOAT NOT NULL,
     driver TEXT, time_quality TEXT, counter INTEGER, source TEXT, address INTEGER, rssi FLOAT, snr FLOAT);
-CREATE UNIQUE INDEX IF NOT EXISTS outbox_item ON outbox(item_id);
+-- Alarms, health reports and readings without a counter: their ids are how duplicates are found.
+CREATE UNIQUE INDEX IF NOT EXISTS outbox_uncounted ON outbox(item_id) WHERE counter IS NULL;
 -- Plain readings go in seq order, the table's own: only the few urgent items need an index.
 CREATE TABLE IF NOT EXISTS queue (seq INTEGER PRIMARY KEY, priority INTEGER NOT NULL, pending INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS queue_urgent ON queue(priority DESC, seq) WHERE priority > 0;
@@ -162,7 +188,7 @@ CREATE TABLE IF NOT EXISTS uplinks (
 CREATE TABLE IF NOT EXISTS devices (
     id TEXT PRIMARY KEY, source TEXT, address INTEGER, driver TEXT, first_seen FLOAT, last_seen FLOAT,
     last_rssi FLOAT, last_snr FLOAT, last_counter INTEGER, epoch INTEGER, readings INTEGER,
-    duplicates INTEGER, rejects INTEGER);
+    duplicates INTEGER, rejects INTEGER, seen BLOB);
 CREATE TABLE IF NOT EXISTS sources (
     name TEXT PRIMARY KEY, state TEXT, detail TEXT, changed_at FLOAT, last_frame_at FLOAT, frames INTEGER);
 CREATE TABLE IF NOT EXISTS rejects (
@@ -174,17 +200,20 @@ CREATE TABLE IF NOT EXISTS drops (reason TEXT, kind TEXT, count INTEGER, last_at
 CREATE TABLE IF NOT EXISTS rule_state (rule TEXT, device_id TEXT, state TEXT, PRIMARY KEY (rule, device_id));
 CREATE TABLE IF NOT EXISTS rule_buffer (reading_id TEXT PRIMARY KEY, observed_at FLOAT, reading TEXT);
 CREATE TABLE IF NOT EXISTS parked (
-    item_id TEXT, uplink TEXT, kind TEXT, error TEXT, parked_at FLOAT, body TEXT, PRIMARY KEY (item_id, uplink));
+    item_id TEXT, uplink TEXT, kind TEXT, error TEXT, parked_at FLOAT, body TEXT, seq INTEGER,
+    PRIMARY KEY (item_id, uplink));
 CREATE TABLE IF NOT EXISTS alarms (
     id TEXT PRIMARY KEY, kind TEXT, severity TEXT, device_id TEXT, rule TEXT, raised_at FLOAT, late INTEGER,
     message TEXT, open INTEGER, closed_by TEXT, closed_at FLOAT, body TEXT);
 CREATE INDEX IF NOT EXISTS alarms_open ON alarms(open, raised_at);
 """
 
-# Schema 1 lacked these columns. Its reading rows keep their whole item in body, sent as it is.
-ADDED_IN_2 = {"outbox": ["driver TEXT", "time_quality TEXT", "counter INTEGER", "source TEXT", "address INTEGER",
-                         "rssi FLOAT", "snr FLOAT"],
-              "uplinks": ["inflight INTEGER"]}
+# Columns older schemas lack. Schema 1's reading rows keep their whole item in body, sent as it is.
+ADDED_COLUMNS = {"outbox": ["driver TEXT", "time_quality TEXT", "counter INTEGER", "source TEXT", "address INTEGER",
+                            "rssi FLOAT", "snr FLOAT"],
+                 "uplinks": ["inflight INTEGER"],
+                 "devices": ["seen BLOB"],  # 5
+                 "parked": ["seq INTEGER"]}  # 5
 
 
 # Rows of ``deliveries`` from a query of (seq, at): one per run of consecutive seqs delivered at the same time.
@@ -199,7 +228,7 @@ def _create_schema(conn: sqlite3.Connection) -> None:
     try:
         # The view is code, not data: made afresh at every start, so a newer item format takes effect.
         conn.execute("DROP VIEW IF EXISTS outbox_items")
-        for table, columns in ADDED_IN_2.items():
+        for table, columns in ADDED_COLUMNS.items():
             have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
             for column in columns:
                 if have and column.split()[0] not in have:
@@ -209,6 +238,8 @@ def _create_schema(conn: sqlite3.Connection) -> None:
         if "pending" in {r[1] for r in conn.execute("PRAGMA table_info(outbox)")}:
             _check_room_to_convert(conn)
             _move_to_queue(conn)
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'outbox_item'").fetchone():
+            _drop_item_index(conn)
         conn.execute(
             "CREATE VIEW outbox_items AS SELECT o.*, coalesce(q.pending, 0) AS pending,"
             " CASE WHEN q.seq IS NULL THEN (SELECT max(at) FROM deliveries d WHERE o.seq BETWEEN d.first AND d.last)"
@@ -245,6 +276,20 @@ def _move_to_queue(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE outbox DROP COLUMN delivered_at")
 
 
+def _drop_item_index(conn: sqlite3.Connection) -> None:
+    """Schema 4 and older: note in each device row which counters of its window arrived, and in each
+    parked row the seq of its item, while the index on every item id can still find them; then drop it."""
+    devices = conn.execute("SELECT id, epoch, last_counter FROM devices WHERE last_counter IS NOT NULL").fetchall()
+    for device_id, epoch, last in devices:
+        ids = {f"{device_id}:{epoch}:{last - i}": i for i in range(min(LATE_WINDOW, last) + 1)}
+        found = conn.execute("SELECT item_id FROM outbox WHERE item_id IN (SELECT value FROM json_each(?))",
+                             (json.dumps(list(ids)),))
+        seen = sum(1 << ids[item_id] for (item_id,) in found)
+        conn.execute("UPDATE devices SET seen = ? WHERE id = ?", (_blob(seen), device_id))
+    conn.execute("UPDATE parked SET seq = (SELECT seq FROM outbox o WHERE o.item_id = parked.item_id)")
+    conn.execute("DROP INDEX outbox_item")
+
+
 class Store:
     """The single writer of the gateway database."""
 
@@ -256,7 +301,7 @@ class Store:
         _create_schema(self.conn)
         self.rejects_kept = rejects_kept
         self.devices: dict[str, DeviceState] = {
-            row["id"]: DeviceState(**row) for row in self._rows("SELECT * FROM devices")
+            row["id"]: DeviceState.of(row) for row in self._rows("SELECT * FROM devices")
         }
         self._dirty_devices: set[str] = set()
         self._source_frames: dict[str, tuple[int, float]] = {}
@@ -294,9 +339,9 @@ class Store:
             # also rewrote a page of the primary key's index in every commit.
             self.conn.executemany(
                 "INSERT INTO devices VALUES (:id, :source, :address, :driver, :first_seen, :last_seen,"
-                " :last_rssi, :last_snr, :last_counter, :epoch, :readings, :duplicates, :rejects)"
+                " :last_rssi, :last_snr, :last_counter, :epoch, :readings, :duplicates, :rejects, :seen)"
                 f" ON CONFLICT(id) DO UPDATE SET {DEVICE_UPDATE}",
-                [vars(self.devices[d]) for d in self._dirty_devices],
+                [self.devices[d].row() for d in self._dirty_devices],
             )
             self._dirty_devices.clear()
         for name, (frames, last) in self._source_frames.items():
@@ -317,7 +362,7 @@ class Store:
         if self.conn.in_transaction:  # BEGIN itself may be what failed
             self.conn.execute("ROLLBACK")
         # The cache may hold changes of the rolled-back group: reload it from what is on disk.
-        self.devices = {row["id"]: DeviceState(**row) for row in self._rows("SELECT * FROM devices")}
+        self.devices = {row["id"]: DeviceState.of(row) for row in self._rows("SELECT * FROM devices")}
         self._dirty_devices.clear()
         self._source_frames.clear()
 
@@ -338,10 +383,22 @@ class Store:
 
     # -- outbox ---------------------------------------------------------------------------------
 
-    def earlier(self, item_id: str) -> tuple[bytes, float] | None:
-        """The raw payload and acceptance time of an item already in the outbox, if any."""
-        row = self.conn.execute("SELECT raw, accepted_at FROM outbox WHERE item_id = ?", (item_id,)).fetchone()
+    def frame_at(self, seq: int, item_id: str) -> tuple[bytes, float] | None:
+        """The raw payload and acceptance time of the item at ``seq``, if it is still the one with this id."""
+        row = self.conn.execute("SELECT raw, accepted_at FROM outbox WHERE seq = ? AND item_id = ?",
+                                (seq, item_id)).fetchone()
         return (row[0], row[1]) if row else None
+
+    def latest_counted(self, since: float, limit: int):
+        """(seq, device id, item id, counter) of the readings with a counter accepted since ``since``,
+        newest first, at most ``limit`` rows read."""
+        rows = self.conn.execute("SELECT seq, device_id, item_id, counter, accepted_at FROM outbox"
+                                 " ORDER BY seq DESC LIMIT ?", (limit,))
+        for seq, device_id, item_id, counter, accepted_at in rows:
+            if accepted_at < since:
+                return
+            if counter is not None:
+                yield seq, device_id, item_id, counter
 
     def describe(self, gateway_id: str, units: dict[str, dict[str, str]]) -> None:
         """Record what the ``outbox_items`` view needs to render readings: the gateway id and each driver's units."""
@@ -351,8 +408,9 @@ class Store:
                               [(name, json.dumps(u, separators=(",", ":"))) for name, u in units.items()])
         self.commit()
 
-    def add_reading(self, reading: Reading, raw: bytes, pending: int, now: float) -> bool:
-        """Insert a reading as columns (see the module docstring); False if its id is already there.
+    def add_reading(self, reading: Reading, raw: bytes, pending: int, now: float) -> int | None:
+        """Insert a reading as columns (see the module docstring): its seq, or None if it has no
+        counter and its id is already there (one with a counter is the ingest's to check).
 
         RSSI and SNR are kept to 0.01 dB: SQL renders REALs to 15 significant digits, and no radio
         measures finer than that (a hostile line may claim more).
@@ -367,13 +425,13 @@ class Store:
              json.dumps(reading.values, separators=(",", ":"), ensure_ascii=False), now),
         )
         if cur.rowcount != 1:
-            return False
+            return None
         self._enqueue(cur.lastrowid, 0, pending, now)
         if cur.lastrowid < self.boot_first_seq:
             # seq is the highest left plus one: it goes back below the mark when every row of this
             # boot has been purged. The mark follows, so that re-stamping still finds this row.
             self._mark_boot(reading.boot_id, cur.lastrowid)
-        return True
+        return cur.lastrowid
 
     def add_item(
         self, item_id: str, kind: str, priority: int, device_id: str | None, observed_at: float, mono: float,
@@ -434,8 +492,8 @@ class Store:
     def park(self, uplink: str, bit: int, seq: int, error: str, now: float) -> None:
         """An uplink refused this item for good: stop offering it to that uplink, keep it with the error."""
         self.conn.execute(
-            "INSERT OR REPLACE INTO parked(item_id, uplink, kind, error, parked_at, body)"
-            " SELECT item_id, ?, kind, ?, ?, item FROM outbox_items WHERE seq = ?", (uplink, error[:2000], now, seq))
+            "INSERT OR REPLACE INTO parked(item_id, uplink, kind, error, parked_at, body, seq)"
+            " SELECT item_id, ?, kind, ?, ?, item, seq FROM outbox_items WHERE seq = ?", (uplink, error[:2000], now, seq))
         self.acked(bit, [seq], now)
 
     def note_boot(self, boot_id: str) -> None:

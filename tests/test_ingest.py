@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgegw.config import Config
 from edgegw.drivers import load_drivers
-from edgegw.ingest import LATE_WINDOW, Duplicate, Ingest
+from edgegw.ingest import Duplicate, Ingest
+from edgegw.store import LATE_WINDOW
 from edgegw.model import Frame, Reading, Reject
 from edgegw.store import Store
 
@@ -145,3 +147,83 @@ def test_rollback_forgets_the_group_and_reloads_the_registry(tmp_path):
     ingest.store.rollback()  # and a second time is harmless
     assert ingest.store.devices["river-01"].last_counter == 1
     assert ids(handle(ingest, frame(2))) == ["river-01:0:2"]
+
+
+def reference_ids(frames: list[tuple[int, bytes]]) -> list[str | None]:
+    """The rules as the outbox's index on every item id applied them (schema 4): each counter that
+    went back was looked up among all items stored. None for a duplicate."""
+    stored: dict[str, bytes] = {}
+    epoch, last, out = 0, None, []
+    for counter, payload in frames:
+        if last is None or counter > last:
+            last = counter
+        else:
+            earlier = stored.get(f"river-01:{epoch}:{counter}")
+            if earlier == payload:
+                out.append(None)
+                continue
+            if earlier is not None or last - counter > LATE_WINDOW:
+                epoch, last = epoch + 1, counter
+        stored[f"river-01:{epoch}:{counter}"] = payload
+        out.append(f"river-01:{epoch}:{counter}")
+    return out
+
+
+# A frame: a step from the last counter (mostly on, sometimes back, now and then far back or across
+# a wrap), or a copy of an earlier frame; a level from a few values, so that equal bytes recur.
+steps = st.one_of(st.integers(1, 3), st.integers(-20, 0), st.integers(-LATE_WINDOW - 5, -LATE_WINDOW + 5),
+                  st.integers(-65535, 65535))
+frames_of = st.lists(st.tuples(st.booleans(), steps, st.integers(0, 3), st.integers(0, 1000)), min_size=1, max_size=80)
+
+
+@settings(max_examples=200, deadline=None)
+@given(frames_of, st.integers(1, 79))
+def test_duplicates_and_epochs_are_what_an_index_on_every_id_found(tmp_path_factory, plan, restart_at):
+    """Without an index on reading ids (the device's window of counters, its recent frames in
+    memory), every frame gets the id, or the duplicate verdict, that a lookup of every stored id gave;
+    a restart in the middle changes nothing."""
+    sent: list[tuple[int, bytes]] = []
+    counter = 100
+    for copy, step, level, pick in plan:
+        if copy and sent:
+            sent.append(sent[pick % len(sent)])
+        else:
+            counter = (counter + step) % 65536
+            sent.append((counter, frame(counter, level=1000 + level).payload))
+    path = tmp_path_factory.mktemp("ref")
+    ingest, got = make(path), []
+    for i, (n, payload) in enumerate(sent):
+        if i == restart_at:
+            ingest.store.close()
+            ingest = make(path)
+        (result,) = handle(ingest, Frame("lora0", 21, payload, -80.0, 7.0))
+        got.append(result.reading_id if isinstance(result, Reading) else None)
+    assert got == reference_ids(sent)
+
+
+def test_a_copy_accepted_more_than_an_hour_ago_is_a_new_reading_in_a_new_epoch(tmp_path):
+    ingest = make(tmp_path)
+    handle(ingest, frame(1), frame(2))
+    ingest.store.conn.execute("UPDATE outbox SET accepted_at = accepted_at - 3601 WHERE item_id = 'river-01:0:1'")
+    assert ids(handle(ingest, frame(1), frame(2))) == ["river-01:1:1", "river-01:1:2"]
+
+
+def test_a_schema_4_database_finds_the_same_duplicates_once_its_id_index_is_gone(tmp_path):
+    ingest = make(tmp_path)
+    handle(ingest, frame(10), frame(12), frame(15))
+    store = ingest.store
+    store.park("a", 1, 1, "refused", 5.0)  # river-01:0:10
+    store.close()
+    db = sqlite3.connect(tmp_path / "gw.db")
+    db.executescript("""
+        DROP INDEX outbox_uncounted; CREATE UNIQUE INDEX outbox_item ON outbox(item_id);
+        ALTER TABLE devices DROP COLUMN seen; ALTER TABLE parked DROP COLUMN seq;
+        UPDATE meta SET value = '4' WHERE key = 'schema_version';""")
+    db.close()
+    again = make(tmp_path)
+    indexes = {n for (n,) in again.store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "outbox_item" not in indexes and "outbox_uncounted" in indexes
+    assert again.store.conn.execute("SELECT item_id, seq FROM parked").fetchall() == [("river-01:0:10", 1)]
+    # 12 arrived, 11 never did: a copy of 12 is a duplicate, 11 a late frame, not a new epoch.
+    results = handle(again, frame(12), frame(11))
+    assert isinstance(results[0], Duplicate) and ids(results) == ["river-01:0:11"]

@@ -94,9 +94,9 @@ def test_an_outbox_of_schema_1_is_upgraded_its_rows_sent_as_they_were_and_its_de
     old.commit()
     old.close()
     store = Store(path)
-    assert store.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "4"
+    assert store.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "5"
     indexes = {name for (name,) in store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert "queue_urgent" in indexes and "outbox_pending" not in indexes
+    assert {"queue_urgent", "outbox_uncounted"} <= indexes and not {"outbox_pending", "outbox_item"} & indexes
     assert store.conn.execute("SELECT seq, priority, pending FROM queue").fetchall() == [(1, 0, 1)]
     assert store.conn.execute("SELECT first, last, at FROM deliveries").fetchall() == [(4, 4, 2.0), (2, 3, 5.0)]
     columns = {r[1] for r in store.conn.execute("PRAGMA table_info(outbox)")}
