@@ -192,7 +192,7 @@ def test_duplicates_and_epochs_are_what_an_index_on_every_id_found(tmp_path_fact
             sent.append((counter, frame(counter, level=1000 + level).payload))
     path = tmp_path_factory.mktemp("ref")
     ingest, got = make(path), []
-    for i, (n, payload) in enumerate(sent):
+    for i, (_, payload) in enumerate(sent):
         if i == restart_at:
             ingest.store.close()
             ingest = make(path)
