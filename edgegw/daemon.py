@@ -402,6 +402,7 @@ class Gateway:
         """
         if self._health is not None and self._health.is_alive():
             return  # the last one is still counting: a slow card, a huge backlog
+        self.store.write_counts()  # its last frame per source
 
         def build(uptime_s: float) -> None:
             try:

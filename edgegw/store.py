@@ -75,6 +75,11 @@ CAP_LOW_WATER = 0.9  # once over the cap, free space down to this fraction of it
 # well under a second on a Pi Zero. Deleting a million in one statement held the writer (and with it
 # every frame and alarm) for 3.5 s here, and past systemd's 30 s watchdog on a Pi.
 HOUSEKEEPING_CHUNK = 2000
+# s: how often the counts shown by ``edgegw status`` (frames heard per source, batches and items
+# acknowledged per uplink) are written. Written at every commit, they were two of the eight pages
+# a reading and its acknowledgement append to the WAL at field rate. A kill -9 loses at most this
+# much of them; a clean stop writes them.
+COUNTS_EVERY = 10.0
 
 
 # Counters this far behind the last one, never seen, are late frames, not a reset (see edgegw.ingest).
@@ -304,7 +309,12 @@ class Store:
             row["id"]: DeviceState.of(row) for row in self._rows("SELECT * FROM devices")
         }
         self._dirty_devices: set[str] = set()
-        self._source_frames: dict[str, tuple[int, float]] = {}
+        # Frames heard per source (count, last at) and acks per uplink (batches, items, last at):
+        # those of the open transaction, and those committed but not yet written (see COUNTS_EVERY).
+        self._heard: dict[str, tuple[int, float]] = {}
+        self._acked: dict[str, tuple[int, int, float]] = {}
+        self._counts: tuple[dict[str, tuple[int, float]], dict[str, tuple[int, int, float]]] = ({}, {})
+        self._counts_due = time.monotonic() + COUNTS_EVERY
         self._rejects_added = 0
         self.capping = False  # over the disk cap, and not yet down to its low-water mark
         self.boot_first_seq = 0  # rows of this boot have seqs from here on (see note_boot)
@@ -344,19 +354,42 @@ class Store:
                 [self.devices[d].row() for d in self._dirty_devices],
             )
             self._dirty_devices.clear()
-        for name, (frames, last) in self._source_frames.items():
-            self.conn.execute(
-                "INSERT INTO sources(name, frames, last_frame_at) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE"
-                " SET frames = frames + excluded.frames, last_frame_at = excluded.last_frame_at",
-                (name, frames, last),
-            )
-        self._source_frames.clear()
+        heard, acked = self._counts
+        for name, (frames, at) in self._heard.items():
+            heard[name] = (heard.get(name, (0, at))[0] + frames, at)
+        for name, (batches, items, at) in self._acked.items():
+            before = acked.get(name, (0, 0, at))
+            acked[name] = (before[0] + batches, before[1] + items, at)
+        if (heard or acked) and time.monotonic() >= self._counts_due:
+            self._write_counts()
         if self._rejects_added and self.rejects_kept >= 0:
             self.conn.execute(
                 "DELETE FROM rejects WHERE id <= (SELECT max(id) FROM rejects) - ?", (self.rejects_kept,)
             )
             self._rejects_added = 0
         self.conn.execute("COMMIT")
+        self._heard.clear()
+        self._acked.clear()
+
+    def write_counts(self) -> None:
+        """Write the counts of frames heard and items acknowledged now, not at the next
+        :data:`COUNTS_EVERY` (for a health report, and at close)."""
+        if any(self._counts):
+            self.begin(durable=False)
+            self._write_counts()
+            self.commit()
+
+    def _write_counts(self) -> None:
+        heard, acked = self._counts
+        self.conn.executemany(
+            "INSERT INTO sources(name, frames, last_frame_at) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE"
+            " SET frames = frames + excluded.frames, last_frame_at = excluded.last_frame_at",
+            [(name, frames, at) for name, (frames, at) in heard.items()])
+        self.conn.executemany(
+            "UPDATE uplinks SET batches = batches + ?, items = items + ?, last_ack_at = ? WHERE name = ?",
+            [(batches, items, at, name) for name, (batches, items, at) in acked.items()])
+        self._counts = ({}, {})
+        self._counts_due = time.monotonic() + COUNTS_EVERY
 
     def rollback(self) -> None:
         if self.conn.in_transaction:  # BEGIN itself may be what failed
@@ -364,7 +397,8 @@ class Store:
         # The cache may hold changes of the rolled-back group: reload it from what is on disk.
         self.devices = {row["id"]: DeviceState.of(row) for row in self._rows("SELECT * FROM devices")}
         self._dirty_devices.clear()
-        self._source_frames.clear()
+        self._heard.clear()
+        self._acked.clear()
 
     # -- devices --------------------------------------------------------------------------------
 
@@ -378,8 +412,8 @@ class Store:
         self._dirty_devices.add(state.id)
 
     def frame_heard(self, source: str, at: float) -> None:
-        frames, _ = self._source_frames.get(source, (0, at))
-        self._source_frames[source] = (frames + 1, at)
+        frames, _ = self._heard.get(source, (0, at))
+        self._heard[source] = (frames + 1, at)
 
     # -- outbox ---------------------------------------------------------------------------------
 
@@ -597,10 +631,8 @@ class Store:
         )
 
     def uplink_delivered(self, name: str, items: int, at: float) -> None:
-        self.conn.execute(
-            "UPDATE uplinks SET batches = batches + 1, items = items + ?, last_ack_at = ? WHERE name = ?",
-            (items, at, name),
-        )
+        batches, before, _ = self._acked.get(name, (0, 0, at))
+        self._acked[name] = (batches + 1, before + items, at)
 
     def uplink_inflight(self, name: str, items: int) -> None:
         """How many items the uplink has sent and not yet seen acknowledged, for ``edgegw status``."""
@@ -680,6 +712,8 @@ class Store:
                           " SET count = count + excluded.count, last_at = excluded.last_at", (reason, kind, n, at))
 
     def close(self) -> None:
+        if not self.conn.in_transaction:
+            self.write_counts()
         self.conn.close()
 
 

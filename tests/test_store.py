@@ -248,3 +248,39 @@ def test_an_acknowledgement_leaves_the_rows_it_acknowledges_unwritten(tmp_path):
     outbox = {p for (p,) in store.conn.execute("SELECT pageno FROM dbstat WHERE name LIKE 'outbox%'")}
     store.close()
     assert written and not written & outbox
+
+
+def test_the_counts_status_shows_are_written_every_so_often_and_at_close_not_in_every_commit(tmp_path, monkeypatch):
+    # At field rate they were two of the eight pages a reading and its ack appended to the WAL.
+    path = tmp_path / "edgegw.db"
+    store = Store(path)
+    store.register_uplinks(["a"])
+    for i in range(5):
+        store.begin()
+        store.frame_heard("lora0", 100.0 + i)
+        store.uplink_delivered("a", 3, 200.0 + i)
+        store.commit()
+    store.begin()
+    store.frame_heard("lora0", 999.0)
+    store.uplink_delivered("a", 7, 999.0)
+    store.rollback()  # a group that was not accepted was not heard either
+
+    def counts() -> tuple:
+        db = sqlite3.connect(path)
+        try:
+            return (db.execute("SELECT frames, last_frame_at FROM sources WHERE name = 'lora0'").fetchone(),
+                    db.execute("SELECT batches, items, last_ack_at FROM uplinks WHERE name = 'a'").fetchone())
+        finally:
+            db.close()
+
+    assert counts() == (None, (0, 0, None))
+    store.close()
+    assert counts() == ((5, 104.0), (5, 15, 204.0))
+
+    monkeypatch.setattr(edgegw.store, "COUNTS_EVERY", 0.0)
+    store = Store(path)
+    store.begin()
+    store.frame_heard("lora0", 105.0)
+    store.commit()
+    assert counts() == ((6, 105.0), (5, 15, 204.0))
+    store.close()
