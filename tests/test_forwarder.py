@@ -7,13 +7,14 @@ the writer would record them.
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
 from edgegw.errors import TransientUplinkError
 from edgegw.forwarder import Ack, Forwarder
-from edgegw.model import Batch, boot_id
-from edgegw.store import Store
+from edgegw.model import Batch, Reading, boot_id
+from edgegw.store import Store, open_reader
 from tests.gateway import wait_until
 
 
@@ -141,3 +142,22 @@ def test_a_writer_behind_on_acks_holds_the_forwarder_back(tmp_path):
         forwarder.wake.set()
         thread.join()
         store.close()
+
+
+def test_a_batchs_items_come_out_whole_in_the_order_asked_whatever_their_values_hold(tmp_path):
+    # The items of a batch are read as one row, joined by a record separator (see Forwarder._items).
+    store = Store(tmp_path / "edgegw.db")
+    store.describe("gw", {"water_level": {}})
+    bit = store.register_uplinks(["scripted"])["scripted"]
+    values = {"note": "a\x1eb\nc,d\\", "level": 5}
+    store.begin()
+    seqs = [store.add_reading(Reading(f"d:0:{i}", "d", "water_level", 2e9, "synced", i, values, "lora0", 21,
+                                      -80.0, 7.5, 1.0, "boot"), b"\x1e", bit, 2e9) for i in range(3)]
+    store.add_item("alarm:1", "alarm", 2, "d", 2e9, 0.0, "boot", None, json.dumps({"message": "x\x1ey\n"}), bit, 2e9)
+    store.commit()
+    reader = open_reader(store.path)
+    items = Forwarder._items(reader, [seqs[2], 4, seqs[0], 999, seqs[1]])
+    reader.close()
+    assert list(items) == [seqs[2], 4, seqs[0], seqs[1]]
+    assert [json.loads(body).get("values") for body in items.values()] == [values, None, values, values]
+    assert json.loads(items[4]) == {"message": "x\x1ey\n"}
