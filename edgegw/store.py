@@ -103,8 +103,9 @@ class DeviceState:
     readings: int = 0
     duplicates: int = 0
     rejects: int = 0
-    # Bit i: the counter ``last_counter - i`` arrived in this epoch (0 <= i <= LATE_WINDOW). It stands in for an index on the ids of counted readings: such an index took
-    # a fifth of what a burst wrote to the SD card, for the rare frame whose counter went back.
+    # Bit i: the counter ``last_counter - i`` arrived in this epoch (0 <= i <= LATE_WINDOW). It stands
+    # in for an index on the ids of counted readings: such an index took a fifth of what a burst
+    # wrote to the SD card, for the rare frame whose counter went back.
     seen: int = 0
 
     @classmethod
@@ -354,20 +355,30 @@ class Store:
                 [self.devices[d].row() for d in self._dirty_devices],
             )
             self._dirty_devices.clear()
-        heard, acked = self._counts
+        heard, acked = dict(self._counts[0]), dict(self._counts[1])
         for name, (frames, at) in self._heard.items():
             heard[name] = (heard.get(name, (0, at))[0] + frames, at)
         for name, (batches, items, at) in self._acked.items():
             before = acked.get(name, (0, 0, at))
             acked[name] = (before[0] + batches, before[1] + items, at)
-        if (heard or acked) and time.monotonic() >= self._counts_due:
-            self._write_counts()
+        write = bool(heard or acked) and time.monotonic() >= self._counts_due
+        if write:
+            self.conn.executemany(
+                "INSERT INTO sources(name, frames, last_frame_at) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE"
+                " SET frames = frames + excluded.frames, last_frame_at = excluded.last_frame_at",
+                [(name, frames, at) for name, (frames, at) in heard.items()])
+            self.conn.executemany(
+                "UPDATE uplinks SET batches = batches + ?, items = items + ?, last_ack_at = ? WHERE name = ?",
+                [(batches, items, at, name) for name, (batches, items, at) in acked.items()])
         if self._rejects_added and self.rejects_kept >= 0:
             self.conn.execute(
                 "DELETE FROM rejects WHERE id <= (SELECT max(id) FROM rejects) - ?", (self.rejects_kept,)
             )
             self._rejects_added = 0
         self.conn.execute("COMMIT")
+        self._counts = ({}, {}) if write else (heard, acked)
+        if write:
+            self._counts_due = time.monotonic() + COUNTS_EVERY
         self._heard.clear()
         self._acked.clear()
 
@@ -376,20 +387,8 @@ class Store:
         :data:`COUNTS_EVERY` (for a health report, and at close)."""
         if any(self._counts):
             self.begin(durable=False)
-            self._write_counts()
+            self._counts_due = -math.inf
             self.commit()
-
-    def _write_counts(self) -> None:
-        heard, acked = self._counts
-        self.conn.executemany(
-            "INSERT INTO sources(name, frames, last_frame_at) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE"
-            " SET frames = frames + excluded.frames, last_frame_at = excluded.last_frame_at",
-            [(name, frames, at) for name, (frames, at) in heard.items()])
-        self.conn.executemany(
-            "UPDATE uplinks SET batches = batches + ?, items = items + ?, last_ack_at = ? WHERE name = ?",
-            [(batches, items, at, name) for name, (batches, items, at) in acked.items()])
-        self._counts = ({}, {})
-        self._counts_due = time.monotonic() + COUNTS_EVERY
 
     def rollback(self) -> None:
         if self.conn.in_transaction:  # BEGIN itself may be what failed
