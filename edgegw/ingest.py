@@ -16,6 +16,7 @@ epoch as any other counter that went back does.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ import structlog
 
 from edgegw.clock import plausible
 from edgegw.config import Config, Device
-from edgegw.drivers import DriverRegistry
+from edgegw.drivers import Decoded, DriverRegistry
 from edgegw.errors import DecodeError
 from edgegw.model import Frame, Reading, Reject, boot_id
 from edgegw.store import LATE_WINDOW, DeviceState, Store
@@ -32,6 +33,7 @@ log = structlog.get_logger("edgegw.ingest")
 
 DUPLICATE_WINDOW = 3600.0  # s: a copy of a frame older than this with the same counter is a new epoch
 SEEN_MASK = (1 << LATE_WINDOW + 1) - 1  # DeviceState.seen: the last counter and LATE_WINDOW before it
+INT64_MAX = 2**63 - 1
 RECENT_FRAMES = LATE_WINDOW  # per device: the frames a copy is checked against
 # Rows read at most at start, newest first, to find the recent frames again (within the hour):
 # 0.12 s here when a backlog that large arrived in the last hour; its older copies count as new.
@@ -42,6 +44,24 @@ RECENT_SCAN = 100_000
 class Duplicate:
     device_id: str
     reading_id: str
+
+
+def unfit(decoded: object) -> str | None:
+    """What makes a driver's result unfit to store and send, if anything."""
+    if not isinstance(decoded, Decoded) or not isinstance(decoded.values, dict):
+        return f"returned {decoded!r:.80}, not Decoded(values={{...}})"
+    for name, n in (("counter", decoded.counter), ("epoch", decoded.epoch)):
+        if n is not None and (type(n) is not int or not 0 <= n <= INT64_MAX):
+            return f"{name} {n!r:.40} is not an integer from 0 to 2**63-1"
+    for key, value in decoded.values.items():
+        if not isinstance(key, str):
+            return f"value name {key!r:.40} is not a string"
+        if not isinstance(value, bool | int | float | str):
+            return f"{key} is a {type(value).__name__}, not a number, string or boolean"
+        if isinstance(value, float) and not math.isfinite(value) or (
+                type(value) is int and not -INT64_MAX - 1 <= value <= INT64_MAX):
+            return f"{key} is {value!r:.40}: not a finite number within 64 bits"
+    return None
 
 
 class Ingest:
@@ -87,7 +107,11 @@ class Ingest:
         except Exception as exc:  # a driver bug must cost one frame, never the daemon
             reason, detail = "driver_error", f"{type(exc).__name__}: {exc}"
         else:
-            return self._store_reading(frame, device, state, decoded.values, decoded.counter, decoded.epoch)
+            # What a driver returns is checked as a frame is: a NaN, an object or a counter past 64
+            # bits failed the whole commit (every frame of the group), or the batch that rendered it.
+            if (problem := unfit(decoded)) is None:
+                return self._store_reading(frame, device, state, decoded.values, decoded.counter, decoded.epoch)
+            reason, detail = "driver_error", f"{device.driver}: {problem}"
         state.rejects += 1
         self.store.touch(state)
         return Reject(frame.source, reason, detail, frame.address, device.id, frame.payload, frame.wall)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import sqlite3
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgegw.config import Config
-from edgegw.drivers import load_drivers
+from edgegw.drivers import Decoded, load_drivers
 from edgegw.ingest import Duplicate, Ingest
-from edgegw.store import LATE_WINDOW
 from edgegw.model import Frame, Reading, Reject
-from edgegw.store import Store
+from edgegw.store import LATE_WINDOW, Store
 
 DRIVERS = load_drivers()
 WL = DRIVERS["water_level"]
@@ -227,3 +227,35 @@ def test_a_schema_4_database_finds_the_same_duplicates_once_its_id_index_is_gone
     # 12 arrived, 11 never did: a copy of 12 is a duplicate, 11 a late frame, not a new epoch.
     results = handle(again, frame(12), frame(11))
     assert isinstance(results[0], Duplicate) and ids(results) == ["river-01:0:11"]
+
+
+@pytest.mark.parametrize("decoded, problem", [
+    (Decoded({"level": float("nan")}, 5), "level is nan"),
+    (Decoded({"level": 2**64}, 5), "level is 18446744073709551616"),
+    (Decoded({"level": object()}, 5), "level is a object"),
+    (Decoded({"level": [1, 2]}, 5), "level is a list"),
+    (Decoded({7: 1}, 5), "value name 7"),
+    (Decoded({"level": 1}, 2**64), "counter 18446744073709551616"),
+    (Decoded({"level": 1}, -1), "counter -1"),
+    (Decoded({"level": 1}, True), "counter True"),
+    (Decoded({"level": 1}, 5, 2**63), "epoch 9223372036854775808"),
+    ({"level": 1}, "not Decoded"),
+])
+def test_a_drivers_unfit_result_costs_its_frame_not_the_group(tmp_path, decoded, problem):
+    # A custom driver is code we did not write: a NaN failed the render of every batch it was in,
+    # an object or a counter past 64 bits the commit of every frame heard with it.
+    ingest = make(tmp_path)
+
+    class Odd(type(WL)):
+        def decode(self, payload):
+            return decoded if payload == b"odd" else WL.decode(payload)
+
+    ingest.drivers.drivers["water_level"] = Odd()
+    try:
+        odd, good = handle(ingest, Frame("lora0", 21, b"odd", -80.0, 7.0), frame(1))
+    finally:
+        ingest.drivers.drivers["water_level"] = WL
+    assert isinstance(odd, Reject) and odd.reason == "driver_error" and problem in odd.detail
+    assert odd.detail.startswith("water_level: ") and ids([good]) == ["river-01:0:1"]
+    (item,) = ingest.store.conn.execute("SELECT item FROM outbox_items").fetchone()
+    assert json.loads(item)["values"]["level"] == 1000
