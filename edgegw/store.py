@@ -51,6 +51,7 @@ import math
 import shutil
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -378,9 +379,10 @@ class Store:
             )
             self._rejects_added = 0
         self.conn.execute("COMMIT")
-        self._counts = ({}, {}) if write else (heard, acked)
         if write:
-            self._counts_due = time.monotonic() + COUNTS_EVERY
+            self._counts, self._counts_due = ({}, {}), time.monotonic() + COUNTS_EVERY
+        else:
+            self._counts = (heard, acked)
         self._heard.clear()
         self._acked.clear()
 
@@ -424,7 +426,7 @@ class Store:
                                 (seq, item_id)).fetchone()
         return (row[0], row[1]) if row else None
 
-    def latest_counted(self, since: float, limit: int):
+    def latest_counted(self, since: float, limit: int) -> Iterator[tuple[int, str, str, int]]:
         """(seq, device id, item id, counter) of the readings with a counter accepted since ``since``,
         newest first, at most ``limit`` rows read."""
         rows = self.conn.execute("SELECT seq, device_id, item_id, counter, accepted_at FROM outbox"
