@@ -7,8 +7,9 @@ retransmission (or a second copy of the line) and yields no new reading. A devic
 gets ``<device>:h:<hash of payload>:<minute>``.
 
 Which counters arrived is the device's registry row (``DeviceState.seen``, the last
-:data:`LATE_WINDOW` counters), and where the device's last :data:`RECENT_FRAMES` frames are is
-kept here, in memory: the outbox has no index on the ids of counted readings (see the store).
+:data:`LATE_WINDOW` counters), and where the device's frames of the last hour are (its last
+:data:`RECENT_FRAMES` at most) is kept here, in memory: the outbox has no index on the ids of
+counted readings (see the store).
 A copy of an older frame of the same epoch, or one accepted more than an hour ago, starts a new
 epoch as any other counter that went back does.
 """
@@ -34,7 +35,7 @@ log = structlog.get_logger("edgegw.ingest")
 DUPLICATE_WINDOW = 3600.0  # s: a copy of a frame older than this with the same counter is a new epoch
 SEEN_MASK = (1 << LATE_WINDOW + 1) - 1  # DeviceState.seen: the last counter and LATE_WINDOW before it
 INT64_MAX = 2**63 - 1
-RECENT_FRAMES = LATE_WINDOW  # per device: the frames a copy is checked against
+RECENT_FRAMES = LATE_WINDOW  # per device, at most: the frames a copy is checked against
 # Rows read at most at start, newest first, to find the recent frames again (within the hour):
 # 0.12 s here when a backlog that large arrived in the last hour; its older copies count as new.
 RECENT_SCAN = 100_000
@@ -77,18 +78,19 @@ class Ingest:
         self.by_address: dict[tuple[str, int], Device] = {
             (config.device_source(d), d.address): d for d in config.devices
         }
-        # device id -> {counter: seq} of its last frames in the current epoch, oldest first
-        self.recent: dict[str, dict[int, int]] = self._recent_frames(store)
+        # device id -> {counter: (seq, accepted at)} of its recent frames in the current epoch, oldest first
+        self.recent: dict[str, dict[int, tuple[int, float]]] = self._recent_frames(store)
 
     @staticmethod
-    def _recent_frames(store: Store) -> dict[str, dict[int, int]]:
+    def _recent_frames(store: Store) -> dict[str, dict[int, tuple[int, float]]]:
         """Each device's recent frames, as the outbox holds them (at start)."""
-        newest_first: dict[str, dict[int, int]] = {}
-        for seq, device_id, item_id, counter in store.latest_counted(time.time() - DUPLICATE_WINDOW, RECENT_SCAN):
+        newest_first: dict[str, dict[int, tuple[int, float]]] = {}
+        rows = store.latest_counted(time.time() - DUPLICATE_WINDOW, RECENT_SCAN)
+        for seq, device_id, item_id, counter, accepted_at in rows:
             state = store.devices.get(device_id)
             frames = newest_first.setdefault(device_id, {})
             if state is not None and item_id == f"{device_id}:{state.epoch}:{counter}" and len(frames) < RECENT_FRAMES:
-                frames.setdefault(counter, seq)
+                frames.setdefault(counter, (seq, accepted_at))
         return {device_id: dict(reversed(frames.items())) for device_id, frames in newest_first.items()}
 
     def handle(self, frame: Frame) -> Reading | Reject | Duplicate:
@@ -155,8 +157,9 @@ class Ingest:
         if counter is not None:
             frames = self.recent.setdefault(device.id, {})
             frames.pop(counter, None)
-            frames[counter] = seq
-            if len(frames) > RECENT_FRAMES:
+            frames[counter] = (seq, now)
+            # A town's device sends a few frames an hour: it keeps those few, not 256.
+            while len(frames) > RECENT_FRAMES or now - next(iter(frames.values()))[1] >= DUPLICATE_WINDOW:
                 del frames[next(iter(frames))]
         state.readings += 1
         state.last_seen, state.last_rssi, state.last_snr = frame.wall, frame.rssi, frame.snr
@@ -165,7 +168,7 @@ class Ingest:
 
     def _copy(self, device_id: str, reading_id: str, counter: int, payload: bytes, now: float) -> bool:
         """Is this a copy of one of the device's recent frames, accepted within the duplicate window?"""
-        seq = self.recent.get(device_id, {}).get(counter)
+        seq, _ = self.recent.get(device_id, {}).get(counter, (None, None))
         earlier = self.store.frame_at(seq, reading_id) if seq is not None else None
         return earlier is not None and earlier[0] == payload and now - earlier[1] < DUPLICATE_WINDOW
 

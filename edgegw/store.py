@@ -426,16 +426,16 @@ class Store:
                                 (seq, item_id)).fetchone()
         return (row[0], row[1]) if row else None
 
-    def latest_counted(self, since: float, limit: int) -> Iterator[tuple[int, str, str, int]]:
-        """(seq, device id, item id, counter) of the readings with a counter accepted since ``since``,
-        newest first, at most ``limit`` rows read."""
+    def latest_counted(self, since: float, limit: int) -> Iterator[tuple[int, str, str, int, float]]:
+        """(seq, device id, item id, counter, accepted at) of the readings with a counter accepted
+        since ``since``, newest first, at most ``limit`` rows read."""
         rows = self.conn.execute("SELECT seq, device_id, item_id, counter, accepted_at FROM outbox"
                                  " ORDER BY seq DESC LIMIT ?", (limit,))
         for seq, device_id, item_id, counter, accepted_at in rows:
             if accepted_at < since:
                 return
             if counter is not None:
-                yield seq, device_id, item_id, counter
+                yield seq, device_id, item_id, counter, accepted_at
 
     def describe(self, gateway_id: str, units: dict[str, dict[str, str]]) -> None:
         """Record what the ``outbox_items`` view needs to render readings: the gateway id and each driver's units."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -259,3 +260,14 @@ def test_a_drivers_unfit_result_costs_its_frame_not_the_group(tmp_path, decoded,
     assert odd.detail.startswith("water_level: ") and ids([good]) == ["river-01:0:1"]
     (item,) = ingest.store.conn.execute("SELECT item FROM outbox_items").fetchone()
     assert json.loads(item)["values"]["level"] == 1000
+
+
+def test_only_the_last_hours_frames_are_kept_in_memory(tmp_path, monkeypatch):
+    # A town's device sends a few frames an hour: it costs those few entries, not 256.
+    ingest, now = make(tmp_path), [2e9]
+    monkeypatch.setattr(time, "time", lambda: now[0])
+    handle(ingest, frame(1), frame(2))
+    now[0] += 3601
+    assert ids(handle(ingest, frame(3))) == ["river-01:0:3"]
+    assert list(ingest.recent["river-01"]) == [3]
+    assert ids(handle(ingest, frame(2))) == ["river-01:1:2"]  # a copy from over an hour ago: a new epoch
