@@ -98,16 +98,18 @@ def _format_open(now: float, open_alarms: list[dict]) -> list[str]:
 
 
 def _format_status(st: dict) -> str:
+    from edgegw.store import COUNTS_EVERY
     now, ob = st["now"], st["outbox"]
     out = [f"gateway {st['gateway']}"]
     out += _format_open(now, st["open_alarms"])  # what a maintainer must act on comes first
     out += [f"outbox   {ob['pending']} pending ({ob['in_flight']} in flight), {ob['delivered']} delivered, oldest pending "
-            f"{_ago(now, ob['oldest_pending_at']) if ob['oldest_pending_at'] else '-'}", "uplinks"]
+            f"{_ago(now, ob['oldest_pending_at']) if ob['oldest_pending_at'] else '-'}",
+            f"uplinks (deliveries counted every {COUNTS_EVERY:g} s)"]
     for u in st["uplinks"]:
         out.append(f"  {u['name']:<12} {u['state']:<10} {u['pending']} pending ({u['in_flight']} in flight), "
                    f"{u['items']} delivered in "
                    f"{u['batches']} batches, last ack {_ago(now, u['last_ack_at'])}  {u['detail'] or ''}")
-    out.append("sources")
+    out.append(f"sources (frames counted every {COUNTS_EVERY:g} s)")
     for s in st["sources"]:
         out.append(f"  {s['name']:<12} {s['state'] or '-':<10} {s['frames']} frames, last "
                    f"{_ago(now, s['last_frame_at'])}  {s['detail'] or ''}")

@@ -843,7 +843,11 @@ def status(path: Path) -> dict[str, Any]:
             },
             "outbox": outbox,
             "uplinks": uplinks,
-            "sources": q("SELECT name, state, detail, changed_at, last_frame_at, frames FROM sources ORDER BY name"),
+            # The last frame from the rows every commit writes: the source's own is written every COUNTS_EVERY.
+            "sources": q("SELECT name, state, detail, changed_at, nullif(max(coalesce(last_frame_at, -1),"
+                         " coalesce((SELECT max(last_seen) FROM devices d WHERE d.source = s.name), -1),"
+                         " coalesce((SELECT max(last_at) FROM reject_counts r WHERE r.source = s.name), -1)), -1)"
+                         " AS last_frame_at, frames FROM sources s ORDER BY name"),
             "devices": q(
                 "SELECT id, source, address, driver, last_seen, last_rssi, last_snr, last_counter, readings,"
                 " duplicates, rejects FROM devices ORDER BY id"

@@ -277,10 +277,29 @@ def test_the_counts_status_shows_are_written_every_so_often_and_at_close_not_in_
     store.close()
     assert counts() == ((5, 104.0), (5, 15, 204.0))
 
+    # What status shows as the source's last frame is current all the same: it also reads the
+    # rows every commit writes (the device that sent it, or the reject it was).
+    store = Store(path)
+    store.begin()
+    store.source_state("lora0", "receiving", "", 100.0)
+    device = store.device("d", "lora0", 21, "water_level", 100.0)
+    device.last_seen = 110.0
+    store.touch(device)
+    store.frame_heard("lora0", 110.0)
+    store.commit()
+    assert [(s["frames"], s["last_frame_at"]) for s in edgegw.store.status(path)["sources"]] == [(5, 110.0)]
+    store.begin()
+    store.frame_heard("lora0", 120.0)
+    store.add_reject("lora0", "unknown_device", "no device at 9", 9, None, b"x", 120.0)
+    store.commit()
+    assert [(s["frames"], s["last_frame_at"]) for s in edgegw.store.status(path)["sources"]] == [(5, 120.0)]
+    store.close()
+    assert counts()[0] == (7, 120.0)
+
     monkeypatch.setattr(edgegw.store, "COUNTS_EVERY", 0.0)
     store = Store(path)
     store.begin()
-    store.frame_heard("lora0", 105.0)
+    store.frame_heard("lora0", 125.0)
     store.commit()
-    assert counts() == ((6, 105.0), (5, 15, 204.0))
+    assert counts() == ((8, 125.0), (5, 15, 204.0))
     store.close()
