@@ -135,8 +135,9 @@ class Ingest:
                 behind = last - counter
                 seen = behind <= LATE_WINDOW and state.seen >> behind & 1
                 if seen or behind > LATE_WINDOW:
-                    if self._copy(device.id, f"{device.id}:{state.epoch}:{counter}", counter, frame.payload, now):
-                        return self._duplicate(state, frame, f"{device.id}:{state.epoch}:{counter}")
+                    earlier_id = f"{device.id}:{state.epoch}:{counter}"
+                    if self._copy(device.id, earlier_id, counter, frame.payload, now):
+                        return self._duplicate(state, frame, earlier_id)
                     # Same counter with other bytes, or far behind: the counter wrapped or the device restarted.
                     log.info("frame counter went back: new counter epoch", device=device.id, source=frame.source,
                              last_counter=last, counter=counter, epoch=state.epoch + 1, seen_before=bool(seen))
