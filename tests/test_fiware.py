@@ -264,8 +264,7 @@ def reading_item(driver, payload: bytes, device: str, rssi: float | None = -97.0
     OUTBOX.describe("gw-1", {driver.name: driver.units()})
     OUTBOX.begin()
     try:
-        OUTBOX.add_reading(reading, payload, 1, 0.0)
-        (item,) = OUTBOX.conn.execute("SELECT item FROM outbox_items WHERE item_id = ?", (reading.reading_id,)).fetchone()
+        item = OUTBOX.item(OUTBOX.add_reading(reading, payload, 1, 0.0))
     finally:
         OUTBOX.rollback()
     return json.loads(item)
