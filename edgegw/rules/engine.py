@@ -56,7 +56,7 @@ class Observation(NamedTuple):
         return cls(r.reading_id, r.device_id, r.observed_at, r.time_quality, r.values)
 
 
-@dataclass
+@dataclass(slots=True)
 class Context:
     """What a rule knows while it evaluates one device, and where its alarms go."""
 
@@ -96,7 +96,8 @@ class Watch(Protocol):
     def tick(self, ctx: Context, state: dict[str, Any], now: float) -> None: ...
 
 
-def build_watch(rule: TrapRule | WaterLevelRule | DeviceHealthRule, device: Device) -> Watch:
+def build_watch(rule: TrapRule | WaterLevelRule | DeviceHealthRule, device: Device,
+                specs: Mapping[str, ValueSpec]) -> Watch:
     from edgegw.rules.health import HealthWatch
     from edgegw.rules.trap import TrapWatch
     from edgegw.rules.water import WaterWatch
@@ -104,7 +105,7 @@ def build_watch(rule: TrapRule | WaterLevelRule | DeviceHealthRule, device: Devi
         return TrapWatch(rule)
     if isinstance(rule, WaterLevelRule):
         return WaterWatch(rule)
-    return HealthWatch(rule, device)
+    return HealthWatch(rule, device, specs)
 
 
 class RuleEngine:
@@ -121,7 +122,7 @@ class RuleEngine:
         for rule in config.effective_rules():
             for device in config.devices:
                 if rule.applies_to(device):
-                    self.watches[device.id].append((rule.name, build_watch(rule, device)))
+                    self.watches[device.id].append((rule.name, build_watch(rule, device, self.specs[device.id])))
         self.skipped_out_of_order = 0
         self._throttle = Throttle(60.0)
         self.reload()
@@ -202,20 +203,26 @@ class RuleEngine:
 
     def _evaluate(self, obs: Observation, now: float) -> list[Alarm]:
         alarms: list[Alarm] = []
-        for rule, watch in self.watches[obs.device_id]:
-            state = self._state(rule, obs.device_id)
-            if obs.observed_at < state.get("t", float("-inf")):
+        device_id = obs.device_id
+        for rule, watch in self.watches[device_id]:
+            key = (rule, device_id)
+            state = self.states.get(key)
+            if state is None:
+                state = self.states[key] = {}
+            elif obs.observed_at < state.get("t", float("-inf")):
                 self.skipped_out_of_order += 1
-                suppressed = self._throttle.allow((rule, obs.device_id))
+                suppressed = self._throttle.allow(key)
                 if suppressed is not None:
                     log.info("reading older than one already evaluated; rule skips it", rule=rule,
-                             device=obs.device_id, reading=obs.reading_id, similar_suppressed=suppressed)
+                             device=device_id, reading=obs.reading_id, similar_suppressed=suppressed)
                 continue
             state["t"] = obs.observed_at
-            ctx = self._context(obs.device_id, rule, now)
+            ctx = Context(self.devices[device_id], self.specs[device_id], rule, now, self.late_after,
+                          self.listening_since)
             watch.reading(ctx, state, obs)
-            self._dirty.add((rule, obs.device_id))
-            alarms += ctx.alarms
+            self._dirty.add(key)
+            if ctx.alarms:
+                alarms += ctx.alarms
         return alarms
 
     def _context(self, device_id: str, rule: str, now: float) -> Context:

@@ -10,9 +10,11 @@ Stuck and jump checks apply only to the values named in the rule: a battery volt
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 from edgegw.config import Device, DeviceHealthRule
+from edgegw.drivers import ValueSpec
 from edgegw.rules.engine import Context, Observation
 
 
@@ -20,10 +22,24 @@ def _number(value: Any) -> float | None:
     return None if isinstance(value, bool) or not isinstance(value, int | float) else value
 
 
+class Checks(NamedTuple):
+    """What is checked of one value: its plausible range (the driver's), the rule's jump and stuck limits."""
+
+    minimum: float | None
+    maximum: float | None
+    max_jump: float | None
+    stuck: int | None
+
+
 class HealthWatch:
-    def __init__(self, rule: DeviceHealthRule, device: Device):
+    def __init__(self, rule: DeviceHealthRule, device: Device, specs: Mapping[str, ValueSpec]):
         self.rule = rule
         self.silent_after = rule.silent_after * device.interval
+        # Decided once per device, not for every value of every reading: most values have no check.
+        ranges = {name: (spec.minimum, spec.maximum) for name, spec in specs.items()
+                  if rule.plausible and (spec.minimum is not None or spec.maximum is not None)}
+        self.checks = {name: Checks(*ranges.get(name, (None, None)), rule.max_jump.get(name), rule.stuck.get(name))
+                       for name in [*ranges, *rule.max_jump, *rule.stuck]}
 
     def reading(self, ctx: Context, state: dict[str, Any], obs: Observation) -> None:
         if state.get("silent"):
@@ -36,13 +52,14 @@ class HealthWatch:
             state["silent"] = None
         state["heard"], state["last"] = obs.observed_at, obs.reading_id
         self._battery(ctx, state, obs)
-        faults = self._faults(ctx, state, obs)
-        open_faults = set(state.get("faults", []))
-        for key, message, details in faults:
-            if key not in open_faults:
-                ctx.raise_alarm("sensor_fault", "medium", f"{obs.reading_id}:{key}", obs.observed_at,
-                                f"{ctx.label()}: {message}", obs, details)
-        state["faults"] = sorted(key for key, _, _ in faults)
+        faults = self._faults(state, obs)
+        if faults or state.get("faults"):
+            open_faults = set(state.get("faults", []))
+            for key, message, details in faults:
+                if key not in open_faults:
+                    ctx.raise_alarm("sensor_fault", "medium", f"{obs.reading_id}:{key}", obs.observed_at,
+                                    f"{ctx.label()}: {message}", obs, details)
+            state["faults"] = sorted(key for key, _, _ in faults)
 
     def _battery(self, ctx: Context, state: dict[str, Any], obs: Observation) -> None:
         volts = _number(obs.values.get(self.rule.battery))
@@ -60,33 +77,32 @@ class HealthWatch:
                             closes=(state["battery_low"],))
             state["battery_low"] = None
 
-    def _faults(self, ctx: Context, state: dict[str, Any], obs: Observation) -> list[tuple[str, str, dict]]:
+    def _faults(self, state: dict[str, Any], obs: Observation) -> list[tuple[str, str, dict]]:
         faults = []
         previous = state.get("previous", {})
         stuck = state.get("stuck", {})
         for name, raw in obs.values.items():
-            value = _number(raw)
+            check = self.checks.get(name)
+            value = _number(raw) if check is not None else None
             if value is None:
                 continue
-            spec = ctx.specs.get(name)
-            if self.rule.plausible and spec is not None and (
-                    (spec.minimum is not None and value < spec.minimum)
-                    or (spec.maximum is not None and value > spec.maximum)):
-                faults.append((f"{name}.range", f"{name} {value} outside {spec.minimum}..{spec.maximum}",
-                               {"value": name, "reading": value, "minimum": spec.minimum, "maximum": spec.maximum}))
-            limit = self.rule.max_jump.get(name)
-            if limit is not None and name in previous and abs(value - previous[name]) > limit:
-                faults.append((f"{name}.jump", f"{name} jumped from {previous[name]} to {value}",
-                               {"value": name, "reading": value, "previous": previous[name], "max_jump": limit}))
-            readings = self.rule.stuck.get(name)
+            minimum, maximum, limit, readings = check
+            if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+                faults.append((f"{name}.range", f"{name} {value} outside {minimum}..{maximum}",
+                               {"value": name, "reading": value, "minimum": minimum, "maximum": maximum}))
+            if limit is not None:
+                if name in previous and abs(value - previous[name]) > limit:
+                    faults.append((f"{name}.jump", f"{name} jumped from {previous[name]} to {value}",
+                                   {"value": name, "reading": value, "previous": previous[name], "max_jump": limit}))
+                previous[name] = value
             if readings:
                 same = stuck.get(name, [None, 0])
                 stuck[name] = [value, same[1] + 1 if same[0] == value else 1]
                 if stuck[name][1] >= readings:
                     faults.append((f"{name}.stuck", f"{name} stuck at {value} for {stuck[name][1]} readings",
                                    {"value": name, "reading": value, "readings": stuck[name][1]}))
-            previous[name] = value
-        state["previous"] = previous
+        if previous:
+            state["previous"] = previous
         if stuck:
             state["stuck"] = stuck
         return faults
