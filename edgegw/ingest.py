@@ -35,6 +35,7 @@ log = structlog.get_logger("edgegw.ingest")
 DUPLICATE_WINDOW = 3600.0  # s: a copy of a frame older than this with the same counter is a new epoch
 SEEN_MASK = (1 << LATE_WINDOW + 1) - 1  # DeviceState.seen: the last counter and LATE_WINDOW before it
 INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
 RECENT_FRAMES = LATE_WINDOW  # per device, at most: the frames a copy is checked against
 # Rows read at most at start, newest first, to find the recent frames again (within the hour):
 # 0.12 s here when a backlog that large arrived in the last hour; its older copies count as new.
@@ -55,13 +56,25 @@ def unfit(decoded: object) -> str | None:
         if n is not None and (type(n) is not int or not 0 <= n <= INT64_MAX):
             return f"{name} {n!r:.40} is not an integer from 0 to 2**63-1"
     for key, value in decoded.values.items():
-        if not isinstance(key, str):
-            return f"value name {key!r:.40} is not a string"
-        if not isinstance(value, bool | int | float | str):
-            return f"{key} is a {type(value).__name__}, not a number, string or boolean"
-        if isinstance(value, float) and not math.isfinite(value) or (
-                type(value) is int and not -INT64_MAX - 1 <= value <= INT64_MAX):
-            return f"{key} is {value!r:.40}: not a finite number within 64 bits"
+        # The common case by exact type: isinstance against a union, for every value, was a tenth
+        # of the writer's time per reading.
+        kind = type(value)
+        if type(key) is str and (kind is str or kind is bool or (kind is float and math.isfinite(value))
+                                 or (kind is int and INT64_MIN <= value <= INT64_MAX)):
+            continue
+        if (problem := _unfit_value(key, value)) is not None:
+            return problem
+    return None
+
+
+def _unfit_value(key: object, value: object) -> str | None:
+    if not isinstance(key, str):
+        return f"value name {key!r:.40} is not a string"
+    if not isinstance(value, bool | int | float | str):
+        return f"{key} is a {type(value).__name__}, not a number, string or boolean"
+    if isinstance(value, float) and not math.isfinite(value) or (
+            isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX):
+        return f"{key} is {value!r:.40}: not a finite number within 64 bits"
     return None
 
 
