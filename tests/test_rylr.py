@@ -240,6 +240,45 @@ def test_line_reader_caps_a_stream_without_line_endings(bare_pty):
     assert reader.readline(2.0) == "x" * 100 + "\xb5y"  # latin-1: every byte is a character
 
 
+def reference_lines(stream: bytes) -> list[str]:
+    """The lines of a byte stream as the reader must give them: split at \\n, one \\r stripped off
+    the end (any number), and a run of more than MAX_LINE bytes without an ending cut every MAX_LINE."""
+    out = []
+    while True:
+        nl = stream.find(b"\n", 0, MAX_LINE + 1)
+        if nl >= 0:
+            out.append(stream[:nl].rstrip(b"\r").decode("latin-1"))
+            stream = stream[nl + 1:]
+        elif len(stream) > MAX_LINE:
+            out.append(stream[:MAX_LINE].decode("latin-1"))
+            stream = stream[MAX_LINE:]
+        else:
+            return out
+
+
+_CHUNKS = st.lists(st.one_of(
+    st.binary(max_size=40), st.sampled_from([b"\n", b"\r\n", b"\r", b"+RCV=1,2,AB,-60,9\r\n"]),
+    st.integers(MAX_LINE - 2, MAX_LINE + 3).map(lambda n: b"x" * n)), max_size=30)
+
+
+@settings(max_examples=100, database=None, deadline=None)
+@given(chunks=_CHUNKS)
+def test_line_reader_gives_the_lines_of_the_stream_however_it_arrives(chunks):
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    try:
+        with serial.Serial(os.ttyname(slave), 115200, timeout=0.2) as port:
+            reader, got = LineReader(port), []
+            for chunk in chunks:
+                os.write(master, chunk)
+                wait_until(lambda: port.in_waiting >= len(chunk), 2.0, "chunk readable")
+                got += reader.available()
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert got == reference_lines(b"".join(chunks))
+
+
 # -- RylrRadio against the emulator ---------------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ import re
 import select
 import threading
 import time
+from collections import deque
 
 import serial
 import structlog
@@ -52,19 +53,23 @@ _HEX = re.compile(r"[0-9A-Fa-f]*")
 
 def parse_rcv(line: str, source: str, encoding: str, wall: float, mono: float) -> Frame | Reject:
     """Parse one ``+RCV=`` line (latin-1 text, no line ending) into a Frame, or say why not."""
-    raw = line.encode("latin-1", "replace")
     head = _HEAD.fullmatch(line, 5)  # address, length, then data that may itself contain commas
     if head is None:
-        return Reject(source, "garbage", "malformed +RCV line", None, None, raw, wall)
+        return Reject(source, "garbage", "malformed +RCV line", None, None, _raw(line), wall)
     address, length, rest = int(head.group(1)), int(head.group(2)), head.group(3)
     data, tail = rest[:length], _TAIL.fullmatch(rest[length:])
     if tail is None or len(data) != length:
-        return Reject(source, "wrong_length", f"declared {length} bytes, line does not match", address, None, raw, wall)
+        return Reject(source, "wrong_length", f"declared {length} bytes, line does not match", address, None,
+                      _raw(line), wall)
     try:
         payload = _decode_payload(data, encoding)
     except ValueError as exc:
-        return Reject(source, f"bad_{encoding}", str(exc), address, None, raw, wall)
+        return Reject(source, f"bad_{encoding}", str(exc), address, None, _raw(line), wall)
     return Frame(source, address, payload, float(tail.group(1)), float(tail.group(2)), wall, mono)
+
+
+def _raw(line: str) -> bytes:
+    return line.encode("latin-1", "replace")
 
 
 def _decode_payload(data: str, encoding: str) -> bytes:
@@ -87,11 +92,12 @@ class LineReader:
 
     def __init__(self, port: serial.Serial):
         self.port = port
-        self.buf = bytearray()
+        self.buf = bytearray()  # bytes read that do not yet make a line
+        self.lines: deque[str] = deque()  # lines split off, not yet handed out
 
     def wait(self, timeout: float) -> bool:
         """True when a line is buffered or the port has bytes to read, within ``timeout``; reads nothing."""
-        if b"\n" in self.buf:
+        if self.lines:
             return True
         readable, _, _ = select.select([self.port.fileno()], [], [], timeout)
         return bool(readable)
@@ -100,29 +106,37 @@ class LineReader:
         """Every complete line buffered or waiting in the port now, as :meth:`readline` returns them."""
         if select.select([self.port.fileno()], [], [], 0)[0]:
             # At least one byte: a port that is readable with nothing in it has gone, and read says so.
-            self.buf += self.port.read(max(1, self.port.in_waiting))
-        out = []
-        while (line := self.readline(0)) is not None:
-            out.append(line)
+            self._read()
+        out = list(self.lines)
+        self.lines.clear()
         return out
 
     def readline(self, timeout: float) -> str | None:
         """The next line without its ending (latin-1), or None if none completed within ``timeout``."""
         deadline = time.monotonic() + timeout
-        while True:
-            nl = self.buf.find(b"\n", 0, MAX_LINE + 1)
-            if nl >= 0:
-                line = bytes(self.buf[:nl]).rstrip(b"\r")
-                del self.buf[: nl + 1]
-                return line.decode("latin-1")
-            if len(self.buf) > MAX_LINE:  # no line ending within reach: hand the junk on as one line
-                line = bytes(self.buf[:MAX_LINE])
-                del self.buf[:MAX_LINE]
-                return line.decode("latin-1")
+        while not self.lines:
             if time.monotonic() >= deadline or timeout == 0:
                 return None
-            # pyserial's read raises SerialException when the port vanishes (USB unplugged, pty closed)
-            self.buf += self.port.read(max(1, self.port.in_waiting))
+            self._read()
+        return self.lines.popleft()
+
+    def _read(self) -> None:
+        # pyserial's read raises SerialException when the port vanishes (USB unplugged, pty closed)
+        buf = self.buf
+        buf += self.port.read(max(1, self.port.in_waiting))
+        # Every line of the chunk at once: one at a time, each line cost a copy of the rest.
+        start = 0
+        while True:
+            nl = buf.find(b"\n", start, start + MAX_LINE + 1)
+            if nl >= 0:
+                self.lines.append(buf[start:nl].rstrip(b"\r").decode("latin-1"))
+                start = nl + 1
+            elif len(buf) - start > MAX_LINE:  # no line ending within reach: hand the junk on as one line
+                self.lines.append(buf[start:start + MAX_LINE].decode("latin-1"))
+                start += MAX_LINE
+            else:
+                break
+        del buf[:start]
 
 
 class RylrRadio:
@@ -200,9 +214,8 @@ class RylrRadio:
                 event = parse_rcv(line, self.name, self.config.payload_encoding, wall, mono)
             except Exception as exc:  # radio noise is hostile input: a parser bug costs one line, never the source
                 event = Reject(self.name, "parser_error", f"{type(exc).__name__}: {exc}", None, None,
-                               line.encode("latin-1", "replace"), wall)
+                               _raw(line), wall)
             return event
         if line in ("", "+READY", "+OK"):
             return None  # +READY after a module reset; the reopen path reconfigures when it matters
-        return Reject(self.name, "garbage", "line is not a module reply", None, None,
-                      line.encode("latin-1", "replace"), wall)
+        return Reject(self.name, "garbage", "line is not a module reply", None, None, _raw(line), wall)
