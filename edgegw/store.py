@@ -60,6 +60,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic_core import to_json
+
 from edgegw.clock import STEP
 from edgegw.errors import StoreError
 from edgegw.model import PRIORITY_ALARM, PRIORITY_HEALTH, Alarm, Reading, iso
@@ -80,8 +82,15 @@ CAP_LOW_WATER = 0.9  # once over the cap, free space down to this fraction of it
 # well under a second on a Pi Zero. Deleting a million in one statement held the writer (and with it
 # every frame and alarm) for 3.5 s here, and past systemd's 30 s watchdog on a Pi.
 HOUSEKEEPING_CHUNK = 2000
-# JSON as stored: compact, UTF-8 as it is. One encoder, not one per json.dumps call (1 µs a reading).
-_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _json(obj: object) -> str:
+    """JSON as stored: compact, UTF-8 as it is. pydantic's serializer (ours already, through the
+    config) takes 0.5 us for a reading's values where the json module took 2.5 us (the writer's
+    whole budget is about 30). Only finite numbers reach it (see edgegw.ingest.unfit)."""
+    return to_json(obj).decode()
+
+
 # s: how often the counts shown by ``edgegw status`` (frames heard per source, batches and items
 # acknowledged per uplink) are written. Written at every commit, they were two of the eight pages
 # a reading and its acknowledgement append to the WAL at field rate. A kill -9 loses at most this
