@@ -253,8 +253,8 @@ class Gateway:
                 if isinstance(event, Frame):
                     result = self.ingest.handle(event)
                     after.append(result)
-                    if isinstance(result, Reading):
-                        after += self._store_alarms(self.rules.observe(result, time.time()))
+                    if isinstance(result, Reading) and (alarms := self.rules.observe(result, time.time())):
+                        after += self._store_alarms(alarms)
                 elif isinstance(event, Reject):
                     after.append(event)
                 elif isinstance(event, Ack):

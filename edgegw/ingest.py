@@ -25,7 +25,7 @@ import structlog
 
 from edgegw.clock import plausible
 from edgegw.config import Config, Device
-from edgegw.drivers import Decoded, DriverRegistry
+from edgegw.drivers import Decoded, Driver, DriverRegistry
 from edgegw.errors import DecodeError
 from edgegw.model import Frame, Reading, Reject, boot_id
 from edgegw.store import LATE_WINDOW, DeviceState, Store
@@ -82,14 +82,13 @@ class Ingest:
     """Turns frames into readings and stores them; used only by the writer thread."""
 
     def __init__(self, config: Config, drivers: DriverRegistry, store: Store, uplink_mask: int):
-        self.drivers = drivers
         self.store = store
         store.describe(config.gateway_id, {name: driver.units() for name, driver in drivers.drivers.items()})
         self.uplink_mask = uplink_mask
         self.boot_id = boot_id()
         store.note_boot(self.boot_id)
-        self.by_address: dict[tuple[str, int], Device] = {
-            (config.device_source(d), d.address): d for d in config.devices
+        self.by_address: dict[tuple[str, int], tuple[Device, Driver]] = {
+            (config.device_source(d), d.address): (d, drivers[d.driver]) for d in config.devices
         }
         # device id -> {counter: (seq, accepted at)} of its recent frames in the current epoch, oldest first
         self.recent: dict[str, dict[int, tuple[int, float]]] = self._recent_frames(store)
@@ -109,11 +108,11 @@ class Ingest:
     def handle(self, frame: Frame) -> Reading | Reject | Duplicate:
         """Decode and store one frame inside the writer's open transaction."""
         self.store.frame_heard(frame.source, frame.wall)
-        device = self.by_address.get((frame.source, frame.address)) if frame.address is not None else None
-        if device is None:
+        known = self.by_address.get((frame.source, frame.address)) if frame.address is not None else None
+        if known is None:
             return Reject(frame.source, "unknown_device", f"no device configured at address {frame.address}",
                           frame.address, None, frame.payload, frame.wall)
-        driver = self.drivers[device.driver]
+        device, driver = known
         state = self.store.device(device.id, frame.source, frame.address, device.driver, frame.wall)
         try:
             decoded = driver.decode(frame.payload)

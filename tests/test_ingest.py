@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgegw.config import Config
-from edgegw.drivers import Decoded, load_drivers
+from edgegw.drivers import Decoded, DriverRegistry, load_drivers
 from edgegw.ingest import Duplicate, Ingest
 from edgegw.model import Frame, Reading, Reject
 from edgegw.store import LATE_WINDOW, Store
@@ -20,14 +20,16 @@ DRIVERS = load_drivers()
 WL = DRIVERS["water_level"]
 
 
-def make(tmp_path, name="gw.db", gateway_id="gw-a") -> Ingest:
+def make(tmp_path, name="gw.db", gateway_id="gw-a", water_level=WL) -> Ingest:
+    """An ingest on a fresh store; ``water_level`` stands in for that driver (a broken one, say)."""
+    drivers = DriverRegistry({**DRIVERS.drivers, "water_level": water_level}, DRIVERS.origins)
     config = Config.model_validate({
         "gateway_id": gateway_id,
         "sources": [{"type": "rylr", "name": "lora0", "port": "/dev/null"}],
         "devices": [{"id": "river-01", "address": 21, "driver": "water_level"},
                     {"id": "trap-01", "address": 17, "driver": "trap"}],
     })
-    return Ingest(config, DRIVERS, Store(tmp_path / name), uplink_mask=1)
+    return Ingest(config, drivers, Store(tmp_path / name), uplink_mask=1)
 
 
 def frame(counter: int, level: int = 1000, address: int = 21) -> Frame:
@@ -96,17 +98,11 @@ def test_rejects_name_reason_and_device(tmp_path):
 
 
 def test_driver_bug_is_a_reject_not_a_crash(tmp_path):
-    ingest = make(tmp_path)
-
     class Broken(type(WL)):
         def decode(self, payload):
             raise ZeroDivisionError("oops")
 
-    ingest.drivers.drivers["water_level"] = Broken()
-    try:
-        (result,) = handle(ingest, frame(1))
-    finally:
-        ingest.drivers.drivers["water_level"] = WL
+    (result,) = handle(make(tmp_path, water_level=Broken()), frame(1))
     assert isinstance(result, Reject) and result.reason == "driver_error" and "ZeroDivisionError" in result.detail
 
 
@@ -245,17 +241,12 @@ def test_a_schema_4_database_finds_the_same_duplicates_once_its_id_index_is_gone
 def test_a_drivers_unfit_result_costs_its_frame_not_the_group(tmp_path, decoded, problem):
     # A custom driver is code we did not write: a NaN failed the render of every batch it was in,
     # an object or a counter past 64 bits the commit of every frame heard with it.
-    ingest = make(tmp_path)
-
     class Odd(type(WL)):
         def decode(self, payload):
             return decoded if payload == b"odd" else WL.decode(payload)
 
-    ingest.drivers.drivers["water_level"] = Odd()
-    try:
-        odd, good = handle(ingest, Frame("lora0", 21, b"odd", -80.0, 7.0), frame(1))
-    finally:
-        ingest.drivers.drivers["water_level"] = WL
+    ingest = make(tmp_path, water_level=Odd())
+    odd, good = handle(ingest, Frame("lora0", 21, b"odd", -80.0, 7.0), frame(1))
     assert isinstance(odd, Reject) and odd.reason == "driver_error" and problem in odd.detail
     assert odd.detail.startswith("water_level: ") and ids([good]) == ["river-01:0:1"]
     (item,) = ingest.store.conn.execute("SELECT item FROM outbox_items").fetchone()

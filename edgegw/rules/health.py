@@ -19,7 +19,7 @@ from edgegw.rules.engine import Context, Observation
 
 
 def _number(value: Any) -> float | None:
-    return None if isinstance(value, bool) or not isinstance(value, int | float) else value
+    return None if isinstance(value, bool) or not isinstance(value, (int, float)) else value
 
 
 class Checks(NamedTuple):
