@@ -650,9 +650,14 @@ class Store:
         self._flush()
         delivered: list[int] = []
         for lo, hi in runs(seqs):
+            # One row, not one per seq: a DELETE ... RETURNING fetched its rows one by one, each fetch
+            # handing the GIL to the other threads and back.
             args = {"bit": bit, "lo": lo, "hi": hi}
-            delivered += [seq for (seq,) in self.conn.execute(
-                "DELETE FROM queue WHERE seq BETWEEN :lo AND :hi AND (pending & ~:bit) = 0 RETURNING seq", args)]
+            done = "seq BETWEEN :lo AND :hi AND (pending & ~:bit) = 0"
+            (text,) = self.conn.execute(f"SELECT group_concat(seq) FROM queue WHERE {done}", args).fetchone()
+            if text:
+                delivered += map(int, text.split(","))
+                self.conn.execute(f"DELETE FROM queue WHERE {done}", args)
             self.conn.execute("UPDATE queue SET pending = pending & ~:bit"
                               " WHERE seq BETWEEN :lo AND :hi AND pending & :bit", args)
         self.conn.executemany("INSERT INTO deliveries VALUES (?, ?, ?)", [(lo, hi, now) for lo, hi in runs(delivered)])
