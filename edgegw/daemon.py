@@ -247,7 +247,7 @@ class Gateway:
         """Commit one group of events; return what to announce once the sources may read again."""
         after: list = []
         store = self.store
-        store.begin(durable=any(isinstance(e, Frame | HealthReport) for e in group))
+        store.begin(durable=any(isinstance(e, (Frame, HealthReport)) for e in group))
         try:
             for event in group:
                 if isinstance(event, Frame):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import math
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -209,7 +210,7 @@ class RuleEngine:
             state = self.states.get(key)
             if state is None:
                 state = self.states[key] = {}
-            elif obs.observed_at < state.get("t", float("-inf")):
+            elif obs.observed_at < state.get("t", -math.inf):
                 self.skipped_out_of_order += 1
                 suppressed = self._throttle.allow(key)
                 if suppressed is not None:
@@ -217,8 +218,7 @@ class RuleEngine:
                              device=device_id, reading=obs.reading_id, similar_suppressed=suppressed)
                 continue
             state["t"] = obs.observed_at
-            ctx = Context(self.devices[device_id], self.specs[device_id], rule, now, self.late_after,
-                          self.listening_since)
+            ctx = self._context(device_id, rule, now)
             watch.reading(ctx, state, obs)
             self._dirty.add(key)
             if ctx.alarms:

@@ -62,19 +62,20 @@ class HealthWatch:
             state["faults"] = sorted(key for key, _, _ in faults)
 
     def _battery(self, ctx: Context, state: dict[str, Any], obs: Observation) -> None:
-        volts = _number(obs.values.get(self.rule.battery))
         low = self.rule.battery_low
-        if volts is None or low is None:
+        volts = _number(obs.values.get(self.rule.battery)) if low is not None else None
+        if volts is None:
             return
-        if not state.get("battery_low") and volts <= low:
+        open_alarm = state.get("battery_low")
+        if not open_alarm and volts <= low:
             state["battery_low"] = ctx.raise_alarm(
                 "battery_low", "low", obs.reading_id, obs.observed_at,
                 f"{ctx.label()}: battery {volts} V (low at {low} V)", obs, {"battery": volts}, opens=True,
             )
-        elif state.get("battery_low") and volts > low + self.rule.battery_hysteresis:
+        elif open_alarm and volts > low + self.rule.battery_hysteresis:
             ctx.raise_alarm("battery_ok", "informational", obs.reading_id, obs.observed_at,
                             f"{ctx.label()}: battery {volts} V again", obs, {"battery": volts},
-                            closes=(state["battery_low"],))
+                            closes=(open_alarm,))
             state["battery_low"] = None
 
     def _faults(self, state: dict[str, Any], obs: Observation) -> list[tuple[str, str, dict]]:
