@@ -4,7 +4,7 @@
 Prints, for this machine:
   ingest      readings/s from the serial line to committed in SQLite (a burst sent as fast as the pty takes it)
   end to end  readings/s and daemon CPU µs per reading, serial line in -> PUBACK recorded (broker up),
-              in all and by thread
+              in all and by thread: the burst with the median CPU time of three (each one's figure too)
   drain       readings/s of a backlog accumulated while the broker was down, from the reconnect on
   disk        bytes the daemon wrote per reading (/proc/<pid>/io write_bytes), plus the WAL checkpoint
               it owes for them (run by the bench at the end of the phase), in the burst and at
@@ -44,6 +44,7 @@ from tests.gateway import Daemon, Sender, fill_outbox, wait_until, write_config 
 
 TICKS = os.sysconf("SC_CLK_TCK")
 ALARM_FRAMES = 40
+BURSTS = 3  # end-to-end bursts of --readings each; the one with the median CPU time is reported
 
 FIELD_READINGS = 100
 
@@ -201,6 +202,31 @@ def outage(broker: Mosquitto, daemon: Daemon, sender: Sender, n: int, committed:
     wait_until(lambda: any(u["state"] == "up" for u in daemon.status()["uplinks"]), 120, "uplink up")
 
 
+def burst(daemon: Daemon, sender: Sender, n: int, committed: int) -> dict:
+    """Send ``n`` readings at once (``committed`` in all after them) and measure them to the broker."""
+    pid = daemon.proc.pid
+    checkpoint(daemon.db)
+    cpu0, io0, t0 = cpu_seconds(pid), write_bytes(pid), time.perf_counter()
+    threads0 = cpu_seconds_by_thread(pid)
+    sender.quiet(n)
+    daemon.wait_committed(committed, timeout=600)
+    t_committed = time.perf_counter()
+    wait_drained(daemon.db, 600, "delivered")
+    t_delivered = time.perf_counter()
+    cpu1, io1 = cpu_seconds(pid), write_bytes(pid)
+    threads1 = cpu_seconds_by_thread(pid)
+    by_thread: dict[str, float] = {}
+    for tid, (name, t) in threads1.items():
+        by_thread[name] = by_thread.get(name, 0.0) + t - threads0.get(tid, ("", 0.0))[1]
+    return {
+        "ingest_readings_per_s": round(n / (t_committed - t0)),
+        "end_to_end_readings_per_s": round(n / (t_delivered - t0)),
+        "cpu_us_per_reading": round((cpu1 - cpu0) / n * 1e6, 1),
+        "cpu_us_per_reading_by_thread": {name: round(t / n * 1e6, 1) for name, t in sorted(by_thread.items()) if t},
+        "bytes_written_per_reading": round((io1 - io0 + checkpoint(daemon.db)) / n),
+    }
+
+
 def run(n: int, backlog: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="edgegw-bench-") as tmp:
         tmp = Path(tmp)
@@ -219,26 +245,12 @@ def run(n: int, backlog: int) -> dict:
             sender = Sender(emulator)
             out: dict = {"readings": n}
 
-            # 1. broker up: serial line -> committed -> PUBACK recorded
-            checkpoint(daemon.db)
-            cpu0, io0, t0 = cpu_seconds(pid), write_bytes(pid), time.perf_counter()
-            threads0 = cpu_seconds_by_thread(pid)
-            sender.quiet(n)
-            daemon.wait_committed(n, timeout=600)
-            t_committed = time.perf_counter()
-            wait_drained(daemon.db, 600, "delivered")
-            t_delivered = time.perf_counter()
-            cpu1, io1 = cpu_seconds(pid), write_bytes(pid)
-            out["ingest_readings_per_s"] = round(n / (t_committed - t0))
-            out["end_to_end_readings_per_s"] = round(n / (t_delivered - t0))
-            out["cpu_us_per_reading"] = round((cpu1 - cpu0) / n * 1e6, 1)
-            threads1 = cpu_seconds_by_thread(pid)
-            by_thread: dict[str, float] = {}
-            for tid, (name, t) in threads1.items():
-                by_thread[name] = by_thread.get(name, 0.0) + t - threads0.get(tid, ("", 0.0))[1]
-            out["cpu_us_per_reading_by_thread"] = {name: round(t / n * 1e6, 1) for name, t in sorted(by_thread.items())
-                                                   if t}
-            out["bytes_written_per_reading"] = round((io1 - io0 + checkpoint(daemon.db)) / n)
+            # 1. broker up: serial line -> committed -> PUBACK recorded, BURSTS times: one burst's
+            # CPU time moved by a tenth from run to run on a shared machine; the median is reported.
+            bursts = [burst(daemon, sender, n, (i + 1) * n) for i in range(BURSTS)]
+            median = sorted(bursts, key=lambda b: b["cpu_us_per_reading"])[BURSTS // 2]
+            out.update(median)
+            out["cpu_us_per_reading_bursts"] = [b["cpu_us_per_reading"] for b in bursts]
             out["peak_rss_mb_after_live_run"] = round(peak_rss_mb(pid), 1)
 
             # 1b. field rate: one reading per commit, as a real field sends them (SD card wear)
@@ -251,7 +263,7 @@ def run(n: int, backlog: int) -> dict:
             out["bytes_written_per_reading_one_per_commit"] = round((io1 - io0 + checkpoint(daemon.db)) / FIELD_READINGS)
 
             # 2. broker down: a backlog builds up, then drains
-            outage(broker, daemon, sender, n, committed=2 * n + FIELD_READINGS)
+            outage(broker, daemon, sender, n, committed=(BURSTS + 1) * n + FIELD_READINGS)
             # Time the drain from the reconnect on, not the reconnect backoff before it.
             cpu2 = cpu_seconds(pid)
             t2 = time.perf_counter()
@@ -262,7 +274,7 @@ def run(n: int, backlog: int) -> dict:
 
             # 3. alarms while a backlog drains: the priority lane and the local action
             clock = ArrivalClock(broker.port, "test/gw-test/batches")
-            outage(broker, daemon, sender, n, committed=3 * n + FIELD_READINGS)
+            outage(broker, daemon, sender, n, committed=(BURSTS + 2) * n + FIELD_READINGS)
             # The platform's own reconnect is not the gateway's latency.
             wait_until(clock.subscribed.is_set, 30, "the arrival clock back")
             out["backlog_pending_when_alarms_sent"] = n
