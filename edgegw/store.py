@@ -146,8 +146,11 @@ DEVICE_UPDATE = ", ".join(f"{name} = excluded.{name}" for name in DeviceState.__
 
 def runs(seqs: list[int]) -> list[tuple[int, int]]:
     """Consecutive integers as (first, last) runs: [1, 2, 3, 7, 8] -> [(1, 3), (7, 8)]."""
+    ordered = sorted(set(seqs))
+    if ordered and ordered[-1] - ordered[0] == len(ordered) - 1:  # one run: most batches of readings
+        return [(ordered[0], ordered[-1])]
     out: list[tuple[int, int]] = []
-    for s in sorted(set(seqs)):
+    for s in ordered:
         if out and s == out[-1][1] + 1:
             out[-1] = (out[-1][0], s)
         else:

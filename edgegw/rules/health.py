@@ -19,6 +19,9 @@ from edgegw.rules.engine import Context, Observation
 
 
 def _number(value: Any) -> float | None:
+    kind = type(value)
+    if kind is float or kind is int:  # nearly always: the isinstance tests below took twice as long
+        return value
     return None if isinstance(value, bool) or not isinstance(value, (int, float)) else value
 
 
