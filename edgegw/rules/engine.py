@@ -62,7 +62,6 @@ class Context:
     """What a rule knows while it evaluates one device, and where its alarms go."""
 
     device: Device
-    specs: Mapping[str, ValueSpec]
     rule: str
     now: float
     late_after: float
@@ -226,8 +225,7 @@ class RuleEngine:
         return alarms
 
     def _context(self, device_id: str, rule: str, now: float) -> Context:
-        return Context(self.devices[device_id], self.specs[device_id], rule, now, self.late_after,
-                       self.listening_since)
+        return Context(self.devices[device_id], rule, now, self.late_after, self.listening_since)
 
     def _state(self, rule: str, device_id: str) -> dict[str, Any]:
         return self.states.setdefault((rule, device_id), {})
