@@ -16,6 +16,7 @@ from edgegw.drivers import DriverRegistry, load_drivers
 from edgegw.errors import ConfigError, DecodeError, DriverLoadError, StoreError
 
 EXIT_CONFIG = 2
+EXIT_ALREADY_RUNNING = 3  # systemd/edgegw.service: RestartPreventExitStatus, as for a config error
 
 config_option = click.option(
     "-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -50,11 +51,16 @@ def run(config_path: Path) -> None:
     config, drivers = _load(config_path)
     from edgegw import daemon, log
 
+    from edgegw.running import AlreadyRunning
+
     log.configure(config.log.level, config.log.format)
     try:
         daemon.run(config, drivers)
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
+    except AlreadyRunning as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_ALREADY_RUNNING)
 
 
 @cli.command()
@@ -67,6 +73,7 @@ def status(config_path: Path, as_json: bool) -> None:
     """
     config, _ = _load(config_path)
     from edgegw.daemon import db_path
+    from edgegw.running import daemon_state
     from edgegw.store import status as read_status
 
     path = db_path(config)
@@ -74,6 +81,13 @@ def status(config_path: Path, as_json: bool) -> None:
         raise click.ClickException(f"no database at {path}: has `edgegw run -c {config_path}` run yet?")
     st = read_status(path)
     st["gateway"] = config.gateway_id
+    st["daemon"] = daemon_state(config.data_dir)
+    if st["daemon"]["running"] is False:  # what the database says was up is not any more
+        for part in (*st["uplinks"], *st["sources"]):
+            part["recorded_state"], part["state"] = part["state"], "not running"
+    heard = {d["id"] for d in st["devices"]}
+    st["never_heard"] = [d.id for d in config.devices if d.id not in heard]
+    st["disk"].update(max_bytes=config.store.max_bytes, min_free=config.store.min_free)
     if as_json:
         click.echo(json.dumps(st, indent=2))
     else:
@@ -97,11 +111,41 @@ def _format_open(now: float, open_alarms: list[dict]) -> list[str]:
     return [head] + [_format_alarm(now, a) for a in open_alarms]
 
 
+def _format_daemon(now: float, d: dict) -> list[str]:
+    from edgegw.running import HEARTBEAT_EVERY
+    if d["running"] is None:
+        return ["daemon   cannot tell whether it runs (the lock file is not readable)"]
+    if not d["running"]:
+        last = f" (last: pid {d['pid']}, started {_ago(now, d['started_at'])})" if d.get("pid") else ""
+        return [f"daemon   NOT RUNNING{last}: the states below are as it last recorded them"]
+    beat = d.get("heartbeat") or {}
+    age = now - beat["at"] if "at" in beat else None
+    out = [f"daemon   running: pid {d['pid']}, version {d['version']}, up {_ago(now, d['started_at'])[:-4]},"
+           f" heartbeat {_ago(now, beat.get('at'))}"
+           + (" (LATE: the daemon may hang)" if age is None or age > 3 * HEARTBEAT_EVERY else "")]
+    for name, stage in beat.get("stages", {}).items():
+        if stage["state"] != "alive" or stage["restarts"]:
+            out.append(f"  stage {name}: {stage['state']}, {stage['restarts']} restart(s)"
+                       + (f", last error: {stage['last_error']}" if stage["last_error"] else ""))
+    if full := beat.get("disk_full"):
+        out.append(f"  DISK FULL since {_ago(now, full['since'])}: {full['events']} events wait for room to commit"
+                   f" ({full['tries']} tries)")
+    return out
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e3:,.0f} kB" if n < 1e6 else f"{n / 1e6:,.1f} MB"
+
+
 def _format_status(st: dict) -> str:
     from edgegw.store import COUNTS_EVERY
-    now, ob = st["now"], st["outbox"]
+    now, ob, disk = st["now"], st["outbox"], st["disk"]
     out = [f"gateway {st['gateway']}"]
+    out += _format_daemon(now, st["daemon"])
     out += _format_open(now, st["open_alarms"])  # what a maintainer must act on comes first
+    low = " (LOW: the disk cap frees space)" if disk["free_bytes"] + disk["reusable_bytes"] < disk["min_free"] else ""
+    out.append(f"disk     database {_mb(disk['db_bytes'])} + WAL {_mb(disk['wal_bytes'])} of {_mb(disk['max_bytes'])};"
+               f" {_mb(disk['free_bytes'])} free on its filesystem, {_mb(disk['min_free'])} kept free{low}")
     out += [f"outbox   {ob['pending']} pending ({ob['in_flight']} in flight), {ob['delivered']} delivered, oldest pending "
             f"{_ago(now, ob['oldest_pending_at']) if ob['oldest_pending_at'] else '-'}",
             f"uplinks (deliveries counted every {COUNTS_EVERY:g} s)"]
@@ -120,6 +164,11 @@ def _format_status(st: dict) -> str:
                    f" {d['last_rssi'] if d['last_rssi'] is not None else '-':>5}"
                    f" {d['last_snr'] if d['last_snr'] is not None else '-':>5}"
                    f" {d['readings']:>8} {d['duplicates']:>5} {d['rejects']:>5}")
+    if st["never_heard"]:
+        out.append("never heard: " + ", ".join(st["never_heard"]) + " (configured, no frame yet: range, address, radio settings?)")
+    for u in st["unknown_addresses"]:
+        out.append(f"unknown  address {u['address']} on {u['source']}: {u['frames']} frames, last {_ago(now, u['last_at'])}"
+                   " (no device configured there)")
     by_reason = st["rejects"]["by_reason"]
     if st["parked"]["by_uplink"]:
         out.append("parked   " + ", ".join(f"{n} for {u}" for u, n in st["parked"]["by_uplink"].items())

@@ -13,8 +13,10 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import shutil
 import signal
 import socket
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -30,14 +32,16 @@ from edgegw.drivers import DriverRegistry
 from edgegw.forwarder import Ack, Forwarder, Park, UplinkState
 from edgegw.ingest import Duplicate, Ingest
 from edgegw.log import Throttle
-from edgegw.model import Alarm, Frame, Reading, Reject
+from edgegw.model import Alarm, Frame, Reading, Reject, iso
 from edgegw.radio import Backoff, ReadTurn, SourceState
 from edgegw.radio.emulator import RylrEmulator
 from edgegw.radio.field import VirtualField, load_field
 from edgegw.radio.rylr import RylrRadio
 from edgegw.rules import RuleEngine
 from edgegw.rules.actions import ActionRunner
+from edgegw.running import HEARTBEAT_EVERY, DataDirLock
 from edgegw.store import Store, health, quick_check
+from edgegw.supervise import Stage
 from edgegw.uplink import build_uplink
 
 log = structlog.get_logger("edgegw.daemon")
@@ -50,6 +54,10 @@ CAP_EVERY = 10.0  # s: how often the disk cap is checked (cheap: a few PRAGMAs)
 # delete: frames and acks that arrived meanwhile are committed first.
 HOUSEKEEPING_STEP = 0.1
 CLOCK_SAVE_EVERY = 300.0  # s: how often the rules' clock is saved when nothing else is written
+# s: the writer beats at least every TICK_EVERY; this long without means it hangs (a commit on a dying
+# card), and the watchdog stops being fed.
+WRITER_STALE = 15.0
+DISK_FULL_RETRY = 2.0  # s between tries of a commit that failed for want of space, when nothing more can go
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +91,6 @@ class Gateway:
 
     def __init__(self, config: Config, drivers: DriverRegistry):
         self.config, self.drivers = config, drivers
-        self.stopping = threading.Event()
         # Unbounded, yet small: sources add at most one turn's worth of frames (see read_turn), the
         # forwarders at most their in-flight acks.
         self.events: queue.Queue = queue.Queue()
@@ -101,6 +108,8 @@ class Gateway:
         self.started = time.monotonic()
         self.dropping: dict[str, int] = {}  # unsent items dropped in the current disk cap episode
         self.purged = 0  # delivered items purged by the current round of chunks, logged when it ends
+        # While commits fail for want of space: since when, how many tries, the group's size (for status).
+        self.disk_full: dict[str, Any] | None = None
         self._health: threading.Thread | None = None  # the health report being built
         self.ingest = Ingest(config, drivers, self.store, self.uplink_mask)
         self.rules = RuleEngine(config, drivers, self.store.conn, time.time(), time.monotonic())
@@ -113,7 +122,7 @@ class Gateway:
             for u in uplinks
         ]
         self.emulators: list[RylrEmulator] = []
-        self.threads: list[threading.Thread] = []
+        self.stages: list[Stage] = []
         self.throttle = Throttle(60.0)
         self.counts = {"readings": 0, "duplicates": 0, "rejects": 0, "alarms": 0}
         # Checked once: a reading logged at a level that is off still cost a call through structlog's proxy.
@@ -123,21 +132,25 @@ class Gateway:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.actions.start()
-        self._thread(self._write_loop, "writer")
-        # Beside the pipeline, not before it: on a million-row database the check takes seconds,
-        # and sending must start at once.
-        self._thread(self._check_integrity, "integrity-check")
         self._source_stop = threading.Event()
         self._forward_stop = threading.Event()
+        self._writer_stop = threading.Event()  # set only once the writer has drained the queue
+        self.actions.start()
+        if self.actions.actions:
+            self._stage("actions", self.actions.run, self._writer_stop)
+        self.writer = self._stage("writer", self._write_loop, self._writer_stop, WRITER_STALE, self._writer_crashed)
+        # Beside the pipeline, not before it: on a million-row database the check takes seconds,
+        # and sending must start at once.
+        threading.Thread(target=self._check_integrity, name="integrity-check", daemon=True).start()
         for fwd in self.forwarders:
-            self._thread(lambda f=fwd: f.run(self._forward_stop), f"forwarder:{fwd.uplink.name}")
+            self._stage(f"forwarder:{fwd.uplink.name}", lambda f=fwd: f.run(self._forward_stop), self._forward_stop)
         for source in self.config.sources:
             port = source.port
             if source.simulate is not None:
                 port = str(self._start_simulation(source))
             radio = RylrRadio(source, port, self.read_turn)
-            self._thread(lambda r=radio: self._supervise(r), f"source:{radio.name}")
+            self._stage(f"source:{radio.name}", lambda r=radio: r.run(self._emit, self._source_stop),
+                        self._source_stop)
         notify_systemd("READY=1")
         log.info("gateway started", gateway=self.config.gateway_id, data_dir=str(self.config.data_dir),
                  sources=[s.name for s in self.config.sources], uplinks=[f.uplink.name for f in self.forwarders],
@@ -149,24 +162,31 @@ class Gateway:
         field = VirtualField(load_field(source.simulate), self.drivers, emulator)
         emulator.plug()
         self.emulators.append(emulator)
-        self._thread(lambda: field.run(self._source_stop), f"field:{source.name}")
+        self._stage(f"field:{source.name}", lambda: field.run(self._source_stop), self._source_stop)
         log.info("simulated radio module", source=source.name, port=str(link), field=str(source.simulate))
         return link
 
-    def _thread(self, target, name: str) -> None:
-        t = threading.Thread(target=target, name=name, daemon=True)
-        t.start()
-        self.threads.append(t)
+    def _stage(self, name: str, target, stop: threading.Event, stale_after: float | None = None,
+               on_crash=None) -> Stage:
+        stage = Stage(name, target, stop, stale_after, on_crash)
+        stage.start()
+        self.stages.append(stage)
+        return stage
 
-    def _supervise(self, radio: RylrRadio) -> None:
-        """Keep a source running; a bug in it costs a restart with backoff, never the daemon."""
-        backoff = Backoff(1.0, 60.0)
-        while not self._source_stop.is_set():
-            try:
-                radio.run(self._emit, self._source_stop)
-            except Exception:
-                log.exception("source crashed, restarting", source=radio.name)
-                self._source_stop.wait(backoff.next())
+    def problems(self) -> dict[str, str]:
+        """The stages that are not alive now, and why: while there are any, systemd's watchdog goes hungry."""
+        now = time.monotonic()
+        return {s.name: p for s in self.stages if (p := s.problem(now)) is not None}
+
+    def describe(self) -> dict[str, Any]:
+        """What the heartbeat says: every stage's state and restarts, and the writer's disk trouble."""
+        now = time.monotonic()
+        return {"stages": {s.name: s.describe(now) for s in self.stages}, "disk_full": self.disk_full}
+
+    def _writer_crashed(self) -> None:
+        """A bug in the writer: undo its open transaction and reload what it had cached, then restart."""
+        self.store.rollback()
+        self.rules.reload()
 
     def _emit(self, events: list) -> None:
         self.events.put(events)
@@ -175,9 +195,7 @@ class Gateway:
         """Stop reading, commit what was read, stop forwarding. Nothing accepted is lost by stopping."""
         notify_systemd("STOPPING=1")
         self._source_stop.set()
-        for t in self.threads:
-            if t.name.startswith(("source:", "field:")):
-                t.join(timeout=5)
+        self._join("source:", "field:", timeout=5)
         for e in self.emulators:
             e.unplug()
         for source in self.config.sources:
@@ -185,18 +203,21 @@ class Gateway:
         self._forward_stop.set()
         for fwd in self.forwarders:
             fwd.wake.set()
-        for t in self.threads:
-            if t.name.startswith("forwarder:"):
-                t.join(timeout=10)
+        self._join("forwarder:", timeout=10)
         for fwd in self.forwarders:
             self.events.put(UplinkState(fwd.uplink.name, "stopped"))
         self.events.put(None)
-        for t in self.threads:
-            if t.name == "writer":
-                t.join(timeout=30)
+        self._join("writer", timeout=30)
         self.actions.stop()
+        self._join("actions", timeout=10)
+        self._writer_stop.set()
         self.store.close()
         log.info("gateway stopped", **self.counts)
+
+    def _join(self, *prefixes: str, timeout: float) -> None:
+        for stage in self.stages:
+            if stage.name.startswith(prefixes):
+                stage.thread.join(timeout=timeout)
 
     # -- the writer -----------------------------------------------------------------------------
 
@@ -224,7 +245,10 @@ class Gateway:
                     done = None in group
                     # Sources hand over a list per read turn, forwarders one event at a time.
                     events = [e for item in group for e in (item if isinstance(item, list) else (item,))]
-                    after = self._commit_group([e for e in events if e is not None])
+                    events = [e for e in events if e is not None]
+                    after = self._commit_group(events)
+                    while after is None:  # the disk is full: free space by the cap's policy, then retry
+                        after = self._retry_when_full(events)
                 self._announce(after)
                 next_clock_save = time.monotonic() + CLOCK_SAVE_EVERY
             if time.monotonic() >= next_tick:
@@ -239,12 +263,15 @@ class Gateway:
             if time.monotonic() >= next_cap:
                 self._enforce_cap()
                 next_cap = time.monotonic() + (HOUSEKEEPING_STEP if self.store.capping else CAP_EVERY)
-            notify_systemd("WATCHDOG=1")
+            self.writer.beat()
             if time.monotonic() >= next_purge:
                 next_purge = time.monotonic() + (HOUSEKEEPING_STEP if self._purge() else PURGE_EVERY)
 
-    def _commit_group(self, group: list) -> list:
-        """Commit one group of events; return what to announce once the sources may read again."""
+    def _commit_group(self, group: list) -> list | None:
+        """Commit one group of events; return what to announce once the sources may read again.
+
+        None when the disk was full: nothing of the group is recorded, and it is to be tried again
+        (see :meth:`_retry_when_full`), alarms and all."""
         after: list = []
         store = self.store
         store.begin(durable=any(isinstance(e, (Frame, HealthReport)) for e in group))
@@ -277,17 +304,46 @@ class Gateway:
             self.rules.save(time.time())
             self._record_inflight()
             store.commit()
-        except Exception:
-            # A database error (disk full, I/O error) must not kill the writer: the group is not
-            # accepted, its frames are lost as if never heard, and we say so loudly.
-            log.exception("commit failed; group dropped", events=len(group))
+        except Exception as exc:
             store.rollback()
             self.rules.reload()
+            if isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode == sqlite3.SQLITE_FULL:
+                return None
+            # Another database error (I/O error) must not kill the writer: the group is not
+            # accepted, its frames are lost as if never heard, and we say so loudly.
+            log.exception("commit failed; group dropped", events=len(group))
             for event in group:
                 if isinstance(event, Ack | Park):
                     event.committed()  # not recorded: release its items to be sent (or parked) again
             return []
+        if self.disk_full is not None:
+            log.warning("disk no longer full: the waiting frames are committed", tries=self.disk_full["tries"],
+                        waited_s=round(time.time() - self.disk_full["since"], 1))
+            self.disk_full = None
         return after
+
+    def _retry_when_full(self, group: list) -> list | None:
+        """The group's commit failed for want of space: free some by the cap's policy (delivered
+        items, then the oldest plain readings, never alarms) and try the same group again. Where
+        nothing more can go, wait and try again: the sources read nothing meanwhile, so what the
+        radio sends waits in the module and the kernel, and no alarm of the group is lost."""
+        now = time.time()
+        if self.disk_full is None:
+            self.disk_full = {"since": now, "tries": 0, "events": len(group)}
+        self.disk_full["tries"] += 1
+        freed = self.store.make_room(now)
+        dropped = {k: n for k, n in freed.items() if k != "delivered"}
+        if self.throttle.allow(("disk full",)) is not None or dropped:
+            log.error("disk full: a commit failed; freeing space by the disk cap's policy and trying again",
+                      events=len(group), tries=self.disk_full["tries"], freed=freed,
+                      free_bytes=shutil.disk_usage(self.config.data_dir).free)
+        if not freed:
+            if self._source_stop.is_set() and self.disk_full["tries"] > 3:  # stopping: give up, say what
+                log.error("stopping with the disk full: these frames were not accepted", events=len(group))
+                return []
+            self._writer_stop.wait(DISK_FULL_RETRY)
+        self.writer.beat()
+        return self._commit_group(group)
 
     def _announce(self, after: list) -> None:
         """After a commit: log, run actions, release acks, wake the forwarders for new items."""
@@ -413,10 +469,14 @@ class Gateway:
             return  # the last one is still counting: a slow card, a huge backlog
         self.store.write_counts()  # its last frame per source
 
+        daemon = {"restarts": {s.name: s.restarts for s in self.stages if s.restarts},
+                  "disk_full_since": None if self.disk_full is None else iso(self.disk_full["since"])}
+
         def build(uptime_s: float) -> None:
             try:
                 now = time.time()
-                item = health(db_path(self.config), self.config.gateway_id, __version__, uptime_s, self.bits, now)
+                item = health(db_path(self.config), self.config.gateway_id, __version__, uptime_s, self.bits, now,
+                              daemon)
             except Exception:  # the next report tries again
                 log.exception("health report failed")
                 return
@@ -442,7 +502,8 @@ class Gateway:
     def _enforce_cap(self) -> None:
         """Keep the database under its cap; say so once per episode of dropping, not per drop."""
         try:
-            deleted = self.store.enforce_cap(self.config.store.max_bytes, time.time())
+            deleted = self.store.enforce_cap(self.config.store.max_bytes, time.time(),
+                                             min_free=self.config.store.min_free)
         except Exception:  # housekeeping: the next round (in CAP_EVERY, not at once) tries again
             log.exception("disk cap enforcement failed")
             self.store.rollback()
@@ -494,15 +555,37 @@ def name_os_threads(named: dict[int, str]) -> dict[int, str]:
 
 
 def run(config: Config, drivers: DriverRegistry) -> None:
-    """Run until SIGTERM or SIGINT."""
+    """Run until SIGTERM or SIGINT; :class:`~edgegw.running.AlreadyRunning` if another daemon has the data dir."""
     heap.limit_heap_growth()
-    gateway = Gateway(config, drivers)
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
-    gateway.start()
-    named = name_os_threads({})
+    lock = DataDirLock(config.data_dir, __version__)
+    try:
+        gateway = Gateway(config, drivers)
+        done = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: done.set())
+        gateway.start()
+        _watch(gateway, lock, done)
+        log.info("stopping", gateway=config.gateway_id)
+        gateway.stop()
+    finally:
+        lock.release()
+
+
+def _watch(gateway: Gateway, lock: DataDirLock, done: threading.Event) -> None:
+    """The main thread, until ``done``: feed systemd's watchdog while every stage is alive, say loudly
+    which is not, and rewrite the heartbeat that ``edgegw status`` reads."""
+    named: dict[int, str] = {}
+    throttle = Throttle(60.0)
+    next_beat = 0.0
     while not done.wait(1.0):
         named = name_os_threads(named)
-    log.info("stopping", gateway=config.gateway_id)
-    gateway.stop()
+        if problems := gateway.problems():
+            for stage, problem in problems.items():
+                if (suppressed := throttle.allow(stage)) is not None:
+                    log.error("stage not alive; systemd's watchdog is not fed", stage=stage, problem=problem,
+                              similar_suppressed=suppressed)
+        else:
+            notify_systemd("WATCHDOG=1")
+        if time.monotonic() >= next_beat:
+            next_beat = time.monotonic() + HEARTBEAT_EVERY
+            lock.beat(gateway.describe())

@@ -96,6 +96,13 @@ class Forwarder:
         self.wake.set()
 
     def run(self, stop: threading.Event) -> None:
+        """Forward until ``stop``. The daemon runs it again after a crash: what was in flight goes again."""
+        with self._busy_lock:
+            for seqs in (*self._inflight.values(), *self._suspects):
+                self._busy.difference_update(seqs)
+        self._inflight.clear()
+        self._suspects.clear()
+        self.inflight_items = self._plain_after = 0
         reader = open_reader(self.db_path)
         self.uplink.start(self._on_result, self._on_state)
         backoff = Backoff(0.5, 60.0)

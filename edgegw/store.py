@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import sqlite3
 import time
@@ -82,6 +83,7 @@ CAP_LOW_WATER = 0.9  # once over the cap, free space down to this fraction of it
 # well under a second on a Pi Zero. Deleting a million in one statement held the writer (and with it
 # every frame and alarm) for 3.5 s here, and past systemd's 30 s watchdog on a Pi.
 HOUSEKEEPING_CHUNK = 2000
+RESERVE_BYTES = 4 * 1024 * 1024  # see Store.reserve: half the WAL_LIMIT, a few thousand readings' pages
 
 
 def _json(obj: object) -> str:
@@ -754,13 +756,20 @@ class Store:
 
     def used_bytes(self) -> tuple[int, int]:
         """Bytes in the database's live pages (free pages are reused, not counted), and in its WAL file."""
-        pages, free, size = (self.conn.execute(f"PRAGMA {p}").fetchone()[0]
-                             for p in ("page_count", "freelist_count", "page_size"))
-        wal = self.path.with_name(self.path.name + "-wal")
-        return (pages - free) * size, wal.stat().st_size if wal.exists() else 0
+        d = disk_usage(self.conn, self.path)
+        return d["db_bytes"], d["wal_bytes"]
 
-    def enforce_cap(self, max_bytes: int, now: float, limit: int = HOUSEKEEPING_CHUNK) -> dict[str, int]:
-        """One step of keeping the database and its WAL under ``max_bytes`` (call outside a transaction).
+    def _over(self, max_bytes: int, min_free: int, low: float) -> bool:
+        """Over the cap: the data takes more than ``low`` of ``max_bytes``, or the room left to grow
+        (the filesystem's free space and the database's own free pages) is under ``min_free / low``."""
+        d = disk_usage(self.conn, self.path)
+        return (d["db_bytes"] + d["wal_bytes"] > max_bytes * low
+                or d["free_bytes"] + d["reusable_bytes"] < min_free / low)
+
+    def enforce_cap(self, max_bytes: int, now: float, limit: int = HOUSEKEEPING_CHUNK,
+                    min_free: int = 0) -> dict[str, int]:
+        """One step of keeping the database and its WAL under ``max_bytes``, and room for
+        ``min_free`` bytes more on its filesystem (call outside a transaction).
 
         Over the cap, delivered items go first, then the oldest plain readings, never alarms, until
         the data fits in :data:`CAP_LOW_WATER` of the cap. A step deletes at most ``limit`` rows in
@@ -768,19 +777,30 @@ class Store:
         Returns what the step deleted, by kind (``delivered`` for delivered items of any kind); drops
         of unsent items are counted in ``drops``.
         """
-        if not self.capping and sum(self.used_bytes()) <= max_bytes:
+        if not self.capping and not self._over(max_bytes, min_free, 1.0):
+            self._keep_reserve(min_free)
             return {}
         self.capping = True
-        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # rarely: only while over the cap
-        live, wal = self.used_bytes()
-        if live <= max_bytes * CAP_LOW_WATER - wal:
+        # Truncating the WAL gives its space back to the filesystem: where the filesystem itself is
+        # short, another process could take it, so the WAL is only rewound and keeps its blocks.
+        short = shutil.disk_usage(self.path.parent).free < min_free
+        self.conn.execute(f"PRAGMA wal_checkpoint({'RESTART' if short else 'TRUNCATE'})")  # only while over
+        if not self._over(max_bytes, min_free, CAP_LOW_WATER):
             self.capping = False
             return {}
+        deleted = self.drop_oldest(now, limit)
+        if not deleted:
+            self.capping = False  # only alarms left: they stay, whatever the cap
+        return deleted
+
+    def drop_oldest(self, now: float, limit: int = HOUSEKEEPING_CHUNK) -> dict[str, int]:
+        """Delete one chunk as the cap does: delivered items first, then the oldest plain readings
+        (and health reports), never alarms; each in a short transaction of its own. What went, by kind."""
         self.begin()
         gone, more = delete_delivered(self.conn, math.inf, limit)
         self.conn.execute("COMMIT")
         if gone or more:
-            return {"delivered": gone} if gone else {}
+            return {"delivered": gone}
         for kind in ("reading", "health"):
             self.begin()
             seqs = [seq for (seq,) in self.conn.execute(
@@ -792,8 +812,40 @@ class Store:
             self.conn.execute("COMMIT")
             if seqs:
                 return {kind: len(seqs)}
-        self.capping = False  # only alarms left: they stay, whatever the cap
         return {}
+
+    def make_room(self, now: float) -> dict[str, int]:
+        """After a commit failed for want of space (the transaction rolled back): give the reserve
+        back to the filesystem, move the WAL into the database in place, and drop one chunk by the
+        cap's policy. What went, by kind ({} when only alarms are left)."""
+        self.reserve.unlink(missing_ok=True)
+        try:  # copying WAL pages into the file may itself need room; what it could not do, it retries later
+            self.conn.execute("PRAGMA wal_checkpoint(RESTART)")
+        except sqlite3.OperationalError:
+            pass
+        try:
+            return self.drop_oldest(now)
+        except sqlite3.OperationalError:
+            self.rollback()
+            return {}
+
+    @property
+    def reserve(self) -> Path:
+        """A file of :data:`RESERVE_BYTES` kept beside the database, given up when the disk fills, so
+        that SQLite has room to delete (a delete writes to the WAL too) and to commit what waits."""
+        return self.path.with_name("edgegw.reserve")
+
+    def _keep_reserve(self, min_free: int) -> None:
+        if self.reserve.exists() or shutil.disk_usage(self.path.parent).free < min_free + 2 * RESERVE_BYTES:
+            return
+        fd = os.open(self.reserve, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, RESERVE_BYTES)  # real blocks, not a sparse file
+        except OSError:
+            os.close(fd)
+            self.reserve.unlink(missing_ok=True)
+            return
+        os.close(fd)
 
     def _count_drops(self, reason: str, kind: str, n: int, at: float) -> None:
         self.conn.execute("INSERT INTO drops VALUES (?, ?, ?, ?) ON CONFLICT(reason, kind) DO UPDATE"
@@ -841,8 +893,9 @@ def pending_count(conn: sqlite3.Connection, bit: int = -1) -> int:
 
 
 def health(path: Path, gateway_id: str, version: str, uptime_s: float, bits: dict[str, int],
-           now: float) -> dict[str, Any]:
-    """The gateway's health report (a batch item, see the schema), read on a reader connection.
+           now: float, daemon: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The gateway's health report (a batch item, see the schema), read on a reader connection;
+    ``daemon`` adds what only the running daemon knows (restarts of its stages, a full disk).
 
     Counting what each uplink has pending reads the queue whole, tens of milliseconds per uplink
     behind a million readings: the daemon builds the report beside the writer, not in it.
@@ -851,19 +904,30 @@ def health(path: Path, gateway_id: str, version: str, uptime_s: float, bits: dic
     try:
         conn.execute("BEGIN")  # one snapshot for all the counts
         oldest = oldest_pending_at(conn)
+        disk = disk_usage(conn, path)
         return {
             "type": "health", "id": f"{gateway_id}:health:{int(now * 1000)}", "gateway": gateway_id,
             "observed_at": iso(now), "version": version, "uptime_s": round(uptime_s, 1),
             "pending": {name: pending_count(conn, bit) for name, bit in bits.items()},
             "oldest_pending_s": None if oldest is None else round(max(0.0, now - oldest), 1),
             "rejects": dict(conn.execute("SELECT reason, sum(count) FROM reject_counts GROUP BY reason").fetchall()),
-            "disk_free_bytes": shutil.disk_usage(path.parent).free,
+            "disk_free_bytes": disk["free_bytes"], "disk_used_bytes": disk["db_bytes"] + disk["wal_bytes"],
             "last_frame": {name: None if at is None else iso(at)
                            for name, at in conn.execute("SELECT name, last_frame_at FROM sources")},
             "open_alarms": conn.execute("SELECT count(*) FROM alarms WHERE open = 1").fetchone()[0],
+            **(daemon or {}),
         }
     finally:
         conn.close()
+
+
+def disk_usage(conn: sqlite3.Connection, path: Path) -> dict[str, int]:
+    """The database's live bytes, its free pages (reused before the file grows), its WAL's, and what
+    the filesystem has free."""
+    pages, free, size = (conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "freelist_count", "page_size"))
+    wal = path.with_name(path.name + "-wal")
+    return {"db_bytes": (pages - free) * size, "reusable_bytes": free * size,
+            "wal_bytes": wal.stat().st_size if wal.exists() else 0, "free_bytes": shutil.disk_usage(path.parent).free}
 
 
 def oldest_pending_at(conn: sqlite3.Connection, bit: int = -1) -> float | None:
@@ -936,6 +1000,12 @@ def status(path: Path) -> dict[str, Any]:
                 "SELECT id, source, address, driver, last_seen, last_rssi, last_snr, last_counter, readings,"
                 " duplicates, rejects FROM devices ORDER BY id"
             ),
+            # Who transmits at an address no device is configured for: a neighbour's sensor, a typo in
+            # the config, or someone probing (among the rejects kept, see [store] rejects_kept).
+            "unknown_addresses": q("SELECT source, address, count(*) AS frames, max(at) AS last_at FROM rejects"
+                                   " WHERE reason = 'unknown_device' GROUP BY source, address"
+                                   " ORDER BY frames DESC LIMIT 20"),
+            "disk": disk_usage(conn, path),
             "dropped": {r["kind"]: r["count"] for r in drops if r["reason"] == "disk_cap"},
             "released": {r["kind"]: r["count"] for r in drops if r["reason"] == "uplink_removed"},
             "rejects": {

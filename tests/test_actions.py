@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 
 from edgegw.config import CommandAction, MqttAction
 from edgegw.model import Alarm
@@ -40,15 +41,28 @@ def runs(out) -> list[dict]:
     return [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
 
 
+def start(runner: ActionRunner) -> threading.Thread:
+    """Start a runner as the daemon does: connect, then run it in a thread of its own."""
+    runner.start()
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    return thread
+
+
+def stop(runner: ActionRunner, thread: threading.Thread) -> None:
+    runner.stop()
+    thread.join(10)
+
+
 def test_command_gets_the_alarm_on_stdin_and_key_fields_in_the_environment(tmp_path):
     action, out = recorder(tmp_path)
     runner = ActionRunner([action], "gw-1")
-    runner.start()
+    thread = start(runner)
     try:
         runner.submit(alarm())
         (run,) = wait_until(lambda: runs(out), 10, "the action ran")
     finally:
-        runner.stop()
+        stop(runner, thread)
     assert run["argv"] == ["x; rm -rf /"]
     assert run["alarm"] == json.loads(json.dumps(alarm().item()))
     assert run["env"] == {
@@ -63,7 +77,7 @@ def test_command_gets_the_alarm_on_stdin_and_key_fields_in_the_environment(tmp_p
 def test_filters_rate_limit_and_counts(tmp_path):
     action, out = recorder(tmp_path, alarms=["trap_sprung"], min_severity="high", limit=2, per="1h")
     runner = ActionRunner([action], "gw-1")
-    runner.start()
+    thread = start(runner)
     try:
         runner.submit(alarm("trap_rearmed", "informational"))  # kind not listed
         runner.submit(alarm(late=True))  # late alarms are about the past: not by default
@@ -72,7 +86,7 @@ def test_filters_rate_limit_and_counts(tmp_path):
         wait_until(lambda: runner.counts["started"] + runner.counts["rate_limited"] == 4, 10, "all handled")
         wait_until(lambda: len(runs(out)) == 2, 10, "two runs")
     finally:
-        runner.stop()
+        stop(runner, thread)
     assert runner.counts == {"started": 2, "failed": 0, "rate_limited": 2, "dropped": 0}
     # The two commands run side by side, so either may write first.
     assert sorted(r["alarm"]["id"] for r in runs(out)) == [alarm(n=1).alarm_id, alarm(n=2).alarm_id]
@@ -85,13 +99,13 @@ def test_a_hanging_or_failing_command_is_killed_counted_and_blocks_nothing(tmp_p
     missing = CommandAction(type="command", name="missing", command=[str(tmp_path / "no-such-program")])
     action, out = recorder(tmp_path)
     runner = ActionRunner([hang, fail, missing, action], "gw-1")
-    runner.start()
+    thread = start(runner)
     try:
         runner.submit(alarm())
         wait_until(lambda: runs(out), 10, "the recorder ran although the first action hangs")
         wait_until(lambda: runner.counts["failed"] == 3, 10, "hang killed, exit 3 and missing program counted")
     finally:
-        runner.stop()
+        stop(runner, thread)
     assert runner.counts["started"] == 3
 
 
@@ -99,13 +113,13 @@ def test_mqtt_action_publishes_to_the_local_broker(mosquitto):
     action = MqttAction(type="mqtt", name="local", host="127.0.0.1", port=mosquitto.port)
     with Subscriber("127.0.0.1", mosquitto.port, "edgegw/#") as sub:
         runner = ActionRunner([action], "gw-1")
-        runner.start()
+        thread = start(runner)
         try:
             wait_until(lambda: runner._mqtt["local"].is_connected(), 10, "local broker connected")
             runner.submit(alarm())
             ((topic, payload),) = sub.wait_for_count(1, timeout=10)
         finally:
-            runner.stop()
+            stop(runner, thread)
     assert topic == "edgegw/gw-1/alarms/trap_sprung"
     assert json.loads(payload)["id"] == alarm().alarm_id
 
@@ -114,10 +128,10 @@ def test_mqtt_action_with_the_local_broker_down_fails_without_blocking(tmp_path)
     action = MqttAction(type="mqtt", name="local", host="127.0.0.1", port=9)  # nothing listens on discard
     rec, out = recorder(tmp_path)
     runner = ActionRunner([action, rec], "gw-1")
-    runner.start()
+    thread = start(runner)
     try:
         runner.submit(alarm())
         wait_until(lambda: runs(out), 10, "the command still ran")
         wait_until(lambda: runner.counts["failed"] == 1, 10, "mqtt failure counted")
     finally:
-        runner.stop()
+        stop(runner, thread)

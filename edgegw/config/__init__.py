@@ -106,6 +106,8 @@ class Store(_Section):
     keep_delivered: Duration = Field(7 * 86400, description="how long delivered items stay for inspection")
     max_bytes: Size = Field(2_000_000_000, description="cap on the database and its WAL, e.g. \"2GB\"; when"
                             " reached, delivered items go first, then the oldest readings, never alarms")
+    min_free: Size = Field(32_000_000, description="room kept free on the database's filesystem, e.g. \"32MB\";"
+                           " below it the disk cap frees space as when max_bytes is reached")
 
 
 class Log(_Section):

@@ -44,20 +44,18 @@ class ActionRunner:
         self._runs: dict[str, deque[float]] = {a.name: deque() for a in actions}
         self._mqtt: dict[str, mqtt.Client] = {}
         self._throttle = Throttle(60.0)
-        self._thread: threading.Thread | None = None
+        self._running = False
 
     def start(self) -> None:
-        if not self.actions:
-            return
+        """Connect the MQTT actions; then :meth:`run` in a thread of its own (the daemon supervises it)."""
         for action in self.actions:
             if isinstance(action, MqttAction):
                 self._mqtt[action.name] = self._connect(action)
-        self._thread = threading.Thread(target=self._run, name="actions", daemon=True)
-        self._thread.start()
+        self._running = bool(self.actions)
 
     def submit(self, alarm: Alarm) -> None:
         """Queue an alarm for its actions; never blocks the caller."""
-        if self._thread is None:
+        if not self._running:
             return
         try:
             self._queue.put_nowait(alarm)
@@ -66,16 +64,18 @@ class ActionRunner:
             self._warn("action queue full; alarm's actions skipped", alarm.alarm_id, alarm=alarm.alarm_id)
 
     def stop(self) -> None:
-        if self._thread is not None:
+        """Make :meth:`run` return once the alarms queued before are handled."""
+        if self._running:
             self._queue.put(None)
-            self._thread.join(timeout=10)
+            self._running = False
         for client in self._mqtt.values():
             client.loop_stop()
             client.disconnect()
 
     # -- running --------------------------------------------------------------------------------
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """Run the actions of queued alarms until :meth:`stop`."""
         while (alarm := self._queue.get()) is not None:
             for action in self.actions:
                 if not self._matches(action, alarm):
