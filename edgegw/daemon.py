@@ -142,8 +142,10 @@ class Gateway:
         # Beside the pipeline, not before it: on a million-row database the check takes seconds,
         # and sending must start at once.
         threading.Thread(target=self._check_integrity, name="integrity-check", daemon=True).start()
-        for fwd in self.forwarders:
-            self._stage(f"forwarder:{fwd.uplink.name}", lambda f=fwd: f.run(self._forward_stop), self._forward_stop)
+        for fwd, uplink in zip(self.forwarders, self.config.effective_uplinks()):
+            # After a crash the forwarder starts over with a fresh uplink: the old one was stopped.
+            self._stage(f"forwarder:{uplink.name}", lambda f=fwd: f.run(self._forward_stop), self._forward_stop,
+                        on_crash=lambda f=fwd, u=uplink: setattr(f, "uplink", build_uplink(u, self.config)))
         for source in self.config.sources:
             port = source.port
             if source.simulate is not None:
@@ -151,6 +153,8 @@ class Gateway:
             radio = RylrRadio(source, port, self.read_turn)
             self._stage(f"source:{radio.name}", lambda r=radio: r.run(self._emit, self._source_stop),
                         self._source_stop)
+        for stage in self.stages:  # in the order made: the writer before the sources that feed it
+            stage.start()
         notify_systemd("READY=1")
         log.info("gateway started", gateway=self.config.gateway_id, data_dir=str(self.config.data_dir),
                  sources=[s.name for s in self.config.sources], uplinks=[f.uplink.name for f in self.forwarders],
@@ -169,7 +173,6 @@ class Gateway:
     def _stage(self, name: str, target, stop: threading.Event, stale_after: float | None = None,
                on_crash=None) -> Stage:
         stage = Stage(name, target, stop, stale_after, on_crash)
-        stage.start()
         self.stages.append(stage)
         return stage
 

@@ -62,6 +62,7 @@ class Stage:
                 self.target()
                 return
             except Exception as exc:
+                self.running = False
                 self.restarts += 1
                 self.last_error, self.last_crash_at = f"{type(exc).__name__}: {exc}"[:300], time.time()
                 log.exception("stage crashed; restarting it", stage=self.name, restarts=self.restarts)

@@ -106,9 +106,12 @@ class Sender:
 class Daemon:
     """``edgegw run`` as a child process; ended by PID only."""
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None):
+    def __init__(self, config: Path, env: dict[str, str] | None = None, inject: str = ""):
         self.config = config
         self.env = env or {}  # extra environment, e.g. libfaketime's
+        # Python run in the daemon's process before edgegw's own main: a fault injected at the lowest
+        # level (a method of ours replaced by one that fails), the rest of the daemon unchanged.
+        self.inject = inject
         self.db = config.parent / "data" / "edgegw.db"
         self.log = config.parent / "daemon.log"
         self.proc: subprocess.Popen | None = None
@@ -116,8 +119,9 @@ class Daemon:
     def start(self) -> Daemon:
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         with open(self.log, "ab") as log:
+            main = ["-c", f"{self.inject}\nfrom edgegw.cli import main\nmain()"] if self.inject else ["-m", "edgegw"]
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edgegw", "run", "-c", str(self.config)], stdout=log, stderr=log, env=env,
+                [sys.executable, *main, "run", "-c", str(self.config)], stdout=log, stderr=log, env=env,
             )
         return self
 
