@@ -33,7 +33,7 @@ from edgegw.forwarder import Ack, Forwarder, Park, UplinkState
 from edgegw.ingest import Duplicate, Ingest
 from edgegw.log import Throttle
 from edgegw.model import Alarm, Frame, Reading, Reject, iso
-from edgegw.radio import Backoff, ReadTurn, SourceState
+from edgegw.radio import ReadTurn, SourceState
 from edgegw.radio.emulator import RylrEmulator
 from edgegw.radio.field import VirtualField, load_field
 from edgegw.radio.rylr import RylrRadio
