@@ -335,7 +335,7 @@ class Gateway:
             self.disk_full = {"since": now, "tries": 0, "events": len(group)}
         self.disk_full["tries"] += 1
         freed = self.store.make_room(now)
-        dropped = {k: n for k, n in freed.items() if k != "delivered"}
+        dropped = {k: n for k, n in freed.items() if k not in ("delivered", "reserve")}
         if self.throttle.allow(("disk full",)) is not None or dropped:
             log.error("disk full: a commit failed; freeing space by the disk cap's policy and trying again",
                       events=len(group), tries=self.disk_full["tries"], freed=freed,
@@ -591,4 +591,8 @@ def _watch(gateway: Gateway, lock: DataDirLock, done: threading.Event) -> None:
             notify_systemd("WATCHDOG=1")
         if time.monotonic() >= next_beat:
             next_beat = time.monotonic() + HEARTBEAT_EVERY
-            lock.beat(gateway.describe())
+            try:
+                lock.beat(gateway.describe())
+            except OSError as exc:  # a full disk where there is no runtime directory: status shows it late
+                if (suppressed := throttle.allow("heartbeat")) is not None:
+                    log.warning("heartbeat not written", error=str(exc), similar_suppressed=suppressed)

@@ -83,6 +83,7 @@ CAP_LOW_WATER = 0.9  # once over the cap, free space down to this fraction of it
 # well under a second on a Pi Zero. Deleting a million in one statement held the writer (and with it
 # every frame and alarm) for 3.5 s here, and past systemd's 30 s watchdog on a Pi.
 HOUSEKEEPING_CHUNK = 2000
+ROOM_CHUNK = 500  # rows dropped per try when a commit failed for want of space: enough for a group
 RESERVE_BYTES = 4 * 1024 * 1024  # see Store.reserve: half the WAL_LIMIT, a few thousand readings' pages
 
 
@@ -784,7 +785,10 @@ class Store:
         # Truncating the WAL gives its space back to the filesystem: where the filesystem itself is
         # short, another process could take it, so the WAL is only rewound and keeps its blocks.
         short = shutil.disk_usage(self.path.parent).free < min_free
-        self.conn.execute(f"PRAGMA wal_checkpoint({'RESTART' if short else 'TRUNCATE'})")  # only while over
+        try:  # only while over; on a full filesystem copying WAL pages into the file may fail, deleting need not
+            self.conn.execute(f"PRAGMA wal_checkpoint({'RESTART' if short else 'TRUNCATE'})")
+        except sqlite3.OperationalError:
+            pass
         if not self._over(max_bytes, min_free, CAP_LOW_WATER):
             self.capping = False
             return {}
@@ -815,16 +819,20 @@ class Store:
         return {}
 
     def make_room(self, now: float) -> dict[str, int]:
-        """After a commit failed for want of space (the transaction rolled back): give the reserve
-        back to the filesystem, move the WAL into the database in place, and drop one chunk by the
-        cap's policy. What went, by kind ({} when only alarms are left)."""
-        self.reserve.unlink(missing_ok=True)
+        """After a commit failed for want of space (the transaction rolled back), one step to make
+        room: give the reserve back to the filesystem; when it is gone already, move the WAL into
+        the database in place and drop one chunk by the cap's policy. What went, by kind
+        (``{"reserve": bytes}`` for the reserve; ``{}`` when only alarms are left)."""
+        if self.reserve.exists():
+            size = self.reserve.stat().st_size
+            self.reserve.unlink()
+            return {"reserve": size}
         try:  # copying WAL pages into the file may itself need room; what it could not do, it retries later
             self.conn.execute("PRAGMA wal_checkpoint(RESTART)")
         except sqlite3.OperationalError:
             pass
         try:
-            return self.drop_oldest(now)
+            return self.drop_oldest(now, ROOM_CHUNK)
         except sqlite3.OperationalError:
             self.rollback()
             return {}

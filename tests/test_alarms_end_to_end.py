@@ -115,7 +115,9 @@ def test_status_and_alarms_commands_show_open_alarms_first(site):
     sender.send("trap-01", {"state": "sprung", "tamper": False, "battery": 3.6})
     wait_until(lambda: daemon.status().get("open_alarms"), 10, "an open alarm")
     text = CliRunner().invoke(cli, ["status", "-c", str(config)]).output
-    assert text.splitlines()[1] == "open alarms (1)" and "trap_sprung" in text.splitlines()[2]
+    lines = text.splitlines()
+    first = next(i for i, line in enumerate(lines) if not line.startswith(("gateway", "daemon", "  stage")))
+    assert lines[first] == "open alarms (1)" and "trap_sprung" in lines[first + 1]  # after who runs, first
     listed = json.loads(CliRunner().invoke(cli, ["alarms", "-c", str(config), "--json"]).output)
     assert [a["kind"] for a in listed["open"]] == ["trap_sprung"]
     sender.send("trap-01", {"state": "armed", "tamper": False, "battery": 3.6})
