@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 import time
 from pathlib import Path
 
@@ -133,4 +134,76 @@ def test_readings_stamped_before_ntp_are_held_then_restamped_and_marked_estimate
     finally:
         sub.close()
         daemon.stop()
+        emulator.unplug()
+
+
+RIVER_STAGES = """
+[[rules]]
+type = "water_level"
+devices = ["river-01"]
+hysteresis = 50
+stages = [{ name = "standby", above = 1500 }, { name = "caution", above = 2000 },
+          { name = "evacuation_decision", above = 2500 }, { name = "danger", above = 3000 }]
+"""
+ARMED, SPRUNG = ({"state": s, "tamper": False, "battery": 3.6} for s in ("armed", "sprung"))
+
+
+def _level(mm: int) -> dict:
+    return {"level": mm, "water_temperature": 12.5, "battery": 3.6}
+
+
+@pytest.mark.skipif(not LIBFAKETIME.exists(), reason="needs libfaketime (apt-get install faketime)")
+def test_a_day_ahead_then_restarted_on_the_true_clock_raises_every_alarm_of_the_field_once(tmp_path, mosquitto):
+    """A Pi whose clock started a day ahead, stopped, and restarted once NTP corrected it: a sprung trap
+    and a river at 3,500 mm still alarm, and nothing the field caused is raised twice or not at all."""
+    emulator = RylrEmulator(tmp_path / "rylr0")
+    emulator.plug()
+    config = write_config(tmp_path, emulator.link, mosquitto.port, extra=RIVER_STAGES, log_level="info")
+    ahead = Daemon(config, {"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME": "+1d", "FAKETIME_DONT_FAKE_MONOTONIC": "1"})
+    true = Daemon(config)
+    sub = Subscriber("127.0.0.1", mosquitto.port, "test/gw-test/batches")
+    sender = Sender(emulator)
+
+    def alarms() -> list[tuple[str, str | None]]:
+        with sqlite3.connect(ahead.db) as db:
+            rows = db.execute("SELECT kind, json_extract(body, '$.details.stage') FROM alarms ORDER BY rowid")
+            return rows.fetchall()
+
+    def committed(reading_id: str) -> bool:
+        with sqlite3.connect(ahead.db) as db:
+            return db.execute("SELECT 1 FROM outbox WHERE item_id = ?", (reading_id,)).fetchone() is not None
+
+    try:
+        ahead.start().wait_receiving()
+        sender.send("trap-01", ARMED)
+        first = sender.send("river-01", _level(1000))
+        last = sender.send("river-01", _level(1600))  # standby, raised on the wrong clock
+        wait_until(lambda: committed(last), 20, "the readings of the day-ahead clock")
+        with sqlite3.connect(ahead.db) as db:
+            (stamped,) = db.execute("SELECT observed_at FROM outbox WHERE item_id = ?", (first,)).fetchone()
+        assert stamped > time.time() + 86000  # libfaketime did put the daemon a day ahead
+        assert ahead.stop() == 0
+
+        true.start().wait_receiving()
+        sent_at = time.time()
+        for _ in range(2):  # the field repeats its state: each catch and each stage alarms once
+            sender.send("trap-01", SPRUNG)
+            sender.send("river-01", _level(3500))
+        last = sender.send("river-02", _level(1000))
+        wait_until(lambda: committed(last), 20, "the readings of the true clock")
+        assert alarms() == [("water_level_alarm", "standby"), ("trap_sprung", None), ("water_level_alarm", "danger")]
+        with sqlite3.connect(true.db) as db:
+            outbox = db.execute("SELECT kind, count(*), max(observed_at) FROM outbox WHERE kind = 'alarm'"
+                                " AND item_id LIKE 'trap-01:%'").fetchone()
+        assert outbox[:2] == ("alarm", 1) and abs(outbox[2] - sent_at) < 10  # stamped by the true clock
+        stepped = [e for e in true.log_events() if e.get("event", "").startswith("system clock is behind readings")]
+        assert len(stepped) == 1 and stepped[0]["level"] == "warning" and stepped[0]["behind_s"] > 86000
+
+        def heard() -> set[str]:
+            return {i["id"] for b in sub.json_messages() for i in b["items"] if i["type"] == "alarm"}
+        wait_until(lambda: len(heard()) == 3, 20, "the three alarms at the platform")
+    finally:
+        sub.close()
+        ahead.stop()
+        true.stop()
         emulator.unplug()
