@@ -207,3 +207,46 @@ def test_a_day_ahead_then_restarted_on_the_true_clock_raises_every_alarm_of_the_
         ahead.stop()
         true.stop()
         emulator.unplug()
+
+
+@pytest.mark.skipif(not LIBFAKETIME.exists(), reason="needs libfaketime (apt-get install faketime)")
+def test_a_catch_held_in_the_reorder_window_alarms_as_soon_as_ntp_steps_a_day_ahead_clock_back(tmp_path, mosquitto):
+    clock = tmp_path / "faketime"
+    clock.write_text("+1d\n")
+    env = {"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME_TIMESTAMP_FILE": str(clock), "FAKETIME_NO_CACHE": "1",
+           "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    emulator = RylrEmulator(tmp_path / "rylr0")
+    emulator.plug()
+    daemon = Daemon(write_config(tmp_path, emulator.link, mosquitto.port, log_level="info",
+                                 extra='\n[alarms]\nreorder_window = "3s"\n'), env)
+
+    def alarms() -> list[str]:
+        with sqlite3.connect(daemon.db) as db:
+            return [kind for (kind,) in db.execute("SELECT kind FROM alarms ORDER BY rowid")]
+
+    def held() -> int:
+        with sqlite3.connect(daemon.db) as db:
+            return db.execute("SELECT count(*) FROM rule_buffer").fetchone()[0]
+
+    try:
+        daemon.start().wait_receiving()
+        sender = Sender(emulator)
+        sender.send("trap-01", ARMED)
+        sender.send("trap-01", SPRUNG)
+        daemon.wait_committed(2)
+        assert alarms() == [] and held() == 2  # for the window; the wrong clock would make it last a day
+
+        clock.write_text("+0\n")  # NTP steps the clock back to the true time
+        wait_until(lambda: alarms() == ["trap_sprung"], 20, "the held catch evaluated after the step")
+        sender.send("trap-01", SPRUNG)  # the trap repeats its state on the true clock: no second alarm
+        daemon.wait_committed(3)
+        wait_until(lambda: held() == 0, 20, "the repeat evaluated after its window")
+        stepped = wait_until(lambda: [e for e in daemon.log_events()
+                                      if e.get("event", "").startswith("system clock is behind readings")],
+                             10, "the step said")
+        assert len(stepped) == 1 and stepped[0]["released"] == 2
+        assert daemon.stop() == 0
+        assert alarms() == ["trap_sprung"]
+    finally:
+        daemon.stop()
+        emulator.unplug()
