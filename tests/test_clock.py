@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -132,5 +134,121 @@ def test_readings_stamped_before_ntp_are_held_then_restamped_and_marked_estimate
         wait_until(lambda: "system clock stepped" in daemon.log.read_text(), 10, "the step logged")
     finally:
         sub.close()
+        daemon.stop()
+        emulator.unplug()
+
+
+RIVER_STAGES = """
+[[rules]]
+type = "water_level"
+devices = ["river-01"]
+hysteresis = 50
+stages = [{ name = "standby", above = 1500 }, { name = "caution", above = 2000 },
+          { name = "evacuation_decision", above = 2500 }, { name = "danger", above = 3000 }]
+"""
+ARMED, SPRUNG = ({"state": s, "tamper": False, "battery": 3.6} for s in ("armed", "sprung"))
+
+
+def _level(mm: int) -> dict:
+    return {"level": mm, "water_temperature": 12.5, "battery": 3.6}
+
+
+def _rows(db: Path, sql: str, *args) -> list[tuple]:
+    with closing(sqlite3.connect(db)) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def _committed(db: Path, reading_id: str) -> bool:
+    return bool(_rows(db, "SELECT 1 FROM outbox WHERE item_id = ?", reading_id))
+
+
+@pytest.mark.skipif(not LIBFAKETIME.exists(), reason="needs libfaketime (apt-get install faketime)")
+def test_a_day_ahead_then_restarted_on_the_true_clock_raises_every_alarm_of_the_field_once(tmp_path, mosquitto):
+    """A Pi whose clock started a day ahead, stopped, and restarted once NTP corrected it: a sprung trap
+    and a river at 3,500 mm still alarm, and nothing the field caused is raised twice or not at all."""
+    emulator = RylrEmulator(tmp_path / "rylr0")
+    emulator.plug()
+    config = write_config(tmp_path, emulator.link, mosquitto.port, extra=RIVER_STAGES, log_level="info")
+    ahead = Daemon(config, {"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME": "+1d", "FAKETIME_DONT_FAKE_MONOTONIC": "1"})
+    true = Daemon(config)
+    sub = Subscriber("127.0.0.1", mosquitto.port, "test/gw-test/batches")
+    sender = Sender(emulator)
+
+    db = true.db  # the same data directory, both times
+
+    def alarms() -> list[tuple]:
+        return _rows(db, "SELECT kind, json_extract(body, '$.details.stage') FROM alarms ORDER BY rowid")
+
+    try:
+        ahead.start().wait_receiving()
+        sender.send("trap-01", ARMED)
+        first = sender.send("river-01", _level(1000))
+        last = sender.send("river-01", _level(1600))  # standby, raised on the wrong clock
+        wait_until(lambda: _committed(db, last), 20, "the readings of the day-ahead clock")
+        [(stamped,)] = _rows(db, "SELECT observed_at FROM outbox WHERE item_id = ?", first)
+        assert stamped > time.time() + 86000  # libfaketime did put the daemon a day ahead
+        assert ahead.stop() == 0
+
+        true.start().wait_receiving()
+        sent_at = time.time()
+        for _ in range(2):  # the field repeats its state: each catch and each stage alarms once
+            sender.send("trap-01", SPRUNG)
+            sender.send("river-01", _level(3500))
+        last = sender.send("river-02", _level(1000))
+        wait_until(lambda: _committed(db, last), 20, "the readings of the true clock")
+        assert alarms() == [("water_level_alarm", "standby"), ("trap_sprung", None), ("water_level_alarm", "danger")]
+        [(count, raised_at)] = _rows(db, "SELECT count(*), max(observed_at) FROM outbox WHERE kind = 'alarm'"
+                                         " AND item_id LIKE 'trap-01:%'")
+        assert count == 1 and abs(raised_at - sent_at) < 10  # stamped by the true clock
+        stepped = [e for e in true.log_events() if e.get("event", "").startswith("system clock is behind readings")]
+        assert len(stepped) == 1 and stepped[0]["level"] == "warning" and stepped[0]["behind_s"] > 86000
+
+        def heard() -> set[str]:
+            return {i["id"] for b in sub.json_messages() for i in b["items"] if i["type"] == "alarm"}
+        wait_until(lambda: len(heard()) == 3, 20, "the three alarms at the platform")
+    finally:
+        sub.close()
+        ahead.stop()
+        true.stop()
+        emulator.unplug()
+
+
+@pytest.mark.skipif(not LIBFAKETIME.exists(), reason="needs libfaketime (apt-get install faketime)")
+def test_a_catch_held_in_the_reorder_window_alarms_as_soon_as_ntp_steps_a_day_ahead_clock_back(tmp_path, mosquitto):
+    clock = tmp_path / "faketime"
+    clock.write_text("+1d\n")
+    env = {"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME_TIMESTAMP_FILE": str(clock), "FAKETIME_NO_CACHE": "1",
+           "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    emulator = RylrEmulator(tmp_path / "rylr0")
+    emulator.plug()
+    daemon = Daemon(write_config(tmp_path, emulator.link, mosquitto.port, log_level="info",
+                                 extra='\n[alarms]\nreorder_window = "3s"\n'), env)
+
+    def alarms() -> list[str]:
+        return [kind for (kind,) in _rows(daemon.db, "SELECT kind FROM alarms ORDER BY rowid")]
+
+    def held() -> int:
+        return _rows(daemon.db, "SELECT count(*) FROM rule_buffer")[0][0]
+
+    try:
+        daemon.start().wait_receiving()
+        sender = Sender(emulator)
+        sender.send("trap-01", ARMED)
+        sender.send("trap-01", SPRUNG)
+        daemon.wait_committed(2)
+        assert alarms() == [] and held() == 2  # for the window; the wrong clock would make it last a day
+
+        clock.write_text("+0\n")  # NTP steps the clock back to the true time
+        wait_until(lambda: alarms() == ["trap_sprung"], 20, "the held catch evaluated after the step")
+        repeat = sender.send("trap-01", SPRUNG)  # the trap repeats its state on the true clock: no second alarm
+        wait_until(lambda: _committed(daemon.db, repeat), 20, "the repeat")
+        wait_until(lambda: held() == 0, 20, "the repeat evaluated after its window")
+        stepped = wait_until(lambda: [e for e in daemon.log_events()
+                                      if e.get("event", "").startswith("system clock is behind readings")],
+                             10, "the step said")
+        assert len(stepped) == 1 and stepped[0]["released"] == 2
+        assert daemon.stop() == 0
+        assert alarms() == ["trap_sprung"]
+    finally:
         daemon.stop()
         emulator.unplug()

@@ -10,6 +10,7 @@ import jsonschema
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from edgegw.config import Config
 from edgegw.drivers import load_drivers
@@ -44,10 +45,11 @@ def config(rules: list[dict] | None = None, **alarms) -> Config:
 class Rig:
     """A rule engine on a real database, fed the way the writer feeds it: one transaction per step."""
 
-    def __init__(self, path: Path, cfg: Config, now: float = T0):
+    def __init__(self, path: Path, cfg: Config, now: float = T0, ahead: float = 0.0):
         self.path, self.cfg = path, cfg
+        self.ahead = ahead  # how far the gateway's wall clock runs ahead of the true time (the monotonic clock's)
         self.store = Store(path)
-        self.engine = RuleEngine(cfg, DRIVERS, self.store.conn, now, 0.0)
+        self.engine = RuleEngine(cfg, DRIVERS, self.store.conn, now, self.mono(now))
         self.alarms: list[Alarm] = []
         self.counter = 0
 
@@ -67,14 +69,17 @@ class Rig:
         self.store.begin()
         return self._commit(self.engine.observe(reading, now), now)
 
+    def mono(self, now: float) -> float:
+        return now - self.ahead - T0
+
     def tick(self, now: float) -> list[Alarm]:
         self.store.begin()
-        return self._commit(self.engine.tick(now, now - T0), now)
+        return self._commit(self.engine.tick(now, self.mono(now)), now)
 
     def restart(self, now: float) -> None:
         self.store.close()
         self.store = Store(self.path)
-        self.engine = RuleEngine(self.cfg, DRIVERS, self.store.conn, now, now - T0)
+        self.engine = RuleEngine(self.cfg, DRIVERS, self.store.conn, now, self.mono(now))
 
     def kinds(self, prefix: str = "") -> list[str]:
         return [a.kind for a in self.alarms if a.kind.startswith(prefix)]
@@ -282,6 +287,120 @@ def test_a_reading_older_than_one_already_evaluated_is_skipped_not_allowed_to_re
     assert rig.read("trap-01", trap("armed"), T0 + 50, now=T0 + 101) == []
     assert rig.engine.skipped_out_of_order == 2  # the trap rule and the health rule
     assert rig.kinds() == ["trap_sprung"]
+
+
+# -- a clock that steps back -----------------------------------------------------------------------
+
+DAY = 86400.0
+TIMED = ("trap_reminder", "device_silent", "device_back")  # raised by ticks: when depends on the clock
+STEPPED_BACK = "system clock is behind readings the rules have seen"
+
+
+def _stepped_back(logs: list[dict]) -> int:
+    return sum(e["event"].startswith(STEPPED_BACK) and e["log_level"] == "warning" for e in logs)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(0, 10**6), st.integers(2, 40), st.integers(0, 40), st.none() | st.integers(0, 40),
+       st.sampled_from([120.0, 3600.0, DAY, 2 * DAY]), st.sampled_from([0.0, 600.0]))
+def test_a_clock_ahead_then_stepped_back_raises_every_alarm_once(tmp_path_factory, seed, n, cut, restart_at,
+                                                                 ahead, window):
+    """The same field, once on a true clock and once on a clock ``ahead`` until reading ``step`` (NTP, or a
+    restart on a corrected clock at ``restart_at``): the alarms readings cause are the same, none twice."""
+    signal = _signal(seed, n)  # true observation times, at least 30 s apart
+    step = 1 + cut % n  # the first reading stamped by the corrected clock; n: corrected after the last
+
+    def run(ahead: float, restart_at: int | None) -> Rig:
+        rig = Rig(tmp_path_factory.mktemp("step") / "gw.db", config(RIVER, reorder_window=window),
+                  now=signal[0][2] + ahead, ahead=ahead)
+        for i, (device, values, t) in enumerate(signal):
+            if i == step:
+                rig.ahead = 0.0
+            if i == restart_at:
+                rig.restart(t + rig.ahead)
+            rig.read(device, values, t + rig.ahead)
+            rig.tick(t + rig.ahead + 1)
+        rig.ahead = 0.0
+        rig.tick(signal[-1][2] + window + 2)
+        # A step shorter than the window leaves what it held no longer ahead of now: it waits out its window.
+        rig.tick(signal[-1][2] + window + min(ahead, window) + 2)
+        return rig
+
+    def caused_by_readings(rig: Rig) -> list[tuple[str, str, bool]]:
+        return [(a.alarm_id, a.kind, a.late) for a in rig.alarms if a.kind not in TIMED]
+
+    true, stepped = run(0.0, None), run(ahead, None if restart_at is None else restart_at % n)
+    assert caused_by_readings(stepped) == caused_by_readings(true)
+    assert stepped.engine.skipped_out_of_order == 0
+    for cause in {a.alarm_id for a in stepped.alarms if a.kind == "trap_sprung"}:
+        numbers = [a.details["reminder"] for a in stepped.alarms
+                   if a.kind == "trap_reminder" and a.alarm_id.startswith(cause.split(":trap:")[0] + ":")]
+        assert numbers == sorted(set(numbers))  # none twice
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["ntp-step", "restart-on-the-true-clock"])
+def test_after_a_day_ahead_a_sprung_trap_and_a_river_at_3500_mm_alarm_and_the_step_is_said_once(tmp_path, restart):
+    rig = Rig(tmp_path / "gw.db", config(RIVER), now=T0 + DAY, ahead=DAY)
+    rig.read("trap-01", trap("armed"), T0 + DAY)
+    rig.read("river-01", level(1000), T0 + DAY + 10)
+    rig.ahead = 0.0
+    with capture_logs() as logs:
+        if restart:
+            rig.restart(T0 + 30)
+        rig.tick(T0 + 31)
+        sprung = rig.read("trap-01", trap("sprung"), T0 + 60)
+        river = rig.read("river-01", level(3500), T0 + 70)
+        rig.read("trap-01", trap("sprung"), T0 + 80)
+        rig.read("river-01", level(3500), T0 + 90)
+        rig.tick(T0 + 91)
+    assert [a.kind for a in sprung] == ["trap_sprung"] and not sprung[0].late
+    assert [(a.kind, a.details["stage"]) for a in river] == [("water_level_alarm", "danger")]
+    assert rig.kinds() == ["trap_sprung", "water_level_alarm"]
+    assert rig.engine.skipped_out_of_order == 0
+    assert _stepped_back(logs) == 1
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["ntp-step", "restart-on-the-true-clock"])
+def test_held_readings_stamped_a_day_ahead_do_not_wait_a_day_in_the_reorder_window(tmp_path, restart):
+    rig = Rig(tmp_path / "gw.db", config(reorder_window=600), now=T0 + DAY, ahead=DAY)
+    rig.read("trap-01", trap("armed"), T0 + DAY)
+    assert rig.read("trap-01", trap("sprung"), T0 + DAY + 60) == []  # held for the window
+    rig.ahead = 0.0
+    if restart:
+        rig.restart(T0 + 100)  # the held readings wait in rule_buffer
+    (alarm,) = rig.tick(T0 + 101)
+    assert alarm.kind == "trap_sprung" and alarm.raised_at == T0 + DAY + 60 and not alarm.late
+    rig.read("trap-01", trap("armed"), T0 + 200)
+    rig.tick(T0 + 801)  # the window's order holds after the step: the re-arm comes after the catch
+    assert rig.kinds("trap") == ["trap_sprung", "trap_rearmed"]
+    assert rig.store.conn.execute("SELECT count(*) FROM rule_buffer").fetchone()[0] == 0
+
+
+def test_reminders_keep_their_count_across_a_step_back(tmp_path):
+    rig = Rig(tmp_path / "gw.db", config(), now=T0 + DAY, ahead=DAY)
+    rig.read("trap-01", trap("sprung"), T0 + DAY)
+    for minute in range(1, 130):
+        rig.tick(T0 + DAY + 60 * minute)
+    assert rig.kinds("trap") == ["trap_sprung", "trap_reminder", "trap_reminder"]
+    rig.ahead = 0.0
+    for minute in range(0, 125):  # two hours on the true clock
+        rig.tick(T0 + 60 * minute)
+    reminders = [a for a in rig.alarms if a.kind == "trap_reminder"]
+    assert [a.details["reminder"] for a in reminders] == [1, 2, 3, 4]
+    assert [a.raised_at for a in reminders[2:]] == [T0 + 3600, T0 + 7200]  # an interval after the step, then each
+
+
+def test_silence_is_told_on_the_true_clock_after_a_step_back(tmp_path):
+    rig = Rig(tmp_path / "gw.db", config(), now=T0 + DAY, ahead=DAY)
+    rig.read("trap-01", trap("armed"), T0 + DAY)
+    rig.read("river-01", level(1000), T0 + DAY)
+    rig.ahead = 0.0
+    for minute in range(0, 40):  # the trap falls silent at the step; the river keeps reporting
+        rig.tick(T0 + 60 * minute)
+        if minute % 5 == 0:
+            rig.read("river-01", level(1000), T0 + 60 * minute)
+    (silent,) = [a for a in rig.alarms if a.kind == "device_silent"]
+    assert silent.device_id == "trap-01" and silent.raised_at == T0 + 1800  # 3 x 10 min from the step
 
 
 # -- device health ----------------------------------------------------------------------------------

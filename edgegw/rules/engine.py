@@ -12,10 +12,17 @@ evaluated oldest first: any arrival order within W gives the same alarms. A read
 already evaluated for the same rule and device cannot be placed in the past; it is skipped and
 counted, not allowed to flip a state machine backwards.
 
+A clock that steps back. Readings are stamped on arrival, so nothing the rules have seen can lie
+ahead of now unless the clock went back (NTP correcting a clock that ran ahead, a hand step, also
+while the daemon was down). Then those marks would skip every new reading until the clock caught
+up, perhaps a day later. So when anything seen lies more than ``STEP`` ahead of now, the engine says
+so once, evaluates what it holds back at once (all of it was observed before the step), drops the
+order marks from the future and lets each rule bring its remembered times back to now.
+
 Time. Alarms about readings observed more than ``late_after`` before evaluation are marked ``late``.
 Timers (silence, reminders) only run while the clock is plausible, and silence is measured only over
 time the gateway was listening: after more than ten minutes down, or a clock jump, every device gets
-a fresh interval.
+a fresh interval; a trap's reminders keep their count across a step back.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import structlog
 
 from edgegw.config import Config, Device, DeviceHealthRule, TrapRule, WaterLevelRule
 from edgegw.drivers import DriverRegistry, ValueSpec
-from edgegw.clock import plausible
+from edgegw.clock import STEP, plausible
 from edgegw.log import Throttle
 from edgegw.model import Alarm, Reading, Value
 
@@ -95,6 +102,9 @@ class Watch(Protocol):
 
     def tick(self, ctx: Context, state: dict[str, Any], now: float) -> None: ...
 
+    def clock_back(self, state: dict[str, Any], now: float) -> None:
+        """The clock went back: times in ``state`` later than ``now`` came from the wrong clock; bring them to now."""
+
 
 def build_watch(rule: TrapRule | WaterLevelRule | DeviceHealthRule, device: Device,
                 specs: Mapping[str, ValueSpec]) -> Watch:
@@ -147,6 +157,8 @@ class RuleEngine:
                         self.conn.execute("SELECT reading FROM rule_buffer ORDER BY observed_at, reading_id"))
         ]
         heapq.heapify(self.buffer)
+        # The newest observation time the rules have seen: more than STEP ahead of now means the clock went back.
+        self._newest = max([self._latest_mark(), *(t for t, _, _ in self.buffer)])
         self._dirty: set[tuple[str, str]] = set()
         self._clock_written = float("-inf")  # a rolled-back group may have held the last write
         self._buffered: list[Observation] = []
@@ -159,15 +171,19 @@ class RuleEngine:
         obs = Observation.of(reading)
         if obs.device_id not in self.watches:
             return []
+        alarms = self._clock_went_back(now) if self._newest > now + STEP else []
+        if obs.observed_at > self._newest:
+            self._newest = obs.observed_at
         if self.window <= 0:
-            return self._evaluate(obs, now)
+            return alarms + self._evaluate(obs, now)
         heapq.heappush(self.buffer, (obs.observed_at, obs.reading_id, obs))
         self._buffered.append(obs)
-        return self._release(now)
+        return alarms + self._release(now)
 
     def tick(self, now: float, mono: float) -> list[Alarm]:
         """Time passed: release held readings, then run the timers (silence, reminders)."""
-        alarms = self._release(now)
+        alarms = self._clock_went_back(now) if self._newest > now + STEP else []
+        alarms += self._release(now)
         wall0, mono0 = self._clock
         if abs((now - wall0) - (mono - mono0)) > CLOCK_JUMP:
             log.warning("system clock jumped; silence timers start afresh", jump_s=round(now - wall0 - (mono - mono0)))
@@ -200,6 +216,29 @@ class RuleEngine:
             self._released.append(reading_id)
             alarms += self._evaluate(obs, now)
         return alarms
+
+    def _clock_went_back(self, now: float) -> list[Alarm]:
+        """Readings seen lie ahead of ``now``: the clock went back. Stop trusting what the wrong clock stamped."""
+        ahead, held = self._newest - now, len(self.buffer)
+        # Everything held was observed before the step, so before any reading still to come: in its
+        # own order, now, rather than a step's length later.
+        alarms = self.flush(now)
+        marks = 0
+        for (rule, device_id), state in self.states.items():
+            if state.get("t", -math.inf) > now + STEP:
+                del state["t"]
+                marks += 1
+                for name, watch in self.watches.get(device_id, ()):
+                    if name == rule:
+                        watch.clock_back(state, now)
+                self._dirty.add((rule, device_id))
+        self._newest = self._latest_mark()
+        log.warning("system clock is behind readings the rules have seen; their order marks are reset"
+                    " and held readings evaluated now", behind_s=round(ahead), marks_reset=marks, released=held)
+        return alarms
+
+    def _latest_mark(self) -> float:
+        return max((s.get("t", -math.inf) for s in self.states.values()), default=-math.inf)
 
     def _evaluate(self, obs: Observation, now: float) -> list[Alarm]:
         alarms: list[Alarm] = []

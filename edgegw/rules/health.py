@@ -111,6 +111,10 @@ class HealthWatch:
             state["stuck"] = stuck
         return faults
 
+    def clock_back(self, state: dict[str, Any], now: float) -> None:
+        if state.get("heard", 0.0) > now:
+            state["heard"] = now  # silence is counted afresh, as after any clock jump
+
     def tick(self, ctx: Context, state: dict[str, Any], now: float) -> None:
         if state.get("silent"):
             return

@@ -39,6 +39,12 @@ class TrapWatch:
         elif not sprung:
             state["sprung"] = False
 
+    def clock_back(self, state: dict[str, Any], now: float) -> None:
+        if state.get("sprung") and state["since"] > now:
+            # Reminders are numbered from the catch: keep the count, so none is raised twice and the
+            # next is due one interval from now, not when the wrong clock's catch time comes round.
+            state["since"] = now - state["reminders"] * (self.rule.reminder or 0)
+
     def tick(self, ctx: Context, state: dict[str, Any], now: float) -> None:
         every = self.rule.reminder
         if not state.get("sprung") or not every:
