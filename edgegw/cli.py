@@ -149,8 +149,10 @@ def _format_status(st: dict) -> str:
     out += _format_daemon(now, st["daemon"])
     for d in st.get("damage", []):  # before the alarms: what was lost at start is the first thing to know
         lost = (" (a fresh one was started)" if d["part"] == "database" else
-                f": {d['commits']} committed transactions, {d['frames']} frames dropped")
-        out.append(f"DAMAGED  {d['part']} found {_ago(now, d['at'])}{lost}; kept as {d['kept_as']}: {d['problem']}")
+                f": {d['commits']} committed transactions, {d['frames']} frames dropped" if d["lost"] else
+                ": an unfinished transaction dropped (a crash during a commit)")
+        head = "DAMAGED  " if d["lost"] else "note     "
+        out.append(f"{head}{d['part']} found {_ago(now, d['at'])}{lost}; kept as {d['kept_as']}: {d['problem']}")
     out += _format_open(now, st["open_alarms"])  # what a maintainer must act on comes first
     low = " (LOW: the disk cap frees space)" if disk["free_bytes"] + disk["reusable_bytes"] < disk["min_free"] else ""
     out.append(f"disk     database {_mb(disk['db_bytes'])} + WAL {_mb(disk['wal_bytes'])} of {_mb(disk['max_bytes'])};"

@@ -256,7 +256,8 @@ def check_data_dir(data_dir: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise DataDirUnusable(f"the data directory {data_dir} cannot be written ({exc.strerror}):"
+        why = "not a directory" if data_dir.exists() and not data_dir.is_dir() else exc.strerror
+        raise DataDirUnusable(f"the data directory {data_dir} cannot be written ({why}):"
                               " fix data_dir in the config, its owner or its filesystem") from None
 
 
@@ -308,8 +309,8 @@ def record(store: Store, incidents: list[Incident], gateway_id: str, pending: in
     alarms = []
     store.begin()
     for i in incidents:
-        store.conn.execute("INSERT INTO damage VALUES (?, ?, ?, ?, ?, ?)",
-                           (i.at, i.part, i.problem, i.kept_as, i.frames, i.commits))
+        store.conn.execute("INSERT INTO damage VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (i.at, i.part, i.problem, i.kept_as, i.frames, i.commits, int(i.alarm)))
         if not i.alarm:
             continue
         what = ("the database was damaged and set aside; a fresh one was started" if i.part == "database" else

@@ -248,7 +248,9 @@ CREATE TABLE IF NOT EXISTS alarms (
     message TEXT, open INTEGER, closed_by TEXT, closed_at FLOAT, body TEXT);
 CREATE INDEX IF NOT EXISTS alarms_open ON alarms(open, raised_at);
 -- A damaged database set aside or a damaged WAL found at start (see edgegw.dbfile): kept for status.
-CREATE TABLE IF NOT EXISTS damage (at FLOAT, part TEXT, problem TEXT, kept_as TEXT, frames INTEGER, commits INTEGER);
+-- lost: 1 when committed data was lost or the database replaced, 0 for an unfinished transaction dropped.
+CREATE TABLE IF NOT EXISTS damage (
+    at FLOAT, part TEXT, problem TEXT, kept_as TEXT, frames INTEGER, commits INTEGER, lost INTEGER);
 """
 
 # Columns older schemas lack. Schema 1's reading rows keep their whole item in body, sent as it is.
@@ -930,8 +932,8 @@ def health(path: Path, gateway_id: str, version: str, uptime_s: float, bits: dic
                            for name, at in conn.execute("SELECT name, last_frame_at FROM sources")},
             "open_alarms": conn.execute("SELECT count(*) FROM alarms WHERE open = 1").fetchone()[0],
             "database_damage": next(({"at": iso(r[0]), "part": r[1], "problem": r[2], "kept_as": r[3]} for r in
-                                     conn.execute("SELECT at, part, problem, kept_as FROM damage ORDER BY at DESC"
-                                                  " LIMIT 1")), None),
+                                     conn.execute("SELECT at, part, problem, kept_as FROM damage WHERE lost = 1"
+                                                  " ORDER BY at DESC LIMIT 1")), None),
             **(daemon or {}),
         }
     finally:
@@ -1024,7 +1026,7 @@ def status(path: Path) -> dict[str, Any]:
                                    " ORDER BY frames DESC LIMIT 20"),
             "disk": disk_usage(conn, path),
             # Damaged files found at start, the newest first (see edgegw.dbfile).
-            "damage": q("SELECT at, part, problem, kept_as, frames, commits FROM damage ORDER BY at DESC LIMIT 10"),
+            "damage": q("SELECT at, part, problem, kept_as, frames, commits, lost FROM damage ORDER BY at DESC LIMIT 10"),
             "dropped": {r["kind"]: r["count"] for r in drops if r["reason"] == "disk_cap"},
             "released": {r["kind"]: r["count"] for r in drops if r["reason"] == "uplink_removed"},
             "rejects": {

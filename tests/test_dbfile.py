@@ -191,6 +191,7 @@ def test_a_damaged_wal_is_kept_reported_and_the_daemon_goes_on(tmp_path, emulato
     daemon, sub = _start(tmp_path, emulator, mosquitto)
     wal = daemon.db.with_name("edgegw.db-wal")
     try:
+        subscribed = sub.wait_subscribed(timeout=20)
         mosquitto.stop()  # nothing delivered, so every reading stays in the outbox to be counted
         daemon.start().wait_receiving()
         sender = Sender(emulator)
@@ -205,6 +206,7 @@ def test_a_damaged_wal_is_kept_reported_and_the_daemon_goes_on(tmp_path, emulato
         assert expected.discarded_commits > 0
 
         mosquitto.start()
+        sub.wait_subscribed(timeout=20, newer_than=subscribed)  # the broker forgot the session: subscribed anew
         daemon.start().wait_receiving()
         sender.burst(6)
         wait_until(lambda: any(d["readings"] >= 2 for d in daemon.status().get("devices", [])) and
@@ -233,3 +235,20 @@ def test_a_data_dir_that_cannot_be_written_exits_4_with_one_line(tmp_path, emula
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("Error: the data directory")
     assert (tmp_path / "data").read_text() == "a file where the data directory should be"
+
+
+def test_an_unfinished_transaction_is_noted_but_raises_no_alarm(tmp_path):
+    from edgegw.dbfile import Incident, record
+    from edgegw.store import Store, health, status
+
+    store = Store(tmp_path / "edgegw.db")
+    bits = store.register_uplinks(["broker"])
+    tail = Incident("wal", "frames 7-8 are not followed by a commit", "edgegw.db.wal-damaged-x-wal", 1.0, 2, 0, False)
+    lost = Incident("wal", "frame 5: its checksum does not match", "edgegw.db.wal-damaged-y-wal", 2.0, 9, 3)
+    assert record(store, [tail], "gw", bits["broker"]) == []
+    assert health(store.path, "gw", "v", 1.0, bits, 3.0)["database_damage"] is None
+    (alarm,) = record(store, [lost], "gw", bits["broker"])
+    assert alarm.kind == "database_damaged" and alarm.details["commits"] == 3
+    assert health(store.path, "gw", "v", 1.0, bits, 3.0)["database_damage"]["kept_as"] == lost.kept_as
+    assert [(d["kept_as"], d["lost"]) for d in status(store.path)["damage"]] == [(lost.kept_as, 1), (tail.kept_as, 0)]
+    store.close()
