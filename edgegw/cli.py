@@ -17,6 +17,7 @@ from edgegw.errors import ConfigError, DecodeError, DriverLoadError, StoreError
 
 EXIT_CONFIG = 2
 EXIT_ALREADY_RUNNING = 3  # systemd/edgegw.service: RestartPreventExitStatus, as for a config error
+EXIT_DATA_DIR = 4  # the data directory cannot be written: also not restarted (see edgegw.dbfile)
 
 config_option = click.option(
     "-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -51,6 +52,7 @@ def run(config_path: Path) -> None:
     config, drivers = _load(config_path)
     from edgegw import daemon, log
 
+    from edgegw.dbfile import DataDirUnusable
     from edgegw.running import AlreadyRunning
 
     log.configure(config.log.level, config.log.format)
@@ -61,6 +63,9 @@ def run(config_path: Path) -> None:
     except AlreadyRunning as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(EXIT_ALREADY_RUNNING)
+    except DataDirUnusable as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_DATA_DIR)
 
 
 @cli.command()
@@ -142,6 +147,12 @@ def _format_status(st: dict) -> str:
     now, ob, disk = st["now"], st["outbox"], st["disk"]
     out = [f"gateway {st['gateway']}"]
     out += _format_daemon(now, st["daemon"])
+    for d in st.get("damage", []):  # before the alarms: what was lost at start is the first thing to know
+        lost = (" (a fresh one was started)" if d["part"] == "database" else
+                f": {d['commits']} committed transactions, {d['frames']} frames dropped" if d["lost"] else
+                ": an unfinished transaction dropped (a crash during a commit)")
+        head = "DAMAGED  " if d["lost"] else "note     "
+        out.append(f"{head}{d['part']} found {_ago(now, d['at'])}{lost}; kept as {d['kept_as']}: {d['problem']}")
     out += _format_open(now, st["open_alarms"])  # what a maintainer must act on comes first
     low = " (LOW: the disk cap frees space)" if disk["free_bytes"] + disk["reusable_bytes"] < disk["min_free"] else ""
     out.append(f"disk     database {_mb(disk['db_bytes'])} + WAL {_mb(disk['wal_bytes'])} of {_mb(disk['max_bytes'])};"

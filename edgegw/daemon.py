@@ -25,7 +25,7 @@ from typing import Any
 
 import structlog
 
-from edgegw import __version__, heap
+from edgegw import __version__, dbfile, heap
 from edgegw.clock import CLOCK_SANE_AFTER, ClockWatch, plausible
 from edgegw.config import Config
 from edgegw.drivers import DriverRegistry
@@ -97,7 +97,9 @@ class Gateway:
         # Held by the writer while it commits and by a source while it reads its port: frames are read
         # only between commits, so a crash loses at most the frames of the commit in progress.
         self.read_turn = ReadTurn()
-        self.store = Store(db_path(config), config.store.synchronous, config.store.rejects_kept)
+        # A damaged database is set aside and a fresh one started; the WAL is checked first (see edgegw.dbfile).
+        self.store, damage = dbfile.open_store(
+            db_path(config), lambda path: Store(path, config.store.synchronous, config.store.rejects_kept))
         uplinks = config.effective_uplinks()
         bits = self.store.register_uplinks([u.name for u in uplinks])
         for name, kinds in self.store.released.items():
@@ -105,6 +107,9 @@ class Gateway:
                         uplink=name, **kinds)
         self.bits = bits
         self.uplink_mask = sum(bits.values())
+        for alarm in dbfile.record(self.store, damage, config.gateway_id, self.uplink_mask):
+            log.warning("alarm", alarm=alarm.kind, id=alarm.alarm_id, severity=alarm.severity,
+                        device=alarm.device_id, message=alarm.message)
         self.started = time.monotonic()
         self.dropping: dict[str, int] = {}  # unsent items dropped in the current disk cap episode
         self.purged = 0  # delivered items purged by the current round of chunks, logged when it ends
@@ -560,6 +565,7 @@ def name_os_threads(named: dict[int, str]) -> dict[int, str]:
 def run(config: Config, drivers: DriverRegistry) -> None:
     """Run until SIGTERM or SIGINT; :class:`~edgegw.running.AlreadyRunning` if another daemon has the data dir."""
     heap.limit_heap_growth()
+    dbfile.check_data_dir(config.data_dir)  # before the lock, which needs it too: one clear line, not a traceback
     lock = DataDirLock(config.data_dir, __version__)
     try:
         gateway = Gateway(config, drivers)

@@ -86,7 +86,7 @@ class Reading:
 
 ALARM_KINDS = (
     "trap_sprung", "trap_reminder", "trap_rearmed", "water_level_alarm", "water_level_clear", "water_rise",
-    "device_silent", "device_back", "battery_low", "battery_ok", "sensor_fault",
+    "device_silent", "device_back", "battery_low", "battery_ok", "sensor_fault", "database_damaged",
 )
 SEVERITIES = ("informational", "low", "medium", "high", "critical")
 PRIORITY_ALARM = 10  # outbox priority: alarms overtake any backlog of readings (priority 0)

@@ -163,6 +163,15 @@ def runs(seqs: list[int]) -> list[tuple[int, int]]:
 
 def _connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    try:
+        _configure(conn, synchronous)
+    except BaseException:
+        conn.close()  # a damaged file is moved aside next: no handle of ours may touch its new name
+        raise
+    return conn
+
+
+def _configure(conn: sqlite3.Connection, synchronous: str) -> None:
     # Only a new database takes it (an existing one keeps its page size). See PAGE_SIZE.
     conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
     conn.execute("PRAGMA journal_mode=WAL")
@@ -177,7 +186,6 @@ def _connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
     # past 64 KiB SQLite spills it to a file in /var/tmp: on a Pi, the SD card. In memory it is the
     # pages of one statement, a few hundred KiB at most.
     conn.execute("PRAGMA temp_store=MEMORY")
-    return conn
 
 
 def open_reader(path: Path) -> sqlite3.Connection:
@@ -240,6 +248,10 @@ CREATE TABLE IF NOT EXISTS alarms (
     id TEXT PRIMARY KEY, kind TEXT, severity TEXT, device_id TEXT, rule TEXT, raised_at FLOAT, late INTEGER,
     message TEXT, open INTEGER, closed_by TEXT, closed_at FLOAT, body TEXT);
 CREATE INDEX IF NOT EXISTS alarms_open ON alarms(open, raised_at);
+-- A damaged database set aside or a damaged WAL found at start (see edgegw.dbfile): kept for status.
+-- lost: 1 when committed data was lost or the database replaced, 0 for an unfinished transaction dropped.
+CREATE TABLE IF NOT EXISTS damage (
+    at FLOAT, part TEXT, problem TEXT, kept_as TEXT, frames INTEGER, commits INTEGER, lost INTEGER);
 """
 
 # Columns older schemas lack. Schema 1's reading rows keep their whole item in body, sent as it is.
@@ -333,11 +345,15 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = _connect(self.path, synchronous)
         self.synchronous = self._level = synchronous.upper()
-        _create_schema(self.conn)
+        try:
+            _create_schema(self.conn)
+            self.devices: dict[str, DeviceState] = {
+                row["id"]: DeviceState.of(row) for row in self._rows("SELECT * FROM devices")
+            }
+        except BaseException:
+            self.conn.close()  # see _connect: a damaged file is moved aside next
+            raise
         self.rejects_kept = rejects_kept
-        self.devices: dict[str, DeviceState] = {
-            row["id"]: DeviceState.of(row) for row in self._rows("SELECT * FROM devices")
-        }
         self._dirty_devices: set[str] = set()
         # Frames heard per source (count, last at) and acks per uplink (batches, items, last at):
         # those of the open transaction, and those committed but not yet written (see COUNTS_EVERY).
@@ -923,6 +939,9 @@ def health(path: Path, gateway_id: str, version: str, uptime_s: float, bits: dic
             "last_frame": {name: None if at is None else iso(at)
                            for name, at in conn.execute("SELECT name, last_frame_at FROM sources")},
             "open_alarms": conn.execute("SELECT count(*) FROM alarms WHERE open = 1").fetchone()[0],
+            "database_damage": next(({"at": iso(r[0]), "part": r[1], "problem": r[2], "kept_as": r[3]} for r in
+                                     conn.execute("SELECT at, part, problem, kept_as FROM damage WHERE lost = 1"
+                                                  " ORDER BY at DESC LIMIT 1")), None),
             **(daemon or {}),
         }
     finally:
@@ -1014,6 +1033,8 @@ def status(path: Path) -> dict[str, Any]:
                                    " WHERE reason = 'unknown_device' GROUP BY source, address"
                                    " ORDER BY frames DESC LIMIT 20"),
             "disk": disk_usage(conn, path),
+            # Damaged files found at start, the newest first (see edgegw.dbfile).
+            "damage": q("SELECT at, part, problem, kept_as, frames, commits, lost FROM damage ORDER BY at DESC LIMIT 10"),
             "dropped": {r["kind"]: r["count"] for r in drops if r["reason"] == "disk_cap"},
             "released": {r["kind"]: r["count"] for r in drops if r["reason"] == "uplink_removed"},
             "rejects": {

@@ -20,7 +20,7 @@ from edgegw.drivers import DriverRegistry
 Severity = Literal["informational", "low", "medium", "high", "critical"]
 AlarmKind = Literal[
     "trap_sprung", "trap_reminder", "trap_rearmed", "water_level_alarm", "water_level_clear", "water_rise",
-    "device_silent", "device_back", "battery_low", "battery_ok", "sensor_fault",
+    "device_silent", "device_back", "battery_low", "battery_ok", "sensor_fault", "database_damaged",
 ]
 _RULE_NAME = r"^[A-Za-z0-9_.-]+$"
 
