@@ -111,7 +111,9 @@ def test_a_crashed_forwarder_is_restarted_and_delivers_the_alarm(tmp_path, emula
         crashes = [e for e in daemon.log_events() if e.get("event") == "stage crashed; restarting it"]
         assert [e["stage"] for e in crashes] == ["forwarder:broker"]
         st = wait_until(lambda: (s := status_json(config)["daemon"].get("heartbeat")) and
-                        s["stages"]["forwarder:broker"]["restarts"] == 1 and s, 20, "the restart in the heartbeat")
+                        s["stages"]["forwarder:broker"]["restarts"] == 1 and
+                        s["stages"]["forwarder:broker"]["state"] == "alive" and s, 30,
+                        "the restarted stage alive in the heartbeat (rewritten every 10 s)")
         assert "disk I/O error (injected)" in st["stages"]["forwarder:broker"]["last_error"]
         assert "stage forwarder:broker: alive, 1 restart(s)" in edgegw("status", "-c", str(config)).stdout
     finally:
