@@ -182,9 +182,12 @@ class RuleEngine:
 
     def tick(self, now: float, mono: float) -> list[Alarm]:
         """Time passed: release held readings, then run the timers (silence, reminders)."""
-        alarms = self._clock_went_back(now) if self._newest > now + STEP else []
-        alarms += self._release(now)
         wall0, mono0 = self._clock
+        # The monotonic clock tells a step back even when no mark lies a second ahead of now yet,
+        # e.g. one device's last reading, stamped by the wrong clock, just behind now.
+        stepped_back = (now - wall0) - (mono - mono0) < -STEP and self._newest > now - STEP
+        alarms = self._clock_went_back(now) if stepped_back or self._newest > now + STEP else []
+        alarms += self._release(now)
         if abs((now - wall0) - (mono - mono0)) > CLOCK_JUMP:
             log.warning("system clock jumped; silence timers start afresh", jump_s=round(now - wall0 - (mono - mono0)))
             self.listening_since = now
@@ -225,7 +228,9 @@ class RuleEngine:
         alarms = self.flush(now)
         marks = 0
         for (rule, device_id), state in self.states.items():
-            if state.get("t", -math.inf) > now + STEP:
+            # Not only the marks ahead of now: a wrong-clock mark within a second of now would still
+            # turn away the next reading, which the true clock stamps just before or after now.
+            if state.get("t", -math.inf) > now - STEP:
                 del state["t"]
                 marks += 1
                 for name, watch in self.watches.get(device_id, ()):
