@@ -18,6 +18,7 @@ from edgegw.errors import ConfigError, DecodeError, DriverLoadError, StoreError
 EXIT_CONFIG = 2
 EXIT_ALREADY_RUNNING = 3  # systemd/edgegw.service: RestartPreventExitStatus, as for a config error
 EXIT_DATA_DIR = 4  # the data directory cannot be written: also not restarted (see edgegw.dbfile)
+EXIT_DATABASE_DAMAGED = 5  # restarted by systemd: the next start sets the damaged database aside
 
 config_option = click.option(
     "-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -52,7 +53,7 @@ def run(config_path: Path) -> None:
     config, drivers = _load(config_path)
     from edgegw import daemon, log
 
-    from edgegw.dbfile import DataDirUnusable
+    from edgegw.dbfile import DatabaseDamaged, DataDirUnusable
     from edgegw.running import AlreadyRunning
 
     log.configure(config.log.level, config.log.format)
@@ -66,6 +67,9 @@ def run(config_path: Path) -> None:
     except DataDirUnusable as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(EXIT_DATA_DIR)
+    except DatabaseDamaged as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_DATABASE_DAMAGED)
 
 
 @cli.command()

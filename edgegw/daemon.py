@@ -115,6 +115,7 @@ class Gateway:
         self.purged = 0  # delivered items purged by the current round of chunks, logged when it ends
         # While commits fail for want of space: since when, how many tries, the group's size (for status).
         self.disk_full: dict[str, Any] | None = None
+        self.damaged: str | None = None  # damage SQLite found in the database in use: the daemon exits
         self._health: threading.Thread | None = None  # the health report being built
         self.ingest = Ingest(config, drivers, self.store, self.uplink_mask)
         self.rules = RuleEngine(config, drivers, self.store.conn, time.time(), time.monotonic())
@@ -150,7 +151,7 @@ class Gateway:
         for fwd, uplink in zip(self.forwarders, self.config.effective_uplinks()):
             # After a crash the forwarder starts over with a fresh uplink: the old one was stopped.
             self._stage(f"forwarder:{uplink.name}", lambda f=fwd: f.run(self._forward_stop), self._forward_stop,
-                        on_crash=lambda f=fwd, u=uplink: setattr(f, "uplink", build_uplink(u, self.config)))
+                        on_crash=lambda _, f=fwd, u=uplink: setattr(f, "uplink", build_uplink(u, self.config)))
         for source in self.config.sources:
             port = source.port
             if source.simulate is not None:
@@ -177,9 +178,20 @@ class Gateway:
 
     def _stage(self, name: str, target, stop: threading.Event, stale_after: float | None = None,
                on_crash=None) -> Stage:
-        stage = Stage(name, target, stop, stale_after, on_crash)
+        def crashed(exc: Exception) -> None:
+            if dbfile.is_damage(exc):
+                self._database_damaged(exc)
+            if on_crash is not None:
+                on_crash(exc)
+
+        stage = Stage(name, target, stop, stale_after, crashed)
         self.stages.append(stage)
         return stage
+
+    def _database_damaged(self, exc: BaseException) -> None:
+        """SQLite found damage in the database in use: note it and have the daemon exit (see :func:`run`)."""
+        if self.damaged is None:
+            self.damaged = dbfile.mark_damaged(db_path(self.config), exc)
 
     def problems(self) -> dict[str, str]:
         """The stages that are not alive now, and why: while there are any, systemd's watchdog goes hungry."""
@@ -191,7 +203,7 @@ class Gateway:
         now = time.monotonic()
         return {"stages": {s.name: s.describe(now) for s in self.stages}, "disk_full": self.disk_full}
 
-    def _writer_crashed(self) -> None:
+    def _writer_crashed(self, exc: Exception) -> None:
         """A bug in the writer: undo its open transaction and reload what it had cached, then restart."""
         self.store.rollback()
         self.rules.reload()
@@ -317,6 +329,8 @@ class Gateway:
             self.rules.reload()
             if isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode == sqlite3.SQLITE_FULL:
                 return None
+            if dbfile.is_damage(exc):
+                self._database_damaged(exc)
             # Another database error (I/O error) must not kill the writer: the group is not
             # accepted, its frames are lost as if never heard, and we say so loudly.
             log.exception("commit failed; group dropped", events=len(group))
@@ -502,8 +516,8 @@ class Gateway:
             log.exception("integrity check could not run")
             return
         if problems:
-            log.error("database integrity check found problems; back it up and tell a maintainer",
-                      problems=problems[:10])
+            # Not written to any more: SQLite can spread damage it writes over, and lose what it commits.
+            self._database_damaged(sqlite3.DatabaseError("quick_check: " + "; ".join(problems[:3])))
         else:
             log.info("database integrity check ok", seconds=round(time.monotonic() - started, 2))
 
@@ -568,7 +582,14 @@ def run(config: Config, drivers: DriverRegistry) -> None:
     dbfile.check_data_dir(config.data_dir)  # before the lock, which needs it too: one clear line, not a traceback
     lock = DataDirLock(config.data_dir, __version__)
     try:
-        gateway = Gateway(config, drivers)
+        try:
+            gateway = Gateway(config, drivers)
+        except sqlite3.DatabaseError as exc:  # opened, but damaged where starting up reads
+            if not dbfile.is_damage(exc):
+                raise
+            raise dbfile.DatabaseDamaged(f"the database {db_path(config)} is damaged"
+                                         f" ({dbfile.mark_damaged(db_path(config), exc)});"
+                                         " start again to set it aside and begin a fresh one") from None
         done = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: done.set())
@@ -576,6 +597,9 @@ def run(config: Config, drivers: DriverRegistry) -> None:
         _watch(gateway, lock, done)
         log.info("stopping", gateway=config.gateway_id)
         gateway.stop()
+        if gateway.damaged is not None:
+            raise dbfile.DatabaseDamaged(f"the database {db_path(config)} is damaged ({gateway.damaged});"
+                                         " start again to set it aside and begin a fresh one")
     finally:
         lock.release()
 
@@ -586,7 +610,7 @@ def _watch(gateway: Gateway, lock: DataDirLock, done: threading.Event) -> None:
     named: dict[int, str] = {}
     throttle = Throttle(60.0)
     next_beat = 0.0
-    while not done.wait(1.0):
+    while not done.wait(1.0) and gateway.damaged is None:
         named = name_os_threads(named)
         if problems := gateway.problems():
             for stage, problem in problems.items():
