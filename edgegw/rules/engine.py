@@ -58,10 +58,11 @@ class Observation(NamedTuple):
     observed_at: float
     time_quality: str
     values: dict[str, Value]
+    verified: bool = False
 
     @classmethod
     def of(cls, r: Reading) -> Observation:
-        return cls(r.reading_id, r.device_id, r.observed_at, r.time_quality, r.values)
+        return cls(r.reading_id, r.device_id, r.observed_at, r.time_quality, r.values, r.verified)
 
 
 @dataclass(slots=True)
@@ -84,7 +85,7 @@ class Context:
             alarm_id=alarm_id, kind=kind, severity=severity, device_id=self.device.id, rule=self.rule,
             raised_at=at, message=message, details=details or {},
             reading_id=obs.reading_id if obs else None,
-            time_quality=obs.time_quality if obs else "synced",
+            time_quality=obs.time_quality if obs else "synced", verified=obs.verified if obs else None,
             late=self.now - at > self.late_after,
             name=self.device.name or None, location=self.device.location, opens=opens, closes=tuple(closes),
         ))
