@@ -169,7 +169,10 @@ class Gateway:
     def _start_simulation(self, source) -> Path:
         link = self.config.data_dir / f"{source.name}.pty"
         emulator = RylrEmulator(link)
-        field = VirtualField(load_field(source.simulate), self.drivers, emulator)
+        # The virtual sensors are provisioned with the gateway's keys, as an installer flashes real ones.
+        keys = {d.address: key for d in self.config.devices if self.config.device_source(d) == source.name
+                and (key := self.ingest.auth[d.id].key) is not None}
+        field = VirtualField(load_field(source.simulate), self.drivers, emulator, keys=keys)
         emulator.plug()
         self.emulators.append(emulator)
         self._stage(f"field:{source.name}", lambda: field.run(self._source_stop), self._source_stop)

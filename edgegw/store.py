@@ -469,6 +469,20 @@ class Store:
     def touch(self, state: DeviceState) -> None:
         self._dirty_devices.add(state.id)
 
+    def reset_counter(self, device_id: str) -> int | None:
+        """Forget the device's last authenticated frame counter (a sensor whose counter restarted):
+        its next frames start a new counter epoch, so their ids do not repeat older readings'.
+        Returns the counter forgotten; None when the device never sent an authenticated frame."""
+        state = self.devices.get(device_id)
+        if state is None or state.auth_counter is None:
+            return None
+        forgotten = state.auth_counter
+        state.auth_counter, state.last_counter, state.seen, state.epoch = None, None, 0, state.epoch + 1
+        self.begin()
+        self.touch(state)
+        self.commit()
+        return forgotten
+
     def frame_heard(self, source: str, at: float) -> None:
         frames, _ = self._heard.get(source, (0, at))
         self._heard[source] = (frames + 1, at)

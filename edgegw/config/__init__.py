@@ -239,8 +239,11 @@ def _resolve(base: Path, p: Path | None) -> Path | None:
     return None if p is None else Path(os.path.normpath(p if p.is_absolute() else base / p))
 
 
-def load_config(path: str | Path) -> tuple[Config, DriverRegistry]:
-    """Read, validate and resolve a config file; raise :class:`ConfigError` listing every problem."""
+def load_config(path: str | Path, keys: bool = True) -> tuple[Config, DriverRegistry]:
+    """Read, validate and resolve a config file; raise :class:`ConfigError` listing every problem.
+
+    ``keys=False`` leaves the keys file unread (``edgegw keys new`` makes it).
+    """
     path = Path(path)
     name = str(path)
     try:
@@ -289,7 +292,7 @@ def load_config(path: str | Path) -> tuple[Config, DriverRegistry]:
                                 for k in ("rules", "actions", "devices")), registry)
     problems += _field_problems(base, config.sources)
     keys_file = _resolve(base, config.keys_file)
-    problems += _key_problems(keys_file, config.devices)
+    problems += _key_problems(keys_file, config.devices) if keys else []
     if problems:
         raise ConfigError(name, _dedupe(problems))
     assert registry is not None
