@@ -43,10 +43,16 @@ def readable_at_most() -> int:
                 held += os.write(master, b"x" * 1024)
         except BlockingIOError:
             pass
-        # The pty queues bytes behind the line discipline only once that is full, so it is full now.
-        readable = struct.unpack("i", fcntl.ioctl(slave, termios.FIONREAD, b"\0\0\0\0"))[0]
-        assert readable < held  # the pty holds more than one read takes
-        return readable
+        # The kernel moves the pty's queue into the line discipline's buffer in the background: wait
+        # until that buffer stops filling (it is full then: the pty held more than it takes).
+        samples: list[int] = []
+
+        def settled() -> bool:
+            samples.append(struct.unpack("i", fcntl.ioctl(slave, termios.FIONREAD, b"\0\0\0\0"))[0])
+            return len(samples) >= 2 and samples[-1] == samples[-2] > 0
+        wait_until(settled, 10, "the line discipline's buffer full", poll=0.1)
+        assert samples[-1] < held  # the pty holds more than one read takes
+        return samples[-1]
     finally:
         os.close(master)
         os.close(slave)
