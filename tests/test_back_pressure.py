@@ -2,9 +2,8 @@
 
 So in a burst the frames not yet read wait in the kernel's tty buffer, not in the daemon's memory,
 and a kill -9 loses at most one read turn: the frames read from the port and not yet committed.
-A turn is one read of what the port holds (pyserial's ``in_waiting``, which the line discipline's
-4 KiB buffer caps however much more the pty holds behind it), so it is at most
-``turn_frames(line)`` frames of a given line length.
+A turn is the reads of what the port holds, up to TURN_BYTES (a burst fills it; the pty holds more
+behind it), so it is at most ``turn_frames(line)`` frames of a given line length.
 
 What the kernel still holds when the daemon dies is not the daemon's to keep (the port's buffer goes
 when the port closes, and pyserial flushes it on open): the kill test takes it out of the pty
@@ -13,56 +12,24 @@ itself, before the restart, and checks it is exactly the unread tail of the burs
 
 from __future__ import annotations
 
-import fcntl
-import os
 import sqlite3
-import struct
-import termios
 import threading
-import tty
 from pathlib import Path
 
 import pytest
 
 from edgegw.radio.emulator import RylrEmulator
-from tests.gateway import DRIVERS, Daemon, wait_until, write_config
+from edgegw.radio.rylr import TURN_BYTES
+from tests.gateway import DRIVERS, Daemon, write_config
 
 pytestmark = pytest.mark.slow
 
 
-def readable_at_most() -> int:
-    """The most bytes a pty says are readable (TIOCINQ, pyserial's ``in_waiting``), measured: fill
-    a fresh pty until it refuses more (about 20 KB here) and ask."""
-    master, slave = os.openpty()
-    try:
-        tty.setraw(slave)
-        os.set_blocking(master, False)
-        held = 0
-        try:
-            while True:
-                held += os.write(master, b"x" * 1024)
-        except BlockingIOError:
-            pass
-        # The kernel moves the pty's queue into the line discipline's buffer in the background: wait
-        # until that buffer stops filling (it is full then: the pty held more than it takes).
-        samples: list[int] = []
-
-        def settled() -> bool:
-            samples.append(struct.unpack("i", fcntl.ioctl(slave, termios.FIONREAD, b"\0\0\0\0"))[0])
-            return len(samples) >= 2 and samples[-1] == samples[-2] > 0
-        wait_until(settled, 10, "the line discipline's buffer full", poll=0.1)
-        assert samples[-1] < held  # the pty holds more than one read takes
-        return samples[-1]
-    finally:
-        os.close(master)
-        os.close(slave)
-
-
 def turn_frames(line_bytes: int) -> int:
     """The most frames of ``line_bytes`` (with its \\r\\n) a crash may lose: those completed by one
-    read of at most ``readable_at_most()`` bytes (together with the head of a line carried over from
-    the read before), and the one line whose head that read took and whose tail it did not."""
-    return (readable_at_most() + line_bytes - 1) // line_bytes + 1
+    turn of at most TURN_BYTES (together with the head of a line carried over from the turn before),
+    and the one line whose head that turn took and whose tail it did not."""
+    return (TURN_BYTES + line_bytes - 1) // line_bytes + 1
 
 
 def river_line(n: int) -> str:
@@ -109,7 +76,7 @@ def test_a_kill_at_the_last_byte_of_a_burst_loses_at_most_one_read_turn(tmp_path
     bound = turn_frames(len(river_line(0)) + 2)
     committed, unread, lost = kill_at_last_byte(tmp_path, 5_000)
     print(f"5,000-frame burst: committed {committed}, unread in the kernel {unread}, lost {lost} "
-          f"(bound {bound})")
+          f"(bound {bound} frames of {len(river_line(0)) + 2} bytes: one turn of {TURN_BYTES} bytes)")
     assert lost <= bound
 
 

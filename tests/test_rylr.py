@@ -240,6 +240,17 @@ def test_line_reader_caps_a_stream_without_line_endings(bare_pty):
     assert reader.readline(2.0) == "x" * 100 + "\xb5y"  # latin-1: every byte is a character
 
 
+def test_line_reader_reads_at_most_the_bytes_asked_and_leaves_the_rest_in_the_kernel(bare_pty):
+    # The bound of a read turn, so of what a crash loses: more than ``most`` bytes are never read.
+    master, port = bare_pty
+    reader = LineReader(port)
+    os.write(master, b"+OK\r\n" * 10)
+    wait_until(lambda: port.in_waiting == 50, 2.0, "ten lines readable")
+    assert reader.available(12) == ["+OK", "+OK"]  # and the head "+O" of the third
+    assert port.in_waiting == 38
+    assert reader.available() == ["+OK"] * 8
+
+
 def reference_lines(stream: bytes) -> list[str]:
     """The lines of a byte stream as the reader must give them: split at \\n, one \\r stripped off
     the end (any number), and a run of more than MAX_LINE bytes without an ending cut every MAX_LINE."""
@@ -743,6 +754,49 @@ def test_radio_reads_no_new_turn_until_its_last_hand_over_is_committed(emulator)
         writer.commit()
         wait_until(lambda: sum(len(h) for h in writer.handed) == 20, what="the next ten, once committed")
         assert [f.snr for h in writer.handed for f in h] == [float(n) for n in range(20)]
+    finally:
+        stop.set()
+        emulator.write_line("")
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+def test_a_turn_in_a_burst_takes_turn_bytes_over_several_reads_and_no_more(emulator):
+    # A burst commits in groups of a whole turn (several of the tty's 4 KiB reads), so the writer's
+    # cost per reading stays low; and the turn stops at TURN_BYTES, so the loss window stays bounded.
+    writer, stop = Writer(), threading.Event()
+    turn = ReadTurn()
+    thread = threading.Thread(target=RylrRadio(source(), str(emulator.link), turn).run, args=(writer, stop),
+                              daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: "AT+PARAMETER=9,7,1,12" in emulator.commands and emulator.configured, what="configured")
+        line = len(rcv_line(21, WATER, -80, 7.5) + "\r\n")
+        per_turn = rylr.TURN_BYTES // line  # the frames one turn completes (it takes a head of the next)
+        with turn.write():  # the whole burst waits in the kernel before the radio reads any of it
+            for _ in range(per_turn + 30):
+                assert emulator.receive(21, WATER, -80, 7.5)
+        wait_until(lambda: writer.handed, what="the first hand-over")
+        stop.wait(0.3)  # time enough for the radio to read the rest, were it allowed to
+        assert [len(h) for h in writer.handed] == [per_turn]
+        writer.commit()
+        wait_until(lambda: sum(len(h) for h in writer.handed) == per_turn + 30, what="the rest, once committed")
+    finally:
+        stop.set()
+        emulator.write_line("")
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+def test_a_lone_frame_is_handed_over_without_waiting_for_a_turn_to_fill(emulator):
+    # At field rate a turn is the one frame there is: nothing holds it back for more to arrive.
+    writer, stop = Writer(), threading.Event()
+    thread = threading.Thread(target=RylrRadio(source(), str(emulator.link)).run, args=(writer, stop), daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: emulator.configured and emulator.receive(21, WATER), what="a frame sent")
+        wait_until(lambda: writer.handed, what="the hand-over")
+        assert [[f.address for f in h] for h in writer.handed] == [[21]]
     finally:
         stop.set()
         emulator.write_line("")

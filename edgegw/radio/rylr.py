@@ -46,6 +46,11 @@ ERRORS = {
 
 MAX_LINE = 600  # "+RCV=65535,240," + 480 hex chars + RSSI/SNR fits; longer is noise, not a frame
 COMMAND_TIMEOUT = 2.0
+# The most one read turn takes from the port, so the most a crash may lose. In a burst a turn is
+# several reads (a tty hands over 4 KiB a read), so the writer commits groups big enough to keep
+# its cost per reading (transactions, WAL pages) where it was before back-pressure. A turn never
+# waits for more to arrive: at field rate it is the frame or two one read finds.
+TURN_BYTES = 16 * 1024
 COMMAND_TRIES = 3  # sends of a command the module answers +ERR, before the port backs off
 STRAY_ERROR_WINDOW = 0.25  # s: an +OK this soon after an +ERR was the answer; the +ERR was noise
 CONFIGURE_TRIES = 3  # configurations a +READY cut short, before the port backs off
@@ -109,11 +114,16 @@ class LineReader:
         readable, _, _ = select.select([self.port.fileno()], [], [], timeout)
         return bool(readable)
 
-    def available(self) -> list[str]:
-        """Every complete line buffered or waiting in the port now, as :meth:`readline` returns them."""
-        if select.select([self.port.fileno()], [], [], 0)[0]:
+    def available(self, most: int = TURN_BYTES) -> list[str]:
+        """Every complete line buffered, and those the port holds now up to ``most`` bytes read;
+        what is beyond stays in the kernel. Reads without waiting for more to arrive."""
+        taken = 0
+        # select, not in_waiting, to ask whether there is more: a tty's poll first lets the kernel
+        # finish moving what it holds into the readable buffer, so in a burst each read after a
+        # full one finds it refilled instead of ending the turn early.
+        while taken < most and select.select([self.port.fileno()], [], [], 0)[0]:
             # At least one byte: a port that is readable with nothing in it has gone, and read says so.
-            self._read()
+            taken += self._read(most - taken)
         out = list(self.lines)
         self.lines.clear()
         return out
@@ -127,10 +137,13 @@ class LineReader:
             self._read()
         return self.lines.popleft()
 
-    def _read(self) -> None:
+    def _read(self, most: int = TURN_BYTES) -> int:
+        """Read what the port holds, ``most`` bytes at most (at least one, waiting for it up to the
+        port's timeout); split off the lines it completes. Returns the number of bytes read."""
         # pyserial's read raises SerialException when the port vanishes (USB unplugged, pty closed)
         buf = self.buf
-        buf += self.port.read(max(1, self.port.in_waiting))
+        chunk = self.port.read(max(1, min(self.port.in_waiting, most)))
+        buf += chunk
         # Every line of the chunk at once: one at a time, each line cost a copy of the rest.
         start = 0
         while True:
@@ -144,6 +157,7 @@ class LineReader:
             else:
                 break
         del buf[:start]
+        return len(chunk)
 
 
 class RylrRadio:
