@@ -4,8 +4,10 @@ Threads, not asyncio: every stage blocks on I/O of its own (a serial port, a soc
 thread per stage keeps each one readable alone. Exactly one thread, the writer, touches the
 database for writing; everything else talks to it through one queue.
 
-The writer takes whatever arrived while its previous commit ran and commits it as one group: the
-loss window of a crash is the frames read from the port but not yet committed, at most one group.
+The writer takes whatever arrived while its previous commit ran and commits it as one group; a
+source reads its port again only once its last hand-over is committed. So the loss window of a
+crash is the frames read from the port but not yet committed: one read turn per source, at most
+16 KiB (``rylr.TURN_BYTES``; about 420 frames of a 39-byte line).
 """
 
 from __future__ import annotations
@@ -211,8 +213,11 @@ class Gateway:
         self.store.rollback()
         self.rules.reload()
 
-    def _emit(self, events: list) -> None:
-        self.events.put(events)
+    def _emit(self, events: list) -> threading.Event:
+        """Queue a source's hand-over; the Event returned is set once the writer is done with it."""
+        committed = threading.Event()
+        self.events.put((events, committed))
+        return committed
 
     def stop(self) -> None:
         """Stop reading, commit what was read, stop forwarding. Nothing accepted is lost by stopping."""
@@ -266,12 +271,17 @@ class Gateway:
                         except queue.Empty:
                             break
                     done = None in group
-                    # Sources hand over a list per read turn, forwarders one event at a time.
-                    events = [e for item in group for e in (item if isinstance(item, list) else (item,))]
+                    # Sources hand over (a list per read turn, its receipt), forwarders one event at a time.
+                    events = [e for item in group for e in (item[0] if isinstance(item, tuple) else (item,))]
                     events = [e for e in events if e is not None]
-                    after = self._commit_group(events)
-                    while after is None:  # the disk is full: free space by the cap's policy, then retry
-                        after = self._retry_when_full(events)
+                    try:
+                        after = self._commit_group(events)
+                        while after is None:  # the disk is full: free space by the cap's policy, then retry
+                            after = self._retry_when_full(events)
+                    finally:  # committed, or failed for good (or the writer crashed): the source may read again
+                        for item in group:
+                            if isinstance(item, tuple):
+                                item[1].set()
                 self._announce(after)
                 next_clock_save = time.monotonic() + CLOCK_SAVE_EVERY
             if time.monotonic() >= next_tick:

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +44,19 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(poll)
+
+
+def committed_into(events: list) -> Callable[[list], threading.Event]:
+    """An ``emit`` for a source under test, without a writer: it keeps what the source hands over in
+    ``events`` and takes it as committed at once."""
+    def emit(handed: list) -> threading.Event:
+        events.extend(handed)
+        return COMMITTED
+    return emit
+
+
+COMMITTED = threading.Event()
+COMMITTED.set()
 
 
 def write_config(tmp: Path, link: Path, mqtt_port: int | None, topic: str = "test/{gateway}/batches",
