@@ -526,6 +526,8 @@ def keys_new(device_id: str, config_path: Path, replace: bool) -> None:
         key = new_key(config.keys_file, device_id)
     except ConfigError as exc:
         raise click.ClickException("; ".join(f"{exc.path}: {p}" for p in exc.problems)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {config.keys_file}: {exc.strerror}") from None
     click.echo(f"{device_id}: key written to {config.keys_file} (readable by its owner only)\n"
                f"  key        {key.hex()}\n"
                f"  device id  {device.address} (its radio address: 4 bytes, big-endian, in every frame)\n"

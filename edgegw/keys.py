@@ -69,6 +69,7 @@ def new_key(path: Path, device_id: str) -> bytes:
     keys = load_keys(path) if path.exists() else {}
     keys[device_id] = secrets.token_bytes(KEY_BYTES)
     body = HEADER + "[keys]\n" + "".join(f'"{d}" = "{k.hex()}"\n' for d, k in sorted(keys.items()))
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     # Created 0600 from the start: never a moment in which the key is readable by others.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

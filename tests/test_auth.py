@@ -242,9 +242,10 @@ def edgegw(*args: str) -> subprocess.CompletedProcess:
 
 def test_keys_new_writes_an_owner_only_file_and_prints_what_the_firmware_needs(tmp_path):
     site = write_site(tmp_path)
+    site.write_text(site.read_text().replace('keys_file = "keys.toml"', 'keys_file = "secrets/keys.toml"'))
     done = edgegw("keys", "new", "trap-01", "-c", str(site))
     assert done.returncode == 0, done.stderr
-    keys = tmp_path / "keys.toml"
+    keys = tmp_path / "secrets" / "keys.toml"  # its folder made too, as on a fresh gateway
     assert keys.stat().st_mode & 0o777 == 0o600
     key = load_keys(keys)["trap-01"]
     assert f"key        {key.hex()}" in done.stdout and "device id  17" in done.stdout
