@@ -456,7 +456,9 @@ class Gateway:
             log.debug("duplicate frame", device=r.device_id, id=r.reading_id)
         elif isinstance(r, Reject):
             self.counts["rejects"] += 1
-            suppressed = self.throttle.allow((r.source, r.reason, r.address))
+            # By reason, not address: a flood from thousands of addresses is one line a minute, and
+            # the throttle's own memory stays as small as the list of reasons.
+            suppressed = self.throttle.allow((r.source, r.reason))
             if suppressed is not None:
                 log.warning("frame rejected", source=r.source, reason=r.reason, address=r.address,
                             device=r.device_id, detail=r.detail, raw=r.raw[:64].hex(),

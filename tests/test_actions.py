@@ -92,6 +92,25 @@ def test_filters_rate_limit_and_counts(tmp_path):
     assert sorted(r["alarm"]["id"] for r in runs(out)) == [alarm(n=1).alarm_id, alarm(n=2).alarm_id]
 
 
+def test_one_device_cannot_use_up_the_siren_another_device_needs(tmp_path):
+    action, out = recorder(tmp_path, limit=2, per="1h")
+    runner = ActionRunner([action], "gw-1")
+    thread = start(runner)
+    flood = [alarm(n=n) for n in range(5)]  # trap-01, perhaps spoofed: five catches in a minute
+    other = Alarm("trap-02:0:0:trap:trap_sprung", "trap_sprung", "high", "trap-02", "trap", 1_790_000_000.0,
+                  "trap trap-02 sprung", {"state": "sprung"}, "trap-02:0:0")
+    rearmed = alarm("trap_rearmed", "high", n=9)
+    try:
+        for a in [*flood, other, rearmed]:
+            runner.submit(a)
+        wait_until(lambda: len(runs(out)) == 4, 10, "four runs")
+        wait_until(lambda: runner.counts["rate_limited"] == 3, 10, "the flood's excess skipped")
+    finally:
+        stop(runner, thread)
+    ran = sorted(r["alarm"]["id"] for r in runs(out))
+    assert ran == sorted([flood[0].alarm_id, flood[1].alarm_id, other.alarm_id, rearmed.alarm_id])
+
+
 def test_a_hanging_or_failing_command_is_killed_counted_and_blocks_nothing(tmp_path):
     hang = CommandAction(type="command", name="hang", command=[sys.executable, "-c", "import time; time.sleep(60)"],
                          timeout=0.5)

@@ -120,7 +120,7 @@ class _ActionBase(_Section):
     min_severity: Severity = "low"
     devices: list[str] = []
     include_late: bool = Field(False, description="also run for late alarms (about the past)")
-    limit: int = Field(20, ge=1, description="at most this many runs ...")
+    limit: int = Field(20, ge=1, description="at most this many runs for one device and alarm kind ...")
     per: Duration = Field(3600, description="... per this time; more are skipped and counted")
 
 

@@ -2,8 +2,8 @@
 local MQTT topic a display subscribes to).
 
 The writer hands committed alarms to :meth:`ActionRunner.submit`, which never blocks: actions run in
-their own thread, each limited to ``limit`` runs per ``per``. A command gets the alarm as JSON on
-stdin and its key fields as ``EDGEGW_*`` environment variables; it is started from an argv list,
+their own thread, each limited to ``limit`` runs per ``per`` for each device and alarm kind. A
+command gets the alarm as JSON on stdin and its key fields as ``EDGEGW_*`` environment variables; it is started from an argv list,
 never through a shell, so nothing a radio sends can become a command line. A command that outlives
 its timeout is killed. Failures are logged (rate-limited) and counted, never retried: an alarm is
 still delivered through the uplinks.
@@ -41,7 +41,9 @@ class ActionRunner:
         self.gateway_id = gateway_id
         self.counts = {"started": 0, "failed": 0, "rate_limited": 0, "dropped": 0}
         self._queue: queue.Queue[Alarm | None] = queue.Queue(QUEUE_LIMIT)
-        self._runs: dict[str, deque[float]] = {a.name: deque() for a in actions}
+        # Per action, device and alarm kind: frames one device sends (forged ones, if it has no key)
+        # cannot use up the siren another device's alarm needs.
+        self._runs: dict[tuple[str, str, str], deque[float]] = {}
         self._mqtt: dict[str, mqtt.Client] = {}
         self._throttle = Throttle(60.0)
         self._running = False
@@ -80,7 +82,7 @@ class ActionRunner:
             for action in self.actions:
                 if not self._matches(action, alarm):
                     continue
-                if not self._allow(action):
+                if not self._allow(action, alarm):
                     self.counts["rate_limited"] += 1
                     self._warn("action rate limit reached; skipped", action.name, action=action.name,
                                alarm=alarm.alarm_id, limit=action.limit, per_s=action.per)
@@ -101,8 +103,9 @@ class ActionRunner:
                 and (not action.devices or alarm.device_id in action.devices)
                 and (action.include_late or not alarm.late))
 
-    def _allow(self, action: CommandAction | MqttAction) -> bool:
-        runs, now = self._runs[action.name], time.monotonic()
+    def _allow(self, action: CommandAction | MqttAction, alarm: Alarm) -> bool:
+        now = time.monotonic()
+        runs = self._runs.setdefault((action.name, alarm.device_id, alarm.kind), deque())
         while runs and runs[0] <= now - action.per:
             runs.popleft()
         if len(runs) >= action.limit:
