@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.cmac import CMAC
 from cryptography.hazmat.primitives.ciphers.algorithms import AES
 
+from edgegw.errors import FrameRefused
+
 VERSION = 0x01
 HEADER = struct.Struct(">BII")  # version, device id, frame counter
 MIC_BYTES = 4
@@ -41,12 +43,8 @@ class Opened:
     payload: bytes
 
 
-class EnvelopeError(ValueError):
+class EnvelopeError(FrameRefused):
     """Why a frame is not a valid envelope of this device; ``reason`` is the reject reason counted."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason, self.detail = reason, detail
 
 
 def mic(key: bytes, data: bytes) -> bytes:

@@ -43,6 +43,16 @@ class DecodeError(EdgegwError):
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
+class FrameRefused(EdgegwError):
+    """A frame the gateway refuses before any driver sees it (not authentic, over its rate).
+    ``reason`` is the counter key, ``detail`` says why."""
+
+    def __init__(self, reason: str, detail: str):
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
 class ModuleError(EdgegwError):
     """A radio module rejected a command or did not answer."""
 

@@ -27,7 +27,7 @@ from edgegw.clock import plausible
 from edgegw.config import Config, Device
 from edgegw.drivers import Decoded, Driver, DriverRegistry
 from edgegw.envelope import EnvelopeError, Opened, looks_sealed, open_envelope
-from edgegw.errors import DecodeError
+from edgegw.errors import DecodeError, FrameRefused
 from edgegw.keys import load_keys
 from edgegw.model import Frame, Reading, Reject, boot_id
 from edgegw.store import LATE_WINDOW, DeviceState, Store
@@ -105,6 +105,9 @@ class Ingest:
         self.auth = {d.id: Auth(keys.get(d.id), d.require_auth if d.require_auth is not None else d.id in keys,
                                 d.accept_plain_until.timestamp() if d.accept_plain_until else None)
                      for d in config.devices}
+        # device id -> (frames it may still send now, monotonic time of that count): a token bucket
+        # holding rate_limit frames, refilled at rate_limit per interval.
+        self.allowance: dict[str, tuple[float, float]] = {}
         # device id -> {counter: (seq, accepted at)} of its recent frames in the current epoch, oldest first
         self.recent: dict[str, dict[int, tuple[int, float]]] = self._recent_frames(store)
 
@@ -134,8 +137,10 @@ class Ingest:
             opened = self._authenticate(self.auth[device.id], frame, device, state)
             if isinstance(opened, Duplicate):
                 return opened
+            # After the MIC check: forged frames must not use up a keyed device's allowance.
+            self._within_rate(device, frame.mono)
             decoded = driver.decode(frame.payload if opened is None else opened.payload)
-        except (DecodeError, EnvelopeError) as exc:
+        except (DecodeError, FrameRefused) as exc:
             reason, detail = exc.reason, exc.detail
         except Exception as exc:  # a driver bug must cost one frame, never the daemon
             reason, detail = "driver_error", f"{type(exc).__name__}: {exc}"
@@ -172,6 +177,17 @@ class Ingest:
         if auth.required and (auth.plain_until is None or frame.wall > auth.plain_until):
             raise EnvelopeError("unauthenticated", "not an authenticated frame; this device must send them")
         return None
+
+    def _within_rate(self, device: Device, mono: float) -> None:
+        """Take one frame from the device's allowance; raise :class:`FrameRefused` when there is none."""
+        if device.rate_limit == 0:
+            return
+        left, since = self.allowance.get(device.id, (float(device.rate_limit), mono))
+        left = min(float(device.rate_limit), left + (mono - since) * device.rate_limit / device.interval)
+        if left < 1.0:
+            self.allowance[device.id] = (left, mono)
+            raise FrameRefused("rate_limited", f"more than {device.rate_limit} frames per {device.interval:g} s")
+        self.allowance[device.id] = (left - 1.0, mono)
 
     def _store_reading(self, frame: Frame, device: Device, state: DeviceState, values, counter: int | None,
                        device_epoch: int | None, verified: bool = False) -> Reading | Duplicate:

@@ -62,7 +62,9 @@ COMMITTED.set()
 def write_config(tmp: Path, link: Path, mqtt_port: int | None, topic: str = "test/{gateway}/batches",
                  extra: str = "", log_level: str = "debug", max_items: int = 50) -> Path:
     devices = "".join(
-        f'\n[[devices]]\nid = "{d}"\naddress = {a}\ndriver = "{drv}"\ninterval = "10m"\n' for d, a, drv in DEVICES
+        # rate_limit = 0: the tests send bursts far beyond what a field sends (test_auth.py tests the limit).
+        f'\n[[devices]]\nid = "{d}"\naddress = {a}\ndriver = "{drv}"\ninterval = "10m"\nrate_limit = 0\n'
+        for d, a, drv in DEVICES
     )
     uplink = (f'\n[[uplinks]]\ntype = "mqtt"\nname = "broker"\nhost = "127.0.0.1"\nport = {mqtt_port}\n'
               f'topic = "{topic}"\nbatch = {{ max_items = {max_items} }}\n') if mqtt_port else ""

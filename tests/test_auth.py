@@ -225,6 +225,44 @@ def test_a_driver_never_sees_a_rejected_frame(tmp_path, keys_file):
     assert spy.seen == [trap()]  # only the authenticated one's inner payload
 
 
+def test_a_device_sends_at_most_rate_limit_frames_per_interval_and_forgeries_use_none_of_it(tmp_path, keys_file):
+    gw = Gateway(tmp_path / "gw.db", config({"interval": "10m", "rate_limit": 5}, keys_file))
+
+    def at(frame: Frame, mono: float) -> Frame:
+        frame.mono = mono
+        return frame
+
+    forged = [at(sealed(1000 + n, key=OTHER_KEY), 0.0) for n in range(50)]
+    assert set(reasons(gw.hear(*forged))) == {"bad_mic"}
+    burst = gw.hear(*(at(sealed(n), 1.0) for n in range(1, 8)))
+    assert reasons(burst) == ["Reading"] * 5 + ["rate_limited"] * 2  # a burst of the whole allowance, no more
+    assert reasons(gw.hear(at(sealed(8), 100.0))) == ["rate_limited"]  # refilled at 5 per 600 s: not yet one
+    assert reasons(gw.hear(at(sealed(9), 121.0))) == ["Reading"]  # 120 s after the burst: one frame's worth
+    assert gw.rejects()["rate_limited"] == 3
+    assert gw.ingest.store.devices["trap-01"].readings == 6
+
+
+@given(st.lists(st.floats(0, 3600), max_size=60), st.integers(1, 10))
+def test_over_any_span_a_device_gets_at_most_its_burst_plus_its_rate(times, limit):
+    from edgegw.config.radio import Device
+    from edgegw.errors import FrameRefused
+
+    ingest = Ingest.__new__(Ingest)  # only the allowance: no store needed
+    ingest.allowance = {}
+    device = Device(id="d", address=1, driver="trap", interval=600, rate_limit=limit)
+    accepted = []
+    for t in sorted(times):
+        try:
+            ingest._within_rate(device, t)
+            accepted.append(t)
+        except FrameRefused:
+            pass
+    for i, start in enumerate(accepted):
+        for j in range(i, len(accepted)):
+            span = accepted[j] - start
+            assert j - i + 1 <= limit + span * limit / 600 + 1e-9
+
+
 # -- keys file and CLI ------------------------------------------------------------------------------
 
 def write_site(tmp_path: Path, trap_extra: str = "") -> Path:
@@ -347,7 +385,9 @@ def test_the_daemon_raises_the_alarm_of_a_sealed_frame_only_and_rejects_its_repl
         recorded = sensor.last
         (alarm,) = wait_until(sprung, 20, "the sealed frame's trap_sprung at the broker")
         assert alarm["reading"] == caught and alarm["verified"] is True
-        readings = [i for i in items("reading") if i["device"] == "trap-01"]
+        # Alarms overtake readings: wait for both readings too.
+        readings = wait_until(lambda: len(r := [i for i in items("reading") if i["device"] == "trap-01"]) == 2 and r,
+                              20, "both sealed readings at the broker")
         assert [r["verified"] for r in readings] == [True, True]
 
         edgegw_reset = edgegw("keys", "reset-counter", "trap-01", "-c", str(config))

@@ -70,6 +70,8 @@ class Device(_Section):
     name: str = ""
     location: tuple[float, float] | None = Field(None, description="[latitude, longitude]")
     interval: Duration = Field(3600, description="expected reporting interval")
+    rate_limit: int = Field(60, ge=0, description="frames accepted per interval, as a burst or spread out;"
+                            " more are rejected and counted (a flood, or a sensor gone wrong); 0: no limit")
     require_auth: bool | None = Field(None, description="reject frames that are not authenticated; default: true"
                                       " when keys_file has a key for the device")
     accept_plain_until: AwareDatetime | None = Field(
