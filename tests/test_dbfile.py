@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sqlite3
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -172,7 +170,7 @@ def test_the_daemon_sets_a_damaged_database_aside_and_keeps_receiving(tmp_path, 
         assert [p.read_bytes() for p in kept] == [garbage]  # kept as it was, not deleted
         st_json = json.loads(_cli(daemon.config, "status", "--json").stdout)
         assert [(d["part"], d["kept_as"]) for d in st_json["damage"]] == [("database", kept[0].name)]
-        assert f"DAMAGED  database" in _cli(daemon.config, "status").stdout
+        assert "DAMAGED  database" in _cli(daemon.config, "status").stdout
         (alarm,) = wait_until(lambda: _alarms_received(sub), 20, "the database_damaged alarm")
         assert alarm["severity"] == "high" and alarm["details"]["kept_as"] == kept[0].name
         report = wait_until(lambda: _health(daemon.db), 20, "a health report")[-1]
