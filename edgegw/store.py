@@ -85,6 +85,7 @@ CAP_LOW_WATER = 0.9  # once over the cap, free space down to this fraction of it
 HOUSEKEEPING_CHUNK = 2000
 ROOM_CHUNK = 500  # rows dropped per try when a commit failed for want of space: enough for a group
 RESERVE_BYTES = 4 * 1024 * 1024  # see Store.reserve: half the WAL_LIMIT, a few thousand readings' pages
+RESERVE_NAME = "edgegw.reserve"
 
 
 def _json(obj: object) -> str:
@@ -778,10 +779,11 @@ class Store:
 
     def _over(self, max_bytes: int, min_free: int, low: float) -> bool:
         """Over the cap: the data takes more than ``low`` of ``max_bytes``, or the room left to grow
-        (the filesystem's free space and the database's own free pages) is under ``min_free / low``."""
+        (the filesystem's free space, the reserve, which is ours to give back, and the database's
+        own free pages) is under ``min_free / low``."""
         d = disk_usage(self.conn, self.path)
         return (d["db_bytes"] + d["wal_bytes"] > max_bytes * low
-                or d["free_bytes"] + d["reusable_bytes"] < min_free / low)
+                or d["free_bytes"] + d["reserve_bytes"] + d["reusable_bytes"] < min_free / low)
 
     def enforce_cap(self, max_bytes: int, now: float, limit: int = HOUSEKEEPING_CHUNK,
                     min_free: int = 0) -> dict[str, int]:
@@ -795,7 +797,7 @@ class Store:
         of unsent items are counted in ``drops``.
         """
         if not self.capping and not self._over(max_bytes, min_free, 1.0):
-            self._keep_reserve(min_free)
+            self.keep_reserve()
             return {}
         self.capping = True
         # Truncating the WAL gives its space back to the filesystem: where the filesystem itself is
@@ -808,8 +810,15 @@ class Store:
         if not self._over(max_bytes, min_free, CAP_LOW_WATER):
             self.capping = False
             return {}
-        deleted = self.drop_oldest(now, limit)
-        if not deleted:
+        try:
+            deleted = self.drop_oldest(now, limit)
+        except sqlite3.OperationalError as exc:
+            # The filesystem filled before the cap could act: a delete needs room in the WAL too.
+            if not _full(exc) or not self.reserve.exists():
+                raise
+            self.rollback()
+            deleted = {"reserve": self.release_reserve(), **self.drop_oldest(now, limit)}
+        if not deleted.keys() - {"reserve"}:
             self.capping = False  # only alarms left: they stay, whatever the cap
         return deleted
 
@@ -836,31 +845,46 @@ class Store:
 
     def make_room(self, now: float) -> dict[str, int]:
         """After a commit failed for want of space (the transaction rolled back), one step to make
-        room: give the reserve back to the filesystem; when it is gone already, move the WAL into
-        the database in place and drop one chunk by the cap's policy. What went, by kind
-        (``{"reserve": bytes}`` for the reserve; ``{}`` when only alarms are left)."""
-        if self.reserve.exists():
-            size = self.reserve.stat().st_size
-            self.reserve.unlink()
-            return {"reserve": size}
-        try:  # copying WAL pages into the file may itself need room; what it could not do, it retries later
-            self.conn.execute("PRAGMA wal_checkpoint(RESTART)")
-        except sqlite3.OperationalError:
-            pass
+        room, in the database's own file where it can: what went, by kind (``{}`` when nothing
+        could: only alarms are left, or not even a delete finds room).
+
+        The reserve goes first (``{"reserve": bytes}``), before any delete: on a full filesystem
+        the WAL holds pages the checkpoint cannot copy, since that would grow the database file, so
+        the WAL cannot start over, and a DELETE, which appends to it too, fails like the commit.
+        With the reserve given back, the checkpoint completes, and one chunk dropped by the cap's
+        policy leaves free pages the next commits reuse without the file growing. Without a
+        reserve, the drop is tried all the same: some other file may have shrunk meanwhile."""
+        freed = {"reserve": self.release_reserve()} if self.reserve.exists() else {}
         try:
-            return self.drop_oldest(now, ROOM_CHUNK)
-        except sqlite3.OperationalError:
+            freed.update(self.drop_oldest(now, ROOM_CHUNK))
+        except sqlite3.OperationalError as exc:
+            if not _full(exc):
+                raise
             self.rollback()
-            return {}
+        return freed
 
     @property
     def reserve(self) -> Path:
         """A file of :data:`RESERVE_BYTES` kept beside the database, given up when the disk fills, so
-        that SQLite has room to delete (a delete writes to the WAL too) and to commit what waits."""
-        return self.path.with_name("edgegw.reserve")
+        that SQLite has room to checkpoint its WAL and to delete, and so to commit what waits."""
+        return self.path.with_name(RESERVE_NAME)
 
-    def _keep_reserve(self, min_free: int) -> None:
-        if self.reserve.exists() or shutil.disk_usage(self.path.parent).free < min_free + 2 * RESERVE_BYTES:
+    def release_reserve(self) -> int:
+        """Give the reserve back to the filesystem, and let SQLite use it at once: the checkpoint
+        grows the database file as it needs, and the WAL starts over at its next write. Its size."""
+        size = self.reserve.stat().st_size
+        self.reserve.unlink()
+        try:  # PASSIVE: a reader's snapshot the checkpoint cannot pass is not waited for (the writer must go on)
+            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.OperationalError:
+            pass
+        return size
+
+    def keep_reserve(self) -> None:
+        """Make the reserve where it is missing and the filesystem has room for it twice over.
+        Whatever ``min_free`` says: the reserve counts as free room for the cap (see :meth:`_over`),
+        and without it, a filesystem filled by another file leaves SQLite no room even to delete."""
+        if self.reserve.exists() or shutil.disk_usage(self.path.parent).free < 2 * RESERVE_BYTES:
             return
         fd = os.open(self.reserve, os.O_WRONLY | os.O_CREAT, 0o600)
         try:
@@ -871,6 +895,10 @@ class Store:
             return
         os.close(fd)
 
+    def note_disk_full(self, episode: dict[str, Any]) -> None:
+        """Inside a transaction: keep the last episode of commits waiting for room, for ``edgegw status``."""
+        self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('disk_full', ?)", (json.dumps(episode),))
+
     def _count_drops(self, reason: str, kind: str, n: int, at: float) -> None:
         self.conn.execute("INSERT INTO drops VALUES (?, ?, ?, ?) ON CONFLICT(reason, kind) DO UPDATE"
                           " SET count = count + excluded.count, last_at = excluded.last_at", (reason, kind, n, at))
@@ -879,6 +907,11 @@ class Store:
         if not self.conn.in_transaction:
             self.write_counts()
         self.conn.close()
+
+
+def _full(exc: sqlite3.OperationalError) -> bool:
+    """SQLite's "database or disk is full"."""
+    return (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF == sqlite3.SQLITE_FULL
 
 
 def delete_delivered(conn: sqlite3.Connection, cutoff: float, limit: int) -> tuple[int, bool]:
@@ -949,12 +982,24 @@ def health(path: Path, gateway_id: str, version: str, uptime_s: float, bits: dic
 
 
 def disk_usage(conn: sqlite3.Connection, path: Path) -> dict[str, int]:
-    """The database's live bytes, its free pages (reused before the file grows), its WAL's, and what
-    the filesystem has free."""
+    """The database's live bytes, its free pages (reused before the file grows), its WAL's, what
+    the filesystem has free, and the reserve's (see Store.reserve)."""
     pages, free, size = (conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "freelist_count", "page_size"))
-    wal = path.with_name(path.name + "-wal")
     return {"db_bytes": (pages - free) * size, "reusable_bytes": free * size,
-            "wal_bytes": wal.stat().st_size if wal.exists() else 0, "free_bytes": shutil.disk_usage(path.parent).free}
+            "wal_bytes": _file_size(path.with_name(path.name + "-wal")), "free_bytes": shutil.disk_usage(path.parent).free,
+            "reserve_bytes": _file_size(path.with_name(RESERVE_NAME))}
+
+
+def room(path: Path) -> int:
+    """The room the database at ``path`` has to grow: its filesystem's free space and the reserve."""
+    return shutil.disk_usage(path.parent).free + _file_size(path.with_name(RESERVE_NAME))
+
+
+def _file_size(path: Path) -> int:
+    try:  # the writer may remove it at any moment (a checkpoint's truncation, the reserve given back)
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def oldest_pending_at(conn: sqlite3.Connection, bit: int = -1) -> float | None:
@@ -1032,7 +1077,8 @@ def status(path: Path) -> dict[str, Any]:
             "unknown_addresses": q("SELECT source, address, count(*) AS frames, max(at) AS last_at FROM rejects"
                                    " WHERE reason = 'unknown_device' GROUP BY source, address"
                                    " ORDER BY frames DESC LIMIT 20"),
-            "disk": disk_usage(conn, path),
+            "disk": {**disk_usage(conn, path), "last_full": next(
+                (json.loads(v) for (v,) in conn.execute("SELECT value FROM meta WHERE key = 'disk_full'")), None)},
             # Damaged files found at start, the newest first (see edgegw.dbfile).
             "damage": q("SELECT at, part, problem, kept_as, frames, commits, lost FROM damage ORDER BY at DESC LIMIT 10"),
             "dropped": {r["kind"]: r["count"] for r in drops if r["reason"] == "disk_cap"},

@@ -1,0 +1,218 @@
+"""A full filesystem never discards an alarm (issue 16, point 3).
+
+Real SQLite on a real, small filesystem (a tmpfs of a few MB, mounted for the test) filled by
+another file, as a log or a core dump fills an SD card. Mounting needs root: CI runs as root, and
+elsewhere these tests skip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from edgegw.model import Alarm
+from edgegw.store import RESERVE_BYTES, Store, disk_usage, status
+
+BODY = json.dumps({"type": "reading", "pad": "x" * 300})
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 24 MB tmpfs of its own: its free space is what these tests fill, not the host's."""
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(mnt)], check=True)  # a process of the test still holds a file
+
+
+def fill_up(directory: Path, leave: int = 0) -> Path:
+    """Another file takes the free space of the filesystem, all of it but ``leave`` bytes."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with contextlib.suppress(OSError):  # ENOSPC: full
+            while True:
+                os.write(fd, b"\xa5" * 65536)
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, b"\xa5" * 1024)
+        if leave:
+            os.ftruncate(fd, max(0, os.fstat(fd).st_size - leave))
+    finally:
+        os.close(fd)
+    return filler
+
+
+def alarm(n: int) -> Alarm:
+    return Alarm(f"trap-01:0:{n}:sprung", "trap_sprung", "high", "trap-01", "trap", 1_790_000_000.0 + n,
+                 "trap sprung", reading_id=f"trap-01:0:{n}", opens=True)
+
+
+def backlog(store: Store, delivered: int, pending: int, alarms_every: int) -> None:
+    """Readings piled up during an outage: the first ``delivered`` acknowledged, an alarm among
+    every ``alarms_every`` of the pending ones."""
+    store.register_uplinks(["town"])
+    for start in range(0, delivered + pending, 1000):
+        store.begin()
+        for i in range(start, min(start + 1000, delivered + pending)):
+            if i >= delivered and i % alarms_every == 0:
+                store.add_alarm(alarm(i), 1, float(i))
+            else:
+                store.add_item(f"r{i}", "reading", 0, "river-01", float(i), 0.0, "b", b"\x01" * 9, BODY,
+                               0 if i < delivered else 1, float(i))
+        store.commit()
+
+
+def add_group(store: Store, first: int, size: int) -> None:
+    """One group as the daemon commits it: readings, and the alarm one of them raised."""
+    store.begin()
+    store.add_alarm(alarm(first), 1, float(first))
+    for i in range(first + 1, first + size):
+        store.add_item(f"r{i}", "reading", 0, "river-01", float(i), 0.0, "b", b"\x01" * 9, BODY, 1, float(i))
+    store.commit()
+
+
+def commit_until_full(store: Store, first: int, size: int, groups: int = 100) -> int:
+    """Commit groups until one fails for want of space; the first item of the failed group."""
+    for _ in range(groups):
+        try:
+            add_group(store, first, size)
+        except sqlite3.OperationalError as exc:
+            assert exc.sqlite_errorcode == sqlite3.SQLITE_FULL, exc
+            store.rollback()
+            return first
+        first += size
+    raise AssertionError("the filesystem never filled")
+
+
+def outbox(store: Store) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for kind, item_id in store.conn.execute("SELECT kind, item_id FROM outbox ORDER BY seq"):
+        out.setdefault(kind, []).append(item_id)
+    return out
+
+
+def test_a_commit_that_failed_on_a_full_filesystem_commits_after_room_is_made_alarms_and_all(small_fs):
+    store = Store(small_fs / "gw.db")
+    backlog(store, delivered=300, pending=20_000, alarms_every=50)
+    store.keep_reserve()
+    assert store.reserve.stat().st_size == RESERVE_BYTES
+    raised = {a for (a,) in store.conn.execute("SELECT id FROM alarms")}
+    fill_up(small_fs)
+
+    # Large groups: the room one drop makes (a chunk of rows) is not enough at once, so the
+    # policy's order shows across the tries, as in a burst.
+    failed = commit_until_full(store, 100_000, 3000)
+    tries = []
+    for _ in range(50):
+        tries.append(store.make_room(2.0))
+        try:
+            add_group(store, failed, 3000)
+            break
+        except sqlite3.OperationalError as exc:
+            assert exc.sqlite_errorcode == sqlite3.SQLITE_FULL, exc
+            store.rollback()
+    else:
+        raise AssertionError(f"the group never committed: {tries}")
+
+    # The reserve went first, with the delivered items, before any unsent reading.
+    assert tries[0] == {"reserve": RESERVE_BYTES, "delivered": 300}
+    assert not store.reserve.exists()
+    dropped = sum(t.get("reading", 0) for t in tries)
+    assert all(t.keys() <= {"reading"} for t in tries[1:])
+    items = outbox(store)
+    raised |= {alarm(n).alarm_id for n in range(100_000, failed + 1, 3000)}
+    assert set(items["alarm"]) == raised == {a for (a,) in store.conn.execute("SELECT id FROM alarms")}
+    assert f"r{failed + 2999}" in items["reading"]  # the group is there whole
+    # The oldest went: what is left of the backlog's readings is its newest, none missing.
+    kept = [int(i[1:]) for i in items["reading"] if int(i[1:]) < 100_000]
+    assert kept == [i for i in range(300 + dropped + 1, 20_300) if i % 50] [-len(kept):]
+    assert len(kept) + dropped == 20_000 - 20_000 // 50
+    assert status(store.path)["dropped"] == ({"reading": dropped} if dropped else {})
+    store.close()
+
+
+def test_the_cap_keeps_min_free_delivered_first_then_the_oldest_readings_never_alarms(small_fs):
+    store = Store(small_fs / "gw.db")
+    backlog(store, delivered=3000, pending=12_000, alarms_every=40)
+    store.keep_reserve()  # as the daemon's first cap check does
+    alarms = set(outbox(store)["alarm"])
+    min_free = 8_000_000
+    fill_up(small_fs, leave=1_000_000)  # another file leaves less than min_free, the reserve counted
+    d = disk_usage(store.conn, store.path)
+    assert d["free_bytes"] + d["reserve_bytes"] + d["reusable_bytes"] < min_free
+
+    steps = []
+    for _ in range(1000):
+        steps.append(store.enforce_cap(10**12, 2.0, limit=500, min_free=min_free))
+        if not store.capping:
+            break
+    kinds = [k for s in steps for k in s if k != "reserve"]
+    assert kinds.index("reading") > max(i for i, k in enumerate(kinds) if k == "delivered")
+    assert sum(s.get("delivered", 0) for s in steps) == 3000
+    dropped = sum(s.get("reading", 0) for s in steps)
+    assert dropped > 0
+    d = disk_usage(store.conn, store.path)
+    assert d["free_bytes"] + d["reusable_bytes"] >= min_free  # the room is inside the database now
+    items = outbox(store)
+    assert set(items["alarm"]) == alarms
+    kept = [int(i[1:]) for i in items["reading"]]
+    assert kept == [i for i in range(3000, 15_000) if i % 40][-len(kept):]  # the oldest went
+    assert len(kept) + dropped == 12_000 - 12_000 // 40
+    assert status(store.path)["dropped"] == {"reading": dropped}
+
+    # The room is used: commits go on in the database's own free pages, with no room made for them.
+    for n in range(5):
+        add_group(store, 100_000 + 100 * n, 100)
+    store.close()
+
+
+def test_only_alarms_left_the_commit_waits_and_nothing_is_dropped(small_fs):
+    store = Store(small_fs / "gw.db")
+    store.register_uplinks(["town"])
+    n = 0
+    while shutil.disk_usage(small_fs).free > 12_000_000:  # alarms only, a filesystem half full of them
+        store.begin()
+        for _ in range(500):
+            store.add_alarm(alarm(n), 1, float(n))
+            n += 1
+        store.commit()
+    store.keep_reserve()
+    fill_up(small_fs)
+    first = n
+    while True:
+        try:
+            store.begin()
+            for _ in range(500):
+                store.add_alarm(alarm(n), 1, float(n))
+                n += 1
+            store.commit()
+            first = n
+        except sqlite3.OperationalError as exc:
+            assert exc.sqlite_errorcode == sqlite3.SQLITE_FULL, exc
+            store.rollback()
+            n = first
+            break
+    assert store.make_room(2.0) == {"reserve": RESERVE_BYTES}
+    for _ in range(20):
+        freed = store.make_room(2.0)
+        if not freed:
+            break
+    assert freed == {}
+    assert store.conn.execute("SELECT count(*) FROM outbox WHERE kind = 'alarm'").fetchone()[0] == first
+    store.close()
