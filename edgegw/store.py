@@ -86,6 +86,9 @@ HOUSEKEEPING_CHUNK = 2000
 ROOM_CHUNK = 500  # rows dropped per try when a commit failed for want of space: enough for a group
 RESERVE_BYTES = 4 * 1024 * 1024  # see Store.reserve: half the WAL_LIMIT, a few thousand readings' pages
 RESERVE_NAME = "edgegw.reserve"
+MAX_PAGES = 0xFFFFFFFE  # SQLite's own limit on a database's pages
+CHECKPOINT_PAGES = 4 * 1024 * 1024 // PAGE_SIZE  # see _configure
+DELETE_SLACK = 256 * 1024  # see Store._limit_growth
 
 
 def _json(obj: object) -> str:
@@ -181,7 +184,7 @@ def _configure(conn: sqlite3.Connection, synchronous: str) -> None:
     # After each checkpoint the WAL file is cut back to this, so a long outage cannot grow it unbounded.
     conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
     # SQLite checkpoints every 1,000 pages: with small pages, keep the 4 MiB WAL that is its default.
-    conn.execute(f"PRAGMA wal_autocheckpoint={4 * 1024 * 1024 // PAGE_SIZE}")
+    conn.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
     conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
     # A multi-row UPDATE in a transaction (every acknowledgement) keeps a statement journal, and
     # past 64 KiB SQLite spills it to a file in /var/tmp: on a Pi, the SD card. In memory it is the
@@ -371,6 +374,8 @@ class Store:
         self._new_queue: list[tuple[int, int]] = []
         self._new_deliveries: list[tuple[int, int, float]] = []
         self._next_seq: int | None = None  # the seq of the next reading, once known in this transaction
+        self.page_size = self.conn.execute("PRAGMA page_size").fetchone()[0]
+        self._max_pages = 0  # see _limit_growth
 
     def _rows(self, sql: str) -> list[dict[str, Any]]:
         cur = self.conn.execute(sql)
@@ -379,7 +384,7 @@ class Store:
 
     # -- transactions ---------------------------------------------------------------------------
 
-    def begin(self, durable: bool = True) -> None:
+    def begin(self, durable: bool = True, deleting: bool = False) -> None:
         """Start a transaction.
 
         ``durable=False`` is for one that accepts nothing new (acknowledgements, states): with
@@ -387,13 +392,45 @@ class Store:
         it. A power cut in between may undo it, which costs no data: an ack undone that way means
         the items go once more, as at-least-once allows. At field rate every reading is followed by
         the commit of its ack, so this halves the fsyncs that wear the SD card.
+
+        ``deleting``: a transaction that makes room (see :meth:`_limit_growth`).
         """
         level = "NORMAL" if not durable and self.synchronous == "FULL" else self.synchronous
         if level != self._level:  # SQLite takes it only between transactions
             self.conn.execute(f"PRAGMA synchronous={level}")
             self._level = level
+        self._limit_growth(deleting)
         self.conn.execute("BEGIN IMMEDIATE")
         self._next_seq = None  # another process (edgegw outbox retry) may have added rows since
+
+    def _limit_growth(self, deleting: bool = False) -> None:
+        """Let the database grow (its pages, in the WAL or not yet) into the filesystem's free space
+        only as far as the checkpoint should find room to write them: half of what is left once the
+        WAL has grown to where SQLite checkpoints it (a reader may hold the WAL back longer), and
+        where that leaves nothing, a quarter of the free space: a WAL cut short by the cap's
+        checkpoint grows only as far as its transactions, and refusing every commit would keep even
+        the alarms out.
+
+        A commit whose pages the checkpoint cannot write, for want of room to grow the file, wedges
+        the database: the WAL cannot start over, so no later write, not even a DELETE to make room,
+        finds space (see :meth:`make_room`). Past this limit SQLite fails the statement instead
+        (SQLITE_FULL, before anything is committed), and the writer makes room inside the file and
+        tries again. A few microseconds a transaction; the filesystem may have filled since the last.
+
+        A transaction that makes room may grow the database by :data:`DELETE_SLACK` all the same,
+        where the filesystem has twice that: deleting rows rebalances the tree, which may take a
+        new page or two, and a delete that fails for want of a page makes no room at all.
+        """
+        wal_full = CHECKPOINT_PAGES * (self.page_size + 24) + 32  # frame headers, the WAL's header
+        wal_growth = max(0, wal_full - _file_size(self.path.with_name(self.path.name + "-wal")))
+        free = shutil.disk_usage(self.path.parent).free
+        pages = (_file_size(self.path) + (free - min(wal_growth, free // 2)) // 2) // self.page_size
+        if deleting and free >= 2 * DELETE_SLACK:
+            pages = max(pages, self.conn.execute("PRAGMA page_count").fetchone()[0] + DELETE_SLACK // self.page_size)
+        pages = min(pages, MAX_PAGES)
+        if pages != self._max_pages:
+            self.conn.execute(f"PRAGMA max_page_count={pages}")
+            self._max_pages = pages
 
     def commit(self) -> None:
         """Write back cached registry rows and commit: everything since begin() is now accepted."""
@@ -825,13 +862,13 @@ class Store:
     def drop_oldest(self, now: float, limit: int = HOUSEKEEPING_CHUNK) -> dict[str, int]:
         """Delete one chunk as the cap does: delivered items first, then the oldest plain readings
         (and health reports), never alarms; each in a short transaction of its own. What went, by kind."""
-        self.begin()
+        self.begin(deleting=True)
         gone, more = delete_delivered(self.conn, math.inf, limit)
         self.conn.execute("COMMIT")
         if gone or more:
             return {"delivered": gone}
         for kind in ("reading", "health"):
-            self.begin()
+            self.begin(deleting=True)
             seqs = [seq for (seq,) in self.conn.execute(
                 "SELECT q.seq FROM queue q CROSS JOIN outbox o ON o.seq = q.seq WHERE o.kind = ?"
                 " ORDER BY q.seq LIMIT ?", (kind, limit))]
@@ -855,6 +892,7 @@ class Store:
         policy leaves free pages the next commits reuse without the file growing. Without a
         reserve, the drop is tried all the same: some other file may have shrunk meanwhile."""
         freed = {"reserve": self.release_reserve()} if self.reserve.exists() else {}
+        self._checkpoint()
         try:
             freed.update(self.drop_oldest(now, ROOM_CHUNK))
         except sqlite3.OperationalError as exc:
@@ -874,11 +912,17 @@ class Store:
         grows the database file as it needs, and the WAL starts over at its next write. Its size."""
         size = self.reserve.stat().st_size
         self.reserve.unlink()
-        try:  # PASSIVE: a reader's snapshot the checkpoint cannot pass is not waited for (the writer must go on)
-            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        except sqlite3.OperationalError:
-            pass
+        self._checkpoint()
         return size
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database where room allows, so that the next write starts the WAL
+        over in place instead of growing it. PASSIVE: a reader's snapshot it cannot pass is not
+        waited for, the writer must go on."""
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.OperationalError:  # a page it could not write, for want of room: the next try
+            pass
 
     def keep_reserve(self) -> None:
         """Make the reserve where it is missing and the filesystem has room for it twice over.
