@@ -13,20 +13,24 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
 
-from edgegw.model import Alarm
+from edgegw.model import BATCH_SCHEMA_FILE, Alarm
 from edgegw.store import RESERVE_BYTES, Store, disk_usage, status
 
 BODY = json.dumps({"type": "reading", "pad": "x" * 300})
+VALIDATOR = jsonschema.Draft202012Validator(json.loads(BATCH_SCHEMA_FILE.read_text()))
 
 
 @pytest.fixture
 def small_fs(tmp_path):
-    """A 24 MB tmpfs of its own: its free space is what these tests fill, not the host's."""
-    mnt = tmp_path / "fs"
+    """A 24 MB tmpfs of its own at ``tmp_path / "data"`` (the daemon's data directory in
+    tests.gateway's config): its free space is what these tests fill, not the host's."""
+    mnt = tmp_path / "data"
     mnt.mkdir()
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
@@ -216,3 +220,97 @@ def test_only_alarms_left_the_commit_waits_and_nothing_is_dropped(small_fs):
     assert freed == {}
     assert store.conn.execute("SELECT count(*) FROM outbox WHERE kind = 'alarm'").fetchone()[0] == first
     store.close()
+
+
+def test_the_daemon_on_a_full_disk_commits_and_raises_every_alarm_and_says_so(tmp_path, small_fs,
+                                                                              persistent_mosquitto):
+    from edgegw.radio.emulator import RylrEmulator
+    from tests.broker import Subscriber
+    from tests.gateway import Daemon, Sender, wait_until, write_config
+
+    emulator = RylrEmulator(tmp_path / "rylr0")
+    emulator.plug()
+    # min_free under the reserve: the cap leaves the filling to the commits, the path of issue 16.
+    config = write_config(tmp_path, emulator.link, persistent_mosquitto.port, log_level="info",
+                          extra='\n[store]\nmin_free = "1MB"\n')
+    config.write_text('health_every = "2s"\n' + config.read_text())
+    daemon = Daemon(config)
+    sub = Subscriber("127.0.0.1", persistent_mosquitto.port, "test/gw-test/batches", client_id="platform")
+    # A frame the module could not pass on while the daemon did not read is the radio's loss, not
+    # the gateway's: it is not counted as sent.
+    sender = Sender(emulator, strict=False)
+
+    def accepted() -> int:
+        daemon._check_alive()  # a crash fails the test at once, not at a timeout
+        return sum(d["readings"] for d in daemon.status().get("devices", []))
+
+    def cli_status() -> tuple[str, dict]:
+        def run(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-m", "edgegw", "status", *args, "-c", str(config)],
+                                  capture_output=True, text=True, timeout=60, check=True)
+        return run().stdout, json.loads(run("--json").stdout)
+
+    try:
+        sub.wait_subscribed(timeout=20)
+        daemon.start().wait_receiving()
+        sender.quiet(300)
+        wait_until(lambda: daemon.status().get("outbox", {}).get("delivered", 0) >= 300, 30, "300 delivered")
+        persistent_mosquitto.stop()  # the uplink is down: readings pile up
+        sender.burst(3000)
+        wait_until(lambda: accepted() >= len(sender.sent), 60, "the backlog committed")
+        wait_until(lambda: (small_fs / "edgegw.reserve").exists(), 30, "the reserve made")
+        fill_up(small_fs)
+
+        # Frames keep coming, with a trap sprung in each burst: until a commit has failed for want
+        # of space, and then until the room made then is used up and unsent readings had to go.
+        full = False
+        for _ in range(60):
+            sender.quiet(600)  # the trap armed: the next frame springs it
+            sender.send("trap-01", {"state": "sprung", "tamper": False, "battery": 3.3})
+            wait_until(lambda: accepted() >= len(sender.sent), 60, f"frames committed (log: {daemon.log_tail()})")
+            full = full or "disk full: a commit failed" in daemon.log.read_text()
+            if full and daemon.status()["dropped"].get("reading"):
+                break
+        assert full, "no commit failed: the filesystem never filled"
+        assert not (small_fs / "edgegw.reserve").exists()  # given back to make room
+
+        sprung = [rid for rid, v in sender.sent.items() if v.get("state") == "sprung"]
+        db = sqlite3.connect(f"file:{daemon.db}?mode=ro", uri=True)
+        alarms = [json.loads(b) for (b,) in db.execute("SELECT body FROM alarms WHERE kind = 'trap_sprung'")]
+        logged = db.execute("SELECT count(*) FROM alarms").fetchone()[0]
+        queued = db.execute("SELECT count(*) FROM outbox WHERE kind = 'alarm'").fetchone()[0]
+        dropped = dict(db.execute("SELECT kind, count FROM drops WHERE reason = 'disk_cap'"))
+        left = db.execute("SELECT count(*) FROM outbox WHERE kind = 'reading'").fetchone()[0]
+        db.close()
+        assert sorted(a["reading"] for a in alarms) == sorted(sprung)  # every sprung trap raised its alarm
+        assert queued == logged  # and each waits in the outbox for the platform
+        # Nothing heard was lost: each reading is in the outbox, delivered and purged at the cap, or
+        # dropped there (the oldest, counted).
+        assert accepted() == len(sender.sent)
+        assert dropped.get("reading", 0) > 0 and "alarm" not in dropped
+        assert left + dropped["reading"] + 300 == len(sender.sent)  # 300: delivered, the first to go
+
+        text, st = cli_status()
+        assert st["disk"]["state"] == "low" and "disk     LOW" in text  # the other file is still there
+        assert "LATE" not in text  # the heartbeat, on the same filesystem, is still written
+        assert st["disk"]["last_full"]["freed"] and "last FULL" in text
+        full = [e for e in daemon.log_events() if e["event"].startswith("disk full: a commit failed")]
+        assert full[0]["freed"] == {"reserve": RESERVE_BYTES, "delivered": 300}  # the reserve first
+
+        persistent_mosquitto.start()
+        sub.wait_subscribed(timeout=20)
+
+        def received(kind: str) -> list[dict]:
+            return [i for b in sub.json_messages() for i in b["items"] if i["type"] == kind]
+        wait_until(lambda: {a["reading"] for a in received("alarm") if a["alarm"] == "trap_sprung"} >= set(sprung),
+                   60, "every trap-sprung alarm at the platform")
+        health = wait_until(lambda: [h for h in received("health") if h.get("disk_state") == "low"], 30,
+                            "a health report saying the disk is low")
+        for batch in sub.json_messages():
+            VALIDATOR.validate(batch)
+        assert health[-1]["disk_free_bytes"] < 2 * RESERVE_BYTES  # no room to make the reserve again
+        assert daemon.stop() == 0
+    finally:
+        sub.close()
+        daemon.stop()
+        emulator.unplug()
