@@ -370,7 +370,7 @@ class Gateway:
         freed = self.store.make_room(now)
         for kind, n in freed.items():
             self.disk_full["freed"][kind] = self.disk_full["freed"].get(kind, 0) + n
-        dropped = {k: n for k, n in freed.items() if k not in ("delivered", "reserve")}
+        dropped = {k: n for k, n in freed.items() if k not in ("delivered", "reserve", "growth_limit")}
         if self.throttle.allow(("disk full",)) is not None or dropped:
             log.error("disk full: a commit failed; freeing space by the disk cap's policy and trying again",
                       events=len(group), tries=self.disk_full["tries"], freed=freed,

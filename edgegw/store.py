@@ -376,6 +376,7 @@ class Store:
         self._next_seq: int | None = None  # the seq of the next reading, once known in this transaction
         self.page_size = self.conn.execute("PRAGMA page_size").fetchone()[0]
         self._max_pages = 0  # see _limit_growth
+        self._grow_freely = False  # see make_room
 
     def _rows(self, sql: str) -> list[dict[str, Any]]:
         cur = self.conn.execute(sql)
@@ -424,7 +425,8 @@ class Store:
         wal_full = CHECKPOINT_PAGES * (self.page_size + 24) + 32  # frame headers, the WAL's header
         wal_growth = max(0, wal_full - _file_size(self.path.with_name(self.path.name + "-wal")))
         free = shutil.disk_usage(self.path.parent).free
-        pages = (_file_size(self.path) + (free - min(wal_growth, free // 2)) // 2) // self.page_size
+        room = free // 2 if self._grow_freely else (free - min(wal_growth, free // 2)) // 2
+        pages = (_file_size(self.path) + room) // self.page_size
         if deleting and free >= 2 * DELETE_SLACK:
             pages = max(pages, self.conn.execute("PRAGMA page_count").fetchone()[0] + DELETE_SLACK // self.page_size)
         pages = min(pages, MAX_PAGES)
@@ -466,6 +468,7 @@ class Store:
             )
             self._rejects_added = 0
         self.conn.execute("COMMIT")
+        self._grow_freely = False
         if write:
             self._counts, self._counts_due = ({}, {}), time.monotonic() + COUNTS_EVERY
         else:
@@ -890,15 +893,25 @@ class Store:
         the WAL cannot start over, and a DELETE, which appends to it too, fails like the commit.
         With the reserve given back, the checkpoint completes, and one chunk dropped by the cap's
         policy leaves free pages the next commits reuse without the file growing. Without a
-        reserve, the drop is tried all the same: some other file may have shrunk meanwhile."""
+        reserve, the drop is tried all the same: some other file may have shrunk meanwhile.
+
+        With nothing left to drop, the limit on the database's growth (see :meth:`_limit_growth`)
+        is eased for the next commit (``{"growth_limit": 1}``): to half the free space, whatever
+        the WAL may need, so that a group of alarms goes in where the filesystem has room for it,
+        at some of the risk the limit is there to avoid."""
         freed = {"reserve": self.release_reserve()} if self.reserve.exists() else {}
         self._checkpoint()
         try:
-            freed.update(self.drop_oldest(now, ROOM_CHUNK))
+            dropped = self.drop_oldest(now, ROOM_CHUNK)
         except sqlite3.OperationalError as exc:
             if not _full(exc):
                 raise
             self.rollback()
+            dropped = {}
+        freed.update(dropped)
+        if not freed and not self._grow_freely:
+            self._grow_freely = True
+            freed = {"growth_limit": 1}
         return freed
 
     @property
