@@ -314,3 +314,72 @@ def test_the_daemon_on_a_full_disk_commits_and_raises_every_alarm_and_says_so(tm
         sub.close()
         daemon.stop()
         emulator.unplug()
+
+
+def test_with_only_alarms_left_the_daemon_waits_says_disk_full_and_commits_once_there_is_room(tmp_path, small_fs):
+    from edgegw.radio.emulator import RylrEmulator
+    from edgegw.running import daemon_state
+    from tests.broker import free_port
+    from tests.gateway import Daemon, Sender, wait_until, write_config
+
+    emulator = RylrEmulator(tmp_path / "rylr0")
+    emulator.plug()
+    # An uplink that never comes up: with none at all, alarms would count as delivered, and go first.
+    config = write_config(tmp_path, emulator.link, free_port(), log_level="warning",
+                          extra='\n[store]\nmin_free = "1MB"\n')
+    daemon = Daemon(config)
+    sender = Sender(emulator, strict=False)  # while the writer waits, the module's buffer overflows
+
+    def cli_status() -> tuple[str, dict]:
+        def run(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-m", "edgegw", "status", *args, "-c", str(config)],
+                                  capture_output=True, text=True, timeout=60, check=True)
+        return run().stdout, json.loads(run("--json").stdout)
+
+    try:
+        daemon.start().wait_receiving()
+        wait_until(lambda: (small_fs / "edgegw.reserve").exists(), 30, "the reserve made")
+        filler = fill_up(small_fs)
+        # Only traps, each frame an alarm (sprung, re-armed): their readings go, the alarms fill the disk.
+        def waiting() -> bool:  # as the heartbeat says it (every 10 s): the log says it once a minute
+            daemon._check_alive()
+            return bool((daemon_state(small_fs).get("heartbeat") or {}).get("disk_full"))
+        def kinds() -> dict[str, int]:
+            db = sqlite3.connect(f"file:{daemon.db}?mode=ro", uri=True)
+            try:
+                return dict(db.execute("SELECT kind, count(*) FROM outbox GROUP BY kind").fetchall())
+            finally:
+                db.close()
+        for _ in range(100):
+            for _ in range(20_000):
+                if not sender.send("trap-01"):
+                    break  # the module's buffer is full: the daemon stopped reading, its writer waits
+            if waiting() and not kinds().get("reading"):
+                break  # every reading went, and the alarms wait for room
+        else:
+            raise AssertionError("the writer never had to wait with only alarms left")
+        text, st = wait_until(lambda: (r := cli_status())[1]["disk"]["state"] == "full" and r, 30,
+                              "status saying the disk is full")
+        assert "DISK FULL since" in text and "disk     FULL" in text
+        assert kinds()["alarm"] > 0 and not kinds().get("reading")  # every reading went; no alarm did
+
+        filler.unlink()  # a maintainer makes room
+        wait_until(lambda: any(e["event"].startswith("disk no longer full") for e in daemon.log_events()), 30,
+                   "the waiting group committed")
+        sprung = {rid for rid, v in sender.sent.items() if v["state"] == "sprung"}
+
+        def raised() -> set[str]:
+            daemon._check_alive()
+            db = sqlite3.connect(f"file:{daemon.db}?mode=ro", uri=True)
+            try:
+                return {r for (r,) in db.execute("SELECT json_extract(body, '$.reading') FROM alarms"
+                                                 " WHERE kind = 'trap_sprung'")}
+            finally:
+                db.close()
+        # Frames the module passed on while the writer waited are read and committed now: each
+        # sprung trap has its alarm (the module's own buffer may have lost frames: not sent, here).
+        wait_until(lambda: raised() == sprung, 60, "every sprung trap's alarm")
+        assert daemon.stop() == 0
+    finally:
+        daemon.stop()
+        emulator.unplug()
