@@ -89,6 +89,9 @@ RESERVE_NAME = "edgegw.reserve"
 MAX_PAGES = 0xFFFFFFFE  # SQLite's own limit on a database's pages
 CHECKPOINT_PAGES = 4 * 1024 * 1024 // PAGE_SIZE  # see _configure
 DELETE_SLACK = 256 * 1024  # see Store._limit_growth
+# Above this much free space the database's growth is not limited: no transaction grows it by half as much.
+UNLIMITED_ABOVE = 64 * 1024 * 1024
+LIMIT_STEP = 16  # pages
 
 
 def _json(obj: object) -> str:
@@ -422,14 +425,20 @@ class Store:
         where the filesystem has twice that: deleting rows rebalances the tree, which may take a
         new page or two, and a delete that fails for want of a page makes no room at all.
         """
-        wal_full = CHECKPOINT_PAGES * (self.page_size + 24) + 32  # frame headers, the WAL's header
-        wal_growth = max(0, wal_full - _file_size(self.path.with_name(self.path.name + "-wal")))
-        free = shutil.disk_usage(self.path.parent).free
-        room = free // 2 if self._grow_freely else (free - min(wal_growth, free // 2)) // 2
-        pages = (_file_size(self.path) + room) // self.page_size
-        if deleting and free >= 2 * DELETE_SLACK:
-            pages = max(pages, self.conn.execute("PRAGMA page_count").fetchone()[0] + DELETE_SLACK // self.page_size)
-        pages = min(pages, MAX_PAGES)
+        fs = os.statvfs(self.path.parent)
+        free = fs.f_bavail * fs.f_frsize
+        if free > UNLIMITED_ABOVE:  # one statvfs: the rest took 20 us a transaction here
+            pages = MAX_PAGES
+        else:
+            wal_full = CHECKPOINT_PAGES * (self.page_size + 24) + 32  # frame headers, the WAL's header
+            wal_growth = max(0, wal_full - _file_size(self.path.with_name(self.path.name + "-wal")))
+            room = free // 2 if self._grow_freely else (free - min(wal_growth, free // 2)) // 2
+            # In steps of LIMIT_STEP pages, so that the PRAGMA runs when the limit moves, not at every byte.
+            pages = (_file_size(self.path) + room) // self.page_size // LIMIT_STEP * LIMIT_STEP
+            if deleting and free >= 2 * DELETE_SLACK:
+                pages = max(pages, self.conn.execute("PRAGMA page_count").fetchone()[0]
+                            + DELETE_SLACK // self.page_size)
+            pages = min(pages, MAX_PAGES)
         if pages != self._max_pages:
             self.conn.execute(f"PRAGMA max_page_count={pages}")
             self._max_pages = pages
