@@ -14,10 +14,12 @@ from edgegw import __version__
 from edgegw.config import Config, load_config
 from edgegw.drivers import DriverRegistry, load_drivers
 from edgegw.errors import ConfigError, DecodeError, DriverLoadError, StoreError
+from edgegw.keys import load_keys
 
 EXIT_CONFIG = 2
 EXIT_ALREADY_RUNNING = 3  # systemd/edgegw.service: RestartPreventExitStatus, as for a config error
 EXIT_DATA_DIR = 4  # the data directory cannot be written: also not restarted (see edgegw.dbfile)
+EXIT_DATABASE_DAMAGED = 5  # restarted by systemd: the next start sets the damaged database aside
 
 config_option = click.option(
     "-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -26,9 +28,10 @@ config_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 
 
-def _load(path: Path) -> tuple[Config, DriverRegistry]:
+def _load(path: Path, keys: bool = False) -> tuple[Config, DriverRegistry]:
+    # keys: only what uses them (run, config check) needs the keys file, which others may not read.
     try:
-        return load_config(path)
+        return load_config(path, keys)
     except ConfigError as exc:
         click.echo(f"{len(exc.problems)} problem(s) in {exc.path}:", err=True)
         for p in exc.problems:
@@ -49,10 +52,10 @@ def run(config_path: Path) -> None:
 
     Example: edgegw run -c configs/demo.toml
     """
-    config, drivers = _load(config_path)
+    config, drivers = _load(config_path, keys=True)
     from edgegw import daemon, log
 
-    from edgegw.dbfile import DataDirUnusable
+    from edgegw.dbfile import DatabaseDamaged, DataDirUnusable
     from edgegw.running import AlreadyRunning
 
     log.configure(config.log.level, config.log.format)
@@ -66,6 +69,9 @@ def run(config_path: Path) -> None:
     except DataDirUnusable as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(EXIT_DATA_DIR)
+    except DatabaseDamaged as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_DATABASE_DAMAGED)
 
 
 @cli.command()
@@ -92,6 +98,11 @@ def status(config_path: Path, as_json: bool) -> None:
             part["recorded_state"], part["state"] = part["state"], "not running"
     heard = {d["id"] for d in st["devices"]}
     st["never_heard"] = [d.id for d in config.devices if d.id not in heard]
+    try:
+        keyed = set(load_keys(config.keys_file)) if config.keys_file is not None else set()
+        st["not_authenticated"] = [d.id for d in config.devices if d.id not in keyed]
+    except ConfigError:  # not readable by this user, as it should be for most: run and config check say more
+        st["not_authenticated"] = None
     disk = st["disk"]
     disk.update(max_bytes=config.store.max_bytes, min_free=config.store.min_free)
     beat = st["daemon"].get("heartbeat") or {} if st["daemon"]["running"] else {}
@@ -194,6 +205,11 @@ def _format_status(st: dict) -> str:
                    f" {d['last_rssi'] if d['last_rssi'] is not None else '-':>5}"
                    f" {d['last_snr'] if d['last_snr'] is not None else '-':>5}"
                    f" {d['readings']:>8} {d['duplicates']:>5} {d['rejects']:>5}")
+    if st["not_authenticated"] is None:
+        out.append("not authenticated: unknown (the keys file cannot be read by this user)")
+    elif st["not_authenticated"]:
+        out.append("not authenticated: " + ", ".join(st["not_authenticated"])
+                   + " (no key: anyone in radio range can send as them; see edgegw keys new)")
     if st["never_heard"]:
         out.append("never heard: " + ", ".join(st["never_heard"]) + " (configured, no frame yet: range, address, radio settings?)")
     for u in st["unknown_addresses"]:
@@ -462,10 +478,15 @@ def config_check(file: Path) -> None:
 
     Example: edgegw config check /etc/edgegw/gateway.toml
     """
-    config, drivers = _load(file)
+    config, drivers = _load(file, keys=True)
     uplinks = ", ".join(f"{u.name} ({u.type})" for u in config.effective_uplinks())
     click.echo(f"{file}: OK: gateway {config.gateway_id}, {len(config.sources)} source(s), "
                f"{len(config.devices)} device(s), uplinks: {uplinks}, data in {config.data_dir}")
+    keyed = set(load_keys(config.keys_file)) if config.keys_file is not None else set()
+    plain = [d.id for d in config.devices if d.id not in keyed]
+    if plain:
+        click.echo(f"not authenticated (anyone in radio range can send as them): {', '.join(plain)};"
+                   " see edgegw keys new")
     from edgegw.daemon import db_path
     from edgegw.errors import OutboxError
     from edgegw.outbox import Outbox
@@ -484,6 +505,87 @@ def config_check(file: Path) -> None:
             click.echo(f"warning: uplink {name!r} is not in this config, and {n} unsent item(s) in {db} wait for"
                        " it alone: the daemon will release them unsent. Keep its [[uplinks]] entry (same name)"
                        " until they are delivered.", err=True)
+
+
+@cli.group("keys")
+def keys_group() -> None:
+    """Provision the keys of sensors that authenticate their frames."""
+
+
+def _keyed_device(config: Config, device_id: str):
+    device = next((d for d in config.devices if d.id == device_id), None)
+    if device is None:
+        raise click.ClickException(f"no device {device_id!r} in the config; devices: "
+                                   f"{', '.join(d.id for d in config.devices) or 'none'}")
+    if config.keys_file is None:
+        raise click.ClickException('the config has no keys_file: add one at the top, e.g.'
+                                   ' keys_file = "/etc/edgegw/keys.toml"')
+    return device
+
+
+@keys_group.command("new")
+@click.argument("device_id")
+@config_option
+@click.option("--replace", is_flag=True, help="replace the device's existing key (the sensor needs the new one)")
+def keys_new(device_id: str, config_path: Path, replace: bool) -> None:
+    """Make a key for DEVICE_ID, store it in the config's keys_file (readable by its owner only),
+    and print what the sensor's firmware needs.
+
+    Example: edgegw keys new trap-01 -c /etc/edgegw/gateway.toml
+    """
+    from edgegw.keys import new_key
+
+    config, _ = _load(config_path)
+    device = _keyed_device(config, device_id)
+    assert config.keys_file is not None
+    try:
+        if not replace and config.keys_file.exists() and device_id in load_keys(config.keys_file):
+            raise click.ClickException(f"{device_id} already has a key in {config.keys_file}; --replace makes a"
+                                       " new one (and the sensor must then be given it)")
+        key = new_key(config.keys_file, device_id)
+    except ConfigError as exc:
+        raise click.ClickException("; ".join(f"{exc.path}: {p}" for p in exc.problems)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {config.keys_file}: {exc.strerror}") from None
+    click.echo(f"{device_id}: key written to {config.keys_file} (readable by its owner only)\n"
+               f"  key        {key.hex()}\n"
+               f"  device id  {device.address} (its radio address: 4 bytes, big-endian, in every frame)\n"
+               "  counter    start at 1, add 1 before every frame, keep it in non-volatile memory, never reuse one\n"
+               f"  firmware   firmware/edgegw_frame.c: edgegw_seal(key, {device.address}, counter, payload, len,"
+               " out, sizeof out)\n"
+               "Restart the gateway (systemctl restart edgegw) for it to take the key.")
+
+
+@keys_group.command("reset-counter")
+@click.argument("device_id")
+@config_option
+def keys_reset_counter(device_id: str, config_path: Path) -> None:
+    """Accept DEVICE_ID's frame counter from the start again: for a sensor whose counter restarted
+    (a new battery without non-volatile memory, a reflashed board). Run on site, with the daemon
+    stopped; nothing sent over the air can do this.
+
+    Example: systemctl stop edgegw; edgegw keys reset-counter trap-01 -c /etc/edgegw/gateway.toml
+    """
+    from edgegw.daemon import db_path
+    from edgegw.running import AlreadyRunning, DataDirLock
+    from edgegw.store import Store
+
+    config, _ = _load(config_path)
+    _keyed_device(config, device_id)
+    try:
+        lock = DataDirLock(config.data_dir, __version__)  # also keeps a daemon from starting meanwhile
+    except AlreadyRunning as exc:
+        raise click.ClickException(f"{exc}. Stop it first: systemctl stop edgegw") from None
+    try:
+        store = Store(db_path(config))
+        forgotten = store.reset_counter(device_id)
+        store.close()
+    finally:
+        lock.release()
+    if forgotten is None:
+        click.echo(f"{device_id}: no authenticated frame accepted yet; nothing to reset")
+    else:
+        click.echo(f"{device_id}: counter {forgotten} forgotten; the next authenticated frame starts it again")
 
 
 @cli.command()

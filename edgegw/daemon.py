@@ -4,8 +4,10 @@ Threads, not asyncio: every stage blocks on I/O of its own (a serial port, a soc
 thread per stage keeps each one readable alone. Exactly one thread, the writer, touches the
 database for writing; everything else talks to it through one queue.
 
-The writer takes whatever arrived while its previous commit ran and commits it as one group: the
-loss window of a crash is the frames read from the port but not yet committed, at most one group.
+The writer takes whatever arrived while its previous commit ran and commits it as one group; a
+source reads its port again only once its last hand-over is committed. So the loss window of a
+crash is the frames read from the port but not yet committed: one read turn per source, at most
+16 KiB (``rylr.TURN_BYTES``; about 420 frames of a 39-byte line).
 """
 
 from __future__ import annotations
@@ -115,6 +117,7 @@ class Gateway:
         self.purged = 0  # delivered items purged by the current round of chunks, logged when it ends
         # While commits fail for want of space: since when, how many tries, the group's size (for status).
         self.disk_full: dict[str, Any] | None = None
+        self.damaged: str | None = None  # damage SQLite found in the database in use: the daemon exits
         self._health: threading.Thread | None = None  # the health report being built
         self.ingest = Ingest(config, drivers, self.store, self.uplink_mask)
         self.rules = RuleEngine(config, drivers, self.store.conn, time.time(), time.monotonic())
@@ -150,7 +153,7 @@ class Gateway:
         for fwd, uplink in zip(self.forwarders, self.config.effective_uplinks()):
             # After a crash the forwarder starts over with a fresh uplink: the old one was stopped.
             self._stage(f"forwarder:{uplink.name}", lambda f=fwd: f.run(self._forward_stop), self._forward_stop,
-                        on_crash=lambda f=fwd, u=uplink: setattr(f, "uplink", build_uplink(u, self.config)))
+                        on_crash=lambda _, f=fwd, u=uplink: setattr(f, "uplink", build_uplink(u, self.config)))
         for source in self.config.sources:
             port = source.port
             if source.simulate is not None:
@@ -168,7 +171,10 @@ class Gateway:
     def _start_simulation(self, source) -> Path:
         link = self.config.data_dir / f"{source.name}.pty"
         emulator = RylrEmulator(link)
-        field = VirtualField(load_field(source.simulate), self.drivers, emulator)
+        # The virtual sensors are provisioned with the gateway's keys, as an installer flashes real ones.
+        keys = {d.address: key for d in self.config.devices if self.config.device_source(d) == source.name
+                and (key := self.ingest.auth[d.id].key) is not None}
+        field = VirtualField(load_field(source.simulate), self.drivers, emulator, keys=keys)
         emulator.plug()
         self.emulators.append(emulator)
         self._stage(f"field:{source.name}", lambda: field.run(self._source_stop), self._source_stop)
@@ -177,9 +183,20 @@ class Gateway:
 
     def _stage(self, name: str, target, stop: threading.Event, stale_after: float | None = None,
                on_crash=None) -> Stage:
-        stage = Stage(name, target, stop, stale_after, on_crash)
+        def crashed(exc: Exception) -> None:
+            if dbfile.is_damage(exc):
+                self._database_damaged(exc)
+            if on_crash is not None:
+                on_crash(exc)
+
+        stage = Stage(name, target, stop, stale_after, crashed)
         self.stages.append(stage)
         return stage
+
+    def _database_damaged(self, exc: BaseException) -> None:
+        """SQLite found damage in the database in use: note it and have the daemon exit (see :func:`run`)."""
+        if self.damaged is None:
+            self.damaged = dbfile.mark_damaged(db_path(self.config), exc)
 
     def problems(self) -> dict[str, str]:
         """The stages that are not alive now, and why: while there are any, systemd's watchdog goes hungry."""
@@ -192,13 +209,16 @@ class Gateway:
         return {"stages": {s.name: s.describe(now) for s in self.stages}, "disk_full": self.disk_full,
                 "disk_state": self.disk_state()}
 
-    def _writer_crashed(self) -> None:
+    def _writer_crashed(self, exc: Exception) -> None:
         """A bug in the writer: undo its open transaction and reload what it had cached, then restart."""
         self.store.rollback()
         self.rules.reload()
 
-    def _emit(self, events: list) -> None:
-        self.events.put(events)
+    def _emit(self, events: list) -> threading.Event:
+        """Queue a source's hand-over; the Event returned is set once the writer is done with it."""
+        committed = threading.Event()
+        self.events.put((events, committed))
+        return committed
 
     def stop(self) -> None:
         """Stop reading, commit what was read, stop forwarding. Nothing accepted is lost by stopping."""
@@ -252,12 +272,17 @@ class Gateway:
                         except queue.Empty:
                             break
                     done = None in group
-                    # Sources hand over a list per read turn, forwarders one event at a time.
-                    events = [e for item in group for e in (item if isinstance(item, list) else (item,))]
+                    # Sources hand over (a list per read turn, its receipt), forwarders one event at a time.
+                    events = [e for item in group for e in (item[0] if isinstance(item, tuple) else (item,))]
                     events = [e for e in events if e is not None]
-                    after = self._commit_group(events)
-                    while after is None:  # the disk is full: free space by the cap's policy, then retry
-                        after = self._retry_when_full(events)
+                    try:
+                        after = self._commit_group(events)
+                        while after is None:  # the disk is full: free space by the cap's policy, then retry
+                            after = self._retry_when_full(events)
+                    finally:  # committed, or failed for good (or the writer crashed): the source may read again
+                        for item in group:
+                            if isinstance(item, tuple):
+                                item[1].set()
                 self._announce(after)
                 next_clock_save = time.monotonic() + CLOCK_SAVE_EVERY
             if time.monotonic() >= next_tick:
@@ -322,6 +347,8 @@ class Gateway:
             self.rules.reload()
             if isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode == sqlite3.SQLITE_FULL:
                 return None
+            if dbfile.is_damage(exc):
+                self._database_damaged(exc)
             # Another database error (I/O error) must not kill the writer: the group is not
             # accepted, its frames are lost as if never heard, and we say so loudly.
             log.exception("commit failed; group dropped", events=len(group))
@@ -533,8 +560,8 @@ class Gateway:
             log.exception("integrity check could not run")
             return
         if problems:
-            log.error("database integrity check found problems; back it up and tell a maintainer",
-                      problems=problems[:10])
+            # Not written to any more: SQLite can spread damage it writes over, and lose what it commits.
+            self._database_damaged(sqlite3.DatabaseError("quick_check: " + "; ".join(problems[:3])))
         else:
             log.info("database integrity check ok", seconds=round(time.monotonic() - started, 2))
 
@@ -602,7 +629,14 @@ def run(config: Config, drivers: DriverRegistry) -> None:
     dbfile.check_data_dir(config.data_dir)  # before the lock, which needs it too: one clear line, not a traceback
     lock = DataDirLock(config.data_dir, __version__)
     try:
-        gateway = Gateway(config, drivers)
+        try:
+            gateway = Gateway(config, drivers)
+        except sqlite3.DatabaseError as exc:  # opened, but damaged where starting up reads
+            if not dbfile.is_damage(exc):
+                raise
+            raise dbfile.DatabaseDamaged(f"the database {db_path(config)} is damaged"
+                                         f" ({dbfile.mark_damaged(db_path(config), exc)});"
+                                         " start again to set it aside and begin a fresh one") from None
         done = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: done.set())
@@ -610,6 +644,9 @@ def run(config: Config, drivers: DriverRegistry) -> None:
         _watch(gateway, lock, done)
         log.info("stopping", gateway=config.gateway_id)
         gateway.stop()
+        if gateway.damaged is not None:
+            raise dbfile.DatabaseDamaged(f"the database {db_path(config)} is damaged ({gateway.damaged});"
+                                         " start again to set it aside and begin a fresh one")
     finally:
         lock.release()
 
@@ -620,7 +657,7 @@ def _watch(gateway: Gateway, lock: DataDirLock, done: threading.Event) -> None:
     named: dict[int, str] = {}
     throttle = Throttle(60.0)
     next_beat = 0.0
-    while not done.wait(1.0):
+    while not done.wait(1.0) and gateway.damaged is None:
         named = name_os_threads(named)
         if problems := gateway.problems():
             for stage, problem in problems.items():

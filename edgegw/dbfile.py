@@ -12,13 +12,16 @@ first, and the loss is logged and recorded.
 
 :func:`open_store` then opens the database. One that is not a database, is malformed, or whose path
 cannot be opened as a file is moved aside with its -wal and -shm (never deleted) and a fresh one is
-started, so frames and alarms keep flowing. Every such incident is written to the ``damage`` table
+started, so frames and alarms keep flowing. Damage found while the database is in use (SQLite says
+"malformed" to a stage) is noted beside it by :func:`mark_damaged`; the daemon exits and, restarted,
+sets it aside the same way. Every such incident is written to the ``damage`` table
 of the database in use (``edgegw status``, the health report) and queued as a ``database_damaged``
 alarm for every uplink by :func:`record`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -51,6 +54,10 @@ DAMAGED_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 
 class DataDirUnusable(EdgegwError):
     """The data directory cannot hold a database (not writable, not a directory): restarting cannot help."""
+
+
+class DatabaseDamaged(EdgegwError):
+    """SQLite found damage in the database in use; the next start sets it aside (see :func:`mark_damaged`)."""
 
 
 @dataclass(frozen=True)
@@ -239,13 +246,33 @@ def _move_aside(db: Path, at: float) -> Path:
     return target
 
 
+def is_damage(exc: BaseException) -> bool:
+    """The error says the database file is bad (not busy, full or failing I/O, which a new file would not cure)."""
+    return isinstance(exc, sqlite3.Error) and (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF in DAMAGED_CODES
+
+
 def _damaged(exc: sqlite3.Error, db: Path) -> bool:
-    """The error says the file is bad (not busy, full or failing I/O, which a new file would not cure)."""
-    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
-    if code in DAMAGED_CODES:
-        return True
     # CANTOPEN on a path that exists: a directory or another non-file where the database should be.
-    return code == sqlite3.SQLITE_CANTOPEN and os.path.lexists(db) and not db.is_file()
+    return is_damage(exc) or ((getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF == sqlite3.SQLITE_CANTOPEN
+                              and os.path.lexists(db) and not db.is_file())
+
+
+def _mark(db: Path) -> Path:
+    return db.with_name(f"{db.name}.corrupt")
+
+
+def mark_damaged(db: Path, exc: BaseException) -> str:
+    """Damage found in a database in use: note it beside the file, so that the next start sets the
+    database aside, and return the problem as the note says it. The caller then exits: SQLite may
+    spread damage it is writing over, and the gateway's connections all point into this file."""
+    problem = f"{exc} ({getattr(exc, 'sqlite_errorname', type(exc).__name__)})"
+    log.error("the database is damaged; the gateway exits, and restarted it sets the database aside"
+              " (kept, not deleted) and starts a fresh one", problem=problem)
+    try:
+        _mark(db).write_text(json.dumps({"problem": problem, "at": time.time()}))
+    except OSError as exc:  # the next start's checks (open, quick_check) find the damage again, later
+        log.error("could not note the damaged database for the next start", error=str(exc))
+    return problem
 
 
 def check_data_dir(data_dir: Path) -> None:
@@ -259,6 +286,20 @@ def check_data_dir(data_dir: Path) -> None:
         why = "not a directory" if data_dir.exists() and not data_dir.is_dir() else exc.strerror
         raise DataDirUnusable(f"the data directory {data_dir} cannot be written ({why}):"
                               " fix data_dir in the config, its owner or its filesystem") from None
+
+
+def _read_mark(db: Path) -> str | None:
+    """The problem noted by :func:`mark_damaged` when the database was last in use, if any."""
+    try:
+        note = _mark(db).read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"noted as damaged; the note cannot be read ({exc.strerror})"
+    try:
+        return str(json.loads(note)["problem"])
+    except (ValueError, KeyError, TypeError):
+        return "noted as damaged while in use"
 
 
 S = TypeVar("S")
@@ -285,13 +326,16 @@ def open_store(db: Path, opener: Callable[[Path], S]) -> tuple[S, list[Incident]
             torn_bytes=wal.torn_bytes, kept_as=kept_as)
         lost_frames = max(wal.discarded_frames, (wal.committed_frames or 0) - wal.kept_frames)
         incidents.append(Incident("wal", wal.problem or "", kept_as, now, lost_frames, wal.discarded_commits, lost))
-    try:
-        return opener(db), incidents
-    except sqlite3.Error as exc:
-        if not _damaged(exc, db):
-            raise
-        problem = f"{exc} ({exc.sqlite_errorname})"
+    problem = _read_mark(db)
+    if problem is None:
+        try:
+            return opener(db), incidents
+        except sqlite3.Error as exc:
+            if not _damaged(exc, db):
+                raise
+            problem = f"{exc} ({exc.sqlite_errorname})"
     target = _move_aside(db, now)
+    _mark(db).unlink(missing_ok=True)  # said in the log and the damage table from here on
     log.error("the database is damaged: moved aside (kept, not deleted) and a fresh one started",
               problem=problem, kept_as=target.name)
     incidents.append(Incident("database", problem, target.name, now))

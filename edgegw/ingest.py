@@ -26,7 +26,9 @@ import structlog
 from edgegw.clock import plausible
 from edgegw.config import Config, Device
 from edgegw.drivers import Decoded, Driver, DriverRegistry
+from edgegw.envelope import EnvelopeError, Opened, looks_sealed, open_envelope
 from edgegw.errors import DecodeError
+from edgegw.keys import load_keys
 from edgegw.model import Frame, Reading, Reject, boot_id
 from edgegw.store import LATE_WINDOW, DeviceState, Store
 
@@ -40,6 +42,15 @@ RECENT_FRAMES = LATE_WINDOW  # per device, at most: the frames a copy is checked
 # Rows read at most at start, newest first, to find the recent frames again (within the hour):
 # 0.12 s here when a backlog that large arrived in the last hour; its older copies count as new.
 RECENT_SCAN = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """What a device's frames must be: sealed with ``key`` (see edgegw.envelope), or may be plain."""
+
+    key: bytes | None
+    required: bool  # plain frames are refused...
+    plain_until: float | None  # ...except until then (the rollout window), marked unverified
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +101,10 @@ class Ingest:
         self.by_address: dict[tuple[str, int], tuple[Device, Driver]] = {
             (config.device_source(d), d.address): (d, drivers[d.driver]) for d in config.devices
         }
+        keys = load_keys(config.keys_file) if config.keys_file is not None else {}
+        self.auth = {d.id: Auth(keys.get(d.id), d.require_auth if d.require_auth is not None else d.id in keys,
+                                d.accept_plain_until.timestamp() if d.accept_plain_until else None)
+                     for d in config.devices}
         # device id -> {counter: (seq, accepted at)} of its recent frames in the current epoch, oldest first
         self.recent: dict[str, dict[int, tuple[int, float]]] = self._recent_frames(store)
 
@@ -115,8 +130,12 @@ class Ingest:
         device, driver = known
         state = self.store.device(device.id, frame.source, frame.address, device.driver, frame.wall)
         try:
-            decoded = driver.decode(frame.payload)
-        except DecodeError as exc:
+            # Before any driver sees it: a forged, replayed or plain frame is never decoded.
+            opened = self._authenticate(self.auth[device.id], frame, device, state)
+            if isinstance(opened, Duplicate):
+                return opened
+            decoded = driver.decode(frame.payload if opened is None else opened.payload)
+        except (DecodeError, EnvelopeError) as exc:
             reason, detail = exc.reason, exc.detail
         except Exception as exc:  # a driver bug must cost one frame, never the daemon
             reason, detail = "driver_error", f"{type(exc).__name__}: {exc}"
@@ -124,14 +143,38 @@ class Ingest:
             # What a driver returns is checked as a frame is: a NaN, an object or a counter past 64
             # bits failed the whole commit (every frame of the group), or the batch that rendered it.
             if (problem := unfit(decoded)) is None:
+                if opened is not None:  # the envelope's counter, not the payload's: it is the one authenticated
+                    return self._store_reading(frame, device, state, decoded.values, opened.counter, None, True)
                 return self._store_reading(frame, device, state, decoded.values, decoded.counter, decoded.epoch)
             reason, detail = "driver_error", f"{device.driver}: {problem}"
         state.rejects += 1
         self.store.touch(state)
         return Reject(frame.source, reason, detail, frame.address, device.id, frame.payload, frame.wall)
 
+    def _authenticate(self, auth: Auth, frame: Frame, device: Device, state: DeviceState) -> Opened | Duplicate | None:
+        """The frame's envelope, opened and fresh; None for a plain frame the device may send.
+
+        Raises :class:`EnvelopeError` with the reason to count. The counter accepted is kept in the
+        device's registry row, written in the same transaction as the reading. A second copy of a
+        recent frame (two modules, a repeated line) is a duplicate, as for plain frames; any other
+        frame whose counter is not newer is a replay.
+        """
+        if auth.key is not None and looks_sealed(frame.payload, frame.address or 0):
+            opened = open_envelope(auth.key, frame.address or 0, frame.payload)
+            if state.auth_counter is not None and opened.counter <= state.auth_counter:
+                earlier = f"{device.id}:{state.epoch}:{opened.counter}"
+                if self._copy(device.id, earlier, opened.counter, frame.payload, time.time()):
+                    return self._duplicate(state, frame, earlier)
+                raise EnvelopeError("replayed", f"frame counter {opened.counter}; the last accepted was"
+                                                f" {state.auth_counter}")
+            state.auth_counter = opened.counter
+            return opened
+        if auth.required and (auth.plain_until is None or frame.wall > auth.plain_until):
+            raise EnvelopeError("unauthenticated", "not an authenticated frame; this device must send them")
+        return None
+
     def _store_reading(self, frame: Frame, device: Device, state: DeviceState, values, counter: int | None,
-                       device_epoch: int | None) -> Reading | Duplicate:
+                       device_epoch: int | None, verified: bool = False) -> Reading | Duplicate:
         now = time.time()
         if counter is None:
             reading_id = f"{device.id}:h:{hashlib.sha256(frame.payload).hexdigest()[:16]}:{int(frame.wall // 60)}"
@@ -162,7 +205,7 @@ class Ingest:
             reading_id=reading_id, device_id=device.id, driver=device.driver, observed_at=observed,
             time_quality="synced" if plausible(observed) else "unsynced", counter=counter,
             values=values, source=frame.source, address=frame.address, rssi=frame.rssi,
-            snr=frame.snr, mono=frame.mono, boot_id=self.boot_id,
+            snr=frame.snr, mono=frame.mono, boot_id=self.boot_id, verified=verified,
         )
         seq = self.store.add_reading(reading, frame.payload, self.uplink_mask, now)
         if seq is None:

@@ -82,6 +82,7 @@ class Reading:
     snr: float | None
     mono: float
     boot_id: str
+    verified: bool = False  # its frame's MIC verified with the device's key (see edgegw.envelope)
 
 
 ALARM_KINDS = (
@@ -119,6 +120,7 @@ class Alarm:
     location: tuple[float, float] | None = None
     opens: bool = False
     closes: tuple[str, ...] = ()
+    verified: bool | None = None  # its reading's frame was authenticated; None: not caused by a frame
 
     def item(self) -> dict[str, Any]:
         """The batch item for this alarm (see the batch JSON Schema)."""
@@ -135,6 +137,7 @@ class Alarm:
             "time_quality": self.time_quality,
             "late": self.late,
             "reading": self.reading_id,
+            "verified": self.verified,
             "message": self.message,
             "details": self.details,
         }

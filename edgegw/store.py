@@ -69,7 +69,7 @@ from edgegw.model import PRIORITY_ALARM, PRIORITY_HEALTH, Alarm, Reading, iso
 
 # 4: the uplink bits live in the queue table, delivery times in deliveries.
 # 5: only items without a device counter have their id indexed (see ``DeviceState.seen``).
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 WAL_LIMIT = 8_000_000
 # Page cache per connection, KiB. SQLite's default is 2 MiB; the writer appends at the end of its
 # tables and the forwarder reads the head of the queue, so a quarter of that does the same work.
@@ -110,8 +110,8 @@ COUNTS_EVERY = 10.0
 
 # The columns of a reading's outbox row after its id, and their values (see Store.add_reading).
 READING_COLUMNS = ("kind, priority, device_id, driver, observed_at, time_quality, counter, mono, boot_id, source,"
-                   " address, rssi, snr, raw, body, accepted_at")
-READING_VALUES = "'reading', 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
+                   " address, rssi, snr, raw, body, accepted_at, verified")
+READING_VALUES = "'reading', 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
 
 # Counters this far behind the last one, never seen, are late frames, not a reset (see edgegw.ingest).
 LATE_WINDOW = 256
@@ -138,6 +138,9 @@ class DeviceState:
     # in for an index on the ids of counted readings: such an index took a fifth of what a burst
     # wrote to the SD card, for the rare frame whose counter went back.
     seen: int = 0
+    # The frame counter of the last authenticated frame accepted (see edgegw.envelope): committed
+    # with its reading, so a replay is rejected after any restart or power cut.
+    auth_counter: int | None = None
 
     @classmethod
     def of(cls, row: dict[str, Any]) -> DeviceState:
@@ -211,7 +214,8 @@ ITEM_SQL = """
 CASE WHEN o.kind = 'reading' AND o.driver IS NOT NULL THEN json_object(
     'type', 'reading', 'id', o.item_id, 'device', o.device_id, 'driver', o.driver,
     'observed_at', strftime('%Y-%m-%dT%H:%M:%fZ', floor(o.observed_at * 1000) / 1000.0, 'unixepoch'),
-    'time_quality', o.time_quality, 'counter', o.counter, 'values', json(o.body),
+    'time_quality', o.time_quality, 'counter', o.counter, 'verified', json(iif(o.verified, 'true', 'false')),
+    'values', json(o.body),
     'units', json(coalesce(dr.units, '{}')),
     'radio', json_object('gateway', (SELECT value FROM meta WHERE key = 'gateway_id'), 'source', o.source,
                          'address', o.address, 'rssi', o.rssi, 'snr', o.snr))
@@ -223,7 +227,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY, item_id TEXT NOT NULL, kind TEXT NOT NULL, priority INTEGER NOT NULL,
     device_id TEXT, observed_at FLOAT, mono FLOAT, boot_id TEXT, raw BLOB, body TEXT NOT NULL,
     accepted_at FLOAT NOT NULL,
-    driver TEXT, time_quality TEXT, counter INTEGER, source TEXT, address INTEGER, rssi FLOAT, snr FLOAT);
+    driver TEXT, time_quality TEXT, counter INTEGER, source TEXT, address INTEGER, rssi FLOAT, snr FLOAT,
+    verified INTEGER);
 -- Alarms, health reports and readings without a counter: their ids are how duplicates are found.
 CREATE UNIQUE INDEX IF NOT EXISTS outbox_uncounted ON outbox(item_id) WHERE counter IS NULL;
 -- Plain readings go in seq order, the table's own: only the few urgent items need an index.
@@ -237,7 +242,7 @@ CREATE TABLE IF NOT EXISTS uplinks (
 CREATE TABLE IF NOT EXISTS devices (
     id TEXT PRIMARY KEY, source TEXT, address INTEGER, driver TEXT, first_seen FLOAT, last_seen FLOAT,
     last_rssi FLOAT, last_snr FLOAT, last_counter INTEGER, epoch INTEGER, readings INTEGER,
-    duplicates INTEGER, rejects INTEGER, seen BLOB);
+    duplicates INTEGER, rejects INTEGER, seen BLOB, auth_counter INTEGER);
 CREATE TABLE IF NOT EXISTS sources (
     name TEXT PRIMARY KEY, state TEXT, detail TEXT, changed_at FLOAT, last_frame_at FLOAT, frames INTEGER);
 CREATE TABLE IF NOT EXISTS rejects (
@@ -263,9 +268,9 @@ CREATE TABLE IF NOT EXISTS damage (
 
 # Columns older schemas lack. Schema 1's reading rows keep their whole item in body, sent as it is.
 ADDED_COLUMNS = {"outbox": ["driver TEXT", "time_quality TEXT", "counter INTEGER", "source TEXT", "address INTEGER",
-                            "rssi FLOAT", "snr FLOAT"],
+                            "rssi FLOAT", "snr FLOAT", "verified INTEGER"],  # verified: 6
                  "uplinks": ["inflight INTEGER"],
-                 "devices": ["seen BLOB"],  # 5
+                 "devices": ["seen BLOB", "auth_counter INTEGER"],  # seen: 5, auth_counter: 6
                  "parked": ["seq INTEGER"]}  # 5
 
 
@@ -451,7 +456,7 @@ class Store:
             # also rewrote a page of the primary key's index in every commit.
             self.conn.executemany(
                 "INSERT INTO devices VALUES (:id, :source, :address, :driver, :first_seen, :last_seen,"
-                " :last_rssi, :last_snr, :last_counter, :epoch, :readings, :duplicates, :rejects, :seen)"
+                " :last_rssi, :last_snr, :last_counter, :epoch, :readings, :duplicates, :rejects, :seen, :auth_counter)"
                 f" ON CONFLICT(id) DO UPDATE SET {DEVICE_UPDATE}",
                 [self.devices[d].row() for d in self._dirty_devices],
             )
@@ -514,6 +519,20 @@ class Store:
     def touch(self, state: DeviceState) -> None:
         self._dirty_devices.add(state.id)
 
+    def reset_counter(self, device_id: str) -> int | None:
+        """Forget the device's last authenticated frame counter (a sensor whose counter restarted):
+        its next frames start a new counter epoch, so their ids do not repeat older readings'.
+        Returns the counter forgotten; None when the device never sent an authenticated frame."""
+        state = self.devices.get(device_id)
+        if state is None or state.auth_counter is None:
+            return None
+        forgotten = state.auth_counter
+        state.auth_counter, state.last_counter, state.seen, state.epoch = None, None, 0, state.epoch + 1
+        self.begin()
+        self.touch(state)
+        self.commit()
+        return forgotten
+
     def frame_heard(self, source: str, at: float) -> None:
         frames, _ = self._heard.get(source, (0, at))
         self._heard[source] = (frames + 1, at)
@@ -565,7 +584,7 @@ class Store:
         snr = None if reading.snr is None else round(reading.snr, 2)
         row = (reading.reading_id, reading.device_id, reading.driver, reading.observed_at, reading.time_quality,
                reading.counter, reading.mono, reading.boot_id, reading.source, reading.address, rssi, snr, raw,
-               _json(reading.values), now)
+               _json(reading.values), now, 1 if reading.verified else None)
         if reading.counter is None:  # its id is how a copy is found: by the index, at once
             self._flush()
             cur = self.conn.execute(f"INSERT OR IGNORE INTO outbox(item_id, {READING_COLUMNS})"

@@ -35,7 +35,7 @@ class Stage:
     """
 
     def __init__(self, name: str, target: Callable[[], None], stop: threading.Event,
-                 stale_after: float | None = None, on_crash: Callable[[], None] | None = None):
+                 stale_after: float | None = None, on_crash: Callable[[Exception], None] | None = None):
         self.name, self.target, self.stop = name, target, stop
         self.stale_after, self.on_crash = stale_after, on_crash
         self.restarts = 0
@@ -68,7 +68,7 @@ class Stage:
                 log.exception("stage crashed; restarting it", stage=self.name, restarts=self.restarts)
                 if self.on_crash is not None:
                     try:
-                        self.on_crash()
+                        self.on_crash(exc)
                     except Exception:
                         log.exception("putting a crashed stage right failed", stage=self.name)
             finally:

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from edgegw.radio.emulator import RylrEmulator
@@ -17,3 +19,16 @@ def emulator(unplugged):
     """An emulated RYLR module, plugged: its pty is reachable at ``emulator.link``."""
     unplugged.plug()
     return unplugged
+
+
+@pytest.fixture(autouse=True, scope="session")
+def demo_key():
+    """The demo box trap's key, as the README's set-up command makes it (edgegw keys new)."""
+    from edgegw.config import load_config
+    from edgegw.keys import load_keys, new_key
+
+    config, _ = load_config(Path(__file__).parent.parent / "configs" / "demo.toml", keys=False)
+    assert config.keys_file is not None
+    if not config.keys_file.exists() or "trap-shrine" not in load_keys(config.keys_file):
+        config.keys_file.parent.mkdir(parents=True, exist_ok=True)
+        new_key(config.keys_file, "trap-shrine")

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edgegw.drivers import load_drivers
+from edgegw.envelope import seal
 from edgegw.radio.emulator import RylrEmulator
 from edgegw.model import Reading, boot_id
 from edgegw.store import Store, status
@@ -44,6 +46,19 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = 
         time.sleep(poll)
 
 
+def committed_into(events: list) -> Callable[[list], threading.Event]:
+    """An ``emit`` for a source under test, without a writer: it keeps what the source hands over in
+    ``events`` and takes it as committed at once."""
+    def emit(handed: list) -> threading.Event:
+        events.extend(handed)
+        return COMMITTED
+    return emit
+
+
+COMMITTED = threading.Event()
+COMMITTED.set()
+
+
 def write_config(tmp: Path, link: Path, mqtt_port: int | None, topic: str = "test/{gateway}/batches",
                  extra: str = "", log_level: str = "debug", max_items: int = 50) -> Path:
     devices = "".join(
@@ -67,6 +82,8 @@ class Sender:
     strict: bool = True  # False: a frame the module could not pass on (host not reading) is just not recorded
     counters: dict[str, int] = field(default_factory=dict)
     sent: dict[str, dict[str, Any]] = field(default_factory=dict)  # reading id -> expected values
+    keys: dict[str, bytes] = field(default_factory=dict)  # devices that seal their frames (edgegw.envelope)
+    last: str = ""  # the last frame sent, as the module's hex
 
     def send(self, device_id: str, values: dict[str, Any] | None = None) -> str:
         _, address, driver = next(d for d in DEVICES if d[0] == device_id)
@@ -76,11 +93,16 @@ class Sender:
             values = ({"state": "sprung" if n % 2 else "armed", "tamper": False, "battery": 3.3}
                       if driver == "trap" else
                       {"level": (1000 + 7 * n) % 10000, "water_temperature": 12.5, "battery": 3.6})
-        data = DRIVERS[driver].encode(values, n).hex().upper()
+        payload = DRIVERS[driver].encode(values, n)
+        key = self.keys.get(device_id)
+        if key is not None:  # the envelope's counter names the reading; it starts at 1
+            payload = seal(key, address, n + 1, payload)
+        self.last = data = payload.hex().upper()
         if not self.emulator.receive(address, data, -80, 7.5):
             assert not self.strict, "emulator did not pass the frame (not configured?)"
             return ""
-        reading_id = f"{device_id}:{n >> 16}:{n & 0xFFFF}"  # the 16-bit counter wraps into a new epoch
+        # The 16-bit counter of a plain frame wraps into a new epoch.
+        reading_id = f"{device_id}:0:{n + 1}" if key else f"{device_id}:{n >> 16}:{n & 0xFFFF}"
         self.sent[reading_id] = values
         return reading_id
 

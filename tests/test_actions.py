@@ -24,7 +24,7 @@ with open(sys.argv[1], "a") as f:
 def alarm(kind: str = "trap_sprung", severity: str = "high", late: bool = False, n: int = 0) -> Alarm:
     return Alarm(f"trap-01:0:{n}:trap:{kind}", kind, severity, "trap-01", "trap", 1_790_000_000.0,
                  "trap Shrine box trap (trap-01) sprung", {"state": "sprung"}, f"trap-01:0:{n}", "synced", late,
-                 "Shrine box trap", (35.98, 138.15))
+                 "Shrine box trap", (35.98, 138.15), verified=True)
 
 
 def recorder(tmp_path, **options) -> tuple[CommandAction, object]:
@@ -70,7 +70,7 @@ def test_command_gets_the_alarm_on_stdin_and_key_fields_in_the_environment(tmp_p
         "EDGEGW_SEVERITY": "high", "EDGEGW_DEVICE": "trap-01", "EDGEGW_DEVICE_NAME": "Shrine box trap",
         "EDGEGW_RAISED_AT": "2026-09-21T14:13:20.000Z", "EDGEGW_LATE": "0",
         "EDGEGW_MESSAGE": "trap Shrine box trap (trap-01) sprung", "EDGEGW_LATITUDE": "35.98",
-        "EDGEGW_LONGITUDE": "138.15",
+        "EDGEGW_LONGITUDE": "138.15", "EDGEGW_VERIFIED": "1",
     }
 
 

@@ -26,7 +26,7 @@ from edgegw.model import Frame, Reject
 from edgegw.radio import SourceState
 from edgegw.radio.emulator import Air, ModuleSettings, RylrEmulator
 from edgegw.radio.field import Curve, FieldSpec, VirtualField, load_field, value_at
-from tests.gateway import wait_until
+from tests.gateway import committed_into, wait_until
 from edgegw.radio.rylr import RylrRadio, parse_rcv
 
 DRIVERS = load_drivers()
@@ -494,7 +494,7 @@ def test_field_run_reaches_the_radio(emulator):
                         spreading_factor=10, preamble=8, network_id=AIR["network_id"])
     events: list = []
     radio_stop, field_stop = threading.Event(), threading.Event()
-    radio = threading.Thread(target=RylrRadio(config, str(emulator.link)).run, args=(events.extend, radio_stop),
+    radio = threading.Thread(target=RylrRadio(config, str(emulator.link)).run, args=(committed_into(events), radio_stop),
                              daemon=True)
     air = threading.Thread(target=field.run, args=(field_stop,), kwargs={"speed": 400.0}, daemon=True)
     radio.start()

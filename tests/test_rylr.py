@@ -25,7 +25,7 @@ from edgegw.model import Frame, Reject
 from edgegw.radio import ReadTurn, SourceState
 from edgegw.radio import rylr
 from edgegw.radio.emulator import RylrEmulator
-from tests.gateway import wait_until
+from tests.gateway import committed_into, wait_until
 from edgegw.radio.rylr import ERRORS, MAX_LINE, LineReader, RylrRadio, parse_rcv
 
 
@@ -240,6 +240,17 @@ def test_line_reader_caps_a_stream_without_line_endings(bare_pty):
     assert reader.readline(2.0) == "x" * 100 + "\xb5y"  # latin-1: every byte is a character
 
 
+def test_line_reader_reads_at_most_the_bytes_asked_and_leaves_the_rest_in_the_kernel(bare_pty):
+    # The bound of a read turn, so of what a crash loses: more than ``most`` bytes are never read.
+    master, port = bare_pty
+    reader = LineReader(port)
+    os.write(master, b"+OK\r\n" * 10)
+    wait_until(lambda: port.in_waiting == 50, 2.0, "ten lines readable")
+    assert reader.available(12) == ["+OK", "+OK"]  # and the head "+O" of the third
+    assert port.in_waiting == 38
+    assert reader.available() == ["+OK"] * 8
+
+
 def reference_lines(stream: bytes) -> list[str]:
     """The lines of a byte stream as the reader must give them: split at \\n, one \\r stripped off
     the end (any number), and a run of more than MAX_LINE bytes without an ending cut every MAX_LINE."""
@@ -290,7 +301,7 @@ class Running:
         self.emulator = emulator
         self.events: list[Frame | Reject | SourceState] = []
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=radio.run, args=(self.events.extend, self.stop),
+        self.thread = threading.Thread(target=radio.run, args=(committed_into(self.events), self.stop),
                                        name=f"radio:{radio.name}", daemon=True)
         self._sync = 0
 
@@ -499,30 +510,62 @@ def test_radio_reconfigures_after_module_reset(emulator, start_radio):
     r = start_radio(emulator)
     up = r.wait_state("receiving")
     seen = len(emulator.commands)
-    emulator.settings.band = 915_000_000  # the reset lost the RAM settings...
-    assert emulator.write_line("+READY")  # ...and the module says so
-    down = r.wait_state("down", up + 1)
-    assert "+READY" in r.events[down].detail
-    again = r.wait_state("receiving", down + 1)
+    emulator.reset()  # the module lost its RAM settings and says +READY
+    again = r.wait_state("starting", up + 1)
+    assert "+READY" in r.events[again].detail
+    r.wait_state("receiving", again + 1)
     assert emulator.commands[seen:seen + 5] == CONFIG_COMMANDS
     assert emulator.configured
+    assert "down" not in [s.state for s in r.states()]  # on the open port: no close, no backoff
     assert emulator.receive(21, WATER)
     assert wait_until(lambda: r.frames(again), what="a frame after reconfiguring")[0].address == 21
 
 
+def test_every_frame_in_the_read_of_a_reset_banner_is_handed_over(emulator):
+    # A +READY amid a burst: the frames the same read takes before and after it are handed over, in
+    # order, and only then is the module reconfigured.
+    turn = ReadTurn()
+    r = Running(RylrRadio(source(), str(emulator.link), turn), emulator).start()
+    try:
+        up = r.wait_state("receiving")
+        seen = len(emulator.commands)
+        with turn.write():  # the radio reads nothing meanwhile: all of it waits in the kernel, for one read
+            for n in range(3):
+                assert emulator.receive(21, WATER, -80, n)
+            emulator.reset()  # "+READY", and the settings are gone...
+            for n in range(3, 6):  # ...yet more frames follow in the same read (settings kept in flash, say)
+                assert emulator.write_line(rcv_line(22, WATER, -80, n))
+            sent = 6 * len(rcv_line(21, WATER, -80, 0) + "\r\n") + len("+READY\r\n")
+            wait_until(lambda: emulator.pending_bytes() == sent, what="every line in the kernel")
+        again = r.wait_state("starting", up + 1)
+        assert "+READY" in r.events[again].detail
+        frames = r.frames(up)
+        assert [(f.address, f.snr) for f in frames] == [(21, 0.0), (21, 1.0), (21, 2.0), (22, 3.0), (22, 4.0), (22, 5.0)]
+        assert r.events.index(frames[-1]) < again  # handed over before reconfiguring
+        r.wait_state("receiving", again + 1)
+        assert emulator.commands[seen:seen + 5] == CONFIG_COMMANDS
+        assert emulator.configured
+    finally:
+        r.halt()
+
+
 class ScriptedEmulator(RylrEmulator):
     """The emulated module, but it writes ``before[cmd]`` lines ahead of its answer to ``cmd``, and
-    answers ``replies[cmd]`` instead of its own answer when one is given ("" = silence)."""
+    answers ``replies[cmd]`` instead of its own answer when one is given ("" = silence), or
+    ``replies_once[cmd]`` the first time only."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.before: dict[str, list[str]] = {}
         self.replies: dict[str, str] = {}
+        self.replies_once: dict[str, str] = {}
 
     def answer(self, cmd: str) -> str:
         for line in self.before.get(cmd, []):
             self.write_line(line)
         own = super().answer(cmd)
+        if cmd in self.replies_once:
+            return self.replies_once.pop(cmd)
         return self.replies.get(cmd, own)
 
 
@@ -553,7 +596,7 @@ def host(scripted):
 
 def test_command_routes_lines_before_its_ok(scripted, host):
     port, lines = host
-    scripted.before["AT+ADDRESS=9"] = [rcv_line(41, "FF", -80, 3), "+READY", "", "junk"]
+    scripted.before["AT+ADDRESS=9"] = [rcv_line(41, "FF", -80, 3), "", "junk"]
     events: list = []
     radio = RylrRadio(source(), str(scripted.link))
     radio._command(port, lines, "AT+ADDRESS=9", events.extend)
@@ -573,6 +616,46 @@ def test_command_raises_module_error_with_meaning(scripted, host, reply, meaning
     with pytest.raises(ModuleError) as exc:
         radio._command(port, lines, "AT+BAND=920600000", lambda e: None)
     assert str(exc.value) == f"AT+BAND=920600000: module answered {reply} ({meaning})"
+    assert scripted.commands.count("AT+BAND=920600000") == rylr.COMMAND_TRIES  # a few tries, then the backoff
+
+
+def test_a_stray_error_during_configuration_costs_no_backoff(scripted, start_radio):
+    # Noise on the module's serial input makes it answer +ERR to something we never sent, just ahead
+    # of its +OK to what we did, at every configuration: each used to cost a growing backoff (up to
+    # 30 s), and the radio never got to receive.
+    scripted.before["AT+NETWORKID=18"] = ["+ERR=2"]
+    r = start_radio(scripted)
+    r.wait_state("receiving", timeout=5.0)
+    assert [s.state for s in r.states()] == ["starting", "receiving"]
+    assert scripted.commands.count("AT+NETWORKID=18") == 1  # the +OK that followed was the answer
+    assert scripted.configured
+
+
+def test_a_command_answered_with_an_error_once_is_sent_again_at_once(scripted, start_radio):
+    scripted.replies_once["AT+BAND=920600000"] = "+ERR=1"  # a garbled command, say
+    r = start_radio(scripted)
+    r.wait_state("receiving", timeout=5.0)
+    assert [s.state for s in r.states()] == ["starting", "receiving"]
+    assert scripted.commands.count("AT+BAND=920600000") == 2
+    assert scripted.configured
+
+
+def test_a_reset_during_configuration_starts_it_over_at_once(scripted, start_radio):
+    scripted.replies_once["AT+BAND=920600000"] = "+READY"  # the module restarted instead of answering
+    r = start_radio(scripted)
+    r.wait_state("receiving", timeout=5.0)
+    assert [s.state for s in r.states()] == ["starting", "receiving"]
+    assert scripted.commands[:9] == CONFIG_COMMANDS[:4] + CONFIG_COMMANDS  # all of it again, from AT
+    assert scripted.configured
+
+
+def test_a_module_that_keeps_resetting_backs_off_instead_of_spinning(scripted, start_radio):
+    scripted.replies["AT+BAND=920600000"] = "+READY"
+    r = start_radio(scripted)
+    down = r.wait_state("down")
+    assert "+READY" in r.events[down].detail
+    assert scripted.commands.count("AT") == rylr.CONFIGURE_TRIES  # a few prompt tries, then the port's backoff
+    assert "receiving" not in [s.state for s in r.states()]
 
 
 def test_command_times_out_on_silence(scripted, host, monkeypatch):
@@ -622,6 +705,114 @@ def test_radio_reads_nothing_while_the_writer_holds_the_read_turn(emulator):
         assert [f.snr for f in frames] == [7.5 + n for n in range(20)]
     finally:
         r.halt()
+
+
+class Writer:
+    """An ``emit`` that commits only when the test says so: each hand-over's receipt stays unset
+    until :meth:`commit`."""
+
+    def __init__(self) -> None:
+        self.handed: list[list] = []  # hand-overs of frames, in order
+        self.receipts: list[threading.Event] = []
+
+    def __call__(self, events: list) -> threading.Event:
+        receipt = threading.Event()
+        if any(isinstance(e, Frame) for e in events):
+            self.handed.append(events)
+            self.receipts.append(receipt)
+        else:
+            receipt.set()  # source states: nobody waits for them
+        return receipt
+
+    def commit(self) -> None:
+        for receipt in self.receipts:
+            receipt.set()
+
+
+def test_radio_reads_no_new_turn_until_its_last_hand_over_is_committed(emulator):
+    # Back-pressure: while the writer has not committed what the radio handed over, the radio reads
+    # nothing more; frames wait in the kernel's tty buffer, so a crash loses at most that one turn.
+    writer, stop = Writer(), threading.Event()
+    turn = ReadTurn()
+    thread = threading.Thread(target=RylrRadio(source(), str(emulator.link), turn).run, args=(writer, stop),
+                              daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: "AT+PARAMETER=9,7,1,12" in emulator.commands and emulator.configured, what="configured")
+        with turn.write():  # ten frames for one read
+            for n in range(10):
+                assert emulator.receive(21, WATER, -80, n)
+            wait_until(lambda: emulator.pending_bytes() == 10 * len(rcv_line(21, WATER, -80, 0) + "\r\n"),
+                       what="ten frames in the kernel")
+        wait_until(lambda: writer.handed, what="the first hand-over")
+        for n in range(10, 20):
+            assert emulator.receive(21, WATER, -80, n)
+        stop.wait(0.3)  # time enough for the radio to read them, were it allowed to
+        assert [[f.snr for f in h] for h in writer.handed] == [[float(n) for n in range(10)]]
+        unread = sum(len(rcv_line(21, WATER, -80, n) + "\r\n") for n in range(10, 20))
+        assert emulator.pending_bytes() == unread  # in the kernel
+        writer.commit()
+        wait_until(lambda: sum(len(h) for h in writer.handed) == 20, what="the next ten, once committed")
+        assert [f.snr for h in writer.handed for f in h] == [float(n) for n in range(20)]
+    finally:
+        stop.set()
+        emulator.write_line("")
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+def test_a_turn_in_a_burst_takes_turn_bytes_over_several_reads_and_no_more(emulator):
+    # A burst commits in groups of a whole turn (several of the tty's 4 KiB reads), so the writer's
+    # cost per reading stays low; and the turn stops at TURN_BYTES, so the loss window stays bounded.
+    writer, stop = Writer(), threading.Event()
+    turn = ReadTurn()
+    thread = threading.Thread(target=RylrRadio(source(), str(emulator.link), turn).run, args=(writer, stop),
+                              daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: "AT+PARAMETER=9,7,1,12" in emulator.commands and emulator.configured, what="configured")
+        line = len(rcv_line(21, WATER, -80, 7.5) + "\r\n")
+        per_turn = rylr.TURN_BYTES // line  # the frames one turn completes (it takes a head of the next)
+        with turn.write():  # the whole burst waits in the kernel before the radio reads any of it
+            for _ in range(per_turn + 30):
+                assert emulator.receive(21, WATER, -80, 7.5)
+        wait_until(lambda: writer.handed, what="the first hand-over")
+        stop.wait(0.3)  # time enough for the radio to read the rest, were it allowed to
+        assert [len(h) for h in writer.handed] == [per_turn]
+        writer.commit()
+        wait_until(lambda: sum(len(h) for h in writer.handed) == per_turn + 30, what="the rest, once committed")
+    finally:
+        stop.set()
+        emulator.write_line("")
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+def test_a_lone_frame_is_handed_over_without_waiting_for_a_turn_to_fill(emulator):
+    # At field rate a turn is the one frame there is: nothing holds it back for more to arrive.
+    writer, stop = Writer(), threading.Event()
+    thread = threading.Thread(target=RylrRadio(source(), str(emulator.link)).run, args=(writer, stop), daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: emulator.configured and emulator.receive(21, WATER), what="a frame sent")
+        wait_until(lambda: writer.handed, what="the hand-over")
+        assert [[f.address for f in h] for h in writer.handed] == [[21]]
+    finally:
+        stop.set()
+        emulator.write_line("")
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+def test_radio_waiting_for_a_commit_still_stops(emulator):
+    writer, stop = Writer(), threading.Event()  # a writer that never commits (it died)
+    thread = threading.Thread(target=RylrRadio(source(), str(emulator.link)).run, args=(writer, stop), daemon=True)
+    thread.start()
+    wait_until(lambda: emulator.configured and emulator.receive(21, WATER), what="a frame sent")
+    wait_until(lambda: writer.handed, what="the hand-over")
+    stop.set()
+    thread.join(timeout=2.0)
+    assert not thread.is_alive()
 
 
 def test_a_waiting_source_gets_its_turn_before_the_next_commit_but_one():

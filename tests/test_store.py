@@ -17,7 +17,7 @@ import edgegw.store
 from edgegw.cli import cli
 from edgegw.errors import StoreError
 from edgegw.model import Reading, iso
-from edgegw.store import Store, runs
+from edgegw.store import SCHEMA_VERSION, Store, runs
 from tests.gateway import write_config
 
 
@@ -58,12 +58,12 @@ VALUES = st.dictionaries(
 
 @settings(max_examples=200, deadline=None)
 @given(VALUES, st.floats(0, 4e9), st.none() | st.integers(0, 65535), st.none() | st.floats(-140, 0),
-       st.sampled_from(["synced", "unsynced", "estimated"]))
-def test_a_reading_reads_back_as_the_item_it_was(values, observed, counter, rssi, quality):
+       st.sampled_from(["synced", "unsynced", "estimated"]), st.booleans())
+def test_a_reading_reads_back_as_the_item_it_was(values, observed, counter, rssi, quality, verified):
     """Readings are stored as columns and rendered by SQL: the item must say exactly what was decoded."""
     store = OUTBOX
     reading = Reading("dev-1:0:1", "dev-1", "water_level", observed, quality, counter, values, "lora0", 21,
-                      rssi, 7.5, 1.0, "boot")
+                      rssi, 7.5, 1.0, "boot", verified)
     store.begin()
     try:
         text = store.item(store.add_reading(reading, b"\x01", 1, 0.0))
@@ -72,8 +72,8 @@ def test_a_reading_reads_back_as_the_item_it_was(values, observed, counter, rssi
     item = json.loads(text)
     assert item == {
         "type": "reading", "id": "dev-1:0:1", "device": "dev-1", "driver": "water_level",
-        "observed_at": iso(observed), "time_quality": quality, "counter": counter, "values": values,
-        "units": {"level": "mm"},
+        "observed_at": iso(observed), "time_quality": quality, "counter": counter, "verified": verified,
+        "values": values, "units": {"level": "mm"},
         "radio": {"gateway": "gw-x", "source": "lora0", "address": 21, "rssi": rssi and round(rssi, 2),
                   "snr": 7.5},
     }
@@ -93,7 +93,7 @@ def test_an_outbox_of_schema_1_is_upgraded_its_rows_sent_as_they_were_and_its_de
     old.commit()
     old.close()
     store = Store(path)
-    assert store.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "5"
+    assert store.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
     indexes = {name for (name,) in store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"queue_urgent", "outbox_uncounted"} <= indexes and not {"outbox_pending", "outbox_item"} & indexes
     assert store.conn.execute("SELECT seq, priority, pending FROM queue").fetchall() == [(1, 0, 1)]

@@ -121,6 +121,8 @@ class Config(_Section):
     gateway_id: str = Field(pattern=r"^[A-Za-z0-9_.:-]+$", max_length=64)
     data_dir: Path = Path("data")
     drivers_dir: Path | None = None
+    keys_file: Path | None = Field(None, description="the devices' frame keys (see edgegw keys new);"
+                                   " readable only by the service user")
     sources: list[Source] = Field(min_length=1)
     devices: list[Device] = []
     layouts: list[Layout] = []
@@ -237,8 +239,11 @@ def _resolve(base: Path, p: Path | None) -> Path | None:
     return None if p is None else Path(os.path.normpath(p if p.is_absolute() else base / p))
 
 
-def load_config(path: str | Path) -> tuple[Config, DriverRegistry]:
-    """Read, validate and resolve a config file; raise :class:`ConfigError` listing every problem."""
+def load_config(path: str | Path, keys: bool = True) -> tuple[Config, DriverRegistry]:
+    """Read, validate and resolve a config file; raise :class:`ConfigError` listing every problem.
+
+    ``keys=False`` leaves the keys file unread (``edgegw keys new`` makes it).
+    """
     path = Path(path)
     name = str(path)
     try:
@@ -286,6 +291,8 @@ def load_config(path: str | Path) -> tuple[Config, DriverRegistry]:
     problems += rule_problems(*(raw.get(k) if isinstance(raw.get(k), list) else []
                                 for k in ("rules", "actions", "devices")), registry)
     problems += _field_problems(base, config.sources)
+    keys_file = _resolve(base, config.keys_file)
+    problems += _key_problems(keys_file, config.devices) if keys else []
     if problems:
         raise ConfigError(name, _dedupe(problems))
     assert registry is not None
@@ -293,6 +300,7 @@ def load_config(path: str | Path) -> tuple[Config, DriverRegistry]:
     config = config.model_copy(update={
         "data_dir": _resolve(base, config.data_dir),
         "drivers_dir": drivers_dir,
+        "keys_file": keys_file,
         "sources": [s.model_copy(update={"simulate": _resolve(base, s.simulate)}) for s in config.sources],
         "uplinks": [_resolve_uplink(base, u) for u in config.uplinks],
     })
@@ -311,6 +319,27 @@ def _field_problems(base: Path, sources: list[RylrSource]) -> list[str]:
                 load_field(_resolve(base, source.simulate))
             except ConfigError as exc:
                 problems += [f"{_key_path(('sources', i, 'simulate'))}: {exc.path}: {p}" for p in exc.problems]
+    return problems
+
+
+def _key_problems(keys_file: Path | None, devices: list[Device]) -> list[str]:
+    """The keys file, read now: which devices have keys decides what their frames must be."""
+    from edgegw.keys import load_keys
+
+    try:
+        keys = load_keys(keys_file) if keys_file is not None else {}
+    except ConfigError as exc:
+        return [f"keys_file: {exc.path}: {p}" for p in exc.problems]
+    problems = [f"keys_file: {keys_file}: keys.{d}: no device {d!r} in this config"
+                for d in sorted(set(keys) - {d.id for d in devices})]
+    for i, device in enumerate(devices):
+        if device.id in keys:
+            continue
+        make = f"make one with: edgegw keys new {device.id} -c CONFIG"
+        if device.require_auth:
+            problems.append(f"devices[{i}].require_auth: the device has no key in keys_file; {make}")
+        if device.accept_plain_until is not None:
+            problems.append(f"devices[{i}].accept_plain_until: only for a device with a key; {make}")
     return problems
 
 

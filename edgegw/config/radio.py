@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import (
+    AwareDatetime,
     Field,
     ValidationInfo,
     field_validator,
@@ -69,6 +70,11 @@ class Device(_Section):
     name: str = ""
     location: tuple[float, float] | None = Field(None, description="[latitude, longitude]")
     interval: Duration = Field(3600, description="expected reporting interval")
+    require_auth: bool | None = Field(None, description="reject frames that are not authenticated; default: true"
+                                      " when keys_file has a key for the device")
+    accept_plain_until: AwareDatetime | None = Field(
+        None, description="rollout window: until then a device with a key may also send plain frames (marked"
+                          " unverified), e.g. 2027-03-31T23:59:59+09:00")
 
     @field_validator("driver")
     @classmethod

@@ -5,6 +5,11 @@ happened: a :class:`~edgegw.model.Frame` for every frame heard, a :class:`~edgeg
 for every line it could not parse, and a :class:`SourceState` when its port comes or goes; the
 writer thread takes it from there. One list per read turn: handing frames over one by one cost
 the writer a wake-up and a lock round trip each.
+
+``emit`` returns an Event the writer sets once that list is committed (or its commit failed, so
+that a source never waits forever). A source waits for it before its next read turn: that is the
+back-pressure that keeps a burst in the kernel's tty buffer instead of the daemon's memory, and
+bounds what a crash loses to one read turn.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ class SourceState:
     wall: float = field(default_factory=time.time)
 
 
-Emit = Callable[[list[Frame | Reject | SourceState]], None]
+Emit = Callable[[list[Frame | Reject | SourceState]], threading.Event]
 
 
 class Source(Protocol):
@@ -38,9 +43,16 @@ class Source(Protocol):
         """Read frames until ``stop`` is set; recover from a lost port on its own.
 
         A source reads from its port only while it holds the gateway's read turn (a lock the writer
-        holds while it commits), and emits what it read before letting go: frames not yet read wait
-        in the kernel's buffer, so a crash loses at most the frames of the commit in progress.
+        holds while it commits), emits what it read before letting go, and reads again only once
+        that was committed (:func:`wait_committed`): frames not yet read wait in the kernel's
+        buffer, so a crash loses at most the frames of one read turn.
         """
+
+
+def wait_committed(committed: threading.Event, stop: threading.Event) -> None:
+    """Wait until the writer is done with a hand-over (``committed``, as ``emit`` returned it), or ``stop``."""
+    while not committed.wait(0.5) and not stop.is_set():
+        pass
 
 
 class ReadTurn:

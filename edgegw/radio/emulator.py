@@ -97,6 +97,11 @@ class RylrEmulator:
         self._thread.start()
         self._write("+READY")
 
+    def reset(self) -> None:
+        """The module restarts on its own (a brown-out, a watchdog): power-on settings, and +READY."""
+        self.settings = ModuleSettings()
+        self._write("+READY")
+
     def unplug(self) -> None:
         """Close the pty (the gateway's reads fail as with a pulled USB plug) and remove ``link``."""
         self._stop.set()
@@ -119,6 +124,26 @@ class RylrEmulator:
             if self._slave is None:
                 return 0
             return struct.unpack("i", fcntl.ioctl(self._slave, termios.FIONREAD, b"\0\0\0\0"))[0]
+
+    def take_unread(self, quiet: float = 0.2) -> bytes:
+        """Take the bytes sent to the host that it never read: what the kernel still held for it when
+        the host died. Reads the slave side until nothing more comes for ``quiet`` seconds (the pty
+        moves its backlog into the readable buffer a piece at a time, as that empties)."""
+        with self._lock:
+            slave = self._slave
+            if slave is None:
+                return b""
+            os.set_blocking(slave, False)
+            out = bytearray()
+            try:
+                while select.select([slave], [], [], quiet)[0]:
+                    try:
+                        out += os.read(slave, 65536)
+                    except BlockingIOError:
+                        continue
+            finally:
+                os.set_blocking(slave, True)
+            return bytes(out)
 
     @property
     def configured(self) -> bool:

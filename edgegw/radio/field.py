@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgegw.config import Duration
 from edgegw.drivers import Driver, DriverRegistry
+from edgegw.envelope import seal
 from edgegw.errors import ConfigError
 from edgegw.radio.emulator import Air, RylrEmulator
 
@@ -115,6 +116,10 @@ class VirtualDevice:
     spec: FieldDevice
     driver: Driver
     counter: int = 0
+    key: bytes | None = None  # provisioned as a real sensor is (see edgegw.envelope): its frames are sealed
+    # Kept in a real sensor's non-volatile memory; here it starts from the clock (tenths of a second
+    # since 2026), so that a restarted demo's frames are not replays of the last run's.
+    frame_counter: int = field(default_factory=lambda: int((time.time() - 1_767_225_600) * 10))
     next_at: float = 0.0
     events_due: list[float] = field(default_factory=list)
 
@@ -148,6 +153,7 @@ class VirtualField:
     drivers: DriverRegistry
     emulator: RylrEmulator
     seed: int | None = None
+    keys: dict[int, bytes] = field(default_factory=dict)  # by address: the sensors that seal their frames
     sent: list[Sent] = field(default_factory=list)
     faults_sent: dict[str, int] = field(default_factory=dict)
 
@@ -156,7 +162,8 @@ class VirtualField:
         unknown = sorted({d.driver for d in self.spec.devices if d.driver not in self.drivers})
         if unknown:
             raise ConfigError("field", [f"devices: unknown driver(s) {unknown}; known: {self.drivers.names()}"])
-        self.devices = [VirtualDevice(d, self.drivers[d.driver]) for d in self.spec.devices]
+        self.devices = [VirtualDevice(d, self.drivers[d.driver], key=self.keys.get(d.address))
+                        for d in self.spec.devices]
         if self.spec.air is not None:
             self.emulator.air = self.spec.air
 
@@ -166,6 +173,10 @@ class VirtualField:
         payload = device.driver.encode(values, device.counter)
         decoded_counter = device.counter % (1 << device.driver.counter_bits) if device.driver.counter_bits else None
         device.counter += 1
+        if device.key is not None:
+            device.frame_counter += 1
+            payload = seal(device.key, device.spec.address, device.frame_counter, payload)
+            decoded_counter = device.frame_counter
         data = payload.hex().upper()
         fault = self._pick_fault()
         rssi = device.spec.rssi + self.rng.randint(-3, 3)

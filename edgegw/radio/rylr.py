@@ -21,7 +21,7 @@ import structlog
 from edgegw.config import RylrSource as RylrConfig
 from edgegw.errors import ModuleError
 from edgegw.model import Frame, Reject
-from edgegw.radio import Backoff, Emit, ReadTurn, SourceState
+from edgegw.radio import Backoff, Emit, ReadTurn, SourceState, wait_committed
 
 log = structlog.get_logger("edgegw.radio.rylr")
 
@@ -46,6 +46,14 @@ ERRORS = {
 
 MAX_LINE = 600  # "+RCV=65535,240," + 480 hex chars + RSSI/SNR fits; longer is noise, not a frame
 COMMAND_TIMEOUT = 2.0
+# The most one read turn takes from the port, so the most a crash may lose. In a burst a turn is
+# several reads (a tty hands over 4 KiB a read), so the writer commits groups big enough to keep
+# its cost per reading (transactions, WAL pages) where it was before back-pressure. A turn never
+# waits for more to arrive: at field rate it is the frame or two one read finds.
+TURN_BYTES = 16 * 1024
+COMMAND_TRIES = 3  # sends of a command the module answers +ERR, before the port backs off
+STRAY_ERROR_WINDOW = 0.25  # s: an +OK this soon after an +ERR was the answer; the +ERR was noise
+CONFIGURE_TRIES = 3  # configurations a +READY cut short, before the port backs off
 _TAIL = re.compile(r",(-?[0-9]{1,3}),(-?[0-9]{1,3}(?:\.[0-9]+)?)$")
 _HEAD = re.compile(r"([0-9]{1,6}),([0-9]{1,6}),(.*)", re.DOTALL)  # ASCII digits only: noise has ² and ³ too
 _HEX = re.compile(r"[0-9A-Fa-f]*")
@@ -87,6 +95,10 @@ def _decode_payload(data: str, encoding: str) -> bytes:
     return data.encode("latin-1")
 
 
+class ModuleReset(ModuleError):
+    """The module said +READY: it restarted, and what it was told before is gone."""
+
+
 class LineReader:
     """Splits the byte stream of a serial port into lines, with a cap on line length."""
 
@@ -102,11 +114,16 @@ class LineReader:
         readable, _, _ = select.select([self.port.fileno()], [], [], timeout)
         return bool(readable)
 
-    def available(self) -> list[str]:
-        """Every complete line buffered or waiting in the port now, as :meth:`readline` returns them."""
-        if select.select([self.port.fileno()], [], [], 0)[0]:
+    def available(self, most: int = TURN_BYTES) -> list[str]:
+        """Every complete line buffered, and those the port holds now up to ``most`` bytes read;
+        what is beyond stays in the kernel. Reads without waiting for more to arrive."""
+        taken = 0
+        # select, not in_waiting, to ask whether there is more: a tty's poll first lets the kernel
+        # finish moving what it holds into the readable buffer, so in a burst each read after a
+        # full one finds it refilled instead of ending the turn early.
+        while taken < most and select.select([self.port.fileno()], [], [], 0)[0]:
             # At least one byte: a port that is readable with nothing in it has gone, and read says so.
-            self._read()
+            taken += self._read(most - taken)
         out = list(self.lines)
         self.lines.clear()
         return out
@@ -120,10 +137,13 @@ class LineReader:
             self._read()
         return self.lines.popleft()
 
-    def _read(self) -> None:
+    def _read(self, most: int = TURN_BYTES) -> int:
+        """Read what the port holds, ``most`` bytes at most (at least one, waiting for it up to the
+        port's timeout); split off the lines it completes. Returns the number of bytes read."""
         # pyserial's read raises SerialException when the port vanishes (USB unplugged, pty closed)
         buf = self.buf
-        buf += self.port.read(max(1, self.port.in_waiting))
+        chunk = self.port.read(max(1, min(self.port.in_waiting, most)))
+        buf += chunk
         # Every line of the chunk at once: one at a time, each line cost a copy of the rest.
         start = 0
         while True:
@@ -137,6 +157,7 @@ class LineReader:
             else:
                 break
         del buf[:start]
+        return len(chunk)
 
 
 class RylrRadio:
@@ -163,26 +184,15 @@ class RylrRadio:
                 emit([SourceState(self.name, "starting", self.port)])
                 with serial.Serial(self.port, self.config.baudrate, timeout=0.2) as port:
                     lines = LineReader(port)
-                    for cmd in self.commands():
-                        self._command(port, lines, cmd, emit)
-                    emit([SourceState(self.name, "receiving", self.port)])
-                    log.info("radio configured", source=self.name, port=self.port, band=self.config.band,
-                             parameter=self.config.at_parameter())
+                    self._configure(port, lines, emit)
                     backoff.reset()
                     while not stop.is_set():
-                        if not lines.wait(0.5):
-                            continue
-                        with self.read_turn.read():  # not while the writer commits: unread frames stay in the kernel
-                            events = []
-                            for line in lines.available():
-                                if line == "+READY":  # the module restarted: its settings may be gone
-                                    if events:
-                                        emit(events)
-                                    raise ModuleError("module reset itself (+READY); reconfiguring")
-                                if (event := self._route(line)) is not None:
-                                    events.append(event)
-                            if events:
-                                emit(events)  # one hand-over per turn, not per frame
+                        if self._read_turn(lines, emit, stop):
+                            # The module restarted and may have lost its settings: set them again at once,
+                            # on the open port (reopening it would flush the frames the kernel holds).
+                            emit([SourceState(self.name, "starting", "module reset itself (+READY); reconfiguring")])
+                            log.warning("radio module reset itself; reconfiguring", source=self.name, port=self.port)
+                            self._configure(port, lines, emit)
             except (serial.SerialException, OSError, ModuleError) as exc:
                 delay = backoff.next()
                 emit([SourceState(self.name, "down", str(exc))])
@@ -190,22 +200,79 @@ class RylrRadio:
                             retry_in=round(delay, 2))
                 stop.wait(delay)
 
+    def _read_turn(self, lines: LineReader, emit: Emit, stop: threading.Event) -> bool:
+        """Read what the port holds, hand it over, and wait until it is committed. True if the
+        module said +READY (it reset itself): the frames around the banner are handed over all the same."""
+        if not lines.wait(0.5):
+            return False
+        reset = False
+        with self.read_turn.read():  # not while the writer commits: unread frames stay in the kernel
+            events = []
+            for line in lines.available():
+                if (event := self._route(line)) is not None:
+                    events.append(event)
+                elif line == "+READY":
+                    reset = True
+            committed = emit(events) if events else None  # one hand-over per turn, not per frame
+        if committed is not None:
+            # Back-pressure: no new turn until this one is committed, so a crash loses one turn at most.
+            wait_committed(committed, stop)
+        return reset
+
+    def _configure(self, port: serial.Serial, lines: LineReader, emit: Emit) -> None:
+        """Send the settings; start over at once when the module resets meanwhile (what it was told is
+        gone), up to CONFIGURE_TRIES times: a module that keeps resetting backs off with the port."""
+        for attempt in range(1, CONFIGURE_TRIES + 1):
+            try:
+                for cmd in self.commands():
+                    self._command(port, lines, cmd, emit)
+                break
+            except ModuleReset as exc:
+                if attempt == CONFIGURE_TRIES:
+                    raise
+                log.warning("radio module reset during configuration; starting over", source=self.name,
+                            port=self.port, error=str(exc))
+        emit([SourceState(self.name, "receiving", self.port)])
+        log.info("radio configured", source=self.name, port=self.port, band=self.config.band,
+                 parameter=self.config.at_parameter())
+
     def _command(self, port: serial.Serial, lines: LineReader, cmd: str, emit: Emit) -> None:
-        port.write(cmd.encode("ascii") + b"\r\n")
+        """Send ``cmd`` until the module answers +OK. An +ERR is sent again at once, up to
+        COMMAND_TRIES times: a stray one (noise on the module's serial input) costs a resend, not a
+        backoff; a command the module refuses every time raises ModuleError."""
+        for attempt in range(1, COMMAND_TRIES + 1):
+            port.write(cmd.encode("ascii") + b"\r\n")
+            code = self._answer(lines, cmd, emit)
+            if code is None:
+                return
+            if attempt < COMMAND_TRIES:
+                log.info("radio module answered an error; sending the command again", source=self.name,
+                         command=cmd, error=f"+ERR={code}")
+        meaning = ERRORS.get(int(code), "undocumented error") if re.fullmatch("[0-9]{1,3}", code) else "unreadable error"
+        raise ModuleError(f"{cmd}: module answered +ERR={code} ({meaning})")
+
+    def _answer(self, lines: LineReader, cmd: str, emit: Emit) -> str | None:
+        """The module's answer to ``cmd``: None for +OK, else the code of an +ERR that no +OK followed
+        within STRAY_ERROR_WINDOW (one that did was not the answer). Frames arriving meanwhile are
+        emitted; a +READY raises ModuleReset."""
         deadline = time.monotonic() + COMMAND_TIMEOUT
+        code = None
         while (left := deadline - time.monotonic()) > 0:
             line = lines.readline(left)
             if line is None:
                 break
             if line == "+OK":
-                return
+                return None
             if line.startswith("+ERR="):
                 code = line[5:]
-                meaning = ERRORS.get(int(code), "undocumented error") if re.fullmatch("[0-9]{1,3}", code) else "unreadable error"
-                raise ModuleError(f"{cmd}: module answered +ERR={code} ({meaning})")
-            if (event := self._route(line)) is not None:
+                deadline = min(deadline, time.monotonic() + STRAY_ERROR_WINDOW)
+            elif line == "+READY":
+                raise ModuleReset(f"{cmd}: the module reset itself (+READY)")
+            elif (event := self._route(line)) is not None:
                 emit([event])
-        raise ModuleError(f"{cmd}: no answer within {COMMAND_TIMEOUT:.0f} s (wrong port or baud rate?)")
+        if code is None:
+            raise ModuleError(f"{cmd}: no answer within {COMMAND_TIMEOUT:.0f} s (wrong port or baud rate?)")
+        return code
 
     def _route(self, line: str) -> Frame | Reject | None:
         wall, mono = time.time(), time.monotonic()
@@ -217,5 +284,5 @@ class RylrRadio:
                                _raw(line), wall)
             return event
         if line in ("", "+READY", "+OK"):
-            return None  # +READY after a module reset; the reopen path reconfigures when it matters
+            return None  # +READY after a module reset: the callers reconfigure
         return Reject(self.name, "garbage", "line is not a module reply", None, None, _raw(line), wall)

@@ -141,6 +141,8 @@ class ActionRunner:
             "EDGEGW_SEVERITY": alarm.severity, "EDGEGW_DEVICE": alarm.device_id,
             "EDGEGW_DEVICE_NAME": alarm.name or "", "EDGEGW_RAISED_AT": alarm.item()["raised_at"],
             "EDGEGW_LATE": "1" if alarm.late else "0", "EDGEGW_MESSAGE": alarm.message,
+            # 1: the frame behind it was authenticated; 0: anyone in radio range could have sent it.
+            "EDGEGW_VERIFIED": {True: "1", False: "0", None: ""}[alarm.verified],
         }
         if alarm.location:
             env["EDGEGW_LATITUDE"], env["EDGEGW_LONGITUDE"] = (str(x) for x in alarm.location)

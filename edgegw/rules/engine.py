@@ -58,10 +58,11 @@ class Observation(NamedTuple):
     observed_at: float
     time_quality: str
     values: dict[str, Value]
+    verified: bool = False
 
     @classmethod
     def of(cls, r: Reading) -> Observation:
-        return cls(r.reading_id, r.device_id, r.observed_at, r.time_quality, r.values)
+        return cls(r.reading_id, r.device_id, r.observed_at, r.time_quality, r.values, r.verified)
 
 
 @dataclass(slots=True)
@@ -84,7 +85,7 @@ class Context:
             alarm_id=alarm_id, kind=kind, severity=severity, device_id=self.device.id, rule=self.rule,
             raised_at=at, message=message, details=details or {},
             reading_id=obs.reading_id if obs else None,
-            time_quality=obs.time_quality if obs else "synced",
+            time_quality=obs.time_quality if obs else "synced", verified=obs.verified if obs else None,
             late=self.now - at > self.late_after,
             name=self.device.name or None, location=self.device.location, opens=opens, closes=tuple(closes),
         ))
@@ -182,9 +183,12 @@ class RuleEngine:
 
     def tick(self, now: float, mono: float) -> list[Alarm]:
         """Time passed: release held readings, then run the timers (silence, reminders)."""
-        alarms = self._clock_went_back(now) if self._newest > now + STEP else []
-        alarms += self._release(now)
         wall0, mono0 = self._clock
+        # The monotonic clock tells a step back even when no mark lies a second ahead of now yet,
+        # e.g. one device's last reading, stamped by the wrong clock, just behind now.
+        stepped_back = (now - wall0) - (mono - mono0) < -STEP and self._newest > now - STEP
+        alarms = self._clock_went_back(now) if stepped_back or self._newest > now + STEP else []
+        alarms += self._release(now)
         if abs((now - wall0) - (mono - mono0)) > CLOCK_JUMP:
             log.warning("system clock jumped; silence timers start afresh", jump_s=round(now - wall0 - (mono - mono0)))
             self.listening_since = now
@@ -225,7 +229,9 @@ class RuleEngine:
         alarms = self.flush(now)
         marks = 0
         for (rule, device_id), state in self.states.items():
-            if state.get("t", -math.inf) > now + STEP:
+            # Not only the marks ahead of now: a wrong-clock mark within a second of now would still
+            # turn away the next reading, which the true clock stamps just before or after now.
+            if state.get("t", -math.inf) > now - STEP:
                 del state["t"]
                 marks += 1
                 for name, watch in self.watches.get(device_id, ()):
