@@ -103,7 +103,12 @@ def status(config_path: Path, as_json: bool) -> None:
         st["not_authenticated"] = [d.id for d in config.devices if d.id not in keyed]
     except ConfigError:  # not readable by this user, as it should be for most: run and config check say more
         st["not_authenticated"] = None
-    st["disk"].update(max_bytes=config.store.max_bytes, min_free=config.store.min_free)
+    disk = st["disk"]
+    disk.update(max_bytes=config.store.max_bytes, min_free=config.store.min_free)
+    beat = st["daemon"].get("heartbeat") or {} if st["daemon"]["running"] else {}
+    disk["state"] = ("full" if beat.get("disk_full") else
+                     "low" if disk["free_bytes"] + disk["reserve_bytes"] < disk["min_free"] or not disk["reserve_bytes"]
+                     else "ok")
     if as_json:
         click.echo(json.dumps(st, indent=2))
     else:
@@ -153,6 +158,22 @@ def _mb(n: int) -> str:
     return f"{n / 1e3:,.0f} kB" if n < 1e6 else f"{n / 1e6:,.1f} MB"
 
 
+def _format_disk(now: float, disk: dict) -> list[str]:
+    head = {"full": "disk     FULL: commits wait for room;", "ok": "disk    ",
+            "low": "disk     LOW: the disk cap and full commits drop the oldest readings (never alarms) to keep room"
+                   " inside the database;"}[disk["state"]]
+    reserve = (f"reserve {_mb(disk['reserve_bytes'])}" if disk["reserve_bytes"] else
+               "no reserve (given back when the disk filled, made again when there is room)")
+    out = [f"{head} database {_mb(disk['db_bytes'])} ({_mb(disk['reusable_bytes'])} of it reusable) + WAL"
+           f" {_mb(disk['wal_bytes'])} of {_mb(disk['max_bytes'])}; {_mb(disk['free_bytes'])} free on its filesystem,"
+           f" {_mb(disk['min_free'])} kept free; {reserve}"]
+    if last := disk.get("last_full"):
+        freed = ", ".join(f"{k} {v}" for k, v in last["freed"].items()) or "nothing"
+        out.append(f"  last FULL {_ago(now, last['since'])}: {last['events']} events waited"
+                   f" {last['until'] - last['since']:.1f} s ({last['tries']} tries); made room: {freed}")
+    return out
+
+
 def _format_status(st: dict) -> str:
     from edgegw.store import COUNTS_EVERY
     now, ob, disk = st["now"], st["outbox"], st["disk"]
@@ -165,9 +186,7 @@ def _format_status(st: dict) -> str:
         head = "DAMAGED  " if d["lost"] else "note     "
         out.append(f"{head}{d['part']} found {_ago(now, d['at'])}{lost}; kept as {d['kept_as']}: {d['problem']}")
     out += _format_open(now, st["open_alarms"])  # what a maintainer must act on comes first
-    low = " (LOW: the disk cap frees space)" if disk["free_bytes"] + disk["reusable_bytes"] < disk["min_free"] else ""
-    out.append(f"disk     database {_mb(disk['db_bytes'])} + WAL {_mb(disk['wal_bytes'])} of {_mb(disk['max_bytes'])};"
-               f" {_mb(disk['free_bytes'])} free on its filesystem, {_mb(disk['min_free'])} kept free{low}")
+    out += _format_disk(now, disk)
     out += [f"outbox   {ob['pending']} pending ({ob['in_flight']} in flight), {ob['delivered']} delivered, oldest pending "
             f"{_ago(now, ob['oldest_pending_at']) if ob['oldest_pending_at'] else '-'}",
             f"uplinks (deliveries counted every {COUNTS_EVERY:g} s)"]

@@ -42,7 +42,7 @@ from edgegw.radio.rylr import RylrRadio
 from edgegw.rules import RuleEngine
 from edgegw.rules.actions import ActionRunner
 from edgegw.running import HEARTBEAT_EVERY, DataDirLock
-from edgegw.store import Store, health, quick_check
+from edgegw.store import Store, health, quick_check, room
 from edgegw.supervise import Stage
 from edgegw.uplink import build_uplink
 
@@ -206,7 +206,8 @@ class Gateway:
     def describe(self) -> dict[str, Any]:
         """What the heartbeat says: every stage's state and restarts, and the writer's disk trouble."""
         now = time.monotonic()
-        return {"stages": {s.name: s.describe(now) for s in self.stages}, "disk_full": self.disk_full}
+        return {"stages": {s.name: s.describe(now) for s in self.stages}, "disk_full": self.disk_full,
+                "disk_state": self.disk_state()}
 
     def _writer_crashed(self, exc: Exception) -> None:
         """A bug in the writer: undo its open transaction and reload what it had cached, then restart."""
@@ -255,11 +256,11 @@ class Gateway:
         next_tick = time.monotonic()
         next_clock_save = time.monotonic() + CLOCK_SAVE_EVERY
         next_health = time.monotonic() + min(30.0, self.config.health_every)
-        next_cap = time.monotonic()
+        self.next_cap = time.monotonic()
         done = False
         while not done:
             try:
-                wake = min(next_tick, next_cap, next_purge)
+                wake = min(next_tick, self.next_cap, next_purge)
                 group = [self.events.get(timeout=max(0.0, wake - time.monotonic()))]
             except queue.Empty:
                 group = []
@@ -293,9 +294,13 @@ class Gateway:
             if time.monotonic() >= next_health:
                 next_health = time.monotonic() + self.config.health_every
                 self._report_health()
-            if time.monotonic() >= next_cap:
+            if time.monotonic() >= self.next_cap:
                 self._enforce_cap()
-                next_cap = time.monotonic() + (HOUSEKEEPING_STEP if self.store.capping else CAP_EVERY)
+                # Below min_free, or with the reserve given back, the database lives on its own free
+                # pages: a burst uses them up in seconds.
+                self.next_cap = time.monotonic() + (
+                    HOUSEKEEPING_STEP if self.store.capping else
+                    TICK_EVERY if self.disk_state() != "ok" else CAP_EVERY)
             self.writer.beat()
             if time.monotonic() >= next_purge:
                 next_purge = time.monotonic() + (HOUSEKEEPING_STEP if self._purge() else PURGE_EVERY)
@@ -352,10 +357,33 @@ class Gateway:
                     event.committed()  # not recorded: release its items to be sent (or parked) again
             return []
         if self.disk_full is not None:
-            log.warning("disk no longer full: the waiting frames are committed", tries=self.disk_full["tries"],
-                        waited_s=round(time.time() - self.disk_full["since"], 1))
-            self.disk_full = None
+            self._disk_full_over()
         return after
+
+    def _disk_full_over(self) -> None:
+        """The group that waited for room is committed: say so, keep the episode for status, and
+        let the cap make room for the next commits now, while the filesystem is still short."""
+        episode, self.disk_full = self.disk_full, None
+        episode["until"] = time.time()
+        log.warning("disk no longer full: the waiting frames are committed", tries=episode["tries"],
+                    waited_s=round(episode["until"] - episode["since"], 1), freed=episode["freed"])
+        try:
+            self.store.begin(durable=False)
+            self.store.note_disk_full(episode)
+            self.store.commit()
+        except Exception:  # for status only: the next episode is noted again
+            log.exception("noting the disk full episode failed")
+            self.store.rollback()
+            self.rules.reload()
+        self.next_cap = time.monotonic()
+
+    def disk_state(self) -> str:
+        """"full" while a commit waits for room; "low" while the filesystem has less than [store]
+        min_free (the reserve counted as free) or no room to keep the reserve; else "ok"."""
+        if self.disk_full is not None:
+            return "full"
+        short = room(self.store.path) < self.config.store.min_free or not self.store.reserve.exists()
+        return "low" if short else "ok"
 
     def _retry_when_full(self, group: list) -> list | None:
         """The group's commit failed for want of space: free some by the cap's policy (delivered
@@ -364,10 +392,12 @@ class Gateway:
         radio sends waits in the module and the kernel, and no alarm of the group is lost."""
         now = time.time()
         if self.disk_full is None:
-            self.disk_full = {"since": now, "tries": 0, "events": len(group)}
+            self.disk_full = {"since": now, "tries": 0, "events": len(group), "freed": {}}
         self.disk_full["tries"] += 1
         freed = self.store.make_room(now)
-        dropped = {k: n for k, n in freed.items() if k not in ("delivered", "reserve")}
+        for kind, n in freed.items():
+            self.disk_full["freed"][kind] = self.disk_full["freed"].get(kind, 0) + n
+        dropped = {k: n for k, n in freed.items() if k not in ("delivered", "reserve", "growth_limit")}
         if self.throttle.allow(("disk full",)) is not None or dropped:
             log.error("disk full: a commit failed; freeing space by the disk cap's policy and trying again",
                       events=len(group), tries=self.disk_full["tries"], freed=freed,
@@ -507,7 +537,8 @@ class Gateway:
         self.store.write_counts()  # its last frame per source
 
         daemon = {"restarts": {s.name: s.restarts for s in self.stages if s.restarts},
-                  "disk_full_since": None if self.disk_full is None else iso(self.disk_full["since"])}
+                  "disk_full_since": None if self.disk_full is None else iso(self.disk_full["since"]),
+                  "disk_state": self.disk_state()}
 
         def build(uptime_s: float) -> None:
             try:
@@ -547,7 +578,10 @@ class Gateway:
             self.rules.reload()
             self.store.capping = False
             return
-        dropped = {k: n for k, n in deleted.items() if k != "delivered"}
+        if "reserve" in deleted:
+            log.error("disk full before the cap could act: the reserve was given back to make room",
+                      bytes=deleted["reserve"])
+        dropped = {k: n for k, n in deleted.items() if k not in ("delivered", "reserve")}
         if dropped and not self.dropping:
             log.warning("disk cap reached: dropping the oldest unsent readings (alarms are kept)",
                         max_bytes=self.config.store.max_bytes, **dropped)

@@ -61,6 +61,10 @@ class DataDirLock:
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, body, 0)
         self._beat_fd = os.open(self.heartbeat, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        # Its block is taken now, while there is room: beats rewrite it in place, so a disk filled
+        # meanwhile cannot stop the heartbeat that reports it full. "{}": no beat yet.
+        os.pwrite(self._beat_fd, b"{}", 0)
+        os.ftruncate(self._beat_fd, 2)
 
     def beat(self, state: dict[str, Any]) -> None:
         """Rewrite the heartbeat in place (no new file, no rename: one page, rewritten)."""

@@ -85,6 +85,13 @@ CAP_LOW_WATER = 0.9  # once over the cap, free space down to this fraction of it
 HOUSEKEEPING_CHUNK = 2000
 ROOM_CHUNK = 500  # rows dropped per try when a commit failed for want of space: enough for a group
 RESERVE_BYTES = 4 * 1024 * 1024  # see Store.reserve: half the WAL_LIMIT, a few thousand readings' pages
+RESERVE_NAME = "edgegw.reserve"
+MAX_PAGES = 0xFFFFFFFE  # SQLite's own limit on a database's pages
+CHECKPOINT_PAGES = 4 * 1024 * 1024 // PAGE_SIZE  # see _configure
+DELETE_SLACK = 256 * 1024  # see Store._limit_growth
+# Above this much free space the database's growth is not limited: no transaction grows it by half as much.
+UNLIMITED_ABOVE = 64 * 1024 * 1024
+LIMIT_STEP = 16  # pages
 
 
 def _json(obj: object) -> str:
@@ -183,7 +190,7 @@ def _configure(conn: sqlite3.Connection, synchronous: str) -> None:
     # After each checkpoint the WAL file is cut back to this, so a long outage cannot grow it unbounded.
     conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
     # SQLite checkpoints every 1,000 pages: with small pages, keep the 4 MiB WAL that is its default.
-    conn.execute(f"PRAGMA wal_autocheckpoint={4 * 1024 * 1024 // PAGE_SIZE}")
+    conn.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
     conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
     # A multi-row UPDATE in a transaction (every acknowledgement) keeps a statement journal, and
     # past 64 KiB SQLite spills it to a file in /var/tmp: on a Pi, the SD card. In memory it is the
@@ -375,6 +382,9 @@ class Store:
         self._new_queue: list[tuple[int, int]] = []
         self._new_deliveries: list[tuple[int, int, float]] = []
         self._next_seq: int | None = None  # the seq of the next reading, once known in this transaction
+        self.page_size = self.conn.execute("PRAGMA page_size").fetchone()[0]
+        self._max_pages = 0  # see _limit_growth
+        self._grow_freely = False  # see make_room
 
     def _rows(self, sql: str) -> list[dict[str, Any]]:
         cur = self.conn.execute(sql)
@@ -383,7 +393,7 @@ class Store:
 
     # -- transactions ---------------------------------------------------------------------------
 
-    def begin(self, durable: bool = True) -> None:
+    def begin(self, durable: bool = True, deleting: bool = False) -> None:
         """Start a transaction.
 
         ``durable=False`` is for one that accepts nothing new (acknowledgements, states): with
@@ -391,13 +401,52 @@ class Store:
         it. A power cut in between may undo it, which costs no data: an ack undone that way means
         the items go once more, as at-least-once allows. At field rate every reading is followed by
         the commit of its ack, so this halves the fsyncs that wear the SD card.
+
+        ``deleting``: a transaction that makes room (see :meth:`_limit_growth`).
         """
         level = "NORMAL" if not durable and self.synchronous == "FULL" else self.synchronous
         if level != self._level:  # SQLite takes it only between transactions
             self.conn.execute(f"PRAGMA synchronous={level}")
             self._level = level
+        self._limit_growth(deleting)
         self.conn.execute("BEGIN IMMEDIATE")
         self._next_seq = None  # another process (edgegw outbox retry) may have added rows since
+
+    def _limit_growth(self, deleting: bool = False) -> None:
+        """Let the database grow (its pages, in the WAL or not yet) into the filesystem's free space
+        only as far as the checkpoint should find room to write them: half of what is left once the
+        WAL has grown to where SQLite checkpoints it (a reader may hold the WAL back longer), and
+        where that leaves nothing, a quarter of the free space: a WAL cut short by the cap's
+        checkpoint grows only as far as its transactions, and refusing every commit would keep even
+        the alarms out.
+
+        A commit whose pages the checkpoint cannot write, for want of room to grow the file, wedges
+        the database: the WAL cannot start over, so no later write, not even a DELETE to make room,
+        finds space (see :meth:`make_room`). Past this limit SQLite fails the statement instead
+        (SQLITE_FULL, before anything is committed), and the writer makes room inside the file and
+        tries again. A few microseconds a transaction; the filesystem may have filled since the last.
+
+        A transaction that makes room may grow the database by :data:`DELETE_SLACK` all the same,
+        where the filesystem has twice that: deleting rows rebalances the tree, which may take a
+        new page or two, and a delete that fails for want of a page makes no room at all.
+        """
+        fs = os.statvfs(self.path.parent)
+        free = fs.f_bavail * fs.f_frsize
+        if free > UNLIMITED_ABOVE:  # one statvfs: the rest took 20 us a transaction here
+            pages = MAX_PAGES
+        else:
+            wal_full = CHECKPOINT_PAGES * (self.page_size + 24) + 32  # frame headers, the WAL's header
+            wal_growth = max(0, wal_full - _file_size(self.path.with_name(self.path.name + "-wal")))
+            room = free // 2 if self._grow_freely else (free - min(wal_growth, free // 2)) // 2
+            # In steps of LIMIT_STEP pages, so that the PRAGMA runs when the limit moves, not at every byte.
+            pages = (_file_size(self.path) + room) // self.page_size // LIMIT_STEP * LIMIT_STEP
+            if deleting and free >= 2 * DELETE_SLACK:
+                pages = max(pages, self.conn.execute("PRAGMA page_count").fetchone()[0]
+                            + DELETE_SLACK // self.page_size)
+            pages = min(pages, MAX_PAGES)
+        if pages != self._max_pages:
+            self.conn.execute(f"PRAGMA max_page_count={pages}")
+            self._max_pages = pages
 
     def commit(self) -> None:
         """Write back cached registry rows and commit: everything since begin() is now accepted."""
@@ -433,6 +482,7 @@ class Store:
             )
             self._rejects_added = 0
         self.conn.execute("COMMIT")
+        self._grow_freely = False
         if write:
             self._counts, self._counts_due = ({}, {}), time.monotonic() + COUNTS_EVERY
         else:
@@ -797,10 +847,11 @@ class Store:
 
     def _over(self, max_bytes: int, min_free: int, low: float) -> bool:
         """Over the cap: the data takes more than ``low`` of ``max_bytes``, or the room left to grow
-        (the filesystem's free space and the database's own free pages) is under ``min_free / low``."""
+        (the filesystem's free space, the reserve, which is ours to give back, and the database's
+        own free pages) is under ``min_free / low``."""
         d = disk_usage(self.conn, self.path)
         return (d["db_bytes"] + d["wal_bytes"] > max_bytes * low
-                or d["free_bytes"] + d["reusable_bytes"] < min_free / low)
+                or d["free_bytes"] + d["reserve_bytes"] + d["reusable_bytes"] < min_free / low)
 
     def enforce_cap(self, max_bytes: int, now: float, limit: int = HOUSEKEEPING_CHUNK,
                     min_free: int = 0) -> dict[str, int]:
@@ -814,7 +865,7 @@ class Store:
         of unsent items are counted in ``drops``.
         """
         if not self.capping and not self._over(max_bytes, min_free, 1.0):
-            self._keep_reserve(min_free)
+            self.keep_reserve()
             return {}
         self.capping = True
         # Truncating the WAL gives its space back to the filesystem: where the filesystem itself is
@@ -827,21 +878,28 @@ class Store:
         if not self._over(max_bytes, min_free, CAP_LOW_WATER):
             self.capping = False
             return {}
-        deleted = self.drop_oldest(now, limit)
-        if not deleted:
+        try:
+            deleted = self.drop_oldest(now, limit)
+        except sqlite3.OperationalError as exc:
+            # The filesystem filled before the cap could act: a delete needs room in the WAL too.
+            if not _full(exc) or not self.reserve.exists():
+                raise
+            self.rollback()
+            deleted = {"reserve": self.release_reserve(), **self.drop_oldest(now, limit)}
+        if not deleted.keys() - {"reserve"}:
             self.capping = False  # only alarms left: they stay, whatever the cap
         return deleted
 
     def drop_oldest(self, now: float, limit: int = HOUSEKEEPING_CHUNK) -> dict[str, int]:
         """Delete one chunk as the cap does: delivered items first, then the oldest plain readings
         (and health reports), never alarms; each in a short transaction of its own. What went, by kind."""
-        self.begin()
+        self.begin(deleting=True)
         gone, more = delete_delivered(self.conn, math.inf, limit)
         self.conn.execute("COMMIT")
         if gone or more:
             return {"delivered": gone}
         for kind in ("reading", "health"):
-            self.begin()
+            self.begin(deleting=True)
             seqs = [seq for (seq,) in self.conn.execute(
                 "SELECT q.seq FROM queue q CROSS JOIN outbox o ON o.seq = q.seq WHERE o.kind = ?"
                 " ORDER BY q.seq LIMIT ?", (kind, limit))]
@@ -855,31 +913,63 @@ class Store:
 
     def make_room(self, now: float) -> dict[str, int]:
         """After a commit failed for want of space (the transaction rolled back), one step to make
-        room: give the reserve back to the filesystem; when it is gone already, move the WAL into
-        the database in place and drop one chunk by the cap's policy. What went, by kind
-        (``{"reserve": bytes}`` for the reserve; ``{}`` when only alarms are left)."""
-        if self.reserve.exists():
-            size = self.reserve.stat().st_size
-            self.reserve.unlink()
-            return {"reserve": size}
-        try:  # copying WAL pages into the file may itself need room; what it could not do, it retries later
-            self.conn.execute("PRAGMA wal_checkpoint(RESTART)")
-        except sqlite3.OperationalError:
-            pass
+        room, in the database's own file where it can: what went, by kind (``{}`` when nothing
+        could: only alarms are left, or not even a delete finds room).
+
+        The reserve goes first (``{"reserve": bytes}``), before any delete: on a full filesystem
+        the WAL holds pages the checkpoint cannot copy, since that would grow the database file, so
+        the WAL cannot start over, and a DELETE, which appends to it too, fails like the commit.
+        With the reserve given back, the checkpoint completes, and one chunk dropped by the cap's
+        policy leaves free pages the next commits reuse without the file growing. Without a
+        reserve, the drop is tried all the same: some other file may have shrunk meanwhile.
+
+        With nothing left to drop, the limit on the database's growth (see :meth:`_limit_growth`)
+        is eased for the next commit (``{"growth_limit": 1}``): to half the free space, whatever
+        the WAL may need, so that a group of alarms goes in where the filesystem has room for it,
+        at some of the risk the limit is there to avoid."""
+        freed = {"reserve": self.release_reserve()} if self.reserve.exists() else {}
+        self._checkpoint()
         try:
-            return self.drop_oldest(now, ROOM_CHUNK)
-        except sqlite3.OperationalError:
+            dropped = self.drop_oldest(now, ROOM_CHUNK)
+        except sqlite3.OperationalError as exc:
+            if not _full(exc):
+                raise
             self.rollback()
-            return {}
+            dropped = {}
+        freed.update(dropped)
+        if not freed and not self._grow_freely:
+            self._grow_freely = True
+            freed = {"growth_limit": 1}
+        return freed
 
     @property
     def reserve(self) -> Path:
         """A file of :data:`RESERVE_BYTES` kept beside the database, given up when the disk fills, so
-        that SQLite has room to delete (a delete writes to the WAL too) and to commit what waits."""
-        return self.path.with_name("edgegw.reserve")
+        that SQLite has room to checkpoint its WAL and to delete, and so to commit what waits."""
+        return self.path.with_name(RESERVE_NAME)
 
-    def _keep_reserve(self, min_free: int) -> None:
-        if self.reserve.exists() or shutil.disk_usage(self.path.parent).free < min_free + 2 * RESERVE_BYTES:
+    def release_reserve(self) -> int:
+        """Give the reserve back to the filesystem, and let SQLite use it at once: the checkpoint
+        grows the database file as it needs, and the WAL starts over at its next write. Its size."""
+        size = self.reserve.stat().st_size
+        self.reserve.unlink()
+        self._checkpoint()
+        return size
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database where room allows, so that the next write starts the WAL
+        over in place instead of growing it. PASSIVE: a reader's snapshot it cannot pass is not
+        waited for, the writer must go on."""
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.OperationalError:  # a page it could not write, for want of room: the next try
+            pass
+
+    def keep_reserve(self) -> None:
+        """Make the reserve where it is missing and the filesystem has room for it twice over.
+        Whatever ``min_free`` says: the reserve counts as free room for the cap (see :meth:`_over`),
+        and without it, a filesystem filled by another file leaves SQLite no room even to delete."""
+        if self.reserve.exists() or shutil.disk_usage(self.path.parent).free < 2 * RESERVE_BYTES:
             return
         fd = os.open(self.reserve, os.O_WRONLY | os.O_CREAT, 0o600)
         try:
@@ -890,6 +980,10 @@ class Store:
             return
         os.close(fd)
 
+    def note_disk_full(self, episode: dict[str, Any]) -> None:
+        """Inside a transaction: keep the last episode of commits waiting for room, for ``edgegw status``."""
+        self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('disk_full', ?)", (json.dumps(episode),))
+
     def _count_drops(self, reason: str, kind: str, n: int, at: float) -> None:
         self.conn.execute("INSERT INTO drops VALUES (?, ?, ?, ?) ON CONFLICT(reason, kind) DO UPDATE"
                           " SET count = count + excluded.count, last_at = excluded.last_at", (reason, kind, n, at))
@@ -898,6 +992,11 @@ class Store:
         if not self.conn.in_transaction:
             self.write_counts()
         self.conn.close()
+
+
+def _full(exc: sqlite3.OperationalError) -> bool:
+    """SQLite's "database or disk is full"."""
+    return (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF == sqlite3.SQLITE_FULL
 
 
 def delete_delivered(conn: sqlite3.Connection, cutoff: float, limit: int) -> tuple[int, bool]:
@@ -968,12 +1067,24 @@ def health(path: Path, gateway_id: str, version: str, uptime_s: float, bits: dic
 
 
 def disk_usage(conn: sqlite3.Connection, path: Path) -> dict[str, int]:
-    """The database's live bytes, its free pages (reused before the file grows), its WAL's, and what
-    the filesystem has free."""
+    """The database's live bytes, its free pages (reused before the file grows), its WAL's, what
+    the filesystem has free, and the reserve's (see Store.reserve)."""
     pages, free, size = (conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "freelist_count", "page_size"))
-    wal = path.with_name(path.name + "-wal")
     return {"db_bytes": (pages - free) * size, "reusable_bytes": free * size,
-            "wal_bytes": wal.stat().st_size if wal.exists() else 0, "free_bytes": shutil.disk_usage(path.parent).free}
+            "wal_bytes": _file_size(path.with_name(path.name + "-wal")), "free_bytes": shutil.disk_usage(path.parent).free,
+            "reserve_bytes": _file_size(path.with_name(RESERVE_NAME))}
+
+
+def room(path: Path) -> int:
+    """The room the database at ``path`` has to grow: its filesystem's free space and the reserve."""
+    return shutil.disk_usage(path.parent).free + _file_size(path.with_name(RESERVE_NAME))
+
+
+def _file_size(path: Path) -> int:
+    try:  # the writer may remove it at any moment (a checkpoint's truncation, the reserve given back)
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def oldest_pending_at(conn: sqlite3.Connection, bit: int = -1) -> float | None:
@@ -1051,7 +1162,8 @@ def status(path: Path) -> dict[str, Any]:
             "unknown_addresses": q("SELECT source, address, count(*) AS frames, max(at) AS last_at FROM rejects"
                                    " WHERE reason = 'unknown_device' GROUP BY source, address"
                                    " ORDER BY frames DESC LIMIT 20"),
-            "disk": disk_usage(conn, path),
+            "disk": {**disk_usage(conn, path), "last_full": next(
+                (json.loads(v) for (v,) in conn.execute("SELECT value FROM meta WHERE key = 'disk_full'")), None)},
             # Damaged files found at start, the newest first (see edgegw.dbfile).
             "damage": q("SELECT at, part, problem, kept_as, frames, commits, lost FROM damage ORDER BY at DESC LIMIT 10"),
             "dropped": {r["kind"]: r["count"] for r in drops if r["reason"] == "disk_cap"},
