@@ -26,8 +26,9 @@ def make(tmp_path, name="gw.db", gateway_id="gw-a", water_level=WL) -> Ingest:
     config = Config.model_validate({
         "gateway_id": gateway_id,
         "sources": [{"type": "rylr", "name": "lora0", "port": "/dev/null"}],
-        "devices": [{"id": "river-01", "address": 21, "driver": "water_level"},
-                    {"id": "trap-01", "address": 17, "driver": "trap"}],
+        # rate_limit 0: these tests send runs of frames far beyond a field's rate (test_auth tests the limit)
+        "devices": [{"id": "river-01", "address": 21, "driver": "water_level", "rate_limit": 0},
+                    {"id": "trap-01", "address": 17, "driver": "trap", "rate_limit": 0}],
     })
     return Ingest(config, drivers, Store(tmp_path / name), uplink_mask=1)
 
