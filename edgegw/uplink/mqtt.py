@@ -146,10 +146,11 @@ class MqttPublisher:
                 client = self._new_client()  # reads password_file: a missing file is an outage, not a crash
                 client.connect(self.config.host, self.config.port, self.config.keepalive)
                 self._client = client
+                connecting_since = time.monotonic()
                 reason: str | None = None
                 while reason is None and not self._stop.is_set():
                     lost = client.loop(timeout=0.2) != mqtt.MQTT_ERR_SUCCESS
-                    reason = self._refused or ("connection lost" if lost else self._overdue())
+                    reason = self._refused or ("connection lost" if lost else self._overdue(connecting_since))
                 reason = reason or "stopped"
             except (OSError, ssl.SSLError) as exc:
                 reason = str(exc) or type(exc).__name__
@@ -193,8 +194,14 @@ class MqttPublisher:
         if report:
             self.on_result(pending.batch_id, None)
 
-    def _overdue(self) -> str | None:
-        """Why to drop the connection, when the oldest message awaiting its PUBACK is past the deadline."""
+    def _overdue(self, connecting_since: float) -> str | None:
+        """Why to drop the connection, when the oldest message awaiting its PUBACK is past the deadline,
+        or the broker has not answered CONNECT within it."""
+        # paho itself waits for CONNACK only as long as the keepalive (a minute or more), and nothing
+        # is sent meanwhile: a peer that takes the connection and says nothing would hold the uplink
+        # "connecting" that long each time.
+        if not self._connected and time.monotonic() - connecting_since >= self.config.deadline:
+            return f"no CONNACK within the {self.config.deadline:g} s deadline: the broker takes the connection but does not answer"
         # The oldest is the first: _inflight keeps the order of publish(), and an ack pops its entry.
         with self._lock:
             oldest = next(iter(self._inflight.values()), None)
