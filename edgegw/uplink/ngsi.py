@@ -181,6 +181,12 @@ class NgsiUplink:
         finally:
             if deadline.finish():
                 conn.close()  # its socket is shut down: it cannot carry another request
+        if deadline.expired:
+            # The shutdown reads as the end of the answer: one without Content-Length then parses as
+            # complete, truncated, and its status would count as an acknowledgement not wholly received.
+            reason = "uplink stopped" if self._stop.is_set() else \
+                f"no complete answer within the {self.config.deadline:g} s deadline"
+            return self._down(TransientUplinkError(f"{self.endpoint}: {reason}"))
         error = classify(response.status, response.headers, response.data)
         if isinstance(error, TransientUplinkError):
             return self._down(error)
