@@ -168,8 +168,9 @@ class NgsiUplink:
         try:
             if conn.sock is None:
                 conn.connect()
-                if deadline.expired:  # it passed while connecting, before there was a socket to shut down
-                    raise TimeoutError
+            deadline.watch(conn.sock)
+            if deadline.expired:  # it passed while connecting, before there was a socket to shut down
+                raise TimeoutError
             conn.request("POST", self._path, body=body, headers=headers)
             response = conn.getresponse()  # reads the whole answer
         except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:  # refused, TLS, reset
@@ -235,6 +236,7 @@ class _Deadline:
 
     def __init__(self, conn: HTTPConnection, seconds: float):
         self.conn = conn
+        self.sock: socket.socket | None = None
         self.expired = False
         self._done = False
         self._lock = threading.Lock()  # no shutdown once finish() returned: the connection is reused
@@ -242,13 +244,19 @@ class _Deadline:
         self._timer.daemon = True
         self._timer.start()
 
+    def watch(self, sock: socket.socket) -> None:
+        """The request's socket, held here because http.client lets go of it (``conn.sock`` is None)
+        as soon as an answer's headers say ``Connection: close``, while the body is still to read."""
+        with self._lock:
+            self.sock = sock
+
     def expire(self) -> None:
         """End the request now (its deadline passed, or the uplink stops)."""
         with self._lock:
             if self._done:
                 return
             self.expired = True
-            if (sock := self.conn.sock) is not None:
+            if (sock := self.sock or self.conn.sock) is not None:
                 try:
                     # socket.socket's shutdown, also under TLS: SSLSocket's own would unset its SSL
                     # object under the worker's feet.
