@@ -58,8 +58,9 @@ class MqttConnection(_Section):
     ca_file: Path | None = None
     keepalive: int = Field(60, ge=5, le=3600)
     max_inflight: int = Field(4, ge=1, le=64, description="batches awaiting PUBACK at once")
-    deadline: Duration = Field(30, description="how long a published message may wait for its PUBACK; then the "
-                               "connection is dropped and made again, and the batch sent again")
+    deadline: Duration = Field(30, description="how long a published message may wait for its PUBACK (counted "
+                               "from when its batch is handed to the MQTT client), and a new connection for its "
+                               "CONNACK; then the connection is dropped and made again, and the batch sent again")
     stalled_after: Duration = Field(STALLED_AFTER, description=_STALLED)
     batch: Batching = Batching()
 
