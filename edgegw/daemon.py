@@ -126,7 +126,7 @@ class Gateway:
         self.forwarders = [
             Forwarder(build_uplink(u, config), bits[u.name], db_path(config),
                       config.gateway_id, u.batch.max_items, u.batch.max_bytes, getattr(u, "max_inflight", 1),
-                      self.events.put)
+                      self.events.put, u.stalled_after)
             for u in uplinks
         ]
         self.emulators: list[RylrEmulator] = []

@@ -10,6 +10,13 @@ A transient failure backs off (exponentially, with jitter, at least as long as t
 ``Retry-After``). A permanent one means something in the batch is refused: the batch is split in
 halves, each sent on its own, until the refused item stands alone; it is then parked with the
 platform's error (:class:`Park`) and the rest flows on.
+
+An uplink can wedge without ever saying down: a broker that answers pings but acknowledges
+nothing, a context broker that trickles its answer. The uplinks bound each message and request
+with a deadline, but a connection that keeps being made and failing still shows "up" or
+"connecting" half of the time. So the forwarder, which sees whether items wait and when the last
+acknowledgement came, shows the uplink as ``stalled`` (in place of the uplink's own state, which
+the detail keeps) once items have waited ``stalled_after`` seconds with nothing acknowledged.
 """
 
 from __future__ import annotations
@@ -29,11 +36,14 @@ from edgegw.clock import CLOCK_SANE_AFTER
 from edgegw.model import PRIORITY_ALARM, Batch, boot_id, new_batch_id
 from edgegw.radio import Backoff
 from edgegw.store import open_reader
-from edgegw.uplink import Uplink
+from edgegw.uplink import STALLED_AFTER, Uplink
 
 log = structlog.get_logger("edgegw.forwarder")
 
 RESCAN_EVERY = 5.0  # s: at most this often, reaching the end of the plain lane rescans it from its head
+# s: while the uplink cannot take a batch, this often at most the outbox is asked whether items wait
+# for it (the forwarder reads nothing then, and would not know).
+PROBE_EVERY = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +79,20 @@ class UplinkState:
 
 class Forwarder:
     def __init__(self, uplink: Uplink, bit: int, db_path: Path, gateway_id: str, max_items: int, max_bytes: int,
-                 max_inflight: int, post: Callable[[object], None]):
+                 max_inflight: int, post: Callable[[object], None], stalled_after: float = STALLED_AFTER):
         self.uplink, self.bit, self.db_path, self.gateway_id = uplink, bit, db_path, gateway_id
         self.max_items, self.max_bytes, self.max_inflight = max_items, max_bytes, max_inflight
         self.post = post  # to the writer's queue
+        self.stalled_after = stalled_after
+        # monotonic: since when items have waited with nothing acknowledged (an ack starts it afresh);
+        # None while nothing waits. The forwarder thread alone touches it.
+        self._waiting_since: float | None = None
+        self._probed_at = -float("inf")
+        # The uplink's own last state, and whether it is shown as stalled instead: posted under the
+        # lock, so the uplink's thread and the forwarder's cannot record them out of order.
+        self._state_lock = threading.Lock()
+        self._reported = ("starting", "")
+        self._stalled = False
         self.boot_id = boot_id()
         self.wake = threading.Event()  # set by the writer when new items are committed
         # Set by the writer when alarms are committed: they go at once, past the in-flight limit,
@@ -92,8 +112,50 @@ class Forwarder:
         self.wake.set()
 
     def _on_state(self, state: str, detail: str) -> None:
-        self.post(UplinkState(self.uplink.name, state, detail))
+        with self._state_lock:
+            self._reported = (state, detail)
+            self.post(self._shown())
         self.wake.set()
+
+    def _shown(self) -> UplinkState:
+        state, detail = self._reported
+        if not self._stalled:
+            return UplinkState(self.uplink.name, state, detail)
+        return UplinkState(self.uplink.name, "stalled", f"items waiting and nothing acknowledged for over "
+                           f"{self.stalled_after:g} s; uplink {state}: {detail}")
+
+    def _check_stall(self) -> None:
+        stalled = self._waiting_since is not None and time.monotonic() - self._waiting_since >= self.stalled_after
+        if stalled == self._stalled:
+            return
+        with self._state_lock:
+            self._stalled = stalled
+            self.post(self._shown())
+        state, detail = self._reported
+        if stalled:
+            log.warning("uplink stalled: items wait and nothing was acknowledged", uplink=self.uplink.name,
+                        for_s=self.stalled_after, state=state, detail=detail, in_flight=self.inflight_items)
+        else:
+            log.info("uplink no longer stalled", uplink=self.uplink.name, state=state)
+
+    def _waiting(self) -> None:
+        if self._waiting_since is None:
+            self._waiting_since = time.monotonic()
+
+    def _probe(self, reader) -> None:
+        """While the uplink cannot take a batch: whether items wait for it (they do not while none is sendable)."""
+        if time.monotonic() - self._probed_at < PROBE_EVERY:
+            return
+        self._probed_at = time.monotonic()
+        # Any sendable row will do: no ORDER BY, which would sort the whole backlog to find one.
+        waiting = reader.execute(
+            "SELECT 1 FROM queue q CROSS JOIN outbox o ON o.seq = q.seq WHERE q.pending & ?"
+            " AND NOT (o.kind = 'reading' AND o.observed_at < ? AND o.boot_id = ?) LIMIT 1",
+            (self.bit, CLOCK_SANE_AFTER, self.boot_id)).fetchone() is not None
+        if not waiting and not self._inflight:
+            self._waiting_since = None
+        elif waiting:
+            self._waiting()
 
     def run(self, stop: threading.Event) -> None:
         """Forward until ``stop``. The daemon runs it again after a crash: what was in flight goes again."""
@@ -103,6 +165,9 @@ class Forwarder:
         self._inflight.clear()
         self._suspects.clear()
         self.inflight_items = self._plain_after = 0
+        self._waiting_since, self._probed_at = None, -float("inf")
+        with self._state_lock:
+            self._stalled = False  # the fresh uplink's first state replaces what was shown
         reader = open_reader(self.db_path)
         self.uplink.start(self._on_result, self._on_state)
         backoff = Backoff(0.5, 60.0)
@@ -112,9 +177,17 @@ class Forwarder:
                     continue
                 if self.urgent.is_set() and self.uplink.ready():
                     self.urgent.clear()
-                    self._send_next(reader, PRIORITY_ALARM)
-                if self.uplink.ready() and self._room() and self._send_next(reader):
-                    continue
+                    if self._send_next(reader, PRIORITY_ALARM):
+                        self._waiting()
+                if self.uplink.ready() and self._room():
+                    if self._send_next(reader):
+                        self._waiting()
+                        continue
+                    if not self._inflight and not self._suspects:
+                        self._waiting_since = None  # all sent and acknowledged: nothing waits
+                elif not self.uplink.ready():
+                    self._probe(reader)
+                self._check_stall()
                 self.wake.wait(1.0)
                 self.wake.clear()
         finally:
@@ -130,6 +203,8 @@ class Forwarder:
                 break
             seqs = self._inflight.pop(batch_id, [])
             self.inflight_items -= len(seqs)
+            if error is None or isinstance(error, PermanentUplinkError):
+                self._waiting_since = None if self._waiting_since is None else time.monotonic()  # it answers
             if error is None:
                 backoff.reset()
                 self.post(Ack(self.uplink.name, self.bit, seqs, lambda s=seqs: self._release(s)))
@@ -149,8 +224,12 @@ class Forwarder:
             delay = max(backoff.next(), hint or 0.0)
             log.warning("batch not delivered, will retry", uplink=self.uplink.name, error=str(failed),
                         retry_in=round(delay, 2))
-            stop.wait(delay)
+            until = time.monotonic() + delay
+            while not stop.is_set() and (left := until - time.monotonic()) > 0:
+                self._check_stall()  # the backoff grows to a minute: a stall must show meanwhile
+                stop.wait(min(left, 1.0))
             return True
+        self._check_stall()
         return False
 
     def _room(self) -> bool:

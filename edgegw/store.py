@@ -1051,6 +1051,9 @@ def health(path: Path, gateway_id: str, version: str, uptime_s: float, bits: dic
             "type": "health", "id": f"{gateway_id}:health:{int(now * 1000)}", "gateway": gateway_id,
             "observed_at": iso(now), "version": version, "uptime_s": round(uptime_s, 1),
             "pending": {name: pending_count(conn, bit) for name, bit in bits.items()},
+            # As `edgegw status` shows them: a town's dashboard must see a stalled uplink as well.
+            "uplinks": {name: state for name, state in conn.execute("SELECT name, state FROM uplinks")
+                        if name in bits},
             "oldest_pending_s": None if oldest is None else round(max(0.0, now - oldest), 1),
             "rejects": dict(conn.execute("SELECT reason, sum(count) FROM reject_counts GROUP BY reason").fetchall()),
             "disk_free_bytes": disk["free_bytes"], "disk_used_bytes": disk["db_bytes"] + disk["wal_bytes"],

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hmac
+import io
 import json
 import re
 import socket
@@ -608,6 +609,7 @@ class ContextBroker:
         self._failures: list[_Problem] = []
         self._rejected: dict[str, tuple[int, str]] = {}
         self._delay = 0.0
+        self._trickle = 0.0
         self._update_count = 0
         self._upsert_count = 0
         self._connections = 0
@@ -758,12 +760,20 @@ class ContextBroker:
         with self._lock:
             self._delay = max(0.0, seconds)
 
+    def trickle(self, seconds_per_byte: float) -> None:
+        """Send every answer one byte at a time, ``seconds_per_byte`` apart (0 turns it off): a broker
+        behind a choking link, whose answer never pauses long enough to trip a client's read timeout.
+        As with :meth:`slow`, the request takes effect at once."""
+        with self._lock:
+            self._trickle = max(0.0, seconds_per_byte)
+
     def clear_faults(self) -> None:
-        """Cancel :meth:`fail_next`, :meth:`reject_entity` and :meth:`slow`."""
+        """Cancel :meth:`fail_next`, :meth:`reject_entity`, :meth:`slow` and :meth:`trickle`."""
         with self._lock:
             self._failures.clear()
             self._rejected.clear()
             self._delay = 0.0
+            self._trickle = 0.0
 
     # -- request handling ----------------------------------------------------------------------
 
@@ -801,13 +811,30 @@ class ContextBroker:
                 RecordedRequest(handler.command, url.path, query, headers, body, reply.status)
             )
             self._lock.notify_all()
-            delay = self._delay
+            delay, trickle = self._delay, self._trickle
         if delay:
             self._stopping.wait(delay)
         try:
-            self._send(handler, reply)
+            if trickle:
+                self._send_trickled(handler, reply, trickle)
+            else:
+                self._send(handler, reply)
         except OSError:
             handler.close_connection = True  # the client gave up (e.g. timed out on slow())
+
+    def _send_trickled(self, handler: _Handler, reply: _Reply, gap: float) -> None:
+        wfile, handler.wfile = handler.wfile, io.BytesIO()
+        try:
+            self._send(handler, reply)
+            answer = handler.wfile.getvalue()
+        finally:
+            handler.wfile = wfile
+        for i in range(len(answer)):
+            if self._stopping.wait(gap):
+                break
+            wfile.write(answer[i:i + 1])
+            wfile.flush()
+        handler.close_connection = True  # an answer cut short by stop() leaves nothing to reuse
 
     @staticmethod
     def _send(handler: _Handler, reply: _Reply) -> None:

@@ -296,6 +296,7 @@ def health(**over: Any) -> dict[str, Any]:
         "version": "0.3.1", "uptime_s": 86400.5, "pending": {"mqtt": 3, "ngsi-v2": 1}, "oldest_pending_s": None,
         "rejects": {"bad_mic": 2, "wrong_length": 1}, "disk_free_bytes": 1_000_000_000,
         "last_frame": {"lora0": "2025-06-01T03:04:59.000Z", "lora1": None}, "open_alarms": 1,
+        "uplinks": {"mqtt": "stalled", "ngsi-v2": "up"},
     }
     return {**item, **over}
 
@@ -448,6 +449,7 @@ def test_health_is_the_gateway_as_a_network_device():
     assert (kv["rejects"], kv["rejects_bad_mic"]) == (3, 2)
     assert kv["oldest_pending_s"] == 0  # null means nothing is pending
     assert kv["last_frame_lora0"] == "2025-06-01T03:04:59.000Z" and "last_frame_lora1" not in kv
+    assert (kv["uplink_mqtt"], kv["uplink_ngsi-v2"]) == ("stalled", "up")
     assert v2["uptime_s"]["metadata"]["unitCode"]["value"] == "SEC"
     assert v2["disk_free_bytes"]["metadata"]["unitCode"]["value"] == "AD"
 
@@ -529,6 +531,7 @@ def test_iota_json_groups_per_device_and_keeps_order():
     gateway = json.loads(out[2][1])
     assert gateway["TimeInstant"] == "2025-06-01T03:05:00.000Z" and gateway["version"] == "0.3.1"
     assert gateway["pending_mqtt"] == 3 and gateway["oldest_pending_s"] == 0
+    assert gateway["uplink_mqtt"] == "stalled"
 
 
 def test_iota_ul_groups_are_timestamped_and_parse():

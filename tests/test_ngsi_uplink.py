@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import socket
 import ssl
 import subprocess
 import threading
@@ -230,6 +231,36 @@ def test_slow_broker_beyond_the_timeout_is_transient(context_broker, running):
     context_broker.clear_faults()
     uplink.send(batch([trap()], "b2"))
     assert results.wait("b2") is None
+
+
+def test_an_answer_cut_at_the_deadline_is_not_an_acknowledgement_even_when_it_parses(running):
+    """A 200 whose body runs until the connection closes, trickled: the deadline's shutdown reads as
+    that close, so the truncated answer parses whole; it must still fail, the batch to go again."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)  # the request (small enough to come in one read)
+            try:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n")
+                while not stop.wait(0.2):
+                    conn.sendall(b" ")
+            except OSError:  # the uplink gave up
+                pass
+    server = threading.Thread(target=serve)
+    server.start()
+    try:
+        uplink, results = running(v2(f"http://127.0.0.1:{listener.getsockname()[1]}", timeout=1, deadline=1.5))
+        uplink.send(batch([trap()]))
+        error = results.wait("b1", timeout=30)
+        assert isinstance(error, TransientUplinkError) and "deadline" in str(error), error
+        assert results.states[-1][0] == "down"
+    finally:
+        stop.set()
+        listener.close()
+        server.join(10)
 
 
 def test_wrong_token_is_transient_not_a_reason_to_park_items(running, tmp_path):

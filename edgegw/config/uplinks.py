@@ -18,9 +18,14 @@ from pydantic import (
 from edgegw.config.base import Duration, _Section
 from edgegw.config.radio import Device
 from edgegw.drivers import DriverRegistry
-from edgegw.uplink import fiware
+from edgegw.uplink import STALLED_AFTER, fiware
 
 # -- uplinks ----------------------------------------------------------------------------------------
+
+# Items waiting and nothing acknowledged for this long: `edgegw status` and the health report show the
+# uplink as stalled, whatever its connection state, so an uplink that wedges is seen.
+_STALLED = "items waiting and nothing acknowledged for this long: shown as stalled in status and health"
+
 
 class Batching(_Section):
     max_items: int = Field(500, ge=1, le=100_000)
@@ -53,6 +58,10 @@ class MqttConnection(_Section):
     ca_file: Path | None = None
     keepalive: int = Field(60, ge=5, le=3600)
     max_inflight: int = Field(4, ge=1, le=64, description="batches awaiting PUBACK at once")
+    deadline: Duration = Field(30, description="how long a published message may wait for its PUBACK (counted "
+                               "from when its batch is handed to the MQTT client), and a new connection for its "
+                               "CONNACK; then the connection is dropped and made again, and the batch sent again")
+    stalled_after: Duration = Field(STALLED_AFTER, description=_STALLED)
     batch: Batching = Batching()
 
     @model_validator(mode="after")
@@ -83,6 +92,7 @@ class FileUplink(_Section):
     name: str = Field("file", pattern=r"^[A-Za-z0-9_.-]+$")
     path: Path = Path("batches")
     rotate_bytes: int = Field(10_000_000, ge=4096)
+    stalled_after: Duration = Field(STALLED_AFTER, description=_STALLED)
     batch: Batching = Batching()
 
 
@@ -254,7 +264,10 @@ class NgsiConnection(EntityMapping):
     url: str = Field(description="the context broker's base URL")
     token: str | None = Field(None, description="sent as X-Auth-Token")
     token_file: Path | None = None
-    timeout: Duration = Field(10, description="per request, for connecting and for the answer")
+    timeout: Duration = Field(10, description="for connecting, and for each wait on the socket while sending or reading")
+    deadline: Duration = Field(60, description="for the whole request, however slowly the answer trickles in; then "
+                               "the connection is dropped and the batch sent again")
+    stalled_after: Duration = Field(STALLED_AFTER, description=_STALLED)
     verify_tls: bool = True
     ca_file: Path | None = None
     batch: Batching = Batching()

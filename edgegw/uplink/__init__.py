@@ -17,6 +17,10 @@ from edgegw.model import Batch
 if TYPE_CHECKING:
     from edgegw.config import Config, UplinkConfig
 
+# s: an uplink with items waiting that acknowledged nothing for this long is shown as stalled (the
+# default of each uplink's ``stalled_after``).
+STALLED_AFTER = 120.0
+
 OnResult = Callable[[str, UplinkError | None], None]
 OnState = Callable[[str, str], None]  # (state, detail): "up" | "down" | "connecting"
 

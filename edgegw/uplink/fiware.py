@@ -99,7 +99,7 @@ ITEM_MEASURES = frozenset({
     "alarm", "alarmSeverity", "alarmMessage", "alarmId", "version", "uptime_s", "pending",
     "oldest_pending_s", "rejects", "disk_free_bytes", "open_alarms",
 })
-ITEM_MEASURE_PREFIXES = ("pending_", "rejects_", "last_frame_")
+ITEM_MEASURE_PREFIXES = ("pending_", "rejects_", "last_frame_", "uplink_")
 
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _ENTITY_TYPE = re.compile(r"^[A-Za-z0-9_:-]{1,256}$")
@@ -406,6 +406,8 @@ def _health_counters(item: Item) -> list[tuple[str, Any, str | None, str]]:
     out.append(("disk_free_bytes", item["disk_free_bytes"], "By", "Number"))
     out.append(("open_alarms", item["open_alarms"], None, "Number"))
     out += [(f"last_frame_{_safe_name(k)}", v, None, "DateTime") for k, v in item["last_frame"].items() if v]
+    # The town's dashboard sees a stalled uplink of the gateway's (reports before the states had none).
+    out += [(f"uplink_{_safe_name(k)}", v, None, "Text") for k, v in item.get("uplinks", {}).items()]
     return out
 
 

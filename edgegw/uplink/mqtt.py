@@ -8,12 +8,18 @@ Each connection attempt uses a fresh paho client: when a connection drops, batch
 acknowledged are reported failed and the forwarder sends them again; a fresh client cannot also
 replay them from its own queue, so a reconnect costs at most the in-flight window in duplicates.
 Reconnects back off exponentially with jitter.
+
+Every message must be acknowledged within the uplink's ``deadline``. A broker that answers pings
+but never sends PUBACK keeps the connection alive for paho's keepalive, and would hold the batches
+in flight forever: past the deadline the connection is dropped (the uplink reports it down, with
+why), its batches fail and the forwarder sends them again over the next connection.
 """
 
 from __future__ import annotations
 
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 
 import structlog
@@ -36,6 +42,7 @@ class _Pending:
 
     batch_id: str
     unacked: int  # messages published (or still to publish) whose PUBACK has not come
+    sent_at: float  # monotonic: when the batch was handed to paho; its PUBACKs are due a deadline later
     published: bool = False  # every message of the batch has been handed to paho
     done: bool = False  # on_result was called (exactly once per batch)
 
@@ -82,7 +89,7 @@ class MqttPublisher:
         except ValueError as exc:  # an item the format cannot carry: resending cannot help
             self.on_result(batch_id, PermanentUplinkError(str(exc)))
             return
-        pending = _Pending(batch_id, len(messages))
+        pending = _Pending(batch_id, len(messages), time.monotonic())
         error: UplinkError | None = None
         for topic, payload in messages:
             info = client.publish(topic, payload, qos=1)
@@ -139,10 +146,12 @@ class MqttPublisher:
                 client = self._new_client()  # reads password_file: a missing file is an outage, not a crash
                 client.connect(self.config.host, self.config.port, self.config.keepalive)
                 self._client = client
-                while not self._stop.is_set() and self._refused is None:
-                    if client.loop(timeout=0.2) != mqtt.MQTT_ERR_SUCCESS:
-                        break
-                reason = self._refused or "connection lost"
+                connecting_since = time.monotonic()
+                reason: str | None = None
+                while reason is None and not self._stop.is_set():
+                    lost = client.loop(timeout=0.2) != mqtt.MQTT_ERR_SUCCESS
+                    reason = self._refused or ("connection lost" if lost else self._overdue(connecting_since))
+                reason = reason or "stopped"
             except (OSError, ssl.SSLError) as exc:
                 reason = str(exc) or type(exc).__name__
             was_up = self._connected
@@ -184,6 +193,21 @@ class MqttPublisher:
             pending.done = pending.done or report
         if report:
             self.on_result(pending.batch_id, None)
+
+    def _overdue(self, connecting_since: float) -> str | None:
+        """Why to drop the connection, when the oldest message awaiting its PUBACK is past the deadline,
+        or the broker has not answered CONNECT within it."""
+        # paho itself waits for CONNACK only as long as the keepalive (a minute or more), and nothing
+        # is sent meanwhile: a peer that takes the connection and says nothing would hold the uplink
+        # "connecting" that long each time.
+        if not self._connected and time.monotonic() - connecting_since >= self.config.deadline:
+            return f"no CONNACK within the {self.config.deadline:g} s deadline: the broker takes the connection but does not answer"
+        # The oldest is the first: _inflight keeps the order of publish(), and an ack pops its entry.
+        with self._lock:
+            oldest = next(iter(self._inflight.values()), None)
+        if oldest is None or time.monotonic() - oldest.sent_at < self.config.deadline:
+            return None
+        return f"no PUBACK within the {self.config.deadline:g} s deadline: the broker answers but acknowledges nothing"
 
     def _fail_inflight(self, reason: str) -> None:
         with self._lock:

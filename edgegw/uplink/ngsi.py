@@ -7,10 +7,13 @@ most once per request), ``application/ld+json`` with the configured ``@context``
 A batch is acknowledged when every request of it succeeded; a request over Orion's 1 MB limit is
 split. Sending a batch again is harmless: the same items make the same entities.
 
-HTTP goes through urllib3: the pool under requests, so no second HTTP stack in the gateway's
+HTTP goes through urllib3: the library under requests, so no second HTTP stack in the gateway's
 memory (filip and requests bring it along anyway), one connection reused for every batch,
-explicit timeouts, and TLS verification with the system's or a given CA. urllib3's own retries and
-redirects are off: the forwarder retries with backoff, and a redirected POST would lose its body.
+explicit timeouts, and TLS verification with the system's or a given CA. No retries and no
+redirects: the forwarder retries with backoff, and a redirected POST would lose its body. The
+uplink holds its one connection itself rather than through a pool, so that it can end a request
+at its deadline (see :class:`_Deadline`): the ``timeout`` bounds each wait on the socket, the
+``deadline`` the whole request, however slowly a broker trickles its answer.
 
 ``send`` returns at once; one worker thread per uplink takes batches from a queue in order.
 Answers are classified (see :func:`classify`): connection problems, timeouts, 5xx, 429 and the 4xx
@@ -21,16 +24,20 @@ are permanent and carry the broker's own error text.
 from __future__ import annotations
 
 import email.utils
+import http.client
 import json
 import queue
+import socket
 import threading
 import time
 from collections.abc import Mapping
 from datetime import timezone
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
 import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
 
 from edgegw import __version__
 from edgegw.config import NgsiLdUplink, NgsiV2Uplink
@@ -70,16 +77,9 @@ class NgsiUplink:
             if config.service:
                 self._headers["Fiware-Service"] = config.service
             self._headers["Fiware-ServicePath"] = config.service_path
-        tls: dict[str, Any] = {"cert_reqs": "CERT_REQUIRED"}
-        if config.ca_file is not None:
-            tls["ca_certs"] = str(config.ca_file)
-        if not config.verify_tls:
-            tls = {"cert_reqs": "CERT_NONE", "assert_hostname": False}
-        # One pool, one connection: the worker sends one request at a time and reuses it.
-        self._http = urllib3.PoolManager(
-            num_pools=2, maxsize=1, retries=False,
-            timeout=urllib3.Timeout(connect=config.timeout, read=config.timeout), **tls,
-        )
+        # One connection: the worker sends one request at a time and reuses it while it stays open.
+        self._conn: HTTPConnection | None = None
+        self._deadline: _Deadline | None = None  # of the request under way, for stop() to end it
         self._queue: queue.Queue[Batch | None] = queue.Queue()
         self._stop = threading.Event()
         self._hold_until = 0.0  # monotonic: the broker's Retry-After, honoured through ready()
@@ -105,12 +105,15 @@ class NgsiUplink:
         self._queue.put(batch)
 
     def stop(self) -> None:
-        """Finish the request under way, fail the queued batches (transient) and close the pool."""
+        """End the request under way and fail it and the queued batches (transient); close the connection."""
         self._stop.set()
         self._queue.put(None)
+        if (deadline := self._deadline) is not None:
+            deadline.expire()
         if self._thread is not None:
             self._thread.join(timeout=self.config.timeout + 5)
-        self._http.clear()
+        if self._conn is not None:
+            self._conn.close()
 
     # -- worker ---------------------------------------------------------------------------------
 
@@ -160,16 +163,52 @@ class NgsiUplink:
             return self._down(TransientUplinkError(f"cannot read token_file: {exc}"))
         if token:
             headers["X-Auth-Token"] = token
+        conn = self._connection()
+        self._deadline = deadline = _Deadline(conn, self.config.deadline)
         try:
-            response = self._http.request("POST", self.endpoint, body=body, headers=headers,
-                                          retries=False, redirect=False)
-        except (urllib3.exceptions.HTTPError, OSError) as exc:  # refused, timed out, TLS, reset
-            return self._down(TransientUplinkError(f"{self.endpoint}: {_reason(exc)}"))
+            if conn.sock is None:
+                conn.connect()
+            deadline.watch(conn.sock)
+            if deadline.expired:  # it passed while connecting, before there was a socket to shut down
+                raise TimeoutError
+            conn.request("POST", self._path, body=body, headers=headers)
+            response = conn.getresponse()  # reads the whole answer
+        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:  # refused, TLS, reset
+            conn.close()
+            reason = ("uplink stopped" if self._stop.is_set() else
+                      f"no complete answer within the {self.config.deadline:g} s deadline" if deadline.expired else
+                      _reason(exc))
+            return self._down(TransientUplinkError(f"{self.endpoint}: {reason}"))
+        finally:
+            if deadline.finish():
+                conn.close()  # its socket is shut down: it cannot carry another request
+        if deadline.expired:
+            # The shutdown reads as the end of the answer: one without Content-Length then parses as
+            # complete, truncated, and its status would count as an acknowledgement not wholly received.
+            reason = "uplink stopped" if self._stop.is_set() else \
+                f"no complete answer within the {self.config.deadline:g} s deadline"
+            return self._down(TransientUplinkError(f"{self.endpoint}: {reason}"))
         error = classify(response.status, response.headers, response.data)
         if isinstance(error, TransientUplinkError):
             return self._down(error)
         self._set_state("up", self.endpoint)  # a refused payload still means the broker answers
         return error
+
+    def _connection(self) -> HTTPConnection:
+        """The connection to the broker; a new one when the broker closed the last one while it was idle."""
+        if self._conn is None:
+            url = urlsplit(self.endpoint)
+            self._path = url.path
+            if url.scheme == "http":
+                self._conn = HTTPConnection(url.hostname, url.port, timeout=self.config.timeout)
+            else:
+                tls: dict[str, Any] = {"cert_reqs": "CERT_REQUIRED", "ca_certs": self.config.ca_file and str(self.config.ca_file)}
+                if not self.config.verify_tls:
+                    tls = {"cert_reqs": "CERT_NONE", "assert_hostname": False}
+                self._conn = HTTPSConnection(url.hostname, url.port, timeout=self.config.timeout, **tls)
+        elif self._conn.sock is not None and not self._conn.is_connected:
+            self._conn.close()  # a request sent on it now would fail: connect() afresh instead
+        return self._conn
 
     def _down(self, error: TransientUplinkError) -> TransientUplinkError:
         if error.retry_after:
@@ -183,6 +222,54 @@ class NgsiUplink:
                 (log.info if state == "up" else log.warning)(f"ngsi uplink {state}", uplink=self.name, detail=detail)
             self._state = (state, detail)
             self.on_state(state, detail)
+
+
+class _Deadline:
+    """Ends a request that has run for ``seconds`` by shutting its connection's socket down.
+
+    The socket's timeout bounds each wait for bytes: a broker that trickles its answer (the status
+    line, the headers or the body) a byte every few seconds never trips it. A timer bounds the whole
+    request, wherever it is: connecting, sending, or reading. It shuts the socket down rather than
+    closing it: a shutdown wakes the worker blocked in recv or send at once, and the descriptor
+    stays the worker's to close (closed from this thread, its number could be reused under it).
+    """
+
+    def __init__(self, conn: HTTPConnection, seconds: float):
+        self.conn = conn
+        self.sock: socket.socket | None = None
+        self.expired = False
+        self._done = False
+        self._lock = threading.Lock()  # no shutdown once finish() returned: the connection is reused
+        self._timer = threading.Timer(seconds, self.expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: socket.socket) -> None:
+        """The request's socket, held here because http.client lets go of it (``conn.sock`` is None)
+        as soon as an answer's headers say ``Connection: close``, while the body is still to read."""
+        with self._lock:
+            self.sock = sock
+
+    def expire(self) -> None:
+        """End the request now (its deadline passed, or the uplink stops)."""
+        with self._lock:
+            if self._done:
+                return
+            self.expired = True
+            if (sock := self.sock or self.conn.sock) is not None:
+                try:
+                    # socket.socket's shutdown, also under TLS: SSLSocket's own would unset its SSL
+                    # object under the worker's feet.
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                except OSError:  # no longer connected
+                    pass
+
+    def finish(self) -> bool:
+        """The request is over; True when it was ended by :meth:`expire`."""
+        with self._lock:
+            self._done = True
+        self._timer.cancel()
+        return self.expired
 
 
 def classify(status: int, headers: Mapping[str, str], body: bytes) -> UplinkError | None:
