@@ -113,6 +113,9 @@ READING_COLUMNS = ("kind, priority, device_id, driver, observed_at, time_quality
                    " address, rssi, snr, raw, body, accepted_at, verified")
 READING_VALUES = "'reading', 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
 
+# The disk cap picks whose readings go among this many times a chunk of the oldest waiting ones.
+FAIRNESS_WINDOW = 10
+
 # Counters this far behind the last one, never seen, are late frames, not a reset (see edgegw.ingest).
 LATE_WINDOW = 256
 
@@ -891,8 +894,9 @@ class Store:
         return deleted
 
     def drop_oldest(self, now: float, limit: int = HOUSEKEEPING_CHUNK) -> dict[str, int]:
-        """Delete one chunk as the cap does: delivered items first, then the oldest plain readings
-        (and health reports), never alarms; each in a short transaction of its own. What went, by kind."""
+        """Delete one chunk as the cap does: delivered items first, then the oldest plain readings of
+        the device with most among the oldest (and health reports), never alarms; each in a short
+        transaction of its own. What went, by kind."""
         self.begin(deleting=True)
         gone, more = delete_delivered(self.conn, math.inf, limit)
         self.conn.execute("COMMIT")
@@ -900,9 +904,15 @@ class Store:
             return {"delivered": gone}
         for kind in ("reading", "health"):
             self.begin(deleting=True)
+            # Among the oldest waiting items, the device that sent most of them loses its own first:
+            # one device's flood (or a sensor gone wrong) must not push out the others' readings.
+            # Looking at a window, not the whole queue, keeps a chunk's cost bounded on a full card.
             seqs = [seq for (seq,) in self.conn.execute(
-                "SELECT q.seq FROM queue q CROSS JOIN outbox o ON o.seq = q.seq WHERE o.kind = ?"
-                " ORDER BY q.seq LIMIT ?", (kind, limit))]
+                "WITH oldest AS (SELECT q.seq, o.device_id FROM queue q CROSS JOIN outbox o ON o.seq = q.seq"
+                " WHERE o.kind = ? ORDER BY q.seq LIMIT ?),"
+                " top AS (SELECT device_id FROM oldest GROUP BY device_id ORDER BY count(*) DESC LIMIT 1)"
+                " SELECT seq FROM oldest WHERE device_id IS (SELECT device_id FROM top) ORDER BY seq LIMIT ?",
+                (kind, FAIRNESS_WINDOW * limit, limit))]
             self._forget(seqs)
             if seqs:
                 self._count_drops("disk_cap", kind, len(seqs), now)

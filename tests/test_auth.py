@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgegw.config import Config, load_config
@@ -161,6 +161,29 @@ def test_forged_plain_replayed_and_old_frames_are_rejected_by_reason_and_never_d
     assert gw.ingest.store.devices["trap-01"].auth_counter == 6
     state = gw.ingest.store.devices["trap-01"]
     assert (state.readings, state.rejects) == (2, 5)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.integers(0, COUNTER_MAX), min_size=1, max_size=30), st.integers(0, 29))
+def test_a_frame_is_accepted_only_if_its_counter_beats_every_one_accepted_before(tmp_path_factory, counters,
+                                                                                 restart_at):
+    """Any order of counters, with a restart anywhere and the duplicate window long past: exactly the
+    record-breaking ones are readings, every other is a replay; a counter at 2**32-1 is the last one
+    a key can send (the device must be given a new key or reset on site)."""
+    tmp = tmp_path_factory.mktemp("replay")
+    keys = tmp / "keys.toml"
+    new_key(keys, "trap-01")
+    key = load_keys(keys)["trap-01"]
+    gw = Gateway(tmp / "gw.db", config({"rate_limit": 0}, keys))
+    best, expected, got = -1, [], []
+    for i, counter in enumerate(counters):
+        if i == restart_at:
+            gw.restart()
+        gw.ingest.recent.clear()  # as if each came more than an hour after the last
+        expected.append("Reading" if counter > best else "replayed")
+        best = max(best, counter)
+        got += reasons(gw.hear(sealed(counter, key=key)))
+    assert got == expected
 
 
 def test_a_copy_of_the_last_frame_is_a_duplicate_but_an_older_one_is_a_replay(tmp_path, keys_file):

@@ -49,6 +49,23 @@ def test_under_the_cap_nothing_goes(tmp_path):
     assert cap(store) == {} and kinds(store) == {"reading": 500}
 
 
+def test_a_flood_from_one_device_is_dropped_before_the_other_devices_readings(tmp_path):
+    """During an outage 50 genuine readings wait among 12,000 of one flooding (spoofed) device: at
+    the cap the flood goes, the genuine readings stay."""
+    store = Store(tmp_path / "gw.db")
+    store.register_uplinks(["town"])
+    store.begin()
+    for i in range(12_050):
+        genuine = i % 241 == 0 and i // 241 < 50
+        store.add_item(f"{'g' if genuine else 'f'}{i}", "reading", 0, "river-01" if genuine else "trap-13",
+                       float(i), 0.0, "b", b"\x01" * 9, BODY, 1, float(i))
+    store.commit()
+    deleted = cap(store)
+    assert deleted["reading"] > 1000
+    left = dict(store.conn.execute("SELECT device_id, count(*) FROM outbox GROUP BY device_id"))
+    assert left["river-01"] == 50 and left["trap-13"] < 12_000
+
+
 def test_delivered_first_then_oldest_readings_never_alarms_and_counted(tmp_path):
     store = Store(tmp_path / "gw.db")
     fill(store, 12_000, alarms_every=100, delivered=3000)
