@@ -111,6 +111,14 @@ def outbox(store: Store) -> dict[str, list[str]]:
     return out
 
 
+def cli_status(config: Path) -> tuple[str, dict]:
+    """``edgegw status``, as text and as JSON."""
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "edgegw", "status", *args, "-c", str(config)],
+                              capture_output=True, text=True, timeout=60, check=True)
+    return run().stdout, json.loads(run("--json").stdout)
+
+
 def test_a_commit_that_failed_on_a_full_filesystem_commits_after_room_is_made_alarms_and_all(small_fs):
     store = Store(small_fs / "gw.db")
     backlog(store, delivered=300, pending=20_000, alarms_every=50)
@@ -244,12 +252,6 @@ def test_the_daemon_on_a_full_disk_commits_and_raises_every_alarm_and_says_so(tm
         daemon._check_alive()  # a crash fails the test at once, not at a timeout
         return sum(d["readings"] for d in daemon.status().get("devices", []))
 
-    def cli_status() -> tuple[str, dict]:
-        def run(*args: str) -> subprocess.CompletedProcess:
-            return subprocess.run([sys.executable, "-m", "edgegw", "status", *args, "-c", str(config)],
-                                  capture_output=True, text=True, timeout=60, check=True)
-        return run().stdout, json.loads(run("--json").stdout)
-
     try:
         sub.wait_subscribed(timeout=20)
         daemon.start().wait_receiving()
@@ -290,7 +292,7 @@ def test_the_daemon_on_a_full_disk_commits_and_raises_every_alarm_and_says_so(tm
         assert dropped.get("reading", 0) > 0 and "alarm" not in dropped
         assert left + dropped["reading"] + 300 == len(sender.sent)  # 300: delivered, the first to go
 
-        text, st = cli_status()
+        text, st = cli_status(config)
         assert st["disk"]["state"] == "low" and "disk     LOW" in text  # the other file is still there
         assert "LATE" not in text  # the heartbeat, on the same filesystem, is still written
         assert st["disk"]["last_full"]["freed"] and "last FULL" in text
@@ -330,12 +332,6 @@ def test_with_only_alarms_left_the_daemon_waits_says_disk_full_and_commits_once_
     daemon = Daemon(config)
     sender = Sender(emulator, strict=False)  # while the writer waits, the module's buffer overflows
 
-    def cli_status() -> tuple[str, dict]:
-        def run(*args: str) -> subprocess.CompletedProcess:
-            return subprocess.run([sys.executable, "-m", "edgegw", "status", *args, "-c", str(config)],
-                                  capture_output=True, text=True, timeout=60, check=True)
-        return run().stdout, json.loads(run("--json").stdout)
-
     try:
         daemon.start().wait_receiving()
         wait_until(lambda: (small_fs / "edgegw.reserve").exists(), 30, "the reserve made")
@@ -358,7 +354,7 @@ def test_with_only_alarms_left_the_daemon_waits_says_disk_full_and_commits_once_
                 break  # every reading went, and the alarms wait for room
         else:
             raise AssertionError("the writer never had to wait with only alarms left")
-        text, st = wait_until(lambda: (r := cli_status())[1]["disk"]["state"] == "full" and r, 30,
+        text, st = wait_until(lambda: (r := cli_status(config))[1]["disk"]["state"] == "full" and r, 30,
                               "status saying the disk is full")
         assert "DISK FULL since" in text and "disk     FULL" in text
         assert kinds()["alarm"] > 0 and not kinds().get("reading")  # every reading went; no alarm did

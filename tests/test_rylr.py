@@ -11,6 +11,8 @@ import os
 import threading
 import time
 import tty
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -729,15 +731,28 @@ class Writer:
             receipt.set()
 
 
-def test_radio_reads_no_new_turn_until_its_last_hand_over_is_committed(emulator):
-    # Back-pressure: while the writer has not committed what the radio handed over, the radio reads
-    # nothing more; frames wait in the kernel's tty buffer, so a crash loses at most that one turn.
+@contextmanager
+def reading(emulator, turn: ReadTurn | None = None) -> Iterator[Writer]:
+    """A radio on ``emulator`` handing over to a :class:`Writer` in a thread; stopped (and checked
+    stopped) when the block ends."""
     writer, stop = Writer(), threading.Event()
-    turn = ReadTurn()
     thread = threading.Thread(target=RylrRadio(source(), str(emulator.link), turn).run, args=(writer, stop),
                               daemon=True)
     thread.start()
     try:
+        yield writer
+    finally:
+        stop.set()
+        emulator.write_line("")
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+def test_radio_reads_no_new_turn_until_its_last_hand_over_is_committed(emulator):
+    # Back-pressure: while the writer has not committed what the radio handed over, the radio reads
+    # nothing more; frames wait in the kernel's tty buffer, so a crash loses at most that one turn.
+    turn = ReadTurn()
+    with reading(emulator, turn) as writer:
         wait_until(lambda: "AT+PARAMETER=9,7,1,12" in emulator.commands and emulator.configured, what="configured")
         with turn.write():  # ten frames for one read
             for n in range(10):
@@ -747,29 +762,20 @@ def test_radio_reads_no_new_turn_until_its_last_hand_over_is_committed(emulator)
         wait_until(lambda: writer.handed, what="the first hand-over")
         for n in range(10, 20):
             assert emulator.receive(21, WATER, -80, n)
-        stop.wait(0.3)  # time enough for the radio to read them, were it allowed to
+        time.sleep(0.3)  # time enough for the radio to read them, were it allowed to
         assert [[f.snr for f in h] for h in writer.handed] == [[float(n) for n in range(10)]]
         unread = sum(len(rcv_line(21, WATER, -80, n) + "\r\n") for n in range(10, 20))
         assert emulator.pending_bytes() == unread  # in the kernel
         writer.commit()
         wait_until(lambda: sum(len(h) for h in writer.handed) == 20, what="the next ten, once committed")
         assert [f.snr for h in writer.handed for f in h] == [float(n) for n in range(20)]
-    finally:
-        stop.set()
-        emulator.write_line("")
-        thread.join(timeout=10)
-    assert not thread.is_alive()
 
 
 def test_a_turn_in_a_burst_takes_turn_bytes_over_several_reads_and_no_more(emulator):
     # A burst commits in groups of a whole turn (several of the tty's 4 KiB reads), so the writer's
     # cost per reading stays low; and the turn stops at TURN_BYTES, so the loss window stays bounded.
-    writer, stop = Writer(), threading.Event()
     turn = ReadTurn()
-    thread = threading.Thread(target=RylrRadio(source(), str(emulator.link), turn).run, args=(writer, stop),
-                              daemon=True)
-    thread.start()
-    try:
+    with reading(emulator, turn) as writer:
         wait_until(lambda: "AT+PARAMETER=9,7,1,12" in emulator.commands and emulator.configured, what="configured")
         line = len(rcv_line(21, WATER, -80, 7.5) + "\r\n")
         per_turn = rylr.TURN_BYTES // line  # the frames one turn completes (it takes a head of the next)
@@ -777,31 +783,18 @@ def test_a_turn_in_a_burst_takes_turn_bytes_over_several_reads_and_no_more(emula
             for _ in range(per_turn + 30):
                 assert emulator.receive(21, WATER, -80, 7.5)
         wait_until(lambda: writer.handed, what="the first hand-over")
-        stop.wait(0.3)  # time enough for the radio to read the rest, were it allowed to
+        time.sleep(0.3)  # time enough for the radio to read the rest, were it allowed to
         assert [len(h) for h in writer.handed] == [per_turn]
         writer.commit()
         wait_until(lambda: sum(len(h) for h in writer.handed) == per_turn + 30, what="the rest, once committed")
-    finally:
-        stop.set()
-        emulator.write_line("")
-        thread.join(timeout=10)
-    assert not thread.is_alive()
 
 
 def test_a_lone_frame_is_handed_over_without_waiting_for_a_turn_to_fill(emulator):
     # At field rate a turn is the one frame there is: nothing holds it back for more to arrive.
-    writer, stop = Writer(), threading.Event()
-    thread = threading.Thread(target=RylrRadio(source(), str(emulator.link)).run, args=(writer, stop), daemon=True)
-    thread.start()
-    try:
+    with reading(emulator) as writer:
         wait_until(lambda: emulator.configured and emulator.receive(21, WATER), what="a frame sent")
         wait_until(lambda: writer.handed, what="the hand-over")
         assert [[f.address for f in h] for h in writer.handed] == [[21]]
-    finally:
-        stop.set()
-        emulator.write_line("")
-        thread.join(timeout=10)
-    assert not thread.is_alive()
 
 
 def test_radio_waiting_for_a_commit_still_stops(emulator):
