@@ -12,10 +12,14 @@ def run_python(code: str) -> str:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
 
 
-def test_the_daemon_does_not_load_dnspython_or_sqlite_utils():
+def test_the_daemon_does_not_load_dnspython_or_sqlite_utils_or_cryptography_before_a_key_is_used():
     loaded = run_python("import sys, edgegw.daemon, edgegw.uplink.mqtt, edgegw.rules.actions;"
-                        " print(sorted({m.split('.')[0] for m in sys.modules} & {'dns', 'sqlite_utils', 'pandas'}))")
+                        " print(sorted({m.split('.')[0] for m in sys.modules}"
+                        " & {'dns', 'sqlite_utils', 'pandas', 'cryptography'}))")
     assert loaded == "[]"
+    used = run_python("import sys; from edgegw.envelope import seal; seal(bytes(16), 1, 1, b'');"
+                      " print('cryptography' in sys.modules)")
+    assert used == "True"
 
 
 def test_a_hidden_extra_can_still_be_imported_afterwards():
