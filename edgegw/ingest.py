@@ -53,6 +53,25 @@ class Auth:
     plain_until: float | None  # ...except until then (the rollout window), marked unverified
 
 
+class Allowance:
+    """How many frames each device may still send: a token bucket of ``rate_limit`` frames,
+    refilled at ``rate_limit`` per ``interval`` (monotonic time, so a clock step changes nothing)."""
+
+    def __init__(self) -> None:
+        self._left: dict[str, tuple[float, float]] = {}  # device id -> (frames left, at)
+
+    def take(self, device: Device, mono: float) -> None:
+        """Take one frame from the device's allowance; raise :class:`FrameRefused` when there is none."""
+        if device.rate_limit == 0:
+            return
+        left, since = self._left.get(device.id, (float(device.rate_limit), mono))
+        left = min(float(device.rate_limit), left + (mono - since) * device.rate_limit / device.interval)
+        if left < 1.0:
+            self._left[device.id] = (left, mono)
+            raise FrameRefused("rate_limited", f"more than {device.rate_limit} frames per {device.interval:g} s")
+        self._left[device.id] = (left - 1.0, mono)
+
+
 @dataclass(frozen=True, slots=True)
 class Duplicate:
     device_id: str
@@ -105,9 +124,7 @@ class Ingest:
         self.auth = {d.id: Auth(keys.get(d.id), d.require_auth if d.require_auth is not None else d.id in keys,
                                 d.accept_plain_until.timestamp() if d.accept_plain_until else None)
                      for d in config.devices}
-        # device id -> (frames it may still send now, monotonic time of that count): a token bucket
-        # holding rate_limit frames, refilled at rate_limit per interval.
-        self.allowance: dict[str, tuple[float, float]] = {}
+        self.allowance = Allowance()
         # device id -> {counter: (seq, accepted at)} of its recent frames in the current epoch, oldest first
         self.recent: dict[str, dict[int, tuple[int, float]]] = self._recent_frames(store)
 
@@ -138,7 +155,7 @@ class Ingest:
             if isinstance(opened, Duplicate):
                 return opened
             # After the MIC check: forged frames must not use up a keyed device's allowance.
-            self._within_rate(device, frame.mono)
+            self.allowance.take(device, frame.mono)
             decoded = driver.decode(frame.payload if opened is None else opened.payload)
         except (DecodeError, FrameRefused) as exc:
             reason, detail = exc.reason, exc.detail
@@ -177,17 +194,6 @@ class Ingest:
         if auth.required and (auth.plain_until is None or frame.wall > auth.plain_until):
             raise EnvelopeError("unauthenticated", "not an authenticated frame; this device must send them")
         return None
-
-    def _within_rate(self, device: Device, mono: float) -> None:
-        """Take one frame from the device's allowance; raise :class:`FrameRefused` when there is none."""
-        if device.rate_limit == 0:
-            return
-        left, since = self.allowance.get(device.id, (float(device.rate_limit), mono))
-        left = min(float(device.rate_limit), left + (mono - since) * device.rate_limit / device.interval)
-        if left < 1.0:
-            self.allowance[device.id] = (left, mono)
-            raise FrameRefused("rate_limited", f"more than {device.rate_limit} frames per {device.interval:g} s")
-        self.allowance[device.id] = (left - 1.0, mono)
 
     def _store_reading(self, frame: Frame, device: Device, state: DeviceState, values, counter: int | None,
                        device_epoch: int | None, verified: bool = False) -> Reading | Duplicate:
