@@ -34,7 +34,7 @@ import structlog
 from edgegw.errors import PermanentUplinkError, TransientUplinkError, UplinkError
 from edgegw.clock import CLOCK_SANE_AFTER
 from edgegw.model import PRIORITY_ALARM, Batch, boot_id, new_batch_id
-from edgegw.radio import Backoff
+from edgegw.backoff import Backoff
 from edgegw.store import open_reader
 from edgegw.uplink import STALLED_AFTER, Uplink
 

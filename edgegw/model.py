@@ -85,10 +85,6 @@ class Reading:
     verified: bool = False  # its frame's MIC verified with the device's key (see edgegw.envelope)
 
 
-ALARM_KINDS = (
-    "trap_sprung", "trap_reminder", "trap_rearmed", "water_level_alarm", "water_level_clear", "water_rise",
-    "device_silent", "device_back", "battery_low", "battery_ok", "sensor_fault", "database_damaged",
-)
 SEVERITIES = ("informational", "low", "medium", "high", "critical")
 PRIORITY_ALARM = 10  # outbox priority: alarms overtake any backlog of readings (priority 0)
 PRIORITY_HEALTH = 5  # a gateway's health report is news only while it is fresh

@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from edgegw.radio import Backoff
+from edgegw.backoff import Backoff
 
 log = structlog.get_logger("edgegw.supervise")
 

@@ -14,7 +14,6 @@ bounds what a crash loses to one read turn.
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -97,18 +96,3 @@ class ReadTurn:
             with self._cond:
                 self._writing = False
                 self._cond.notify_all()
-
-
-class Backoff:
-    """Exponential backoff with full jitter, so thirty gateways do not retry in step."""
-
-    def __init__(self, first: float = 0.5, limit: float = 30.0):
-        self.first, self.limit, self.attempt = first, limit, 0
-
-    def next(self) -> float:
-        delay = min(self.limit, self.first * 2**self.attempt)
-        self.attempt += 1
-        return random.uniform(delay / 2, delay)
-
-    def reset(self) -> None:
-        self.attempt = 0

@@ -21,7 +21,8 @@ import structlog
 from edgegw.config import RylrSource as RylrConfig
 from edgegw.errors import ModuleError
 from edgegw.model import Frame, Reject
-from edgegw.radio import Backoff, Emit, ReadTurn, SourceState, wait_committed
+from edgegw.backoff import Backoff
+from edgegw.radio import Emit, ReadTurn, SourceState, wait_committed
 
 log = structlog.get_logger("edgegw.radio.rylr")
 

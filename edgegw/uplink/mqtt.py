@@ -28,7 +28,7 @@ from edgegw.config import MqttConnection, MqttUplink
 from edgegw.errors import PermanentUplinkError, TransientUplinkError, UplinkError
 from edgegw.imports import import_without
 from edgegw.model import Batch
-from edgegw.radio import Backoff
+from edgegw.backoff import Backoff
 from edgegw.uplink import OnResult, OnState
 
 mqtt = import_without("paho.mqtt.client", "dns")
