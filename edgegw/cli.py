@@ -83,11 +83,11 @@ def status(config_path: Path, as_json: bool) -> None:
     Example: edgegw status -c configs/demo.toml --json
     """
     config, _ = _load(config_path)
-    from edgegw.daemon import db_path
+    from edgegw.store.connection import db_path
     from edgegw.running import daemon_state
     from edgegw.store import status as read_status
 
-    path = db_path(config)
+    path = db_path(config.data_dir)
     if not path.exists():
         raise click.ClickException(f"no database at {path}: has `edgegw run -c {config_path}` run yet?")
     st = read_status(path)
@@ -238,10 +238,10 @@ def alarms_command(config_path: Path, as_json: bool, recent: int) -> None:
     Example: edgegw alarms -c configs/demo.toml --json
     """
     config, _ = _load(config_path)
-    from edgegw.daemon import db_path
+    from edgegw.store.connection import db_path
     from edgegw.store import alarms
 
-    path = db_path(config)
+    path = db_path(config.data_dir)
     if not path.exists():
         raise click.ClickException(f"no database at {path}: has `edgegw run -c {config_path}` run yet?")
     found = alarms(path, recent)
@@ -277,10 +277,10 @@ def outbox_group() -> None:
 
 def _outbox(config_path: Path):
     config, _ = _load(config_path)
-    from edgegw.daemon import db_path
+    from edgegw.store.connection import db_path
     from edgegw.outbox import Outbox
 
-    path = db_path(config)
+    path = db_path(config.data_dir)
     if not path.exists():
         raise click.ClickException(f"no database at {path}: has `edgegw run -c {config_path}` run yet?")
     return Outbox(path, synchronous=config.store.synchronous)
@@ -487,11 +487,11 @@ def config_check(file: Path) -> None:
     if plain:
         click.echo(f"not authenticated (anyone in radio range can send as them): {', '.join(plain)};"
                    " see edgegw keys new")
-    from edgegw.daemon import db_path
+    from edgegw.store.connection import db_path
     from edgegw.errors import OutboxError
     from edgegw.outbox import Outbox
 
-    db = db_path(config)
+    db = db_path(config.data_dir)
     if not db.exists():
         return
     # An uplink renamed or removed lets go of its queue when the daemon starts: say so before.
@@ -566,7 +566,7 @@ def keys_reset_counter(device_id: str, config_path: Path) -> None:
 
     Example: systemctl stop edgegw; edgegw keys reset-counter trap-01 -c /etc/edgegw/gateway.toml
     """
-    from edgegw.daemon import db_path
+    from edgegw.store.connection import db_path
     from edgegw.running import AlreadyRunning, DataDirLock
     from edgegw.store import Store
 
@@ -577,7 +577,7 @@ def keys_reset_counter(device_id: str, config_path: Path) -> None:
     except AlreadyRunning as exc:
         raise click.ClickException(f"{exc}. Stop it first: systemctl stop edgegw") from None
     try:
-        store = Store(db_path(config))
+        store = Store(db_path(config.data_dir))
         forgotten = store.reset_counter(device_id)
         store.close()
     finally:

@@ -26,14 +26,14 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
 
 from edgegw.errors import PermanentUplinkError, TransientUplinkError, UplinkError
 from edgegw.clock import CLOCK_SANE_AFTER
-from edgegw.model import PRIORITY_ALARM, Batch, boot_id, new_batch_id
+from edgegw.items import Batch, new_batch_id
+from edgegw.model import PRIORITY_ALARM, Ack, Event, Park, UplinkState, boot_id
 from edgegw.backoff import Backoff
 from edgegw.store import open_reader
 from edgegw.uplink import STALLED_AFTER, Uplink
@@ -46,40 +46,9 @@ RESCAN_EVERY = 5.0  # s: at most this often, reaching the end of the plain lane 
 PROBE_EVERY = 1.0
 
 
-@dataclass(frozen=True, slots=True)
-class Ack:
-    """An uplink acknowledged these outbox rows; ``committed`` runs once the writer has recorded it."""
-
-    uplink: str
-    bit: int
-    seqs: list[int]
-    committed: Callable[[], None]
-    wall: float = field(default_factory=time.time)
-
-
-@dataclass(frozen=True, slots=True)
-class Park:
-    """An uplink refused this one outbox row for good; ``committed`` runs once the writer parked it."""
-
-    uplink: str
-    bit: int
-    seq: int
-    error: str
-    committed: Callable[[], None]
-    wall: float = field(default_factory=time.time)
-
-
-@dataclass(frozen=True, slots=True)
-class UplinkState:
-    uplink: str
-    state: str
-    detail: str = ""
-    wall: float = field(default_factory=time.time)
-
-
 class Forwarder:
     def __init__(self, uplink: Uplink, bit: int, db_path: Path, gateway_id: str, max_items: int, max_bytes: int,
-                 max_inflight: int, post: Callable[[object], None], stalled_after: float = STALLED_AFTER):
+                 max_inflight: int, post: Callable[[Event], None], stalled_after: float = STALLED_AFTER):
         self.uplink, self.bit, self.db_path, self.gateway_id = uplink, bit, db_path, gateway_id
         self.max_items, self.max_bytes, self.max_inflight = max_items, max_bytes, max_inflight
         self.post = post  # to the writer's queue
@@ -207,16 +176,16 @@ class Forwarder:
                 self._waiting_since = None if self._waiting_since is None else time.monotonic()  # it answers
             if error is None:
                 backoff.reset()
-                self.post(Ack(self.uplink.name, self.bit, seqs, lambda s=seqs: self._release(s)))
+                self.post(Ack(self.uplink.name, self.bit, seqs))
             elif isinstance(error, PermanentUplinkError) and len(seqs) > 1:
                 half = len(seqs) // 2
                 self._suspects += [seqs[:half], seqs[half:]]  # still busy: sent next, each alone
                 log.warning("batch refused; splitting it to find the refused item", uplink=self.uplink.name,
                             items=len(seqs), error=str(error))
             elif isinstance(error, PermanentUplinkError) and seqs:
-                self.post(Park(self.uplink.name, self.bit, seqs[0], str(error), lambda s=seqs: self._release(s)))
+                self.post(Park(self.uplink.name, self.bit, seqs[0], str(error)))
             else:
-                self._release(seqs)
+                self.recorded(seqs)
                 self._plain_after = 0  # these go again, from the head of the lane
                 failed = error
         if failed is not None:
@@ -241,7 +210,9 @@ class Forwarder:
             unrecorded = len(self._busy)
         return len(self._inflight) < self.max_inflight and unrecorded < 2 * self.max_inflight * self.max_items
 
-    def _release(self, seqs: list[int]) -> None:
+    def recorded(self, seqs: list[int]) -> None:
+        """The writer is done with an :class:`Ack` or :class:`Park` of these seqs (recorded, or its
+        commit failed): they are no longer held as busy, and go again if still pending."""
         with self._busy_lock:
             self._busy.difference_update(seqs)
         self.wake.set()
@@ -252,7 +223,7 @@ class Forwarder:
             if self._suspects:
                 seqs = self._suspects.pop(0)
                 items = self._items(reader, seqs)
-                self._release([s for s in seqs if s not in items])  # replaced meanwhile (an older health report)
+                self.recorded([s for s in seqs if s not in items])  # replaced meanwhile (an older health report)
                 return self._send(list(items), list(items.values()))
             with self._busy_lock:
                 busy = set(self._busy)

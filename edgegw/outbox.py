@@ -43,7 +43,10 @@ from pydantic import TypeAdapter, ValidationError
 from edgegw.config import Duration
 from edgegw.errors import OutboxError
 from edgegw.model import PRIORITY_ALARM, PRIORITY_HEALTH
-from edgegw.store import HOUSEKEEPING_CHUNK, _connect, delete_delivered, oldest_pending_at, open_reader, pending_count
+from edgegw.store import oldest_pending_at, pending_count
+from edgegw.store.alarms import count_purgeable
+from edgegw.store.connection import connect, immediate, open_reader
+from edgegw.store.housekeeping import HOUSEKEEPING_CHUNK, purge_step
 
 PURGE_CHUNK = HOUSEKEEPING_CHUNK  # rows per purge transaction, as the daemon's own: it waits for one at most
 RETRY_CHUNK = 500  # parked items re-queued per transaction by ``retry(all_parked=True)``
@@ -239,7 +242,7 @@ class Outbox:
         """A connection with the daemon's own pragmas (WAL, synchronous, busy_timeout); autocommit mode,
         so every transaction is an explicit, short ``BEGIN IMMEDIATE`` ... ``COMMIT``."""
         self._exists()  # sqlite3.connect would create an empty database
-        conn = _connect(self.path, self.synchronous)
+        conn = connect(self.path, self.synchronous)
         conn.row_factory = sqlite3.Row
         return conn
 
@@ -448,33 +451,31 @@ class Outbox:
 
     def _retry_ids(self, conn: sqlite3.Connection, bits: dict[str, int], ids: Sequence[str], uplink: str | None,
                    now: float, result: RetryResult) -> None:
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            for ident in dict.fromkeys(ids):
-                row = _find(conn, ident)
-                item_id = row["item_id"] if row is not None else ident
-                parked = [p for p in conn.execute(
-                    "SELECT item_id, uplink, kind, body, seq FROM parked WHERE item_id = ? ORDER BY uplink",
-                    (item_id,))]
-                if row is None and not parked:
-                    raise OutboxError(f"no item {ident!r} in the outbox (give an item id or a seq); nothing retried")
-                mine = [p for p in parked if uplink is None or p["uplink"] == uplink]
-                if not mine:
-                    where = f" for {uplink}" if uplink else ""
-                    others = f" (parked for {', '.join(p['uplink'] for p in parked)})" if parked else ""
-                    raise OutboxError(f"{ident} is not parked{where}{others}; nothing retried")
-                usable = [p for p in mine if p["uplink"] in bits]
-                if not usable:
-                    raise OutboxError(f"{ident} is parked only for uplinks no longer configured "
-                                      f"({', '.join(p['uplink'] for p in mine)}); nothing retried")
-                for p in mine:
-                    if p["uplink"] in bits:
-                        result.requeued.append(_requeue(conn, p, bits[p["uplink"]], now))
-                    else:
-                        result.not_configured[p["uplink"]] = result.not_configured.get(p["uplink"], 0) + 1
-            conn.execute("COMMIT")
+            with immediate(conn):
+                for ident in dict.fromkeys(ids):
+                    row = _find(conn, ident)
+                    item_id = row["item_id"] if row is not None else ident
+                    parked = [p for p in conn.execute(
+                        "SELECT item_id, uplink, kind, body, seq FROM parked WHERE item_id = ? ORDER BY uplink",
+                        (item_id,))]
+                    if row is None and not parked:
+                        raise OutboxError(f"no item {ident!r} in the outbox (give an item id or a seq); nothing retried")
+                    mine = [p for p in parked if uplink is None or p["uplink"] == uplink]
+                    if not mine:
+                        where = f" for {uplink}" if uplink else ""
+                        others = f" (parked for {', '.join(p['uplink'] for p in parked)})" if parked else ""
+                        raise OutboxError(f"{ident} is not parked{where}{others}; nothing retried")
+                    usable = [p for p in mine if p["uplink"] in bits]
+                    if not usable:
+                        raise OutboxError(f"{ident} is parked only for uplinks no longer configured "
+                                          f"({', '.join(p['uplink'] for p in mine)}); nothing retried")
+                    for p in mine:
+                        if p["uplink"] in bits:
+                            result.requeued.append(_requeue(conn, p, bits[p["uplink"]], now))
+                        else:
+                            result.not_configured[p["uplink"]] = result.not_configured.get(p["uplink"], 0) + 1
         except BaseException:
-            conn.execute("ROLLBACK")
             result.requeued.clear()
             result.not_configured.clear()
             raise
@@ -487,17 +488,12 @@ class Outbox:
             " GROUP BY uplink", args):
             result.not_configured[name] = n
         while True:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with immediate(conn):
                 batch = conn.execute(
                     "SELECT item_id, uplink, kind, body, seq FROM parked WHERE uplink IN (SELECT name FROM uplinks)"
                     f" {only} ORDER BY parked_at, item_id LIMIT ?", [*args, RETRY_CHUNK]).fetchall()
                 for p in batch:
                     result.requeued.append(_requeue(conn, p, bits[p["uplink"]], now))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
             if len(batch) < RETRY_CHUNK:
                 break
         if not result.requeued:
@@ -518,12 +514,6 @@ class Outbox:
         return Purge(self, (time.time() if now is None else now) - older_than, chunk)
 
 
-# Closed alarms of the alarm log, except those whose outbox item is still on its way.
-_PURGEABLE_ALARMS = ("open = 0 AND raised_at < :cutoff AND NOT EXISTS"
-                     " (SELECT 1 FROM outbox o CROSS JOIN queue q ON q.seq = o.seq"
-                     " WHERE o.counter IS NULL AND o.item_id = alarms.id)")
-
-
 class Purge:
     """A purge, planned: ``items`` and ``alarms`` rows are due (``total`` in all). Iterating runs it,
     one ``BEGIN IMMEDIATE`` transaction per chunk, and yields the rows each chunk deleted; afterwards
@@ -541,8 +531,7 @@ class Purge:
             self.items = conn.execute(
                 "SELECT count(*) FROM deliveries d CROSS JOIN outbox o ON o.seq BETWEEN d.first AND d.last"
                 " WHERE d.at < ? AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.seq = o.seq)", (cutoff,)).fetchone()[0]
-            self.alarms = conn.execute(f"SELECT count(*) FROM alarms WHERE {_PURGEABLE_ALARMS}",
-                                       {"cutoff": cutoff}).fetchone()[0]
+            self.alarms = count_purgeable(conn, cutoff)
             self.before = outbox.disk_usage(conn)
         finally:
             conn.close()
@@ -563,40 +552,21 @@ class Purge:
         except sqlite3.Error as exc:
             raise OutboxError(f"database error: {exc}") from None
         try:
-            for table in ("outbox", "alarms"):
-                more = True
-                while more:
-                    n, more = self._chunk(conn, table)
-                    if table == "outbox":
-                        self.deleted_items += n
-                    else:
-                        self.deleted_alarms += n
-                    if n:
-                        yield n  # between transactions: the daemon writes while the caller reports progress
+            more = True
+            while more:
+                try:
+                    with immediate(conn):
+                        items, alarms, more = purge_step(conn, self.cutoff, self.chunk)
+                except sqlite3.OperationalError as exc:
+                    raise OutboxError(f"purge stopped after {self.deleted_items + self.deleted_alarms} rows: {exc}"
+                                      " (what was deleted stays deleted; run it again)") from None
+                self.deleted_items += items
+                self.deleted_alarms += alarms
+                if items or alarms:
+                    yield items + alarms  # between transactions: the daemon writes while the caller reports progress
             self.after = self.outbox.disk_usage(conn)
         finally:
             conn.close()
-
-    def _chunk(self, conn: sqlite3.Connection, table: str) -> tuple[int, bool]:
-        """One transaction: rows deleted, and whether more may be due."""
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                if table == "outbox":
-                    n, more = delete_delivered(conn, self.cutoff, self.chunk)
-                else:
-                    n = conn.execute(f"DELETE FROM alarms WHERE rowid IN (SELECT rowid FROM alarms WHERE"
-                                     f" {_PURGEABLE_ALARMS} LIMIT :chunk)", {"cutoff": self.cutoff, "chunk": self.chunk}
-                                     ).rowcount
-                    more = n == self.chunk
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        except sqlite3.OperationalError as exc:
-            raise OutboxError(f"purge stopped after {self.deleted_items + self.deleted_alarms} rows: {exc}"
-                              " (what was deleted stays deleted; run it again)") from None
-        return n, more
 
 
 # -- helpers --------------------------------------------------------------------------------------

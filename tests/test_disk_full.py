@@ -19,8 +19,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from edgegw.model import BATCH_SCHEMA_FILE, Alarm
-from edgegw.store import RESERVE_BYTES, Store, disk_usage, status
+from edgegw.items import BATCH_SCHEMA_FILE
+from edgegw.model import Alarm
+from edgegw.store import Store, disk_usage, status
+from edgegw.store.housekeeping import RESERVE_BYTES
 
 BODY = json.dumps({"type": "reading", "pad": "x" * 300})
 VALIDATOR = jsonschema.Draft202012Validator(json.loads(BATCH_SCHEMA_FILE.read_text()))

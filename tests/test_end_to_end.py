@@ -14,7 +14,7 @@ from datetime import datetime
 import jsonschema
 import pytest
 
-from edgegw.model import BATCH_SCHEMA_FILE
+from edgegw.items import BATCH_SCHEMA_FILE
 from edgegw.radio.emulator import RylrEmulator
 from tests.broker import Subscriber
 from tests.gateway import DRIVERS, Daemon, Sender, wait_until, write_config

@@ -6,7 +6,7 @@ import json
 
 from edgegw.config import FileUplink
 from edgegw.log import Throttle
-from edgegw.model import Batch
+from edgegw.items import Batch
 from edgegw.uplink.file import FileWriterUplink
 
 

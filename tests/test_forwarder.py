@@ -13,7 +13,8 @@ from pathlib import Path
 
 from edgegw.errors import TransientUplinkError
 from edgegw.forwarder import Ack, Forwarder
-from edgegw.model import Batch, Reading, boot_id
+from edgegw.items import Batch
+from edgegw.model import Reading, boot_id
 from edgegw.store import Store, open_reader
 from tests.gateway import wait_until
 
@@ -65,12 +66,12 @@ def forward(tmp_path: Path, readings: int, outcomes: list[Exception | None], max
     def record(event) -> None:
         if isinstance(event, Ack) and lost[0]:
             lost[0] -= 1
-            event.committed()
+            forwarder.recorded(event.seqs)
         elif isinstance(event, Ack):
             store.begin()
             store.acked(event.bit, event.seqs, event.wall)
             store.commit()
-            event.committed()
+            forwarder.recorded(event.seqs)
 
     uplink = ScriptedUplink(outcomes)
     forwarder = Forwarder(uplink, bit, store.path, "gw", max_items, 1 << 20, 1, record)
@@ -126,7 +127,7 @@ def test_a_writer_behind_on_acks_holds_the_forwarder_back(tmp_path):
             store.begin()
             store.acked(ack.bit, ack.seqs, ack.wall)
             store.commit()
-            ack.committed()
+            forwarder.recorded(ack.seqs)
         return not store.conn.execute("SELECT count(*) FROM outbox_items WHERE pending != 0").fetchone()[0]
 
     try:

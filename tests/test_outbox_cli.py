@@ -649,7 +649,7 @@ def test_writes_use_the_daemons_pragmas(runner, tmp_path, monkeypatch, synchrono
     config = write_config(tmp_path, synchronous)
     Store(tmp_path / "state" / "edgegw.db").close()
     seen = []
-    real = edgegw.outbox._connect
+    real = edgegw.outbox.connect
 
     def connect(*args, **kwargs):
         conn = real(*args, **kwargs)
@@ -657,7 +657,7 @@ def test_writes_use_the_daemons_pragmas(runner, tmp_path, monkeypatch, synchrono
                                                                          "busy_timeout")])
         return conn
 
-    monkeypatch.setattr(edgegw.outbox, "_connect", connect)
+    monkeypatch.setattr(edgegw.outbox, "connect", connect)
     result = runner.invoke(cli, ["outbox", "retry", "--all-parked", "-c", str(config)])
     assert result.stderr == "Error: nothing is parked\n"
     assert len(seen) == 1

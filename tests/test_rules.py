@@ -14,7 +14,8 @@ from structlog.testing import capture_logs
 
 from edgegw.config import Config
 from edgegw.drivers import load_drivers
-from edgegw.model import BATCH_SCHEMA_FILE, Alarm, Reading
+from edgegw.items import BATCH_SCHEMA_FILE, alarm_item
+from edgegw.model import Alarm, Reading
 from edgegw.rules import RuleEngine
 from edgegw.store import Store
 
@@ -49,7 +50,7 @@ class Rig:
         self.path, self.cfg = path, cfg
         self.ahead = ahead  # how far the gateway's wall clock runs ahead of the true time (the monotonic clock's)
         self.store = Store(path)
-        self.engine = RuleEngine(cfg, DRIVERS, self.store.conn, now, self.mono(now))
+        self.engine = RuleEngine(cfg, DRIVERS, self.store, now, self.mono(now))
         self.alarms: list[Alarm] = []
         self.counter = 0
 
@@ -79,7 +80,7 @@ class Rig:
     def restart(self, now: float) -> None:
         self.store.close()
         self.store = Store(self.path)
-        self.engine = RuleEngine(self.cfg, DRIVERS, self.store.conn, now, self.mono(now))
+        self.engine = RuleEngine(self.cfg, DRIVERS, self.store, now, self.mono(now))
 
     def kinds(self, prefix: str = "") -> list[str]:
         return [a.kind for a in self.alarms if a.kind.startswith(prefix)]
@@ -111,7 +112,7 @@ def test_trap_sprung_raises_once_with_device_location_and_first_frame_time(rig):
     assert (alarm.severity, alarm.device_id, alarm.location, alarm.raised_at) == ("high", "trap-01", (35.98, 138.15), T0 + 60)
     assert alarm.name == "Shrine box trap" and "Shrine box trap" in alarm.message and not alarm.late
     BATCH.validate({"schema": "edgegw.batch/1", "batch_id": "b" * 32, "gateway": "gw", "sent_at": "2026-01-01T00:00:00Z",
-                    "items": [alarm.item()]})
+                    "items": [alarm_item(alarm)]})
 
 
 def test_reminders_until_rearmed_then_rearmed_closes_the_alarm(rig):
@@ -278,7 +279,7 @@ def test_restarting_at_any_point_gives_the_same_alarms(tmp_path_factory, seed, n
 def test_a_reading_observed_long_ago_raises_a_late_alarm_and_skips_local_actions_by_default(rig):
     rig.read("trap-01", trap("armed"), T0)
     (alarm,) = rig.read("trap-01", trap("sprung"), T0 + 60, now=T0 + 3 * 3600)
-    assert alarm.late and alarm.item()["late"] is True
+    assert alarm.late and alarm_item(alarm)["late"] is True
 
 
 def test_a_reading_older_than_one_already_evaluated_is_skipped_not_allowed_to_rearm(rig):

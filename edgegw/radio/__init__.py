@@ -15,21 +15,11 @@ bounds what a crash loses to one read turn.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Protocol
 
-from edgegw.model import Frame, Reject
-
-
-@dataclass(frozen=True, slots=True)
-class SourceState:
-    source: str
-    state: str  # "starting" | "receiving" | "down"
-    detail: str = ""
-    wall: float = field(default_factory=time.time)
+from edgegw.model import Frame, Reject, SourceState
 
 
 Emit = Callable[[list[Frame | Reject | SourceState]], threading.Event]

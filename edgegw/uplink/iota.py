@@ -10,7 +10,7 @@ every one of its messages; any failure fails the whole batch, which is then sent
 from __future__ import annotations
 
 from edgegw.config import IotaJsonUplink, IotaUlUplink
-from edgegw.model import Batch
+from edgegw.items import Batch
 from edgegw.uplink.fiware import FiwareMapping, iota_json, iota_ul
 from edgegw.uplink.mqtt import MqttPublisher
 

@@ -42,7 +42,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from edgegw import __version__
 from edgegw.config import NgsiLdUplink, NgsiV2Uplink
 from edgegw.errors import PermanentUplinkError, TransientUplinkError, UplinkError
-from edgegw.model import Batch
+from edgegw.items import Batch
 from edgegw.uplink import OnResult, OnState
 from edgegw.uplink.fiware import FiwareMapping, ngsi_ld_entities, ngsi_v2_entities, upsert_rounds
 
