@@ -32,6 +32,7 @@ class Tables:
         self.page_size: int = conn.execute("PRAGMA page_size").fetchone()[0]
         self._max_pages = 0  # see _limit_growth
         self._grow_freely = False  # see Housekeeping.make_room
+        self._deleting = False
         # Run after a rollback, once the store's own caches are reloaded: those who keep state of
         # their own in the database (the rules engine) reload theirs.
         self.on_rollback: list[Callable[[], None]] = []
@@ -62,12 +63,14 @@ class Tables:
             self._level = level
         self._limit_growth(deleting)
         self.conn.execute("BEGIN IMMEDIATE")
+        self._deleting = deleting
 
     def commit(self) -> None:
         """Write back what the parts cached and commit: everything since :meth:`begin` is now accepted."""
         self._write_back()
         self.conn.execute("COMMIT")
-        self._grow_freely = False
+        if not self._deleting:  # the eased limit was for the commit that waits for room, not for the deletes
+            self._grow_freely = False
         self._committed()
 
     def rollback(self) -> None:

@@ -7,9 +7,12 @@
     >>> ob.retry(all_parked=True, uplink="orion")  # parked items back in the queue, once the platform is fixed
     >>> purge = ob.purge_delivered(older_than=7 * 86400)
     >>> for n in purge: ...                      # runs it, one short transaction per chunk
+    >>> for row in ob.export(state="pending"): ...  # every matching row with its batch item, streamed
 
-Reads (stats, items, parked, show) use read-only connections (:func:`edgegw.store.open_reader`): WAL
-lets them read while the daemon writes, and they never block it.
+Reads (stats, items, parked, show, export) use read-only connections (:func:`edgegw.store.open_reader`)
+wrapped in sqlite-utils' ``Database``: WAL lets them read while the daemon writes, and they never
+block it. sqlite-utils is loaded by these maintainer commands only; the daemon never imports this
+package.
 
 Writes (retry, purge) may run while the daemon runs. SQLite has one writer at a time, so each write
 is a short ``BEGIN IMMEDIATE`` transaction on a connection with the daemon's own pragmas (WAL, the
@@ -33,25 +36,29 @@ import math
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, ParamSpec, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
+from sqlite_utils import Database
 
 from edgegw.config import Duration
 from edgegw.errors import OutboxError
-from edgegw.model import PRIORITY_ALARM, PRIORITY_HEALTH
+from edgegw.outbox.purge import PURGE_CHUNK, Purge
+from edgegw.outbox.results import (Delivery, DiskUsage, ItemDetail, ItemRow, KindCounts, ParkedRow, Requeued,
+                                   RetryResult, Stats, UplinkCounts)
+from edgegw.outbox.retry import retry_all, retry_ids
+from edgegw.outbox.rows import _bit, _device, _filters, _find, _names, _uplink_names
 from edgegw.store import oldest_pending_at, pending_count
-from edgegw.store.alarms import count_purgeable
-from edgegw.store.connection import connect, immediate, open_reader
-from edgegw.store.housekeeping import HOUSEKEEPING_CHUNK, purge_step
+from edgegw.store.connection import connect, open_reader
 
-PURGE_CHUNK = HOUSEKEEPING_CHUNK  # rows per purge transaction, as the daemon's own: it waits for one at most
-RETRY_CHUNK = 500  # parked items re-queued per transaction by ``retry(all_parked=True)``
+__all__ = ["Delivery", "DiskUsage", "ItemDetail", "ItemRow", "KindCounts", "Outbox", "ParkedRow", "Purge",
+           "Requeued", "RetryResult", "Stats", "UplinkCounts", "parse_duration"]
+
 KINDS = ("reading", "alarm", "health")
-PRIORITIES = {"alarm": PRIORITY_ALARM, "health": PRIORITY_HEALTH}  # readings (and anything else): 0
+# The columns of an export: the row's facts, then its batch item as the uplinks receive it.
+EXPORT_COLUMNS = ("seq", "item_id", "kind", "priority", "device_id", "observed_at", "accepted_at", "delivered_at",
+                  "pending", "item")
 
 State = Literal["pending", "delivered"]
 
@@ -87,132 +94,6 @@ def parse_duration(text: str) -> float:
         raise ValueError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
 
 
-# -- results --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class DiskUsage:
-    """Bytes on disk: the database file, its WAL, and the free pages inside the file (reused by new rows)."""
-
-    database_bytes: int
-    wal_bytes: int
-    free_bytes: int
-
-
-@dataclass(frozen=True, slots=True)
-class UplinkCounts:
-    """One uplink's share of the outbox. ``configured`` is False for an uplink that only has parked
-    items left (it was removed from the config, and its bit released)."""
-
-    state: str | None
-    pending: int
-    oldest_pending_at: float | None
-    parked: int
-    configured: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class KindCounts:
-    pending: int
-    delivered: int
-
-
-@dataclass(frozen=True, slots=True)
-class Stats:
-    """What ``edgegw outbox stats`` shows. Times are Unix seconds; ``oldest_pending_s`` is an age."""
-
-    now: float
-    pending: int
-    delivered: int
-    parked: int
-    oldest_pending_at: float | None
-    oldest_pending_s: float | None
-    by_uplink: dict[str, UplinkCounts]
-    by_kind: dict[str, KindCounts]
-    disk: DiskUsage
-
-
-@dataclass(frozen=True, slots=True)
-class ItemRow:
-    """One outbox row in a listing. ``pending`` names the uplinks that still wait for it, in bit order;
-    ``parked`` the uplinks that refused it."""
-
-    seq: int
-    item_id: str
-    kind: str
-    priority: int
-    device_id: str | None
-    observed_at: float | None
-    accepted_at: float
-    delivered_at: float | None
-    pending: list[str]
-    parked: list[str]
-
-
-@dataclass(frozen=True, slots=True)
-class ParkedRow:
-    """One item one uplink refused for good. ``seq`` and the times from the outbox are None once the
-    outbox row was purged (the parked row keeps the body, so it can still be retried)."""
-
-    item_id: str
-    uplink: str
-    kind: str
-    error: str
-    parked_at: float
-    seq: int | None
-    device_id: str | None
-    observed_at: float | None
-    accepted_at: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """An item's state for one uplink: ``pending``, ``parked`` (with the platform's error) or ``done``
-    (acknowledged, or the uplink was added to the config after the item was accepted)."""
-
-    state: Literal["pending", "parked", "done"]
-    error: str | None = None
-    parked_at: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ItemDetail:
-    """What ``edgegw outbox show`` shows. ``in_outbox`` is False for a parked item whose outbox row was
-    purged: then ``seq`` and the outbox times are None and the body comes from the parked row."""
-
-    item_id: str
-    kind: str
-    in_outbox: bool
-    seq: int | None
-    priority: int | None
-    device_id: str | None
-    observed_at: float | None
-    accepted_at: float | None
-    delivered_at: float | None
-    uplinks: dict[str, Delivery]
-    body: Any
-
-
-@dataclass(frozen=True, slots=True)
-class Requeued:
-    """One parked item put back in the queue of one uplink; ``reinserted`` if its outbox row had been
-    purged and was rebuilt from the parked row (with a new seq)."""
-
-    item_id: str
-    uplink: str
-    seq: int
-    reinserted: bool
-
-
-@dataclass(slots=True)
-class RetryResult:
-    """``requeued``: what went back in the queue; ``not_configured``: parked items left alone because
-    their uplink is no longer configured (no bit to set), by uplink name."""
-
-    requeued: list[Requeued] = field(default_factory=list)
-    not_configured: dict[str, int] = field(default_factory=dict)
-
-
 # -- the tool -------------------------------------------------------------------------------------
 
 
@@ -234,9 +115,9 @@ class Outbox:
         if not self.path.exists():
             raise OutboxError(f"no database at {self.path}: has the daemon run yet?")
 
-    def _reader(self) -> sqlite3.Connection:
+    def _reader(self) -> Database:
         self._exists()
-        return open_reader(self.path)
+        return Database(open_reader(self.path), execute_plugins=False)
 
     def _writer(self) -> sqlite3.Connection:
         """A connection with the daemon's own pragmas (WAL, synchronous, busy_timeout); autocommit mode,
@@ -246,15 +127,13 @@ class Outbox:
         conn.row_factory = sqlite3.Row
         return conn
 
-    def disk_usage(self, conn: sqlite3.Connection | None = None) -> DiskUsage:
+    def disk_usage(self) -> DiskUsage:
         """Sizes of the database file and its WAL, and the free space inside the database."""
-        own = conn is None
-        conn = conn or self._reader()
+        db = self._reader()
         try:
-            free = conn.execute("PRAGMA freelist_count").fetchone()[0] * conn.execute("PRAGMA page_size").fetchone()[0]
+            free = db.execute("PRAGMA freelist_count").fetchone()[0] * db.execute("PRAGMA page_size").fetchone()[0]
         finally:
-            if own:
-                conn.close()
+            db.close()
         wal = self.path.with_name(self.path.name + "-wal")
         return DiskUsage(self.path.stat().st_size, wal.stat().st_size if wal.exists() else 0, free)
 
@@ -292,7 +171,7 @@ class Outbox:
                 oldest_pending_s=None if oldest is None else round(max(0.0, now - oldest), 1),
                 by_uplink=by_uplink,
                 by_kind=by_kind,
-                disk=self.disk_usage(conn),
+                disk=self.disk_usage(),
             )
         finally:
             conn.close()
@@ -326,11 +205,11 @@ class Outbox:
                           "d.rowid DESC, o.seq DESC")]
             else:
                 lanes = [("outbox_items o", "1", "o.seq DESC")]
-            rows: list[sqlite3.Row] = []
+            rows: list[dict[str, Any]] = []
             for rows_from, lane, order in lanes:
                 left = -1 if limit is None else limit - len(rows)
                 if left:
-                    rows += conn.execute(
+                    rows += conn.query(
                         "SELECT o.seq, o.item_id, o.kind, o.priority, o.device_id, o.observed_at, o.accepted_at,"
                         " o.delivered_at, o.pending, (SELECT group_concat(uplink, ',') FROM"
                         " (SELECT uplink FROM parked p WHERE p.item_id = o.item_id ORDER BY uplink)) AS parked"
@@ -355,7 +234,7 @@ class Outbox:
             if uplink is not None:
                 where.append("p.uplink = ?")
                 args.append(uplink)
-            rows = conn.execute(
+            rows = conn.query(
                 "SELECT p.item_id, p.uplink, p.kind, p.error, p.parked_at, o.seq, o.observed_at, o.accepted_at,"
                 " coalesce(o.device_id, json_extract(p.body, '$.device')) AS device_id"
                 " FROM parked p LEFT JOIN outbox o ON o.seq = p.seq AND o.item_id = p.item_id"
@@ -398,6 +277,32 @@ class Outbox:
                               json.loads(row["body"]))
         finally:
             conn.close()
+
+    def export(self, state: State | None = None, kind: str | None = None, device: str | None = None,
+               uplink: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every outbox row that matches, in seq order, as a dict of :data:`EXPORT_COLUMNS` (``item``:
+        the batch item's JSON text, ``pending``: the uplinks that still wait for it, comma-separated).
+        Streamed from one read snapshot: a million rows never sit in memory."""
+        try:
+            db = self._reader()
+        except sqlite3.Error as exc:
+            raise OutboxError(f"database error: {exc}") from None
+        try:
+            names = _uplink_names(db)
+            where, args = _filters(kind, device, "kind", "device_id")
+            if uplink is not None:
+                where.append("pending & ?")
+                args.append(_bit(db, uplink))
+            if state is not None:
+                where.append("pending != 0" if state == "pending" else "pending = 0")
+            db.execute("BEGIN")  # one snapshot, however long the caller takes to write the rows out
+            for row in db.query(f"SELECT {', '.join(EXPORT_COLUMNS)} FROM outbox_items"
+                                f" WHERE {' AND '.join(where) or '1'} ORDER BY seq", args):
+                yield {**row, "pending": ",".join(_names(row["pending"], names))}
+        except sqlite3.Error as exc:
+            raise OutboxError(f"database error: {exc}") from None
+        finally:
+            db.close()
 
     @_sqlite_errors
     def waiting_only_for(self, uplinks: Sequence[str]) -> dict[str, int]:
@@ -442,65 +347,12 @@ class Outbox:
                                       " its parked items cannot be sent to it again")
                 raise OutboxError(f"unknown uplink {uplink!r}; configured: {', '.join(sorted(bits)) or 'none'}")
             if all_parked:
-                self._retry_all(conn, bits, uplink, now, result)
+                retry_all(conn, bits, uplink, now, result)
             else:
-                self._retry_ids(conn, bits, ids, uplink, now, result)
+                retry_ids(conn, bits, ids, uplink, now, result)
             return result
         finally:
             conn.close()
-
-    def _retry_ids(self, conn: sqlite3.Connection, bits: dict[str, int], ids: Sequence[str], uplink: str | None,
-                   now: float, result: RetryResult) -> None:
-        try:
-            with immediate(conn):
-                for ident in dict.fromkeys(ids):
-                    row = _find(conn, ident)
-                    item_id = row["item_id"] if row is not None else ident
-                    parked = [p for p in conn.execute(
-                        "SELECT item_id, uplink, kind, body, seq FROM parked WHERE item_id = ? ORDER BY uplink",
-                        (item_id,))]
-                    if row is None and not parked:
-                        raise OutboxError(f"no item {ident!r} in the outbox (give an item id or a seq); nothing retried")
-                    mine = [p for p in parked if uplink is None or p["uplink"] == uplink]
-                    if not mine:
-                        where = f" for {uplink}" if uplink else ""
-                        others = f" (parked for {', '.join(p['uplink'] for p in parked)})" if parked else ""
-                        raise OutboxError(f"{ident} is not parked{where}{others}; nothing retried")
-                    usable = [p for p in mine if p["uplink"] in bits]
-                    if not usable:
-                        raise OutboxError(f"{ident} is parked only for uplinks no longer configured "
-                                          f"({', '.join(p['uplink'] for p in mine)}); nothing retried")
-                    for p in mine:
-                        if p["uplink"] in bits:
-                            result.requeued.append(_requeue(conn, p, bits[p["uplink"]], now))
-                        else:
-                            result.not_configured[p["uplink"]] = result.not_configured.get(p["uplink"], 0) + 1
-        except BaseException:
-            result.requeued.clear()
-            result.not_configured.clear()
-            raise
-
-    def _retry_all(self, conn: sqlite3.Connection, bits: dict[str, int], uplink: str | None, now: float,
-                   result: RetryResult) -> None:
-        only, args = ("AND uplink = ?", [uplink]) if uplink is not None else ("", [])
-        for name, n in conn.execute(
-            f"SELECT uplink, count(*) FROM parked WHERE uplink NOT IN (SELECT name FROM uplinks) {only}"
-            " GROUP BY uplink", args):
-            result.not_configured[name] = n
-        while True:
-            with immediate(conn):
-                batch = conn.execute(
-                    "SELECT item_id, uplink, kind, body, seq FROM parked WHERE uplink IN (SELECT name FROM uplinks)"
-                    f" {only} ORDER BY parked_at, item_id LIMIT ?", [*args, RETRY_CHUNK]).fetchall()
-                for p in batch:
-                    result.requeued.append(_requeue(conn, p, bits[p["uplink"]], now))
-            if len(batch) < RETRY_CHUNK:
-                break
-        if not result.requeued:
-            where = f" for {uplink}" if uplink else ""
-            gone = (f" (only for uplinks no longer configured: {', '.join(sorted(result.not_configured))})"
-                    if result.not_configured else "")
-            raise OutboxError(f"nothing is parked{where}{gone}")
 
     @_sqlite_errors
     def purge_delivered(self, older_than: float | None = None, chunk: int = PURGE_CHUNK,
@@ -514,141 +366,3 @@ class Outbox:
         return Purge(self, (time.time() if now is None else now) - older_than, chunk)
 
 
-class Purge:
-    """A purge, planned: ``items`` and ``alarms`` rows are due (``total`` in all). Iterating runs it,
-    one ``BEGIN IMMEDIATE`` transaction per chunk, and yields the rows each chunk deleted; afterwards
-    ``deleted_items``, ``deleted_alarms``, ``before`` and ``after`` (:class:`DiskUsage`) are set.
-
-    Pending rows are never touched: every DELETE checks the queue in its own transaction. With
-    ``older_than``, rows delivered after the plan was made are newer than ``cutoff`` and stay; without
-    it (``cutoff`` is infinite), rows delivered meanwhile go too and ``deleted_items`` may exceed ``items``.
-    """
-
-    def __init__(self, outbox: Outbox, cutoff: float, chunk: int):
-        self.outbox, self.cutoff, self.chunk = outbox, cutoff, chunk
-        conn = outbox._reader()
-        try:
-            self.items = conn.execute(
-                "SELECT count(*) FROM deliveries d CROSS JOIN outbox o ON o.seq BETWEEN d.first AND d.last"
-                " WHERE d.at < ? AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.seq = o.seq)", (cutoff,)).fetchone()[0]
-            self.alarms = count_purgeable(conn, cutoff)
-            self.before = outbox.disk_usage(conn)
-        finally:
-            conn.close()
-        self.after: DiskUsage | None = None
-        self.deleted_items = 0
-        self.deleted_alarms = 0
-
-    @property
-    def total(self) -> int:
-        return self.items + self.alarms
-
-    def __iter__(self) -> Iterator[int]:
-        return self._run()
-
-    def _run(self) -> Iterator[int]:
-        try:
-            conn = self.outbox._writer()
-        except sqlite3.Error as exc:
-            raise OutboxError(f"database error: {exc}") from None
-        try:
-            more = True
-            while more:
-                try:
-                    with immediate(conn):
-                        items, alarms, more = purge_step(conn, self.cutoff, self.chunk)
-                except sqlite3.OperationalError as exc:
-                    raise OutboxError(f"purge stopped after {self.deleted_items + self.deleted_alarms} rows: {exc}"
-                                      " (what was deleted stays deleted; run it again)") from None
-                self.deleted_items += items
-                self.deleted_alarms += alarms
-                if items or alarms:
-                    yield items + alarms  # between transactions: the daemon writes while the caller reports progress
-            self.after = self.outbox.disk_usage(conn)
-        finally:
-            conn.close()
-
-
-# -- helpers --------------------------------------------------------------------------------------
-
-
-def _filters(kind: str | None, device: str | None, kind_column: str = "kind",
-             device_column: str = "device_id") -> tuple[list[str], list[Any]]:
-    where: list[str] = []
-    args: list[Any] = []
-    if kind is not None:
-        where.append(f"{kind_column} = ?")
-        args.append(kind)
-    if device is not None:
-        where.append(f"{device_column} = ?")
-        args.append(device)
-    return where, args
-
-
-def _uplink_names(conn: sqlite3.Connection) -> list[tuple[int, str]]:
-    return [(r[0], r[1]) for r in conn.execute("SELECT bit, name FROM uplinks ORDER BY bit")]
-
-
-def _names(pending: int, names: list[tuple[int, str]]) -> list[str]:
-    """The uplink names of the bits set in ``pending``; a bit no uplink owns shows as ``bit<N>``."""
-    out = [name for bit, name in names if pending & bit]
-    known = sum(bit for bit, _ in names)
-    rest = pending & ~known
-    out += [f"bit{b}" for b in range(63) if rest & (1 << b)]
-    return out
-
-
-def _bit(conn: sqlite3.Connection, uplink: str) -> int:
-    row = conn.execute("SELECT bit FROM uplinks WHERE name = ?", (uplink,)).fetchone()
-    if row is None:
-        known = [r[0] for r in conn.execute("SELECT name FROM uplinks ORDER BY name")]
-        raise OutboxError(f"unknown uplink {uplink!r}; configured: {', '.join(known) or 'none'}")
-    return row[0]
-
-
-def _find(conn: sqlite3.Connection, ident: str) -> sqlite3.Row | None:
-    """The outbox row of an item id, or of a seq (a number that is not an item id).
-
-    Only the ids of items without a device counter are indexed: a reading's id is looked up by a
-    scan of the outbox (0.3 s for a million rows here), which is fine for a maintainer's command.
-    """
-    cols = "seq, item_id, kind, priority, device_id, observed_at, accepted_at, delivered_at, pending, item AS body"
-    row = (conn.execute(f"SELECT {cols} FROM outbox_items WHERE counter IS NULL AND item_id = ?", (ident,)).fetchone()
-           or conn.execute(f"SELECT {cols} FROM outbox_items WHERE counter IS NOT NULL AND item_id = ?",
-                           (ident,)).fetchone())
-    if row is None and ident.isdigit():
-        row = conn.execute(f"SELECT {cols} FROM outbox_items WHERE seq = ?", (int(ident),)).fetchone()
-    return row
-
-
-def _device(body: Any) -> str | None:
-    return body.get("device") if isinstance(body, dict) else None
-
-
-def _observed(body: Any, fallback: float) -> float:
-    """The Unix time of an item body's ``observed_at`` (readings, health) or ``raised_at`` (alarms)."""
-    text = (body.get("observed_at") or body.get("raised_at")) if isinstance(body, dict) else None
-    try:
-        return datetime.fromisoformat(text).timestamp() if isinstance(text, str) else fallback
-    except ValueError:
-        return fallback
-
-
-def _requeue(conn: sqlite3.Connection, parked: sqlite3.Row, bit: int, now: float) -> Requeued:
-    """Inside a transaction: put one parked item back in one uplink's queue, and forget the parking."""
-    item_id = parked["item_id"]
-    row = conn.execute("SELECT seq, priority FROM outbox WHERE seq = ? AND item_id = ?",
-                       (parked["seq"], item_id)).fetchone()
-    reinserted = row is None
-    if reinserted:  # the delivered row was purged: the parked row still has everything that is sent
-        body = json.loads(parked["body"])
-        row = conn.execute(
-            "INSERT INTO outbox(item_id, kind, priority, device_id, observed_at, mono, boot_id, raw, body,"
-            " accepted_at) VALUES (?, ?, ?, ?, ?, 0.0, '', NULL, ?, ?) RETURNING seq, priority",
-            (item_id, parked["kind"], PRIORITIES.get(parked["kind"], 0), _device(body), _observed(body, now),
-             parked["body"], now)).fetchall()[0]
-        conn.execute("UPDATE parked SET seq = ? WHERE item_id = ?", (row[0], item_id))  # for its other uplinks
-    conn.execute("INSERT INTO queue VALUES (?, ?, ?)"
-                 " ON CONFLICT(seq) DO UPDATE SET pending = pending | excluded.pending", (row[0], row[1], bit))
-    conn.execute("DELETE FROM parked WHERE item_id = ? AND uplink = ?", (item_id, parked["uplink"]))
-    return Requeued(item_id, parked["uplink"], row[0], reinserted)
