@@ -6,6 +6,7 @@ import json
 import sys
 import threading
 import time
+from typing import Any
 from pathlib import Path
 
 import click
@@ -366,8 +367,7 @@ def outbox_list(config_path: Path, state: str | None, kind: str | None, device: 
                  _utc(p.parked_at), (p.error.splitlines() or [""])[0][:100]] for p in parked]
         lines = _table(["SEQ", "ITEM ID", "KIND", "DEVICE", "UPLINK", "PARKED", "ERROR"], rows)
     else:
-        items = ob.items(state=state, kind=kind, device=device, uplink=uplink,  # type: ignore[arg-type]
-                         limit=limit or None)
+        items = ob.items(state=state, kind=kind, device=device, uplink=uplink, limit=limit or None)
         if as_json:
             click.echo(_as_json(items))
             return
@@ -404,7 +404,7 @@ def outbox_export(config_path: Path, state: str | None, kind: str | None, device
 
     from edgegw.outbox import EXPORT_COLUMNS
 
-    rows = _outbox(config_path).export(state=state, kind=kind, device=device, uplink=uplink)  # type: ignore[arg-type]
+    rows = _outbox(config_path).export(state=state, kind=kind, device=device, uplink=uplink)
     if fmt == "csv":
         writer = csv.DictWriter(output, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
         writer.writeheader()
@@ -690,7 +690,7 @@ def drivers_list(config_path: Path | None, as_json: bool) -> None:
     Example: edgegw drivers list -c configs/demo.toml
     """
     registry = _drivers(config_path)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"name": name, "origin": registry.origins[name], "description": registry[name].description,
          "values": {k: {"unit": v.unit, "min": v.minimum, "max": v.maximum, "choices": list(v.choices)}
                     for k, v in registry[name].values.items()}}

@@ -12,6 +12,7 @@ crash is the frames read from the port but not yet committed: one read turn per 
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -25,7 +26,7 @@ from typing import Any
 import structlog
 
 from edgegw import __version__, dbfile, heap
-from edgegw.config import Config, RylrSource
+from edgegw.config import Config, RylrSource, UplinkConfig
 from edgegw.drivers import DriverRegistry
 from edgegw.forwarder import Forwarder
 from edgegw.ingest import Ingest
@@ -118,14 +119,13 @@ class Gateway:
         threading.Thread(target=self._check_integrity, name="integrity-check", daemon=True).start()
         for fwd, uplink in zip(self.forwarders, self.config.effective_uplinks()):
             # After a crash the forwarder starts over with a fresh uplink: the old one was stopped.
-            self._stage(f"forwarder:{uplink.name}", lambda f=fwd: f.run(self._forward_stop), self._forward_stop,
-                        on_crash=lambda _, f=fwd, u=uplink: setattr(f, "uplink", build_uplink(u, self.config)))
+            self._stage(f"forwarder:{uplink.name}", functools.partial(fwd.run, self._forward_stop),
+                        self._forward_stop, on_crash=functools.partial(self._fresh_uplink, fwd, uplink))
         for source in self.config.sources:
-            port = source.port
-            if source.simulate is not None:
-                port = str(self._start_simulation(source))
+            port = source.port if source.simulate is None else str(self._start_simulation(source))
+            assert port is not None  # the config requires one or the other
             radio = RylrRadio(source, port, self.writer.read_turn)
-            self._stage(f"source:{radio.name}", lambda r=radio: r.run(self.writer.emit, self._source_stop),
+            self._stage(f"source:{radio.name}", functools.partial(radio.run, self.writer.emit, self._source_stop),
                         self._source_stop)
         for stage in self.stages:  # in the order made: the writer before the sources that feed it
             stage.start()
@@ -133,6 +133,9 @@ class Gateway:
         log.info("gateway started", gateway=self.config.gateway_id, data_dir=str(self.config.data_dir),
                  sources=[s.name for s in self.config.sources], uplinks=[f.uplink.name for f in self.forwarders],
                  devices=len(self.config.devices))
+
+    def _fresh_uplink(self, fwd: Forwarder, uplink: UplinkConfig, exc: Exception) -> None:
+        fwd.uplink = build_uplink(uplink, self.config)
 
     def _start_simulation(self, source: RylrSource) -> Path:
         link = self.config.data_dir / f"{source.name}.pty"

@@ -243,7 +243,8 @@ class Forwarder:
             items = self._items(reader, chosen + plain)
         finally:
             reader.execute("COMMIT")
-        seqs, bodies, size = [], [], 200
+        seqs, size = [], 200
+        bodies: list[str] = []
         for seq, body in items.items():
             if bodies and size + len(body) + 1 > self.max_bytes:
                 break

@@ -89,8 +89,8 @@ def unfit(decoded: object) -> str | None:
         # The common case by exact type: isinstance against a union, for every value, was a tenth
         # of the writer's time per reading.
         kind = type(value)
-        if type(key) is str and (kind is str or kind is bool or (kind is float and math.isfinite(value))
-                                 or (kind is int and INT64_MIN <= value <= INT64_MAX)):
+        if type(key) is str and (kind is str or kind is bool or (kind is float and math.isfinite(value))  # type: ignore[arg-type]
+                                 or (kind is int and INT64_MIN <= value <= INT64_MAX)):  # type: ignore[operator]
             continue
         if (problem := _unfit_value(key, value)) is not None:
             return problem

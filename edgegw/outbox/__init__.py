@@ -45,8 +45,18 @@ from sqlite_utils import Database
 from edgegw.config import Duration
 from edgegw.errors import OutboxError
 from edgegw.outbox.purge import PURGE_CHUNK, Purge
-from edgegw.outbox.results import (Delivery, DiskUsage, ItemDetail, ItemRow, KindCounts, ParkedRow, Requeued,
-                                   RetryResult, Stats, UplinkCounts)
+from edgegw.outbox.results import (
+    Delivery,
+    DiskUsage,
+    ItemDetail,
+    ItemRow,
+    KindCounts,
+    ParkedRow,
+    Requeued,
+    RetryResult,
+    Stats,
+    UplinkCounts,
+)
 from edgegw.outbox.retry import retry_all, retry_ids
 from edgegw.outbox.rows import _bit, _device, _filters, _find, _names, _uplink_names
 from edgegw.store import oldest_pending_at, pending_count

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+
 @dataclass(frozen=True, slots=True)
 class DiskUsage:
     """Bytes on disk: the database file, its WAL, and the free pages inside the file (reused by new rows)."""

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from edgegw.errors import OutboxError
+from edgegw.store.connection import Queries
 
 
 def _filters(kind: str | None, device: str | None, kind_column: str = "kind",
@@ -22,7 +23,7 @@ def _filters(kind: str | None, device: str | None, kind_column: str = "kind",
     return where, args
 
 
-def _uplink_names(conn: sqlite3.Connection) -> list[tuple[int, str]]:
+def _uplink_names(conn: Queries) -> list[tuple[int, str]]:
     return [(r[0], r[1]) for r in conn.execute("SELECT bit, name FROM uplinks ORDER BY bit")]
 
 
@@ -35,7 +36,7 @@ def _names(pending: int, names: list[tuple[int, str]]) -> list[str]:
     return out
 
 
-def _bit(conn: sqlite3.Connection, uplink: str) -> int:
+def _bit(conn: Queries, uplink: str) -> int:
     row = conn.execute("SELECT bit FROM uplinks WHERE name = ?", (uplink,)).fetchone()
     if row is None:
         known = [r[0] for r in conn.execute("SELECT name FROM uplinks ORDER BY name")]
@@ -43,7 +44,7 @@ def _bit(conn: sqlite3.Connection, uplink: str) -> int:
     return row[0]
 
 
-def _find(conn: sqlite3.Connection, ident: str) -> sqlite3.Row | None:
+def _find(conn: Queries, ident: str) -> sqlite3.Row | None:
     """The outbox row of an item id, or of a seq (a number that is not an item id).
 
     Only the ids of items without a device counter are indexed: a reading's id is looked up by a

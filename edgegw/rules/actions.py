@@ -18,6 +18,7 @@ import subprocess
 import threading
 import time
 from collections import deque
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -27,7 +28,10 @@ from edgegw.items import alarm_item
 from edgegw.log import Throttle
 from edgegw.model import SEVERITIES, Alarm, iso
 
-mqtt = import_without("paho.mqtt.client", "dns")
+if TYPE_CHECKING:
+    import paho.mqtt.client as mqtt
+else:
+    mqtt = import_without("paho.mqtt.client", "dns")
 
 log = structlog.get_logger("edgegw.actions")
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from edgegw.items import alarm_item
 from edgegw.model import PRIORITY_ALARM, Alarm
+from edgegw.store.connection import Queries
 from edgegw.store.outbox import OutboxTables, _json
 
 COLUMNS = "id, kind, severity, device_id, rule, raised_at, late, message, open, closed_by, closed_at"
@@ -52,7 +53,7 @@ def purge_closed(conn: sqlite3.Connection, cutoff: float, limit: int) -> int:
                         " ORDER BY raised_at LIMIT :limit)", {"cutoff": cutoff, "limit": limit}).rowcount
 
 
-def count_purgeable(conn: sqlite3.Connection, cutoff: float) -> int:
+def count_purgeable(conn: Queries, cutoff: float) -> int:
     return conn.execute(f"SELECT count(*) FROM alarms WHERE {PURGEABLE}", {"cutoff": cutoff}).fetchone()[0]
 
 

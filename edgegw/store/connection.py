@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Protocol
 
 DB_NAME = "edgegw.db"
 WAL_LIMIT = 8_000_000
@@ -24,6 +25,13 @@ CACHE_KIB = 512
 PAGE_SIZE = 1024
 # SQLite checkpoints every 1,000 pages: with small pages, keep the 4 MiB WAL that is its default.
 CHECKPOINT_PAGES = 4 * 1024 * 1024 // PAGE_SIZE
+
+
+class Queries(Protocol):
+    """What read-only helpers need of a connection: a ``sqlite3.Connection``, or sqlite-utils'
+    ``Database`` wrapping one (the maintainer's tools)."""
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> sqlite3.Cursor: ...
 
 
 def db_path(data_dir: Path) -> Path:

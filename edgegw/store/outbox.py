@@ -23,7 +23,6 @@ ack of 500 readings rewrote the 90 KiB of pages they sit on, which was a third o
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,6 +30,7 @@ from pydantic_core import to_json
 
 from edgegw.clock import STEP
 from edgegw.model import PRIORITY_HEALTH, Reading
+from edgegw.store.connection import Queries
 from edgegw.store.transactions import Tables
 
 
@@ -129,7 +129,7 @@ class OutboxTables(Tables):
             self._flush()
             cur = self.conn.execute(f"INSERT OR IGNORE INTO outbox(item_id, {READING_COLUMNS})"
                                     f" VALUES (?, {READING_VALUES})", row)
-            if cur.rowcount != 1:
+            if cur.rowcount != 1 or cur.lastrowid is None:
                 return None
             seq = cur.lastrowid
             self._enqueue(seq, 0, pending, now)
@@ -138,7 +138,7 @@ class OutboxTables(Tables):
             if self._next_seq is None:  # the first of the transaction: SQLite would give max + 1 too
                 self._next_seq = self.conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM outbox").fetchone()[0]
             seq = self._next_seq
-            self._next_seq += 1
+            self._next_seq = seq + 1
             self._new_readings.append((seq, *row))
             if pending:
                 self._new_queue.append((seq, pending))
@@ -181,7 +181,7 @@ class OutboxTables(Tables):
             " accepted_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
             (item_id, kind, priority, device_id, observed_at, mono, boot_id, raw, body, now),
         )
-        if cur.rowcount != 1:
+        if cur.rowcount != 1 or cur.lastrowid is None:
             return False
         self._enqueue(cur.lastrowid, priority, pending, now)
         self._next_seq = cur.lastrowid + 1
@@ -277,7 +277,7 @@ class OutboxTables(Tables):
         self.conn.executemany("INSERT INTO deliveries VALUES (?, ?, ?)", [(lo, hi, now) for lo, hi in runs(delivered)])
 
 
-def pending_count(conn: sqlite3.Connection, bit: int = -1) -> int:
+def pending_count(conn: Queries, bit: int = -1) -> int:
     """Items not yet acknowledged by the uplink of ``bit`` (by some uplink, for -1).
 
     The queue is narrow (about ten bytes an item): counting a million reads 10 MB, where counting
@@ -287,7 +287,7 @@ def pending_count(conn: sqlite3.Connection, bit: int = -1) -> int:
         return conn.execute("SELECT count(*) FROM queue").fetchone()[0]
     return conn.execute("SELECT count(*) FROM queue WHERE pending & ?", (bit,)).fetchone()[0]
 
-def oldest_pending_at(conn: sqlite3.Connection, bit: int = -1) -> float | None:
+def oldest_pending_at(conn: Queries, bit: int = -1) -> float | None:
     """When the oldest item pending for the uplink of ``bit`` (for any, -1) was accepted: the lowest
     pending seq, as seqs follow acceptance."""
     row = conn.execute("SELECT accepted_at FROM outbox WHERE seq = (SELECT seq FROM queue WHERE pending & ?"

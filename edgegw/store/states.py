@@ -164,7 +164,7 @@ class StateTables(Tables):
         """Inside a transaction: keep the last episode of commits waiting for room, for ``edgegw status``."""
         self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('disk_full', ?)", (json.dumps(episode),))
 
-    def record_damage(self, at: float, part: str, problem: str, kept_as: str, frames: int, commits: int,
+    def record_damage(self, at: float, part: str, problem: str, kept_as: str | None, frames: int, commits: int,
                       lost: bool) -> None:
         """Inside a transaction: a damaged file found at start (see edgegw.dbfile)."""
         self.conn.execute("INSERT INTO damage VALUES (?, ?, ?, ?, ?, ?, ?)",
