@@ -16,6 +16,7 @@ from edgegw.forwarder import Ack, Forwarder
 from edgegw.items import Batch
 from edgegw.model import Reading, boot_id
 from edgegw.store import Store, open_reader
+from edgegw.store.queue import batch_items
 from tests.gateway import wait_until
 
 
@@ -157,7 +158,7 @@ def test_a_batchs_items_come_out_whole_in_the_order_asked_whatever_their_values_
     store.add_item("alarm:1", "alarm", 2, "d", 2e9, 0.0, "boot", None, json.dumps({"message": "x\x1ey\n"}), bit, 2e9)
     store.commit()
     reader = open_reader(store.path)
-    items = Forwarder._items(reader, [seqs[2], 4, seqs[0], 999, seqs[1]])
+    items = batch_items(reader, [seqs[2], 4, seqs[0], 999, seqs[1]])
     reader.close()
     assert list(items) == [seqs[2], 4, seqs[0], seqs[1]]
     assert [json.loads(body).get("values") for body in items.values()] == [values, None, values, values]

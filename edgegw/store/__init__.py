@@ -17,6 +17,7 @@ The package, one module per part, each readable alone:
 ``rulestate``     the rules' memory
 ``states``        uplinks, sources, rejects, drops: what status shows of the running parts
 ``housekeeping``  retention, the disk cap, a full disk
+``queue``         the send queue as a forwarder reads it: lanes, batch items
 ``views``         read-only: status, alarms, the health report's counts, the integrity check
 
 A reading's batch item is rendered by SQLite from its row (see edgegw.items, the wire format).
