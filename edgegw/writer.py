@@ -9,6 +9,11 @@ commit, in an :class:`Outcome`. A source reads its port again only once its hand
 
 Between groups, on its own clock: the rules' timers (every second), the disk cap, retention, the
 health report and the wall clock's steps.
+
+At about 450 lines this is the longest module of the daemon, on purpose: it is one thread's whole
+job, and each part (a group, a full disk, a timer) reads and sets the same few fields (the
+transaction in progress, the disk-full episode, what is in flight). What it writes is the store's
+(edgegw.store); what it decides about frames and alarms is ingest's and the rules'.
 """
 
 from __future__ import annotations
