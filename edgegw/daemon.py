@@ -39,8 +39,7 @@ from edgegw.radio.rylr import RylrRadio
 from edgegw.rules import RuleEngine
 from edgegw.rules.actions import ActionRunner
 from edgegw.running import HEARTBEAT_EVERY, DataDirLock
-from edgegw.store import Store, quick_check
-from edgegw.store import db_path
+from edgegw.store import Store, db_path, quick_check
 from edgegw.supervise import Stage
 from edgegw.uplink import build_uplink
 from edgegw.writer import Writer

@@ -270,8 +270,8 @@ def mark_damaged(db: Path, exc: BaseException) -> str:
               " (kept, not deleted) and starts a fresh one", problem=problem)
     try:
         _mark(db).write_text(json.dumps({"problem": problem, "at": time.time()}))
-    except OSError as exc:  # the next start's checks (open, quick_check) find the damage again, later
-        log.error("could not note the damaged database for the next start", error=str(exc))
+    except OSError as error:  # the next start's checks (open, quick_check) find the damage again, later
+        log.error("could not note the damaged database for the next start", error=str(error))
     return problem
 
 

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import structlog
 
+from edgegw.backoff import Backoff
 from edgegw.errors import PermanentUplinkError, TransientUplinkError, UplinkError
 from edgegw.items import Batch, new_batch_id
 from edgegw.model import PRIORITY_ALARM, Ack, Event, Park, UplinkState, boot_id
-from edgegw.backoff import Backoff
 from edgegw.store import open_reader
 from edgegw.store import queue as send_queue
 from edgegw.uplink import STALLED_AFTER, Uplink

@@ -102,7 +102,7 @@ def _unfit_value(key: object, value: object) -> str | None:
         return f"value name {key!r:.40} is not a string"
     if not isinstance(value, bool | int | float | str):
         return f"{key} is a {type(value).__name__}, not a number, string or boolean"
-    if isinstance(value, float) and not math.isfinite(value) or (
+    if (isinstance(value, float) and not math.isfinite(value)) or (
             isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX):
         return f"{key} is {value!r:.40}: not a finite number within 64 bits"
     return None

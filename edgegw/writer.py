@@ -37,8 +37,20 @@ from edgegw.forwarder import Forwarder
 from edgegw.ingest import Duplicate, Ingest
 from edgegw.items import health_item
 from edgegw.log import Throttle
-from edgegw.model import (Ack, Alarm, Event, Frame, HandOver, HealthReport, Park, Reading, Reject, SourceState,
-                          UplinkState, iso)
+from edgegw.model import (
+    Ack,
+    Alarm,
+    Event,
+    Frame,
+    HandOver,
+    HealthReport,
+    Park,
+    Reading,
+    Reject,
+    SourceState,
+    UplinkState,
+    iso,
+)
 from edgegw.radio import ReadTurn
 from edgegw.rules import RuleEngine
 from edgegw.rules.actions import ActionRunner

@@ -227,7 +227,7 @@ def _signal(seed: int, n: int) -> list[tuple[str, dict, float]]:
     return out
 
 
-RULES_ALL = RIVER + [{"type": "water_level", "name": "rise", "devices": ["river-01"],
+RULES_ALL = [*RIVER, {"type": "water_level", "name": "rise", "devices": ["river-01"],
                       "rise": {"amount": 500, "within": "5m"}}]
 
 
@@ -403,7 +403,7 @@ def test_reminders_keep_their_count_across_a_step_back(tmp_path):
         rig.tick(T0 + DAY + 60 * minute)
     assert rig.kinds("trap") == ["trap_sprung", "trap_reminder", "trap_reminder"]
     rig.ahead = 0.0
-    for minute in range(0, 125):  # two hours on the true clock
+    for minute in range(125):  # two hours on the true clock
         rig.tick(T0 + 60 * minute)
     reminders = [a for a in rig.alarms if a.kind == "trap_reminder"]
     assert [a.details["reminder"] for a in reminders] == [1, 2, 3, 4]
@@ -415,7 +415,7 @@ def test_silence_is_told_on_the_true_clock_after_a_step_back(tmp_path):
     rig.read("trap-01", trap("armed"), T0 + DAY)
     rig.read("river-01", level(1000), T0 + DAY)
     rig.ahead = 0.0
-    for minute in range(0, 40):  # the trap falls silent at the step; the river keeps reporting
+    for minute in range(40):  # the trap falls silent at the step; the river keeps reporting
         rig.tick(T0 + 60 * minute)
         if minute % 5 == 0:
             rig.read("river-01", level(1000), T0 + 60 * minute)

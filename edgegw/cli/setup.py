@@ -25,7 +25,7 @@ def config_check(file: Path) -> None:
 
     Example: edgegw config check /etc/edgegw/gateway.toml
     """
-    config, drivers = load_config_or_exit(file, keys=True)
+    config, _ = load_config_or_exit(file, keys=True)
     uplinks = ", ".join(f"{u.name} ({u.type})" for u in config.effective_uplinks())
     click.echo(f"{file}: OK: gateway {config.gateway_id}, {len(config.sources)} source(s), "
                f"{len(config.devices)} device(s), uplinks: {uplinks}, data in {config.data_dir}")

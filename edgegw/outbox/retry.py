@@ -23,9 +23,9 @@ def retry_ids(conn: sqlite3.Connection, bits: dict[str, int], ids: Sequence[str]
             for ident in dict.fromkeys(ids):
                 row = _find(conn, ident)
                 item_id = row["item_id"] if row is not None else ident
-                parked = [p for p in conn.execute(
+                parked = list(conn.execute(
                     "SELECT item_id, uplink, kind, body, seq FROM parked WHERE item_id = ? ORDER BY uplink",
-                    (item_id,))]
+                    (item_id,)))
                 if row is None and not parked:
                     raise OutboxError(f"no item {ident!r} in the outbox (give an item id or a seq); nothing retried")
                 mine = [p for p in parked if uplink is None or p["uplink"] == uplink]

@@ -35,9 +35,9 @@ from typing import Any, NamedTuple, Protocol
 
 import structlog
 
+from edgegw.clock import STEP, plausible
 from edgegw.config import Config, Device, DeviceHealthRule, TrapRule, WaterLevelRule
 from edgegw.drivers import DriverRegistry, ValueSpec
-from edgegw.clock import STEP, plausible
 from edgegw.log import Throttle
 from edgegw.model import Alarm, Reading, Value
 from edgegw.store.rulestate import RuleStateTables
@@ -167,8 +167,7 @@ class RuleEngine:
         if obs.device_id not in self.watches:
             return []
         alarms = self._clock_went_back(now) if self._newest > now + STEP else []
-        if obs.observed_at > self._newest:
-            self._newest = obs.observed_at
+        self._newest = max(self._newest, obs.observed_at)
         if self.window <= 0:
             return alarms + self._evaluate(obs, now)
         heapq.heappush(self.buffer, (obs.observed_at, obs.reading_id, obs))
