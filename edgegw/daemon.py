@@ -34,7 +34,7 @@ from edgegw.model import Event, SourceState, UplinkState
 from edgegw.radio import ReadTurn
 from edgegw.radio.emulator import RylrEmulator
 from edgegw.radio.field import VirtualField, load_field
-from edgegw.radio.rylr import RylrRadio
+from edgegw.radio.registry import build_emulator, build_source
 from edgegw.rules import RuleEngine
 from edgegw.rules.actions import ActionRunner
 from edgegw.running import HEARTBEAT_EVERY, DataDirLock
@@ -122,9 +122,9 @@ class Gateway:
                         on_crash=lambda _, f=fwd, u=uplink: setattr(f, "uplink", build_uplink(u, self.config)))
         for source in self.config.sources:
             port = source.port
-            if source.simulate is not None:
+            if getattr(source, "simulate", None) is not None:
                 port = str(self._start_simulation(source))
-            radio = RylrRadio(source, port, self.writer.read_turn)
+            radio = build_source(source, port, self.writer.read_turn)
             self._stage(f"source:{radio.name}", lambda r=radio: r.run(self.writer.emit, self._source_stop),
                         self._source_stop)
         for stage in self.stages:  # in the order made: the writer before the sources that feed it
@@ -136,7 +136,7 @@ class Gateway:
 
     def _start_simulation(self, source: RylrSource) -> Path:
         link = self.config.data_dir / f"{source.name}.pty"
-        emulator = RylrEmulator(link)
+        emulator = build_emulator(source, link)
         # The virtual sensors are provisioned with the gateway's keys, as an installer flashes real ones.
         keys = {d.address: key for d in self.config.devices if self.config.device_source(d) == source.name
                 and (key := self.ingest.auth[d.id].key) is not None}
