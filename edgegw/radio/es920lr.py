@@ -50,7 +50,7 @@ BAUDRATE_CODES = {9600: 1, 19200: 2, 38400: 3, 57600: 4, 115200: 5}
 CHANNELS = range(1, 16)
 MAX_PAYLOAD = 50  # bytes per frame in ASCII mode (library constant, unverified against the datasheet)
 
-_RX = re.compile(r"([-+][0-9]{3})([0-9A-Fa-f]{4})([0-9A-Fa-f]{4})(.*)", re.DOTALL)
+_RX = re.compile(r"([-+0-9][0-9]{3})([0-9A-Fa-f]{4})([0-9A-Fa-f]{4})(.*)", re.DOTALL)
 
 
 class Es920lrSource(_Section):
@@ -144,11 +144,19 @@ class Es920lrRadio(LineModule):
 
     def greet(self, port: serial.Serial, lines: LineReader, emit: Emit, banner: str | None) -> bool:
         if banner is None:
+            # The prompt of a module powered up with the USB plug went out before the port was open
+            # (and pyserial flushes input on open). An empty line tells where the module is: at the
+            # prompt it asks again; in operation mode an empty frame is refused (NG 100) and nothing
+            # goes on the air. (Both replies unverified without hardware.)
+            port.write(b"\r\n")
             deadline = time.monotonic() + BOOT_WAIT
             while (left := deadline - time.monotonic()) > 0 and (line := lines.readline(left)) is not None:
-                if line.strip() == PROMPT:
+                kind = self.reply(line)
+                if kind is not None and kind[0] == "reset":
                     banner = line
                     break
+                if kind is not None:
+                    break  # operating: its answer to the empty line
                 if (event := self._route(line)) is not None:
                     emit([event])
             if banner is None:

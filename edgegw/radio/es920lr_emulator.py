@@ -87,8 +87,10 @@ class Es920lrEmulator(PtyModule):
         if self.state == "boot":
             if cmd.strip() == "2":
                 self.state = "processor"
-            return ""
+            return PROMPT if not cmd.strip() else ""
         if self.state == "operation":
+            if not cmd:
+                return "NG 100"  # an empty frame is not sent
             self.sent.append(cmd)  # the module transmits what the host writes
             return "OK"
         name, _, value = cmd.strip().partition(" ")
