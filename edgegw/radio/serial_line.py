@@ -21,6 +21,7 @@ import select
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import serial
@@ -136,6 +137,37 @@ class LineReader:
         return len(chunk)
 
 
+Serve = Callable[[serial.Serial, Emit, threading.Event, Callable[[], None]], None]
+
+
+def run_port(source: Any, baudrate: int, serve: Serve, emit: Emit, stop: threading.Event) -> None:
+    """Open ``source.port`` and ``serve`` it until ``stop``; when the port fails (unplugged, a module
+    that does not answer), say so and open it again after a backoff. ``serve`` calls its ``up``
+    argument once the module is configured, which resets the backoff."""
+    backoff = Backoff(0.25, 30.0)
+    while not stop.is_set():
+        try:
+            emit([SourceState(source.name, "starting", source.port)])
+            with serial.Serial(source.port, baudrate, timeout=0.2) as port:
+                serve(port, emit, stop, backoff.reset)
+        except (serial.SerialException, OSError, ModuleError) as exc:
+            delay = backoff.next()
+            emit([SourceState(source.name, "down", str(exc))])
+            source.log.warning("radio port down, reopening", source=source.name, port=source.port, error=str(exc),
+                               retry_in=round(delay, 2))
+            stop.wait(delay)
+
+
+def hand_over(read_turn: ReadTurn, emit: Emit, stop: threading.Event, take: Callable[[], list]) -> None:
+    """One read turn: ``take`` what the port holds while no commit runs, hand it over at once, and
+    wait until it is committed (back-pressure: a crash loses one turn at most)."""
+    with read_turn.read():  # not while the writer commits: unread frames stay in the kernel
+        events = take()
+        committed = emit(events) if events else None  # one hand-over per turn, not per frame
+    if committed is not None:
+        wait_committed(committed, stop)
+
+
 class LineModule:
     """A :class:`~edgegw.radio.Source` for one serial line module; subclasses name the module family.
 
@@ -182,30 +214,20 @@ class LineModule:
 
     def run(self, emit: Emit, stop: threading.Event) -> None:
         """Read frames until ``stop``; reopen the port with a backoff when it fails (see :class:`~edgegw.radio.Source`)."""
-        backoff = Backoff(0.25, 30.0)
+        run_port(self, self.config.baudrate, self._serve, emit, stop)
+
+    def _serve(self, port: serial.Serial, emit: Emit, stop: threading.Event, up: Callable[[], None]) -> None:
+        lines = LineReader(port)
+        self._configure(port, lines, emit, None)
+        up()
         while not stop.is_set():
-            try:
-                emit([SourceState(self.name, "starting", self.port)])
-                with serial.Serial(self.port, self.config.baudrate, timeout=0.2) as port:
-                    lines = LineReader(port)
-                    self._configure(port, lines, emit, None)
-                    backoff.reset()
-                    while not stop.is_set():
-                        banner = self._read_turn(lines, emit, stop)
-                        if banner is not None:
-                            # The module restarted and may have lost its settings: set them again at once,
-                            # on the open port (reopening it would flush the frames the kernel holds).
-                            emit([SourceState(self.name, "starting",
-                                              f"module reset itself ({banner}); reconfiguring")])
-                            self.log.warning("radio module reset itself; reconfiguring", source=self.name,
-                                             port=self.port)
-                            self._configure(port, lines, emit, banner)
-            except (serial.SerialException, OSError, ModuleError) as exc:
-                delay = backoff.next()
-                emit([SourceState(self.name, "down", str(exc))])
-                self.log.warning("radio port down, reopening", source=self.name, port=self.port, error=str(exc),
-                                 retry_in=round(delay, 2))
-                stop.wait(delay)
+            banner = self._read_turn(lines, emit, stop)
+            if banner is not None:
+                # The module restarted and may have lost its settings: set them again at once,
+                # on the open port (reopening it would flush the frames the kernel holds).
+                emit([SourceState(self.name, "starting", f"module reset itself ({banner}); reconfiguring")])
+                self.log.warning("radio module reset itself; reconfiguring", source=self.name, port=self.port)
+                self._configure(port, lines, emit, banner)
 
     def _read_turn(self, lines: LineReader, emit: Emit, stop: threading.Event) -> str | None:
         """Read what the port holds, hand it over, and wait until it is committed. Returns the banner
@@ -213,7 +235,9 @@ class LineModule:
         if not lines.wait(0.5):
             return None
         banner = None
-        with self.read_turn.read():  # not while the writer commits: unread frames stay in the kernel
+
+        def take() -> list:
+            nonlocal banner
             events = []
             for line in lines.available():
                 kind = self.reply(line)
@@ -222,10 +246,9 @@ class LineModule:
                 elif kind is None or kind[0] == "error":  # an error nobody asked for is noise: count it
                     if (event := self._route(line)) is not None:
                         events.append(event)
-            committed = emit(events) if events else None  # one hand-over per turn, not per frame
-        if committed is not None:
-            # Back-pressure: no new turn until this one is committed, so a crash loses one turn at most.
-            wait_committed(committed, stop)
+            return events
+
+        hand_over(self.read_turn, emit, stop, take)
         return banner
 
     def _configure(self, port: serial.Serial, lines: LineReader, emit: Emit, banner: str | None) -> None:

@@ -37,7 +37,8 @@ from edgegw.backoff import Backoff
 from edgegw.config.base import _Section
 from edgegw.errors import ModuleError
 from edgegw.model import Frame, Reject
-from edgegw.radio import Emit, ReadTurn, SourceState, wait_committed
+from edgegw.radio import Emit, ReadTurn, SourceState
+from edgegw.radio.serial_line import hand_over
 
 log = structlog.get_logger("edgegw.radio.sx127x")
 
@@ -317,7 +318,8 @@ class Sx127xRadio:
         """Hand over what the chip gave since the last turn, then wait until it is committed."""
         self._wake.wait(POLL)
         self._wake.clear()
-        with self.read_turn.read():
+
+        def take() -> list:
             with self._lock:
                 events: list[Any] = list(self.events)
                 self.events.clear()
@@ -325,9 +327,9 @@ class Sx127xRadio:
             if dropped:
                 events.append(Reject(self.name, "queue_full", f"{dropped} packets dropped: the writer fell behind",
                                      None, None, b"", time.time()))
-            committed = emit(events) if events else None
-        if committed is not None:
-            wait_committed(committed, stop)
+            return events
+
+        hand_over(self.read_turn, emit, stop, take)
 
 
 def _problems(config: Sx127xSource) -> list[str]:
