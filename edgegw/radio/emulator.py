@@ -79,6 +79,7 @@ class PtyModule:
         self._slave: int | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._inbuf = b""  # host bytes not yet making a command
 
     # -- the port -------------------------------------------------------------------------------
 
@@ -94,6 +95,7 @@ class PtyModule:
         with self._lock:
             self._master, self._slave = master, slave
         self.power_on()
+        self._inbuf = b""
         self._stop.clear()
         self._thread = threading.Thread(target=self._serve, name=f"emulator:{self.link.name}", daemon=True)
         self._thread.start()
@@ -159,7 +161,10 @@ class PtyModule:
         return self._write(text)
 
     def _write(self, text: str) -> bool:
-        data = text.encode("latin-1") + b"\r\n"
+        return self.write_bytes(text.encode("latin-1") + b"\r\n")
+
+    def write_bytes(self, data: bytes) -> bool:
+        """Write raw bytes to the host. False if the host is not reading (or the port is gone)."""
         deadline = time.monotonic() + 1.0
         with self._lock:
             while data:
@@ -182,7 +187,6 @@ class PtyModule:
     # -- commands ----------------------------------------------------------------------------
 
     def _serve(self) -> None:
-        buf = b""
         while not self._stop.is_set():
             master = self._master
             if master is None:
@@ -195,12 +199,16 @@ class PtyModule:
             except OSError:  # EIO while nobody has the slave open; keep serving
                 time.sleep(0.05)
                 continue
-            buf += chunk
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                reply = self.answer(line.rstrip(b"\r").decode("latin-1"))
-                if reply:
-                    self._write(reply)
+            self.take(chunk)
+
+    def take(self, chunk: bytes) -> None:
+        """Bytes from the host: here, command lines, each answered (a binary module overrides this)."""
+        self._inbuf += chunk
+        while b"\n" in self._inbuf:
+            line, self._inbuf = self._inbuf.split(b"\n", 1)
+            reply = self.answer(line.rstrip(b"\r").decode("latin-1"))
+            if reply:
+                self._write(reply)
 
     def answer(self, cmd: str) -> str:
         """The module's reply to one command line (several lines joined by \\r\\n; "" for none)."""

@@ -40,7 +40,7 @@ class SourceType:
 
 
 def _bundled() -> list[SourceType]:
-    from edgegw.radio import es920lr, im920sl, rylr, sx127x
+    from edgegw.radio import e220, es920lr, im920sl, rylr, sx127x
     from edgegw.radio.emulator import RylrEmulator
     from edgegw.radio.rylr import RylrRadio
 
@@ -48,6 +48,7 @@ def _bundled() -> list[SourceType]:
         SourceType(rylr.RylrSource, RylrRadio, RylrEmulator),
         es920lr.SOURCE_TYPE,
         im920sl.SOURCE_TYPE,
+        e220.SOURCE_TYPE,
         sx127x.SOURCE_TYPE,
     ]
 
