@@ -327,7 +327,7 @@ def _build(config: E220Source, port: str | None, read_turn: ReadTurn) -> E220Rad
     return E220Radio(config, port, read_turn, pins)
 
 
-def _emulator(link: Path) -> Any:
+def _emulator(config: Any, link: Path) -> Any:
     from edgegw.radio.e220_emulator import E220Emulator
 
     return E220Emulator(link)

@@ -187,7 +187,7 @@ class Es920lrRadio(LineModule):
                 "bw_khz": c.bandwidth_khz}
 
 
-def _emulator(link: Path) -> Any:
+def _emulator(config: Any, link: Path) -> Any:
     from edgegw.radio.es920lr_emulator import Es920lrEmulator
 
     return Es920lrEmulator(link)

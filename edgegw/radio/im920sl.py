@@ -124,7 +124,7 @@ class Im920slRadio(LineModule):
         return {"channel": self.config.channel, "node": self.config.node}
 
 
-def _emulator(link: Path) -> Any:
+def _emulator(config: Any, link: Path) -> Any:
     from edgegw.radio.im920sl_emulator import Im920slEmulator
 
     return Im920slEmulator(link)

@@ -30,7 +30,7 @@ class SourceType:
 
     config: type  # a pydantic model with a `type: Literal["<name>"]` field
     build: Callable[[Any, str | None, ReadTurn], Source]
-    emulator: Callable[[Path], Any] | None = None  # makes a pty emulator at a link path, for `simulate`
+    emulator: Callable[[Any, Path], Any] | None = None  # (config, link) -> the module's emulator, for `simulate`
     problems: Callable[[Any], list[str]] | None = None  # what stops the source running here (a missing extra)
 
     @property
@@ -45,7 +45,7 @@ def _bundled() -> list[SourceType]:
     from edgegw.radio.rylr import RylrRadio
 
     return [
-        SourceType(rylr.RylrSource, RylrRadio, RylrEmulator),
+        SourceType(rylr.RylrSource, RylrRadio, lambda config, link: RylrEmulator(link)),
         es920lr.SOURCE_TYPE,
         im920sl.SOURCE_TYPE,
         e220.SOURCE_TYPE,
@@ -87,11 +87,14 @@ def build_source(config: Any, port: str | None, read_turn: ReadTurn) -> Source:
 
 
 def build_emulator(config: Any, link: Path) -> Any:
-    """A pty emulator of the source's module at ``link``, for ``simulate``; ValueError if it has none."""
+    """An emulator of the source's module (a pty at ``link``), for ``simulate``; ValueError if it has none.
+
+    It offers what :class:`~edgegw.radio.field.VirtualField` drives: ``plug``, ``unplug``, ``plugged``,
+    ``receive(address, hex_data, rssi, snr)``, ``write_line`` and an ``air`` attribute."""
     make = SOURCE_TYPES[config.type].emulator
     if make is None:
         raise ValueError(f"source type {config.type!r} has no emulator to simulate with")
-    return make(link)
+    return make(config, link)
 
 
 def source_problems(configs: list[Any]) -> list[str]:

@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import structlog
@@ -57,6 +58,7 @@ class Sx127xSource(_Section):
 
     type: Literal["sx127x"]
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    simulate: Path | None = Field(None, description="field file: an emulated chip instead of the SPI bus (demo)")
     spi_bus: int = Field(0, ge=0, le=1)
     spi_cs: int = Field(0, ge=0, le=1)
     dio0_pin: int = Field(4, ge=0, le=27, description="BCM number of the GPIO wired to DIO0")
@@ -334,13 +336,21 @@ class Sx127xRadio:
 
 def _problems(config: Sx127xSource) -> list[str]:
     missing = missing_modules()
+    if config.simulate is not None:  # the emulated chip brings its own spidev and GPIO
+        missing = [m for m in missing if m == "SX127x"]
     return [f"'sx127x' {INSTALL_HINT} (missing here: {', '.join(missing)})"] if missing else []
+
+
+def _emulator(config: Sx127xSource, link: Path) -> Any:
+    from edgegw.radio.sx127x_emulator import FieldChip
+
+    return FieldChip(config)
 
 
 def _source_type() -> Any:
     from edgegw.radio.registry import SourceType
 
-    return SourceType(Sx127xSource, Sx127xRadio, None, _problems)
+    return SourceType(Sx127xSource, Sx127xRadio, _emulator, _problems)
 
 
 SOURCE_TYPE = _source_type()

@@ -17,6 +17,7 @@ import threading
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 REG_FIFO, REG_OP_MODE, REG_FRF = 0x00, 0x01, 0x06
 REG_FIFO_ADDR_PTR, REG_FIFO_TX_BASE, REG_FIFO_RX_BASE, REG_FIFO_RX_CURRENT = 0x0D, 0x0E, 0x0F, 0x10
@@ -249,3 +250,44 @@ def attach(chip: Sx127xChip, bus: int = 0, cs: int = 0, dio0_pin: int = 4) -> Sx
     Bus.chips[(bus, cs)] = chip
     chip.dio0 = lambda: Gpio.fire(dio0_pin)
     return chip
+
+
+class FieldChip:
+    """An emulated chip for ``simulate``: what :class:`~edgegw.radio.field.VirtualField` drives.
+
+    ``plug`` installs the fake spidev/GPIO (only where the real ones are absent: on a Pi with the
+    extra installed, simulate the serial modules instead) and puts a chip on the configured bus.
+    A field's garbage becomes a packet with a CRC error, the nearest thing on the air.
+    """
+
+    def __init__(self, config: Any):
+        self.config = config
+        self.chip: Sx127xChip | None = None
+        self.air: Any = None  # the field's [air] section is for serial modules; the config's settings are the air
+
+    @property
+    def plugged(self) -> bool:
+        return self.chip is not None and self.chip.present
+
+    def plug(self) -> None:
+        install()
+        c = self.config
+        self.chip = attach(Sx127xChip(), c.spi_bus, c.spi_cs, c.dio0_pin)
+
+    def unplug(self) -> None:
+        if self.chip is not None:
+            self.chip.present = False
+
+    def _inject(self, packet: bytes, rssi: int, snr: float, crc_ok: bool) -> bool:
+        c = self.config
+        if self.chip is None:
+            return False
+        return self.chip.inject(packet, rssi, snr, crc_ok, c.spreading_factor, {125: 7, 250: 8, 500: 9}[c.bandwidth_khz],
+                                c.frequency_mhz)
+
+    def receive(self, address: int, data: str, rssi: int = -80, snr: float = 7.0) -> bool:
+        header = bytes([0xFF, address & 0xFF, 0, 0]) if self.config.header == "radiohead" else address.to_bytes(2, "big")
+        return self._inject(header + bytes.fromhex(data), rssi, snr, True)
+
+    def write_line(self, text: str) -> bool:
+        return self._inject(text.encode("latin-1", "replace"), -110, -12.0, False)
