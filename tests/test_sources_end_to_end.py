@@ -37,3 +37,16 @@ def test_example_config_runs_on_its_emulator(tmp_path, kind):
         assert "Traceback" not in daemon.log.read_text()
     finally:
         assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize("module", ["es920lr", "im920sl"])
+def test_simulate_command_emulates_each_serial_module(tmp_path, module):
+    from click.testing import CliRunner
+
+    from edgegw.cli import cli
+
+    result = CliRunner().invoke(cli, ["simulate", "--module", module, "--field", str(REPO / "configs" / "jp-field.toml"),
+                                      "--link", str(tmp_path / "tty"), "--duration", "0.5", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    assert f"emulated {module} module at" in result.output
+    assert not (tmp_path / "tty").exists()  # unplugged at the end

@@ -104,3 +104,13 @@ def source_problems(configs: list[Any]) -> list[str]:
         check = SOURCE_TYPES[c.type].problems
         out += [f"sources[{i}].type: {p}" for p in (check(c) if check else [])]
     return out
+
+
+STANDALONE = ("rylr", "es920lr", "im920sl")  # emulators another process can use: a pty and nothing else
+
+
+def standalone_emulator(kind: str, link: Path) -> Any:
+    """A pty emulator of module type ``kind`` (one of STANDALONE) at ``link``, for ``edgegw simulate``."""
+    make = SOURCE_TYPES[kind].emulator
+    assert make is not None
+    return make(None, link)
