@@ -48,7 +48,6 @@ BAUDRATE_CODES = {9600: 1, 19200: 2, 38400: 3, 57600: 4, 115200: 5}
 # 125 kHz: channels 1-15 are 920.6-923.4 MHz in 0.2 MHz steps (datasheet). The other bandwidths'
 # channel tables were not at hand: the same range is allowed, and the module's NG 002 says if not.
 CHANNELS = range(1, 16)
-MAX_PAYLOAD = 50  # bytes per frame in ASCII mode (library constant, unverified against the datasheet)
 
 _RX = re.compile(r"([-+0-9][0-9]{3})([0-9A-Fa-f]{4})([0-9A-Fa-f]{4})(.*)", re.DOTALL)
 

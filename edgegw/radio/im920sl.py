@@ -25,7 +25,6 @@ from edgegw.radio.serial_line import LineModule, Reply, decode_payload, raw
 BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)  # 19200 default; the others unverified
 CHANNELS = range(1, 30)  # STCH 01-29, 920.6 MHz + 0.2 MHz steps (unverified without the datasheet)
 BUSY_PAUSE = 0.1  # s to let a busy module finish before a command is sent again
-MAX_PAYLOAD = 32  # bytes per TXDA frame (unverified); only matters where the gateway transmits
 
 _RX = re.compile(r"([0-9A-Fa-f]{2}),([0-9A-Fa-f]{4}),([0-9A-Fa-f]{2}):(.*)", re.DOTALL)
 _HEX_PAIRS = re.compile(r"[0-9A-Fa-f]{2}(,[0-9A-Fa-f]{2})*")
