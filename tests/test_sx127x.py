@@ -175,3 +175,14 @@ def test_without_the_extra_config_check_gives_an_install_hint(monkeypatch):
 
     (problem,) = source_problems([source()])
     assert problem.startswith("sources[0].type: 'sx127x' needs the Raspberry Pi extra: pip install 'edgegw[pi]'")
+
+
+def test_chip_lost_while_receiving_goes_down_and_comes_back(chip, start):
+    r = start()
+    first = r.wait_state("receiving")
+    chip.present = False  # the HAT's connector shaken loose: the bus reads zeros
+    down = r.wait_state("down", first)
+    chip.present = True
+    r.wait_state("receiving", down, timeout=10.0)
+    assert chip.inject(rh(8, b"back"))
+    wait_until(lambda: r.of(Frame), 5.0, "a frame after the chip came back")

@@ -24,6 +24,7 @@ from pydantic import Field, field_validator, model_validator
 from edgegw.config.base import _Section
 from edgegw.model import Frame, Reject
 from edgegw.radio import Emit
+from edgegw.radio.airtime import SHORT_SENSE_MAX_S, time_on_air
 from edgegw.radio.serial_line import LineModule, LineReader, Reply, decode_payload, raw
 
 PROMPT = "Select Mode [1.terminal or 2.processor]"
@@ -93,10 +94,12 @@ class Es920lrSource(_Section):
     def _rules(self) -> Es920lrSource:
         if (self.port is None) == (self.simulate is None):
             raise ValueError("set exactly one of port (a real module) or simulate (a field file for the emulator)")
-        if self.spreading_factor >= 11 and self.bandwidth_khz <= 125 and self.node == "end":
-            # An end device transmits: above 0.4 s per frame ARIB STD-T108 needs 5 ms carrier sense.
-            raise ValueError("SF11/12 at 125 kHz or less is over 0.4 s on air; an end node sending would need"
-                             " the 5 ms carrier-sense rules of ARIB STD-T108: use SF7-10")
+        airtime = time_on_air(10, self.spreading_factor, self.bandwidth_khz)
+        if self.node == "end" and airtime > SHORT_SENSE_MAX_S:
+            # An end node transmits: above 0.4 s per frame ARIB STD-T108 needs 5 ms carrier sense.
+            raise ValueError(f"a 10-byte frame takes {airtime * 1000:.0f} ms at SF{self.spreading_factor} and"
+                             f" {self.bandwidth_khz:g} kHz, over the 0.4 s ARIB STD-T108 allows an end node after"
+                             " short carrier sense: use a lower spreading_factor or a wider bandwidth_khz")
         return self
 
     def frequency_mhz(self) -> float:
