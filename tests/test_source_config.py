@@ -29,7 +29,7 @@ def problems(tmp_path: Path, source: str) -> list[str]:
      "sources[0].baudrate: expected one of [1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200]"
      " (the module's default is 19200)"),
     ('type = "e220"\nname = "a"\nport = "/dev/ttyS0"\nchannel = 31\nbandwidth_khz = 500\n',
-     "sources[0]: channel: at 500 kHz the module takes 0-30"),
+     "sources[0].channel: at 500 kHz the module takes channels 0-30 (920.6 + 0.2 n MHz)"),
     ('type = "sx127x"\nname = "a"\nfrequency_mhz = 868.1\n',
      "sources[0].frequency_mhz: expected a 920 MHz channel of ARIB STD-T108: 920.6 + 0.2 n up to 928.0,"
      " e.g. 923.2"),

@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Literal, Protocol
 
 import serial
 import structlog
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from edgegw.config.base import _Section
 from edgegw.errors import ModuleError
@@ -68,9 +68,9 @@ class E220Source(_Section):
     m1_pin: int = Field(24, ge=0, le=27, description="BCM number of the GPIO wired to M1")
     aux_pin: int = Field(25, ge=0, le=27, description="BCM number of the GPIO wired to AUX")
     address: int = Field(0, ge=0, le=0xFFFF, description="the module's own address (00H/01H)")
+    bandwidth_khz: int = 125  # before channel and SF: their ranges depend on it
     channel: int = Field(0, ge=0, description="0-37 at 125 kHz: 920.6 + 0.2 n MHz")
     spreading_factor: int = Field(9, ge=5, le=11)
-    bandwidth_khz: int = 125
 
     @field_validator("baudrate")
     @classmethod
@@ -86,15 +86,26 @@ class E220Source(_Section):
             raise ValueError(f"expected one of {list(BANDWIDTH_CODES)} kHz")
         return v
 
+    @field_validator("channel")
+    @classmethod
+    def _channel_for_bandwidth(cls, v: int, info: ValidationInfo) -> int:
+        bw = info.data.get("bandwidth_khz")
+        if bw in MAX_CHANNEL and v > MAX_CHANNEL[bw]:
+            raise ValueError(f"at {bw} kHz the module takes channels 0-{MAX_CHANNEL[bw]} (920.6 + 0.2 n MHz)")
+        return v
+
+    @field_validator("spreading_factor")
+    @classmethod
+    def _sf_for_bandwidth(cls, v: int, info: ValidationInfo) -> int:
+        bw = info.data.get("bandwidth_khz")
+        if bw in MAX_SF and v > MAX_SF[bw]:
+            raise ValueError(f"at {bw} kHz the module takes SF5-{MAX_SF[bw]}")
+        return v
+
     @model_validator(mode="after")
     def _rules(self) -> E220Source:
         if (self.port is None) == (self.simulate is None):
             raise ValueError("set exactly one of port (a real module) or simulate (a field file for the emulator)")
-        if self.channel > MAX_CHANNEL[self.bandwidth_khz]:
-            raise ValueError(f"channel: at {self.bandwidth_khz} kHz the module takes 0-{MAX_CHANNEL[self.bandwidth_khz]}")
-        if self.spreading_factor > MAX_SF[self.bandwidth_khz]:
-            raise ValueError(f"spreading_factor: at {self.bandwidth_khz} kHz the module takes SF5-"
-                             f"{MAX_SF[self.bandwidth_khz]}")
         if len({self.m0_pin, self.m1_pin, self.aux_pin}) < 3:
             raise ValueError("m0_pin, m1_pin and aux_pin must be three different GPIOs")
         return self
