@@ -26,16 +26,15 @@ from typing import Any
 import structlog
 
 from edgegw import __version__, dbfile, heap
-from edgegw.config import Config, RylrSource, UplinkConfig
+from edgegw.config import Config, UplinkConfig
 from edgegw.drivers import DriverRegistry
 from edgegw.forwarder import Forwarder
 from edgegw.ingest import Ingest
 from edgegw.log import Throttle
 from edgegw.model import Event, SourceState, UplinkState
 from edgegw.radio import ReadTurn
-from edgegw.radio.emulator import RylrEmulator
 from edgegw.radio.field import VirtualField, load_field
-from edgegw.radio.rylr import RylrRadio
+from edgegw.radio.registry import build_emulator, build_source
 from edgegw.rules import RuleEngine
 from edgegw.rules.actions import ActionRunner
 from edgegw.running import HEARTBEAT_EVERY, DataDirLock
@@ -95,7 +94,7 @@ class Gateway:
                              ReadTurn())
         self.writer.on_damage = self._database_damaged
         self.writer.daemon_health = lambda: {"restarts": {s.name: s.restarts for s in self.stages if s.restarts}}
-        self.emulators: list[RylrEmulator] = []
+        self.emulators: list[Any] = []  # a simulated source's module (see edgegw.radio.registry.build_emulator)
         self.stages: list[Stage] = []
 
     def _post(self, event: Event) -> None:
@@ -121,9 +120,9 @@ class Gateway:
             self._stage(f"forwarder:{uplink.name}", functools.partial(fwd.run, self._forward_stop),
                         self._forward_stop, on_crash=functools.partial(self._fresh_uplink, fwd, uplink))
         for source in self.config.sources:
-            port = source.port if source.simulate is None else str(self._start_simulation(source))
-            assert port is not None  # the config requires one or the other
-            radio = RylrRadio(source, port, self.writer.read_turn)
+            simulate = getattr(source, "simulate", None)
+            port = source.port if simulate is None else str(self._start_simulation(source))
+            radio = build_source(source, port, self.writer.read_turn)
             self._stage(f"source:{radio.name}", functools.partial(radio.run, self.writer.emit, self._source_stop),
                         self._source_stop)
         for stage in self.stages:  # in the order made: the writer before the sources that feed it
@@ -136,9 +135,9 @@ class Gateway:
     def _fresh_uplink(self, fwd: Forwarder, uplink: UplinkConfig, exc: Exception) -> None:
         fwd.uplink = build_uplink(uplink, self.config)
 
-    def _start_simulation(self, source: RylrSource) -> Path:
+    def _start_simulation(self, source: Any) -> Path:
         link = self.config.data_dir / f"{source.name}.pty"
-        emulator = RylrEmulator(link)
+        emulator = build_emulator(source, link)
         # The virtual sensors are provisioned with the gateway's keys, as an installer flashes real ones.
         keys = {d.address: key for d in self.config.devices if self.config.device_source(d) == source.name
                 and (key := self.ingest.auth[d.id].key) is not None}

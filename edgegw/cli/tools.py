@@ -24,27 +24,29 @@ from edgegw.errors import ConfigError, DecodeError, DriverLoadError
 @click.option("--speed", default=1.0, show_default=True, help="time acceleration of the field")
 @click.option("--seed", type=int, help="random seed, for a repeatable field")
 @click.option("--duration", type=float, help="stop after this many seconds")
+@click.option("--module", default="rylr", show_default=True, type=click.Choice(["rylr", "es920lr", "im920sl"]),
+              help="the module type to emulate")
 def simulate(field_file: Path, link: Path, config_path: Path | None, speed: float, seed: int | None,
-             duration: float | None) -> None:
-    """Emulate a REYAX RYLR module on a pseudo-terminal, fed by a virtual field of sensors.
+             duration: float | None, module: str) -> None:
+    """Emulate a radio module (REYAX RYLR by default) on a pseudo-terminal, fed by a virtual field of sensors.
 
     Point a gateway's source at the link (port = "/tmp/rylr0"). Faults to inject (garbage,
     truncated lines, bad hex, wrong lengths, duplicates) are set in the field file's [faults].
 
     Example: edgegw simulate --field configs/demo-field.toml --link /tmp/rylr0
     """
-    from edgegw.radio.emulator import RylrEmulator
     from edgegw.radio.field import VirtualField, load_field
+    from edgegw.radio.registry import standalone_emulator
 
     drivers = _drivers(config_path)
     try:
         spec = load_field(field_file)
-        emulator = RylrEmulator(link)
+        emulator = standalone_emulator(module, link)
         vfield = VirtualField(spec, drivers, emulator, seed=seed)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     emulator.plug()
-    click.echo(f"emulated RYLR module at {link}; Ctrl-C to stop", err=True)
+    click.echo(f"emulated {module} module at {link}; Ctrl-C to stop", err=True)
     stop = threading.Event()
     if duration:
         threading.Timer(duration, stop.set).start()

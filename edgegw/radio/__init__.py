@@ -86,3 +86,9 @@ class ReadTurn:
             with self._cond:
                 self._writing = False
                 self._cond.notify_all()
+
+
+# The source families' config models build on edgegw.config.base, and edgegw.config collects them
+# into its [[sources]] union: importing edgegw.config here, once this package is whole, makes the
+# order the same whichever of the two packages a program imports first.
+import edgegw.config  # noqa: E402,F401
