@@ -36,6 +36,7 @@ from edgegw.radio import ReadTurn
 from edgegw.radio.field import VirtualField, load_field
 from edgegw.radio.registry import build_emulator, build_source
 from edgegw.rules import RuleEngine
+from edgegw.route import Routing
 from edgegw.rules.actions import ActionRunner
 from edgegw.running import HEARTBEAT_EVERY, DataDirLock
 from edgegw.store import Store, db_path, quick_check
@@ -77,11 +78,12 @@ class Gateway:
         for name, kinds in self.store.released.items():
             log.warning("uplink no longer in the config: what waited for it alone is released unsent",
                         uplink=name, **kinds)
-        for alarm in dbfile.record(self.store, damage, config.gateway_id, sum(bits.values())):
+        self.routing = Routing({bits[u.name]: u.item_route() for u in uplinks})  # which uplinks take an item
+        for alarm in dbfile.record(self.store, damage, config.gateway_id, self.routing.mask("alarm", None, "database_damaged")):
             log.warning("alarm", alarm=alarm.kind, id=alarm.alarm_id, severity=alarm.severity,
                         device=alarm.device_id, message=alarm.message)
         self.damaged: str | None = None  # damage SQLite found in the database in use: the daemon exits
-        self.ingest = Ingest(config, drivers, self.store, sum(bits.values()))
+        self.ingest = Ingest(config, drivers, self.store, self.routing.reading)
         self.rules = RuleEngine(config, drivers, self.store, time.time(), time.monotonic())
         self.actions = ActionRunner(config.actions, config.gateway_id)
         self.forwarders = [
@@ -92,6 +94,7 @@ class Gateway:
         ]
         self.writer = Writer(config, self.store, self.ingest, self.rules, self.actions, self.forwarders, bits,
                              ReadTurn())
+        self.writer.routing = self.routing
         self.writer.on_damage = self._database_damaged
         self.writer.daemon_health = lambda: {"restarts": {s.name: s.restarts for s in self.stages if s.restarts}}
         self.emulators: list[Any] = []  # a simulated source's module (see edgegw.radio.registry.build_emulator)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -111,10 +112,10 @@ def _unfit_value(key: object, value: object) -> str | None:
 class Ingest:
     """Turns frames into readings and stores them; used only by the writer thread."""
 
-    def __init__(self, config: Config, drivers: DriverRegistry, store: Store, uplink_mask: int):
+    def __init__(self, config: Config, drivers: DriverRegistry, store: Store, uplink_mask: int | Callable[[str], int]):
         self.store = store
         store.describe(config.gateway_id, {name: driver.units() for name, driver in drivers.drivers.items()})
-        self.uplink_mask = uplink_mask
+        self.uplink_mask = uplink_mask if callable(uplink_mask) else lambda _device: uplink_mask  # per device: routes
         self.boot_id = boot_id()
         store.note_boot(self.boot_id)
         self.by_address: dict[tuple[str, int], tuple[Device, Driver]] = {
@@ -229,7 +230,7 @@ class Ingest:
             values=values, source=frame.source, address=frame.address, rssi=frame.rssi,
             snr=frame.snr, mono=frame.mono, boot_id=self.boot_id, verified=verified,
         )
-        seq = self.store.add_reading(reading, frame.payload, self.uplink_mask, now)
+        seq = self.store.add_reading(reading, frame.payload, self.uplink_mask(device.id), now)
         if seq is None:
             return self._duplicate(state, frame, reading_id)
         if counter is not None:

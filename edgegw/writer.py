@@ -52,6 +52,7 @@ from edgegw.model import (
     iso,
 )
 from edgegw.radio import ReadTurn
+from edgegw.route import EVERYTHING, Routing
 from edgegw.rules import RuleEngine
 from edgegw.rules.actions import ActionRunner
 from edgegw.store import Store, health_counts, room
@@ -90,7 +91,7 @@ class Writer:
         self.config, self.store, self.ingest, self.rules, self.actions = config, store, ingest, rules, actions
         self.forwarders = {f.uplink.name: f for f in forwarders}
         self.bits = bits
-        self.uplink_mask = sum(bits.values())
+        self.routing = Routing({bit: EVERYTHING for bit in bits.values()})  # the daemon sets the configured routes
         # Unbounded, yet small: sources add at most one turn's worth of frames (see read_turn), the
         # forwarders at most their in-flight acks.
         self.events: queue.Queue[HandOver | None] = queue.Queue()
@@ -220,7 +221,7 @@ class Writer:
             case SourceState():
                 store.source_state(event.source, event.state, event.detail, event.wall)
             case HealthReport():
-                store.add_health(event.item, self.uplink_mask, event.wall)
+                store.add_health(event.item, self.routing.mask("health"), event.wall)
                 out.health = True
 
     def _reject(self, r: Reject, out: Outcome) -> None:
@@ -297,7 +298,7 @@ class Writer:
     def _store_alarms(self, alarms: list[Alarm]) -> list[Alarm]:
         """Put alarms in the outbox (inside the open transaction); the ones new to it are returned."""
         now = time.time()
-        return [a for a in alarms if self.store.add_alarm(a, self.uplink_mask, now)]
+        return [a for a in alarms if self.store.add_alarm(a, self.routing.mask("alarm", a.device_id, a.kind), now)]
 
     # -- a full disk ------------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from edgegw.config.radio import (
     Source,
 )
 from edgegw.config.rules import (
+    RULE_ALARMS,
     RULE_DEFAULTS,
     Action,
     AlarmSettings,
@@ -43,6 +44,7 @@ from edgegw.config.uplinks import (
     Batching,
     EntityMapping,
     FileUplink,
+    ItemRoute,
     IotAgentUplink,
     IotaJsonUplink,
     IotaUlUplink,
@@ -51,6 +53,8 @@ from edgegw.config.uplinks import (
     NgsiConnection,
     NgsiLdUplink,
     NgsiV2Uplink,
+    SigfoxAlarm,
+    SigfoxUplink,
     Uplink,
     UplinkConfig,
 )
@@ -70,6 +74,7 @@ __all__ = [
     "Duration",
     "EntityMapping",
     "FileUplink",
+    "ItemRoute",
     "IotAgentUplink",
     "IotaJsonUplink",
     "IotaUlUplink",
@@ -82,6 +87,8 @@ __all__ = [
     "NgsiConnection",
     "NgsiLdUplink",
     "NgsiV2Uplink",
+    "SigfoxAlarm",
+    "SigfoxUplink",
     "RULE_DEFAULTS",
     "RYLR_BANDWIDTH_CODES",
     "Rule",
@@ -293,6 +300,7 @@ def load_config(path: str | Path, keys: bool = True) -> tuple[Config, DriverRegi
     problems += rule_problems(*(raw.get(k) if isinstance(raw.get(k), list) else []
                                 for k in ("rules", "actions", "devices")), registry)
     problems += _field_problems(base, config.sources) + source_problems(config.sources) + PLUGIN_PROBLEMS
+    problems += route_problems(config)
     keys_file = _resolve(base, config.keys_file)
     problems += _key_problems(keys_file, config.devices) if keys else []
     if problems:
@@ -308,6 +316,27 @@ def load_config(path: str | Path, keys: bool = True) -> tuple[Config, DriverRegi
         "uplinks": [_resolve_uplink(base, u) for u in config.uplinks],
     })
     return config, registry
+
+
+def route_problems(config: Config) -> list[str]:
+    """Uplink routes naming unknown devices, or taking nothing this gateway can produce (its
+    devices' readings, the alarms its rules raise, its health report)."""
+    produced: list[tuple[str, str | None, str | None]] = [("health", None, None), ("alarm", None, "database_damaged")]
+    for d in config.devices:
+        produced.append(("reading", d.id, None))
+        produced += [("alarm", d.id, kind) for rule in config.effective_rules() if rule.applies_to(d)
+                     for kind in RULE_ALARMS[rule.type]]
+    ids = [d.id for d in config.devices]
+    problems = []
+    for i, uplink in enumerate(config.uplinks):
+        unknown = [d for d in uplink.route.devices or () if d not in ids]
+        if unknown:
+            problems.append(f"uplinks[{i}].route.devices: unknown device(s) {unknown}; configured devices: {ids}")
+        elif not uplink.item_route().matches_any(produced):
+            what = "alarms (the kinds of its alarms table)" if isinstance(uplink, SigfoxUplink) else "route"
+            problems.append(f"uplinks[{i}].route: uplink {uplink.name!r} would take nothing: no configured device or "
+                            f"rule produces an item its {what} takes; widen it, or add the rule it waits for")
+    return problems
 
 
 def _field_problems(base: Path, sources: list[Source]) -> list[str]:

@@ -22,6 +22,14 @@ AlarmKind = Literal[
     "trap_sprung", "trap_reminder", "trap_rearmed", "water_level_alarm", "water_level_clear", "water_rise",
     "device_silent", "device_back", "battery_low", "battery_ok", "sensor_fault", "database_damaged",
 ]
+# Which alarm kinds each rule type raises ("store": the daemon itself, about its database): config
+# check uses it to name an uplink route that takes nothing this gateway can raise.
+RULE_ALARMS: dict[str, tuple[str, ...]] = {
+    "trap": ("trap_sprung", "trap_reminder", "trap_rearmed"),
+    "water_level": ("water_level_alarm", "water_level_clear", "water_rise"),
+    "device_health": ("device_silent", "device_back", "battery_low", "battery_ok", "sensor_fault"),
+    "store": ("database_damaged",),
+}
 _RULE_NAME = r"^[A-Za-z0-9_.-]+$"
 
 

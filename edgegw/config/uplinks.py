@@ -1,4 +1,4 @@
-"""Config of uplinks: MQTT, files, FIWARE IoT Agents and NGSI context brokers."""
+"""Config of uplinks: MQTT, files, FIWARE IoT Agents, NGSI context brokers and a Sigfox module."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from pydantic import (
 
 from edgegw.config.base import Duration, _Section
 from edgegw.config.radio import Device
+from edgegw.config.rules import AlarmKind, Severity
 from edgegw.drivers import DriverRegistry
+from edgegw.route import Route
 from edgegw.uplink import STALLED_AFTER, fiware
 
 # -- uplinks ----------------------------------------------------------------------------------------
@@ -30,6 +32,28 @@ _STALLED = "items waiting and nothing acknowledged for this long: shown as stall
 class Batching(_Section):
     max_items: int = Field(500, ge=1, le=100_000)
     max_bytes: int = Field(256_000, ge=1024)
+
+
+class ItemRoute(_Section):
+    """Which outbox items an uplink takes (see edgegw.route); a key left out takes every value."""
+
+    kinds: list[Literal["reading", "alarm", "health"]] | None = Field(
+        None, min_length=1, description='item kinds, e.g. ["alarm", "health"]')
+    alarms: list[AlarmKind] | None = Field(
+        None, min_length=1, description='alarm kinds, e.g. ["trap_sprung"]; items that are not alarms pass')
+    devices: list[str] | None = Field(
+        None, min_length=1, description="device ids; the gateway's own items (health, a damaged database) pass")
+
+    def route(self) -> Route:
+        return Route(*(None if v is None else frozenset(v) for v in (self.kinds, self.alarms, self.devices)))
+
+
+class _Routed(_Section):
+    route: ItemRoute = Field(ItemRoute(), description="which items this uplink takes; every item when left out")
+
+    def item_route(self) -> Route:
+        """The route in force (an uplink may narrow what it is given, as the Sigfox module does)."""
+        return self.route.route()
 
 
 def _one_secret(section, key: str):
@@ -45,7 +69,7 @@ def _read_secret(section, key: str) -> str | None:
     return getattr(section, key) if path is None else path.read_text().strip()
 
 
-class MqttConnection(_Section):
+class MqttConnection(_Routed):
     """How to reach an MQTT broker: shared by every uplink that publishes over MQTT."""
 
     host: str
@@ -85,7 +109,7 @@ class MqttUplink(MqttConnection):
         return v
 
 
-class FileUplink(_Section):
+class FileUplink(_Routed):
     """Batches appended as JSON lines in a folder: sites with no coverage, collected on a USB stick."""
 
     type: Literal["file"]
@@ -258,7 +282,7 @@ def _tenant_name(v: str | None, header: str) -> str | None:
     return v
 
 
-class NgsiConnection(EntityMapping):
+class NgsiConnection(EntityMapping, _Routed):
     """How to reach a context broker over HTTP: shared by the NGSI-v2 and NGSI-LD uplinks."""
 
     url: str = Field(description="the context broker's base URL")
@@ -344,8 +368,81 @@ class NgsiLdUplink(NgsiConnection):
         return v
 
 
+# -- the Sigfox module -----------------------------------------------------------------------------
+
+SIGFOX_DAILY_LIMIT = 140  # uplinks a day: the largest Sigfox plan (and the EU 1 % duty cycle it comes from)
+
+
+class SigfoxAlarm(_Section):
+    """When one alarm kind goes over Sigfox, and how dear it is when the day's budget runs short."""
+
+    when: Literal["always", "fallback"] = Field(
+        "fallback", description="always: at once; fallback: only if no main uplink acknowledged it within delay")
+    delay: Duration = Field(120, description="fallback: how long the main uplinks have to acknowledge it first")
+    priority: Literal["urgent", "normal"] = Field(
+        "urgent", description="urgent alarms go first and may spend the reserve; normal ones may not")
+    min_severity: Severity = Field("informational", description="lower severities of this kind stay off Sigfox")
+
+
+def _default_sigfox_alarms() -> dict[str, SigfoxAlarm]:
+    # A sprung trap holds a live animal; the danger stage is the one a town evacuates on.
+    return {"trap_sprung": SigfoxAlarm(), "water_level_alarm": SigfoxAlarm(min_severity="critical"),
+            "trap_reminder": SigfoxAlarm(delay=600, priority="normal")}
+
+
+class SigfoxUplink(_Routed):
+    """A Sigfox module (Wisol WSSFM10R3, RC3) on a serial port: the alarm uplink of last resort.
+
+    It carries alarms only, each as one 12-byte message (edgegw.uplink.sigfox.codec), within a daily
+    budget kept in the data directory; everything it sends is delivered over the main uplinks too.
+    """
+
+    type: Literal["sigfox"]
+    name: str = Field("sigfox", pattern=r"^[A-Za-z0-9_.-]+$")
+    port: str = Field(description='the module\'s serial port, e.g. "/dev/ttyUSB1"')
+    baudrate: int = Field(9600, description="the WSSFM10R3 talks 9600 8N1")
+    daily_limit: int = Field(SIGFOX_DAILY_LIMIT, ge=1, le=SIGFOX_DAILY_LIMIT,
+                             description="messages in any 24 hours, at most your Sigfox plan's")
+    reserve: int = Field(20, ge=0, description="the last this many messages of the 24 hours go to urgent alarms only")
+    alarms: dict[AlarmKind, SigfoxAlarm] = Field(
+        default_factory=_default_sigfox_alarms,
+        description='alarm kind -> when it goes, e.g. trap_sprung = { when = "fallback", delay = "2m" }')
+    send_timeout: Duration = Field(45, description="how long a send may take the module (3 frames at 100 bit/s, "
+                                   "listen-before-talk) before the port is reopened")
+    confirm_every: Duration | None = Field(
+        86400, description="at most this often a send asks for a downlink, the only proof that the platform "
+        "hears the module (it costs ~50 s of the module and one of 4 downlinks a day); omit for never")
+    stalled_after: Duration = Field(STALLED_AFTER, description=_STALLED)
+    batch: Batching = Batching(max_items=1)
+
+    @field_validator("alarms")
+    @classmethod
+    def _some_alarms(cls, v: dict[str, SigfoxAlarm]) -> dict[str, SigfoxAlarm]:
+        if not v:
+            raise ValueError('expected at least one alarm kind, e.g. { trap_sprung = { when = "always" } }')
+        return v
+
+    @model_validator(mode="after")
+    def _alarms_only(self) -> SigfoxUplink:
+        if self.route.kinds is not None and set(self.route.kinds) != {"alarm"}:
+            raise ValueError('route.kinds: a Sigfox module carries alarms only (140 short messages a day); '
+                             'leave kinds out, or set kinds = ["alarm"]')
+        if self.route.alarms is not None:
+            raise ValueError("route.alarms: the alarms table says which alarm kinds go over Sigfox; "
+                             "leave route.alarms out")
+        if self.reserve >= self.daily_limit:
+            raise ValueError(f"reserve: {self.reserve} would keep the whole daily_limit ({self.daily_limit}) for "
+                             "urgent alarms; expected fewer, e.g. 20")
+        return self
+
+    def item_route(self) -> Route:
+        devices = None if self.route.devices is None else frozenset(self.route.devices)
+        return Route(frozenset({"alarm"}), frozenset(self.alarms), devices)
+
+
 Uplink = Annotated[
-    MqttUplink | FileUplink | IotaJsonUplink | IotaUlUplink | NgsiV2Uplink | NgsiLdUplink, Field(discriminator="type")
+    MqttUplink | FileUplink | IotaJsonUplink | IotaUlUplink | NgsiV2Uplink | NgsiLdUplink | SigfoxUplink,
+    Field(discriminator="type")
 ]
-UplinkConfig = MqttUplink | FileUplink | IotaJsonUplink | IotaUlUplink | NgsiV2Uplink | NgsiLdUplink
-UPLINK_TYPES = ("mqtt", "file", "iota-json", "iota-ul", "ngsi-v2", "ngsi-ld")
+UplinkConfig = MqttUplink | FileUplink | IotaJsonUplink | IotaUlUplink | NgsiV2Uplink | NgsiLdUplink | SigfoxUplink
+UPLINK_TYPES = ("mqtt", "file", "iota-json", "iota-ul", "ngsi-v2", "ngsi-ld", "sigfox")
