@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 
 from edgegw import __version__, dbfile, heap
-from edgegw.config import Config, UplinkConfig
+from edgegw.config import Config, SigfoxUplink, UplinkConfig
 from edgegw.drivers import DriverRegistry
 from edgegw.forwarder import Forwarder
 from edgegw.ingest import Ingest
@@ -42,6 +42,7 @@ from edgegw.running import HEARTBEAT_EVERY, DataDirLock
 from edgegw.store import Store, db_path, quick_check
 from edgegw.supervise import Stage
 from edgegw.uplink import build_uplink
+from edgegw.uplink.sigfox.sender import SigfoxSender, sigfox_health
 from edgegw.writer import Writer
 
 log = structlog.get_logger("edgegw.daemon")
@@ -87,6 +88,8 @@ class Gateway:
         self.rules = RuleEngine(config, drivers, self.store, time.time(), time.monotonic())
         self.actions = ActionRunner(config.actions, config.gateway_id)
         self.forwarders = [
+            SigfoxSender(u, build_uplink(u, config), bits[u.name], self.routing, db_path(config.data_dir),
+                         config.data_dir, self._post) if isinstance(u, SigfoxUplink) else
             Forwarder(build_uplink(u, config), bits[u.name], db_path(config.data_dir),
                       config.gateway_id, u.batch.max_items, u.batch.max_bytes, getattr(u, "max_inflight", 1),
                       self._post, u.stalled_after)
@@ -96,7 +99,8 @@ class Gateway:
                              ReadTurn())
         self.writer.routing = self.routing
         self.writer.on_damage = self._database_damaged
-        self.writer.daemon_health = lambda: {"restarts": {s.name: s.restarts for s in self.stages if s.restarts}}
+        self.writer.daemon_health = lambda: {"restarts": {s.name: s.restarts for s in self.stages if s.restarts},
+                                             **sigfox_health(config)}
         self.emulators: list[Any] = []  # a simulated source's module (see edgegw.radio.registry.build_emulator)
         self.stages: list[Stage] = []
 

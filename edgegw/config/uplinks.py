@@ -412,8 +412,6 @@ class SigfoxUplink(_Routed):
     confirm_every: Duration | None = Field(
         86400, description="at most this often a send asks for a downlink, the only proof that the platform "
         "hears the module (it costs ~50 s of the module and one of 4 downlinks a day); omit for never")
-    stalled_after: Duration = Field(STALLED_AFTER, description=_STALLED)
-    batch: Batching = Batching(max_items=1)
 
     @field_validator("alarms")
     @classmethod
@@ -430,6 +428,9 @@ class SigfoxUplink(_Routed):
         if self.route.alarms is not None:
             raise ValueError("route.alarms: the alarms table says which alarm kinds go over Sigfox; "
                              "leave route.alarms out")
+        if self.confirm_every is not None and self.confirm_every < 6 * 3600:
+            raise ValueError(f"confirm_every: {self.confirm_every:g} s would ask for more than the 4 downlinks a day "
+                             "Sigfox allows; expected at least \"6h\", e.g. \"1d\"")
         if self.reserve >= self.daily_limit:
             raise ValueError(f"reserve: {self.reserve} would keep the whole daily_limit ({self.daily_limit}) for "
                              "urgent alarms; expected fewer, e.g. 20")

@@ -16,6 +16,7 @@ from edgegw.items import Batch
 
 if TYPE_CHECKING:
     from edgegw.config import Config, UplinkConfig
+    from edgegw.uplink.sigfox.module import SigfoxModule
 
 # s: an uplink with items waiting that acknowledged nothing for this long is shown as stalled (the
 # default of each uplink's ``stalled_after``).
@@ -41,11 +42,14 @@ class Uplink(Protocol):
         """Disconnect; batches not yet acknowledged will be resent after restart."""
 
 
-def build_uplink(uplink: UplinkConfig, config: Config) -> Uplink:
+def build_uplink(uplink: UplinkConfig, config: Config) -> Uplink | SigfoxModule:
     """The uplink object for one ``[[uplinks]]`` entry of ``config`` (which gives the gateway id,
     the data directory and the device locations FIWARE entities carry)."""
     # Imported here: edgegw.config imports edgegw.uplink.fiware, and each uplink its own client library.
-    from edgegw.config import FileUplink, IotAgentUplink, MqttUplink, NgsiConnection
+    from edgegw.config import FileUplink, IotAgentUplink, MqttUplink, NgsiConnection, SigfoxUplink
+    if isinstance(uplink, SigfoxUplink):  # not a batch uplink: driven by its own sender (see edgegw.uplink.sigfox)
+        from edgegw.uplink.sigfox.module import SigfoxModule
+        return SigfoxModule(uplink)
     if isinstance(uplink, FileUplink):
         from edgegw.uplink.file import FileWriterUplink
         return FileWriterUplink(uplink, config.data_dir)
