@@ -60,7 +60,7 @@ COMMITTED.set()
 
 
 def write_config(tmp: Path, link: Path, mqtt_port: int | None, topic: str = "test/{gateway}/batches",
-                 extra: str = "", log_level: str = "debug", max_items: int = 50) -> Path:
+                 extra: str = "", log_level: str = "debug", max_items: int = 50, top: str = "") -> Path:
     devices = "".join(
         # rate_limit = 0: the tests send bursts far beyond what a field sends (test_auth.py tests the limit).
         f'\n[[devices]]\nid = "{d}"\naddress = {a}\ndriver = "{drv}"\ninterval = "10m"\nrate_limit = 0\n'
@@ -70,7 +70,7 @@ def write_config(tmp: Path, link: Path, mqtt_port: int | None, topic: str = "tes
               f'topic = "{topic}"\nbatch = {{ max_items = {max_items} }}\n') if mqtt_port else ""
     path = tmp / "gateway.toml"
     path.write_text(
-        f'gateway_id = "gw-test"\ndata_dir = "data"\n\n[[sources]]\ntype = "rylr"\nname = "lora0"\n'
+        f'gateway_id = "gw-test"\ndata_dir = "data"\n{top}\n[[sources]]\ntype = "rylr"\nname = "lora0"\n'
         f'port = "{link}"\n{devices}{uplink}{extra}\n[log]\nlevel = "{log_level}"\nformat = "json"\n'
     )
     return path
