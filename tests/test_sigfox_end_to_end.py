@@ -196,3 +196,22 @@ def test_the_budget_holds_across_a_restart_and_each_refusal_is_logged_and_shown(
     assert len(sigfox.sent) == 2
     # Refused by Sigfox is not lost: it stays in the outbox, and the alarm log has it.
     assert [a["kind"] for a in alarms(second.db)["recent"]].count("trap_sprung") == 3
+
+
+def test_an_unplugged_module_is_shown_down_and_the_alarm_waiting_for_it_goes_once_it_is_back(
+        tmp_path, modules, daemons):
+    rylr, sigfox = modules
+    config = write_config(tmp_path, rylr.link, None, extra=sigfox_uplink(sigfox.link, trap="always"))
+    daemon = Daemon(config)
+    daemons.append(daemon.start())
+    daemon.wait_receiving()
+    wait_until(lambda: sigfox_status(daemon).get("state") == "up", 20, "the module up")
+    sigfox.unplug()
+    sender = Sender(rylr)
+    sender.send("trap-01", ARMED)
+    sender.send("trap-01", SPRUNG)
+    wait_until(lambda: sigfox_status(daemon).get("state") == "down", 30, f"the module down ({daemon.log_tail()})")
+    sigfox.plug()
+    wait_until(lambda: sigfox.sent, 60, f"the send once the module is back ({daemon.log_tail()})")
+    assert codec.decode(sigfox.sent[0][1], sigfox.sent[0][0]).kind == "trap_sprung"
+    wait_until(lambda: sigfox_status(daemon).get("state") == "up", 20, "the module up again")

@@ -7,6 +7,8 @@ import threading
 
 import pytest
 import serial
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from edgegw.config import SigfoxUplink
 from edgegw.errors import ModuleError
@@ -85,3 +87,23 @@ def test_an_unplugged_module_fails_and_is_found_again_at_its_path(module, emulat
     emulator.plug()
     assert module.open().device_id == "0042ABCD"
     assert module.send(b"\x02", downlink=False, stop=threading.Event()) is None
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.binary(max_size=80), max_size=4), st.sampled_from(["before", "instead"]))
+def test_hostile_replies_never_crash_the_driver(module, emulator, junk, when):
+    """Whatever the line carries, a send ends in its answer or a ModuleError, never another exception."""
+    if not module.is_open:
+        module.open()
+    text = [j.decode("latin-1") for j in junk]
+    if when == "before":  # noise on the line before the command
+        for t in text:
+            emulator.write_line(t)
+    else:  # noise as the module's answer
+        emulator.fail_sends.append("\r\n".join(text))
+    module.config = module.config.model_copy(update={"send_timeout": 0.3})
+    try:
+        module.send(b"\x01", downlink=False, stop=threading.Event())
+    except ModuleError:
+        module.close()
+    emulator.fail_sends.clear()

@@ -10,6 +10,7 @@ it again, so an unplugged and replugged module is found again at its path.
 from __future__ import annotations
 
 import re
+import termios
 import threading
 import time
 from dataclasses import dataclass
@@ -55,8 +56,6 @@ class SigfoxModule:
         """Open the port and read the module's identity; raises ModuleError, SerialException or OSError."""
         self.close()
         self._port = serial.Serial(self.config.port, self.config.baudrate, timeout=0.2)
-        self._port.reset_input_buffer()
-        self._buf = b""
         try:
             self._command("AT", lambda line: line == "OK" or None, COMMAND_TIMEOUT)
             device_id = self._command("AT$I=10", lambda line: line.upper() if _ID.fullmatch(line) else None,
@@ -68,6 +67,10 @@ class SigfoxModule:
             raise
         self.identity = Identity(device_id.zfill(8), pac)
         return self.identity
+
+    def ping(self) -> None:
+        """``AT`` -> ``OK``: the module is there and idle (asked before a send is counted)."""
+        self._command("AT", lambda line: line == "OK" or None, COMMAND_TIMEOUT)
 
     def send(self, payload: bytes, downlink: bool, stop: threading.Event) -> bytes | None:
         """Send ``payload`` (at most 12 bytes); with ``downlink``, wait for the backend's 8 bytes too.
@@ -99,8 +102,19 @@ class SigfoxModule:
 
     def _command(self, cmd: str, accept, timeout: float, stop: threading.Event | None = None):
         assert self._port is not None
+        self._flush()
         self._port.write(cmd.encode("ascii") + b"\r")
         return self._reply(accept, timeout, stop, cmd)
+
+    def _flush(self) -> None:
+        """Drop what came before a command: it is not its answer (a stale OK taken for it would count
+        an alarm as sent)."""
+        assert self._port is not None
+        try:
+            self._port.reset_input_buffer()
+        except termios.error as exc:  # pyserial lets tcflush's error through: the port is gone (unplugged)
+            raise serial.SerialException(f"the port is gone: {exc}") from None
+        self._buf = b""
 
     def _reply(self, accept, timeout: float, stop: threading.Event | None = None, cmd: str = "RX="):
         """The first line ``accept`` takes (returns not None for); an error line or the deadline raise."""

@@ -176,6 +176,7 @@ class SigfoxSender:
             self._release(c, "budget", quiet=True)
             self._show(budget, "up", "")
             return
+        self.uplink.ping()  # a module gone since the last look fails here, before a message is counted
         message = codec.message_of(item, fallback)
         payload = codec.encode(message)
         confirm_every = self.config.confirm_every
