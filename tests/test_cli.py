@@ -51,7 +51,7 @@ def test_config_check_demo_ok(runner):
     assert result.exit_code == 0, result.output
     assert result.stderr == ""
     assert result.stdout == (
-        f"{DEMO}: OK: gateway demo-gw, 1 source(s), 3 device(s), uplinks: file (file), "
+        f"{DEMO}: OK: gateway demo-gw, 1 source(s), 3 device(s), uplinks: file (file), sigfox (sigfox), "
         f"data in {REPO / 'data' / 'demo'}\n"
         "not authenticated (anyone in radio range can send as them): river-kamo-bridge, paddy-07;"
         " see edgegw keys new\n"

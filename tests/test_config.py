@@ -8,7 +8,7 @@ from textwrap import dedent
 
 import pytest
 
-from edgegw.config import FileUplink, MqttUplink, load_config
+from edgegw.config import FileUplink, MqttUplink, SigfoxUplink, load_config
 from edgegw.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,9 +61,17 @@ def test_demo_config_loads_and_resolves_relative_to_itself(tmp_path, monkeypatch
     assert config.log.level == "info"
 
 
-def test_demo_config_uplinks_default_to_files(monkeypatch, tmp_path):
+def test_demo_config_uplinks_are_files_and_a_simulated_sigfox_module(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     config, _ = load_config(DEMO)
+    main, sigfox = config.effective_uplinks()
+    assert main == FileUplink(type="file")  # what a config without [[uplinks]] gets
+    assert isinstance(sigfox, SigfoxUplink) and sigfox.simulate and sigfox.port is None
+    assert sigfox.serial_port(config.data_dir) == str(config.data_dir / "sigfox-sigfox.pty")
+
+
+def test_uplinks_default_to_files(tmp_path):
+    config, _ = load_config(write(tmp_path, minimal()))
     assert config.uplinks == []
     (uplink,) = config.effective_uplinks()
     assert isinstance(uplink, FileUplink)

@@ -104,3 +104,21 @@ route = { kinds = ["alarm", "reading"] }
 """))
     [problem] = problems_of(path)
     assert problem.startswith("uplinks[0]: route.kinds: a Sigfox module carries alarms only")
+
+
+def test_a_sigfox_uplink_needs_a_port_or_simulate_and_at_most_four_downlinks_a_day(tmp_path):
+    path = write(tmp_path, minimal(DEVICES + """
+[[uplinks]]
+type = "sigfox"
+confirm_every = "1h"
+daily_limit = 141
+"""))
+    problems = problems_of(path)
+    assert "uplinks[0].daily_limit: Input should be less than or equal to 140 (got 141)" in problems
+    path = write(tmp_path, minimal(DEVICES + """
+[[uplinks]]
+type = "sigfox"
+confirm_every = "1h"
+"""))
+    [problem] = problems_of(path)
+    assert problem.startswith("uplinks[0]: expected either port")

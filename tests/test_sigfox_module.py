@@ -26,7 +26,7 @@ def emulator(tmp_path):
 
 @pytest.fixture
 def module(emulator):
-    m = SigfoxModule(SigfoxUplink(type="sigfox", port=str(emulator.link), send_timeout=5))
+    m = SigfoxModule(SigfoxUplink(type="sigfox", port=str(emulator.link), send_timeout=5), str(emulator.link))
     yield m
     m.close()
 

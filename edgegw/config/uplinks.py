@@ -399,7 +399,8 @@ class SigfoxUplink(_Routed):
 
     type: Literal["sigfox"]
     name: str = Field("sigfox", pattern=r"^[A-Za-z0-9_.-]+$")
-    port: str = Field(description='the module\'s serial port, e.g. "/dev/ttyUSB1"')
+    port: str | None = Field(None, description='the module\'s serial port, e.g. "/dev/ttyUSB1"')
+    simulate: bool = Field(False, description="no module: an emulated one on a pty in the data directory (the demo)")
     baudrate: int = Field(9600, description="the WSSFM10R3 talks 9600 8N1")
     daily_limit: int = Field(SIGFOX_DAILY_LIMIT, ge=1, le=SIGFOX_DAILY_LIMIT,
                              description="messages in any 24 hours, at most your Sigfox plan's")
@@ -422,6 +423,9 @@ class SigfoxUplink(_Routed):
 
     @model_validator(mode="after")
     def _alarms_only(self) -> SigfoxUplink:
+        if (self.port is None) == (not self.simulate):
+            raise ValueError('expected either port (e.g. port = "/dev/ttyUSB1") or simulate = true, not '
+                             + ("both" if self.simulate else "neither"))
         if self.route.kinds is not None and set(self.route.kinds) != {"alarm"}:
             raise ValueError('route.kinds: a Sigfox module carries alarms only (140 short messages a day); '
                              'leave kinds out, or set kinds = ["alarm"]')
@@ -435,6 +439,10 @@ class SigfoxUplink(_Routed):
             raise ValueError(f"reserve: {self.reserve} would keep the whole daily_limit ({self.daily_limit}) for "
                              "urgent alarms; expected fewer, e.g. 20")
         return self
+
+    def serial_port(self, data_dir: Path) -> str:
+        """The port to open: ``port``, or the emulated module's pty link when simulating."""
+        return self.port if self.port is not None else str(data_dir / f"sigfox-{self.name}.pty")
 
     def item_route(self) -> Route:
         devices = None if self.route.devices is None else frozenset(self.route.devices)

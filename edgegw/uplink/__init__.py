@@ -49,7 +49,7 @@ def build_uplink(uplink: UplinkConfig, config: Config) -> Uplink | SigfoxModule:
     from edgegw.config import FileUplink, IotAgentUplink, MqttUplink, NgsiConnection, SigfoxUplink
     if isinstance(uplink, SigfoxUplink):  # not a batch uplink: driven by its own sender (see edgegw.uplink.sigfox)
         from edgegw.uplink.sigfox.module import SigfoxModule
-        return SigfoxModule(uplink)
+        return SigfoxModule(uplink, uplink.serial_port(config.data_dir))
     if isinstance(uplink, FileUplink):
         from edgegw.uplink.file import FileWriterUplink
         return FileWriterUplink(uplink, config.data_dir)

@@ -42,8 +42,8 @@ class Identity:
 class SigfoxModule:
     """One Sigfox module on one serial port. Used by one thread (the uplink's sender)."""
 
-    def __init__(self, config: SigfoxUplink):
-        self.name, self.config = config.name, config
+    def __init__(self, config: SigfoxUplink, port: str):
+        self.name, self.config, self.port = config.name, config, port
         self.identity: Identity | None = None
         self._port: serial.Serial | None = None
         self._buf = b""
@@ -55,7 +55,7 @@ class SigfoxModule:
     def open(self) -> Identity:
         """Open the port and read the module's identity; raises ModuleError, SerialException or OSError."""
         self.close()
-        self._port = serial.Serial(self.config.port, self.config.baudrate, timeout=0.2)
+        self._port = serial.Serial(self.port, self.config.baudrate, timeout=0.2)
         try:
             self._command("AT", lambda line: line == "OK" or None, COMMAND_TIMEOUT)
             device_id = self._command("AT$I=10", lambda line: line.upper() if _ID.fullmatch(line) else None,

@@ -39,6 +39,7 @@ from edgegw.route import Routing
 from edgegw.store import open_reader
 from edgegw.uplink.sigfox import codec
 from edgegw.uplink.sigfox.budget import Budget, Spend, budget_path, read_summary
+from edgegw.uplink.sigfox.emulator import SigfoxEmulator
 from edgegw.uplink.sigfox.module import SigfoxModule
 
 log = structlog.get_logger("edgegw.uplink.sigfox")
@@ -78,6 +79,11 @@ class SigfoxSender:
         reader = open_reader(self.db_path)
         budget = Budget(self.budget_path, self.config.daily_limit, self.config.reserve)
         backoff = Backoff(1.0, 300.0)
+        emulator = None
+        if self.config.simulate:  # the demo: a module with a real one's timing, on a pty
+            emulator = SigfoxEmulator(Path(self.uplink.port), send_delay=6.0, downlink_delay=25.0)
+            emulator.plug()
+            log.info("simulated Sigfox module", uplink=self.uplink.name, port=self.uplink.port)
         try:
             while not stop.is_set():
                 if not self.uplink.is_open and not self._open(budget, backoff, stop):
@@ -89,7 +95,7 @@ class SigfoxSender:
                     self.uplink.close()
                     delay = backoff.next()
                     log.warning("Sigfox module failed; reopening its port", uplink=self.uplink.name,
-                                port=self.config.port, error=str(exc), retry_in=round(delay, 1))
+                                port=self.uplink.port, error=str(exc), retry_in=round(delay, 1))
                     self._show(budget, "down", f"{exc}; reopening")
                     stop.wait(delay)
                     continue
@@ -98,21 +104,23 @@ class SigfoxSender:
                 self.urgent.clear()
         finally:
             self.uplink.close()
+            if emulator is not None:
+                emulator.unplug()
             budget.close()
             reader.close()
 
     def _open(self, budget: Budget, backoff: Backoff, stop: threading.Event) -> bool:
-        self._show(budget, "connecting", f"opening {self.config.port}")
+        self._show(budget, "connecting", f"opening {self.uplink.port}")
         try:
             identity = self.uplink.open()
         except (ModuleError, serial.SerialException, OSError) as exc:
             delay = backoff.next()
-            log.warning("Sigfox module not answering", uplink=self.uplink.name, port=self.config.port,
+            log.warning("Sigfox module not answering", uplink=self.uplink.name, port=self.uplink.port,
                         error=str(exc), retry_in=round(delay, 1))
-            self._show(budget, "down", f"{self.config.port}: {exc}")
+            self._show(budget, "down", f"{self.uplink.port}: {exc}")
             stop.wait(delay)
             return False
-        log.info("Sigfox module ready", uplink=self.uplink.name, port=self.config.port,
+        log.info("Sigfox module ready", uplink=self.uplink.name, port=self.uplink.port,
                  device_id=identity.device_id, pac=identity.pac)
         self._show(budget, "up", "")
         return True
