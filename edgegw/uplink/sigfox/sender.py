@@ -244,6 +244,8 @@ class SigfoxSender:
         if s["last_refused"]:
             parts.append(f"{s['refused_24h']} refused in 24 h, last {s['last_refused']['alarm']} "
                          f"{s['last_refused']['device']} at {s['last_refused']['at']}")
+        if s["confirmed_at"]:
+            parts.append(f"platform heard it at {s['confirmed_at']} (downlink)")
         if detail:
             parts.append(detail)
         shown = (state, "; ".join(parts))
