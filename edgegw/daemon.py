@@ -35,8 +35,8 @@ from edgegw.model import Event, SourceState, UplinkState
 from edgegw.radio import ReadTurn
 from edgegw.radio.field import VirtualField, load_field
 from edgegw.radio.registry import build_emulator, build_source
-from edgegw.rules import RuleEngine
 from edgegw.route import Routing
+from edgegw.rules import RuleEngine
 from edgegw.rules.actions import ActionRunner
 from edgegw.running import HEARTBEAT_EVERY, DataDirLock
 from edgegw.store import Store, db_path, quick_check
@@ -80,7 +80,8 @@ class Gateway:
             log.warning("uplink no longer in the config: what waited for it alone is released unsent",
                         uplink=name, **kinds)
         self.routing = Routing({bits[u.name]: u.item_route() for u in uplinks})  # which uplinks take an item
-        for alarm in dbfile.record(self.store, damage, config.gateway_id, self.routing.mask("alarm", None, "database_damaged")):
+        damaged_mask = self.routing.mask("alarm", None, "database_damaged")
+        for alarm in dbfile.record(self.store, damage, config.gateway_id, damaged_mask):
             log.warning("alarm", alarm=alarm.kind, id=alarm.alarm_id, severity=alarm.severity,
                         device=alarm.device_id, message=alarm.message)
         self.damaged: str | None = None  # damage SQLite found in the database in use: the daemon exits
@@ -88,8 +89,8 @@ class Gateway:
         self.rules = RuleEngine(config, drivers, self.store, time.time(), time.monotonic())
         self.actions = ActionRunner(config.actions, config.gateway_id)
         self.forwarders = [
-            SigfoxSender(u, build_uplink(u, config), bits[u.name], self.routing, db_path(config.data_dir),
-                         config.data_dir, self._post) if isinstance(u, SigfoxUplink) else
+            SigfoxSender(u, bits[u.name], self.routing, db_path(config.data_dir), config.data_dir, self._post)
+            if isinstance(u, SigfoxUplink) else
             Forwarder(build_uplink(u, config), bits[u.name], db_path(config.data_dir),
                       config.gateway_id, u.batch.max_items, u.batch.max_bytes, getattr(u, "max_inflight", 1),
                       self._post, u.stalled_after)
@@ -139,8 +140,9 @@ class Gateway:
                  sources=[s.name for s in self.config.sources], uplinks=[f.uplink.name for f in self.forwarders],
                  devices=len(self.config.devices))
 
-    def _fresh_uplink(self, fwd: Forwarder, uplink: UplinkConfig, exc: Exception) -> None:
-        fwd.uplink = build_uplink(uplink, self.config)
+    def _fresh_uplink(self, fwd: Forwarder | SigfoxSender, uplink: UplinkConfig, exc: Exception) -> None:
+        if isinstance(fwd, Forwarder):  # a Sigfox sender opens its module afresh itself
+            fwd.uplink = build_uplink(uplink, self.config)
 
     def _start_simulation(self, source: Any) -> Path:
         link = self.config.data_dir / f"{source.name}.pty"

@@ -91,7 +91,7 @@ class Writer:
         self.config, self.store, self.ingest, self.rules, self.actions = config, store, ingest, rules, actions
         self.forwarders = {f.uplink.name: f for f in forwarders}
         self.bits = bits
-        self.routing = Routing({bit: EVERYTHING for bit in bits.values()})  # the daemon sets the configured routes
+        self.routing = Routing(dict.fromkeys(bits.values(), EVERYTHING))  # the daemon sets the configured routes
         # Unbounded, yet small: sources add at most one turn's worth of frames (see read_turn), the
         # forwarders at most their in-flight acks.
         self.events: queue.Queue[HandOver | None] = queue.Queue()

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
+from edgegw.radio.emulator import RylrEmulator
 from edgegw.store import alarms
 from edgegw.uplink.sigfox import codec
 from edgegw.uplink.sigfox.emulator import SigfoxEmulator
-from edgegw.radio.emulator import RylrEmulator
 from tests.broker import Subscriber
 from tests.gateway import DEVICES, Daemon, Sender, wait_until, write_config
 

@@ -72,7 +72,7 @@ def test_silence_is_an_error_within_the_send_timeout(module, emulator):
     module.open()
     emulator.send_delay = 30
     module.config = module.config.model_copy(update={"send_timeout": 0.5})
-    with pytest.raises(ModuleError, match="no answer within 0.5 s"):
+    with pytest.raises(ModuleError, match=r"no answer within 0\.5 s"):
         module.send(b"\x01", downlink=False, stop=threading.Event())
 
 

@@ -384,7 +384,7 @@ class SigfoxAlarm(_Section):
     min_severity: Severity = Field("informational", description="lower severities of this kind stay off Sigfox")
 
 
-def _default_sigfox_alarms() -> dict[str, SigfoxAlarm]:
+def _default_sigfox_alarms() -> dict[AlarmKind, SigfoxAlarm]:
     # A sprung trap holds a live animal; the danger stage is the one a town evacuates on.
     return {"trap_sprung": SigfoxAlarm(), "water_level_alarm": SigfoxAlarm(min_severity="critical"),
             "trap_reminder": SigfoxAlarm(delay=600, priority="normal")}

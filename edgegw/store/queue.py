@@ -57,3 +57,11 @@ def batch_items(conn: sqlite3.Connection, seqs: list[int]) -> dict[int, str]:
         return {}
     found = dict(zip(map(int, got.split(",")), items.split("\x1e"), strict=True))
     return {s: found[s] for s in seqs if s in found}
+
+
+def still_pending(conn: sqlite3.Connection, seqs: list[int]) -> dict[int, tuple[int, float]]:
+    """Each row's uplink bits still waiting for an ack, and when it was accepted: whether a main
+    uplink acknowledged an alarm within the Sigfox uplink's delay (see edgegw.uplink.sigfox.sender)."""
+    rows = conn.execute("SELECT q.seq, q.pending, o.accepted_at FROM queue q CROSS JOIN outbox o ON o.seq = q.seq"
+                        " WHERE q.seq IN (SELECT value FROM json_each(?))", (json.dumps(seqs),))
+    return {seq: (pending, accepted_at) for seq, pending, accepted_at in rows}

@@ -16,7 +16,6 @@ from edgegw.items import Batch
 
 if TYPE_CHECKING:
     from edgegw.config import Config, UplinkConfig
-    from edgegw.uplink.sigfox.module import SigfoxModule
 
 # s: an uplink with items waiting that acknowledged nothing for this long is shown as stalled (the
 # default of each uplink's ``stalled_after``).
@@ -42,14 +41,13 @@ class Uplink(Protocol):
         """Disconnect; batches not yet acknowledged will be resent after restart."""
 
 
-def build_uplink(uplink: UplinkConfig, config: Config) -> Uplink | SigfoxModule:
+def build_uplink(uplink: UplinkConfig, config: Config) -> Uplink:
     """The uplink object for one ``[[uplinks]]`` entry of ``config`` (which gives the gateway id,
     the data directory and the device locations FIWARE entities carry)."""
     # Imported here: edgegw.config imports edgegw.uplink.fiware, and each uplink its own client library.
     from edgegw.config import FileUplink, IotAgentUplink, MqttUplink, NgsiConnection, SigfoxUplink
-    if isinstance(uplink, SigfoxUplink):  # not a batch uplink: driven by its own sender (see edgegw.uplink.sigfox)
-        from edgegw.uplink.sigfox.module import SigfoxModule
-        return SigfoxModule(uplink, uplink.serial_port(config.data_dir))
+    if isinstance(uplink, SigfoxUplink):  # one alarm a message, not batches: see edgegw.uplink.sigfox.sender
+        raise TypeError("a Sigfox uplink is driven by SigfoxSender, not by a batch forwarder")
     if isinstance(uplink, FileUplink):
         from edgegw.uplink.file import FileWriterUplink
         return FileWriterUplink(uplink, config.data_dir)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import calendar
 import hashlib
 import json
+import math
 import struct
 import sys
 import time
@@ -98,8 +99,8 @@ def message_of(item: dict[str, Any], fallback: bool) -> AlarmMessage:
     key, factor = VALUE_OF.get(item["alarm"], (None, 1))
     raw = (item.get("details") or {}).get(key) if key else None
     value = None
-    if isinstance(raw, int | float) and not isinstance(raw, bool) and raw == raw:  # NaN is no value
-        value = max(-32767, min(32767, round(raw * factor))) if abs(raw) != float("inf") else None
+    if isinstance(raw, int | float) and not isinstance(raw, bool) and math.isfinite(raw):  # NaN is no value
+        value = max(-32767, min(32767, round(raw * factor)))
     return AlarmMessage(
         kind=item["alarm"], severity=item["severity"], device_ref=device_ref(item["device"]),
         alarm_ref=alarm_ref(item["id"]), value=value, raised_at=_parse_time(item["raised_at"]),

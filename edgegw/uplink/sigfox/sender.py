@@ -34,9 +34,10 @@ import structlog
 from edgegw.backoff import Backoff
 from edgegw.config.uplinks import SigfoxAlarm, SigfoxUplink
 from edgegw.errors import ModuleError
-from edgegw.model import SEVERITIES, Ack, Event, UplinkState
+from edgegw.model import SEVERITIES, Ack, Event, UplinkState, boot_id
 from edgegw.route import Routing
 from edgegw.store import open_reader
+from edgegw.store import queue as send_queue
 from edgegw.uplink.sigfox import codec
 from edgegw.uplink.sigfox.budget import Budget, Spend, budget_path, read_summary
 from edgegw.uplink.sigfox.emulator import SigfoxEmulator
@@ -46,6 +47,7 @@ log = structlog.get_logger("edgegw.uplink.sigfox")
 
 SEND_TRIES = 3  # sends of one alarm the module fails, before it is left to the main uplinks
 IDLE = 1.0  # s between looks at the queue when nothing is due sooner
+CANDIDATES = 200  # alarms looked at in one turn: the most urgent first
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +61,10 @@ class Candidate:
 class SigfoxSender:
     """One Sigfox uplink: reads the alarms routed to it, sends the due ones, posts acks to the writer."""
 
-    def __init__(self, config: SigfoxUplink, module: SigfoxModule, bit: int, routing: Routing, db_path: Path,
-                 data_dir: Path, post: Callable[[Event], None]):
-        self.config, self.uplink, self.bit, self.routing = config, module, bit, routing
+    def __init__(self, config: SigfoxUplink, bit: int, routing: Routing, db_path: Path, data_dir: Path,
+                 post: Callable[[Event], None]):
+        self.config, self.bit, self.routing = config, bit, routing
+        self.uplink = SigfoxModule(config, config.serial_port(data_dir))
         self.db_path, self.budget_path, self.post = db_path, budget_path(data_dir, config.name), post
         self.wake = threading.Event()  # set by the writer when items are committed
         self.urgent = threading.Event()  # the same for alarms: the loop looks at once either way
@@ -71,11 +74,12 @@ class SigfoxSender:
         self._first_seen: dict[int, float] = {}  # seq -> monotonic time this process first saw it
         self._failures: dict[int, int] = {}  # seq -> failed sends
         self._shown: tuple[str, str] | None = None
+        self.boot_id = boot_id()
 
     # -- the loop -------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """Until ``stop``. The daemon runs it again after a crash, with a fresh module."""
+        """Until ``stop``. The daemon runs it again after a crash: the port is opened afresh."""
         reader = open_reader(self.db_path)
         budget = Budget(self.budget_path, self.config.daily_limit, self.config.reserve)
         backoff = Backoff(1.0, 300.0)
@@ -160,15 +164,18 @@ class SigfoxSender:
         """Items pending for this uplink, by the urgent lane's index (alarms only ever come here)."""
         with self._busy_lock:
             busy = set(self._busy)
-        rows = reader.execute(
-            "SELECT q.seq, q.pending, o.accepted_at, i.item FROM queue q CROSS JOIN outbox o ON o.seq = q.seq"
-            " CROSS JOIN outbox_items i ON i.seq = q.seq WHERE q.priority > 0 AND q.pending & ?"
-            " ORDER BY q.priority DESC, q.seq LIMIT 200", (self.bit,)).fetchall()
-        seen = {seq for seq, *_ in rows}
-        for gone in set(self._first_seen) - seen:  # acked meanwhile: forget
+        reader.execute("BEGIN")  # one snapshot for the seqs, their items and their bits
+        try:
+            seqs = send_queue.next_urgent(reader, self.bit, self.boot_id, 1, CANDIDATES)
+            items = send_queue.batch_items(reader, seqs)
+            facts = send_queue.still_pending(reader, seqs)
+        finally:
+            reader.execute("COMMIT")
+        for gone in set(self._first_seen) - set(seqs):  # acknowledged meanwhile: forget
             self._first_seen.pop(gone, None)
             self._failures.pop(gone, None)
-        return [Candidate(seq, pending, at, json.loads(item)) for seq, pending, at, item in rows if seq not in busy]
+        return [Candidate(seq, *facts[seq], json.loads(items[seq])) for seq in seqs
+                if seq not in busy and seq in items and seq in facts]
 
     # -- decisions ------------------------------------------------------------------------------
 
