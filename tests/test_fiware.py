@@ -455,6 +455,13 @@ def test_health_is_the_gateway_as_a_network_device():
     assert v2["disk_free_bytes"]["metadata"]["unitCode"]["value"] == "AD"
 
 
+def test_a_sigfox_budget_in_health_is_a_counter_of_the_gateway_device():
+    item = health(sigfox={"sigfox": {"used": 3, "limit": 140, "refused_24h": 0, "last_sent_at": None}})
+    [v2] = ngsi_v2_entities([item], LOCATED)
+    check_v2(v2)
+    assert kv_v2(v2)["sigfox_used_sigfox"] == 3
+
+
 def test_entities_keep_item_order_one_per_item():
     items = [alarm(), water(1000), trap(), water(1001), health(), water(1002)]
     v2 = ngsi_v2_entities(items, LOCATED)

@@ -99,7 +99,7 @@ ITEM_MEASURES = frozenset({
     "alarm", "alarmSeverity", "alarmMessage", "alarmId", "version", "uptime_s", "pending",
     "oldest_pending_s", "rejects", "disk_free_bytes", "open_alarms",
 })
-ITEM_MEASURE_PREFIXES = ("pending_", "rejects_", "last_frame_", "uplink_")
+ITEM_MEASURE_PREFIXES = ("pending_", "rejects_", "last_frame_", "uplink_", "sigfox_used_")
 
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _ENTITY_TYPE = re.compile(r"^[A-Za-z0-9_:-]{1,256}$")
@@ -408,6 +408,8 @@ def _health_counters(item: Item) -> list[tuple[str, Any, str | None, str]]:
     out += [(f"last_frame_{_safe_name(k)}", v, None, "DateTime") for k, v in item["last_frame"].items() if v]
     # The town's dashboard sees a stalled uplink of the gateway's (reports before the states had none).
     out += [(f"uplink_{_safe_name(k)}", v, None, "Text") for k, v in item.get("uplinks", {}).items()]
+    # A Sigfox uplink's messages of the last 24 hours: a dashboard sees a budget running out.
+    out += [(f"sigfox_used_{_safe_name(k)}", v["used"], None, "Number") for k, v in item.get("sigfox", {}).items()]
     return out
 
 

@@ -87,6 +87,8 @@ class SigfoxModule:
         try:
             rx = self._reply(lambda line: m.group(1) if (m := _RX.fullmatch(line)) else None, DOWNLINK_TIMEOUT, stop)
         except ModuleError as exc:  # the uplink went; only the answer is missing
+            if stop.is_set():  # stopping: the answer is not waited for, nothing is wrong
+                return None
             log.warning("no downlink after a Sigfox send: the platform may not hear this module", uplink=self.name,
                         error=str(exc))
             return None
