@@ -1,0 +1,58 @@
+"""The Sigfox sender on a real outbox and the emulated module: who is served first when the budget is short."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from edgegw.config import SigfoxUplink
+from edgegw.model import Ack, Alarm
+from edgegw.route import EVERYTHING, Routing
+from edgegw.store import Store
+from edgegw.uplink.sigfox import codec
+from edgegw.uplink.sigfox.budget import budget_path, read_summary
+from edgegw.uplink.sigfox.emulator import SigfoxEmulator
+from edgegw.uplink.sigfox.sender import SigfoxSender
+from tests.gateway import wait_until
+
+
+def test_the_last_message_of_the_day_goes_to_the_urgent_alarm_and_a_normal_one_is_refused(tmp_path):
+    emulator = SigfoxEmulator(tmp_path / "sigfox0", send_delay=0.05)
+    emulator.plug()
+    config = SigfoxUplink.model_validate({
+        "type": "sigfox", "port": str(emulator.link), "daily_limit": 2, "reserve": 1, "confirm_every": None,
+        "alarms": {"trap_reminder": {"when": "always", "priority": "normal"},
+                   "water_level_alarm": {"when": "always", "min_severity": "critical"}}})
+    store = Store(tmp_path / "edgegw.db")
+    bits = store.register_uplinks(["broker", "sigfox"])
+    routing = Routing({bits["broker"]: EVERYTHING, bits["sigfox"]: config.item_route()})
+    now = time.time()
+    store.begin()
+    # Older first: the reminder, then a caution stage (below critical), then the danger stage.
+    for alarm in [Alarm("trap-01:0:1:trap:trap_reminder", "trap_reminder", "high", "trap-01", "trap", now, "still"),
+                  Alarm("river-01:0:2:w:water_level_alarm", "water_level_alarm", "medium", "river-01", "w", now, "c",
+                        {"value": 2100}),
+                  Alarm("river-01:0:3:w:water_level_alarm", "water_level_alarm", "critical", "river-01", "w", now,
+                        "danger", {"value": 3200})]:
+        assert store.add_alarm(alarm, routing.mask("alarm", alarm.device_id, alarm.kind), now)
+    store.commit()
+    posted: list[object] = []
+    sender = SigfoxSender(config, bits["sigfox"], routing, tmp_path / "edgegw.db", tmp_path, posted.append)
+    stop = threading.Event()
+    thread = threading.Thread(target=sender.run, args=(stop,))
+    thread.start()
+    try:
+        wait_until(lambda: len([e for e in posted if isinstance(e, Ack)]) == 3, 20, f"three decisions: {posted}")
+        # One message was left for normal alarms (limit 2, reserve 1): the danger stage, though the
+        # newest, took it; the reminder found only the reserve and was refused; caution never goes.
+        [(at, payload)] = emulator.sent
+        assert codec.decode(payload, at).alarm_ref == codec.alarm_ref("river-01:0:3:w:water_level_alarm")
+        assert all(e.bit == bits["sigfox"] for e in posted if isinstance(e, Ack))
+        summary = read_summary(budget_path(tmp_path, "sigfox"), 2, 1)
+        assert summary is not None and summary["used"] == 1 and summary["refused_24h"] == 1
+        assert summary["last_refused"]["alarm"] == "trap_reminder"
+    finally:
+        stop.set()
+        thread.join(10)
+        store.close()
+        emulator.unplug()
