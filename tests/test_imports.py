@@ -27,7 +27,8 @@ def test_a_hidden_extra_can_still_be_imported_afterwards():
     assert run_python("import edgegw.uplink.mqtt, dns.resolver; print(dns.resolver.__name__)") == "dns.resolver"
 
 
-def test_the_command_loads_no_daemon_radio_uplink_or_sqlite_utils_before_a_command_needs_them():
-    loaded = run_python("import sys, edgegw.cli; print(sorted(m for m in ('edgegw.daemon', 'edgegw.writer', 'serial',"
-                        " 'paho', 'sqlite_utils', 'edgegw.store', 'edgegw.radio') if m in sys.modules))")
+def test_the_command_loads_no_daemon_store_uplink_or_sqlite_utils_before_a_command_needs_them():
+    # The radio families are loaded (their config models live beside their code), not the rest.
+    loaded = run_python("import sys, edgegw.cli; print(sorted(m for m in ('edgegw.daemon', 'edgegw.writer',"
+                        " 'edgegw.forwarder', 'paho', 'sqlite_utils', 'edgegw.store') if m in sys.modules))")
     assert loaded == "[]"
