@@ -28,7 +28,7 @@ import structlog
 from edgegw import __version__, dbfile, heap
 from edgegw.config import Config, SigfoxUplink, UplinkConfig
 from edgegw.drivers import DriverRegistry
-from edgegw.forwarder import Forwarder
+from edgegw.forwarder import Forwarder, Sender
 from edgegw.ingest import Ingest
 from edgegw.log import Throttle
 from edgegw.model import Event, SourceState, UplinkState
@@ -88,7 +88,7 @@ class Gateway:
         self.ingest = Ingest(config, drivers, self.store, self.routing.reading)
         self.rules = RuleEngine(config, drivers, self.store, time.time(), time.monotonic())
         self.actions = ActionRunner(config.actions, config.gateway_id)
-        self.forwarders = [
+        self.forwarders: list[Sender] = [
             SigfoxSender(u, bits[u.name], self.routing, db_path(config.data_dir), config.data_dir, self._post)
             if isinstance(u, SigfoxUplink) else
             Forwarder(build_uplink(u, config), bits[u.name], db_path(config.data_dir),
@@ -97,8 +97,7 @@ class Gateway:
             for u in uplinks
         ]
         self.writer = Writer(config, self.store, self.ingest, self.rules, self.actions, self.forwarders, bits,
-                             ReadTurn())
-        self.writer.routing = self.routing
+                             self.routing, ReadTurn())
         self.writer.on_damage = self._database_damaged
         self.writer.daemon_health = lambda: {"restarts": {s.name: s.restarts for s in self.stages if s.restarts},
                                              **sigfox_health(config)}
@@ -140,7 +139,7 @@ class Gateway:
                  sources=[s.name for s in self.config.sources], uplinks=[f.uplink.name for f in self.forwarders],
                  devices=len(self.config.devices))
 
-    def _fresh_uplink(self, fwd: Forwarder | SigfoxSender, uplink: UplinkConfig, exc: Exception) -> None:
+    def _fresh_uplink(self, fwd: Sender, uplink: UplinkConfig, exc: Exception) -> None:
         if isinstance(fwd, Forwarder):  # a Sigfox sender opens its module afresh itself
             fwd.uplink = build_uplink(uplink, self.config)
 

@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 
@@ -44,6 +45,30 @@ RESCAN_EVERY = 5.0  # s: at most this often, reaching the end of the plain lane 
 # s: while the uplink cannot take a batch, this often at most the outbox is asked whether items wait
 # for it (the forwarder reads nothing then, and would not know).
 PROBE_EVERY = 1.0
+
+
+class Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class Sender(Protocol):
+    """What the writer needs of a stage that sends one uplink's items: a :class:`Forwarder`, or the
+    Sigfox sender (edgegw.uplink.sigfox.sender)."""
+
+    wake: threading.Event  # set by the writer when new items are committed
+    urgent: threading.Event  # set by the writer when alarms are committed
+
+    @property
+    def uplink(self) -> Named: ...
+
+    @property
+    def inflight_items(self) -> int: ...
+
+    def recorded(self, seqs: list[int]) -> None:
+        """The writer is done with an Ack or Park of these seqs."""
+
+    def run(self, stop: threading.Event) -> None: ...
 
 
 class Forwarder:

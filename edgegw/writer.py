@@ -33,7 +33,7 @@ import structlog
 from edgegw import __version__, dbfile
 from edgegw.clock import CLOCK_SANE_AFTER, ClockWatch, plausible
 from edgegw.config import Config
-from edgegw.forwarder import Forwarder
+from edgegw.forwarder import Sender
 from edgegw.ingest import Duplicate, Ingest
 from edgegw.items import health_item
 from edgegw.log import Throttle
@@ -52,7 +52,7 @@ from edgegw.model import (
     iso,
 )
 from edgegw.radio import ReadTurn
-from edgegw.route import EVERYTHING, Routing
+from edgegw.route import Routing
 from edgegw.rules import RuleEngine
 from edgegw.rules.actions import ActionRunner
 from edgegw.store import Store, health_counts, room
@@ -87,11 +87,11 @@ class Writer:
     """The writer thread's work: :meth:`run` until a ``None`` arrives on :attr:`events`."""
 
     def __init__(self, config: Config, store: Store, ingest: Ingest, rules: RuleEngine, actions: ActionRunner,
-                 forwarders: list[Forwarder], bits: dict[str, int], read_turn: ReadTurn):
+                 forwarders: list[Sender], bits: dict[str, int], routing: Routing, read_turn: ReadTurn):
         self.config, self.store, self.ingest, self.rules, self.actions = config, store, ingest, rules, actions
         self.forwarders = {f.uplink.name: f for f in forwarders}
         self.bits = bits
-        self.routing = Routing(dict.fromkeys(bits.values(), EVERYTHING))  # the daemon sets the configured routes
+        self.routing = routing  # which uplinks an alarm or a health report goes to
         # Unbounded, yet small: sources add at most one turn's worth of frames (see read_turn), the
         # forwarders at most their in-flight acks.
         self.events: queue.Queue[HandOver | None] = queue.Queue()

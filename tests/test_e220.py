@@ -146,7 +146,7 @@ def test_configures_in_mode_3_verifies_and_receives(module, start):
     assert module.commands == ["C1 00 06", "C0 00 06 00 00 70 01 00 80", "C1 00 06"]
     assert module.receive(0x0021, "0104D2", rssi=-95)
     wait_until(lambda: frames(r.events), 5.0, "a frame")
-    f = [e for e in r.events if isinstance(e, Frame)][0]
+    f = next(e for e in r.events if isinstance(e, Frame))
     assert (f.address, f.payload, f.rssi) == (0x21, bytes.fromhex("0104D2"), -95.0)
     assert module.sent == b""  # nothing was transmitted
 

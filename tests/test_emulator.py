@@ -26,8 +26,8 @@ from edgegw.model import Frame, Reject
 from edgegw.radio import SourceState
 from edgegw.radio.emulator import Air, ModuleSettings, RylrEmulator
 from edgegw.radio.field import Curve, FieldSpec, VirtualField, load_field, value_at
-from tests.gateway import committed_into, wait_until
 from edgegw.radio.rylr import RylrRadio, parse_rcv
+from tests.gateway import committed_into, wait_until
 
 DRIVERS = load_drivers()
 

@@ -168,9 +168,8 @@ def test_ng_code_is_named_in_the_error(emulator, code):
     emulator.answer("2")
     radio = Es920lrRadio(source(), str(emulator.link))
     emulator.answer = lambda cmd, _own=emulator.answer: f"NG {code:03d}" if cmd.startswith("sf") else _own(cmd)
-    with serial.Serial(str(emulator.link), 115200, timeout=0.2) as port:
-        with pytest.raises(ModuleError) as exc:
-            radio._command(port, LineReader(port), "sf 7", lambda e: None)
+    with serial.Serial(str(emulator.link), 115200, timeout=0.2) as port, pytest.raises(ModuleError) as exc:
+        radio._command(port, LineReader(port), "sf 7", lambda e: None)
     assert str(exc.value) == f"sf 7: module answered NG {code:03d} ({ERRORS[code]})"
 
 

@@ -119,9 +119,9 @@ def test_busy_module_is_asked_again(emulator, start_radio):
 def test_refused_every_time_is_a_module_error(emulator):
     emulator.busy_for = 99
     radio = Im920slRadio(source(), str(emulator.link))
-    with serial.Serial(str(emulator.link), 19200, timeout=0.2) as port:
-        with pytest.raises(ModuleError, match=r"STCH 01: module answered NG \(refused, or busy"):
-            radio._command(port, LineReader(port), "STCH 01", lambda e: None)
+    with (serial.Serial(str(emulator.link), 19200, timeout=0.2) as port,
+          pytest.raises(ModuleError, match=r"STCH 01: module answered NG \(refused, or busy")):
+        radio._command(port, LineReader(port), "STCH 01", lambda e: None)
 
 
 def test_garbage_is_rejected_and_unplug_recovered(emulator, start_radio):

@@ -24,12 +24,10 @@ from hypothesis import strategies as st
 from edgegw.config import RylrSource
 from edgegw.errors import ModuleError
 from edgegw.model import Frame, Reject
-from edgegw.radio import ReadTurn, SourceState
-from edgegw.radio import rylr, serial_line
+from edgegw.radio import ReadTurn, SourceState, rylr, serial_line
 from edgegw.radio.emulator import RylrEmulator
-from tests.gateway import committed_into, wait_until
 from edgegw.radio.rylr import ERRORS, MAX_LINE, LineReader, RylrRadio, parse_rcv
-
+from tests.gateway import committed_into, wait_until
 
 # A water_level payload (see drivers/water_level.py): level 1234 mm, 23.00 °C, 3.500 V, counter 256.
 WATER = "0104D208FC0DAC0100"
@@ -175,11 +173,11 @@ def test_parse_rcv_survives_non_decimal_digits(line):
     assert isinstance(result, Reject) and result.reason == "garbage"
 
 
-_RADIO = dict(
-    address=st.integers(0, 65535),
-    rssi=st.integers(-164, 0),
-    snr=st.integers(-200, 200).map(lambda tenths: tenths / 10),
-)
+_RADIO = {
+    "address": st.integers(0, 65535),
+    "rssi": st.integers(-164, 0),
+    "snr": st.integers(-200, 200).map(lambda tenths: tenths / 10),
+}
 
 
 @settings(max_examples=300, database=None, deadline=None)
@@ -284,7 +282,8 @@ def test_line_reader_gives_the_lines_of_the_stream_however_it_arrives(chunks):
             reader, got = LineReader(port), []
             for chunk in chunks:
                 os.write(master, chunk)
-                wait_until(lambda: port.in_waiting >= len(chunk), 2.0, "chunk readable")
+                size = len(chunk)
+                wait_until(lambda: port.in_waiting >= size, 2.0, "chunk readable")  # noqa: B023 (called at once)
                 got += reader.available()
     finally:
         os.close(slave)
@@ -441,7 +440,7 @@ def test_radio_ignores_blank_lines_and_stray_ok(emulator, start_radio):
     assert r.events[start + 1: marker] == []
 
 
-@pytest.mark.parametrize("config", [dict(band=923_200_000), dict(spreading_factor=10), dict(network_id=5)],
+@pytest.mark.parametrize("config", [{"band": 923_200_000}, {"spreading_factor": 10}, {"network_id": 5}],
                          ids=["band", "parameter", "network_id"])
 def test_radio_configured_off_air_hears_nothing(emulator, start_radio, config):
     r = start_radio(emulator, **config)
@@ -455,7 +454,7 @@ def test_radio_configured_off_air_hears_nothing(emulator, start_radio, config):
 
 @pytest.mark.parametrize(
     ("config", "command"),
-    [(dict(network_id=16), "AT+NETWORKID=16"), (dict(bandwidth_khz=62.5), "AT+PARAMETER=9,6,1,12")],
+    [({"network_id": 16}, "AT+NETWORKID=16"), ({"bandwidth_khz": 62.5}, "AT+PARAMETER=9,6,1,12")],
     ids=["network_id", "bandwidth"],
 )
 def test_radio_reports_module_error_with_its_meaning(emulator, start_radio, config, command):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import (
     AwareDatetime,
@@ -18,11 +18,13 @@ from edgegw.drivers import DriverRegistry, LayoutDriver, LayoutField
 # -- radio sources ----------------------------------------------------------------------------------
 # Each source type's config model lives beside its code (edgegw/radio/<family>.py); the registry
 # collects the bundled ones and the plugins' into the union the [[sources]] entries are checked against.
+from edgegw.radio.registry import SOURCE_TYPES
+from edgegw.radio.rylr import RYLR_BANDWIDTH_CODES, RylrSource  # noqa: F401  (kept importable from here)
 
-from edgegw.radio.registry import SOURCE_TYPES  # noqa: E402  (after the shared imports: the families import them)
-from edgegw.radio.rylr import RYLR_BANDWIDTH_CODES, RylrSource  # noqa: E402,F401  (kept importable from here)
-
-Source = Annotated[Union[tuple(t.config for t in SOURCE_TYPES.values())], Field(discriminator="type")]  # noqa: UP007
+if TYPE_CHECKING:  # built at run time from the registry (plugins included): a static checker sees any model
+    Source = Any
+else:
+    Source = Annotated[Union[tuple(t.config for t in SOURCE_TYPES.values())], Field(discriminator="type")]  # noqa: UP007
 
 
 # -- devices and layouts ----------------------------------------------------------------------------

@@ -21,7 +21,6 @@ from typing import Protocol
 
 from edgegw.model import Frame, Reject, SourceState
 
-
 Emit = Callable[[list[Frame | Reject | SourceState]], threading.Event]
 
 

@@ -217,7 +217,7 @@ class GpioModePins:
 
     def __init__(self, m0: int, m1: int, aux: int):
         try:
-            import RPi.GPIO as gpio  # noqa: N813
+            import RPi.GPIO as gpio
         except ImportError:
             raise ModuleError("RPi.GPIO is not installed: the E220's mode pins need pip install 'edgegw[pi]'") from None
         self.gpio, self.m0, self.m1, self.aux = gpio, m0, m1, aux

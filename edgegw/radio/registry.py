@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from edgegw.radio import ReadTurn, Source
 
 
@@ -28,8 +30,8 @@ from edgegw.radio import ReadTurn, Source
 class SourceType:
     """One kind of radio source: what its config looks like, and how to run (and emulate) it."""
 
-    config: type  # a pydantic model with a `type: Literal["<name>"]` field
-    build: Callable[[Any, str | None, ReadTurn], Source]
+    config: type[BaseModel]  # with a `type: Literal["<name>"]` field
+    build: Callable[[Any, Any, ReadTurn], Source]  # (config, port: str, or None for SPI radios, read turn)
     emulator: Callable[[Any, Path], Any] | None = None  # (config, link) -> the module's emulator, for `simulate`
     problems: Callable[[Any], list[str]] | None = None  # what stops the source running here (a missing extra)
 

@@ -243,9 +243,9 @@ class LineModule:
                 kind = self.reply(line)
                 if kind is not None and kind[0] == "reset":
                     banner = line
-                elif kind is None or kind[0] == "error":  # an error nobody asked for is noise: count it
-                    if (event := self._route(line)) is not None:
-                        events.append(event)
+                # An error nobody asked for is noise: count it.
+                elif (kind is None or kind[0] == "error") and (event := self._route(line)) is not None:
+                    events.append(event)
             return events
 
         hand_over(self.read_turn, emit, stop, take)
@@ -275,9 +275,10 @@ class LineModule:
         resend, not a backoff; a command the module refuses every time raises ModuleError."""
         for attempt in range(1, COMMAND_TRIES + 1):
             port.write(cmd.encode("ascii") + b"\r\n")
-            code = self._answer(lines, cmd, emit)
-            if code is None:
+            answer = self._answer(lines, cmd, emit)
+            if answer is None:
                 return
+            code = answer
             if attempt < COMMAND_TRIES:
                 self.log.info("radio module answered an error; sending the command again", source=self.name,
                               command=cmd, error=self.error_format.format(code))

@@ -153,7 +153,7 @@ def _modem_class(config: Sx127xSource) -> Any:
                 b.SpiDev = r
     lora = sys.modules["SX127x.LoRa"]
 
-    class Modem(lora.LoRa):  # type: ignore[name-defined,misc]
+    class Modem(lora.LoRa):  # type: ignore[name-defined]
         def __init__(self, spi: Any, on_dio0: Any):
             self.spi = spi  # this radio's bus, not the class-wide one
             self._on_dio0 = on_dio0
@@ -215,7 +215,7 @@ class Sx127xRadio:
     def _open(self) -> None:
         if missing := missing_modules():
             raise ModuleError(f"{', '.join(missing)} not installed: {self.family} {INSTALL_HINT}")
-        modem_class, lora, board = _modem_class(self.config)
+        modem_class, _, board = _modem_class(self.config)
         gpio = sys.modules["RPi.GPIO"]
         self._gpio, self._const, self._board = gpio, sys.modules["SX127x.constants"], board
         gpio.setmode(gpio.BCM)

@@ -17,7 +17,7 @@ import threading
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 REG_FIFO, REG_OP_MODE, REG_FRF = 0x00, 0x01, 0x06
 REG_FIFO_ADDR_PTR, REG_FIFO_TX_BASE, REG_FIFO_RX_BASE, REG_FIFO_RX_CURRENT = 0x0D, 0x0E, 0x0F, 0x10
@@ -133,7 +133,7 @@ class Sx127xChip:
             self._rx_write = (start + len(payload)) & 0xFF  # a next packet lands after this one
             self.regs[REG_FIFO_RX_CURRENT] = start
             self.regs[REG_RX_NB_BYTES] = len(payload)
-            self.regs[REG_PKT_SNR] = int(round(snr * 4)) & 0xFF
+            self.regs[REG_PKT_SNR] = round(snr * 4) & 0xFF
             self.regs[REG_PKT_RSSI] = max(0, min(255, rssi + 157))
             self.regs[REG_IRQ_FLAGS] |= IRQ_VALID_HEADER | IRQ_RX_DONE | (0 if crc_ok else IRQ_CRC_ERROR)
             if self.mode == MODE_RXSINGLE:
@@ -147,7 +147,7 @@ class Sx127xChip:
 class Bus:
     """The chips on the fake SPI buses, by (bus, chip select)."""
 
-    chips: dict[tuple[int, int], Sx127xChip] = {}
+    chips: ClassVar[dict[tuple[int, int], Sx127xChip]] = {}
 
 
 class SpiDev:
@@ -179,9 +179,9 @@ class Gpio:
 
     BCM, BOARD, IN, OUT, HIGH, LOW = 11, 10, 1, 0, 1, 0
     RISING, FALLING, BOTH, PUD_UP, PUD_DOWN, PUD_OFF = 31, 32, 33, 22, 21, 20
-    callbacks: dict[int, Callable[[int], None]] = {}
-    levels: dict[int, int] = {}
-    pins: dict[int, int] = {}
+    callbacks: ClassVar[dict[int, Callable[[int], None]]] = {}
+    levels: ClassVar[dict[int, int]] = {}
+    pins: ClassVar[dict[int, int]] = {}
 
     @classmethod
     def setmode(cls, mode: int) -> None: ...
