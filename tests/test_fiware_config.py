@@ -200,7 +200,7 @@ def test_ngsi_ld_settings(tmp_path, lines, expected):
 
 
 @pytest.mark.parametrize(("lines", "expected"), [
-    ('apikey = "a/b"', "uplinks[0].apikey: expected the service group's API key, without / + # or spaces"),
+    ('apikey = "a/b"', "uplinks[0].apikey: expected the service group's API key, without / + # & ? = % or spaces"),
     ('apikey = "k"\ntopic = "/{apikey}/attrs"', "uplinks[0].topic: the IoT Agent tells devices apart by topic"),
     ('apikey = "k"\ntopic = "/{apikey}/+/{device}"', "uplinks[0].topic: the IoT Agent tells devices apart"),
     ('apikey = "k"\ntopic = "/{key}/{device}/attrs"', "uplinks[0].topic: use only {apikey} and {device}"),

@@ -43,8 +43,12 @@ from edgegw.config.uplinks import (
     Batching,
     EntityMapping,
     FileUplink,
+    HttpConnection,
+    IotAgentHttpUplink,
     IotAgentUplink,
+    IotaJsonHttpUplink,
     IotaJsonUplink,
+    IotaUlHttpUplink,
     IotaUlUplink,
     MqttConnection,
     MqttUplink,
@@ -69,8 +73,12 @@ __all__ = [
     "Duration",
     "EntityMapping",
     "FileUplink",
+    "HttpConnection",
+    "IotAgentHttpUplink",
     "IotAgentUplink",
+    "IotaJsonHttpUplink",
     "IotaJsonUplink",
+    "IotaUlHttpUplink",
     "IotaUlUplink",
     "Layout",
     "LayoutFieldSpec",
@@ -347,7 +355,7 @@ def _resolve_uplink(base: Path, u: UplinkConfig) -> UplinkConfig:
     if isinstance(u, MqttConnection):
         return u.model_copy(update={"password_file": _resolve(base, u.password_file),
                                     "ca_file": _resolve(base, u.ca_file)})
-    if isinstance(u, NgsiConnection):
+    if isinstance(u, HttpConnection):
         return u.model_copy(update={"token_file": _resolve(base, u.token_file), "ca_file": _resolve(base, u.ca_file)})
     return u
 

@@ -45,7 +45,7 @@ def build_uplink(uplink: UplinkConfig, config: Config) -> Uplink:
     """The uplink object for one ``[[uplinks]]`` entry of ``config`` (which gives the gateway id,
     the data directory and the device locations FIWARE entities carry)."""
     # Imported here: edgegw.config imports edgegw.uplink.fiware, and each uplink its own client library.
-    from edgegw.config import FileUplink, IotAgentUplink, MqttUplink, NgsiConnection
+    from edgegw.config import FileUplink, IotAgentHttpUplink, IotAgentUplink, MqttUplink, NgsiConnection
     if isinstance(uplink, FileUplink):
         from edgegw.uplink.file import FileWriterUplink
         return FileWriterUplink(uplink, config.data_dir)
@@ -56,6 +56,9 @@ def build_uplink(uplink: UplinkConfig, config: Config) -> Uplink:
     if isinstance(uplink, IotAgentUplink):
         from edgegw.uplink.iota import IotAgentMqttUplink
         return IotAgentMqttUplink(uplink, mapping, config.gateway_id)
+    if isinstance(uplink, IotAgentHttpUplink):
+        from edgegw.uplink.iota_http import IotAgentHttpUplink as AgentHttp
+        return AgentHttp(uplink, mapping)
     if isinstance(uplink, NgsiConnection):
         from edgegw.uplink.ngsi import NgsiUplink
         return NgsiUplink(uplink, mapping)

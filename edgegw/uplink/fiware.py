@@ -190,6 +190,20 @@ def iota_json(items: Iterable[Item], mapping: FiwareMapping) -> list[tuple[str, 
     ]
 
 
+def iota_json_groups(items: Iterable[Item], mapping: FiwareMapping) -> list[tuple[str, bytes]]:
+    """IoT Agent JSON measure payloads, one flat object per item that has measures, in item order.
+
+    For the agent's HTTP southbound: given an array, iotagent-json 3.x answers as soon as the
+    *first* group's update of the context broker returned (its HTTP binding calls the next handler
+    once per group), so only a request with one group has an answer that covers all of it.
+    """
+    out = []
+    for item in items:
+        for device, groups in _measure_groups([item], mapping, _json_value).items():
+            out += [(device, _json(group)) for group in groups]
+    return out
+
+
 def iota_ul(items: Iterable[Item], mapping: FiwareMapping) -> list[tuple[str, bytes]]:
     """Ultralight 2.0 measure payloads, one per device: ``TimeInstant|k|v|k|v`` groups joined by ``#``.
 
