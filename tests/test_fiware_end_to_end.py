@@ -21,6 +21,7 @@ from edgegw.radio.emulator import RylrEmulator
 from tests.broker import Subscriber
 from tests.context_broker import ContextBroker, context_broker  # noqa: F401
 from tests.gateway import DEVICES, Daemon, Sender, wait_until
+from tests.iot_agent import IotAgent
 
 LOCATION = (36.2412, 138.4650)
 
@@ -191,3 +192,73 @@ def test_an_entity_the_broker_refuses_is_parked_with_its_error_and_the_rest_arri
     assert daemon.status()["parked"]["by_uplink"] == {"town": len(trap_ids)}
     assert Counter(levels(context_broker)) == Counter(river_levels(sender))
     assert accepted(context_broker, "Device") == [] and context_broker.invalid == []
+
+
+# -- IoT Agent over HTTP: the acknowledgement comes after the context broker stored the measure -------
+
+def iota_http(url: str, kind: str = "json") -> str:
+    return (f'\n[[uplinks]]\ntype = "iota-{kind}-http"\nname = "town"\nurl = "{url}"\napikey = "k3y"\n'
+            f'batch = {{ max_items = 10 }}\n')
+
+
+def agent_levels(agent: IotAgent, ul: bool) -> list[int]:
+    """River levels in the requests the agent acknowledged (it answers 200 only once the broker has them)."""
+    out = []
+    for r in agent.requests:
+        if r.status != 200 or not r.query["i"].startswith("river-"):
+            continue
+        if ul:
+            out += [int(f.split("|")[f.split("|").index("level") + 1]) for f in r.body.split("#")]
+        else:
+            out.append(r.body["level"])
+    return out
+
+
+def agent_alarms(agent: IotAgent, ul: bool) -> list[str]:
+    if ul:
+        return [g.split("|")[g.split("|").index("alarm") + 1] for r in agent.requests if r.status == 200
+                for g in r.body.split("#") if "|alarm|" in g]
+    return [r.body["alarm"] for r in agent.requests if r.status == 200 and "alarm" in r.body]
+
+
+@pytest.mark.parametrize("kind", ["json", "ul"])
+@pytest.mark.parametrize("away", ["agent", "broker"])
+def test_iot_agent_http_nothing_is_delivered_while_the_platform_is_away(
+        tmp_path, emulator, context_broker, daemons, kind, away):
+    agent = IotAgent(context_broker.url).start()
+    agent.group("k3y", "Thing", service="town", subservice="/rivers")
+    try:
+        daemon = Daemon(write_config(tmp_path, emulator.link, iota_http(agent.url, kind)))
+        daemons.append(daemon.start())
+        daemon.wait_receiving()
+        sender = Sender(emulator)
+        before = sender.quiet(9)  # no alarms: rivers below any stage, traps armed
+        assert agent.wait_for(lambda: Counter(agent_levels(agent, kind == "ul"))
+                              >= Counter(river_levels(sender)), 30), daemon.log_tail()
+        wait_until(lambda: daemon.status()["outbox"]["pending"] == 0, 20, "first readings delivered")
+        delivered = daemon.status()["outbox"]["delivered"]
+        assert delivered >= len(before)
+
+        (agent if away == "agent" else context_broker).stop()
+        during = sender.burst(12)  # every other trap frame is "sprung": trap_sprung alarms among them
+        daemon.wait_committed(delivered + len(during) + 1)
+        wait_until(lambda: uplink_status(daemon, "town").get("state") == "down", 20, "uplink down")
+        if away == "broker":  # a while of retries, each answered 500 by the agent once its update failed
+            wait_until(lambda: sum(r.status == 500 for r in agent.requests) >= 2, 30, "retries")
+        else:
+            assert "cannot connect" in uplink_status(daemon, "town")["detail"]
+        # ...and still nothing of it is marked delivered.
+        status = daemon.status()
+        assert status["outbox"]["delivered"] == delivered
+        assert uplink_status(daemon, "town")["pending"] >= len(during)
+
+        (agent if away == "agent" else context_broker).start()  # the same port
+        assert agent.wait_for(lambda: Counter(agent_levels(agent, kind == "ul"))
+                              >= Counter(river_levels(sender)), 60), daemon.log_tail()
+        wait_until(lambda: daemon.status()["outbox"]["pending"] == 0, 30, "everything delivered")
+        assert "trap_sprung" in agent_alarms(agent, kind == "ul")  # the alarm raised while away survived
+        trap = context_broker.entity("Thing:trap-01", service="town", service_path="/rivers")
+        assert trap is not None and "alarm" in trap
+        assert agent.invalid == [] and context_broker.invalid == []
+    finally:
+        agent.stop()
