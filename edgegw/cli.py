@@ -15,6 +15,7 @@ from edgegw.config import Config, load_config
 from edgegw.drivers import DriverRegistry, load_drivers
 from edgegw.errors import ConfigError, DecodeError, DriverLoadError, StoreError
 from edgegw.keys import load_keys
+from edgegw.uplink import acknowledgement_level, acknowledgement_note
 
 EXIT_CONFIG = 2
 EXIT_ALREADY_RUNNING = 3  # systemd/edgegw.service: RestartPreventExitStatus, as for a config error
@@ -92,6 +93,9 @@ def status(config_path: Path, as_json: bool) -> None:
         raise click.ClickException(f"no database at {path}: has `edgegw run -c {config_path}` run yet?")
     st = read_status(path)
     st["gateway"] = config.gateway_id
+    levels = {u.name: acknowledgement_level(u.type) for u in config.effective_uplinks()}
+    for u in st["uplinks"]:  # how far an acknowledged item got: an MQTT agent's PUBACK is only the broker's
+        u["ack"] = levels.get(u["name"], "unknown")
     st["daemon"] = daemon_state(config.data_dir)
     if st["daemon"]["running"] is False:  # what the database says was up is not any more
         for part in (*st["uplinks"], *st["sources"]):
@@ -193,7 +197,8 @@ def _format_status(st: dict) -> str:
     for u in st["uplinks"]:
         out.append(f"  {u['name']:<12} {u['state']:<10} {u['pending']} pending ({u['in_flight']} in flight), "
                    f"{u['items']} delivered in "
-                   f"{u['batches']} batches, last ack {_ago(now, u['last_ack_at'])}  {u['detail'] or ''}")
+                   f"{u['batches']} batches, last ack {_ago(now, u['last_ack_at'])} ({u.get('ack', '?')}-level)"
+                   f"  {u['detail'] or ''}")
     out.append(f"sources (frames counted every {COUNTS_EVERY:g} s)")
     for s in st["sources"]:
         out.append(f"  {s['name']:<12} {s['state'] or '-':<10} {s['frames']} frames, last "
@@ -483,6 +488,8 @@ def config_check(file: Path) -> None:
     click.echo(f"{file}: OK: gateway {config.gateway_id}, {len(config.sources)} source(s), "
                f"{len(config.devices)} device(s), uplinks: {uplinks}, data in {config.data_dir}")
     keyed = set(load_keys(config.keys_file)) if config.keys_file is not None else set()
+    for note in filter(None, map(acknowledgement_note, config.effective_uplinks())):
+        click.echo(note)
     plain = [d.id for d in config.devices if d.id not in keyed]
     if plain:
         click.echo(f"not authenticated (anyone in radio range can send as them): {', '.join(plain)};"

@@ -57,13 +57,15 @@ class Group:
 
 @dataclass
 class ProvisionedDevice:
-    """A provisioned device (``POST /iot/devices``): ``attributes`` maps object_id -> (name, type)."""
+    """A provisioned device (``POST /iot/devices``): ``attributes`` maps object_id -> (name, type);
+    ``static`` holds static attributes (``{"name", "type", "value"}``), added to every update."""
 
     device_id: str
     apikey: str
     entity_name: str
     entity_type: str
     attributes: dict[str, tuple[str, str]] = field(default_factory=dict)
+    static: list[dict[str, Any]] = field(default_factory=list)
 
 
 class _AgentError(Exception):
@@ -101,18 +103,18 @@ class IotAgent:
         self._groups[apikey] = Group(apikey, entity_type, service, subservice)
 
     def device(self, device_id: str, apikey: str, entity_name: str, entity_type: str,
-               attributes: dict[str, tuple[str, str]] | None = None) -> None:
+               attributes: dict[str, tuple[str, str]] | None = None, static: list[dict[str, Any]] | None = None) -> None:
         """Provision a device of an existing group."""
         if apikey not in self._groups:
             raise ValueError(f"no service group with apikey {apikey!r}")
         self._devices[(apikey, device_id)] = ProvisionedDevice(device_id, apikey, entity_name, entity_type,
-                                                               dict(attributes or {}))
+                                                               dict(attributes or {}), list(static or []))
 
     def provision(self, body: dict[str, Any], apikey: str) -> None:
         """Provision the devices of a ``POST /iot/devices`` body (``{"devices": [...]}``), as the agent would."""
         for d in body["devices"]:
             attrs = {a["object_id"]: (a["name"], a["type"]) for a in d.get("attributes", [])}
-            self.device(d["device_id"], apikey, d["entity_name"], d["entity_type"], attrs)
+            self.device(d["device_id"], apikey, d["entity_name"], d["entity_type"], attrs, d.get("static_attributes"))
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -239,6 +241,7 @@ class IotAgent:
 
     def _update(self, group: Group, device: ProvisionedDevice, measures: dict[str, Any], ul: bool) -> _AgentError | None:
         entity: dict[str, Any] = {"id": device.entity_name, "type": device.entity_type}
+        entity.update((a["name"], {"type": a["type"], "value": a["value"]}) for a in device.static)
         stamp = measures.pop("TimeInstant", None)
         for object_id, value in measures.items():
             name, kind = device.attributes.get(object_id, (object_id, "Text"))

@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 from edgegw.model import BATCH_SCHEMA_FILE, Reading
 from edgegw.store import Store
 from edgegw.uplink.fiware import (
+    SDM_CONTEXTS,
     UNIT_CODES,
     FiwareMapping,
     iota_json,
@@ -47,7 +48,7 @@ CONTEXT = [
 KAGAWA = (34.3401, 134.0434)  # (latitude, longitude): asymmetric, so a swapped order shows
 
 # -- Smart Data Model rules, from the models' JSON Schemas ----------------------------------------------
-# WaterObserved 0.0.4 (dataModel.Environment), Device 0.0.9 (dataModel.Device; older versions also
+# WaterObserved 0.0.4 (dataModel.Environment; waterLevel: "current water level", in metres), Device 0.0.9 (dataModel.Device; older versions also
 # require category), Alert 0.0.3 (dataModel.Alert), DeviceMeasurement 0.1.0.
 
 SDM_REQUIRED = {
@@ -100,6 +101,7 @@ def _is_number(v: Any) -> bool:
 SDM_CONSTRAINTS: dict[str, dict[str, Callable[[Any], bool]]] = {
     "WaterObserved": {
         "height": lambda v: _is_number(v) and v >= 0,
+        "waterLevel": lambda v: _is_number(v) and v >= 0,
         "flow": lambda v: _is_number(v) and v >= 0,
         "dateObserved": _is_datetime,
     },
@@ -187,9 +189,18 @@ def check_v2(entity: dict[str, Any]) -> None:
                 assert _is_datetime(meta["value"])
 
 
+def ld_context(etype: str, configured: Any = CONTEXT) -> Any:
+    """The @context an entity of ``etype`` carries: its SDM domain's context, then the configured ones
+    that are not Smart Data Models contexts."""
+    others = [c for c in ([configured] if isinstance(configured, str) else configured)
+              if c not in SDM_CONTEXTS.values()]
+    contexts = list(dict.fromkeys([c for c in [SDM_CONTEXTS.get(etype)] if c] + others))
+    return contexts[0] if len(contexts) == 1 else contexts
+
+
 def check_ld(entity: dict[str, Any], context: Any = CONTEXT) -> None:
     ContextLDEntity(**entity)
-    assert entity["@context"] == context
+    assert entity["@context"] == ld_context(entity["type"], context)
     assert not sdm_violations(kv_ld(entity)), sdm_violations(kv_ld(entity))
     for name, attr in entity.items():
         if name in ("id", "type", "@context"):
@@ -304,6 +315,16 @@ def health(**over: Any) -> dict[str, Any]:
 LOCATED = FiwareMapping(locations={"river-1": KAGAWA, "trap-017": KAGAWA, "gw-1": KAGAWA})
 
 
+def own_v2(items: list[dict[str, Any]], mapping: FiwareMapping) -> list[dict[str, Any]]:
+    """The entities of the items themselves, without the Device entities sent so references resolve."""
+    return [e for e in ngsi_v2_entities(items, mapping) if "TimeInstant" in e]
+
+
+def own_ld(items: list[dict[str, Any]], mapping: FiwareMapping, context: Any = CONTEXT) -> list[dict[str, Any]]:
+    return [ld for v2, ld in zip(ngsi_v2_entities(items, mapping), ngsi_ld_entities(items, mapping, context),
+                                 strict=True) if "TimeInstant" in v2]
+
+
 def test_fixture_items_follow_the_batch_schema():
     assert_valid_items([water(), water(0), trap(), alarm(), alarm(location=None, name=None), health()])
 
@@ -337,57 +358,60 @@ def test_driver_units_all_have_codes():
 
 # -- NGSI-v2 and NGSI-LD: examples ------------------------------------------------------------------------
 
-def test_water_level_is_water_observed_with_height_in_metres():
+def test_water_level_is_water_observed_with_water_level_in_metres():
     item = water(1234)
-    [v2] = ngsi_v2_entities([item], LOCATED)
-    [ld] = ngsi_ld_entities([item], LOCATED, CONTEXT)
+    [v2] = own_v2([item], LOCATED)
+    [ld] = own_ld([item], LOCATED)
     check_v2(v2)
     check_ld(ld)
     assert v2["id"] == ld["id"] == "urn:ngsi-ld:WaterObserved:river-1"
-    assert v2["height"]["value"] == 1.234
-    assert v2["height"]["metadata"]["unitCode"]["value"] == "MTR"
-    assert v2["height"]["metadata"]["TimeInstant"]["value"] == item["observed_at"]
+    assert v2["waterLevel"]["value"] == 1.234 and "height" not in v2
+    assert v2["waterLevel"]["metadata"]["unitCode"]["value"] == "MTR"
+    assert v2["waterLevel"]["metadata"]["TimeInstant"]["value"] == item["observed_at"]
     assert v2["water_temperature"]["metadata"]["unitCode"]["value"] == "CEL"
     assert v2["battery"]["metadata"]["unitCode"]["value"] == "VLT"
-    assert "level" not in v2  # carried as height
+    assert "level" not in v2  # carried as waterLevel
     assert v2["refDevice"] == {"type": "Relationship", "value": "urn:ngsi-ld:Device:river-1"}
     assert v2["location"]["value"]["coordinates"] == [KAGAWA[1], KAGAWA[0]]
-    assert ld["height"] == {"type": "Property", "value": 1.234, "observedAt": item["observed_at"], "unitCode": "MTR"}
+    assert ld["waterLevel"] == {"type": "Property", "value": 1.234, "observedAt": item["observed_at"],
+                                "unitCode": "MTR"}
     assert ld["location"]["value"]["coordinates"] == [KAGAWA[1], KAGAWA[0]]
     assert ld["dateObserved"]["value"] == {"@type": "DateTime", "@value": item["observed_at"]}
     assert ld["refDevice"] == {"type": "Relationship", "object": "urn:ngsi-ld:Device:river-1"}
 
 
 def test_water_level_without_location_is_a_device_measurement():
-    [v2] = ngsi_v2_entities([water()], FiwareMapping())
+    [v2] = own_v2([water()], FiwareMapping())
     check_v2(v2)
     assert v2["type"] == "DeviceMeasurement" and v2["id"] == "urn:ngsi-ld:DeviceMeasurement:river-1"
     assert v2["level"]["value"] == 1234 and v2["level"]["metadata"]["unitCode"]["value"] == "MMT"
 
 
-def test_negative_level_is_no_height_but_is_kept():
+def test_negative_level_is_no_water_level_but_is_kept():
     item = {**water(), "values": {"level": -120, "water_temperature": 4.5, "battery": 3.4}}
     assert_valid_items([item])
     for entity, kv in ((e, kv_v2(e)) for e in ngsi_v2_entities([item], LOCATED)):
         check_v2(entity)
-        assert "height" not in kv and kv["level"] == -120
-    [ld] = ngsi_ld_entities([item], LOCATED, CONTEXT)
+        assert "waterLevel" not in kv and "height" not in kv
+    assert kv_v2(own_v2([item], LOCATED)[0])["level"] == -120
+    [ld] = own_ld([item], LOCATED)
     check_ld(ld)
-    assert "height" not in ld and ld["level"]["unitCode"] == "MMT"
+    assert "waterLevel" not in ld and ld["level"]["unitCode"] == "MMT"
 
 
-def test_a_value_mapped_to_height_is_the_height_source():
+@pytest.mark.parametrize("name", ["waterLevel", "height"])  # height: as configs before WaterObserved 0.0.4
+def test_a_value_mapped_to_the_water_level_is_its_source(name):
     item = {**water(), "values": {"depth": 45, "battery": 3.4}, "units": {"depth": "cm", "battery": "V"}}
-    mapping = FiwareMapping(attributes={"depth": "height"}, locations={"river-1": KAGAWA})
-    [v2] = ngsi_v2_entities([item], mapping)
+    mapping = FiwareMapping(attributes={"depth": name}, locations={"river-1": KAGAWA})
+    [v2] = own_v2([item], mapping)
     check_v2(v2)
-    assert v2["height"]["value"] == 0.45 and "depth" not in v2
+    assert v2["waterLevel"]["value"] == 0.45 and "depth" not in v2 and "height" not in v2
 
 
 def test_trap_is_an_sdm_device_without_battery_level():
     item = trap("sprung")
-    [v2] = ngsi_v2_entities([item], LOCATED)
-    [ld] = ngsi_ld_entities([item], LOCATED, CONTEXT)
+    [v2] = own_v2([item], LOCATED)
+    [ld] = own_ld([item], LOCATED)
     check_v2(v2)
     check_ld(ld)
     assert v2["id"] == "urn:ngsi-ld:Device:trap-017"
@@ -405,8 +429,8 @@ def test_trap_is_an_sdm_device_without_battery_level():
 
 def test_alarm_is_an_sdm_alert_pointing_at_its_device():
     item = alarm()
-    [v2] = ngsi_v2_entities([item], FiwareMapping())
-    [ld] = ngsi_ld_entities([item], FiwareMapping(), CONTEXT)
+    [v2] = own_v2([item], FiwareMapping())
+    [ld] = own_ld([item], FiwareMapping())
     check_v2(v2)
     check_ld(ld)
     assert v2["id"] == "urn:ngsi-ld:Alert:trap-017:trap_sprung:42"
@@ -428,7 +452,7 @@ def test_alert_categories_come_from_the_mapping_by_rule_then_kind():
     paddy = alarm("water_level_alarm", "paddy-3", rule="paddy_low")
     silent = alarm("device_silent", "trap-017", location=None, severity="medium")
     mapping = FiwareMapping(alert_categories={"paddy_low": ("agriculture", "irrigation")})
-    entities = [kv_v2(e) for e in ngsi_v2_entities([river, paddy, silent], mapping)]
+    entities = [kv_v2(e) for e in own_v2([river, paddy, silent], mapping)]
     assert [(e["category"], e.get("subCategory")) for e in entities] == [
         ("naturalDisaster", "floodRisk"), ("agriculture", "irrigation"), ("environment", None)]
     assert "location" not in entities[2]
@@ -438,8 +462,8 @@ def test_alert_categories_come_from_the_mapping_by_rule_then_kind():
 
 def test_health_is_the_gateway_as_a_network_device():
     item = health()
-    [v2] = ngsi_v2_entities([item], LOCATED)
-    [ld] = ngsi_ld_entities([item], LOCATED, CONTEXT)
+    [v2] = own_v2([item], LOCATED)
+    [ld] = own_ld([item], LOCATED)
     check_v2(v2)
     check_ld(ld)
     kv = kv_v2(v2)
@@ -454,15 +478,40 @@ def test_health_is_the_gateway_as_a_network_device():
     assert v2["disk_free_bytes"]["metadata"]["unitCode"]["value"] == "AD"
 
 
-def test_entities_keep_item_order_one_per_item():
+def test_entities_keep_item_order_one_per_item_after_the_devices_they_name():
     items = [alarm(), water(1000), trap(), water(1001), health(), water(1002)]
     v2 = ngsi_v2_entities(items, LOCATED)
-    assert [e["type"] for e in v2] == ["Alert", "WaterObserved", "Device", "WaterObserved", "Device", "WaterObserved"]
-    assert [e["height"]["value"] for e in v2 if e["type"] == "WaterObserved"] == [1.0, 1.001, 1.002]
+    assert [e["id"].split(":", 2)[2] for e in v2] == [
+        "Alert:trap-017:trap_sprung:42", "Device:river-1", "WaterObserved:river-1",
+        "Device:trap-017", "WaterObserved:river-1", "Device:gw-1", "WaterObserved:river-1"]
+    assert [e["waterLevel"]["value"] for e in v2 if e["type"] == "WaterObserved"] == [1.0, 1.001, 1.002]
+    river = v2[1]  # what the gateway knows of the river gauge, for refDevice to resolve
+    assert kv_v2(river) == {"id": "urn:ngsi-ld:Device:river-1", "type": "Device", "category": ["sensor"],
+                            "deviceCategory": ["sensor"], "controlledProperty": ["waterLevel", "temperature"],
+                            "dateLastValueReported": items[1]["observed_at"],
+                            "location": {"type": "Point", "coordinates": [KAGAWA[1], KAGAWA[0]]}}
+    for entity in v2:
+        check_v2(entity)
     ld = ngsi_ld_entities(items, LOCATED, CONTEXT)
     rounds = upsert_rounds(ld)
-    assert [[e["type"] for e in r] for r in rounds] == [["Alert", "WaterObserved", "Device"],
-                                                       ["WaterObserved", "Device"], ["WaterObserved"]]
+    assert [[e["type"] for e in r] for r in rounds] == [
+        ["Alert", "Device", "WaterObserved", "Device"], ["WaterObserved", "Device"], ["WaterObserved"]]
+    for entity in ld:
+        check_ld(entity)
+
+
+def test_every_reference_names_an_entity_the_gateway_sends():
+    items = [alarm("water_level_alarm", "river-1"), water(1000), water(900, "river-2"), alarm(), trap(), health()]
+    for mapping in (LOCATED, FiwareMapping()):
+        entities = ngsi_v2_entities(items, mapping)
+        ids = {e["id"] for e in entities}
+        sent: set[str] = set()
+        for entity in entities:
+            if "refDevice" in entity:  # sent before the reading that names it
+                assert entity["refDevice"]["value"] in sent, entity["id"]
+            if "alertSource" in entity:  # the entity the device's readings make
+                assert entity["alertSource"]["value"] in ids, entity["id"]
+            sent.add(entity["id"])
 
 
 def test_entity_type_and_id_template_come_from_the_mapping():
@@ -470,7 +519,7 @@ def test_entity_type_and_id_template_come_from_the_mapping():
         entity_types={"water_level": "PaddyWater"}, entity_id="urn:ngsi-ld:{type}:{gateway}:{device}",
         gateway_id="town-gw1", attributes={"level": "waterDepth"},
     )
-    [v2] = ngsi_v2_entities([water()], mapping)
+    [v2] = own_v2([water()], mapping)
     check_v2(v2)
     assert v2["id"] == "urn:ngsi-ld:PaddyWater:town-gw1:river-1" and v2["type"] == "PaddyWater"
     assert v2["waterDepth"]["value"] == 1234
@@ -481,13 +530,13 @@ def test_values_named_like_reserved_attributes_are_renamed_not_lost():
     item = {**trap(), "values": {"state": "armed", "type": "x", "id": 1, "location": 5, "batteryLevel": 3.1,
                                  "category": "c"}}
     assert_valid_items([item])
-    [v2] = ngsi_v2_entities([item], LOCATED)
+    [v2] = own_v2([item], LOCATED)
     check_v2(v2)
     assert v2["type"] == "Device" and v2["id"] == "urn:ngsi-ld:Device:trap-017"
     assert {k: kv_v2(v2)[k] for k in ("type_value", "id_value", "location_value", "batteryLevel_value",
                                       "category_value")} == {"type_value": "x", "id_value": 1, "location_value": 5,
                                                              "batteryLevel_value": 3.1, "category_value": "c"}
-    [ld] = ngsi_ld_entities([item], LOCATED, CONTEXT)
+    [ld] = own_ld([item], LOCATED)
     check_ld(ld)
 
 
@@ -647,13 +696,20 @@ def test_any_items_make_valid_ngsi_entities(data):
     items = data.draw(ITEMS)
     assert_valid_items(items)
     mapping = data.draw(mappings(items))
-    v2 = ngsi_v2_entities(items, mapping)
-    ld = ngsi_ld_entities(items, mapping, CONTEXT)
-    assert len(v2) == len(ld) == len(items)
-    for item, e2, eld in zip(items, v2, ld, strict=True):
+    every_v2 = ngsi_v2_entities(items, mapping)
+    every_ld = ngsi_ld_entities(items, mapping, CONTEXT)
+    assert len(every_v2) == len(every_ld)
+    sent: set[str] = set()
+    for e2, eld in zip(every_v2, every_ld, strict=True):
         check_v2(e2)
         check_ld(eld)
         assert e2["id"] == eld["id"] and e2["type"] == eld["type"]
+        if "refDevice" in e2:
+            assert e2["refDevice"]["value"] in sent, "a reading naming a device not sent before it"
+        sent.add(e2["id"])
+    v2, ld = own_v2(items, mapping), own_ld(items, mapping)
+    assert len(v2) == len(ld) == len(items)
+    for item, e2, eld in zip(items, v2, ld, strict=True):
         assert (e2["type"] == "Alert") == (item["type"] == "alarm")
         if item["type"] == "reading":
             # every value is carried exactly once: as itself, as height, or as deviceState

@@ -53,8 +53,13 @@ def accepted(broker: ContextBroker, etype: str) -> list[dict[str, Any]]:
 
 
 def levels(broker: ContextBroker) -> list[int]:
-    """The river levels that arrived, in mm, from the WaterObserved heights in metres."""
-    return [round(e["height"]["value"] * 1000) for e in accepted(broker, "WaterObserved")]
+    """The river levels that arrived, in mm, from the WaterObserved waterLevel in metres."""
+    return [round(e["waterLevel"]["value"] * 1000) for e in accepted(broker, "WaterObserved")]
+
+
+def trap_states(broker: ContextBroker) -> list[dict[str, Any]]:
+    """The trap readings that arrived (Device entities with a state; the gauges' Device entities have none)."""
+    return [e for e in accepted(broker, "Device") if "deviceState" in e]
 
 
 def river_levels(sender: Sender) -> list[int]:
@@ -67,7 +72,7 @@ def traps(sender: Sender) -> int:
 
 def arrived(broker: ContextBroker, sender: Sender) -> bool:
     return (Counter(levels(broker)) >= Counter(river_levels(sender))
-            and len(accepted(broker, "Device")) >= traps(sender))
+            and len(trap_states(broker)) >= traps(sender))
 
 
 @pytest.fixture
@@ -105,21 +110,23 @@ def test_readings_arrive_as_entities_with_decoded_values_units_and_times(tmp_pat
     for entity in accepted(context_broker, "WaterObserved"):
         observed = entity["dateObserved"]["value"]
         assert before - 1 <= datetime.fromisoformat(observed).timestamp() <= after + 1
-        assert entity["height"]["metadata"] == {"unitCode": {"type": "Text", "value": "MTR"},
+        assert entity["waterLevel"]["metadata"] == {"unitCode": {"type": "Text", "value": "MTR"},
                                                 "TimeInstant": {"type": "DateTime", "value": observed}}
         assert entity["water_temperature"]["value"] == 12.5
         assert entity["water_temperature"]["metadata"]["unitCode"]["value"] == "CEL"
         assert entity["battery"]["value"] == pytest.approx(3.6)
         assert entity["battery"]["metadata"]["unitCode"]["value"] == "VLT"
         assert entity["location"]["value"] == {"type": "Point", "coordinates": [LOCATION[1], LOCATION[0]]}
-    states = [e["deviceState"]["value"] for e in accepted(context_broker, "Device")]
+    states = [e["deviceState"]["value"] for e in trap_states(context_broker)]
     assert Counter(states) == Counter(v["state"] for rid, v in sender.sent.items() if rid.startswith("trap-"))
 
     # What the broker holds now is each device's latest reading.
     last = {d: v for rid, v in sender.sent.items() for d in [rid.split(":")[0]]}
     for device in ("river-01", "river-02"):
         stored = context_broker.entity(f"urn:ngsi-ld:WaterObserved:{device}", service="town", service_path="/rivers")
-        assert stored is not None and round(stored["height"]["value"] * 1000) == last[device]["level"]
+        assert stored is not None and round(stored["waterLevel"]["value"] * 1000) == last[device]["level"]
+        gauge = context_broker.entity(stored["refDevice"]["value"], service="town", service_path="/rivers")
+        assert gauge is not None and gauge["type"] == "Device"  # the reference resolves
     trap = context_broker.entity("urn:ngsi-ld:Device:trap-01", service="town", service_path="/rivers")
     assert trap is not None and trap["deviceState"]["value"] == last["trap-01"]["state"]
     assert trap["rssi"]["value"] == -80.0
@@ -191,7 +198,7 @@ def test_an_entity_the_broker_refuses_is_parked_with_its_error_and_the_rest_arri
     assert all("HTTP 400" in e and "trap-01 is not provisioned here" in e for e in parked().values())
     assert daemon.status()["parked"]["by_uplink"] == {"town": len(trap_ids)}
     assert Counter(levels(context_broker)) == Counter(river_levels(sender))
-    assert accepted(context_broker, "Device") == [] and context_broker.invalid == []
+    assert trap_states(context_broker) == [] and context_broker.invalid == []
 
 
 # -- IoT Agent over HTTP: the acknowledgement comes after the context broker stored the measure -------

@@ -186,3 +186,65 @@ def test_the_agent_double_refuses_what_the_agents_refuse(context_broker, iot_age
     assert caught.value.code == status
     assert json.loads(caught.value.read())["name"] == name
     assert len(iot_agent.invalid) == 1 and context_broker.requests == []
+
+
+# -- what a town provisions: the same entities as on the NGSI uplinks, numbers typed ------------------
+
+def health_item() -> dict[str, Any]:
+    from tests.test_fiware import health
+    return health()
+
+
+@pytest.mark.parametrize("kind", ["json", "ul"])
+def test_provisioned_gateway_health_arrives_with_numbers_typed_as_numbers(kind, context_broker, iot_agent, running):
+    from edgegw.uplink.fiware import FiwareMapping, iota_provisioning
+
+    mapping = FiwareMapping(gateway_id="gw-1")
+    body = iota_provisioning(mapping, [], uplinks=["mqtt", "ngsi-v2"], sources=["lora0", "lora1"])
+    iot_agent.group("k3y", "Thing", service="town", subservice="/rivers")
+    iot_agent.provision(body, "k3y")
+    uplink, results = running(config(kind, iot_agent.url))
+    uplink.send(batch([health_item()]))
+    assert results.wait("b1") is None
+    gateway = stored(context_broker, "urn:ngsi-ld:Device:gw-1")  # the id the NGSI uplinks give it
+    numbers = {"uptime_s", "pending", "pending_mqtt", "pending_ngsi-v2", "oldest_pending_s", "rejects",
+               "rejects_bad_mic", "rejects_wrong_length", "disk_free_bytes", "open_alarms"}
+    assert {k for k, (t, v) in gateway.items() if t == "Number"} == numbers
+    assert all(isinstance(gateway[k][1], (int, float)) for k in numbers)
+    assert gateway["softwareVersion"] == ("Text", "0.3.1") and gateway["category"] == ("StructuredValue", ["network"])
+    assert gateway["last_frame_lora0"] == ("DateTime", "2025-06-01T03:04:59.000Z")
+    assert iot_agent.invalid == [] and context_broker.invalid == []
+
+
+def test_unprovisioned_health_numbers_arrive_as_text(context_broker, iot_agent, running):
+    """Why the README asks towns to provision the gateway: the agent types what it does not know as Text."""
+    iot_agent.group("k3y", "Thing", service="town", subservice="/rivers")
+    uplink, results = running(config("json", iot_agent.url))
+    uplink.send(batch([health_item()]))
+    assert results.wait("b1") is None
+    assert stored(context_broker, "Thing:gw-1")["uptime_s"][0] == "Text"
+
+
+def test_provisioning_gives_each_device_the_entity_the_ngsi_uplinks_make(tmp_path):
+    from edgegw.config import load_config
+    from edgegw.uplink.fiware import ngsi_v2_entities
+    from edgegw.uplink.provisioning import agent_devices
+    from tests.test_fiware import reading_item
+    from tests.test_fiware_config import REPO
+
+    for name in ("uplink-iota-json.toml", "uplink-iota-ul.toml", "uplink-iota-json-mqtt.toml"):
+        config, drivers = load_config(REPO / "configs" / name, keys=False)
+        body = agent_devices(config, drivers, config.uplinks[0])
+        v2_config, _ = load_config(REPO / "configs" / "uplink-ngsi-v2.toml", keys=False)
+        mapping = v2_config.uplinks[0].fiware_mapping(v2_config.gateway_id, v2_config.devices)
+        for device in config.devices:
+            driver = drivers[device.driver]
+            values = {k: (s.choices[0] if s.choices else (s.minimum or 0) + 1) for k, s in driver.values.items()
+                      if k != "tamper"}
+            item = reading_item(driver, driver.encode({**values, "tamper": False} if "tamper" in driver.values
+                                                      else values, 1), device.id)
+            entity = next(e for e in ngsi_v2_entities([item], mapping) if "TimeInstant" in e)
+            provisioned = next(d for d in body["devices"] if d["device_id"] == device.id)
+            assert (provisioned["entity_name"], provisioned["entity_type"]) == (entity["id"], entity["type"]), name
+        gateway = body["devices"][-1]
+        assert (gateway["device_id"], gateway["entity_name"]) == ("demo-gw", "urn:ngsi-ld:Device:demo-gw")

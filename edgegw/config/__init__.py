@@ -42,6 +42,7 @@ from edgegw.config.uplinks import (
     AttributeMapping,
     Batching,
     EntityMapping,
+    EntityTypes,
     FileUplink,
     HttpConnection,
     IotAgentHttpUplink,
@@ -57,6 +58,7 @@ from edgegw.config.uplinks import (
     NgsiV2Uplink,
     Uplink,
     UplinkConfig,
+    entity_type_problems,
 )
 from edgegw.drivers import DriverRegistry, load_drivers
 from edgegw.errors import ConfigError, DriverLoadError
@@ -72,6 +74,7 @@ __all__ = [
     "DeviceHealthRule",
     "Duration",
     "EntityMapping",
+    "EntityTypes",
     "FileUplink",
     "HttpConnection",
     "IotAgentHttpUplink",
@@ -193,7 +196,7 @@ def cross_reference_problems(sources: list, devices: list, uplinks: list) -> lis
         dupes = sorted({str(x) for x in items if x is not None and items.count(x) > 1})
         if dupes:
             problems.append(f"{what}: names must be unique, repeated: {dupes}")
-    return problems
+    return problems + entity_type_problems(uplinks)
 
 
 # -- loading ----------------------------------------------------------------------------------------

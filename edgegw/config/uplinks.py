@@ -137,13 +137,12 @@ class AttributeMapping(_Section):
         return {"attributes": dict(self.attributes)}
 
 
-class EntityMapping(AttributeMapping):
-    """Attribute names plus how readings and alarms become NGSI entities."""
+class EntityTypes(AttributeMapping):
+    """Attribute names plus which entity (type and id) a device's readings become: on an IoT Agent,
+    what ``scripts/iota-provisioning.py`` provisions, so a device is one entity on every uplink."""
 
     entity_types: dict[str, str] = Field({}, description='driver -> entity type, e.g. { paddy = "WaterObserved" }')
     entity_id: str = Field("urn:ngsi-ld:{type}:{device}", description="{type}, {device}, {gateway} are filled in")
-    alert_categories: dict[str, str | tuple[str, str]] = Field(
-        {}, description='rule name or alarm kind -> SDM Alert category, or [category, subCategory]')
 
     @field_validator("entity_types")
     @classmethod
@@ -165,6 +164,17 @@ class EntityMapping(AttributeMapping):
     def _template(cls, v: str) -> str:
         fiware.FiwareMapping(entity_id=v)  # its ValueError says what is wrong
         return v
+
+    def _mapping(self) -> dict[str, Any]:
+        return {"attributes": dict(self.attributes), "entity_types": dict(self.entity_types),
+                "entity_id": self.entity_id}
+
+
+class EntityMapping(EntityTypes):
+    """Attribute names plus how readings and alarms become NGSI entities."""
+
+    alert_categories: dict[str, str | tuple[str, str]] = Field(
+        {}, description='rule name or alarm kind -> SDM Alert category, or [category, subCategory]')
 
     @field_validator("alert_categories")
     @classmethod
@@ -190,7 +200,7 @@ def _check_apikey(v: str) -> str:
     return v
 
 
-class IotAgentUplink(MqttConnection, AttributeMapping):
+class IotAgentUplink(MqttConnection, EntityTypes):
     """Measures to a FIWARE IoT Agent over MQTT: one message per device and batch, QoS 1.
 
     The PUBACK is the MQTT broker's, not the agent's: see :data:`edgegw.uplink.ACKNOWLEDGEMENTS`.
@@ -313,7 +323,7 @@ class NgsiConnection(HttpConnection, EntityMapping):
         return _broker_url(v)
 
 
-class IotAgentHttpUplink(HttpConnection, AttributeMapping):
+class IotAgentHttpUplink(HttpConnection, EntityTypes):
     """Measures to a FIWARE IoT Agent's HTTP southbound: the agent answers only after it updated the
     context broker, so its 2xx is an acknowledgement from the platform (see edgegw.uplink.iota_http)."""
 
@@ -401,6 +411,40 @@ class NgsiLdUplink(NgsiConnection):
             raise ValueError("NGSI-LD entity ids are URIs: start the template with a scheme, "
                              f'e.g. "urn:ngsi-ld:{{type}}:{{device}}" (got {v!r})')
         return v
+
+
+_FIWARE_TYPES = ("iota-json", "iota-ul", "iota-json-http", "iota-ul-http", "ngsi-v2", "ngsi-ld")
+
+
+def entity_type_problems(uplinks: list) -> list[str]:
+    """FIWARE uplinks of one config that would make one device two different entities.
+
+    On plain dicts (see ``cross_reference_problems``): a device must be the same entity type, with
+    the same id, on every path to the platform, or the town's dashboards see two things.
+    """
+    fiware_uplinks = [(i, u) for i, u in enumerate(uplinks) if isinstance(u, dict) and u.get("type") in _FIWARE_TYPES]
+    if len(fiware_uplinks) < 2:
+        return []
+    drivers = sorted({d for _, u in fiware_uplinks if isinstance(u.get("entity_types"), dict)
+                      for d in u["entity_types"]})
+    problems = []
+    first, f = fiware_uplinks[0]
+    for i, u in fiware_uplinks[1:]:
+        for key, default in (("entity_id", "urn:ngsi-ld:{type}:{device}"),):
+            if u.get(key, default) != f.get(key, default):
+                problems.append(f"uplinks[{i}].{key}: {u.get(key, default)!r} here but {f.get(key, default)!r} on "
+                                f"uplinks[{first}]: a device must be one entity on every uplink; use the same {key}")
+        types_here, types_first = u.get("entity_types") or {}, f.get("entity_types") or {}
+        if not isinstance(types_here, dict) or not isinstance(types_first, dict):
+            continue
+        for d in drivers:
+            here = types_here.get(d) or fiware.DEFAULT_TYPES.get(d) or fiware.GENERIC_TYPE
+            there = types_first.get(d) or fiware.DEFAULT_TYPES.get(d) or fiware.GENERIC_TYPE
+            if here != there and {here, there} <= set(fiware.READING_TYPES):  # an unknown type is reported alone
+                problems.append(f"uplinks[{i}].entity_types: {d!r} is {here!r} here but {there!r} on uplinks[{first}]: "
+                                f"a device must be one entity type on every uplink; set {d} = \"{there}\" (or change "
+                                f"uplinks[{first}])")
+    return problems
 
 
 Uplink = Annotated[

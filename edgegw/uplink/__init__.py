@@ -2,8 +2,9 @@
 
 An uplink is asynchronous: :meth:`Uplink.send` hands a batch over and returns at once; the uplink
 later calls ``on_result(batch_id, error)`` exactly once per batch, with ``error`` None when the
-platform acknowledged it (MQTT PUBACK, fsync of a file). The forwarder marks items delivered only
-then, so a batch lost in a crash is simply sent again.
+platform acknowledged it (MQTT PUBACK, HTTP 2xx, fsync of a file). The forwarder marks items
+delivered only then, so a batch lost in a crash is simply sent again. What that acknowledgement
+proves differs per uplink type: :data:`ACKNOWLEDGEMENTS`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,41 @@ if TYPE_CHECKING:
 # s: an uplink with items waiting that acknowledged nothing for this long is shown as stalled (the
 # default of each uplink's ``stalled_after``).
 STALLED_AFTER = 120.0
+
+# What an uplink type's acknowledgement proves: (level shown by `edgegw status`, what it means).
+# "platform": the platform itself stored the item before answering; "broker": an MQTT broker has it,
+# and whoever consumes it there may not (yet); "local": it is on this gateway's own storage.
+ACKNOWLEDGEMENTS: dict[str, tuple[str, str]] = {
+    "ngsi-v2": ("platform", "HTTP 2xx from the context broker: the entities are stored"),
+    "ngsi-ld": ("platform", "HTTP 2xx from the context broker for every upsert: the entities are stored"),
+    "iota-json-http": ("platform", "HTTP 2xx from the IoT Agent, sent after its update of the context broker "
+                                   "succeeded"),
+    "iota-ul-http": ("platform", "HTTP 2xx from the IoT Agent, sent after its update of the context broker "
+                                 "succeeded"),
+    "mqtt": ("broker", "PUBACK from the MQTT broker: the broker has the batch"),
+    "iota-json": ("broker", "PUBACK from the MQTT broker, not from the IoT Agent: the agent gets the measures only "
+                            "if it is subscribed at QoS 1 with a persistent session"),
+    "iota-ul": ("broker", "PUBACK from the MQTT broker, not from the IoT Agent: the agent gets the measures only "
+                          "if it is subscribed at QoS 1 with a persistent session"),
+    "file": ("local", "the batch file is fsynced on this gateway"),
+}
+
+
+def acknowledgement_level(uplink_type: str) -> str:
+    """``platform``, ``broker`` or ``local``: how far an item had got when this uplink type acknowledged it."""
+    return ACKNOWLEDGEMENTS.get(uplink_type, ("unknown", ""))[0]
+
+
+def acknowledgement_note(uplink: UplinkConfig) -> str | None:
+    """What an installer must know about an uplink's acknowledgement, or None when it proves the
+    platform stored the item (``edgegw config check`` prints it)."""
+    if uplink.type in ("iota-json", "iota-ul"):
+        return (f"note: uplink {uplink.name!r} ({uplink.type}): {ACKNOWLEDGEMENTS[uplink.type][1]}. An agent with "
+                "its defaults (clean session, QoS 0) drops every measure published while it is down, and edgegw "
+                "still counts them delivered. Set IOTA_MQTT_QOS=1 and IOTA_MQTT_CLEAN=false on the agent, or use "
+                f'type = "{uplink.type}-http" (its answer comes after the context broker stored the measure).')
+    return None
+
 
 OnResult = Callable[[str, UplinkError | None], None]
 OnState = Callable[[str, str], None]  # (state, detail): "up" | "down" | "connecting"
