@@ -33,6 +33,7 @@ from edgegw.uplink.fiware import (
     UNIT_CODES,
     FiwareMapping,
     iota_json,
+    iota_json_groups,
     iota_ul,
     ngsi_ld_entities,
     ngsi_v2_entities,
@@ -782,3 +783,22 @@ def test_floats_survive_every_format():
     [(_, js)] = iota_json([item], FiwareMapping())
     assert json.loads(js)["x"] == 0.1 + 0.2
     assert ngsi_v2_entities([item], FiwareMapping())[0]["big"]["value"] == 1e300
+
+
+@SLOW
+@given(st.data())
+def test_any_items_make_one_json_group_per_http_request_the_same_groups_as_over_mqtt(data):
+    items = data.draw(ITEMS)
+    mapping = data.draw(mappings(items))
+    per_request = iota_json_groups(items, mapping)
+    # every request carries exactly one flat measure group (the JSON agent answers an array after
+    # its first group), and together they are the MQTT payloads' groups, in the same order
+    assert all(isinstance(json.loads(body), dict) for _, body in per_request)
+    expected: list[tuple[str, dict[str, Any]]] = []
+    for device, body in iota_json(items, mapping):
+        groups = json.loads(body)
+        expected += [(device, g) for g in (groups if isinstance(groups, list) else [groups])]
+    got = [(device, json.loads(body)) for device, body in per_request]
+    assert sorted(map(json.dumps, got)) == sorted(map(json.dumps, expected))
+    for device in {d for d, _ in got}:
+        assert [g for d, g in got if d == device] == [g for d, g in expected if d == device]

@@ -217,7 +217,7 @@ def test_provisioned_gateway_health_arrives_with_numbers_typed_as_numbers(kind, 
 
 
 def test_unprovisioned_health_numbers_arrive_as_text(context_broker, iot_agent, running):
-    """Why the README asks towns to provision the gateway: the agent types what it does not know as Text."""
+    """Why the README asks towns to provision the gateway: the agent gives what it does not know a text type."""
     iot_agent.group("k3y", "Thing", service="town", subservice="/rivers")
     uplink, results = running(config("json", iot_agent.url))
     uplink.send(batch([health_item()]))

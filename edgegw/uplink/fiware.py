@@ -47,6 +47,9 @@ Decisions, in short (the constants below hold the data):
 * **Health** on the IoT Agent: measures of the gateway's device (id = the health item's gateway);
   per-key counters are flattened (``pending_<uplink>``, ``rejects_<reason>``, ``last_frame_<source>``)
   because Ultralight has no structured values; ``oldest_pending_s`` null (nothing pending) is 0.
+  The agent types them as provisioned: :func:`iota_provisioning` provisions them as numbers.
+* **IoT Agent over HTTP**: :func:`iota_json_groups` gives one measure group per request, because
+  iotagent-json answers an array after its first group's update of the context broker.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The agent makes the entities on the IoT Agent paths; provisioned from the same config as the NGSI
 uplinks, a device is the same entity (id and type) on every path, and numbers arrive typed
-``Number`` (an attribute the agent does not know is typed ``Text``). ``scripts/iota-provisioning.py``
+``Number`` (the agent gives an attribute it does not know a default text type). ``scripts/iota-provisioning.py``
 prints it.
 """
 
