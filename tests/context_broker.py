@@ -534,10 +534,10 @@ def _ld_entity(raw: Any, where: str, *, ld_json: bool) -> list[str]:
 
 
 # Term -> IRI of the Smart Data Models contexts the gateway uses, from their repositories'
-# context.jsonld (tests/data/sdm-contexts.json records the commit).
+# context.jsonld (tests/sdm/contexts.json records the commit).
 SDM_CONTEXTS: dict[str, dict[str, str]] = {
     url: data["terms"] for url, data in
-    json.loads((Path(__file__).parent / "data" / "sdm-contexts.json").read_text()).items()
+    json.loads((Path(__file__).parent / "sdm" / "contexts.json").read_text()).items()
 }
 LD_CORE_CONTEXTS = {"https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context.jsonld"}
 

@@ -1,7 +1,8 @@
 """Tests of the FIWARE payload builders (edgegw.uplink.fiware).
 
 Every payload is checked by something that is not the module: filip's NGSI-v2 and NGSI-LD entity
-models, the Smart Data Model rules below (copied from the models' JSON Schemas), the UN/CEFACT
+models, the published Smart Data Models JSON Schemas (tests/sdm/schemas) and the rules below that
+they leave to formats, the UN/CEFACT
 Rec 20 code list that ships with filip, ``json.loads``, and a small Ultralight parser written here
 after the agent's own (iotagent-ul ``lib/ulParser.js``).
 """
@@ -40,6 +41,7 @@ from edgegw.uplink.fiware import (
     upsert_rounds,
 )
 from edgegw_drivers.trap import TrapSensor
+from tests.sdm_schemas import sdm_schema_errors
 from edgegw_drivers.water_level import WaterLevelSensor
 
 CONTEXT = [
@@ -131,13 +133,14 @@ SDM_CONSTRAINTS: dict[str, dict[str, Callable[[Any], bool]]] = {
 
 
 def sdm_violations(kv: dict[str, Any]) -> list[str]:
-    """What breaks the Smart Data Model rules, for an entity in key-value form (a town's own type has none)."""
+    """What breaks the Smart Data Model rules, for an entity in key-value form (a town's own type has
+    none): the rules above (formats included), then the published JSON Schema of its type."""
     etype = kv["type"]
     problems = [f"{etype}: missing {k}" for k in sorted(SDM_REQUIRED.get(etype, set()) - set(kv))]
     problems += [
         f"{etype}.{k} = {kv[k]!r}" for k, ok in SDM_CONSTRAINTS.get(etype, {}).items() if k in kv and not ok(kv[k])
     ]
-    return problems
+    return problems + sdm_schema_errors(kv)
 
 
 def kv_v2(entity: dict[str, Any]) -> dict[str, Any]:
