@@ -566,7 +566,9 @@ def test_iota_json_single_reading_is_a_flat_object():
     item = water()
     [(device, payload)] = iota_json([item], FiwareMapping(attributes={"level": "wl", "water_temperature": "wt"}))
     assert device == "river-1"
-    assert json.loads(payload) == {"TimeInstant": item["observed_at"], "wl": 1234, "wt": 23.0, "battery": 3.5}
+    # then the date the entity's SDM type asks for (WaterObserved without a location: DeviceMeasurement)
+    assert json.loads(payload) == {"TimeInstant": item["observed_at"], "wl": 1234, "wt": 23.0, "battery": 3.5,
+                                   "dateObserved": item["observed_at"]}
 
 
 def test_iota_json_groups_per_device_and_keeps_order():
@@ -578,7 +580,8 @@ def test_iota_json_groups_per_device_and_keeps_order():
         {"TimeInstant": "2025-06-01T03:00:00.000Z", "alarm": "trap_sprung", "alarmSeverity": "high",
          "alarmMessage": "わなが作動しました （trap sprung； check within 24 h）",
          "alarmId": "trap-017:trap_sprung:42"},
-        {"TimeInstant": items[2]["observed_at"], "state": "armed", "tamper": False, "battery": 3.3},
+        {"TimeInstant": items[2]["observed_at"], "state": "armed", "tamper": False, "battery": 3.3,
+         "dateLastValueReported": items[2]["observed_at"]},  # the trap is an SDM Device
     ]
     assert [g["level"] for g in json.loads(out[1][1])] == [1000, 1001]
     gateway = json.loads(out[2][1])
@@ -592,15 +595,19 @@ def test_iota_ul_groups_are_timestamped_and_parse():
     out = dict(iota_ul(items, FiwareMapping(attributes={"level": "wl"})))
     groups = parse_ul(out["river-1"])
     assert [stamp for stamp, _ in groups] == [items[0]["observed_at"]] * 2
-    assert groups[0][1] == [("wl", "1000"), ("water_temperature", "23.0"), ("battery", "3.5")]
-    assert parse_ul(out["trap-017"])[0][1] == [("state", "sprung"), ("tamper", "false"), ("battery", "3.3")]
+    assert groups[0][1] == [("wl", "1000"), ("water_temperature", "23.0"), ("battery", "3.5"),
+                            ("dateObserved", items[0]["observed_at"])]
+    assert parse_ul(out["trap-017"])[0][1] == [("state", "sprung"), ("tamper", "false"), ("battery", "3.3"),
+                                               ("dateLastValueReported", items[2]["observed_at"])]
 
 
 def test_iota_ul_replaces_separators_and_drops_empty_values():
     item = {**trap(), "values": {"state": "a|b#c@d", "note": "", "ok": True}}
     [(_, payload)] = iota_ul([item], FiwareMapping())
     [(_, pairs)] = parse_ul(payload)
-    assert pairs == [("state", "a｜b＃c＠d"), ("ok", "true")]
+    assert pairs == [("state", "a｜b＃c＠d"), ("ok", "true"), ("dateLastValueReported", item["observed_at"])]
+    only_empty = {**trap(), "values": {"note": ""}}
+    assert iota_ul([only_empty], FiwareMapping()) == []  # a date alone is no measure
 
 
 def test_items_without_values_send_nothing_to_the_agent():
@@ -760,6 +767,8 @@ def test_any_items_make_ultralight_that_round_trips(data):
             continue
         stamp, pairs = groups[item.get("device") or item["gateway"]].pop(0)
         assert stamp == (item.get("observed_at") or item.get("raised_at"))
+        if item["type"] == "reading":  # then the date the entity's SDM type asks for
+            assert pairs.pop() in (("dateObserved", item["observed_at"]), ("dateLastValueReported", item["observed_at"]))
         for (key, raw), original in zip(pairs, expected, strict=item["type"] != "health"):  # health: + counters
             assert not set(raw) & set("|#@") and not set(key) & set("|#@")
             assert same_ul_value(raw, original), (key, raw, original)
@@ -782,7 +791,7 @@ def test_floats_survive_every_format():
     item = {**trap(), "values": {"x": 0.1 + 0.2, "big": 1e300, "tiny": -5e-324}}
     [(_, ul)] = iota_ul([item], FiwareMapping())
     [(_, pairs)] = parse_ul(ul)
-    assert [float(v) for _, v in pairs] == [0.1 + 0.2, 1e300, -5e-324]
+    assert [float(v) for _, v in pairs[:-1]] == [0.1 + 0.2, 1e300, -5e-324]
     [(_, js)] = iota_json([item], FiwareMapping())
     assert json.loads(js)["x"] == 0.1 + 0.2
     assert ngsi_v2_entities([item], FiwareMapping())[0]["big"]["value"] == 1e300

@@ -248,3 +248,35 @@ def test_provisioning_gives_each_device_the_entity_the_ngsi_uplinks_make(tmp_pat
             assert (provisioned["entity_name"], provisioned["entity_type"]) == (entity["id"], entity["type"]), name
         gateway = body["devices"][-1]
         assert (gateway["device_id"], gateway["entity_name"]) == ("demo-gw", "urn:ngsi-ld:Device:demo-gw")
+
+
+@pytest.mark.parametrize("kind", ["json", "ul"])
+def test_provisioned_devices_make_entities_the_smart_data_models_accept(kind, context_broker, iot_agent):
+    from edgegw.uplink.fiware import FiwareMapping, iota_provisioning
+    from tests.test_fiware import KAGAWA, kv_v2, sdm_violations
+
+    located = [Device(id=d.id, address=d.address, driver=d.driver, location=KAGAWA) for d in DEVICES]
+    cfg = config(kind, iot_agent.url)
+    mapping = cfg.fiware_mapping("gw-1", located)
+    assert isinstance(mapping, FiwareMapping)
+    kinds = {"water_level": {"level": "Number", "water_temperature": "Number", "battery": "Number"},
+             "trap": {"state": "Text", "battery": "Number"}}
+    body = iota_provisioning(mapping, [(d.id, d.driver, kinds[d.driver]) for d in located])
+    iot_agent.group("k3y", "Thing", service="town", subservice="/rivers")
+    iot_agent.provision(body, "k3y")
+    uplink = IotAgentHttpUplink(cfg, mapping)
+    results = Results()
+    uplink.start(results.on_result, results.on_state)
+    try:
+        uplink.send(batch([water(1234), trap("sprung")]))
+        assert results.wait("b1") is None
+    finally:
+        uplink.stop()
+    for entity_id, etype in ((RIVER, "WaterObserved"), (TRAP, "Device")):
+        entity = context_broker.entity(entity_id, service="town", service_path="/rivers")
+        assert entity is not None and entity["type"] == etype
+        assert sdm_violations(kv_v2(entity)) == [], entity  # the published schema and the rules in test_fiware
+    river = context_broker.entity(RIVER, service="town", service_path="/rivers")
+    assert river["dateObserved"] == {"type": "DateTime", "value": OBSERVED, "metadata": {
+        "TimeInstant": {"type": "DateTime", "value": OBSERVED}}}
+    assert iot_agent.invalid == [] and context_broker.invalid == []

@@ -42,6 +42,10 @@ Decisions, in short (the constants below hold the data):
   agents forward to Orion. They become their full-width forms (（ ） ＝ ...), which Japanese text uses
   anyway and NFKC folds back; control characters become spaces. Ultralight additionally maps its
   separators ``| # @`` to ｜ ＃ ＠. NGSI-LD text is sent unchanged.
+* **Readings** on the IoT Agent: the values, then ``dateObserved`` (``dateLastValueReported`` for an
+  SDM Device) = observed_at, the date the entity's SDM type asks for (the agent's own TimeInstant
+  is no SDM attribute); with the location provisioned as a static attribute, the agent's
+  WaterObserved is one the SDM schema accepts.
 * **Alarms** on the IoT Agent: measures ``alarm`` (kind), ``alarmSeverity``, ``alarmMessage``,
   ``alarmId`` on the device's own entity, ``TimeInstant`` = raised_at.
 * **Health** on the IoT Agent: measures of the gateway's device (id = the health item's gateway);
@@ -259,6 +263,8 @@ def _measure_groups(
             encoded = encode(value)
             if encoded is not None:
                 group[_free(name, group)] = encoded
+        if item["type"] == "reading" and len(group) == 1:
+            continue  # only the date: nothing was measured that the agent can carry
         if group:  # a group with a timestamp only is a parse error at the agent
             groups.setdefault(device, []).append({"TimeInstant": time, **group})
     return groups
@@ -269,6 +275,8 @@ def _measures(item: Item, mapping: FiwareMapping) -> tuple[str, str, list[tuple[
     kind = item["type"]
     if kind == "reading":
         values = [(mapping.attribute(k), v) for k, v in item["values"].items()]
+        if values:  # the SDM date the entity's type requires: the agent keeps TimeInstant to itself
+            values.append((_date_attribute(_reading_type(item, mapping)), item["observed_at"]))
         return _device(item["device"]), item["observed_at"], values
     if kind == "alarm":
         fields = {"alarm": item["alarm"], "alarmSeverity": item["severity"],
@@ -278,6 +286,16 @@ def _measures(item: Item, mapping: FiwareMapping) -> tuple[str, str, list[tuple[
         values = [("version", item["version"])] + [(n, v) for n, v, _, _ in _health_counters(item)]
         return _device(item["gateway"]), item["observed_at"], [(mapping.attribute(k), v) for k, v in values]
     raise ValueError(f"unknown item type {kind!r}")
+
+
+def _reading_type(item: Item, mapping: FiwareMapping) -> str:
+    """The entity type of a reading's device, as on every uplink (see :func:`_reading`)."""
+    etype = mapping.entity_type(item["driver"])
+    return GENERIC_TYPE if etype == WATER_TYPE and item["device"] not in mapping.locations else etype
+
+
+def _date_attribute(etype: str) -> str:
+    return "dateLastValueReported" if etype == DEVICE_TYPE else "dateObserved"
 
 
 def _json_value(value: Any) -> Any:
@@ -320,14 +338,14 @@ def iota_provisioning(
     """
     out = []
     for device, driver, kinds in devices:
-        etype = mapping.entity_type(driver)
-        if etype == WATER_TYPE and device not in mapping.locations:
-            etype = GENERIC_TYPE  # as on the NGSI uplinks: SDM WaterObserved requires a location
+        etype = _reading_type({"driver": driver, "device": device}, mapping)
         attrs = []
         for value, kind in kinds.items():
             object_id = mapping.attribute(value)
             name = "deviceState" if etype == DEVICE_TYPE and value == "state" and kind == "Text" else object_id
             attrs.append({"object_id": object_id, "name": name, "type": kind})
+        date = _date_attribute(etype)
+        attrs.append({"object_id": date, "name": date, "type": "DateTime"})
         attrs += [{"object_id": mapping.attribute(a), "name": mapping.attribute(a), "type": "Text"}
                   for a in ("alarm", "alarmSeverity", "alarmMessage", "alarmId")]
         out.append(_provisioned(device, etype, mapping, attrs, DEVICE_PROFILES.get(driver, _DEFAULT_PROFILE)))
@@ -473,9 +491,7 @@ def _reading(item: Item, mapping: FiwareMapping) -> _Entity:
     values: dict[str, Any] = dict(item["values"])
     units: Mapping[str, str] = item["units"]
     location = mapping.locations.get(device)
-    etype = mapping.entity_type(driver)
-    if etype == WATER_TYPE and location is None:
-        etype = GENERIC_TYPE  # SDM WaterObserved requires a location
+    etype = _reading_type(item, mapping)  # SDM WaterObserved requires a location: else DeviceMeasurement
     attrs: dict[str, _Attr] = {}
     if etype == DEVICE_TYPE:
         attrs.update(_device_profile(DEVICE_PROFILES.get(driver, _DEFAULT_PROFILE)))
