@@ -270,8 +270,8 @@ def mark_damaged(db: Path, exc: BaseException) -> str:
               " (kept, not deleted) and starts a fresh one", problem=problem)
     try:
         _mark(db).write_text(json.dumps({"problem": problem, "at": time.time()}))
-    except OSError as exc:  # the next start's checks (open, quick_check) find the damage again, later
-        log.error("could not note the damaged database for the next start", error=str(exc))
+    except OSError as error:  # the next start's checks (open, quick_check) find the damage again, later
+        log.error("could not note the damaged database for the next start", error=str(error))
     return problem
 
 
@@ -351,19 +351,17 @@ def record(store: Store, incidents: list[Incident], gateway_id: str, pending: in
     if not incidents:
         return []
     alarms = []
-    store.begin()
-    for i in incidents:
-        store.conn.execute("INSERT INTO damage VALUES (?, ?, ?, ?, ?, ?, ?)",
-                           (i.at, i.part, i.problem, i.kept_as, i.frames, i.commits, int(i.alarm)))
-        if not i.alarm:
-            continue
-        what = ("the database was damaged and set aside; a fresh one was started" if i.part == "database" else
-                f"the WAL was damaged: {i.commits} committed transactions ({i.frames} frames) were dropped")
-        alarm = Alarm(f"{gateway_id}:database_damaged:{i.part}:{int(i.at * 1000)}", "database_damaged", "high",
-                      gateway_id, "store", i.at, f"{what} (kept as {i.kept_as}): {i.problem}",
-                      {"part": i.part, "kept_as": i.kept_as, "problem": i.problem, "frames": i.frames,
-                       "commits": i.commits})
-        if store.add_alarm(alarm, pending, time.time()):
-            alarms.append(alarm)
-    store.commit()
+    with store.transaction():
+        for i in incidents:
+            store.record_damage(i.at, i.part, i.problem, i.kept_as, i.frames, i.commits, i.alarm)
+            if not i.alarm:
+                continue
+            what = ("the database was damaged and set aside; a fresh one was started" if i.part == "database" else
+                    f"the WAL was damaged: {i.commits} committed transactions ({i.frames} frames) were dropped")
+            alarm = Alarm(f"{gateway_id}:database_damaged:{i.part}:{int(i.at * 1000)}", "database_damaged", "high",
+                          gateway_id, "store", i.at, f"{what} (kept as {i.kept_as}): {i.problem}",
+                          {"part": i.part, "kept_as": i.kept_as, "problem": i.problem, "frames": i.frames,
+                           "commits": i.commits})
+            if store.add_alarm(alarm, pending, time.time()):
+                alarms.append(alarm)
     return alarms

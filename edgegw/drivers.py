@@ -136,10 +136,10 @@ class LayoutDriver(Driver):
         return Decoded(values, counter)
 
     def encode(self, values: Mapping[str, Value], counter: int | None = None) -> bytes:
-        raws = []
+        raws: list[float] = []
         for f in self.fields:
             if f.counter:
-                raws.append((counter or 0) % (1 << self.counter_bits))  # type: ignore[operator]
+                raws.append((counter or 0) % (1 << (self.counter_bits or 0)))
             else:
                 raw = (float(values[f.name]) - f.offset) / f.scale
                 raws.append(raw if f.type == "f32" else round(raw))

@@ -21,21 +21,21 @@ the detail keeps) once items have waited ``stalled_after`` seconds with nothing 
 
 from __future__ import annotations
 
-import json
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
 
-from edgegw.errors import PermanentUplinkError, TransientUplinkError, UplinkError
-from edgegw.clock import CLOCK_SANE_AFTER
-from edgegw.model import PRIORITY_ALARM, Batch, boot_id, new_batch_id
 from edgegw.backoff import Backoff
+from edgegw.errors import PermanentUplinkError, TransientUplinkError, UplinkError
+from edgegw.items import Batch, new_batch_id
+from edgegw.model import PRIORITY_ALARM, Ack, Event, Park, UplinkState, boot_id
 from edgegw.store import open_reader
+from edgegw.store import queue as send_queue
 from edgegw.uplink import STALLED_AFTER, Uplink
 
 log = structlog.get_logger("edgegw.forwarder")
@@ -46,40 +46,9 @@ RESCAN_EVERY = 5.0  # s: at most this often, reaching the end of the plain lane 
 PROBE_EVERY = 1.0
 
 
-@dataclass(frozen=True, slots=True)
-class Ack:
-    """An uplink acknowledged these outbox rows; ``committed`` runs once the writer has recorded it."""
-
-    uplink: str
-    bit: int
-    seqs: list[int]
-    committed: Callable[[], None]
-    wall: float = field(default_factory=time.time)
-
-
-@dataclass(frozen=True, slots=True)
-class Park:
-    """An uplink refused this one outbox row for good; ``committed`` runs once the writer parked it."""
-
-    uplink: str
-    bit: int
-    seq: int
-    error: str
-    committed: Callable[[], None]
-    wall: float = field(default_factory=time.time)
-
-
-@dataclass(frozen=True, slots=True)
-class UplinkState:
-    uplink: str
-    state: str
-    detail: str = ""
-    wall: float = field(default_factory=time.time)
-
-
 class Forwarder:
     def __init__(self, uplink: Uplink, bit: int, db_path: Path, gateway_id: str, max_items: int, max_bytes: int,
-                 max_inflight: int, post: Callable[[object], None], stalled_after: float = STALLED_AFTER):
+                 max_inflight: int, post: Callable[[Event], None], stalled_after: float = STALLED_AFTER):
         self.uplink, self.bit, self.db_path, self.gateway_id = uplink, bit, db_path, gateway_id
         self.max_items, self.max_bytes, self.max_inflight = max_items, max_bytes, max_inflight
         self.post = post  # to the writer's queue
@@ -142,16 +111,12 @@ class Forwarder:
         if self._waiting_since is None:
             self._waiting_since = time.monotonic()
 
-    def _probe(self, reader) -> None:
+    def _probe(self, reader: sqlite3.Connection) -> None:
         """While the uplink cannot take a batch: whether items wait for it (they do not while none is sendable)."""
         if time.monotonic() - self._probed_at < PROBE_EVERY:
             return
         self._probed_at = time.monotonic()
-        # Any sendable row will do: no ORDER BY, which would sort the whole backlog to find one.
-        waiting = reader.execute(
-            "SELECT 1 FROM queue q CROSS JOIN outbox o ON o.seq = q.seq WHERE q.pending & ?"
-            " AND NOT (o.kind = 'reading' AND o.observed_at < ? AND o.boot_id = ?) LIMIT 1",
-            (self.bit, CLOCK_SANE_AFTER, self.boot_id)).fetchone() is not None
+        waiting = send_queue.waiting(reader, self.bit, self.boot_id)
         if not waiting and not self._inflight:
             self._waiting_since = None
         elif waiting:
@@ -207,16 +172,16 @@ class Forwarder:
                 self._waiting_since = None if self._waiting_since is None else time.monotonic()  # it answers
             if error is None:
                 backoff.reset()
-                self.post(Ack(self.uplink.name, self.bit, seqs, lambda s=seqs: self._release(s)))
+                self.post(Ack(self.uplink.name, self.bit, seqs))
             elif isinstance(error, PermanentUplinkError) and len(seqs) > 1:
                 half = len(seqs) // 2
                 self._suspects += [seqs[:half], seqs[half:]]  # still busy: sent next, each alone
                 log.warning("batch refused; splitting it to find the refused item", uplink=self.uplink.name,
                             items=len(seqs), error=str(error))
             elif isinstance(error, PermanentUplinkError) and seqs:
-                self.post(Park(self.uplink.name, self.bit, seqs[0], str(error), lambda s=seqs: self._release(s)))
+                self.post(Park(self.uplink.name, self.bit, seqs[0], str(error)))
             else:
-                self._release(seqs)
+                self.recorded(seqs)
                 self._plain_after = 0  # these go again, from the head of the lane
                 failed = error
         if failed is not None:
@@ -241,18 +206,20 @@ class Forwarder:
             unrecorded = len(self._busy)
         return len(self._inflight) < self.max_inflight and unrecorded < 2 * self.max_inflight * self.max_items
 
-    def _release(self, seqs: list[int]) -> None:
+    def recorded(self, seqs: list[int]) -> None:
+        """The writer is done with an :class:`Ack` or :class:`Park` of these seqs (recorded, or its
+        commit failed): they are no longer held as busy, and go again if still pending."""
         with self._busy_lock:
             self._busy.difference_update(seqs)
         self.wake.set()
 
-    def _send_next(self, reader, min_priority: int = 0) -> bool:
+    def _send_next(self, reader: sqlite3.Connection, min_priority: int = 0) -> bool:
         reader.execute("BEGIN")  # one snapshot for choosing the items and reading them
         try:
             if self._suspects:
                 seqs = self._suspects.pop(0)
-                items = self._items(reader, seqs)
-                self._release([s for s in seqs if s not in items])  # replaced meanwhile (an older health report)
+                items = send_queue.batch_items(reader, seqs)
+                self.recorded([s for s in seqs if s not in items])  # replaced meanwhile (an older health report)
                 return self._send(list(items), list(items.values()))
             with self._busy_lock:
                 busy = set(self._busy)
@@ -260,19 +227,20 @@ class Forwarder:
             # more than the rest of the forwarder). Urgent lanes are short: scanned from their head.
             # The plain lane can hold a million rows, its head in flight: scanned from where the last
             # batch ended, so the in-flight rows are not read again for every batch.
-            chosen = self._choose(reader, "q.priority > 0 AND q.priority >= ?", (min_priority,), busy, self.max_items,
-                                  len(busy))
+            chosen = _skip(busy, self.max_items, send_queue.next_urgent(reader, self.bit, self.boot_id, min_priority,
+                                                                          self.max_items + len(busy)))
             plain: list[int] = []
             lane_ended = False
             if min_priority <= 0 and len(chosen) < self.max_items:
                 after, room = self._plain_after, self.max_items - len(chosen)
-                plain = self._choose(reader, "q.priority = 0 AND q.seq > ?", (after,), busy, room,
-                                     sum(1 for s in busy if s > after))
+                plain = _skip(busy, room, send_queue.next_plain(reader, self.bit, self.boot_id, after,
+                                                                room + sum(1 for s in busy if s > after)))
                 lane_ended = len(plain) < room
-            items = self._items(reader, chosen + plain)
+            items = send_queue.batch_items(reader, chosen + plain)
         finally:
             reader.execute("COMMIT")
-        seqs, bodies, size = [], [], 200
+        seqs, size = [], 200
+        bodies: list[str] = []
         for seq, body in items.items():
             if bodies and size + len(body) + 1 > self.max_bytes:
                 break
@@ -292,37 +260,6 @@ class Forwarder:
             self._plain_after = max(set(seqs) & set(plain), default=self._plain_after)
         return self._send(seqs, bodies)
 
-    def _choose(self, reader, lane: str, args: tuple, busy: set[int], limit: int, busy_in_lane: int) -> list[int]:
-        """Up to ``limit`` sendable seqs of one lane, in send order, skipping the (at most
-        ``busy_in_lane``) rows of ``busy`` it holds.
-
-        Readings of this boot stamped before the clock was set wait to be re-stamped (edgegw.clock).
-        """
-        # One row, not one per seq: fetching a row releases the GIL and takes it back, and with the
-        # writer busy each of those was a switch between the two threads (see _items).
-        (text,) = reader.execute(
-            f"SELECT group_concat(seq) FROM (SELECT q.seq FROM queue q CROSS JOIN outbox o ON o.seq = q.seq"
-            f" WHERE q.pending & ? AND {lane} AND NOT (o.kind = 'reading' AND o.observed_at < ? AND o.boot_id = ?)"
-            " ORDER BY q.priority DESC, q.seq LIMIT ?)",
-            (self.bit, *args, CLOCK_SANE_AFTER, self.boot_id, limit + busy_in_lane),
-        ).fetchone()
-        return [seq for seq in map(int, text.split(",")) if seq not in busy][:limit] if text else []
-
-    @staticmethod
-    def _items(reader, seqs: list[int]) -> dict[int, str]:
-        """The batch items of these outbox rows, in the order given; rows gone meanwhile are left out."""
-        # One statement for any number of seqs: an IN list of placeholders is a new statement per
-        # batch size, each kept in the connection's statement cache. And one row: SQLite renders the
-        # batch while the GIL is free, where a row per item handed the GIL to the busy writer and
-        # back 500 times (an strace of a burst: half the futex calls of the daemon). Record
-        # separator: JSON text never holds one.
-        got, items = reader.execute("SELECT group_concat(seq), group_concat(item, char(30)) FROM outbox_items"
-                                    " WHERE seq IN (SELECT value FROM json_each(?))", (json.dumps(seqs),)).fetchone()
-        if got is None:
-            return {}
-        found = dict(zip(map(int, got.split(",")), items.split("\x1e")))
-        return {s: found[s] for s in seqs if s in found}
-
     def _send(self, seqs: list[int], bodies: list[str]) -> bool:
         if not seqs:
             return False
@@ -331,3 +268,8 @@ class Forwarder:
         self.inflight_items += len(seqs)
         self.uplink.send(Batch(batch_id, self.gateway_id, bodies))
         return True
+
+
+def _skip(busy: set[int], limit: int, seqs: list[int]) -> list[int]:
+    """The first ``limit`` of ``seqs`` not in ``busy`` (in flight, or acked and not yet recorded)."""
+    return [seq for seq in seqs if seq not in busy][:limit]

@@ -15,7 +15,7 @@ from types import ModuleType
 def import_without(module: str, *unused: str) -> ModuleType:
     """Import ``module`` as if the top-level packages ``unused`` were not installed."""
     hidden = [m for m in unused if m not in sys.modules]
-    sys.modules.update(dict.fromkeys(hidden))  # None in sys.modules makes an import raise ImportError
+    sys.modules.update(dict.fromkeys(hidden))  # type: ignore[arg-type]  # None in sys.modules makes an import raise ImportError
     try:
         return importlib.import_module(module)
     finally:

@@ -89,8 +89,8 @@ def unfit(decoded: object) -> str | None:
         # The common case by exact type: isinstance against a union, for every value, was a tenth
         # of the writer's time per reading.
         kind = type(value)
-        if type(key) is str and (kind is str or kind is bool or (kind is float and math.isfinite(value))
-                                 or (kind is int and INT64_MIN <= value <= INT64_MAX)):
+        if type(key) is str and (kind is str or kind is bool or (kind is float and math.isfinite(value))  # type: ignore[arg-type]
+                                 or (kind is int and INT64_MIN <= value <= INT64_MAX)):  # type: ignore[operator]
             continue
         if (problem := _unfit_value(key, value)) is not None:
             return problem
@@ -102,7 +102,7 @@ def _unfit_value(key: object, value: object) -> str | None:
         return f"value name {key!r:.40} is not a string"
     if not isinstance(value, bool | int | float | str):
         return f"{key} is a {type(value).__name__}, not a number, string or boolean"
-    if isinstance(value, float) and not math.isfinite(value) or (
+    if (isinstance(value, float) and not math.isfinite(value)) or (
             isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX):
         return f"{key} is {value!r:.40}: not a finite number within 64 bits"
     return None

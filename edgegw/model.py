@@ -1,24 +1,21 @@
-"""The data that flows between stages: Frame -> Reading -> (outbox item) -> Batch.
+"""The data that flows between stages: Frame -> Reading (or Reject) -> Alarm, and the events the writer takes.
 
 Frames, rejects and readings are plain slotted dataclasses: they are created on the hot path,
 thousands per second, and never validated twice. Nothing changes them once made, yet they are not
 frozen: a frozen dataclass sets each field through object.__setattr__, which made a reading cost
-2.3 us to create instead of 0.3. Batches are the wire format, described by the JSON Schema in
-``edgegw/schemas/batch-v1.schema.json``.
+2.3 us to create instead of 0.3. How each becomes a batch item is
+the wire format's (edgegw.items).
 """
 
 from __future__ import annotations
 
-import json
 import math
+import threading
 import time
-import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-BATCH_SCHEMA = "edgegw.batch/1"
-BATCH_SCHEMA_FILE = Path(__file__).parent / "schemas" / "batch-v1.schema.json"
 
 Value = float | int | str | bool
 
@@ -118,26 +115,6 @@ class Alarm:
     closes: tuple[str, ...] = ()
     verified: bool | None = None  # its reading's frame was authenticated; None: not caused by a frame
 
-    def item(self) -> dict[str, Any]:
-        """The batch item for this alarm (see the batch JSON Schema)."""
-        return {
-            "type": "alarm",
-            "id": self.alarm_id,
-            "alarm": self.kind,
-            "severity": self.severity,
-            "device": self.device_id,
-            "name": self.name,
-            "location": list(self.location) if self.location else None,
-            "rule": self.rule,
-            "raised_at": iso(self.raised_at),
-            "time_quality": self.time_quality,
-            "late": self.late,
-            "reading": self.reading_id,
-            "verified": self.verified,
-            "message": self.message,
-            "details": self.details,
-        }
-
 
 def iso(ts: float) -> str:
     """UTC ISO 8601 with milliseconds and a Z, the form FIWARE and JSON Schema date-time accept.
@@ -150,33 +127,67 @@ def iso(ts: float) -> str:
             f".{ms % 1000:03d}Z")
 
 
-def new_batch_id() -> str:
-    return uuid.uuid4().hex
+# -- what flows into the writer -------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class Batch:
-    """Outbox items on their way to one uplink, each already stored as JSON text (see the schema).
+class SourceState:
+    """A radio source came up, went down, or is starting (for ``edgegw status``)."""
 
-    An uplink picks its wire format: :meth:`json` is edgegw's own versioned batch; FIWARE uplinks
-    take :meth:`items` and map them.
-    """
-
-    batch_id: str
-    gateway_id: str
-    bodies: list[str]
-
-    def json(self) -> bytes:
-        return batch_json(self.batch_id, self.gateway_id, self.bodies)
-
-    def items(self) -> list[dict[str, Any]]:
-        return [json.loads(b) for b in self.bodies]
+    source: str
+    state: str  # "starting" | "receiving" | "down" | "stopped"
+    detail: str = ""
+    wall: float = field(default_factory=time.time)
 
 
-def batch_json(batch_id: str, gateway_id: str, item_bodies: list[str], sent_at: float | None = None) -> bytes:
-    """Assemble a batch from items already stored as JSON text, without re-parsing them."""
-    head = json.dumps(
-        {"schema": BATCH_SCHEMA, "batch_id": batch_id, "gateway": gateway_id, "sent_at": iso(sent_at or time.time())},
-        separators=(",", ":"),
-    )
-    return (head[:-1] + ',"items":[' + ",".join(item_bodies) + "]}").encode()
+@dataclass(frozen=True, slots=True)
+class UplinkState:
+    """An uplink's state as its forwarder shows it (up, down, connecting, stalled, ...)."""
+
+    uplink: str
+    state: str
+    detail: str = ""
+    wall: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """An uplink acknowledged these outbox rows. Once the writer recorded it (or failed to), it tells
+    the uplink's forwarder, which may then send them again if it must."""
+
+    uplink: str
+    bit: int
+    seqs: list[int]
+    wall: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True, slots=True)
+class Park:
+    """An uplink refused this one outbox row for good: kept with the platform's error, not offered again."""
+
+    uplink: str
+    bit: int
+    seq: int
+    error: str
+    wall: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    """The gateway's health report (a batch item), built beside the writer, for the writer to queue."""
+
+    item: dict[str, Any]
+    wall: float
+
+
+# Everything the writer takes, dispatched once by its type (edgegw.writer.Writer).
+Event = Frame | Reject | SourceState | UplinkState | Ack | Park | HealthReport
+
+
+@dataclass(frozen=True, slots=True)
+class HandOver:
+    """Events for the writer, in the order they happened, committed together. ``committed`` (a
+    source's read turn) is set once the writer is done with them: the source reads again only then."""
+
+    events: Sequence[Event]
+    committed: threading.Event | None = None

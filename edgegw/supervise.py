@@ -34,7 +34,7 @@ class Stage:
     put things right (roll back a transaction, reload state).
     """
 
-    def __init__(self, name: str, target: Callable[[], None], stop: threading.Event,
+    def __init__(self, name: str, target: Callable[[], object], stop: threading.Event,
                  stale_after: float | None = None, on_crash: Callable[[Exception], None] | None = None):
         self.name, self.target, self.stop = name, target, stop
         self.stale_after, self.on_crash = stale_after, on_crash

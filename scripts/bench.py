@@ -37,10 +37,10 @@ import paho.mqtt.client as mqtt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edgegw.radio.emulator import RylrEmulator  # noqa: E402
-from edgegw.store import open_reader, pending_count  # noqa: E402
-from tests.broker import Mosquitto  # noqa: E402
-from tests.gateway import Daemon, Sender, fill_outbox, wait_until, write_config  # noqa: E402
+from edgegw.radio.emulator import RylrEmulator
+from edgegw.store import open_reader, pending_count
+from tests.broker import Mosquitto
+from tests.gateway import Daemon, Sender, fill_outbox, wait_until, write_config
 
 TICKS = os.sysconf("SC_CLK_TCK")
 ALARM_FRAMES = 40
@@ -228,8 +228,8 @@ def burst(daemon: Daemon, sender: Sender, n: int, committed: int) -> dict:
 
 
 def run(n: int, backlog: int) -> dict:
-    with tempfile.TemporaryDirectory(prefix="edgegw-bench-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="edgegw-bench-") as scratch:
+        tmp = Path(scratch)
         # Persistent, so the arrival clock's subscription survives the outages like a platform's would.
         (tmp / "mosquitto").mkdir()
         broker = Mosquitto(tmp / "mosquitto", persistence=True).start()

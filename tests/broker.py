@@ -98,7 +98,7 @@ def _current_user() -> str | None:
 
 
 # Brokers that are still running when the interpreter exits (e.g. a test forgot to stop one).
-_LIVE_BROKERS: "weakref.WeakSet[Mosquitto]" = weakref.WeakSet()
+_LIVE_BROKERS: weakref.WeakSet[Mosquitto] = weakref.WeakSet()
 
 
 @atexit.register
@@ -106,7 +106,7 @@ def _stop_leftover_brokers() -> None:
     for broker in list(_LIVE_BROKERS):
         try:
             broker.stop()
-        except Exception:  # noqa: BLE001 - best effort at interpreter exit
+        except Exception:
             pass
 
 
@@ -201,7 +201,7 @@ class Mosquitto:
             f"--- {self.output_path} ---\n{_tail(self.output_path, lines)}"
         )
 
-    def start(self) -> "Mosquitto":
+    def start(self) -> Mosquitto:
         """Start the broker and wait until it accepts TCP connections. No-op if running."""
         if self.running:
             return self
@@ -259,12 +259,12 @@ class Mosquitto:
         proc.wait()
         _LIVE_BROKERS.discard(self)
 
-    def restart(self) -> "Mosquitto":
+    def restart(self) -> Mosquitto:
         """Stop (if running) and start again on the same port."""
         self.stop()
         return self.start()
 
-    def __enter__(self) -> "Mosquitto":
+    def __enter__(self) -> Mosquitto:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -502,7 +502,7 @@ class Subscriber:
         finally:
             self.client.loop_stop()
 
-    def __enter__(self) -> "Subscriber":
+    def __enter__(self) -> Subscriber:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -20,8 +20,8 @@ from typing import Any
 
 from edgegw.drivers import load_drivers
 from edgegw.envelope import seal
-from edgegw.radio.emulator import RylrEmulator
 from edgegw.model import Reading, boot_id
+from edgegw.radio.emulator import RylrEmulator
 from edgegw.store import Store, status
 
 DRIVERS = load_drivers()

@@ -7,6 +7,7 @@ import sys
 import threading
 
 from edgegw.config import CommandAction, MqttAction
+from edgegw.items import alarm_item
 from edgegw.model import Alarm
 from edgegw.rules.actions import ActionRunner
 from tests.broker import Subscriber
@@ -64,7 +65,7 @@ def test_command_gets_the_alarm_on_stdin_and_key_fields_in_the_environment(tmp_p
     finally:
         stop(runner, thread)
     assert run["argv"] == ["x; rm -rf /"]
-    assert run["alarm"] == json.loads(json.dumps(alarm().item()))
+    assert run["alarm"] == json.loads(json.dumps(alarm_item(alarm())))
     assert run["env"] == {
         "EDGEGW_GATEWAY": "gw-1", "EDGEGW_ALARM": "trap_sprung", "EDGEGW_ALARM_ID": "trap-01:0:0:trap:trap_sprung",
         "EDGEGW_SEVERITY": "high", "EDGEGW_DEVICE": "trap-01", "EDGEGW_DEVICE_NAME": "Shrine box trap",

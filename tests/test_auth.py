@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -215,7 +215,7 @@ def test_the_counter_is_committed_with_the_reading_or_not_at_all(tmp_path, keys_
 
 
 def test_a_rollout_window_accepts_plain_frames_until_it_ends(tmp_path, keys_file):
-    until = datetime(2027, 3, 31, 23, 59, 59, tzinfo=timezone.utc)
+    until = datetime(2027, 3, 31, 23, 59, 59, tzinfo=UTC)
     gw = Gateway(tmp_path / "gw.db", config({"accept_plain_until": until}, keys_file))
     before, after = plain(wall=until.timestamp() - 60), plain("armed", wall=until.timestamp() + 60)
     results = gw.hear(before, sealed(1, "armed"), after)

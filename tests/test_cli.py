@@ -13,7 +13,8 @@ from textwrap import dedent
 import pytest
 from click.testing import CliRunner
 
-from edgegw.cli import EXIT_CONFIG, cli
+from edgegw.cli import cli
+from edgegw.cli.common import EXIT_CONFIG
 from tests.test_config import THREE_MISTAKE_PROBLEMS as BROKEN_PROBLEMS
 from tests.test_config import THREE_MISTAKES
 

@@ -15,8 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edgegw.clock import STEP, ClockWatch
-from edgegw.radio.emulator import RylrEmulator
 from edgegw.model import Reading
+from edgegw.radio.emulator import RylrEmulator
 from edgegw.store import Store
 from tests.broker import Subscriber
 from tests.gateway import Daemon, Sender, wait_until, write_config

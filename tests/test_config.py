@@ -529,7 +529,10 @@ def test_unknown_source_type(tmp_path):
         name = "lora0"
         port = "/dev/spidev0.0"
         '''))
-    assert problems_of(path) == ["sources[0].type: Input should be 'rylr' (got 'sx1276')"]
+    # Several source types now: the message lists them all, as for uplinks.
+    from edgegw.radio.registry import SOURCE_TYPES
+    assert problems_of(path) == [f"sources[0]: unknown type 'sx1276'; expected one of: "
+                                 f"{', '.join(map(repr, SOURCE_TYPES))}"]
 
 
 def test_unknown_bandwidth(tmp_path):

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgegw.dbfile import FRAME_HEADER, WAL_HEADER, check_wal
-from edgegw.model import BATCH_SCHEMA_FILE
+from edgegw.items import BATCH_SCHEMA_FILE
 from tests.broker import Subscriber
 from tests.gateway import Daemon, Sender, wait_until, write_config
 
@@ -240,17 +240,17 @@ def test_a_data_dir_that_cannot_be_written_exits_4_with_one_line(tmp_path, emula
 
 def test_an_unfinished_transaction_is_noted_but_raises_no_alarm(tmp_path):
     from edgegw.dbfile import Incident, record
-    from edgegw.store import Store, health, status
+    from edgegw.store import Store, health_counts, status
 
     store = Store(tmp_path / "edgegw.db")
     bits = store.register_uplinks(["broker"])
     tail = Incident("wal", "frames 7-8 are not followed by a commit", "edgegw.db.wal-damaged-x-wal", 1.0, 2, 0, False)
     lost = Incident("wal", "frame 5: its checksum does not match", "edgegw.db.wal-damaged-y-wal", 2.0, 9, 3)
     assert record(store, [tail], "gw", bits["broker"]) == []
-    assert health(store.path, "gw", "v", 1.0, bits, 3.0)["database_damage"] is None
+    assert health_counts(store.path, bits, 3.0)["database_damage"] is None
     (alarm,) = record(store, [lost], "gw", bits["broker"])
     assert alarm.kind == "database_damaged" and alarm.details["commits"] == 3
-    assert health(store.path, "gw", "v", 1.0, bits, 3.0)["database_damage"]["kept_as"] == lost.kept_as
+    assert health_counts(store.path, bits, 3.0)["database_damage"]["kept_as"] == lost.kept_as
     assert [(d["kept_as"], d["lost"]) for d in status(store.path)["damage"]] == [(lost.kept_as, 1), (tail.kept_as, 0)]
     store.close()
 

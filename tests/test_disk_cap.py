@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgegw.model import PRIORITY_ALARM
-from edgegw.store import CAP_LOW_WATER, Store, status
+from edgegw.store import Store, status
+from edgegw.store.housekeeping import CAP_LOW_WATER
 
 CAP = 2_000_000
 BODY = json.dumps({"type": "reading", "pad": "x" * 300})

@@ -19,8 +19,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from edgegw.model import BATCH_SCHEMA_FILE, Alarm
-from edgegw.store import RESERVE_BYTES, Store, disk_usage, status
+from edgegw.items import BATCH_SCHEMA_FILE
+from edgegw.model import Alarm
+from edgegw.store import Store, disk_usage, status
+from edgegw.store.housekeeping import RESERVE_BYTES
 
 BODY = json.dumps({"type": "reading", "pad": "x" * 300})
 VALIDATOR = jsonschema.Draft202012Validator(json.loads(BATCH_SCHEMA_FILE.read_text()))
@@ -354,7 +356,7 @@ def test_with_only_alarms_left_the_daemon_waits_says_disk_full_and_commits_once_
                 break  # every reading went, and the alarms wait for room
         else:
             raise AssertionError("the writer never had to wait with only alarms left")
-        text, st = wait_until(lambda: (r := cli_status(config))[1]["disk"]["state"] == "full" and r, 30,
+        text, _ = wait_until(lambda: (r := cli_status(config))[1]["disk"]["state"] == "full" and r, 30,
                               "status saying the disk is full")
         assert "DISK FULL since" in text and "disk     FULL" in text
         assert kinds()["alarm"] > 0 and not kinds().get("reading")  # every reading went; no alarm did

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from edgegw.config import FileUplink
+from edgegw.items import Batch
 from edgegw.log import Throttle
-from edgegw.model import Batch
 from edgegw.uplink.file import FileWriterUplink
 
 

@@ -27,7 +27,8 @@ from geojson_pydantic import Point
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgegw.model import BATCH_SCHEMA_FILE, Reading
+from edgegw.items import BATCH_SCHEMA_FILE
+from edgegw.model import Reading
 from edgegw.store import Store
 from edgegw.uplink.fiware import (
     SDM_CONTEXTS,

@@ -13,8 +13,10 @@ from pathlib import Path
 
 from edgegw.errors import TransientUplinkError
 from edgegw.forwarder import Ack, Forwarder
-from edgegw.model import Batch, Reading, boot_id
+from edgegw.items import Batch
+from edgegw.model import Reading, boot_id
 from edgegw.store import Store, open_reader
+from edgegw.store.queue import batch_items
 from tests.gateway import wait_until
 
 
@@ -65,12 +67,12 @@ def forward(tmp_path: Path, readings: int, outcomes: list[Exception | None], max
     def record(event) -> None:
         if isinstance(event, Ack) and lost[0]:
             lost[0] -= 1
-            event.committed()
+            forwarder.recorded(event.seqs)
         elif isinstance(event, Ack):
             store.begin()
             store.acked(event.bit, event.seqs, event.wall)
             store.commit()
-            event.committed()
+            forwarder.recorded(event.seqs)
 
     uplink = ScriptedUplink(outcomes)
     forwarder = Forwarder(uplink, bit, store.path, "gw", max_items, 1 << 20, 1, record)
@@ -126,7 +128,7 @@ def test_a_writer_behind_on_acks_holds_the_forwarder_back(tmp_path):
             store.begin()
             store.acked(ack.bit, ack.seqs, ack.wall)
             store.commit()
-            ack.committed()
+            forwarder.recorded(ack.seqs)
         return not store.conn.execute("SELECT count(*) FROM outbox_items WHERE pending != 0").fetchone()[0]
 
     try:
@@ -156,7 +158,7 @@ def test_a_batchs_items_come_out_whole_in_the_order_asked_whatever_their_values_
     store.add_item("alarm:1", "alarm", 2, "d", 2e9, 0.0, "boot", None, json.dumps({"message": "x\x1ey\n"}), bit, 2e9)
     store.commit()
     reader = open_reader(store.path)
-    items = Forwarder._items(reader, [seqs[2], 4, seqs[0], 999, seqs[1]])
+    items = batch_items(reader, [seqs[2], 4, seqs[0], 999, seqs[1]])
     reader.close()
     assert list(items) == [seqs[2], 4, seqs[0], seqs[1]]
     assert [json.loads(body).get("values") for body in items.values()] == [values, None, values, values]

@@ -8,7 +8,7 @@ import sqlite3
 import jsonschema
 
 from edgegw import __version__
-from edgegw.model import BATCH_SCHEMA_FILE
+from edgegw.items import BATCH_SCHEMA_FILE
 from edgegw.radio.emulator import RylrEmulator
 from tests.broker import Subscriber
 from tests.gateway import Daemon, Sender, wait_until, write_config

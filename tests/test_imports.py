@@ -25,3 +25,9 @@ def test_the_daemon_does_not_load_dnspython_or_sqlite_utils_or_cryptography_befo
 def test_a_hidden_extra_can_still_be_imported_afterwards():
     pytest.importorskip("dns")  # the test tools bring dnspython; a field install may not have it
     assert run_python("import edgegw.uplink.mqtt, dns.resolver; print(dns.resolver.__name__)") == "dns.resolver"
+
+
+def test_the_command_loads_no_daemon_radio_uplink_or_sqlite_utils_before_a_command_needs_them():
+    loaded = run_python("import sys, edgegw.cli; print(sorted(m for m in ('edgegw.daemon', 'edgegw.writer', 'serial',"
+                        " 'paho', 'sqlite_utils', 'edgegw.store', 'edgegw.radio') if m in sys.modules))")
+    assert loaded == "[]"

@@ -16,7 +16,7 @@ import pytest
 
 from edgegw.config import Device, IotaJsonHttpUplink, IotaUlHttpUplink
 from edgegw.errors import PermanentUplinkError, TransientUplinkError
-from edgegw.model import Batch
+from edgegw.items import Batch
 from edgegw.uplink.iota_http import IotAgentHttpUplink
 from tests.context_broker import ContextBroker, context_broker  # noqa: F401
 from tests.iot_agent import IotAgent, iot_agent  # noqa: F401

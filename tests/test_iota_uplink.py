@@ -15,7 +15,7 @@ import pytest
 
 from edgegw.config import Device, IotaJsonUplink, IotaUlUplink, MqttUplink
 from edgegw.errors import TransientUplinkError
-from edgegw.model import Batch
+from edgegw.items import Batch
 from edgegw.uplink.fiware import ITEM_MEASURE_PREFIXES, ITEM_MEASURES, FiwareMapping, iota_json
 from edgegw.uplink.iota import IotAgentMqttUplink
 from edgegw.uplink.mqtt import MqttBatchUplink

@@ -22,7 +22,7 @@ import pytest
 
 from edgegw.config import Device, NgsiLdUplink, NgsiV2Uplink
 from edgegw.errors import PermanentUplinkError, TransientUplinkError, UplinkError
-from edgegw.model import Batch
+from edgegw.items import Batch
 from edgegw.uplink.ngsi import MAX_REQUEST_BYTES, NgsiUplink, classify, retry_after_seconds
 from tests.broker import free_port
 from tests.context_broker import ContextBroker, context_broker  # noqa: F401

@@ -6,6 +6,7 @@ registered, items added, acks and parkings recorded), and read back through the 
 
 from __future__ import annotations
 
+import csv
 import json
 import sqlite3
 import tempfile
@@ -212,6 +213,32 @@ def test_list_pending_in_the_order_the_forwarder_sends(runner, site):
 
     only_mqtt = json.loads(site.run(runner, "list", "--pending", "--uplink", "mqtt", "--json").stdout)
     assert "river-03:0:4" not in [r["item_id"] for r in only_mqtt] and len(only_mqtt) == 4
+
+
+def test_export_streams_every_matching_row_with_its_batch_item_as_json_lines(runner, site):
+    result = site.run(runner, "export", "--pending")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["item_id"] for r in rows] == sorted(["trap-01:0:6:sprung", "gw:health:1", "river-03:0:4", "trap-01:0:5",
+                                                   "trap-01:0:6"], key=site.seq.get)  # seq order, not send order
+    four = next(r for r in rows if r["item_id"] == "river-03:0:4")
+    assert four["pending"] == "orion" and four["item"]["values"] == {"level": 2612}
+    delivered = [json.loads(line)["item_id"] for line in site.run(runner, "export", "--delivered").stdout.splitlines()]
+    assert "river-03:0:1" in delivered and "river-03:0:4" not in delivered
+    only_mqtt = site.run(runner, "export", "--pending", "--uplink", "mqtt", "--kind", "reading").stdout.splitlines()
+    assert [json.loads(line)["item_id"] for line in only_mqtt] == ["trap-01:0:5", "trap-01:0:6"]
+
+
+def test_export_as_csv_to_a_file(runner, site, tmp_path):
+    out = tmp_path / "backlog.csv"
+    result = site.run(runner, "export", "--pending", "--format", "csv", "-o", str(out))
+    assert result.exit_code == 0 and result.stdout == ""
+    rows = list(csv.DictReader(out.open(encoding="utf-8")))
+    assert len(rows) == 5 and list(rows[0]) == ["seq", "item_id", "kind", "priority", "device_id", "observed_at",
+                                                "accepted_at", "delivered_at", "pending", "item"]
+    alarm = next(r for r in rows if r["kind"] == "alarm")
+    assert json.loads(alarm["item"])["id"] == "trap-01:0:6:sprung" and alarm["pending"] == "mqtt,orion"
+    assert site.run(runner, "export", "--uplink", "nowhere").stderr.startswith("Error: unknown uplink 'nowhere'")
 
 
 def test_list_pending_text_and_limit(runner, site):
@@ -649,7 +676,7 @@ def test_writes_use_the_daemons_pragmas(runner, tmp_path, monkeypatch, synchrono
     config = write_config(tmp_path, synchronous)
     Store(tmp_path / "state" / "edgegw.db").close()
     seen = []
-    real = edgegw.outbox._connect
+    real = edgegw.outbox.connect
 
     def connect(*args, **kwargs):
         conn = real(*args, **kwargs)
@@ -657,7 +684,7 @@ def test_writes_use_the_daemons_pragmas(runner, tmp_path, monkeypatch, synchrono
                                                                          "busy_timeout")])
         return conn
 
-    monkeypatch.setattr(edgegw.outbox, "_connect", connect)
+    monkeypatch.setattr(edgegw.outbox, "connect", connect)
     result = runner.invoke(cli, ["outbox", "retry", "--all-parked", "-c", str(config)])
     assert result.stderr == "Error: nothing is parked\n"
     assert len(seen) == 1

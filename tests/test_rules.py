@@ -14,7 +14,8 @@ from structlog.testing import capture_logs
 
 from edgegw.config import Config
 from edgegw.drivers import load_drivers
-from edgegw.model import BATCH_SCHEMA_FILE, Alarm, Reading
+from edgegw.items import BATCH_SCHEMA_FILE, alarm_item
+from edgegw.model import Alarm, Reading
 from edgegw.rules import RuleEngine
 from edgegw.store import Store
 
@@ -49,7 +50,7 @@ class Rig:
         self.path, self.cfg = path, cfg
         self.ahead = ahead  # how far the gateway's wall clock runs ahead of the true time (the monotonic clock's)
         self.store = Store(path)
-        self.engine = RuleEngine(cfg, DRIVERS, self.store.conn, now, self.mono(now))
+        self.engine = RuleEngine(cfg, DRIVERS, self.store, now, self.mono(now))
         self.alarms: list[Alarm] = []
         self.counter = 0
 
@@ -79,7 +80,7 @@ class Rig:
     def restart(self, now: float) -> None:
         self.store.close()
         self.store = Store(self.path)
-        self.engine = RuleEngine(self.cfg, DRIVERS, self.store.conn, now, self.mono(now))
+        self.engine = RuleEngine(self.cfg, DRIVERS, self.store, now, self.mono(now))
 
     def kinds(self, prefix: str = "") -> list[str]:
         return [a.kind for a in self.alarms if a.kind.startswith(prefix)]
@@ -111,7 +112,7 @@ def test_trap_sprung_raises_once_with_device_location_and_first_frame_time(rig):
     assert (alarm.severity, alarm.device_id, alarm.location, alarm.raised_at) == ("high", "trap-01", (35.98, 138.15), T0 + 60)
     assert alarm.name == "Shrine box trap" and "Shrine box trap" in alarm.message and not alarm.late
     BATCH.validate({"schema": "edgegw.batch/1", "batch_id": "b" * 32, "gateway": "gw", "sent_at": "2026-01-01T00:00:00Z",
-                    "items": [alarm.item()]})
+                    "items": [alarm_item(alarm)]})
 
 
 def test_reminders_until_rearmed_then_rearmed_closes_the_alarm(rig):
@@ -226,7 +227,7 @@ def _signal(seed: int, n: int) -> list[tuple[str, dict, float]]:
     return out
 
 
-RULES_ALL = RIVER + [{"type": "water_level", "name": "rise", "devices": ["river-01"],
+RULES_ALL = [*RIVER, {"type": "water_level", "name": "rise", "devices": ["river-01"],
                       "rise": {"amount": 500, "within": "5m"}}]
 
 
@@ -278,7 +279,7 @@ def test_restarting_at_any_point_gives_the_same_alarms(tmp_path_factory, seed, n
 def test_a_reading_observed_long_ago_raises_a_late_alarm_and_skips_local_actions_by_default(rig):
     rig.read("trap-01", trap("armed"), T0)
     (alarm,) = rig.read("trap-01", trap("sprung"), T0 + 60, now=T0 + 3 * 3600)
-    assert alarm.late and alarm.item()["late"] is True
+    assert alarm.late and alarm_item(alarm)["late"] is True
 
 
 def test_a_reading_older_than_one_already_evaluated_is_skipped_not_allowed_to_rearm(rig):
@@ -402,7 +403,7 @@ def test_reminders_keep_their_count_across_a_step_back(tmp_path):
         rig.tick(T0 + DAY + 60 * minute)
     assert rig.kinds("trap") == ["trap_sprung", "trap_reminder", "trap_reminder"]
     rig.ahead = 0.0
-    for minute in range(0, 125):  # two hours on the true clock
+    for minute in range(125):  # two hours on the true clock
         rig.tick(T0 + 60 * minute)
     reminders = [a for a in rig.alarms if a.kind == "trap_reminder"]
     assert [a.details["reminder"] for a in reminders] == [1, 2, 3, 4]
@@ -414,7 +415,7 @@ def test_silence_is_told_on_the_true_clock_after_a_step_back(tmp_path):
     rig.read("trap-01", trap("armed"), T0 + DAY)
     rig.read("river-01", level(1000), T0 + DAY)
     rig.ahead = 0.0
-    for minute in range(0, 40):  # the trap falls silent at the step; the river keeps reporting
+    for minute in range(40):  # the trap falls silent at the step; the river keeps reporting
         rig.tick(T0 + 60 * minute)
         if minute % 5 == 0:
             rig.read("river-01", level(1000), T0 + 60 * minute)

@@ -25,7 +25,7 @@ from edgegw.config import RylrSource
 from edgegw.errors import ModuleError
 from edgegw.model import Frame, Reject
 from edgegw.radio import ReadTurn, SourceState
-from edgegw.radio import rylr
+from edgegw.radio import rylr, serial_line
 from edgegw.radio.emulator import RylrEmulator
 from tests.gateway import committed_into, wait_until
 from edgegw.radio.rylr import ERRORS, MAX_LINE, LineReader, RylrRadio, parse_rcv
@@ -661,7 +661,7 @@ def test_a_module_that_keeps_resetting_backs_off_instead_of_spinning(scripted, s
 
 
 def test_command_times_out_on_silence(scripted, host, monkeypatch):
-    monkeypatch.setattr(rylr, "COMMAND_TIMEOUT", 0.3)
+    monkeypatch.setattr(serial_line, "COMMAND_TIMEOUT", 0.3)  # the base reads it, for every line module
     port, lines = host
     scripted.replies["AT"] = ""
     radio = RylrRadio(source(), str(scripted.link))

@@ -14,6 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import edgegw.store
+import edgegw.store.schema
+import edgegw.store.states
 from edgegw.cli import cli
 from edgegw.errors import StoreError
 from edgegw.model import Reading, iso
@@ -125,7 +127,7 @@ def test_a_conversion_the_disk_has_no_room_for_is_refused_before_it_writes_anyth
     old.close()
     # A full SD card cannot be made here: the one question the store asks the OS gets a full one's answer.
     full = type(shutil.disk_usage(tmp_path))(total=2**30, used=2**30, free=0)
-    monkeypatch.setattr(edgegw.store.shutil, "disk_usage", lambda _: full)
+    monkeypatch.setattr(edgegw.store.schema.shutil, "disk_usage", lambda _: full)
     with pytest.raises(StoreError, match=r"needs about \d+ MB free on that filesystem; 0 MB is free"):
         Store(path)
     result = CliRunner().invoke(cli, ["run", "-c", str(config)])
@@ -295,7 +297,7 @@ def test_the_counts_status_shows_are_written_every_so_often_and_at_close_not_in_
     store.close()
     assert counts()[0] == (7, 120.0)
 
-    monkeypatch.setattr(edgegw.store, "COUNTS_EVERY", 0.0)
+    monkeypatch.setattr(edgegw.store.states, "COUNTS_EVERY", 0.0)
     store = Store(path)
     store.begin()
     store.frame_heard("lora0", 125.0)

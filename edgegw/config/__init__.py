@@ -61,6 +61,7 @@ from edgegw.config.uplinks import (
     entity_type_problems,
 )
 from edgegw.drivers import DriverRegistry, load_drivers
+from edgegw.radio.registry import PLUGIN_PROBLEMS, SOURCE_TYPES, source_problems
 from edgegw.errors import ConfigError, DriverLoadError
 
 __all__ = [
@@ -206,7 +207,7 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
     for i, part in enumerate(loc):
         if isinstance(part, int):
             out += f"[{part}]"
-        elif (i and isinstance(loc[i - 1], int) and part in ("rylr", *UPLINK_TYPES, *RULE_DEFAULTS, "command")) \
+        elif (i and isinstance(loc[i - 1], int) and part in (*SOURCE_TYPES, *UPLINK_TYPES, *RULE_DEFAULTS, "command")) \
                 or part.startswith("function-"):
             continue  # discriminator tags (right after a list index) and validator names are pydantic's
         else:
@@ -235,7 +236,8 @@ def _describe(err: dict[str, Any]) -> list[str]:
     elif err["type"] == "missing":
         msg = "required key is missing" + _MISSING_HINTS.get(str(err["loc"][-1]), "")
     elif err["type"] == "union_tag_not_found":
-        tags = {"rules": tuple(RULE_DEFAULTS), "actions": ("command", "mqtt")}.get(str(err["loc"][0]), UPLINK_TYPES)
+        tags = {"rules": tuple(RULE_DEFAULTS), "actions": ("command", "mqtt"),
+                "sources": tuple(SOURCE_TYPES)}.get(str(err["loc"][0]), UPLINK_TYPES)
         return [f"{path}.type: required key is missing; expected one of: {', '.join(map(repr, tags))}"]
     elif err["type"] == "union_tag_invalid":
         msg = f"unknown type {err['input'].get('type')!r}; expected one of: {err['ctx']['expected_tags']}"
@@ -301,7 +303,7 @@ def load_config(path: str | Path, keys: bool = True) -> tuple[Config, DriverRegi
         raise ConfigError(name, _dedupe(problems)) from None
     problems += rule_problems(*(raw.get(k) if isinstance(raw.get(k), list) else []
                                 for k in ("rules", "actions", "devices")), registry)
-    problems += _field_problems(base, config.sources)
+    problems += _field_problems(base, config.sources) + source_problems(config.sources) + PLUGIN_PROBLEMS
     keys_file = _resolve(base, config.keys_file)
     problems += _key_problems(keys_file, config.devices) if keys else []
     if problems:
@@ -312,20 +314,21 @@ def load_config(path: str | Path, keys: bool = True) -> tuple[Config, DriverRegi
         "data_dir": _resolve(base, config.data_dir),
         "drivers_dir": drivers_dir,
         "keys_file": keys_file,
-        "sources": [s.model_copy(update={"simulate": _resolve(base, s.simulate)}) for s in config.sources],
+        "sources": [s.model_copy(update={"simulate": _resolve(base, s.simulate)}) if getattr(s, "simulate", None)
+                    else s for s in config.sources],
         "uplinks": [_resolve_uplink(base, u) for u in config.uplinks],
     })
     return config, registry
 
 
-def _field_problems(base: Path, sources: list[RylrSource]) -> list[str]:
+def _field_problems(base: Path, sources: list[Source]) -> list[str]:
     """A simulated source's field file, checked now: found missing only by ``edgegw run``, it stopped
     the daemon with a traceback after ``edgegw config check`` had said OK."""
     from edgegw.radio.field import load_field  # the field module builds on this one
 
     problems = []
     for i, source in enumerate(sources):
-        if source.simulate is not None:
+        if getattr(source, "simulate", None) is not None:  # SPI radios have no pty to emulate
             try:
                 load_field(_resolve(base, source.simulate))
             except ConfigError as exc:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, Union
 
 from pydantic import (
     AwareDatetime,
@@ -17,47 +16,13 @@ from edgegw.config.base import Duration, _Section
 from edgegw.drivers import DriverRegistry, LayoutDriver, LayoutField
 
 # -- radio sources ----------------------------------------------------------------------------------
+# Each source type's config model lives beside its code (edgegw/radio/<family>.py); the registry
+# collects the bundled ones and the plugins' into the union the [[sources]] entries are checked against.
 
-RYLR_BANDWIDTH_CODES = {7.8: 0, 10.4: 1, 15.6: 2, 20.8: 3, 31.25: 4, 41.7: 5, 62.5: 6, 125: 7, 250: 8, 500: 9}
+from edgegw.radio.registry import SOURCE_TYPES  # noqa: E402  (after the shared imports: the families import them)
+from edgegw.radio.rylr import RYLR_BANDWIDTH_CODES, RylrSource  # noqa: E402,F401  (kept importable from here)
 
-
-class RylrSource(_Section):
-    """A REYAX RYLR896/RYLR998 module on a serial port (AT commands)."""
-
-    type: Literal["rylr"]
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    port: str | None = Field(None, description="serial device, e.g. /dev/ttyUSB0 or /dev/serial/by-id/...")
-    simulate: Path | None = Field(None, description="field file: emulate the module on a pty instead of a port")
-    baudrate: int = 115200
-    address: int = Field(1, ge=0, le=65535)
-    network_id: int = Field(18, ge=0, le=18)
-    band: int = Field(920_600_000, ge=862_000_000, le=1_020_000_000, description="Hz")
-    spreading_factor: int = Field(9, ge=7, le=12)
-    bandwidth_khz: float = 125
-    coding_rate: int = Field(1, ge=1, le=4)
-    preamble: int = Field(12, ge=4, le=24)
-    cpin: str | None = Field(None, pattern=r"^[0-9A-Fa-f]{8}([0-9A-Fa-f]{24})?$")
-    payload_encoding: Literal["hex", "base64", "text"] = "hex"
-
-    @field_validator("bandwidth_khz")
-    @classmethod
-    def _known_bandwidth(cls, v: float) -> float:
-        if v not in RYLR_BANDWIDTH_CODES:
-            raise ValueError(f"expected one of {sorted(RYLR_BANDWIDTH_CODES)} kHz")
-        return v
-
-    @model_validator(mode="after")
-    def _port_or_simulate(self) -> RylrSource:
-        if (self.port is None) == (self.simulate is None):
-            raise ValueError("set exactly one of port (a real module) or simulate (a field file for the emulator)")
-        return self
-
-    def at_parameter(self) -> str:
-        """The AT+PARAMETER argument: SF, bandwidth code, coding rate, preamble."""
-        return f"{self.spreading_factor},{RYLR_BANDWIDTH_CODES[self.bandwidth_khz]},{self.coding_rate},{self.preamble}"
-
-
-Source = RylrSource  # one module family so far; later families join a discriminated union on `type`
+Source = Annotated[Union[tuple(t.config for t in SOURCE_TYPES.values())], Field(discriminator="type")]  # noqa: UP007
 
 
 # -- devices and layouts ----------------------------------------------------------------------------

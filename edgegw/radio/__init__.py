@@ -15,21 +15,11 @@ bounds what a crash loses to one read turn.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Protocol
 
-from edgegw.model import Frame, Reject
-
-
-@dataclass(frozen=True, slots=True)
-class SourceState:
-    source: str
-    state: str  # "starting" | "receiving" | "down"
-    detail: str = ""
-    wall: float = field(default_factory=time.time)
+from edgegw.model import Frame, Reject, SourceState
 
 
 Emit = Callable[[list[Frame | Reject | SourceState]], threading.Event]
@@ -96,3 +86,9 @@ class ReadTurn:
             with self._cond:
                 self._writing = False
                 self._cond.notify_all()
+
+
+# The source families' config models build on edgegw.config.base, and edgegw.config collects them
+# into its [[sources]] union: importing edgegw.config here, once this package is whole, makes the
+# order the same whichever of the two packages a program imports first.
+import edgegw.config  # noqa: E402,F401

@@ -60,12 +60,14 @@ def _valid_parameter(v: str) -> bool:
 
 
 @dataclass
-class RylrEmulator:
-    """An RYLR998-like module behind a pty whose slave is reachable at ``link``."""
+class PtyModule:
+    """A serial module behind a pty whose slave is reachable at ``link``; subclasses answer its commands.
+
+    A subclass implements :meth:`answer` (one command line in, the reply lines out), :meth:`power_on`
+    (the settings a freshly powered module has) and sets ``banner`` (what it says at power-up, if anything).
+    """
 
     link: Path
-    air: Air = field(default_factory=Air)
-    settings: ModuleSettings = field(default_factory=ModuleSettings)
     commands: list[str] = field(default_factory=list)
     written: int = 0
     dropped: int = 0
@@ -77,6 +79,7 @@ class RylrEmulator:
         self._slave: int | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._inbuf = b""  # host bytes not yet making a command
 
     # -- the port -------------------------------------------------------------------------------
 
@@ -91,16 +94,24 @@ class RylrEmulator:
         tmp.replace(self.link)
         with self._lock:
             self._master, self._slave = master, slave
-        self.settings = ModuleSettings()  # a freshly powered module has its defaults
+        self.power_on()
+        self._inbuf = b""
         self._stop.clear()
         self._thread = threading.Thread(target=self._serve, name=f"emulator:{self.link.name}", daemon=True)
         self._thread.start()
-        self._write("+READY")
+        if self.banner:
+            self._write(self.banner)
+
+    banner = ""  # what the module writes at power-up and after a reset
+
+    def power_on(self) -> None:
+        """Take the settings a freshly powered module has."""
 
     def reset(self) -> None:
-        """The module restarts on its own (a brown-out, a watchdog): power-on settings, and +READY."""
-        self.settings = ModuleSettings()
-        self._write("+READY")
+        """The module restarts on its own (a brown-out, a watchdog): power-on settings, and its banner."""
+        self.power_on()
+        if self.banner:
+            self._write(self.banner)
 
     def unplug(self) -> None:
         """Close the pty (the gateway's reads fail as with a pulled USB plug) and remove ``link``."""
@@ -145,28 +156,15 @@ class RylrEmulator:
                 os.set_blocking(slave, True)
             return bytes(out)
 
-    @property
-    def configured(self) -> bool:
-        """True while the gateway's settings let this module hear the field."""
-        s = self.settings
-        return (s.band, s.parameter, s.network_id, s.mode) == (self.air.band, self.air.parameter,
-                                                               self.air.network_id, "0")
-
-    # -- the air --------------------------------------------------------------------------------
-
-    def receive(self, address: int, data: str, rssi: int = -60, snr: float = 9) -> bool:
-        """A frame arrives over the air; True if the module passed it to the host."""
-        if not self.configured:
-            return False
-        snr_text = f"{snr:g}"
-        return self.write_line(f"+RCV={address},{len(data)},{data},{rssi},{snr_text}")
-
     def write_line(self, text: str) -> bool:
         """Write any line to the host (tests use this for garbage). False if the host is not reading."""
         return self._write(text)
 
     def _write(self, text: str) -> bool:
-        data = text.encode("latin-1") + b"\r\n"
+        return self.write_bytes(text.encode("latin-1") + b"\r\n")
+
+    def write_bytes(self, data: bytes) -> bool:
+        """Write raw bytes to the host. False if the host is not reading (or the port is gone)."""
         deadline = time.monotonic() + 1.0
         with self._lock:
             while data:
@@ -186,10 +184,9 @@ class RylrEmulator:
             self.written += 1
             return True
 
-    # -- AT commands ----------------------------------------------------------------------------
+    # -- commands ----------------------------------------------------------------------------
 
     def _serve(self) -> None:
-        buf = b""
         while not self._stop.is_set():
             master = self._master
             if master is None:
@@ -202,12 +199,50 @@ class RylrEmulator:
             except OSError:  # EIO while nobody has the slave open; keep serving
                 time.sleep(0.05)
                 continue
-            buf += chunk
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                reply = self.answer(line.rstrip(b"\r").decode("latin-1"))
-                if reply:
-                    self._write(reply)
+            self.take(chunk)
+
+    def take(self, chunk: bytes) -> None:
+        """Bytes from the host: here, command lines, each answered (a binary module overrides this)."""
+        self._inbuf += chunk
+        while b"\n" in self._inbuf:
+            line, self._inbuf = self._inbuf.split(b"\n", 1)
+            reply = self.answer(line.rstrip(b"\r").decode("latin-1"))
+            if reply:
+                self._write(reply)
+
+    def answer(self, cmd: str) -> str:
+        """The module's reply to one command line (several lines joined by \\r\\n; "" for none)."""
+        raise NotImplementedError
+
+
+@dataclass
+class RylrEmulator(PtyModule):
+    """An RYLR998-like module behind a pty whose slave is reachable at ``link``."""
+
+    air: Air = field(default_factory=Air)
+    settings: ModuleSettings = field(default_factory=ModuleSettings)
+    banner = "+READY"
+
+    def power_on(self) -> None:
+        self.settings = ModuleSettings()  # a freshly powered module has its defaults
+
+    @property
+    def configured(self) -> bool:
+        """True while the gateway's settings let this module hear the field."""
+        s = self.settings
+        return (s.band, s.parameter, s.network_id, s.mode) == (self.air.band, self.air.parameter,
+                                                               self.air.network_id, "0")
+
+    # -- the air --------------------------------------------------------------------------------
+
+    def receive(self, address: int, data: str, rssi: int = -60, snr: float = 9) -> bool:
+        """A frame arrives over the air; True if the module passed it to the host."""
+        if not self.configured:
+            return False
+        snr_text = f"{snr:g}"
+        return self.write_line(f"+RCV={address},{len(data)},{data},{rssi},{snr_text}")
+
+    # -- AT commands --------------------------------------------------------------------------
 
     def answer(self, cmd: str) -> str:
         """The module's reply to one command line."""

@@ -164,8 +164,8 @@ class VirtualField:
             raise ConfigError("field", [f"devices: unknown driver(s) {unknown}; known: {self.drivers.names()}"])
         self.devices = [VirtualDevice(d, self.drivers[d.driver], key=self.keys.get(d.address))
                         for d in self.spec.devices]
-        if self.spec.air is not None:
-            self.emulator.air = self.spec.air
+        if self.spec.air is not None and isinstance(getattr(self.emulator, "air", None), Air):
+            self.emulator.air = self.spec.air  # [air] is an RYLR's; other modules hear what their config says
 
     def transmit(self, device: VirtualDevice, t: float) -> None:
         """Encode the device's current values and put the frame on the air (with faults, if configured)."""

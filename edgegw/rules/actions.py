@@ -18,15 +18,20 @@ import subprocess
 import threading
 import time
 from collections import deque
+from typing import TYPE_CHECKING
 
 import structlog
 
 from edgegw.config import CommandAction, MqttAction
 from edgegw.imports import import_without
+from edgegw.items import alarm_item
 from edgegw.log import Throttle
-from edgegw.model import SEVERITIES, Alarm
+from edgegw.model import SEVERITIES, Alarm, iso
 
-mqtt = import_without("paho.mqtt.client", "dns")
+if TYPE_CHECKING:
+    import paho.mqtt.client as mqtt
+else:
+    mqtt = import_without("paho.mqtt.client", "dns")
 
 log = structlog.get_logger("edgegw.actions")
 
@@ -123,7 +128,7 @@ class ActionRunner:
                          daemon=True).start()
 
     def _wait(self, action: CommandAction, alarm: Alarm, proc: subprocess.Popen) -> None:
-        body = json.dumps(alarm.item(), ensure_ascii=False).encode()
+        body = json.dumps(alarm_item(alarm), ensure_ascii=False).encode()
         try:
             _, err = proc.communicate(body, timeout=action.timeout)
         except subprocess.TimeoutExpired:
@@ -142,7 +147,7 @@ class ActionRunner:
         env = {
             "EDGEGW_GATEWAY": self.gateway_id, "EDGEGW_ALARM": alarm.kind, "EDGEGW_ALARM_ID": alarm.alarm_id,
             "EDGEGW_SEVERITY": alarm.severity, "EDGEGW_DEVICE": alarm.device_id,
-            "EDGEGW_DEVICE_NAME": alarm.name or "", "EDGEGW_RAISED_AT": alarm.item()["raised_at"],
+            "EDGEGW_DEVICE_NAME": alarm.name or "", "EDGEGW_RAISED_AT": iso(alarm.raised_at),
             "EDGEGW_LATE": "1" if alarm.late else "0", "EDGEGW_MESSAGE": alarm.message,
             # 1: the frame behind it was authenticated; 0: anyone in radio range could have sent it.
             "EDGEGW_VERIFIED": {True: "1", False: "0", None: ""}[alarm.verified],
@@ -165,7 +170,7 @@ class ActionRunner:
         client = self._mqtt[action.name]
         if not client.is_connected():
             raise ConnectionError(f"local broker {action.host}:{action.port} not connected")
-        info = client.publish(topic, json.dumps(alarm.item(), ensure_ascii=False), qos=1, retain=action.retain)
+        info = client.publish(topic, json.dumps(alarm_item(alarm), ensure_ascii=False), qos=1, retain=action.retain)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise ConnectionError(mqtt.error_string(info.rc))
         log.info("action published", action=action.name, alarm=alarm.alarm_id, topic=topic)

@@ -28,20 +28,19 @@ a fresh interval; a trap's reminders keep their count across a step back.
 from __future__ import annotations
 
 import heapq
-import json
 import math
-import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 import structlog
 
+from edgegw.clock import STEP, plausible
 from edgegw.config import Config, Device, DeviceHealthRule, TrapRule, WaterLevelRule
 from edgegw.drivers import DriverRegistry, ValueSpec
-from edgegw.clock import STEP, plausible
 from edgegw.log import Throttle
 from edgegw.model import Alarm, Reading, Value
+from edgegw.store.rulestate import RuleStateTables
 
 log = structlog.get_logger("edgegw.rules")
 
@@ -122,8 +121,8 @@ def build_watch(rule: TrapRule | WaterLevelRule | DeviceHealthRule, device: Devi
 class RuleEngine:
     """Evaluates rules for one gateway; used by the writer thread only."""
 
-    def __init__(self, config: Config, drivers: DriverRegistry, conn: sqlite3.Connection, now: float, mono: float):
-        self.conn = conn
+    def __init__(self, config: Config, drivers: DriverRegistry, store: RuleStateTables, now: float, mono: float):
+        self.store = store
         self.window = config.alarms.reorder_window
         # Time spent in the reorder window is ours, not lateness of the reading.
         self.late_after = config.alarms.late_after + self.window
@@ -137,25 +136,20 @@ class RuleEngine:
         self.skipped_out_of_order = 0
         self._throttle = Throttle(60.0)
         self.reload()
-        row = conn.execute("SELECT value FROM meta WHERE key = 'rules_clock'").fetchone()
-        last = json.loads(row[0]) if row else None
+        store.on_rollback.append(self.reload)  # what a rolled-back group changed is undone here too
+        last = store.rules_clock()
         # Silence counts only while we listened: after downtime every device gets a fresh interval.
         self.listening_since = last["since"] if last and 0 <= now - last["wall"] <= DOWNTIME else now
         self._clock_since = self.listening_since
         self._clock = (now, mono)
-        if row is None:  # a first start: remember when listening began before anything else happens
+        if last is None:  # a first start: remember when listening began before anything else happens
             self.save(now)
 
     def reload(self) -> None:
         """(Re)load state from the database: at start, and after the writer rolled a group back."""
-        self.states: dict[tuple[str, str], dict[str, Any]] = {
-            (rule, device): json.loads(state)
-            for rule, device, state in self.conn.execute("SELECT rule, device_id, state FROM rule_state")
-        }
+        self.states = self.store.rule_states()
         self.buffer: list[tuple[float, str, Observation]] = [
-            (obs.observed_at, obs.reading_id, obs)
-            for obs in (Observation(*json.loads(body)) for (body,) in
-                        self.conn.execute("SELECT reading FROM rule_buffer ORDER BY observed_at, reading_id"))
+            (obs.observed_at, obs.reading_id, obs) for obs in (Observation(*held) for held in self.store.held_readings())
         ]
         heapq.heapify(self.buffer)
         # The newest observation time the rules have seen: more than STEP ahead of now means the clock went back.
@@ -173,8 +167,7 @@ class RuleEngine:
         if obs.device_id not in self.watches:
             return []
         alarms = self._clock_went_back(now) if self._newest > now + STEP else []
-        if obs.observed_at > self._newest:
-            self._newest = obs.observed_at
+        self._newest = max(self._newest, obs.observed_at)
         if self.window <= 0:
             return alarms + self._evaluate(obs, now)
         heapq.heappush(self.buffer, (obs.observed_at, obs.reading_id, obs))
@@ -212,8 +205,8 @@ class RuleEngine:
             alarms += self._evaluate(obs, now)
         return alarms
 
-    def flush(self, now: float) -> list[Alarm]:
-        """Evaluate every held reading now (at shutdown of a test run, or to drain the window)."""
+    def _release_all(self, now: float) -> list[Alarm]:
+        """Evaluate every held reading now (the clock went back)."""
         alarms: list[Alarm] = []
         while self.buffer:
             _, reading_id, obs = heapq.heappop(self.buffer)
@@ -226,7 +219,7 @@ class RuleEngine:
         ahead, held = self._newest - now, len(self.buffer)
         # Everything held was observed before the step, so before any reading still to come: in its
         # own order, now, rather than a step's length later.
-        alarms = self.flush(now)
+        alarms = self._release_all(now)
         marks = 0
         for (rule, device_id), state in self.states.items():
             # Not only the marks ahead of now: a wrong-clock mark within a second of now would still
@@ -284,22 +277,13 @@ class RuleEngine:
 
     def save(self, now: float) -> None:
         """Write changed state inside the writer's open transaction."""
+        clock = None
         if now - self._clock_written >= CLOCK_WRITE_EVERY or self._clock_since != self.listening_since:
-            self.conn.execute("INSERT INTO meta(key, value) VALUES ('rules_clock', ?)"
-                              " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                              (json.dumps({"wall": now, "since": self.listening_since}),))
+            clock = {"wall": now, "since": self.listening_since}
+        self.store.save_rules(clock, [(r, d, self.states[(r, d)]) for r, d in self._dirty],
+                              [(o.reading_id, o.observed_at, o) for o in self._buffered], self._released)
+        if clock is not None:
             self._clock_written, self._clock_since = now, self.listening_since
-        self.conn.executemany(
-            # In place (see Store.commit): REPLACE would rewrite the primary key's index as well.
-            "INSERT INTO rule_state(rule, device_id, state) VALUES (?, ?, ?)"
-            " ON CONFLICT(rule, device_id) DO UPDATE SET state = excluded.state",
-            [(r, d, json.dumps(self.states[(r, d)], separators=(",", ":"))) for r, d in self._dirty],
-        )
-        self.conn.executemany(
-            "INSERT OR REPLACE INTO rule_buffer(reading_id, observed_at, reading) VALUES (?, ?, ?)",
-            [(o.reading_id, o.observed_at, json.dumps(o, separators=(",", ":"))) for o in self._buffered],
-        )
-        self.conn.executemany("DELETE FROM rule_buffer WHERE reading_id = ?", [(r,) for r in self._released])
         self._dirty.clear()
         self._buffered.clear()
         self._released.clear()

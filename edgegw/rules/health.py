@@ -67,7 +67,7 @@ class HealthWatch:
     def _battery(self, ctx: Context, state: dict[str, Any], obs: Observation) -> None:
         low = self.rule.battery_low
         volts = _number(obs.values.get(self.rule.battery)) if low is not None else None
-        if volts is None:
+        if volts is None or low is None:
             return
         open_alarm = state.get("battery_low")
         if not open_alarm and volts <= low:
@@ -88,7 +88,7 @@ class HealthWatch:
         for name, raw in obs.values.items():
             check = self.checks.get(name)
             value = _number(raw) if check is not None else None
-            if value is None:
+            if value is None or check is None:
                 continue
             minimum, maximum, limit, readings = check
             if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):

@@ -25,11 +25,11 @@ class WaterWatch:
     def __init__(self, rule: WaterLevelRule):
         self.rule = rule
         # Each ladder in "higher is worse" form: rising compares the level, falling its negation.
-        up = sorted((s for s in rule.stages if s.above is not None), key=lambda s: s.above)
-        down = sorted((s for s in rule.stages if s.below is not None), key=lambda s: -s.below)
+        up = sorted(((s.above, s) for s in rule.stages if s.above is not None), key=lambda p: p[0])
+        down = sorted(((-s.below, s) for s in rule.stages if s.below is not None), key=lambda p: p[0])
         self.ladders: dict[str, tuple[int, list[Stage], list[float]]] = {
-            "up": (1, up, [s.above for s in up]),
-            "down": (-1, down, [-s.below for s in down]),
+            "up": (1, [s for _, s in up], [level for level, _ in up]),
+            "down": (-1, [s for _, s in down], [level for level, _ in down]),
         }
 
     def reading(self, ctx: Context, state: dict[str, Any], obs: Observation) -> None:

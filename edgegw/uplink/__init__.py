@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from edgegw.errors import UplinkError
-from edgegw.model import Batch
+from edgegw.items import Batch
 
 if TYPE_CHECKING:
     from edgegw.config import Config, UplinkConfig

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from edgegw.config import FileUplink
 from edgegw.errors import TransientUplinkError
-from edgegw.model import Batch
+from edgegw.items import Batch
 from edgegw.uplink import OnResult, OnState
 
 

@@ -39,7 +39,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 
 from edgegw import __version__
 from edgegw.errors import PermanentUplinkError, TransientUplinkError, UplinkError
-from edgegw.model import Batch
+from edgegw.items import Batch
 from edgegw.uplink import OnResult, OnState
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ southbound (:mod:`edgegw.uplink.iota_http`) acknowledges only what reached the c
 from __future__ import annotations
 
 from edgegw.config import IotaJsonUplink, IotaUlUplink
-from edgegw.model import Batch
+from edgegw.items import Batch
 from edgegw.uplink.fiware import FiwareMapping, iota_json, iota_ul
 from edgegw.uplink.mqtt import MqttPublisher
 

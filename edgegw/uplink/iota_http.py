@@ -19,7 +19,7 @@ from __future__ import annotations
 from urllib.parse import urlencode
 
 from edgegw.config import IotaJsonHttpUplink, IotaUlHttpUplink
-from edgegw.model import Batch
+from edgegw.items import Batch
 from edgegw.uplink.fiware import FiwareMapping, iota_json_groups, iota_ul
 from edgegw.uplink.http import HttpUplink, Request
 

@@ -27,7 +27,7 @@ import structlog
 from edgegw.config import MqttConnection, MqttUplink
 from edgegw.errors import PermanentUplinkError, TransientUplinkError, UplinkError
 from edgegw.imports import import_without
-from edgegw.model import Batch
+from edgegw.items import Batch
 from edgegw.backoff import Backoff
 from edgegw.uplink import OnResult, OnState
 

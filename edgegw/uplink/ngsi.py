@@ -18,7 +18,7 @@ import json
 from typing import Any
 
 from edgegw.config import NgsiLdUplink, NgsiV2Uplink
-from edgegw.model import Batch
+from edgegw.items import Batch
 from edgegw.uplink.fiware import FiwareMapping, ngsi_ld_entities, ngsi_v2_entities, upsert_rounds
 from edgegw.uplink.http import (  # noqa: F401  (classify and retry_after_seconds: the NGSI uplink's API too)
     MAX_RETRY_AFTER,

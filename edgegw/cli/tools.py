@@ -1,0 +1,135 @@
+"""``edgegw simulate``, ``edgegw drivers list`` and ``edgegw decode``: tools for the bench and the field."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgegw.cli.common import cli, json_option, load_config_or_exit
+from edgegw.drivers import DriverRegistry, load_drivers
+from edgegw.errors import ConfigError, DecodeError, DriverLoadError
+
+
+@cli.command()
+@click.option("--field", "field_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="virtual field description (TOML), e.g. configs/demo-field.toml")
+@click.option("--link", required=True, type=click.Path(path_type=Path),
+              help="path of the symlink to the emulated serial port, e.g. /tmp/rylr0")
+@click.option("-c", "--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="gateway config, for its drivers_dir and layouts")
+@click.option("--speed", default=1.0, show_default=True, help="time acceleration of the field")
+@click.option("--seed", type=int, help="random seed, for a repeatable field")
+@click.option("--duration", type=float, help="stop after this many seconds")
+@click.option("--module", default="rylr", show_default=True, type=click.Choice(["rylr", "es920lr", "im920sl"]),
+              help="the module type to emulate")
+def simulate(field_file: Path, link: Path, config_path: Path | None, speed: float, seed: int | None,
+             duration: float | None, module: str) -> None:
+    """Emulate a radio module (REYAX RYLR by default) on a pseudo-terminal, fed by a virtual field of sensors.
+
+    Point a gateway's source at the link (port = "/tmp/rylr0"). Faults to inject (garbage,
+    truncated lines, bad hex, wrong lengths, duplicates) are set in the field file's [faults].
+
+    Example: edgegw simulate --field configs/demo-field.toml --link /tmp/rylr0
+    """
+    from edgegw.radio.field import VirtualField, load_field
+    from edgegw.radio.registry import standalone_emulator
+
+    drivers = _drivers(config_path)
+    try:
+        spec = load_field(field_file)
+        emulator = standalone_emulator(module, link)
+        vfield = VirtualField(spec, drivers, emulator, seed=seed)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    emulator.plug()
+    click.echo(f"emulated {module} module at {link}; Ctrl-C to stop", err=True)
+    stop = threading.Event()
+    if duration:
+        threading.Timer(duration, stop.set).start()
+    try:
+        vfield.run(stop, speed)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        emulator.unplug()
+        click.echo(f"frames on the air {len(vfield.sent)}, lines to the host {emulator.written}, "
+                   f"dropped {emulator.dropped}, faults {vfield.faults_sent}",
+                   err=True)
+
+
+def _drivers(config_path: Path | None) -> DriverRegistry:
+    """The config's drivers (bundled, drivers_dir, layouts), or the bundled ones without a config."""
+    if config_path is not None:
+        return load_config_or_exit(config_path)[1]
+    try:
+        return load_drivers()
+    except DriverLoadError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@cli.group("drivers")
+def drivers_group() -> None:
+    """Device drivers."""
+
+
+@drivers_group.command("list")
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="also list the config's drivers_dir and layouts")
+@json_option
+def drivers_list(config_path: Path | None, as_json: bool) -> None:
+    """List the drivers this gateway can use, with their values, units and ranges.
+
+    Example: edgegw drivers list -c configs/demo.toml
+    """
+    registry = _drivers(config_path)
+    rows: list[dict[str, Any]] = [
+        {"name": name, "origin": registry.origins[name], "description": registry[name].description,
+         "values": {k: {"unit": v.unit, "min": v.minimum, "max": v.maximum, "choices": list(v.choices)}
+                    for k, v in registry[name].values.items()}}
+        for name in registry.names()
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        click.echo(f"{r['name']}  ({r['origin']})  {r['description'].splitlines()[0] if r['description'] else ''}")
+        for k, v in r["values"].items():
+            rng = ("|".join(v["choices"]) if v["choices"] else "-" if v["min"] is None and v["max"] is None
+                   else f"{_num(v['min'])}..{_num(v['max'])}")
+            click.echo(f"    {k:<20} {v['unit'] or '-':<6} {rng}")
+
+
+def _num(x: float | None) -> str:
+    return "" if x is None else f"{x:g}"
+
+
+@cli.command()
+@click.option("--driver", required=True, help="driver name, see `edgegw drivers list`")
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="config with drivers_dir/layouts")
+@click.argument("payload_hex", nargs=-1, required=True)
+def decode(driver: str, config_path: Path | None, payload_hex: tuple[str, ...]) -> None:
+    """Decode one payload (hex, spaces allowed) with a driver and print the values as JSON.
+
+    Example: edgegw decode --driver water_level 01 09C4 05AA 0E74 0007
+    """
+    registry = _drivers(config_path)
+    if driver not in registry:
+        raise click.ClickException(f"unknown driver {driver!r}; known: {', '.join(registry.names())}")
+    try:
+        payload = bytes.fromhex("".join(payload_hex))
+    except ValueError:
+        raise click.ClickException(f"not hexadecimal: {' '.join(payload_hex)!r}") from None
+    try:
+        decoded = registry[driver].decode(payload)
+    except DecodeError as exc:
+        raise click.ClickException(f"{driver} cannot decode {payload.hex()}: {exc}") from None
+    click.echo(json.dumps({"driver": driver, "counter": decoded.counter, "values": decoded.values,
+                           "units": registry[driver].units()}, indent=2))
+
+

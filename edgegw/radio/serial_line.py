@@ -1,0 +1,326 @@
+"""The base of every radio module that talks lines of text over a serial port.
+
+What REYAX RYLR, EASEL ES920LR and Interplan IM920sL share lives here once: open the port with
+pyserial, configure the module with commands whose replies are checked, read the port in read turns
+with back-pressure (see :mod:`edgegw.radio`), notice that the module reset itself and configure it
+again, and reopen the port with a backoff after an unplug. A module family is a subclass that says
+which commands configure it, which lines are replies (ok / error / reset) and how a received line
+becomes a Frame.
+
+The module is configured at every (re)open, because a module that was unplugged or reset has lost
+whatever RAM settings it had. Received frames may arrive between a command and its reply, so one
+loop reads every line and routes it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import select
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
+
+import serial
+import structlog
+
+from edgegw.backoff import Backoff
+from edgegw.errors import ModuleError
+from edgegw.model import Frame, Reject
+from edgegw.radio import Emit, ReadTurn, SourceState, wait_committed
+
+MAX_LINE = 600  # "+RCV=65535,240," + 480 hex chars + RSSI/SNR fits; longer is noise, not a frame
+COMMAND_TIMEOUT = 2.0
+# The most one read turn takes from the port, so the most a crash may lose. In a burst a turn is
+# several reads (a tty hands over 4 KiB a read), so the writer commits groups big enough to keep
+# its cost per reading (transactions, WAL pages) where it was before back-pressure. A turn never
+# waits for more to arrive: at field rate it is the frame or two one read finds.
+TURN_BYTES = 16 * 1024
+COMMAND_TRIES = 3  # sends of a command the module answers with an error, before the port backs off
+STRAY_ERROR_WINDOW = 0.25  # s: an OK this soon after an error was the answer; the error was noise
+CONFIGURE_TRIES = 3  # configurations a module reset cut short, before the port backs off
+_HEX = re.compile(r"[0-9A-Fa-f]*")
+
+Reply = Literal["ok", "error", "reset"]
+
+
+def raw(line: str) -> bytes:
+    """A line as the bytes the module sent (lines are decoded latin-1: one byte, one char)."""
+    return line.encode("latin-1", "replace")
+
+
+def decode_payload(data: str, encoding: str) -> bytes:
+    """The payload bytes of a received text field in ``encoding`` (hex, base64 or text); ValueError if not."""
+    if encoding == "hex":
+        if not _HEX.fullmatch(data):
+            raise ValueError("not hexadecimal")
+        if len(data) % 2:
+            raise ValueError(f"odd number of hex digits ({len(data)})")
+        return bytes.fromhex(data)
+    if encoding == "base64":
+        try:
+            return base64.b64decode(data, validate=True)
+        except binascii.Error as exc:
+            raise ValueError(f"not base64: {exc}") from None
+    return data.encode("latin-1")
+
+
+class ModuleReset(ModuleError):
+    """The module said it restarted (a banner such as +READY): what it was told before is gone."""
+
+    def __init__(self, message: str, banner: str = ""):
+        super().__init__(message)
+        self.banner = banner
+
+
+class LineReader:
+    """Splits the byte stream of a serial port into lines, with a cap on line length."""
+
+    def __init__(self, port: serial.Serial):
+        self.port = port
+        self.buf = bytearray()  # bytes read that do not yet make a line
+        self.lines: deque[str] = deque()  # lines split off, not yet handed out
+
+    def wait(self, timeout: float) -> bool:
+        """True when a line is buffered or the port has bytes to read, within ``timeout``; reads nothing."""
+        if self.lines:
+            return True
+        readable, _, _ = select.select([self.port.fileno()], [], [], timeout)
+        return bool(readable)
+
+    def available(self, most: int = TURN_BYTES) -> list[str]:
+        """Every complete line buffered, and those the port holds now up to ``most`` bytes read;
+        what is beyond stays in the kernel. Reads without waiting for more to arrive."""
+        taken = 0
+        # select, not in_waiting, to ask whether there is more: a tty's poll first lets the kernel
+        # finish moving what it holds into the readable buffer, so in a burst each read after a
+        # full one finds it refilled instead of ending the turn early.
+        while taken < most and select.select([self.port.fileno()], [], [], 0)[0]:
+            # At least one byte: a port that is readable with nothing in it has gone, and read says so.
+            taken += self._read(most - taken)
+        out = list(self.lines)
+        self.lines.clear()
+        return out
+
+    def readline(self, timeout: float) -> str | None:
+        """The next line without its ending (latin-1), or None if none completed within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while not self.lines:
+            if time.monotonic() >= deadline or timeout == 0:
+                return None
+            self._read()
+        return self.lines.popleft()
+
+    def _read(self, most: int = TURN_BYTES) -> int:
+        """Read what the port holds, ``most`` bytes at most (at least one, waiting for it up to the
+        port's timeout); split off the lines it completes. Returns the number of bytes read."""
+        # pyserial's read raises SerialException when the port vanishes (USB unplugged, pty closed)
+        buf = self.buf
+        chunk = self.port.read(max(1, min(self.port.in_waiting, most)))
+        buf += chunk
+        # Every line of the chunk at once: one at a time, each line cost a copy of the rest.
+        start = 0
+        while True:
+            nl = buf.find(b"\n", start, start + MAX_LINE + 1)
+            if nl >= 0:
+                self.lines.append(buf[start:nl].rstrip(b"\r").decode("latin-1"))
+                start = nl + 1
+            elif len(buf) - start > MAX_LINE:  # no line ending within reach: hand the junk on as one line
+                self.lines.append(buf[start:start + MAX_LINE].decode("latin-1"))
+                start += MAX_LINE
+            else:
+                break
+        del buf[:start]
+        return len(chunk)
+
+
+Serve = Callable[[serial.Serial, Emit, threading.Event, Callable[[], None]], None]
+
+
+def run_port(source: Any, baudrate: int, serve: Serve, emit: Emit, stop: threading.Event) -> None:
+    """Open ``source.port`` and ``serve`` it until ``stop``; when the port fails (unplugged, a module
+    that does not answer), say so and open it again after a backoff. ``serve`` calls its ``up``
+    argument once the module is configured, which resets the backoff."""
+    backoff = Backoff(0.25, 30.0)
+    while not stop.is_set():
+        try:
+            emit([SourceState(source.name, "starting", source.port)])
+            with serial.Serial(source.port, baudrate, timeout=0.2) as port:
+                serve(port, emit, stop, backoff.reset)
+        except (serial.SerialException, OSError, ModuleError) as exc:
+            delay = backoff.next()
+            emit([SourceState(source.name, "down", str(exc))])
+            source.log.warning("radio port down, reopening", source=source.name, port=source.port, error=str(exc),
+                               retry_in=round(delay, 2))
+            stop.wait(delay)
+
+
+def hand_over(read_turn: ReadTurn, emit: Emit, stop: threading.Event, take: Callable[[], list]) -> None:
+    """One read turn: ``take`` what the port holds while no commit runs, hand it over at once, and
+    wait until it is committed (back-pressure: a crash loses one turn at most)."""
+    with read_turn.read():  # not while the writer commits: unread frames stay in the kernel
+        events = take()
+        committed = emit(events) if events else None  # one hand-over per turn, not per frame
+    if committed is not None:
+        wait_committed(committed, stop)
+
+
+class LineModule:
+    """A :class:`~edgegw.radio.Source` for one serial line module; subclasses name the module family.
+
+    A subclass sets ``family`` and ``errors`` (error code -> meaning, from the datasheet) and
+    implements :meth:`commands`, :meth:`reply` and :meth:`parse`; :meth:`greet` is for modules that
+    must be talked into command mode first.
+    """
+
+    family: ClassVar[str] = "serial"
+    errors: ClassVar[dict[int, str]] = {}
+    error_format: ClassVar[str] = "{}"  # how the module writes an error with its code, for messages
+
+    def __init__(self, config: Any, port: str, read_turn: ReadTurn | None = None):
+        self.config = config
+        self.name: str = config.name
+        self.port = port
+        self.read_turn = read_turn or ReadTurn()
+        self.log = structlog.get_logger(f"edgegw.radio.{self.family}")
+
+    # -- what a module family says ---------------------------------------------------------------
+
+    def commands(self) -> list[str]:
+        """The command lines (without line ending) that configure the module, in order."""
+        raise NotImplementedError
+
+    def reply(self, line: str) -> tuple[Reply, str] | None:
+        """``("ok", "")``, ``("error", code)`` or ``("reset", banner)`` if ``line`` is a module reply; else None."""
+        raise NotImplementedError
+
+    def parse(self, line: str, wall: float, mono: float) -> Frame | Reject | None:
+        """A line that is not a reply: a Frame, a Reject saying why not, or None for a line to ignore."""
+        raise NotImplementedError
+
+    def greet(self, port: serial.Serial, lines: LineReader, emit: Emit, banner: str | None) -> bool:
+        """Called once the port is open (``banner`` None) and after each reset (the banner seen):
+        bring the module to where it takes commands. False if it must not be configured now."""
+        return True
+
+    def configured_detail(self) -> dict[str, Any]:
+        """What the log line "radio configured" says about the settings."""
+        return {}
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def run(self, emit: Emit, stop: threading.Event) -> None:
+        """Read frames until ``stop``; reopen the port with a backoff when it fails (see :class:`~edgegw.radio.Source`)."""
+        run_port(self, self.config.baudrate, self._serve, emit, stop)
+
+    def _serve(self, port: serial.Serial, emit: Emit, stop: threading.Event, up: Callable[[], None]) -> None:
+        lines = LineReader(port)
+        self._configure(port, lines, emit, None)
+        up()
+        while not stop.is_set():
+            banner = self._read_turn(lines, emit, stop)
+            if banner is not None:
+                # The module restarted and may have lost its settings: set them again at once,
+                # on the open port (reopening it would flush the frames the kernel holds).
+                emit([SourceState(self.name, "starting", f"module reset itself ({banner}); reconfiguring")])
+                self.log.warning("radio module reset itself; reconfiguring", source=self.name, port=self.port)
+                self._configure(port, lines, emit, banner)
+
+    def _read_turn(self, lines: LineReader, emit: Emit, stop: threading.Event) -> str | None:
+        """Read what the port holds, hand it over, and wait until it is committed. Returns the banner
+        if the module said it reset itself: the frames around it are handed over all the same."""
+        if not lines.wait(0.5):
+            return None
+        banner = None
+
+        def take() -> list:
+            nonlocal banner
+            events = []
+            for line in lines.available():
+                kind = self.reply(line)
+                if kind is not None and kind[0] == "reset":
+                    banner = line
+                elif kind is None or kind[0] == "error":  # an error nobody asked for is noise: count it
+                    if (event := self._route(line)) is not None:
+                        events.append(event)
+            return events
+
+        hand_over(self.read_turn, emit, stop, take)
+        return banner
+
+    def _configure(self, port: serial.Serial, lines: LineReader, emit: Emit, banner: str | None) -> None:
+        """Send the settings; start over at once when the module resets meanwhile (what it was told is
+        gone), up to CONFIGURE_TRIES times: a module that keeps resetting backs off with the port."""
+        for attempt in range(1, CONFIGURE_TRIES + 1):
+            try:
+                if self.greet(port, lines, emit, banner):
+                    for cmd in self.commands():
+                        self._command(port, lines, cmd, emit)
+                break
+            except ModuleReset as exc:
+                if attempt == CONFIGURE_TRIES:
+                    raise
+                banner = exc.banner
+                self.log.warning("radio module reset during configuration; starting over", source=self.name,
+                                 port=self.port, error=str(exc))
+        emit([SourceState(self.name, "receiving", self.port)])
+        self.log.info("radio configured", source=self.name, port=self.port, **self.configured_detail())
+
+    def _command(self, port: serial.Serial, lines: LineReader, cmd: str, emit: Emit) -> None:
+        """Send ``cmd`` until the module answers ok. An error is sent again at once, up to
+        COMMAND_TRIES times: a stray one (noise on the module's serial input, a busy module) costs a
+        resend, not a backoff; a command the module refuses every time raises ModuleError."""
+        for attempt in range(1, COMMAND_TRIES + 1):
+            port.write(cmd.encode("ascii") + b"\r\n")
+            code = self._answer(lines, cmd, emit)
+            if code is None:
+                return
+            if attempt < COMMAND_TRIES:
+                self.log.info("radio module answered an error; sending the command again", source=self.name,
+                              command=cmd, error=self.error_format.format(code))
+                self.before_retry(code)
+        raise ModuleError(f"{cmd}: module answered {self.error_format.format(code)} ({self.meaning(code)})")
+
+    def before_retry(self, code: str) -> None:
+        """Called before a command answered with error ``code`` is sent again (e.g. let a busy module finish)."""
+
+    def meaning(self, code: str) -> str:
+        """What an error code means, from the datasheet's table."""
+        if not re.fullmatch("[0-9]{1,3}", code):
+            return "unreadable error"
+        return self.errors.get(int(code), "undocumented error")
+
+    def _answer(self, lines: LineReader, cmd: str, emit: Emit) -> str | None:
+        """The module's answer to ``cmd``: None for ok, else the code of an error that no ok followed
+        within STRAY_ERROR_WINDOW (one that did was not the answer). Frames arriving meanwhile are
+        emitted; a reset banner raises ModuleReset."""
+        deadline = time.monotonic() + COMMAND_TIMEOUT
+        code = None
+        while (left := deadline - time.monotonic()) > 0:
+            line = lines.readline(left)
+            if line is None:
+                break
+            kind = self.reply(line)
+            if kind is None:
+                if (event := self._route(line)) is not None:
+                    emit([event])
+            elif kind[0] == "ok":
+                return None
+            elif kind[0] == "error":
+                code = kind[1]
+                deadline = min(deadline, time.monotonic() + STRAY_ERROR_WINDOW)
+            else:
+                raise ModuleReset(f"{cmd}: the module reset itself ({line})", line)
+        if code is None:
+            raise ModuleError(f"{cmd}: no answer within {COMMAND_TIMEOUT:.0f} s (wrong port or baud rate?)")
+        return code
+
+    def _route(self, line: str) -> Frame | Reject | None:
+        wall, mono = time.time(), time.monotonic()
+        try:
+            return self.parse(line, wall, mono)
+        except Exception as exc:  # radio noise is hostile input: a parser bug costs one line, never the source
+            return Reject(self.name, "parser_error", f"{type(exc).__name__}: {exc}", None, None, raw(line), wall)

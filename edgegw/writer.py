@@ -1,0 +1,473 @@
+"""The writer: the one thread that writes the gateway database.
+
+Everything that changes the database reaches it as a :class:`~edgegw.model.HandOver` on one queue:
+a source's read turn (frames and rejects), a forwarder's acknowledgement or parking, a state, a
+health report. The writer takes whatever arrived while its previous commit ran and commits it as
+one group (one WAL append, one fsync), each event dispatched once by its type; what is to be said
+or done about the group (log lines, alarm actions, forwarders woken, acks released) waits for the
+commit, in an :class:`Outcome`. A source reads its port again only once its hand-over is committed.
+
+Between groups, on its own clock: the rules' timers (every second), the disk cap, retention, the
+health report and the wall clock's steps.
+
+At about 450 lines this is the longest module of the daemon, on purpose: it is one thread's whole
+job, and each part (a group, a full disk, a timer) reads and sets the same few fields (the
+transaction in progress, the disk-full episode, what is in flight). What it writes is the store's
+(edgegw.store); what it decides about frames and alarms is ingest's and the rules'.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import shutil
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from edgegw import __version__, dbfile
+from edgegw.clock import CLOCK_SANE_AFTER, ClockWatch, plausible
+from edgegw.config import Config
+from edgegw.forwarder import Forwarder
+from edgegw.ingest import Duplicate, Ingest
+from edgegw.items import health_item
+from edgegw.log import Throttle
+from edgegw.model import (
+    Ack,
+    Alarm,
+    Event,
+    Frame,
+    HandOver,
+    HealthReport,
+    Park,
+    Reading,
+    Reject,
+    SourceState,
+    UplinkState,
+    iso,
+)
+from edgegw.radio import ReadTurn
+from edgegw.rules import RuleEngine
+from edgegw.rules.actions import ActionRunner
+from edgegw.store import Store, health_counts, room
+
+log = structlog.get_logger("edgegw.writer")
+
+PURGE_EVERY = 3600.0
+TICK_EVERY = 1.0  # s: resolution of rule timers (silence, reminders)
+CAP_EVERY = 10.0  # s: how often the disk cap is checked (cheap: a few PRAGMAs)
+# s: the pause between two chunks of housekeeping (a purge, a disk cap episode) that has more to
+# delete: frames and acks that arrived meanwhile are committed first.
+HOUSEKEEPING_STEP = 0.1
+CLOCK_SAVE_EVERY = 300.0  # s: how often the rules' clock is saved when nothing else is written
+DISK_FULL_RETRY = 2.0  # s between tries of a commit that failed for want of space, when nothing more can go
+
+
+@dataclass
+class Outcome:
+    """What a committed group leads to, gathered as its events are applied."""
+
+    readings: list[Reading] = field(default_factory=list)
+    alarms: list[Alarm] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    duplicates: list[Duplicate] = field(default_factory=list)
+    acks: list[Ack] = field(default_factory=list)
+    parks: list[Park] = field(default_factory=list)
+    health: bool = False
+    durable: bool = False  # something new is accepted: the commit must reach the disk (see Store.begin)
+
+
+class Writer:
+    """The writer thread's work: :meth:`run` until a ``None`` arrives on :attr:`events`."""
+
+    def __init__(self, config: Config, store: Store, ingest: Ingest, rules: RuleEngine, actions: ActionRunner,
+                 forwarders: list[Forwarder], bits: dict[str, int], read_turn: ReadTurn):
+        self.config, self.store, self.ingest, self.rules, self.actions = config, store, ingest, rules, actions
+        self.forwarders = {f.uplink.name: f for f in forwarders}
+        self.bits = bits
+        self.uplink_mask = sum(bits.values())
+        # Unbounded, yet small: sources add at most one turn's worth of frames (see read_turn), the
+        # forwarders at most their in-flight acks.
+        self.events: queue.Queue[HandOver | None] = queue.Queue()
+        # Held by the writer while it commits and by a source while it reads its port: frames are read
+        # only between commits, so a crash loses at most the frames of the commit in progress.
+        self.read_turn = read_turn
+        self.clock = ClockWatch(time.time(), time.monotonic())
+        self.throttle = Throttle(60.0)
+        self.counts = {"readings": 0, "duplicates": 0, "rejects": 0, "alarms": 0}
+        # Checked once: a reading logged at a level that is off still cost a call through structlog's proxy.
+        self.log_readings = structlog.get_logger("edgegw.writer").bind().is_enabled_for(logging.INFO)
+        self.inflight_noted: dict[str, int] = {}  # uplink -> items in flight as last written for status
+        self.dropping: dict[str, int] = {}  # unsent items dropped in the current disk cap episode
+        self.purged = 0  # delivered items purged by the current round of chunks, logged when it ends
+        # While commits fail for want of space: since when, how many tries, the group's size (for status).
+        self.disk_full: dict[str, Any] | None = None
+        self._health: threading.Thread | None = None  # the health report being built
+        self.next_cap = 0.0
+        self.started = time.monotonic()  # for the health report's uptime
+        # Set by the daemon: the stage's heartbeat, whether the sources are stopping, a pause that
+        # ends early when the daemon stops, what the health report adds, and damage found.
+        self.beat: Callable[[], None] = lambda: None
+        self.sources_stopping: Callable[[], bool] = lambda: False
+        self.pause: Callable[[float], object] = time.sleep
+        self.daemon_health: Callable[[], dict[str, Any]] = dict
+        self.on_damage: Callable[[BaseException], None] = lambda exc: None
+
+    # -- what arrives -----------------------------------------------------------------------------
+
+    def emit(self, events: list) -> threading.Event:
+        """A source's read turn (see edgegw.radio.Emit); the Event is set once the writer is done with it."""
+        committed = threading.Event()
+        self.events.put(HandOver(events, committed))
+        return committed
+
+    def post(self, event: Event) -> None:
+        """One event from elsewhere than a source (forwarders, the health report, the daemon)."""
+        self.events.put(HandOver((event,)))
+
+    def stop(self) -> None:
+        """Commit what is queued, then end :meth:`run`."""
+        self.events.put(None)
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self._watch_clock(starting=True)
+        now = time.monotonic()
+        next_purge, next_tick, next_clock_save = now + 60, now, now + CLOCK_SAVE_EVERY
+        next_health = now + min(30.0, self.config.health_every)
+        self.next_cap = now
+        done = False
+        while not done:
+            try:
+                first = self.events.get(timeout=max(0.0, min(next_tick, self.next_cap, next_purge) - time.monotonic()))
+                group = [first]
+            except queue.Empty:
+                group = []
+            if group:
+                with self.read_turn.write():  # what the sources read is in the queue; they wait for the commit
+                    while True:
+                        try:
+                            group.append(self.events.get_nowait())
+                        except queue.Empty:
+                            break
+                    done = None in group
+                    handed = [h for h in group if h is not None]
+                    try:
+                        self._commit_or_wait([e for h in handed for e in h.events])
+                    finally:  # committed, or failed for good (or the writer crashed): the source may read again
+                        for h in handed:
+                            if h.committed is not None:
+                                h.committed.set()
+                next_clock_save = time.monotonic() + CLOCK_SAVE_EVERY
+            if time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + TICK_EVERY
+                self._watch_clock()
+                self._commit_inflight()
+                if self._tick_rules(force=time.monotonic() >= next_clock_save):
+                    next_clock_save = time.monotonic() + CLOCK_SAVE_EVERY
+            if time.monotonic() >= next_health:
+                next_health = time.monotonic() + self.config.health_every
+                self._report_health()
+            if time.monotonic() >= self.next_cap:
+                self._enforce_cap()
+                # Below min_free, or with the reserve given back, the database lives on its own free
+                # pages: a burst uses them up in seconds.
+                self.next_cap = time.monotonic() + (
+                    HOUSEKEEPING_STEP if self.store.capping else
+                    TICK_EVERY if self.disk_state() != "ok" else CAP_EVERY)
+            self.beat()
+            if time.monotonic() >= next_purge:
+                next_purge = time.monotonic() + (HOUSEKEEPING_STEP if self._purge() else PURGE_EVERY)
+
+    def _commit_or_wait(self, events: list[Event]) -> None:
+        outcome = self._commit_group(events)
+        while outcome is None:  # the disk is full: free space by the cap's policy, then retry
+            outcome = self._retry_when_full(events)
+        self._announce(outcome)
+
+    # -- one group --------------------------------------------------------------------------------
+
+    def _apply(self, event: Event, out: Outcome) -> None:
+        """Apply one event inside the group's transaction; what follows the commit goes in ``out``."""
+        store = self.store
+        match event:
+            case Frame():
+                result = self.ingest.handle(event)
+                if isinstance(result, Reading):
+                    out.readings.append(result)
+                    out.alarms += self._store_alarms(self.rules.observe(result, time.time()))
+                elif isinstance(result, Reject):
+                    self._reject(result, out)
+                else:
+                    out.duplicates.append(result)
+            case Reject():
+                self._reject(event, out)
+            case Ack():
+                store.acked(event.bit, event.seqs, event.wall)
+                store.uplink_delivered(event.uplink, len(event.seqs), event.wall)
+                out.acks.append(event)
+            case Park():
+                store.park(event.uplink, event.bit, event.seq, event.error, event.wall)
+                out.parks.append(event)
+            case UplinkState():
+                store.uplink_state(event.uplink, event.state, event.detail, event.wall)
+            case SourceState():
+                store.source_state(event.source, event.state, event.detail, event.wall)
+            case HealthReport():
+                store.add_health(event.item, self.uplink_mask, event.wall)
+                out.health = True
+
+    def _reject(self, r: Reject, out: Outcome) -> None:
+        self.store.add_reject(r.source, r.reason, r.detail, r.address, r.device_id, r.raw, r.wall)
+        out.rejects.append(r)
+
+    def _commit_group(self, group: list[Event]) -> Outcome | None:
+        """Commit one group of events; return what to announce once the sources may read again.
+
+        None when the disk was full: nothing of the group is recorded, and it is to be tried again
+        (see :meth:`_retry_when_full`), alarms and all."""
+        out = Outcome(durable=any(type(e) is Frame or type(e) is HealthReport for e in group))
+        try:
+            with self.store.transaction(durable=out.durable):
+                for event in group:
+                    self._apply(event, out)
+                self.rules.save(time.time())
+                self._record_inflight()
+        except Exception as exc:
+            if isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode == sqlite3.SQLITE_FULL:
+                return None
+            if dbfile.is_damage(exc):
+                self.on_damage(exc)
+            # Another database error (I/O error) must not kill the writer: the group is not
+            # accepted, its frames are lost as if never heard, and we say so loudly.
+            log.exception("commit failed; group dropped", events=len(group))
+            for e in group:  # not recorded: their items go to be sent (or parked) again
+                if isinstance(e, Ack):
+                    self.forwarders[e.uplink].recorded(e.seqs)
+                elif isinstance(e, Park):
+                    self.forwarders[e.uplink].recorded([e.seq])
+            return Outcome()
+        if self.disk_full is not None:
+            self._disk_full_over()
+        return out
+
+    def _announce(self, out: Outcome) -> None:
+        """After a commit: log, run actions, release acks, wake the forwarders for new items."""
+        self.counts["readings"] += len(out.readings)
+        if self.log_readings:
+            for r in out.readings:
+                log.info("reading", source=r.source, device=r.device_id, address=r.address, id=r.reading_id,
+                         values=r.values, rssi=r.rssi, snr=r.snr)
+        for d in out.duplicates:
+            log.debug("duplicate frame", device=d.device_id, id=d.reading_id)
+        self.counts["duplicates"] += len(out.duplicates)
+        self.counts["rejects"] += len(out.rejects)
+        for j in out.rejects:
+            # By reason, not address: a flood from thousands of addresses is one line a minute, and
+            # the throttle's own memory stays as small as the list of reasons.
+            suppressed = self.throttle.allow((j.source, j.reason))
+            if suppressed is not None:
+                log.warning("frame rejected", source=j.source, reason=j.reason, address=j.address,
+                            device=j.device_id, detail=j.detail, raw=j.raw[:64].hex(), similar_suppressed=suppressed)
+        for a in out.acks:
+            self.forwarders[a.uplink].recorded(a.seqs)
+        for p in out.parks:
+            self.forwarders[p.uplink].recorded([p.seq])
+            log.error("item parked: the platform refused it for good", uplink=p.uplink, seq=p.seq, error=p.error)
+        self._raised(out.alarms)
+        if out.readings or out.alarms or out.health:
+            for fwd in self.forwarders.values():
+                if out.alarms:
+                    fwd.urgent.set()
+                fwd.wake.set()
+
+    def _raised(self, alarms: list[Alarm]) -> None:
+        self.counts["alarms"] += len(alarms)
+        for a in alarms:
+            log.warning("alarm", alarm=a.kind, id=a.alarm_id, severity=a.severity, device=a.device_id,
+                        late=a.late, message=a.message)
+            self.actions.submit(a)
+
+    def _store_alarms(self, alarms: list[Alarm]) -> list[Alarm]:
+        """Put alarms in the outbox (inside the open transaction); the ones new to it are returned."""
+        now = time.time()
+        return [a for a in alarms if self.store.add_alarm(a, self.uplink_mask, now)]
+
+    # -- a full disk ------------------------------------------------------------------------------
+
+    def _retry_when_full(self, group: list[Event]) -> Outcome | None:
+        """The group's commit failed for want of space: free some by the cap's policy (delivered
+        items, then the oldest plain readings, never alarms) and try the same group again. Where
+        nothing more can go, wait and try again: the sources read nothing meanwhile, so what the
+        radio sends waits in the module and the kernel, and no alarm of the group is lost."""
+        now = time.time()
+        if self.disk_full is None:
+            self.disk_full = {"since": now, "tries": 0, "events": len(group), "freed": {}}
+        self.disk_full["tries"] += 1
+        freed = self.store.make_room(now)
+        for kind, n in freed.items():
+            self.disk_full["freed"][kind] = self.disk_full["freed"].get(kind, 0) + n
+        dropped = {k: n for k, n in freed.items() if k not in ("delivered", "reserve", "growth_limit")}
+        if self.throttle.allow(("disk full",)) is not None or dropped:
+            log.error("disk full: a commit failed; freeing space by the disk cap's policy and trying again",
+                      events=len(group), tries=self.disk_full["tries"], freed=freed,
+                      free_bytes=shutil.disk_usage(self.config.data_dir).free)
+        if not freed:
+            if self.sources_stopping() and self.disk_full["tries"] > 3:  # stopping: give up, say what
+                log.error("stopping with the disk full: these frames were not accepted", events=len(group))
+                return Outcome()
+            self.pause(DISK_FULL_RETRY)
+        self.beat()
+        return self._commit_group(group)
+
+    def _disk_full_over(self) -> None:
+        """The group that waited for room is committed: say so, keep the episode for status, and
+        let the cap make room for the next commits now, while the filesystem is still short."""
+        episode, self.disk_full = self.disk_full, None
+        assert episode is not None
+        episode["until"] = time.time()
+        log.warning("disk no longer full: the waiting frames are committed", tries=episode["tries"],
+                    waited_s=round(episode["until"] - episode["since"], 1), freed=episode["freed"])
+        try:
+            with self.store.transaction(durable=False):
+                self.store.note_disk_full(episode)
+        except Exception:  # for status only: the next episode is noted again
+            log.exception("noting the disk full episode failed")
+        self.next_cap = time.monotonic()
+
+    def disk_state(self) -> str:
+        """"full" while a commit waits for room; "low" while the filesystem has less than [store]
+        min_free (the reserve counted as free) or no room to keep the reserve; else "ok"."""
+        if self.disk_full is not None:
+            return "full"
+        short = room(self.store.path) < self.config.store.min_free or not self.store.reserve.exists()
+        return "low" if short else "ok"
+
+    # -- on the writer's own clock ----------------------------------------------------------------
+
+    def _watch_clock(self, starting: bool = False) -> None:
+        """Re-stamp this boot's unsent readings when the wall clock steps (NTP arrived, or a jump).
+
+        At start, the clock may have been set while the daemon was down: readings of this boot
+        stamped in 1970 are re-stamped then (only those: others may differ by NTP's slewing alone).
+        """
+        before = self.clock.step(time.time(), time.monotonic())
+        if before is None and not (starting and plausible(time.time())):
+            return
+        before = self.clock.offset if before is None else before
+        try:
+            with self.store.transaction():
+                n = self.store.restamp(self.ingest.boot_id, self.clock.offset,
+                                       CLOCK_SANE_AFTER if starting else float("inf"))
+        except Exception:  # the next step (or restart) tries again; stamps are not lost, only unrepaired
+            log.exception("re-stamping readings after a clock step failed")
+            return
+        if n or not starting:
+            log.warning("system clock stepped; readings taken before re-stamped as estimated",
+                        step_s=round(self.clock.offset - before, 3), restamped=n)
+        for fwd in self.forwarders.values():
+            fwd.wake.set()
+
+    def _tick_rules(self, force: bool) -> bool:
+        """Run the rule timers; commit if they raised alarms or changed state (or ``force``). True if committed."""
+        alarms = self.rules.tick(time.time(), time.monotonic())
+        if not (alarms or self.rules.dirty or force):
+            return False
+        out = Outcome()
+        try:
+            with self.store.transaction():
+                out.alarms = self._store_alarms(alarms)
+                self.rules.save(time.time())
+        except Exception:  # as in _commit_group: the writer lives on, the next tick tries again
+            log.exception("commit of rule timers failed")
+            return False
+        self._announce(out)
+        return True
+
+    def _record_inflight(self) -> None:
+        """Inside a transaction: note each uplink's items in flight where they changed since last noted."""
+        for name, fwd in self.forwarders.items():
+            items = fwd.inflight_items
+            if self.inflight_noted.get(name) != items:
+                self.store.uplink_inflight(name, items)
+                self.inflight_noted[name] = items
+
+    def _commit_inflight(self) -> None:
+        """Commit in-flight counts that changed with no commit since: only while an uplink is slow to ack."""
+        if all(self.inflight_noted.get(name) == f.inflight_items for name, f in self.forwarders.items()):
+            return
+        try:
+            with self.store.transaction(durable=False):  # bookkeeping for status
+                self._record_inflight()
+        except Exception:  # bookkeeping for status: the next tick tries again
+            log.exception("recording items in flight failed")
+            self.inflight_noted.clear()
+
+    def _report_health(self) -> None:
+        """Queue the gateway's health report for every uplink (a town with thirty gateways sees the sick one).
+
+        Built in a thread of its own on a reader connection (its counts read a whole backlog's
+        index); the writer only queues it, in its next group.
+        """
+        if self._health is not None and self._health.is_alive():
+            return  # the last one is still counting: a slow card, a huge backlog
+        self.store.write_counts()  # its last frame per source
+        daemon = {**self.daemon_health(), "disk_full_since": None if self.disk_full is None else iso(self.disk_full["since"]),
+                  "disk_state": self.disk_state()}
+
+        def build() -> None:
+            try:
+                now = time.time()
+                counts = health_counts(self.store.path, self.bits, now)
+                item = health_item(self.config.gateway_id, now, __version__, time.monotonic() - self.started,
+                                   {**counts, **daemon})
+            except Exception:  # the next report tries again
+                log.exception("health report failed")
+                return
+            self.post(HealthReport(item, now))
+
+        self._health = threading.Thread(target=build, name="health", daemon=True)
+        self._health.start()
+
+    def _enforce_cap(self) -> None:
+        """Keep the database under its cap; say so once per episode of dropping, not per drop."""
+        try:
+            deleted = self.store.enforce_cap(self.config.store.max_bytes, time.time(),
+                                             min_free=self.config.store.min_free)
+        except Exception:  # housekeeping: the next round (in CAP_EVERY, not at once) tries again
+            log.exception("disk cap enforcement failed")
+            self.store.rollback()
+            self.store.capping = False
+            return
+        if "reserve" in deleted:
+            log.error("disk full before the cap could act: the reserve was given back to make room",
+                      bytes=deleted["reserve"])
+        dropped = {k: n for k, n in deleted.items() if k not in ("delivered", "reserve")}
+        if dropped and not self.dropping:
+            log.warning("disk cap reached: dropping the oldest unsent readings (alarms are kept)",
+                        max_bytes=self.config.store.max_bytes, **dropped)
+        self.dropping = {k: self.dropping.get(k, 0) + dropped.get(k, 0) for k in {*self.dropping, *dropped}}
+        if self.dropping and not self.store.capping:
+            log.warning("disk cap episode over", dropped=self.dropping)
+            self.dropping = {}
+
+    def _purge(self) -> bool:
+        """Delete one chunk of what the retention lets go; True if more may be due."""
+        cutoff = time.time() - self.config.store.keep_delivered
+        try:
+            with self.store.transaction():
+                items, _, more = self.store.purge_delivered(cutoff)
+        except Exception:  # housekeeping must never stop the writer; the next round tries again
+            log.exception("purge of delivered items failed")
+            return False
+        self.purged += items
+        if self.purged and not more:
+            log.info("purged delivered items", count=self.purged, older_than_s=self.config.store.keep_delivered)
+            self.purged = 0
+        return more
