@@ -11,7 +11,6 @@ from edgegw.cli.common import cli, config_option, load_config_or_exit
 from edgegw.config import Config
 from edgegw.errors import ConfigError
 from edgegw.keys import load_keys
-from edgegw.uplink import acknowledgement_note
 
 
 @cli.group("config")
@@ -31,6 +30,8 @@ def config_check(file: Path) -> None:
     click.echo(f"{file}: OK: gateway {config.gateway_id}, {len(config.sources)} source(s), "
                f"{len(config.devices)} device(s), uplinks: {uplinks}, data in {config.data_dir}")
     keyed = set(load_keys(config.keys_file)) if config.keys_file is not None else set()
+    from edgegw.uplink import acknowledgement_note  # here: the command's start stays free of uplink imports
+
     for note in filter(None, map(acknowledgement_note, config.effective_uplinks())):
         click.echo(note)
     plain = [d.id for d in config.devices if d.id not in keyed]

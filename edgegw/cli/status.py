@@ -11,7 +11,6 @@ import click
 from edgegw.cli.common import cli, config_option, json_option, load_config_or_exit
 from edgegw.errors import ConfigError
 from edgegw.keys import load_keys
-from edgegw.uplink import acknowledgement_level
 
 
 @cli.command()
@@ -26,6 +25,7 @@ def status(config_path: Path, as_json: bool) -> None:
     from edgegw.running import daemon_state
     from edgegw.store import status as read_status
     from edgegw.store.connection import db_path
+    from edgegw.uplink import acknowledgement_level
 
     path = db_path(config.data_dir)
     if not path.exists():
