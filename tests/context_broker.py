@@ -4,7 +4,10 @@ It serves only what the gateway's NGSI uplinks use, on 127.0.0.1, from a backgro
 
 * NGSI-v2 (Orion): ``POST /v2/op/update``, ``GET /v2/entities/{id}``, ``GET /v2/entities``,
   plus ``GET /version``.
-* NGSI-LD: ``POST /ngsi-ld/v1/entityOperations/upsert``, ``GET /ngsi-ld/v1/entities/{id}``.
+* NGSI-LD: ``POST /ngsi-ld/v1/entityOperations/upsert`` (``?options=update`` merges attributes
+  into a stored entity, the default replaces it; 201 with the created ids, else 204),
+  ``GET /ngsi-ld/v1/entities/{id}``. An entity whose ``@context`` lists Smart Data Models contexts
+  must take its type and SDM attributes from the right one (see :func:`_ld_vocabulary`).
 
 Every request is validated strictly - headers, JSON syntax, Orion's identifier and value rules,
 filip's models - so a wrong payload from the gateway fails the test instead of being stored.
@@ -39,6 +42,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -519,11 +523,52 @@ def _ld_entity(raw: Any, where: str, *, ld_json: bool) -> list[str]:
             issues.append(f"{at}: is set by the broker and must not be sent")
         else:
             issues.extend(_ld_attribute(attr, at, geo=name in LD_GEO_ATTRS))
+    if not issues and isinstance(context, (str, list)):
+        issues.extend(_ld_vocabulary(raw, context, where))
     if not issues:
         try:
             ContextLDEntity(**raw)  # filip takes the JSON-LD key "@context" as is (alias of .context)
         except Exception as exc:  # filip raises UnboundLocalError/AttributeError on some inputs
             issues.append(f"{where}: filip ContextLDEntity refused it: {_summary(exc)}")
+    return issues
+
+
+# Term -> IRI of the Smart Data Models contexts the gateway uses, from their repositories'
+# context.jsonld (tests/sdm/contexts.json records the commit).
+SDM_CONTEXTS: dict[str, dict[str, str]] = {
+    url: data["terms"] for url, data in
+    json.loads((Path(__file__).parent / "sdm" / "contexts.json").read_text()).items()
+}
+LD_CORE_CONTEXTS = {"https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context.jsonld"}
+
+
+def _ld_vocabulary(raw: dict[str, Any], context: str | list[Any], where: str) -> list[str]:
+    """An entity whose ``@context`` names Smart Data Models contexts must get its type from one of
+    them, and each attribute an SDM context defines must mean what the type's own context says it
+    means: in JSON-LD the last context that defines a term wins, so the Environment context listed
+    after the Device one turns a Device's ``refDevice`` into WaterObserved's.
+
+    Checked only when every context is one this broker knows (a town's own context could define
+    anything); a real broker does not refuse such entities, it stores terms under the wrong IRI.
+    """
+    urls = [context] if isinstance(context, str) else context
+    if not all(isinstance(u, str) and (u in SDM_CONTEXTS or u in LD_CORE_CONTEXTS) for u in urls):
+        return []
+    known = [SDM_CONTEXTS[u] for u in urls if u in SDM_CONTEXTS]
+    if not known:
+        return []
+    etype = raw.get("type")
+    own = next((terms for terms in known if etype in terms), None)
+    if own is None:
+        return [f"{where}: type {etype!r} is defined by none of its @context {urls}: it would expand to the "
+                "default vocabulary"]
+    issues = []
+    for name in raw:
+        if name in ("id", "type", "@context") or name not in own:
+            continue
+        meaning = next(terms[name] for terms in reversed(known) if name in terms)  # the last definition wins
+        if meaning != own[name]:
+            issues.append(f"{where} attribute {name!r}: its @context makes it {meaning}, not {etype}'s {own[name]}")
     return issues
 
 

@@ -649,7 +649,7 @@ def test_cross_section_problems_are_reported_with_field_problems(tmp_path):
     assert problems_of(path) == [
         "sources[0].spreading_factor: Input should be less than or equal to 12 (got 13)",
         "uplinks[0].type: required key is missing; expected one of: "
-        "'mqtt', 'file', 'iota-json', 'iota-ul', 'ngsi-v2', 'ngsi-ld', 'sigfox'",
+        "'mqtt', 'file', 'iota-json', 'iota-ul', 'iota-json-http', 'iota-ul-http', 'ngsi-v2', 'ngsi-ld', 'sigfox'",
         "devices[0].source: unknown source 'lora9'; expected one of ['lora0']",
         "devices[2].address: 6 is also devices[1] on source 'lora0'",
     ]

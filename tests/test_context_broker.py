@@ -777,3 +777,25 @@ def test_ld_ids_without_a_scheme_are_never_stored(shared_broker: ContextBroker, 
     status, body = upsert(shared_broker, [ld_sensor(entity_id)], headers={"NGSILD-Tenant": "no_scheme"})
     assert status == 400 and "not a URI" in body["detail"]
     assert shared_broker.ld_entities(tenant="no_scheme") == []
+
+
+# -- NGSI-LD vocabularies ---------------------------------------------------------------------------
+
+ENVIRONMENT = "https://raw.githubusercontent.com/smart-data-models/dataModel.Environment/master/context.jsonld"
+DEVICE = "https://raw.githubusercontent.com/smart-data-models/dataModel.Device/master/context.jsonld"
+
+
+def test_sdm_terms_must_mean_what_the_entity_types_context_says(context_broker: ContextBroker) -> None:
+    water = {"id": "urn:ngsi-ld:WaterObserved:r1", "type": "WaterObserved",
+             "refDevice": {"type": "Relationship", "object": "urn:ngsi-ld:Device:r1"},
+             "waterLevel": {"type": "Property", "value": 1.2, "unitCode": "MTR"}}
+    # The Device context listed last redefines refDevice: a real broker would store it under the wrong IRI.
+    status, body = upsert(context_broker, [{**water, "@context": [ENVIRONMENT, DEVICE, CONTEXT]}])
+    assert status == 400 and "attribute 'refDevice'" in body["detail"]
+    # A type no listed context defines would land in the default vocabulary.
+    status, body = upsert(context_broker, [{**water, "@context": [DEVICE, CONTEXT]}])
+    assert status == 400 and "type 'WaterObserved' is defined by none of its @context" in body["detail"]
+    assert upsert(context_broker, [{**water, "@context": [ENVIRONMENT, CONTEXT]}])[0] == 201
+    # A context the broker does not know (a town's own) is not second-guessed.
+    town = "https://town.example/context.jsonld"
+    assert upsert(context_broker, [{**water, "@context": [DEVICE, town]}])[0] == 204

@@ -1,7 +1,8 @@
 """Tests of the FIWARE payload builders (edgegw.uplink.fiware).
 
 Every payload is checked by something that is not the module: filip's NGSI-v2 and NGSI-LD entity
-models, the Smart Data Model rules below (copied from the models' JSON Schemas), the UN/CEFACT
+models, the published Smart Data Models JSON Schemas (tests/sdm/schemas) and the rules below that
+they leave to formats, the UN/CEFACT
 Rec 20 code list that ships with filip, ``json.loads``, and a small Ultralight parser written here
 after the agent's own (iotagent-ul ``lib/ulParser.js``).
 """
@@ -30,15 +31,18 @@ from edgegw.items import BATCH_SCHEMA_FILE
 from edgegw.model import Reading
 from edgegw.store import Store
 from edgegw.uplink.fiware import (
+    SDM_CONTEXTS,
     UNIT_CODES,
     FiwareMapping,
     iota_json,
+    iota_json_groups,
     iota_ul,
     ngsi_ld_entities,
     ngsi_v2_entities,
     upsert_rounds,
 )
 from edgegw_drivers.trap import TrapSensor
+from tests.sdm_schemas import sdm_schema_errors
 from edgegw_drivers.water_level import WaterLevelSensor
 
 CONTEXT = [
@@ -48,7 +52,7 @@ CONTEXT = [
 KAGAWA = (34.3401, 134.0434)  # (latitude, longitude): asymmetric, so a swapped order shows
 
 # -- Smart Data Model rules, from the models' JSON Schemas ----------------------------------------------
-# WaterObserved 0.0.4 (dataModel.Environment), Device 0.0.9 (dataModel.Device; older versions also
+# WaterObserved 0.0.4 (dataModel.Environment; waterLevel: "current water level", in metres), Device 0.0.9 (dataModel.Device; older versions also
 # require category), Alert 0.0.3 (dataModel.Alert), DeviceMeasurement 0.1.0.
 
 SDM_REQUIRED = {
@@ -101,6 +105,7 @@ def _is_number(v: Any) -> bool:
 SDM_CONSTRAINTS: dict[str, dict[str, Callable[[Any], bool]]] = {
     "WaterObserved": {
         "height": lambda v: _is_number(v) and v >= 0,
+        "waterLevel": lambda v: _is_number(v) and v >= 0,
         "flow": lambda v: _is_number(v) and v >= 0,
         "dateObserved": _is_datetime,
     },
@@ -129,13 +134,14 @@ SDM_CONSTRAINTS: dict[str, dict[str, Callable[[Any], bool]]] = {
 
 
 def sdm_violations(kv: dict[str, Any]) -> list[str]:
-    """What breaks the Smart Data Model rules, for an entity in key-value form (a town's own type has none)."""
+    """What breaks the Smart Data Model rules, for an entity in key-value form (a town's own type has
+    none): the rules above (formats included), then the published JSON Schema of its type."""
     etype = kv["type"]
     problems = [f"{etype}: missing {k}" for k in sorted(SDM_REQUIRED.get(etype, set()) - set(kv))]
     problems += [
         f"{etype}.{k} = {kv[k]!r}" for k, ok in SDM_CONSTRAINTS.get(etype, {}).items() if k in kv and not ok(kv[k])
     ]
-    return problems
+    return problems + sdm_schema_errors(kv)
 
 
 def kv_v2(entity: dict[str, Any]) -> dict[str, Any]:
@@ -188,9 +194,18 @@ def check_v2(entity: dict[str, Any]) -> None:
                 assert _is_datetime(meta["value"])
 
 
+def ld_context(etype: str, configured: Any = CONTEXT) -> Any:
+    """The @context an entity of ``etype`` carries: its SDM domain's context, then the configured ones
+    that are not Smart Data Models contexts."""
+    others = [c for c in ([configured] if isinstance(configured, str) else configured)
+              if c not in SDM_CONTEXTS.values()]
+    contexts = list(dict.fromkeys([c for c in [SDM_CONTEXTS.get(etype)] if c] + others))
+    return contexts[0] if len(contexts) == 1 else contexts
+
+
 def check_ld(entity: dict[str, Any], context: Any = CONTEXT) -> None:
     ContextLDEntity(**entity)
-    assert entity["@context"] == context
+    assert entity["@context"] == ld_context(entity["type"], context)
     assert not sdm_violations(kv_ld(entity)), sdm_violations(kv_ld(entity))
     for name, attr in entity.items():
         if name in ("id", "type", "@context"):
@@ -305,6 +320,16 @@ def health(**over: Any) -> dict[str, Any]:
 LOCATED = FiwareMapping(locations={"river-1": KAGAWA, "trap-017": KAGAWA, "gw-1": KAGAWA})
 
 
+def own_v2(items: list[dict[str, Any]], mapping: FiwareMapping) -> list[dict[str, Any]]:
+    """The entities of the items themselves, without the Device entities sent so references resolve."""
+    return [e for e in ngsi_v2_entities(items, mapping) if "TimeInstant" in e]
+
+
+def own_ld(items: list[dict[str, Any]], mapping: FiwareMapping, context: Any = CONTEXT) -> list[dict[str, Any]]:
+    return [ld for v2, ld in zip(ngsi_v2_entities(items, mapping), ngsi_ld_entities(items, mapping, context),
+                                 strict=True) if "TimeInstant" in v2]
+
+
 def test_fixture_items_follow_the_batch_schema():
     assert_valid_items([water(), water(0), trap(), alarm(), alarm(location=None, name=None), health()])
 
@@ -338,57 +363,60 @@ def test_driver_units_all_have_codes():
 
 # -- NGSI-v2 and NGSI-LD: examples ------------------------------------------------------------------------
 
-def test_water_level_is_water_observed_with_height_in_metres():
+def test_water_level_is_water_observed_with_water_level_in_metres():
     item = water(1234)
-    [v2] = ngsi_v2_entities([item], LOCATED)
-    [ld] = ngsi_ld_entities([item], LOCATED, CONTEXT)
+    [v2] = own_v2([item], LOCATED)
+    [ld] = own_ld([item], LOCATED)
     check_v2(v2)
     check_ld(ld)
     assert v2["id"] == ld["id"] == "urn:ngsi-ld:WaterObserved:river-1"
-    assert v2["height"]["value"] == 1.234
-    assert v2["height"]["metadata"]["unitCode"]["value"] == "MTR"
-    assert v2["height"]["metadata"]["TimeInstant"]["value"] == item["observed_at"]
+    assert v2["waterLevel"]["value"] == 1.234 and "height" not in v2
+    assert v2["waterLevel"]["metadata"]["unitCode"]["value"] == "MTR"
+    assert v2["waterLevel"]["metadata"]["TimeInstant"]["value"] == item["observed_at"]
     assert v2["water_temperature"]["metadata"]["unitCode"]["value"] == "CEL"
     assert v2["battery"]["metadata"]["unitCode"]["value"] == "VLT"
-    assert "level" not in v2  # carried as height
+    assert "level" not in v2  # carried as waterLevel
     assert v2["refDevice"] == {"type": "Relationship", "value": "urn:ngsi-ld:Device:river-1"}
     assert v2["location"]["value"]["coordinates"] == [KAGAWA[1], KAGAWA[0]]
-    assert ld["height"] == {"type": "Property", "value": 1.234, "observedAt": item["observed_at"], "unitCode": "MTR"}
+    assert ld["waterLevel"] == {"type": "Property", "value": 1.234, "observedAt": item["observed_at"],
+                                "unitCode": "MTR"}
     assert ld["location"]["value"]["coordinates"] == [KAGAWA[1], KAGAWA[0]]
     assert ld["dateObserved"]["value"] == {"@type": "DateTime", "@value": item["observed_at"]}
     assert ld["refDevice"] == {"type": "Relationship", "object": "urn:ngsi-ld:Device:river-1"}
 
 
 def test_water_level_without_location_is_a_device_measurement():
-    [v2] = ngsi_v2_entities([water()], FiwareMapping())
+    [v2] = own_v2([water()], FiwareMapping())
     check_v2(v2)
     assert v2["type"] == "DeviceMeasurement" and v2["id"] == "urn:ngsi-ld:DeviceMeasurement:river-1"
     assert v2["level"]["value"] == 1234 and v2["level"]["metadata"]["unitCode"]["value"] == "MMT"
 
 
-def test_negative_level_is_no_height_but_is_kept():
+def test_negative_level_is_no_water_level_but_is_kept():
     item = {**water(), "values": {"level": -120, "water_temperature": 4.5, "battery": 3.4}}
     assert_valid_items([item])
     for entity, kv in ((e, kv_v2(e)) for e in ngsi_v2_entities([item], LOCATED)):
         check_v2(entity)
-        assert "height" not in kv and kv["level"] == -120
-    [ld] = ngsi_ld_entities([item], LOCATED, CONTEXT)
+        assert "waterLevel" not in kv and "height" not in kv
+    assert kv_v2(own_v2([item], LOCATED)[0])["level"] == -120
+    [ld] = own_ld([item], LOCATED)
     check_ld(ld)
-    assert "height" not in ld and ld["level"]["unitCode"] == "MMT"
+    assert "waterLevel" not in ld and ld["level"]["unitCode"] == "MMT"
 
 
-def test_a_value_mapped_to_height_is_the_height_source():
+@pytest.mark.parametrize("name", ["waterLevel", "height"])  # height: as configs before WaterObserved 0.0.4
+def test_a_value_mapped_to_the_water_level_is_its_source(name):
     item = {**water(), "values": {"depth": 45, "battery": 3.4}, "units": {"depth": "cm", "battery": "V"}}
-    mapping = FiwareMapping(attributes={"depth": "height"}, locations={"river-1": KAGAWA})
-    [v2] = ngsi_v2_entities([item], mapping)
+    mapping = FiwareMapping(attributes={"depth": name}, locations={"river-1": KAGAWA})
+    [v2] = own_v2([item], mapping)
     check_v2(v2)
-    assert v2["height"]["value"] == 0.45 and "depth" not in v2
+    assert v2["waterLevel"]["value"] == 0.45 and "depth" not in v2 and "height" not in v2
 
 
 def test_trap_is_an_sdm_device_without_battery_level():
     item = trap("sprung")
-    [v2] = ngsi_v2_entities([item], LOCATED)
-    [ld] = ngsi_ld_entities([item], LOCATED, CONTEXT)
+    [v2] = own_v2([item], LOCATED)
+    [ld] = own_ld([item], LOCATED)
     check_v2(v2)
     check_ld(ld)
     assert v2["id"] == "urn:ngsi-ld:Device:trap-017"
@@ -406,8 +434,8 @@ def test_trap_is_an_sdm_device_without_battery_level():
 
 def test_alarm_is_an_sdm_alert_pointing_at_its_device():
     item = alarm()
-    [v2] = ngsi_v2_entities([item], FiwareMapping())
-    [ld] = ngsi_ld_entities([item], FiwareMapping(), CONTEXT)
+    [v2] = own_v2([item], FiwareMapping())
+    [ld] = own_ld([item], FiwareMapping())
     check_v2(v2)
     check_ld(ld)
     assert v2["id"] == "urn:ngsi-ld:Alert:trap-017:trap_sprung:42"
@@ -429,7 +457,7 @@ def test_alert_categories_come_from_the_mapping_by_rule_then_kind():
     paddy = alarm("water_level_alarm", "paddy-3", rule="paddy_low")
     silent = alarm("device_silent", "trap-017", location=None, severity="medium")
     mapping = FiwareMapping(alert_categories={"paddy_low": ("agriculture", "irrigation")})
-    entities = [kv_v2(e) for e in ngsi_v2_entities([river, paddy, silent], mapping)]
+    entities = [kv_v2(e) for e in own_v2([river, paddy, silent], mapping)]
     assert [(e["category"], e.get("subCategory")) for e in entities] == [
         ("naturalDisaster", "floodRisk"), ("agriculture", "irrigation"), ("environment", None)]
     assert "location" not in entities[2]
@@ -439,8 +467,8 @@ def test_alert_categories_come_from_the_mapping_by_rule_then_kind():
 
 def test_health_is_the_gateway_as_a_network_device():
     item = health()
-    [v2] = ngsi_v2_entities([item], LOCATED)
-    [ld] = ngsi_ld_entities([item], LOCATED, CONTEXT)
+    [v2] = own_v2([item], LOCATED)
+    [ld] = own_ld([item], LOCATED)
     check_v2(v2)
     check_ld(ld)
     kv = kv_v2(v2)
@@ -462,15 +490,40 @@ def test_a_sigfox_budget_in_health_is_a_counter_of_the_gateway_device():
     assert kv_v2(v2)["sigfox_used_sigfox"] == 3
 
 
-def test_entities_keep_item_order_one_per_item():
+def test_entities_keep_item_order_one_per_item_after_the_devices_they_name():
     items = [alarm(), water(1000), trap(), water(1001), health(), water(1002)]
     v2 = ngsi_v2_entities(items, LOCATED)
-    assert [e["type"] for e in v2] == ["Alert", "WaterObserved", "Device", "WaterObserved", "Device", "WaterObserved"]
-    assert [e["height"]["value"] for e in v2 if e["type"] == "WaterObserved"] == [1.0, 1.001, 1.002]
+    assert [e["id"].split(":", 2)[2] for e in v2] == [
+        "Alert:trap-017:trap_sprung:42", "Device:river-1", "WaterObserved:river-1",
+        "Device:trap-017", "WaterObserved:river-1", "Device:gw-1", "WaterObserved:river-1"]
+    assert [e["waterLevel"]["value"] for e in v2 if e["type"] == "WaterObserved"] == [1.0, 1.001, 1.002]
+    river = v2[1]  # what the gateway knows of the river gauge, for refDevice to resolve
+    assert kv_v2(river) == {"id": "urn:ngsi-ld:Device:river-1", "type": "Device", "category": ["sensor"],
+                            "deviceCategory": ["sensor"], "controlledProperty": ["waterLevel", "temperature"],
+                            "dateLastValueReported": items[1]["observed_at"],
+                            "location": {"type": "Point", "coordinates": [KAGAWA[1], KAGAWA[0]]}}
+    for entity in v2:
+        check_v2(entity)
     ld = ngsi_ld_entities(items, LOCATED, CONTEXT)
     rounds = upsert_rounds(ld)
-    assert [[e["type"] for e in r] for r in rounds] == [["Alert", "WaterObserved", "Device"],
-                                                       ["WaterObserved", "Device"], ["WaterObserved"]]
+    assert [[e["type"] for e in r] for r in rounds] == [
+        ["Alert", "Device", "WaterObserved", "Device"], ["WaterObserved", "Device"], ["WaterObserved"]]
+    for entity in ld:
+        check_ld(entity)
+
+
+def test_every_reference_names_an_entity_the_gateway_sends():
+    items = [alarm("water_level_alarm", "river-1"), water(1000), water(900, "river-2"), alarm(), trap(), health()]
+    for mapping in (LOCATED, FiwareMapping()):
+        entities = ngsi_v2_entities(items, mapping)
+        ids = {e["id"] for e in entities}
+        sent: set[str] = set()
+        for entity in entities:
+            if "refDevice" in entity:  # sent before the reading that names it
+                assert entity["refDevice"]["value"] in sent, entity["id"]
+            if "alertSource" in entity:  # the entity the device's readings make
+                assert entity["alertSource"]["value"] in ids, entity["id"]
+            sent.add(entity["id"])
 
 
 def test_entity_type_and_id_template_come_from_the_mapping():
@@ -478,7 +531,7 @@ def test_entity_type_and_id_template_come_from_the_mapping():
         entity_types={"water_level": "PaddyWater"}, entity_id="urn:ngsi-ld:{type}:{gateway}:{device}",
         gateway_id="town-gw1", attributes={"level": "waterDepth"},
     )
-    [v2] = ngsi_v2_entities([water()], mapping)
+    [v2] = own_v2([water()], mapping)
     check_v2(v2)
     assert v2["id"] == "urn:ngsi-ld:PaddyWater:town-gw1:river-1" and v2["type"] == "PaddyWater"
     assert v2["waterDepth"]["value"] == 1234
@@ -489,13 +542,13 @@ def test_values_named_like_reserved_attributes_are_renamed_not_lost():
     item = {**trap(), "values": {"state": "armed", "type": "x", "id": 1, "location": 5, "batteryLevel": 3.1,
                                  "category": "c"}}
     assert_valid_items([item])
-    [v2] = ngsi_v2_entities([item], LOCATED)
+    [v2] = own_v2([item], LOCATED)
     check_v2(v2)
     assert v2["type"] == "Device" and v2["id"] == "urn:ngsi-ld:Device:trap-017"
     assert {k: kv_v2(v2)[k] for k in ("type_value", "id_value", "location_value", "batteryLevel_value",
                                       "category_value")} == {"type_value": "x", "id_value": 1, "location_value": 5,
                                                              "batteryLevel_value": 3.1, "category_value": "c"}
-    [ld] = ngsi_ld_entities([item], LOCATED, CONTEXT)
+    [ld] = own_ld([item], LOCATED)
     check_ld(ld)
 
 
@@ -521,7 +574,9 @@ def test_iota_json_single_reading_is_a_flat_object():
     item = water()
     [(device, payload)] = iota_json([item], FiwareMapping(attributes={"level": "wl", "water_temperature": "wt"}))
     assert device == "river-1"
-    assert json.loads(payload) == {"TimeInstant": item["observed_at"], "wl": 1234, "wt": 23.0, "battery": 3.5}
+    # then the date the entity's SDM type asks for (WaterObserved without a location: DeviceMeasurement)
+    assert json.loads(payload) == {"TimeInstant": item["observed_at"], "wl": 1234, "wt": 23.0, "battery": 3.5,
+                                   "dateObserved": item["observed_at"]}
 
 
 def test_iota_json_groups_per_device_and_keeps_order():
@@ -533,7 +588,8 @@ def test_iota_json_groups_per_device_and_keeps_order():
         {"TimeInstant": "2025-06-01T03:00:00.000Z", "alarm": "trap_sprung", "alarmSeverity": "high",
          "alarmMessage": "わなが作動しました （trap sprung； check within 24 h）",
          "alarmId": "trap-017:trap_sprung:42"},
-        {"TimeInstant": items[2]["observed_at"], "state": "armed", "tamper": False, "battery": 3.3},
+        {"TimeInstant": items[2]["observed_at"], "state": "armed", "tamper": False, "battery": 3.3,
+         "dateLastValueReported": items[2]["observed_at"]},  # the trap is an SDM Device
     ]
     assert [g["level"] for g in json.loads(out[1][1])] == [1000, 1001]
     gateway = json.loads(out[2][1])
@@ -547,15 +603,19 @@ def test_iota_ul_groups_are_timestamped_and_parse():
     out = dict(iota_ul(items, FiwareMapping(attributes={"level": "wl"})))
     groups = parse_ul(out["river-1"])
     assert [stamp for stamp, _ in groups] == [items[0]["observed_at"]] * 2
-    assert groups[0][1] == [("wl", "1000"), ("water_temperature", "23.0"), ("battery", "3.5")]
-    assert parse_ul(out["trap-017"])[0][1] == [("state", "sprung"), ("tamper", "false"), ("battery", "3.3")]
+    assert groups[0][1] == [("wl", "1000"), ("water_temperature", "23.0"), ("battery", "3.5"),
+                            ("dateObserved", items[0]["observed_at"])]
+    assert parse_ul(out["trap-017"])[0][1] == [("state", "sprung"), ("tamper", "false"), ("battery", "3.3"),
+                                               ("dateLastValueReported", items[2]["observed_at"])]
 
 
 def test_iota_ul_replaces_separators_and_drops_empty_values():
     item = {**trap(), "values": {"state": "a|b#c@d", "note": "", "ok": True}}
     [(_, payload)] = iota_ul([item], FiwareMapping())
     [(_, pairs)] = parse_ul(payload)
-    assert pairs == [("state", "a｜b＃c＠d"), ("ok", "true")]
+    assert pairs == [("state", "a｜b＃c＠d"), ("ok", "true"), ("dateLastValueReported", item["observed_at"])]
+    only_empty = {**trap(), "values": {"note": ""}}
+    assert iota_ul([only_empty], FiwareMapping()) == []  # a date alone is no measure
 
 
 def test_items_without_values_send_nothing_to_the_agent():
@@ -655,13 +715,20 @@ def test_any_items_make_valid_ngsi_entities(data):
     items = data.draw(ITEMS)
     assert_valid_items(items)
     mapping = data.draw(mappings(items))
-    v2 = ngsi_v2_entities(items, mapping)
-    ld = ngsi_ld_entities(items, mapping, CONTEXT)
-    assert len(v2) == len(ld) == len(items)
-    for item, e2, eld in zip(items, v2, ld, strict=True):
+    every_v2 = ngsi_v2_entities(items, mapping)
+    every_ld = ngsi_ld_entities(items, mapping, CONTEXT)
+    assert len(every_v2) == len(every_ld)
+    sent: set[str] = set()
+    for e2, eld in zip(every_v2, every_ld, strict=True):
         check_v2(e2)
         check_ld(eld)
         assert e2["id"] == eld["id"] and e2["type"] == eld["type"]
+        if "refDevice" in e2:
+            assert e2["refDevice"]["value"] in sent, "a reading naming a device not sent before it"
+        sent.add(e2["id"])
+    v2, ld = own_v2(items, mapping), own_ld(items, mapping)
+    assert len(v2) == len(ld) == len(items)
+    for item, e2, eld in zip(items, v2, ld, strict=True):
         assert (e2["type"] == "Alert") == (item["type"] == "alarm")
         if item["type"] == "reading":
             # every value is carried exactly once: as itself, as height, or as deviceState
@@ -708,6 +775,8 @@ def test_any_items_make_ultralight_that_round_trips(data):
             continue
         stamp, pairs = groups[item.get("device") or item["gateway"]].pop(0)
         assert stamp == (item.get("observed_at") or item.get("raised_at"))
+        if item["type"] == "reading":  # then the date the entity's SDM type asks for
+            assert pairs.pop() in (("dateObserved", item["observed_at"]), ("dateLastValueReported", item["observed_at"]))
         for (key, raw), original in zip(pairs, expected, strict=item["type"] != "health"):  # health: + counters
             assert not set(raw) & set("|#@") and not set(key) & set("|#@")
             assert same_ul_value(raw, original), (key, raw, original)
@@ -730,7 +799,26 @@ def test_floats_survive_every_format():
     item = {**trap(), "values": {"x": 0.1 + 0.2, "big": 1e300, "tiny": -5e-324}}
     [(_, ul)] = iota_ul([item], FiwareMapping())
     [(_, pairs)] = parse_ul(ul)
-    assert [float(v) for _, v in pairs] == [0.1 + 0.2, 1e300, -5e-324]
+    assert [float(v) for _, v in pairs[:-1]] == [0.1 + 0.2, 1e300, -5e-324]
     [(_, js)] = iota_json([item], FiwareMapping())
     assert json.loads(js)["x"] == 0.1 + 0.2
     assert ngsi_v2_entities([item], FiwareMapping())[0]["big"]["value"] == 1e300
+
+
+@SLOW
+@given(st.data())
+def test_any_items_make_one_json_group_per_http_request_the_same_groups_as_over_mqtt(data):
+    items = data.draw(ITEMS)
+    mapping = data.draw(mappings(items))
+    per_request = iota_json_groups(items, mapping)
+    # every request carries exactly one flat measure group (the JSON agent answers an array after
+    # its first group), and together they are the MQTT payloads' groups, in the same order
+    assert all(isinstance(json.loads(body), dict) for _, body in per_request)
+    expected: list[tuple[str, dict[str, Any]]] = []
+    for device, body in iota_json(items, mapping):
+        groups = json.loads(body)
+        expected += [(device, g) for g in (groups if isinstance(groups, list) else [groups])]
+    got = [(device, json.loads(body)) for device, body in per_request]
+    assert sorted(map(json.dumps, got)) == sorted(map(json.dumps, expected))
+    for device in {d for d, _ in got}:
+        assert [g for d, g in got if d == device] == [g for d, g in expected if d == device]

@@ -17,6 +17,7 @@ from edgegw.errors import ConfigError
 from tests.broker import Subscriber
 from tests.context_broker import context_broker  # noqa: F401
 from tests.gateway import Daemon
+from tests.iot_agent import IotAgent
 from tests.test_config import minimal, problems_of, write
 
 REPO = Path(__file__).resolve().parents[1]
@@ -200,7 +201,7 @@ def test_ngsi_ld_settings(tmp_path, lines, expected):
 
 
 @pytest.mark.parametrize(("lines", "expected"), [
-    ('apikey = "a/b"', "uplinks[0].apikey: expected the service group's API key, without / + # or spaces"),
+    ('apikey = "a/b"', "uplinks[0].apikey: expected the service group's API key, without / + # & ? = % or spaces"),
     ('apikey = "k"\ntopic = "/{apikey}/attrs"', "uplinks[0].topic: the IoT Agent tells devices apart by topic"),
     ('apikey = "k"\ntopic = "/{apikey}/+/{device}"', "uplinks[0].topic: the IoT Agent tells devices apart"),
     ('apikey = "k"\ntopic = "/{key}/{device}/attrs"', "uplinks[0].topic: use only {apikey} and {device}"),
@@ -276,7 +277,7 @@ def test_every_shipped_config_passes_config_check(path):
 
 def test_there_is_an_example_per_uplink_type():
     types = {u.type for p in CONFIGS for u in load_config(p)[0].uplinks}
-    assert {"iota-json", "iota-ul", "ngsi-v2", "ngsi-ld"} <= types
+    assert {"iota-json", "iota-ul", "iota-json-http", "iota-ul-http", "ngsi-v2", "ngsi-ld"} <= types
 
 
 def run_example(tmp_path: Path, name: str, replace: dict[str, str]) -> Daemon:
@@ -297,8 +298,9 @@ def test_ngsi_examples_deliver_every_device(tmp_path, context_broker, name):
     daemon = run_example(tmp_path, name, {'url = "http://127.0.0.1:1026"': f'url = "{context_broker.url}"'})
     try:
         ld = "ld" in name
+        # the paddy is one entity type on both (the examples agree, as config check demands in one config)
         ids = {"urn:ngsi-ld:Device:trap-shrine", "urn:ngsi-ld:WaterObserved:river-kamo-bridge",
-               "urn:ngsi-ld:WaterObserved:paddy-07" if not ld else "urn:ngsi-ld:DeviceMeasurement:paddy-07"}
+               "urn:ngsi-ld:WaterObserved:paddy-07", "urn:ngsi-ld:Device:paddy-07"}
 
         def stored() -> set[str]:
             entities = context_broker.ld_entities("kamikawa") if ld else context_broker.entities("kamikawa", "/rivers")
@@ -306,20 +308,25 @@ def test_ngsi_examples_deliver_every_device(tmp_path, context_broker, name):
 
         assert context_broker.wait_for(lambda: ids <= stored(), 30), daemon.log_tail()
         assert context_broker.invalid == []
-        if not ld:  # the example maps the paddy's depth (cm) to the WaterObserved height (m)
+        # the examples map the paddy's depth (cm) to the WaterObserved waterLevel (m)
+        if ld:
+            paddy = context_broker.ld_entity("urn:ngsi-ld:WaterObserved:paddy-07", "kamikawa")
+            assert 0 < paddy["waterLevel"]["value"] < 0.3 and paddy["waterLevel"]["unitCode"] == "MTR"
+        else:
             paddy = context_broker.entity("urn:ngsi-ld:WaterObserved:paddy-07", service="kamikawa",
                                           service_path="/rivers")
-            assert 0 < paddy["height"]["value"] < 0.3 and paddy["height"]["metadata"]["unitCode"]["value"] == "MTR"
+            assert 0 < paddy["waterLevel"]["value"] < 0.3
+            assert paddy["waterLevel"]["metadata"]["unitCode"]["value"] == "MTR"
     finally:
         daemon.stop()
 
 
-@pytest.mark.parametrize("name", ["uplink-iota-json.toml", "uplink-iota-ul.toml"])
-def test_iot_agent_examples_deliver_every_device(tmp_path, mosquitto, name):
+@pytest.mark.parametrize("name", ["uplink-iota-json-mqtt.toml", "uplink-iota-ul-mqtt.toml"])
+def test_iot_agent_mqtt_examples_deliver_every_device(tmp_path, mosquitto, name):
     with Subscriber("127.0.0.1", mosquitto.port, "#") as sub:
         daemon = run_example(tmp_path, name, {"port = 1883": f"port = {mosquitto.port}"})
         try:
-            prefix = "/ul" if "ul" in name else ""
+            prefix = "/ul" if "-ul" in name else ""
             topics = {f"{prefix}/4jggokgpepnvsb2uv4s40d59ov/{d}/attrs" for d in ("trap-shrine", "river-kamo-bridge",
                                                                                  "paddy-07")}
             sub.wait_for(lambda msgs: topics <= {t for t, _ in msgs}, 30, f"messages on {topics}")
@@ -332,3 +339,64 @@ def test_iot_agent_examples_deliver_every_device(tmp_path, mosquitto, name):
                 assert {"wl", "wt", "battery", "TimeInstant"} <= set(group)
         finally:
             daemon.stop()
+
+
+@pytest.mark.parametrize("name", ["uplink-iota-json.toml", "uplink-iota-ul.toml"])
+def test_iot_agent_http_examples_deliver_every_device_to_the_broker(tmp_path, context_broker, name):
+    agent = IotAgent(context_broker.url).start()
+    agent.group("4jggokgpepnvsb2uv4s40d59ov", "Thing")
+    try:
+        daemon = run_example(tmp_path, name, {'url = "http://127.0.0.1:7896"': f'url = "{agent.url}"'})
+        try:
+            ids = {f"Thing:{d}" for d in ("trap-shrine", "river-kamo-bridge", "paddy-07")}
+            assert context_broker.wait_for(lambda: ids <= {e["id"] for e in context_broker.entities()}, 30), \
+                daemon.log_tail()
+            river = context_broker.entity("Thing:river-kamo-bridge")
+            assert {"wl", "wt", "battery", "TimeInstant"} <= set(river)
+            assert agent.invalid == [] and context_broker.invalid == []
+        finally:
+            daemon.stop()
+    finally:
+        agent.stop()
+
+
+def test_fiware_uplinks_of_one_config_must_make_one_entity_per_device(tmp_path):
+    path = write(tmp_path, minimal('''
+        [[uplinks]]
+        type = "ngsi-v2"
+        url = "http://orion.town.example:1026"
+        entity_types = { water_level = "DeviceMeasurement" }
+
+        [[uplinks]]
+        type = "ngsi-ld"
+        url = "http://broker.town.example:1026"
+
+        [[uplinks]]
+        type = "iota-json-http"
+        url = "http://iota.town.example:7896"
+        apikey = "k3y"
+        entity_types = { water_level = "DeviceMeasurement" }
+        entity_id = "urn:ngsi-ld:{type}:{gateway}:{device}"
+        '''))
+    assert problems_of(path) == [
+        "uplinks[1].entity_types: 'water_level' is 'WaterObserved' here but 'DeviceMeasurement' on uplinks[0]: a "
+        "device must be one entity type on every uplink; set water_level = \"DeviceMeasurement\" (or change "
+        "uplinks[0])",
+        "uplinks[2].entity_id: 'urn:ngsi-ld:{type}:{gateway}:{device}' here but 'urn:ngsi-ld:{type}:{device}' on "
+        "uplinks[0]: a device must be one entity on every uplink; use the same entity_id",
+    ]
+
+
+def test_iot_agent_http_url_and_apikey_are_checked(tmp_path):
+    path = write(tmp_path, minimal('''
+        [[uplinks]]
+        type = "iota-ul-http"
+        url = "http://iota.town.example:7896/iot/d"
+        apikey = "k&y"
+        '''))
+    assert problems_of(path) == [
+        "uplinks[0].url: edgegw adds the API path (/iot/json or /iot/d) itself: set url to the agent's base URL, "
+        "\"http://iota.town.example:7896\" (got 'http://iota.town.example:7896/iot/d')",
+        "uplinks[0].apikey: expected the service group's API key, without / + # & ? = % or spaces, "
+        "e.g. \"4jggokgpepnvsb2uv4s40d59ov\" (got 'k&y')",
+    ]

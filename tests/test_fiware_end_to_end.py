@@ -21,6 +21,7 @@ from edgegw.radio.emulator import RylrEmulator
 from tests.broker import Subscriber
 from tests.context_broker import ContextBroker, context_broker  # noqa: F401
 from tests.gateway import DEVICES, Daemon, Sender, wait_until
+from tests.iot_agent import IotAgent
 
 LOCATION = (36.2412, 138.4650)
 
@@ -52,8 +53,13 @@ def accepted(broker: ContextBroker, etype: str) -> list[dict[str, Any]]:
 
 
 def levels(broker: ContextBroker) -> list[int]:
-    """The river levels that arrived, in mm, from the WaterObserved heights in metres."""
-    return [round(e["height"]["value"] * 1000) for e in accepted(broker, "WaterObserved")]
+    """The river levels that arrived, in mm, from the WaterObserved waterLevel in metres."""
+    return [round(e["waterLevel"]["value"] * 1000) for e in accepted(broker, "WaterObserved")]
+
+
+def trap_states(broker: ContextBroker) -> list[dict[str, Any]]:
+    """The trap readings that arrived (Device entities with a state; the gauges' Device entities have none)."""
+    return [e for e in accepted(broker, "Device") if "deviceState" in e]
 
 
 def river_levels(sender: Sender) -> list[int]:
@@ -66,7 +72,7 @@ def traps(sender: Sender) -> int:
 
 def arrived(broker: ContextBroker, sender: Sender) -> bool:
     return (Counter(levels(broker)) >= Counter(river_levels(sender))
-            and len(accepted(broker, "Device")) >= traps(sender))
+            and len(trap_states(broker)) >= traps(sender))
 
 
 @pytest.fixture
@@ -104,21 +110,23 @@ def test_readings_arrive_as_entities_with_decoded_values_units_and_times(tmp_pat
     for entity in accepted(context_broker, "WaterObserved"):
         observed = entity["dateObserved"]["value"]
         assert before - 1 <= datetime.fromisoformat(observed).timestamp() <= after + 1
-        assert entity["height"]["metadata"] == {"unitCode": {"type": "Text", "value": "MTR"},
+        assert entity["waterLevel"]["metadata"] == {"unitCode": {"type": "Text", "value": "MTR"},
                                                 "TimeInstant": {"type": "DateTime", "value": observed}}
         assert entity["water_temperature"]["value"] == 12.5
         assert entity["water_temperature"]["metadata"]["unitCode"]["value"] == "CEL"
         assert entity["battery"]["value"] == pytest.approx(3.6)
         assert entity["battery"]["metadata"]["unitCode"]["value"] == "VLT"
         assert entity["location"]["value"] == {"type": "Point", "coordinates": [LOCATION[1], LOCATION[0]]}
-    states = [e["deviceState"]["value"] for e in accepted(context_broker, "Device")]
+    states = [e["deviceState"]["value"] for e in trap_states(context_broker)]
     assert Counter(states) == Counter(v["state"] for rid, v in sender.sent.items() if rid.startswith("trap-"))
 
     # What the broker holds now is each device's latest reading.
     last = {d: v for rid, v in sender.sent.items() for d in [rid.split(":")[0]]}
     for device in ("river-01", "river-02"):
         stored = context_broker.entity(f"urn:ngsi-ld:WaterObserved:{device}", service="town", service_path="/rivers")
-        assert stored is not None and round(stored["height"]["value"] * 1000) == last[device]["level"]
+        assert stored is not None and round(stored["waterLevel"]["value"] * 1000) == last[device]["level"]
+        gauge = context_broker.entity(stored["refDevice"]["value"], service="town", service_path="/rivers")
+        assert gauge is not None and gauge["type"] == "Device"  # the reference resolves
     trap = context_broker.entity("urn:ngsi-ld:Device:trap-01", service="town", service_path="/rivers")
     assert trap is not None and trap["deviceState"]["value"] == last["trap-01"]["state"]
     assert trap["rssi"]["value"] == -80.0
@@ -190,4 +198,74 @@ def test_an_entity_the_broker_refuses_is_parked_with_its_error_and_the_rest_arri
     assert all("HTTP 400" in e and "trap-01 is not provisioned here" in e for e in parked().values())
     assert daemon.status()["parked"]["by_uplink"] == {"town": len(trap_ids)}
     assert Counter(levels(context_broker)) == Counter(river_levels(sender))
-    assert accepted(context_broker, "Device") == [] and context_broker.invalid == []
+    assert trap_states(context_broker) == [] and context_broker.invalid == []
+
+
+# -- IoT Agent over HTTP: the acknowledgement comes after the context broker stored the measure -------
+
+def iota_http(url: str, kind: str = "json") -> str:
+    return (f'\n[[uplinks]]\ntype = "iota-{kind}-http"\nname = "town"\nurl = "{url}"\napikey = "k3y"\n'
+            f'batch = {{ max_items = 10 }}\n')
+
+
+def agent_levels(agent: IotAgent, ul: bool) -> list[int]:
+    """River levels in the requests the agent acknowledged (it answers 200 only once the broker has them)."""
+    out = []
+    for r in agent.requests:
+        if r.status != 200 or not r.query["i"].startswith("river-"):
+            continue
+        if ul:
+            out += [int(f.split("|")[f.split("|").index("level") + 1]) for f in r.body.split("#")]
+        else:
+            out.append(r.body["level"])
+    return out
+
+
+def agent_alarms(agent: IotAgent, ul: bool) -> list[str]:
+    if ul:
+        return [g.split("|")[g.split("|").index("alarm") + 1] for r in agent.requests if r.status == 200
+                for g in r.body.split("#") if "|alarm|" in g]
+    return [r.body["alarm"] for r in agent.requests if r.status == 200 and "alarm" in r.body]
+
+
+@pytest.mark.parametrize("kind", ["json", "ul"])
+@pytest.mark.parametrize("away", ["agent", "broker"])
+def test_iot_agent_http_nothing_is_delivered_while_the_platform_is_away(
+        tmp_path, emulator, context_broker, daemons, kind, away):
+    agent = IotAgent(context_broker.url).start()
+    agent.group("k3y", "Thing", service="town", subservice="/rivers")
+    try:
+        daemon = Daemon(write_config(tmp_path, emulator.link, iota_http(agent.url, kind)))
+        daemons.append(daemon.start())
+        daemon.wait_receiving()
+        sender = Sender(emulator)
+        before = sender.quiet(9)  # no alarms: rivers below any stage, traps armed
+        assert agent.wait_for(lambda: Counter(agent_levels(agent, kind == "ul"))
+                              >= Counter(river_levels(sender)), 30), daemon.log_tail()
+        wait_until(lambda: daemon.status()["outbox"]["pending"] == 0, 20, "first readings delivered")
+        delivered = daemon.status()["outbox"]["delivered"]
+        assert delivered >= len(before)
+
+        (agent if away == "agent" else context_broker).stop()
+        during = sender.burst(12)  # every other trap frame is "sprung": trap_sprung alarms among them
+        daemon.wait_committed(delivered + len(during) + 1)
+        wait_until(lambda: uplink_status(daemon, "town").get("state") == "down", 20, "uplink down")
+        if away == "broker":  # a while of retries, each answered 500 by the agent once its update failed
+            wait_until(lambda: sum(r.status == 500 for r in agent.requests) >= 2, 30, "retries")
+        else:
+            assert "cannot connect" in uplink_status(daemon, "town")["detail"]
+        # ...and still nothing of it is marked delivered.
+        status = daemon.status()
+        assert status["outbox"]["delivered"] == delivered
+        assert uplink_status(daemon, "town")["pending"] >= len(during)
+
+        (agent if away == "agent" else context_broker).start()  # the same port
+        assert agent.wait_for(lambda: Counter(agent_levels(agent, kind == "ul"))
+                              >= Counter(river_levels(sender)), 60), daemon.log_tail()
+        wait_until(lambda: daemon.status()["outbox"]["pending"] == 0, 30, "everything delivered")
+        assert "trap_sprung" in agent_alarms(agent, kind == "ul")  # the alarm raised while away survived
+        trap = context_broker.entity("Thing:trap-01", service="town", service_path="/rivers")
+        assert trap is not None and "alarm" in trap
+        assert agent.invalid == [] and context_broker.invalid == []
+    finally:
+        agent.stop()

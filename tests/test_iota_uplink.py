@@ -63,13 +63,15 @@ def test_json_one_message_per_device_with_every_reading(mosquitto, running):
         assert results.wait("b1") is None
         messages = dict(sub.wait_for_count(2))
     assert set(messages) == {"/k3y/river-1/attrs", "/k3y/trap-017/attrs"}
-    # Two readings of one device: an array of measure groups, in order, one NGSI update each.
+    # Two readings of one device: an array of measure groups, in order, one NGSI update each; each
+    # ends with the date its SDM type asks for (a river without a location is a DeviceMeasurement).
     assert json.loads(messages["/k3y/river-1/attrs"]) == [
-        {"TimeInstant": OBSERVED, "wl": 1234, "wt": 23.0, "battery": 3.5},
-        {"TimeInstant": OBSERVED, "wl": 1300, "wt": 23.0, "battery": 3.5},
+        {"TimeInstant": OBSERVED, "wl": 1234, "wt": 23.0, "battery": 3.5, "dateObserved": OBSERVED},
+        {"TimeInstant": OBSERVED, "wl": 1300, "wt": 23.0, "battery": 3.5, "dateObserved": OBSERVED},
     ]
     assert json.loads(messages["/k3y/trap-017/attrs"]) == {
         "TimeInstant": OBSERVED, "state": "sprung", "tamper": False, "battery": 3.3,
+        "dateLastValueReported": OBSERVED,
     }
 
 
@@ -83,12 +85,13 @@ def test_ultralight_one_message_per_device_with_every_reading(mosquitto, running
     assert set(messages) == {"/ul/k3y/river-1/attrs", "/ul/k3y/trap-017/attrs"}
     river = parse_ul(messages["/ul/k3y/river-1/attrs"])
     assert [stamp for stamp, _ in river] == [OBSERVED, OBSERVED]
+    assert [fields.pop() for _, fields in river] == [("dateObserved", OBSERVED)] * 2
     assert [{k: float(v) for k, v in fields} for _, fields in river] == [
         {"level": 1234, "water_temperature": 23.0, "battery": 3.5},
         {"level": 1300, "water_temperature": 23.0, "battery": 3.5},
     ]
     assert parse_ul(messages["/ul/k3y/trap-017/attrs"]) == [
-        (OBSERVED, [("state", "armed"), ("tamper", "false"), ("battery", "3.3")]),
+        (OBSERVED, [("state", "armed"), ("tamper", "false"), ("battery", "3.3"), ("dateLastValueReported", OBSERVED)]),
     ]
 
 

@@ -27,7 +27,8 @@ from edgegw.uplink.ngsi import MAX_REQUEST_BYTES, NgsiUplink, classify, retry_af
 from tests.broker import free_port
 from tests.context_broker import ContextBroker, context_broker  # noqa: F401
 from tests.gateway import wait_until
-from tests.test_fiware import CONTEXT, KAGAWA, alarm, kv_v2, sdm_violations, trap, water
+from edgegw.uplink.fiware import SDM_CONTEXTS
+from tests.test_fiware import CONTEXT, KAGAWA, alarm, kv_v2, ld_context, sdm_violations, trap, water
 
 OBSERVED = "2025-06-01T03:00:00.000Z"  # observed_at of the fixture readings
 DEVICES = [Device(id="river-1", address=1, driver="water_level", location=KAGAWA),
@@ -106,9 +107,9 @@ def test_v2_entities_carry_the_decoded_values_units_times_and_headers(running):
 
         river = broker.entity(RIVER, service="town", service_path="/rivers/kamo")
         assert river is not None and river["type"] == "WaterObserved"
-        # 1234 mm as the SDM height in metres; the other values as decoded, in their Rec 20 units
-        assert river["height"]["value"] == pytest.approx(1.234)
-        assert metadata(river["height"]) == {"unitCode": "MTR", "TimeInstant": OBSERVED}
+        # 1234 mm as the SDM waterLevel in metres; the other values as decoded, in their Rec 20 units
+        assert river["waterLevel"]["value"] == pytest.approx(1.234)
+        assert metadata(river["waterLevel"]) == {"unitCode": "MTR", "TimeInstant": OBSERVED}
         assert river["water_temperature"]["value"] == 23.0
         assert metadata(river["water_temperature"]) == {"unitCode": "CEL", "TimeInstant": OBSERVED}
         assert river["battery"]["value"] == 3.5
@@ -116,6 +117,11 @@ def test_v2_entities_carry_the_decoded_values_units_times_and_headers(running):
         assert river["dateObserved"]["value"] == OBSERVED
         assert river["location"]["value"] == {"type": "Point", "coordinates": [KAGAWA[1], KAGAWA[0]]}
         assert sdm_violations(kv_v2(river)) == []
+
+        # refDevice names an entity that exists: the gateway sent the gauge's Device entity too
+        gauge = broker.entity(river["refDevice"]["value"], service="town", service_path="/rivers/kamo")
+        assert gauge is not None and gauge["controlledProperty"]["value"] == ["waterLevel", "temperature"]
+        assert sdm_violations(kv_v2(gauge)) == []
 
         device = broker.entity(TRAP, service="town", service_path="/rivers/kamo")
         assert device is not None and device["deviceState"]["value"] == "sprung"
@@ -151,24 +157,48 @@ def test_ld_entities_carry_values_units_observed_at_and_context(context_broker, 
     assert context_broker.upsert_count == 2
 
     river = context_broker.ld_entity(RIVER, tenant="town")
-    assert river is not None and river["@context"] == CONTEXT
-    assert river["height"] == {"type": "Property", "value": 1.5, "unitCode": "MTR", "observedAt": OBSERVED}
+    assert river is not None and river["@context"] == ld_context("WaterObserved")
+    assert river["waterLevel"] == {"type": "Property", "value": 1.5, "unitCode": "MTR", "observedAt": OBSERVED}
     assert river["water_temperature"] == {"type": "Property", "value": 23.0, "unitCode": "CEL",
                                           "observedAt": OBSERVED}
     assert river["refDevice"] == {"type": "Relationship", "object": "urn:ngsi-ld:Device:river-1"}
     device = context_broker.ld_entity(TRAP, tenant="town")
     assert device is not None and device["deviceState"]["value"] == "armed"
+    assert device["@context"] == ld_context("Device")
+    gauge = context_broker.ld_entity("urn:ngsi-ld:Device:river-1", tenant="town")
+    assert gauge is not None and gauge["@context"] == ld_context("Device")
     for request in context_broker.requests:
         assert request.path == "/ngsi-ld/v1/entityOperations/upsert"
+        assert request.query == {"options": "update"}
         assert request.headers["content-type"] == "application/ld+json"
         assert request.headers["ngsild-tenant"] == "town"
 
 
-def test_ld_default_context_is_the_core_context(context_broker, running):
-    uplink, results = running(ld(context_broker.url))
-    uplink.send(batch([trap()]))
+def test_ld_context_covers_every_vocabulary_the_entities_use(context_broker, running):
+    uplink, results = running(ld(context_broker.url))  # the configured @context: the core one only
+    uplink.send(batch([water(1000), trap(), alarm(), alarm("water_level_alarm", "river-1")]))
     assert results.wait("b1") is None
-    assert context_broker.ld_entity(TRAP)["@context"] == "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context.jsonld"
+    assert context_broker.invalid == []  # the broker checks each type and SDM term against its @context
+    core = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context.jsonld"
+    contexts = {e["type"]: e["@context"] for e in context_broker.ld_entities()}
+    assert contexts == {"WaterObserved": [SDM_CONTEXTS["WaterObserved"], core], "Device": [SDM_CONTEXTS["Device"], core],
+                        "Alert": [SDM_CONTEXTS["Alert"], core]}
+
+
+def test_ld_upserts_merge_and_keep_what_the_town_added(context_broker, running):
+    uplink, results = running(ld(context_broker.url, context=CONTEXT))
+    uplink.send(batch([water(1000)]))
+    assert results.wait("b1") is None
+    # The town names the gauge in its broker: an attribute edgegw knows nothing about.
+    town = {"id": RIVER, "type": "WaterObserved", "name": {"type": "Property", "value": "新橋水位観測所"},
+            "@context": ld_context("WaterObserved")}
+    status, _ = post_ld(context_broker, [town], options="update")
+    assert status == 204
+    uplink.send(batch([water(1200)], "b2"))
+    assert results.wait("b2") is None
+    river = context_broker.ld_entity(RIVER)
+    assert river["name"]["value"] == "新橋水位観測所" and river["waterLevel"]["value"] == 1.2
+    assert context_broker.invalid == []
 
 
 def test_a_batch_over_the_request_limit_is_split_and_all_of_it_arrives(context_broker, running):
@@ -388,3 +418,18 @@ def test_retry_after_is_seconds_or_an_http_date():
     assert retry_after_seconds("soon") is None and retry_after_seconds(None) is None
     error = classify(429, {"Retry-After": "7"}, b"")
     assert isinstance(error, TransientUplinkError) and error.retry_after == 7
+
+
+def post_ld(broker: ContextBroker, entities: list[dict[str, Any]], options: str | None = None) -> tuple[int, bytes]:
+    """An NGSI-LD upsert as a town's own tool would send it."""
+    import urllib.error
+    import urllib.request
+
+    url = broker.url + "/ngsi-ld/v1/entityOperations/upsert" + (f"?options={options}" if options else "")
+    request = urllib.request.Request(url, json.dumps(entities).encode(), {"Content-Type": "application/ld+json"},
+                                     method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()

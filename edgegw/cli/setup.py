@@ -30,6 +30,10 @@ def config_check(file: Path) -> None:
     click.echo(f"{file}: OK: gateway {config.gateway_id}, {len(config.sources)} source(s), "
                f"{len(config.devices)} device(s), uplinks: {uplinks}, data in {config.data_dir}")
     keyed = set(load_keys(config.keys_file)) if config.keys_file is not None else set()
+    from edgegw.uplink import acknowledgement_note  # here: the command's start stays free of uplink imports
+
+    for note in filter(None, map(acknowledgement_note, config.effective_uplinks())):
+        click.echo(note)
     plain = [d.id for d in config.devices if d.id not in keyed]
     if plain:
         click.echo(f"not authenticated (anyone in radio range can send as them): {', '.join(plain)};"

@@ -25,12 +25,16 @@ def status(config_path: Path, as_json: bool) -> None:
     from edgegw.running import daemon_state
     from edgegw.store import status as read_status
     from edgegw.store.connection import db_path
+    from edgegw.uplink import acknowledgement_level
 
     path = db_path(config.data_dir)
     if not path.exists():
         raise click.ClickException(f"no database at {path}: has `edgegw run -c {config_path}` run yet?")
     st = read_status(path)
     st["gateway"] = config.gateway_id
+    levels = {u.name: acknowledgement_level(u.type) for u in config.effective_uplinks()}
+    for u in st["uplinks"]:  # how far an acknowledged item got: an MQTT agent's PUBACK is only the broker's
+        u["ack"] = levels.get(u["name"], "unknown")
     st["daemon"] = daemon_state(config.data_dir)
     if st["daemon"]["running"] is False:  # what the database says was up is not any more
         for part in (*st["uplinks"], *st["sources"]):
@@ -132,7 +136,8 @@ def _format_status(st: dict) -> str:
     for u in st["uplinks"]:
         out.append(f"  {u['name']:<12} {u['state']:<10} {u['pending']} pending ({u['in_flight']} in flight), "
                    f"{u['items']} delivered in "
-                   f"{u['batches']} batches, last ack {ago(now, u['last_ack_at'])}  {u['detail'] or ''}")
+                   f"{u['batches']} batches, last ack {ago(now, u['last_ack_at'])} ({u.get('ack', '?')}-level)"
+                   f"  {u['detail'] or ''}")
     out.append(f"sources (frames counted every {COUNTS_EVERY:g} s)")
     for s in st["sources"]:
         out.append(f"  {s['name']:<12} {s['state'] or '-':<10} {s['frames']} frames, last "

@@ -43,10 +43,15 @@ from edgegw.config.uplinks import (
     AttributeMapping,
     Batching,
     EntityMapping,
+    EntityTypes,
     FileUplink,
+    HttpConnection,
+    IotAgentHttpUplink,
     ItemRoute,
     IotAgentUplink,
+    IotaJsonHttpUplink,
     IotaJsonUplink,
+    IotaUlHttpUplink,
     IotaUlUplink,
     MqttConnection,
     MqttUplink,
@@ -57,6 +62,7 @@ from edgegw.config.uplinks import (
     SigfoxUplink,
     Uplink,
     UplinkConfig,
+    entity_type_problems,
 )
 from edgegw.drivers import DriverRegistry, load_drivers
 from edgegw.radio.registry import PLUGIN_PROBLEMS, SOURCE_TYPES, source_problems
@@ -73,10 +79,15 @@ __all__ = [
     "DeviceHealthRule",
     "Duration",
     "EntityMapping",
+    "EntityTypes",
     "FileUplink",
+    "HttpConnection",
+    "IotAgentHttpUplink",
     "ItemRoute",
     "IotAgentUplink",
+    "IotaJsonHttpUplink",
     "IotaJsonUplink",
+    "IotaUlHttpUplink",
     "IotaUlUplink",
     "Layout",
     "LayoutFieldSpec",
@@ -193,7 +204,7 @@ def cross_reference_problems(sources: list, devices: list, uplinks: list) -> lis
         dupes = sorted({str(x) for x in items if x is not None and items.count(x) > 1})
         if dupes:
             problems.append(f"{what}: names must be unique, repeated: {dupes}")
-    return problems
+    return problems + entity_type_problems(uplinks)
 
 
 # -- loading ----------------------------------------------------------------------------------------
@@ -379,7 +390,7 @@ def _resolve_uplink(base: Path, u: UplinkConfig) -> UplinkConfig:
     if isinstance(u, MqttConnection):
         return u.model_copy(update={"password_file": _resolve(base, u.password_file),
                                     "ca_file": _resolve(base, u.ca_file)})
-    if isinstance(u, NgsiConnection):
+    if isinstance(u, HttpConnection):
         return u.model_copy(update={"token_file": _resolve(base, u.token_file), "ca_file": _resolve(base, u.ca_file)})
     return u
 

@@ -161,13 +161,12 @@ class AttributeMapping(_Section):
         return {"attributes": dict(self.attributes)}
 
 
-class EntityMapping(AttributeMapping):
-    """Attribute names plus how readings and alarms become NGSI entities."""
+class EntityTypes(AttributeMapping):
+    """Attribute names plus which entity (type and id) a device's readings become: on an IoT Agent,
+    what ``scripts/iota-provisioning.py`` provisions, so a device is one entity on every uplink."""
 
     entity_types: dict[str, str] = Field({}, description='driver -> entity type, e.g. { paddy = "WaterObserved" }')
     entity_id: str = Field("urn:ngsi-ld:{type}:{device}", description="{type}, {device}, {gateway} are filled in")
-    alert_categories: dict[str, str | tuple[str, str]] = Field(
-        {}, description='rule name or alarm kind -> SDM Alert category, or [category, subCategory]')
 
     @field_validator("entity_types")
     @classmethod
@@ -190,6 +189,17 @@ class EntityMapping(AttributeMapping):
         fiware.FiwareMapping(entity_id=v)  # its ValueError says what is wrong
         return v
 
+    def _mapping(self) -> dict[str, Any]:
+        return {"attributes": dict(self.attributes), "entity_types": dict(self.entity_types),
+                "entity_id": self.entity_id}
+
+
+class EntityMapping(EntityTypes):
+    """Attribute names plus how readings and alarms become NGSI entities."""
+
+    alert_categories: dict[str, str | tuple[str, str]] = Field(
+        {}, description='rule name or alarm kind -> SDM Alert category, or [category, subCategory]')
+
     @field_validator("alert_categories")
     @classmethod
     def _categories(cls, v: dict[str, str | tuple[str, str]]) -> dict[str, str | tuple[str, str]]:
@@ -206,8 +216,19 @@ class EntityMapping(AttributeMapping):
                 "entity_id": self.entity_id, "alert_categories": categories}
 
 
-class IotAgentUplink(MqttConnection, AttributeMapping):
-    """Measures to a FIWARE IoT Agent over MQTT: one message per device and batch, QoS 1."""
+def _check_apikey(v: str) -> str:
+    # It travels in an MQTT topic or a URL query: none of the characters that would change either.
+    if not v or any(c in "/+#&?=%" or c.isspace() for c in v):
+        raise ValueError("expected the service group's API key, without / + # & ? = % or spaces, "
+                         f'e.g. "4jggokgpepnvsb2uv4s40d59ov" (got {v!r})')
+    return v
+
+
+class IotAgentUplink(MqttConnection, EntityTypes):
+    """Measures to a FIWARE IoT Agent over MQTT: one message per device and batch, QoS 1.
+
+    The PUBACK is the MQTT broker's, not the agent's: see :data:`edgegw.uplink.ACKNOWLEDGEMENTS`.
+    """
 
     apikey: str = Field(description="the API key of the IoT Agent's service group")
     topic: str = Field(description="{apikey} and {device} are filled in")
@@ -215,10 +236,7 @@ class IotAgentUplink(MqttConnection, AttributeMapping):
     @field_validator("apikey")
     @classmethod
     def _apikey(cls, v: str) -> str:
-        if not v or any(c in "/+#" or c.isspace() for c in v):
-            raise ValueError("expected the service group's API key, without / + # or spaces, "
-                             f'e.g. "4jggokgpepnvsb2uv4s40d59ov" (got {v!r})')
-        return v
+        return _check_apikey(v)
 
     @field_validator("topic")
     @classmethod
@@ -253,26 +271,39 @@ class IotaUlUplink(IotAgentUplink):
     topic: str = Field("/ul/{apikey}/{device}/attrs", description="{apikey} and {device} are filled in")
 
 
-def _broker_url(v: str) -> str:
-    """The base URL of a context broker, without a trailing slash."""
+def _base_url(v: str, what: str, whose: str, api_segments: tuple[str, ...], api_paths: str, example: str) -> str:
+    """The base URL of an HTTP endpoint (``what``), without a trailing slash; edgegw appends the API
+    paths (``api_paths``) itself, so a URL that already holds one of ``api_segments`` is refused."""
     parts = urlsplit(v.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected the http:// or https:// base URL of the context broker, {_URL_EXAMPLE} (got {v!r})")
+        raise ValueError(f"expected the http:// or https:// base URL of {what}, {example} (got {v!r})")
     try:
         _ = parts.port  # urlsplit checks the port only when asked
     except ValueError:
-        raise ValueError(f"the port in {v!r} is not a number from 1 to 65535; {_URL_EXAMPLE}") from None
+        raise ValueError(f"the port in {v!r} is not a number from 1 to 65535; {example}") from None
     if parts.username is not None or parts.password is not None:
         raise ValueError("put no user or password in the URL: set token or token_file (sent as X-Auth-Token)")
     if parts.query or parts.fragment:
-        raise ValueError(f"expected a base URL without ?query or #fragment, {_URL_EXAMPLE} (got {v!r})")
+        raise ValueError(f"expected a base URL without ?query or #fragment, {example} (got {v!r})")
     segments = parts.path.split("/")
-    api = next((i for i, seg in enumerate(segments) if seg in _API_SEGMENTS), None)
+    api = next((i for i, seg in enumerate(segments) if seg in api_segments), None)
     if api is not None:
         base = f"{parts.scheme}://{parts.netloc}{'/'.join(segments[:api])}"
-        raise ValueError(f"edgegw adds the API path (/v2/op/update or /ngsi-ld/v1/entityOperations/upsert) "
-                         f"itself: set url to the broker's base URL, \"{base}\" (got {v!r})")
+        raise ValueError(f"edgegw adds the API path ({api_paths}) itself: set url to {whose} base URL, "
+                         f"\"{base}\" (got {v!r})")
     return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+def _broker_url(v: str) -> str:
+    """The base URL of a context broker, without a trailing slash."""
+    return _base_url(v, "the context broker", "the broker's", _API_SEGMENTS,
+                     "/v2/op/update or /ngsi-ld/v1/entityOperations/upsert", _URL_EXAMPLE)
+
+
+def _agent_url(v: str) -> str:
+    """The base URL of an IoT Agent's HTTP southbound (port 7896 by default), without a trailing slash."""
+    return _base_url(v, "the IoT Agent's HTTP southbound", "the agent's", ("iot",), "/iot/json or /iot/d",
+                     'e.g. "http://iota.town.example:7896"')
 
 
 def _tenant_name(v: str | None, header: str) -> str | None:
@@ -282,10 +313,10 @@ def _tenant_name(v: str | None, header: str) -> str | None:
     return v
 
 
-class NgsiConnection(EntityMapping, _Routed):
-    """How to reach a context broker over HTTP: shared by the NGSI-v2 and NGSI-LD uplinks."""
+class HttpConnection(_Routed):
+    """How to reach a FIWARE component over HTTP: shared by the NGSI and IoT Agent HTTP uplinks."""
 
-    url: str = Field(description="the context broker's base URL")
+    url: str = Field(description="the base URL; edgegw appends the API path")
     token: str | None = Field(None, description="sent as X-Auth-Token")
     token_file: Path | None = None
     timeout: Duration = Field(10, description="for connecting, and for each wait on the socket while sending or reading")
@@ -296,18 +327,56 @@ class NgsiConnection(EntityMapping, _Routed):
     ca_file: Path | None = None
     batch: Batching = Batching()
 
-    @field_validator("url")
-    @classmethod
-    def _base_url(cls, v: str) -> str:
-        return _broker_url(v)
-
     @model_validator(mode="after")
-    def _one_token(self) -> NgsiConnection:
+    def _one_token(self) -> HttpConnection:
         return _one_secret(self, "token")
 
     def secret(self) -> str | None:
         """The X-Auth-Token (see :func:`_read_secret`)."""
         return _read_secret(self, "token")
+
+
+class NgsiConnection(HttpConnection, EntityMapping):
+    """How to reach a context broker over HTTP: shared by the NGSI-v2 and NGSI-LD uplinks."""
+
+    url: str = Field(description="the context broker's base URL")
+
+    @field_validator("url")
+    @classmethod
+    def _base_url(cls, v: str) -> str:
+        return _broker_url(v)
+
+
+class IotAgentHttpUplink(HttpConnection, EntityTypes):
+    """Measures to a FIWARE IoT Agent's HTTP southbound: the agent answers only after it updated the
+    context broker, so its 2xx is an acknowledgement from the platform (see edgegw.uplink.iota_http)."""
+
+    url: str = Field(description="the IoT Agent's HTTP southbound base URL (port 7896 by default)")
+    apikey: str = Field(description="the API key of the IoT Agent's service group")
+
+    @field_validator("url")
+    @classmethod
+    def _base_url(cls, v: str) -> str:
+        return _agent_url(v)
+
+    @field_validator("apikey")
+    @classmethod
+    def _apikey(cls, v: str) -> str:
+        return _check_apikey(v)
+
+
+class IotaJsonHttpUplink(IotAgentHttpUplink):
+    """IoT Agent JSON over HTTP: ``POST {url}/iot/json?k={apikey}&i={device}``, one measure group each."""
+
+    type: Literal["iota-json-http"]
+    name: str = Field("iota-json-http", pattern=r"^[A-Za-z0-9_.-]+$")
+
+
+class IotaUlHttpUplink(IotAgentHttpUplink):
+    """IoT Agent Ultralight 2.0 over HTTP: ``POST {url}/iot/d?k={apikey}&i={device}``, ``text/plain``."""
+
+    type: Literal["iota-ul-http"]
+    name: str = Field("iota-ul-http", pattern=r"^[A-Za-z0-9_.-]+$")
 
 
 class NgsiV2Uplink(NgsiConnection):
@@ -449,9 +518,44 @@ class SigfoxUplink(_Routed):
         return Route(frozenset({"alarm"}), frozenset(self.alarms), devices)
 
 
+_FIWARE_TYPES = ("iota-json", "iota-ul", "iota-json-http", "iota-ul-http", "ngsi-v2", "ngsi-ld")
+
+
+def entity_type_problems(uplinks: list) -> list[str]:
+    """FIWARE uplinks of one config that would make one device two different entities.
+
+    On plain dicts (see ``cross_reference_problems``): a device must be the same entity type, with
+    the same id, on every path to the platform, or the town's dashboards see two things.
+    """
+    fiware_uplinks = [(i, u) for i, u in enumerate(uplinks) if isinstance(u, dict) and u.get("type") in _FIWARE_TYPES]
+    if len(fiware_uplinks) < 2:
+        return []
+    drivers = sorted({d for _, u in fiware_uplinks if isinstance(u.get("entity_types"), dict)
+                      for d in u["entity_types"]})
+    problems = []
+    first, f = fiware_uplinks[0]
+    for i, u in fiware_uplinks[1:]:
+        for key, default in (("entity_id", "urn:ngsi-ld:{type}:{device}"),):
+            if u.get(key, default) != f.get(key, default):
+                problems.append(f"uplinks[{i}].{key}: {u.get(key, default)!r} here but {f.get(key, default)!r} on "
+                                f"uplinks[{first}]: a device must be one entity on every uplink; use the same {key}")
+        types_here, types_first = u.get("entity_types") or {}, f.get("entity_types") or {}
+        if not isinstance(types_here, dict) or not isinstance(types_first, dict):
+            continue
+        for d in drivers:
+            here = types_here.get(d) or fiware.DEFAULT_TYPES.get(d) or fiware.GENERIC_TYPE
+            there = types_first.get(d) or fiware.DEFAULT_TYPES.get(d) or fiware.GENERIC_TYPE
+            if here != there and {here, there} <= set(fiware.READING_TYPES):  # an unknown type is reported alone
+                problems.append(f"uplinks[{i}].entity_types: {d!r} is {here!r} here but {there!r} on uplinks[{first}]: "
+                                f"a device must be one entity type on every uplink; set {d} = \"{there}\" (or change "
+                                f"uplinks[{first}])")
+    return problems
+
+
 Uplink = Annotated[
-    MqttUplink | FileUplink | IotaJsonUplink | IotaUlUplink | NgsiV2Uplink | NgsiLdUplink | SigfoxUplink,
-    Field(discriminator="type")
+    MqttUplink | FileUplink | IotaJsonUplink | IotaUlUplink | IotaJsonHttpUplink | IotaUlHttpUplink
+    | NgsiV2Uplink | NgsiLdUplink | SigfoxUplink, Field(discriminator="type")
 ]
-UplinkConfig = MqttUplink | FileUplink | IotaJsonUplink | IotaUlUplink | NgsiV2Uplink | NgsiLdUplink | SigfoxUplink
-UPLINK_TYPES = ("mqtt", "file", "iota-json", "iota-ul", "ngsi-v2", "ngsi-ld", "sigfox")
+UplinkConfig = (MqttUplink | FileUplink | IotaJsonUplink | IotaUlUplink | IotaJsonHttpUplink | IotaUlHttpUplink
+                | NgsiV2Uplink | NgsiLdUplink | SigfoxUplink)
+UPLINK_TYPES = ("mqtt", "file", "iota-json", "iota-ul", "iota-json-http", "iota-ul-http", "ngsi-v2", "ngsi-ld", "sigfox")

@@ -12,11 +12,26 @@ Decisions, in short (the constants below hold the data):
   of a device", only id and type required, so a multi-value reading stays one entity and one
   update). Alarms are SDM ``Alert`` entities of their own (an alert is an event, not device state);
   health is the gateway as an SDM ``Device`` of category ``network``.
-* **WaterObserved** ``height`` is in metres (SDM examples and unit), converted from the driver's
-  mm/cm/m and sent with ``unitCode`` MTR; the raw level is then not repeated. A negative level (below
-  the gauge datum) cannot be ``height`` (SDM ``minimum 0``) and stays a plain attribute in its own
-  unit. SDM requires ``location``: a device without a configured location is sent as
-  ``DeviceMeasurement`` instead of an invalid ``WaterObserved``.
+* **WaterObserved** ``waterLevel`` ("current water level corresponding to this observation", metres,
+  WaterObserved 0.0.4; ``height`` there is the level reached on alert coasts) is converted from the
+  driver's mm/cm/m and sent with ``unitCode`` MTR; the raw level is then not repeated. The level is
+  the driver's ``level``, or the value the config maps to ``waterLevel`` (or, as before 0.0.4,
+  ``height``). A negative level (below the gauge datum) cannot be ``waterLevel`` (SDM ``minimum 0``)
+  and stays a plain attribute in its own unit. SDM requires ``location``: a device without a
+  configured location is sent as ``DeviceMeasurement`` instead of an invalid ``WaterObserved``.
+* **References resolve**: ``refDevice`` (WaterObserved, DeviceMeasurement) names the device's SDM
+  ``Device`` entity, so the gateway sends that entity too, before the first reading of the batch
+  that names it (category, controlledProperty, the time and location): a platform never holds a
+  reading whose device does not exist. Being an append (v2) or a merging upsert (LD), it leaves the
+  rest of a Device entity alone. An Alert's ``alertSource`` names the same entity, which the
+  device's readings create (a trap's readings are its Device entity), but an alarm does not carry
+  it along: a broker refusing that Device entity must not cost the alarm, and an alarm that
+  overtakes the backlog is followed by its reading within the same forwarding run.
+* **NGSI-LD @context**: each entity carries the Smart Data Models context of its own domain
+  (:data:`SDM_CONTEXTS`: Environment for WaterObserved, Device for Device and DeviceMeasurement,
+  Alert for Alert) before the configured ones. One list for all would not do: ``refDevice`` and
+  ``category`` mean different terms in the Environment, Device and Alert contexts, and in JSON-LD
+  the last context defining a term wins.
 * **Device** (trap): ``deviceState`` is the trap state, ``rssi`` the radio RSSI in dBm (Rec 20 has
   no dBm code, so no unitCode). ``batteryLevel`` (a 0..1 fraction) is omitted: a voltage is not a
   charge fraction without the cell's discharge curve, and -1 means "transiently unknown", which it
@@ -27,11 +42,18 @@ Decisions, in short (the constants below hold the data):
   agents forward to Orion. They become their full-width forms (（ ） ＝ ...), which Japanese text uses
   anyway and NFKC folds back; control characters become spaces. Ultralight additionally maps its
   separators ``| # @`` to ｜ ＃ ＠. NGSI-LD text is sent unchanged.
+* **Readings** on the IoT Agent: the values, then ``dateObserved`` (``dateLastValueReported`` for an
+  SDM Device) = observed_at, the date the entity's SDM type asks for (the agent's own TimeInstant
+  is no SDM attribute); with the location provisioned as a static attribute, the agent's
+  WaterObserved is one the SDM schema accepts.
 * **Alarms** on the IoT Agent: measures ``alarm`` (kind), ``alarmSeverity``, ``alarmMessage``,
   ``alarmId`` on the device's own entity, ``TimeInstant`` = raised_at.
 * **Health** on the IoT Agent: measures of the gateway's device (id = the health item's gateway);
   per-key counters are flattened (``pending_<uplink>``, ``rejects_<reason>``, ``last_frame_<source>``)
   because Ultralight has no structured values; ``oldest_pending_s`` null (nothing pending) is 0.
+  The agent types them as provisioned: :func:`iota_provisioning` provisions them as numbers.
+* **IoT Agent over HTTP**: :func:`iota_json_groups` gives one measure group per request, because
+  iotagent-json answers an array after its first group's update of the context broker.
 """
 
 from __future__ import annotations
@@ -60,6 +82,7 @@ UNIT_CODES: dict[str, str] = {
 _METRES_PER_UNIT = {"mm": 0.001, "cm": 0.01, "m": 1.0}
 
 WATER_TYPE = "WaterObserved"
+WATER_LEVEL = "waterLevel"  # the WaterObserved attribute of the level, in metres
 DEVICE_TYPE = "Device"
 ALERT_TYPE = "Alert"
 GENERIC_TYPE = "DeviceMeasurement"
@@ -68,10 +91,22 @@ DEFAULT_TYPES: dict[str, str] = {"water_level": WATER_TYPE, "trap": DEVICE_TYPE}
 READING_TYPES: tuple[str, ...] = (WATER_TYPE, DEVICE_TYPE, GENERIC_TYPE)
 # NGSI-LD's core @context, the default when the config names none.
 LD_CORE_CONTEXT = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context.jsonld"
+_SDM = "https://raw.githubusercontent.com/smart-data-models/dataModel.{}/master/context.jsonld"
+# The Smart Data Models @context defining each entity type and its attributes (checked against the
+# context.jsonld of each repository: dataModel.Device defines DeviceMeasurement too).
+SDM_CONTEXTS: dict[str, str] = {
+    WATER_TYPE: _SDM.format("Environment"),
+    DEVICE_TYPE: _SDM.format("Device"),
+    GENERIC_TYPE: _SDM.format("Device"),
+    ALERT_TYPE: _SDM.format("Alert"),
+}
 
 # SDM Device (category, controlledProperty) per driver, from the model's enums. A trap senses the
 # animal's pull on the wire: "motion" is the nearest controlled property.
-DEVICE_PROFILES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {"trap": (("sensor",), ("motion",))}
+DEVICE_PROFILES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "trap": (("sensor",), ("motion",)),
+    "water_level": (("sensor",), ("waterLevel", "temperature")),
+}
 _DEFAULT_PROFILE: tuple[tuple[str, ...], tuple[str, ...]] = (("sensor",), ())
 # A gateway senses nothing in the controlledProperty enum; the required list is sent empty.
 GATEWAY_PROFILE: tuple[tuple[str, ...], tuple[str, ...]] = (("network",), ())
@@ -113,7 +148,7 @@ _RESERVED = frozenset({
 # SDM attributes edgegw fills itself, per type: a raw value never lands there, even when edgegw
 # leaves them out (a negative level is no height, a voltage is no batteryLevel).
 _MANAGED: dict[str, set[str]] = {
-    WATER_TYPE: {"height"},
+    WATER_TYPE: {"waterLevel", "height"},
     DEVICE_TYPE: {"batteryLevel", "deviceState", "rssi"},
 }
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -190,6 +225,20 @@ def iota_json(items: Iterable[Item], mapping: FiwareMapping) -> list[tuple[str, 
     ]
 
 
+def iota_json_groups(items: Iterable[Item], mapping: FiwareMapping) -> list[tuple[str, bytes]]:
+    """IoT Agent JSON measure payloads, one flat object per item that has measures, in item order.
+
+    For the agent's HTTP southbound: given an array, iotagent-json 3.x answers as soon as the
+    *first* group's update of the context broker returned (its HTTP binding calls the next handler
+    once per group), so only a request with one group has an answer that covers all of it.
+    """
+    out = []
+    for item in items:
+        for device, groups in _measure_groups([item], mapping, _json_value).items():
+            out += [(device, _json(group)) for group in groups]
+    return out
+
+
 def iota_ul(items: Iterable[Item], mapping: FiwareMapping) -> list[tuple[str, bytes]]:
     """Ultralight 2.0 measure payloads, one per device: ``TimeInstant|k|v|k|v`` groups joined by ``#``.
 
@@ -214,6 +263,8 @@ def _measure_groups(
             encoded = encode(value)
             if encoded is not None:
                 group[_free(name, group)] = encoded
+        if item["type"] == "reading" and len(group) == 1:
+            continue  # only the date: nothing was measured that the agent can carry
         if group:  # a group with a timestamp only is a parse error at the agent
             groups.setdefault(device, []).append({"TimeInstant": time, **group})
     return groups
@@ -224,6 +275,8 @@ def _measures(item: Item, mapping: FiwareMapping) -> tuple[str, str, list[tuple[
     kind = item["type"]
     if kind == "reading":
         values = [(mapping.attribute(k), v) for k, v in item["values"].items()]
+        if values:  # the SDM date the entity's type requires: the agent keeps TimeInstant to itself
+            values.append((_date_attribute(_reading_type(item, mapping)), item["observed_at"]))
         return _device(item["device"]), item["observed_at"], values
     if kind == "alarm":
         fields = {"alarm": item["alarm"], "alarmSeverity": item["severity"],
@@ -233,6 +286,16 @@ def _measures(item: Item, mapping: FiwareMapping) -> tuple[str, str, list[tuple[
         values = [("version", item["version"])] + [(n, v) for n, v, _, _ in _health_counters(item)]
         return _device(item["gateway"]), item["observed_at"], [(mapping.attribute(k), v) for k, v in values]
     raise ValueError(f"unknown item type {kind!r}")
+
+
+def _reading_type(item: Item, mapping: FiwareMapping) -> str:
+    """The entity type of a reading's device, as on every uplink (see :func:`_reading`)."""
+    etype = mapping.entity_type(item["driver"])
+    return GENERIC_TYPE if etype == WATER_TYPE and item["device"] not in mapping.locations else etype
+
+
+def _date_attribute(etype: str) -> str:
+    return "dateLastValueReported" if etype == DEVICE_TYPE else "dateObserved"
 
 
 def _json_value(value: Any) -> Any:
@@ -249,6 +312,72 @@ def _ul_value(value: Any) -> str | None:
     return _orion_text(str(value)).translate(_UL_SEPARATORS) or None
 
 
+# The reject reasons edgegw's own sources, envelope and drivers count (health ``rejects_<reason>``):
+# provisioned as numbers on an IoT Agent. A third-party driver's own reason is not known here.
+REJECT_REASONS = (
+    "bad_mic", "bad_value", "bad_version", "driver_error", "garbage", "parser_error", "rate_limited", "replayed",
+    "sensor_error", "truncated", "unauthenticated", "unknown_device", "wrong_length",
+)
+
+
+def iota_provisioning(
+    mapping: FiwareMapping,
+    devices: Iterable[tuple[str, str, Mapping[str, str]]],
+    *,
+    uplinks: Iterable[str] = (),
+    sources: Iterable[str] = (),
+) -> dict[str, Any]:
+    """The body of an IoT Agent's ``POST /iot/devices`` that makes the agent's entities the ones the
+    NGSI uplinks make for the same config: same id and type per device, attributes typed.
+
+    ``devices`` gives (device id, driver, {value name: NGSI-v2 type}) per ``[[devices]]`` entry;
+    the gateway's own device (its health report) comes last, every number typed ``Number``, for the
+    ``pending_``/``last_frame_``/``uplink_`` keys of the given ``uplinks`` and ``sources`` and the
+    :data:`REJECT_REASONS`. What the agent cannot do is not pretended: a level arrives in the
+    driver's unit under its own name, not as the SDM ``waterLevel`` in metres.
+    """
+    out = []
+    for device, driver, kinds in devices:
+        etype = _reading_type({"driver": driver, "device": device}, mapping)
+        attrs = []
+        for value, kind in kinds.items():
+            object_id = mapping.attribute(value)
+            name = "deviceState" if etype == DEVICE_TYPE and value == "state" and kind == "Text" else object_id
+            attrs.append({"object_id": object_id, "name": name, "type": kind})
+        date = _date_attribute(etype)
+        attrs.append({"object_id": date, "name": date, "type": "DateTime"})
+        attrs += [{"object_id": mapping.attribute(a), "name": mapping.attribute(a), "type": "Text"}
+                  for a in ("alarm", "alarmSeverity", "alarmMessage", "alarmId")]
+        out.append(_provisioned(device, etype, mapping, attrs, DEVICE_PROFILES.get(driver, _DEFAULT_PROFILE)))
+    gateway = _device(mapping.gateway_id)
+    numbers = ["uptime_s", "pending", "oldest_pending_s", "rejects", "disk_free_bytes", "open_alarms"]
+    numbers += [f"pending_{_safe_name(u)}" for u in uplinks] + [f"rejects_{r}" for r in REJECT_REASONS]
+    attrs = [{"object_id": mapping.attribute("version"), "name": "softwareVersion", "type": "Text"}]
+    attrs += [{"object_id": mapping.attribute(n), "name": mapping.attribute(n), "type": "Number"} for n in numbers]
+    attrs += [{"object_id": mapping.attribute(n), "name": mapping.attribute(n), "type": "DateTime"}
+              for n in (f"last_frame_{_safe_name(s)}" for s in sources)]
+    attrs += [{"object_id": mapping.attribute(n), "name": mapping.attribute(n), "type": "Text"}
+              for n in (f"uplink_{_safe_name(u)}" for u in uplinks)]
+    out.append(_provisioned(gateway, DEVICE_TYPE, mapping, attrs, GATEWAY_PROFILE))
+    return {"devices": out}
+
+
+def _provisioned(device: str, etype: str, mapping: FiwareMapping, attrs: list[dict[str, str]],
+                 profile: tuple[tuple[str, ...], tuple[str, ...]] | None = None) -> dict[str, Any]:
+    static: list[dict[str, Any]] = []
+    if etype == DEVICE_TYPE:  # SDM Device requires these; the agent adds them to every update
+        category, controlled = profile or _DEFAULT_PROFILE
+        static += [{"name": "category", "type": "StructuredValue", "value": list(category)},
+                   {"name": "controlledProperty", "type": "StructuredValue", "value": list(controlled)}]
+    if (location := mapping.locations.get(device)) is not None:
+        static.append({"name": "location", "type": "geo:json", "value": _point(location)})
+    body: dict[str, Any] = {"device_id": device, "entity_name": mapping.entity(etype, device), "entity_type": etype,
+                            "attributes": attrs}
+    if static:
+        body["static_attributes"] = static
+    return body
+
+
 # -- NGSI -------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -263,21 +392,23 @@ class _Attr:
 class _Entity:
     id: str
     type: str
-    time: str
+    time: str | None  # None: a Device entity sent so that a reference resolves, not an observation
     attrs: dict[str, _Attr]
 
 
 def ngsi_v2_entities(items: Iterable[Item], mapping: FiwareMapping) -> list[dict[str, Any]]:
-    """NGSI-v2 entities for ``POST /v2/op/update`` with ``actionType: append``, one per item, in order.
+    """NGSI-v2 entities for ``POST /v2/op/update`` with ``actionType: append``, one per item, in order,
+    each preceded by the Device entity its reference names when the batch has not sent that one yet.
 
-    Measured attributes carry ``unitCode`` (when known) and ``TimeInstant`` metadata; each entity
-    also has a ``TimeInstant`` attribute, as IoT-Agent-made entities do, for history subscribers.
+    Measured attributes carry ``unitCode`` (when known) and ``TimeInstant`` metadata; each item's
+    entity also has a ``TimeInstant`` attribute, as IoT-Agent-made entities do, for history subscribers.
     """
     out = []
-    for e in (_entity(i, mapping) for i in items):
+    for e in _entities(items, mapping):
         body: dict[str, Any] = {"id": e.id, "type": e.type}
         body.update((name, _v2_attr(a)) for name, a in e.attrs.items())
-        body["TimeInstant"] = {"type": "DateTime", "value": e.time}
+        if e.time is not None:
+            body["TimeInstant"] = {"type": "DateTime", "value": e.time}
         out.append(body)
     return out
 
@@ -285,15 +416,22 @@ def ngsi_v2_entities(items: Iterable[Item], mapping: FiwareMapping) -> list[dict
 def ngsi_ld_entities(items: Iterable[Item], mapping: FiwareMapping, context: str | list[str]) -> list[dict[str, Any]]:
     """NGSI-LD entities (normalized, ``@context`` in each) for ``/ngsi-ld/v1/entityOperations/upsert``.
 
-    One entity per item, in order; split them with :func:`upsert_rounds`. Use upsert's default
-    (replace): each entity is complete, so an attribute a reading lacks (no height for a negative
-    level) does not linger from the previous reading as it would with ``?options=update``.
+    Entities as for NGSI-v2 (see :func:`ngsi_v2_entities`); split them with :func:`upsert_rounds`
+    and send them with ``?options=update``: a merge keeps what a town added to an entity, as v2's
+    append does. Like append, it also keeps an attribute a reading lacks (no waterLevel for a
+    negative level) from an earlier one; its ``observedAt`` tells the two apart. Each entity's
+    ``@context`` is its type's :data:`SDM_CONTEXTS` entry, then ``context`` (less the SDM contexts
+    in it: each entity gets its own domain's).
     """
+    # A configured SDM context is the one of its own domain only: listed for every entity, its terms
+    # would override those of another domain's context (refDevice, category mean different things).
+    configured = [c for c in ([context] if isinstance(context, str) else context) if c not in SDM_CONTEXTS.values()]
     out = []
-    for e in (_entity(i, mapping) for i in items):
+    for e in _entities(items, mapping):
         body: dict[str, Any] = {"id": e.id, "type": e.type}
         body.update((name, _ld_attr(a)) for name, a in e.attrs.items())
-        body["@context"] = context
+        contexts = list(dict.fromkeys([c for c in [SDM_CONTEXTS.get(e.type)] if c] + configured))
+        body["@context"] = contexts[0] if len(contexts) == 1 else contexts
         out.append(body)
     return out
 
@@ -309,6 +447,32 @@ def upsert_rounds(entities: Iterable[dict[str, Any]]) -> list[list[dict[str, Any
         rounds[-1].append(entity)
         seen.add(entity["id"])
     return rounds
+
+
+def _entities(items: Iterable[Item], mapping: FiwareMapping) -> list[_Entity]:
+    """Each item's entity, a reading's after the Device entity it refers to (once per batch)."""
+    out: list[_Entity] = []
+    sent: set[str] = set()
+    for item in items:
+        entity = _entity(item, mapping)
+        ref = entity.attrs["refDevice"].value if "refDevice" in entity.attrs else None
+        if ref is not None and ref not in sent:
+            out.append(_referenced_device(ref, item, mapping))
+            sent.add(ref)
+        if entity.type == DEVICE_TYPE:
+            sent.add(entity.id)
+        out.append(entity)
+    return out
+
+
+def _referenced_device(entity_id: str, item: Item, mapping: FiwareMapping) -> _Entity:
+    """The SDM Device a reading's refDevice names: what the gateway knows of it."""
+    device = _device(item["device"])
+    attrs = _device_profile(DEVICE_PROFILES.get(item["driver"], _DEFAULT_PROFILE))
+    attrs["dateLastValueReported"] = _Attr(item["observed_at"], "DateTime")
+    if (location := mapping.locations.get(device)) is not None:
+        attrs["location"] = _Attr(_point(location), "geo:json")
+    return _Entity(entity_id, DEVICE_TYPE, None, attrs)
 
 
 def _entity(item: Item, mapping: FiwareMapping) -> _Entity:
@@ -327,9 +491,7 @@ def _reading(item: Item, mapping: FiwareMapping) -> _Entity:
     values: dict[str, Any] = dict(item["values"])
     units: Mapping[str, str] = item["units"]
     location = mapping.locations.get(device)
-    etype = mapping.entity_type(driver)
-    if etype == WATER_TYPE and location is None:
-        etype = GENERIC_TYPE  # SDM WaterObserved requires a location
+    etype = _reading_type(item, mapping)  # SDM WaterObserved requires a location: else DeviceMeasurement
     attrs: dict[str, _Attr] = {}
     if etype == DEVICE_TYPE:
         attrs.update(_device_profile(DEVICE_PROFILES.get(driver, _DEFAULT_PROFILE)))
@@ -342,11 +504,11 @@ def _reading(item: Item, mapping: FiwareMapping) -> _Entity:
         attrs["dateObserved"] = _Attr(observed, "DateTime")
         attrs["refDevice"] = _Attr(mapping.entity(DEVICE_TYPE, device), "Relationship")
     if etype == WATER_TYPE:
-        source = next((k for k in values if mapping.attribute(k) == "height"), "level")
-        height = _metres(values.get(source), units.get(source))
-        if height is not None:
+        source = next((k for k in values if mapping.attribute(k) in (WATER_LEVEL, "height")), "level")
+        level = _metres(values.get(source), units.get(source))
+        if level is not None:
             del values[source]
-            attrs["height"] = _Attr(height, "Number", "MTR", observed)
+            attrs[WATER_LEVEL] = _Attr(level, "Number", "MTR", observed)
     if location is not None:
         attrs["location"] = _Attr(_point(location), "geo:json")
     taken = set(attrs) | _MANAGED.get(etype, set())
@@ -489,7 +651,7 @@ def _kind(value: Any) -> str:
 
 
 def _metres(value: Any, unit: str | None) -> float | None:
-    """A non-negative length in metres, or None when the value is not a length that can be a height."""
+    """A non-negative length in metres, or None when the value is not a length that can be a level."""
     factor = _METRES_PER_UNIT.get(unit or "")
     if factor is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return None

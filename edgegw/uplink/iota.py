@@ -5,6 +5,11 @@ One message per device and batch, on the configured topic (``/<apikey>/<device>/
 group into one NGSI update, in order. The batch is acknowledged once the broker has acknowledged
 every one of its messages; any failure fails the whole batch, which is then sent again whole
 (at least once: the agent may see a device's measures twice, with the same TimeInstant).
+
+That acknowledgement is the MQTT broker's, not the agent's: an agent subscribed with its defaults
+(clean session, QoS 0) loses what is published while it is down. ``IOTA_MQTT_QOS=1`` and
+``IOTA_MQTT_CLEAN=false`` on the agent make the broker keep it for the agent; the agent's HTTP
+southbound (:mod:`edgegw.uplink.iota_http`) acknowledges only what reached the context broker.
 """
 
 from __future__ import annotations
