@@ -307,7 +307,7 @@ def _parse_json_measures(raw: bytes) -> list[dict[str, Any]]:
         raise _AgentError(400, "BAD_REQUEST", "expected a non-empty JSON object or an array of them", invalid=True)
     for g in groups:
         nested = [k for k, v in g.items() if isinstance(v, (dict, list))]
-        if nested or "TimeInstant" in g and not _UL_TIMESTAMP.match(str(g["TimeInstant"])):
+        if nested or ("TimeInstant" in g and not _UL_TIMESTAMP.match(str(g["TimeInstant"]))):
             raise _AgentError(400, "BAD_REQUEST", f"measures must be flat values with an ISO TimeInstant: {g}",
                               invalid=True)
         if len(g) == 1 and "TimeInstant" in g:

@@ -9,11 +9,12 @@ after the agent's own (iotagent-ul ``lib/ulParser.js``).
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import unicodedata
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,8 @@ from edgegw.uplink.fiware import (
     upsert_rounds,
 )
 from edgegw_drivers.trap import TrapSensor
-from tests.sdm_schemas import sdm_schema_errors
 from edgegw_drivers.water_level import WaterLevelSensor
+from tests.sdm_schemas import sdm_schema_errors
 
 CONTEXT = [
     "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context.jsonld",
@@ -52,8 +53,9 @@ CONTEXT = [
 KAGAWA = (34.3401, 134.0434)  # (latitude, longitude): asymmetric, so a swapped order shows
 
 # -- Smart Data Model rules, from the models' JSON Schemas ----------------------------------------------
-# WaterObserved 0.0.4 (dataModel.Environment; waterLevel: "current water level", in metres), Device 0.0.9 (dataModel.Device; older versions also
-# require category), Alert 0.0.3 (dataModel.Alert), DeviceMeasurement 0.1.0.
+# WaterObserved 0.0.4 (dataModel.Environment; waterLevel: "current water level", in metres),
+# Device 0.0.9 (dataModel.Device; older versions also require category), Alert 0.0.3 (dataModel.Alert),
+# DeviceMeasurement 0.1.0.
 
 SDM_REQUIRED = {
     "WaterObserved": {"id", "type", "location", "dateObserved"},
@@ -638,7 +640,7 @@ NAMES = st.from_regex(r"\A[A-Za-z_][A-Za-z0-9_]{0,15}\Z")
 SCALARS = st.one_of(st.booleans(), st.integers(-(10**12), 10**12), st.floats(allow_nan=False, allow_infinity=False),
                     st.text(max_size=40))
 UNITS = st.sampled_from([*REC20_NAMES, "furlong", "", "dBm", "ppm"])
-TIMES = st.datetimes(datetime(2000, 1, 1), datetime(2100, 1, 1), timezones=st.just(timezone.utc)).map(
+TIMES = st.datetimes(datetime(2000, 1, 1), datetime(2100, 1, 1), timezones=st.just(UTC)).map(
     lambda t: t.isoformat(timespec="milliseconds").replace("+00:00", "Z"))
 LAT_LON = st.tuples(st.floats(-90, 90), st.floats(-180, 180))
 
@@ -791,7 +793,7 @@ def test_upsert_rounds_keep_order_and_make_ids_unique(ids):
     assert [e for r in rounds for e in r] == entities
     for r in rounds:
         assert r and len({e["id"] for e in r}) == len(r)
-    for previous, current in zip(rounds, rounds[1:], strict=False):  # a new round starts only when it must
+    for previous, current in itertools.pairwise(rounds):  # a new round starts only when it must
         assert current[0]["id"] in {e["id"] for e in previous}
 
 

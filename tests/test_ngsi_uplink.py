@@ -23,11 +23,11 @@ import pytest
 from edgegw.config import Device, NgsiLdUplink, NgsiV2Uplink
 from edgegw.errors import PermanentUplinkError, TransientUplinkError, UplinkError
 from edgegw.items import Batch
+from edgegw.uplink.fiware import SDM_CONTEXTS
 from edgegw.uplink.ngsi import MAX_REQUEST_BYTES, NgsiUplink, classify, retry_after_seconds
 from tests.broker import free_port
 from tests.context_broker import ContextBroker, context_broker  # noqa: F401
 from tests.gateway import wait_until
-from edgegw.uplink.fiware import SDM_CONTEXTS
 from tests.test_fiware import CONTEXT, KAGAWA, alarm, kv_v2, ld_context, sdm_violations, trap, water
 
 OBSERVED = "2025-06-01T03:00:00.000Z"  # observed_at of the fixture readings

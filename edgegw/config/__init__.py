@@ -47,12 +47,12 @@ from edgegw.config.uplinks import (
     FileUplink,
     HttpConnection,
     IotAgentHttpUplink,
-    ItemRoute,
     IotAgentUplink,
     IotaJsonHttpUplink,
     IotaJsonUplink,
     IotaUlHttpUplink,
     IotaUlUplink,
+    ItemRoute,
     MqttConnection,
     MqttUplink,
     NgsiConnection,
@@ -65,10 +65,13 @@ from edgegw.config.uplinks import (
     entity_type_problems,
 )
 from edgegw.drivers import DriverRegistry, load_drivers
-from edgegw.radio.registry import PLUGIN_PROBLEMS, SOURCE_TYPES, source_problems
 from edgegw.errors import ConfigError, DriverLoadError
+from edgegw.radio.registry import PLUGIN_PROBLEMS, SOURCE_TYPES, source_problems
 
 __all__ = [
+    "RULE_DEFAULTS",
+    "RYLR_BANDWIDTH_CODES",
+    "UPLINK_TYPES",
     "Action",
     "AlarmSettings",
     "AttributeMapping",
@@ -83,12 +86,12 @@ __all__ = [
     "FileUplink",
     "HttpConnection",
     "IotAgentHttpUplink",
-    "ItemRoute",
     "IotAgentUplink",
     "IotaJsonHttpUplink",
     "IotaJsonUplink",
     "IotaUlHttpUplink",
     "IotaUlUplink",
+    "ItemRoute",
     "Layout",
     "LayoutFieldSpec",
     "Log",
@@ -98,18 +101,15 @@ __all__ = [
     "NgsiConnection",
     "NgsiLdUplink",
     "NgsiV2Uplink",
-    "SigfoxAlarm",
-    "SigfoxUplink",
-    "RULE_DEFAULTS",
-    "RYLR_BANDWIDTH_CODES",
     "Rule",
     "RylrSource",
+    "SigfoxAlarm",
+    "SigfoxUplink",
     "Size",
     "Source",
     "Stage",
     "Store",
     "TrapRule",
-    "UPLINK_TYPES",
     "Uplink",
     "UplinkConfig",
     "WaterLevelRule",
@@ -169,7 +169,8 @@ class Config(_Section):
     def effective_rules(self) -> list[TrapRule | WaterLevelRule | DeviceHealthRule]:
         """The configured rules, plus the defaults for kinds not configured: trap and device health."""
         configured = {r.type for r in self.rules}
-        defaults = [TrapRule(type="trap"), DeviceHealthRule(type="device_health")]
+        defaults: list[TrapRule | WaterLevelRule | DeviceHealthRule] = [TrapRule(type="trap"),
+                                                                         DeviceHealthRule(type="device_health")]
         return list(self.rules) + [r for r in defaults if r.type not in configured]
 
     def effective_uplinks(self) -> list[UplinkConfig]:
@@ -228,6 +229,12 @@ _MISSING_HINTS = {
               'e.g. "4jggokgpepnvsb2uv4s40d59ov"',
     "url": f": the context broker's base URL, {_URL_EXAMPLE}",
 }
+
+
+def _listed(raw: dict[str, Any], key: str) -> list[Any]:
+    """A top-level list of the raw file (``[[sources]]``, ...), or [] where it is missing or not a list."""
+    value = raw.get(key)
+    return value if isinstance(value, list) else []
 
 
 def _describe(err: dict[str, Any]) -> list[str]:
@@ -301,15 +308,12 @@ def load_config(path: str | Path, keys: bool = True) -> tuple[Config, DriverRegi
         config = Config.model_validate(raw, context={"drivers": registry, "device_drivers": device_drivers})
     except ValidationError as exc:
         # Layouts were validated above too: _dedupe drops the second copy of their problems.
-        problems += [line for e in exc.errors() for line in _describe(e)]
+        problems += [line for e in exc.errors() for line in _describe(dict(e))]
         # The cross-section checks did not run (pydantic stops before them): run them on the raw file.
-        problems += cross_reference_problems(*(raw.get(k) if isinstance(raw.get(k), list) else []
-                                               for k in ("sources", "devices", "uplinks")))
-        problems += rule_problems(*(raw.get(k) if isinstance(raw.get(k), list) else []
-                                    for k in ("rules", "actions", "devices")), registry)
+        problems += cross_reference_problems(*(_listed(raw, k) for k in ("sources", "devices", "uplinks")))
+        problems += rule_problems(_listed(raw, "rules"), _listed(raw, "actions"), _listed(raw, "devices"), registry)
         raise ConfigError(name, _dedupe(problems)) from None
-    problems += rule_problems(*(raw.get(k) if isinstance(raw.get(k), list) else []
-                                for k in ("rules", "actions", "devices")), registry)
+    problems += rule_problems(_listed(raw, "rules"), _listed(raw, "actions"), _listed(raw, "devices"), registry)
     problems += _field_problems(base, config.sources) + source_problems(config.sources) + PLUGIN_PROBLEMS
     problems += route_problems(config)
     keys_file = _resolve(base, config.keys_file)
@@ -359,7 +363,7 @@ def _field_problems(base: Path, sources: list[Source]) -> list[str]:
     for i, source in enumerate(sources):
         if getattr(source, "simulate", None) is not None:  # SPI radios have no pty to emulate
             try:
-                load_field(_resolve(base, source.simulate))
+                load_field(base / source.simulate)
             except ConfigError as exc:
                 problems += [f"{_key_path(('sources', i, 'simulate'))}: {exc.path}: {p}" for p in exc.problems]
     return problems

@@ -11,6 +11,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 from edgegw.config import FileUplink
 from edgegw.errors import TransientUplinkError
@@ -24,7 +25,7 @@ class FileWriterUplink:
         self.dir = config.path if config.path.is_absolute() else Path(data_dir) / config.path
         self.rotate_bytes = config.rotate_bytes
         self._lock = threading.Lock()
-        self._file = None
+        self._file: BinaryIO | None = None
 
     def start(self, on_result: OnResult, on_state: OnState) -> None:
         self.on_result = on_result
@@ -56,7 +57,7 @@ class FileWriterUplink:
             now = time.time()
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now * 1e6) % 1_000_000:06d}Z"
             path = self.dir / f"batches-{stamp}.jsonl"
-            self._file = open(path, "ab")
+            self._file = open(path, "ab")  # noqa: SIM115  (open across batches until it rotates)
             # The new name must survive a power cut too: fsync the directory entry once.
             dir_fd = os.open(self.dir, os.O_RDONLY)
             try:

@@ -29,7 +29,7 @@ import socket
 import threading
 import time
 from collections.abc import Mapping
-from datetime import timezone
+from datetime import UTC
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -177,13 +177,14 @@ class HttpUplink:
         if self._conn is None:
             url = urlsplit(self.config.url)
             self._base_path = url.path
+            host = url.hostname or ""  # the config's URL check requires one
             if url.scheme == "http":
-                self._conn = HTTPConnection(url.hostname, url.port, timeout=self.config.timeout)
+                self._conn = HTTPConnection(host, url.port, timeout=self.config.timeout)
             else:
                 tls: dict[str, Any] = {"cert_reqs": "CERT_REQUIRED", "ca_certs": self.config.ca_file and str(self.config.ca_file)}
                 if not self.config.verify_tls:
                     tls = {"cert_reqs": "CERT_NONE", "assert_hostname": False}
-                self._conn = HTTPSConnection(url.hostname, url.port, timeout=self.config.timeout, **tls)
+                self._conn = HTTPSConnection(host, url.port, timeout=self.config.timeout, **tls)
         elif self._conn.sock is not None and not self._conn.is_connected:
             self._conn.close()  # a request sent on it now would fail: connect() afresh instead
         return self._conn
@@ -304,7 +305,7 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
         except (TypeError, ValueError):
             return None
         if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
+            when = when.replace(tzinfo=UTC)
         seconds = when.timestamp() - (time.time() if now is None else now)
     return min(max(0.0, seconds), MAX_RETRY_AFTER)
 

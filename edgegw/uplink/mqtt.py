@@ -21,17 +21,21 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 
+from edgegw.backoff import Backoff
 from edgegw.config import MqttConnection, MqttUplink
 from edgegw.errors import PermanentUplinkError, TransientUplinkError, UplinkError
 from edgegw.imports import import_without
 from edgegw.items import Batch
-from edgegw.backoff import Backoff
 from edgegw.uplink import OnResult, OnState
 
-mqtt = import_without("paho.mqtt.client", "dns")
+if TYPE_CHECKING:
+    import paho.mqtt.client as mqtt
+else:
+    mqtt = import_without("paho.mqtt.client", "dns")
 
 log = structlog.get_logger("edgegw.uplink.mqtt")
 
