@@ -189,21 +189,10 @@ class Es920lrRadio(LineModule):
                 "bw_khz": c.bandwidth_khz}
 
 
-def _emulator(config: Any, link: Path) -> Any:
-    from edgegw.radio.es920lr_emulator import Es920lrEmulator
-
-    return Es920lrEmulator(link)
-
-
-def _build(config: Es920lrSource, port: str | None, read_turn: Any) -> Es920lrRadio:
-    assert port is not None
-    return Es920lrRadio(config, port, read_turn)
-
-
 def _source_type() -> Any:
-    from edgegw.radio.registry import SourceType
+    from edgegw.radio.registry import serial_family
 
-    return SourceType(Es920lrSource, _build, _emulator)
+    return serial_family(Es920lrSource, Es920lrRadio, "edgegw.radio.es920lr_emulator:Es920lrEmulator")
 
 
 SOURCE_TYPE = _source_type()

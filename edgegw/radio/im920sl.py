@@ -123,21 +123,10 @@ class Im920slRadio(LineModule):
         return {"channel": self.config.channel, "node": self.config.node}
 
 
-def _emulator(config: Any, link: Path) -> Any:
-    from edgegw.radio.im920sl_emulator import Im920slEmulator
-
-    return Im920slEmulator(link)
-
-
-def _build(config: Im920slSource, port: str | None, read_turn: Any) -> Im920slRadio:
-    assert port is not None
-    return Im920slRadio(config, port, read_turn)
-
-
 def _source_type() -> Any:
-    from edgegw.radio.registry import SourceType
+    from edgegw.radio.registry import serial_family
 
-    return SourceType(Im920slSource, _build, _emulator)
+    return serial_family(Im920slSource, Im920slRadio, "edgegw.radio.im920sl_emulator:Im920slEmulator")
 
 
 SOURCE_TYPE = _source_type()

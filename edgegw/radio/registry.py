@@ -41,13 +41,26 @@ class SourceType:
         return tag
 
 
+def serial_family(config: type[BaseModel], radio: Callable[[Any, str, ReadTurn], Source], emulator: str) -> SourceType:
+    """A serial module family: its radio reads the configured port, its emulator (``"module:Class"``,
+    imported when a config simulates it) takes the pty's link."""
+
+    def build(source: Any, port: Any, read_turn: ReadTurn) -> Source:
+        assert port is not None  # the config requires a port where it does not simulate
+        return radio(source, port, read_turn)
+
+    def emulate(source: Any, link: Path) -> Any:
+        module, name = emulator.split(":")
+        return getattr(importlib.import_module(module), name)(link)
+
+    return SourceType(config, build, emulate)
+
+
 def _bundled() -> list[SourceType]:
     from edgegw.radio import e220, es920lr, im920sl, rylr, sx127x
-    from edgegw.radio.emulator import RylrEmulator
-    from edgegw.radio.rylr import RylrRadio
 
     return [
-        SourceType(rylr.RylrSource, RylrRadio, lambda config, link: RylrEmulator(link)),
+        serial_family(rylr.RylrSource, rylr.RylrRadio, "edgegw.radio.emulator:RylrEmulator"),
         es920lr.SOURCE_TYPE,
         im920sl.SOURCE_TYPE,
         e220.SOURCE_TYPE,
