@@ -202,7 +202,8 @@ class Writer:
                 result = self.ingest.handle(event)
                 if isinstance(result, Reading):
                     out.readings.append(result)
-                    out.alarms += self._store_alarms(self.rules.observe(result, time.time()))
+                    if alarms := self.rules.observe(result, time.time()):
+                        out.alarms += self._store_alarms(alarms)
                 elif isinstance(result, Reject):
                     self._reject(result, out)
                 else:
