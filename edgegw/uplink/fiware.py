@@ -42,7 +42,9 @@ Decisions, in short (the constants below hold the data):
   agents forward to Orion. They become their full-width forms (（ ） ＝ ...), which Japanese text uses
   anyway and NFKC folds back; control characters become spaces. Ultralight additionally maps its
   separators ``| # @`` to ｜ ＃ ＠. NGSI-LD text is sent unchanged.
-* **Readings** on the IoT Agent: the values, then ``dateObserved`` (``dateLastValueReported`` for an
+* **Readings** on the IoT Agent: the values (a WaterObserved's level as ``waterLevel`` in metres,
+  converted by the gateway as for NGSI, so the agent's entity is the NGSI uplinks' one; a negative
+  level under its own name, as there), then ``dateObserved`` (``dateLastValueReported`` for an
   SDM Device) = observed_at, the date the entity's SDM type asks for (the agent's own TimeInstant
   is no SDM attribute); with the location provisioned as a static attribute, the agent's
   WaterObserved is one the SDM schema accepts.
@@ -274,9 +276,21 @@ def _measures(item: Item, mapping: FiwareMapping) -> tuple[str, str, list[tuple[
     """(device id, time, [(attribute name, value)]) of one item, for the IoT Agent."""
     kind = item["type"]
     if kind == "reading":
-        values = [(mapping.attribute(k), v) for k, v in item["values"].items()]
+        etype = _reading_type(item, mapping)
+        raw: dict[str, Any] = dict(item["values"])
+        values: list[tuple[str, Any]] = []
+        date = _date_attribute(etype)
+        # the names the NGSI entity gives no raw value (see _reading), so that both paths agree
+        taken = {date} if etype == DEVICE_TYPE else {date, "refDevice", *_MANAGED.get(etype, ())}
+        if etype == WATER_TYPE:  # as on NGSI: the level in metres as waterLevel, not the driver's mm
+            source = _level_source(raw, mapping)
+            level = _metres(raw.get(source), item["units"].get(source)) if source is not None else None
+            if source is not None and level is not None:
+                del raw[source]
+                values.append((WATER_LEVEL, level))
+        values += [(_free(mapping.attribute(k), taken), v) for k, v in raw.items()]
         if values:  # the SDM date the entity's type requires: the agent keeps TimeInstant to itself
-            values.append((_date_attribute(_reading_type(item, mapping)), item["observed_at"]))
+            values.append((date, item["observed_at"]))
         return _device(item["device"]), item["observed_at"], values
     if kind == "alarm":
         fields = {"alarm": item["alarm"], "alarmSeverity": item["severity"],
@@ -286,6 +300,14 @@ def _measures(item: Item, mapping: FiwareMapping) -> tuple[str, str, list[tuple[
         values = [("version", item["version"])] + [(n, v) for n, v, _, _ in _health_counters(item)]
         return _device(item["gateway"]), item["observed_at"], [(mapping.attribute(k), v) for k, v in values]
     raise ValueError(f"unknown item type {kind!r}")
+
+
+def _level_source(names: Iterable[str], mapping: FiwareMapping) -> str | None:
+    """The value a WaterObserved's ``waterLevel`` comes from: the one the config maps to
+    ``waterLevel`` (or ``height``, as before WaterObserved 0.0.4), else the driver's ``level``."""
+    names = list(names)
+    mapped = next((k for k in names if mapping.attribute(k) in (WATER_LEVEL, "height")), None)
+    return mapped if mapped is not None else ("level" if "level" in names else None)
 
 
 def _reading_type(item: Item, mapping: FiwareMapping) -> str:
@@ -333,15 +355,21 @@ def iota_provisioning(
     ``devices`` gives (device id, driver, {value name: NGSI-v2 type}) per ``[[devices]]`` entry;
     the gateway's own device (its health report) comes last, every number typed ``Number``, for the
     ``pending_``/``last_frame_``/``uplink_`` keys of the given ``uplinks`` and ``sources`` and the
-    :data:`REJECT_REASONS`. What the agent cannot do is not pretended: a level arrives in the
-    driver's unit under its own name, not as the SDM ``waterLevel`` in metres.
+    :data:`REJECT_REASONS`. A ``WaterObserved`` device gets ``waterLevel`` (Number, metres): the
+    gateway converts the level before the agent sees it, as it does for NGSI.
     """
     out = []
     for device, driver, kinds in devices:
         etype = _reading_type({"driver": driver, "device": device}, mapping)
         attrs = []
+        taken: set[str] = set()
+        if etype == WATER_TYPE and (source := _level_source(kinds, mapping)) is not None and kinds[source] == "Number":
+            # the level arrives as waterLevel in metres (see _measures); a negative one, which no
+            # waterLevel can be, under its own name in the driver's unit
+            attrs.append({"object_id": WATER_LEVEL, "name": WATER_LEVEL, "type": "Number"})
+            taken = _MANAGED[WATER_TYPE]
         for value, kind in kinds.items():
-            object_id = mapping.attribute(value)
+            object_id = _free(mapping.attribute(value), taken)
             name = "deviceState" if etype == DEVICE_TYPE and value == "state" and kind == "Text" else object_id
             attrs.append({"object_id": object_id, "name": name, "type": kind})
         date = _date_attribute(etype)
@@ -504,9 +532,9 @@ def _reading(item: Item, mapping: FiwareMapping) -> _Entity:
         attrs["dateObserved"] = _Attr(observed, "DateTime")
         attrs["refDevice"] = _Attr(mapping.entity(DEVICE_TYPE, device), "Relationship")
     if etype == WATER_TYPE:
-        source = next((k for k in values if mapping.attribute(k) in (WATER_LEVEL, "height")), "level")
-        level = _metres(values.get(source), units.get(source))
-        if level is not None:
+        source = _level_source(values, mapping)
+        level = _metres(values.get(source), units.get(source)) if source is not None else None
+        if source is not None and level is not None:
             del values[source]
             attrs[WATER_LEVEL] = _Attr(level, "Number", "MTR", observed)
     if location is not None:
