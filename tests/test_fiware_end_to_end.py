@@ -209,15 +209,18 @@ def iota_http(url: str, kind: str = "json") -> str:
 
 
 def agent_levels(agent: IotAgent, ul: bool) -> list[int]:
-    """River levels in the requests the agent acknowledged (it answers 200 only once the broker has them)."""
+    """River levels (mm) in the requests the agent acknowledged (it answers 200 only once the broker
+    has them); they travel as WaterObserved's waterLevel in metres, as on the NGSI paths."""
     out = []
     for r in agent.requests:
         if r.status != 200 or not r.query["i"].startswith("river-"):
             continue
         if ul:
-            out += [int(f.split("|")[f.split("|").index("level") + 1]) for f in r.body.split("#")]
+            out += [round(float(f.split("|")[f.split("|").index("waterLevel") + 1]) * 1000)
+                    for f in r.body.split("#")]
         else:
-            out.append(r.body["level"])
+            assert "level" not in r.body
+            out.append(round(r.body["waterLevel"] * 1000))
     return out
 
 
