@@ -39,7 +39,9 @@ from edgegw.uplink.fiware import (
     iota_json_groups,
     iota_provisioning,
     iota_ul,
+    ngsi_ld_alert_sources,
     ngsi_ld_entities,
+    ngsi_v2_alert_sources,
     ngsi_v2_entities,
     upsert_rounds,
 )
@@ -706,7 +708,9 @@ def mappings(draw, items: list[dict[str, Any]]) -> FiwareMapping:
     devices = sorted({i.get("device") or i["gateway"] for i in items})
     located = draw(st.lists(st.sampled_from(devices), unique=True))
     return FiwareMapping(locations={d: draw(LAT_LON) for d in located},
-                         attributes=draw(st.dictionaries(NAMES, NAMES, max_size=3)))
+                         attributes=draw(st.dictionaries(NAMES, NAMES, max_size=3)),
+                         drivers=draw(st.dictionaries(st.sampled_from(devices), st.sampled_from(
+                             ["water_level", "trap", "paddy"]), max_size=len(devices))))
 
 
 SLOW = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -894,3 +898,32 @@ def test_any_reading_has_the_same_attributes_on_the_agent_as_on_ngsi(data):
         measured = {k: a["value"] for k, a in entity.items()
                     if k == "dateObserved" or (isinstance(a, dict) and "TimeInstant" in a.get("metadata", {}))}
         assert group == measured
+
+
+# -- an Alert's alertSource: an entity the uplink sends first, or a plain URI ----------------------------
+
+@SLOW
+@given(st.data())
+def test_any_alert_names_a_device_entity_sent_before_it_or_a_plain_uri(data):
+    items = data.draw(ITEMS)
+    mapping = data.draw(mappings(items))
+    sources, ld_sources = ngsi_v2_alert_sources(items, mapping), ngsi_ld_alert_sources(items, mapping, CONTEXT)
+    ids = [entity_id for entity_id, _ in sources]
+    assert len(set(ids)) == len(ids) and [entity_id for entity_id, _ in ld_sources] == ids
+    assert ids == list(dict.fromkeys(mapping.entity("Device", i["device"]) for i in items if i["type"] == "alarm"))
+    for (entity_id, e2), (_, eld) in zip(sources, ld_sources, strict=True):
+        check_v2(e2)
+        check_ld(eld)
+        assert e2["id"] == eld["id"] == entity_id and e2["type"] == "Device"
+        assert sdm_violations(kv_v2(e2)) == [], e2
+    refused = set(data.draw(st.lists(st.sampled_from(ids), unique=True))) if ids else set()
+    for unresolved in (frozenset(), refused):
+        alerts_v2 = [e for e in ngsi_v2_entities(items, mapping, unresolved) if e["type"] == "Alert"]
+        alerts_ld = [e for e in ngsi_ld_entities(items, mapping, CONTEXT, unresolved) if e["type"] == "Alert"]
+        for e2, eld in zip(alerts_v2, alerts_ld, strict=True):
+            target = e2["alertSource"]["value"]
+            assert target in ids  # an entity the uplink sends before the alert
+            assert e2["alertSource"]["type"] == ("Text" if target in unresolved else "Relationship")
+            assert eld["alertSource"]["type"] == ("Property" if target in unresolved else "Relationship")
+            assert kv_ld(eld)["alertSource"] == target
+            assert sdm_violations(kv_v2(e2)) == [], e2  # SDM Alert takes either form
