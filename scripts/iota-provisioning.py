@@ -4,7 +4,8 @@
 Usage: python scripts/iota-provisioning.py -c configs/uplink-iota-json.toml [--uplink NAME]
 
 The devices' entities get the ids and types the NGSI uplinks use for the same config, their
-attributes typed, and the gateway's own device (its health report) every number typed Number.
+attributes typed (a WaterObserved's level as waterLevel, a Number in metres, as the gateway sends
+it), and the gateway's own device (its health report) every number typed Number.
 Send it to the agent's north port with the service group's tenant, e.g.
   curl -X POST http://iota.town.example:4041/iot/devices -H 'Content-Type: application/json' \\
        -H 'fiware-service: kamikawa' -H 'fiware-servicepath: /rivers' -d @devices.json

@@ -16,7 +16,11 @@ batch partially; a test is clearer without that). Malformed requests (400/405/41
 listed in :attr:`ContextBroker.invalid`, even when a fault or the token check answered first, so
 ``assert broker.invalid == []`` after a gateway run catches every bad payload.
 
-Deliberately stricter than Orion: an entity ``type`` and every attribute ``value`` are required;
+Deliberately stricter than Orion: every Relationship (v2: an attribute of type ``Relationship``;
+LD: its ``object``) must name an entity the broker holds once the request is applied (in the same
+tenant, and for v2 the same service path), else the request is refused with 400 and listed in
+:attr:`ContextBroker.invalid`: a dangling reference is a gateway bug (``check_references=False``
+turns this off); an entity ``type`` and every attribute ``value`` are required;
 ``Fiware-Service`` must already be lowercase; values must match their v2 attribute type
 (``Number`` is a JSON number, ``Boolean`` a bool, ``Text`` a string, ``DateTime`` ISO 8601);
 JSON with NaN/Infinity or duplicate keys is refused; NGSI-LD attributes need an explicit
@@ -638,10 +642,12 @@ class ContextBroker:
     and a restarted broker listens on the same port.
     """
 
-    def __init__(self, *, token: str | None = None, port: int = 0) -> None:
+    def __init__(self, *, token: str | None = None, port: int = 0, check_references: bool = True) -> None:
         """``token``: if given, every request needs a matching ``X-Auth-Token`` (else 401).
-        ``port``: 0 picks a free port on the first :meth:`start`."""
+        ``port``: 0 picks a free port on the first :meth:`start`. ``check_references``: refuse a
+        Relationship to an entity the broker does not hold (see the module docstring)."""
         self.token = token
+        self.check_references = check_references
         self._port = port
         self._lock = threading.Condition(threading.RLock())
         self._stopping = threading.Event()
@@ -952,6 +958,17 @@ class ContextBroker:
                 status, description = self._rejected[entity_id]
                 raise _Problem(status, description, invalid=False)
 
+    def _check_references(self, targets: list[tuple[str, Any]], held: set[str], request: str) -> None:
+        """Refuse a request whose Relationships name entities the broker would not hold after it."""
+        if not self.check_references:
+            return
+        dangling = [f"{where} -> {target!r}" for where, value in targets
+                    for target in (value if isinstance(value, list) else [value]) if target not in held]
+        if dangling:
+            description = f"Relationship to an entity that does not exist: {', '.join(dangling)}"
+            self._invalid.append(f"{request} -> 400: {description}")
+            raise _Problem(400, description, invalid=False)
+
     # Each route validates the request (raising _Problem) and returns the operation to run
     # under the lock once faults and the token check have passed.
 
@@ -996,6 +1013,10 @@ class ContextBroker:
             store = copy.deepcopy(self._v2.get((tenant, service_path[0]), {}))
             for index, entity in enumerate(entities):
                 _apply_v2(store, str(action), entity, f"entities[{index}]")
+            if action != "delete":
+                targets = [(f"entities[{i}].{name}", attr.get("value")) for i, e in enumerate(entities)
+                           for name, attr in e.items() if isinstance(attr, dict) and attr.get("type") == "Relationship"]
+                self._check_references(targets, {entity_id for entity_id, _ in store}, "POST /v2/op/update")
             self._v2[(tenant, service_path[0])] = store
             self._update_count += 1
             return _Reply(204)
@@ -1090,6 +1111,9 @@ class ContextBroker:
 
         def apply() -> _Reply:
             self._check_rejected(ids)
+            targets = [(f"{e['id']}.{name}", attr.get("object")) for e in body
+                       for name, attr in e.items() if isinstance(attr, dict) and attr.get("type") == "Relationship"]
+            self._check_references(targets, set(self._ld.get(tenant, {})) | set(ids), f"POST {path}")
             store = self._ld.setdefault(tenant, {})
             created = [e["id"] for e in body if e["id"] not in store]
             for entity in body:

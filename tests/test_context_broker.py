@@ -469,6 +469,7 @@ def test_ld_upsert_creates_then_updates(context_broker: ContextBroker) -> None:
         location={"type": "GeoProperty", "value": {"type": "Point", "coordinates": [13.4, 52.5]}},
         gateway={"type": "Relationship", "object": "urn:ngsi-ld:Gateway:gw1"},
     )
+    assert upsert(context_broker, [ld_sensor("urn:ngsi-ld:Gateway:gw1")])[0] == 201  # what the Relationship names
     assert upsert(context_broker, [first]) == (201, ["urn:ngsi-ld:Sensor:1"])
     assert context_broker.ld_entity("urn:ngsi-ld:Sensor:1") == first
     assert call(context_broker, "GET", "/ngsi-ld/v1/entities/" + quote(first["id"], safe=""))[2] == first
@@ -485,7 +486,7 @@ def test_ld_upsert_creates_then_updates(context_broker: ContextBroker) -> None:
     )
     assert (status, body) == (201, ["urn:ngsi-ld:Sensor:2"])
     assert set(context_broker.ld_entity(first["id"])) == {"id", "type", "@context", "humidity", "battery"}
-    assert context_broker.upsert_count == 3
+    assert context_broker.upsert_count == 4  # the Gateway entity, then three
     assert context_broker.invalid == []
 
 
@@ -786,6 +787,7 @@ DEVICE = "https://raw.githubusercontent.com/smart-data-models/dataModel.Device/m
 
 
 def test_sdm_terms_must_mean_what_the_entity_types_context_says(context_broker: ContextBroker) -> None:
+    assert upsert(context_broker, [ld_sensor("urn:ngsi-ld:Device:r1")])[0] == 201  # what refDevice names
     water = {"id": "urn:ngsi-ld:WaterObserved:r1", "type": "WaterObserved",
              "refDevice": {"type": "Relationship", "object": "urn:ngsi-ld:Device:r1"},
              "waterLevel": {"type": "Property", "value": 1.2, "unitCode": "MTR"}}
@@ -799,3 +801,40 @@ def test_sdm_terms_must_mean_what_the_entity_types_context_says(context_broker: 
     # A context the broker does not know (a town's own) is not second-guessed.
     town = "https://town.example/context.jsonld"
     assert upsert(context_broker, [{**water, "@context": [DEVICE, town]}])[0] == 204
+
+
+# -- references ----------------------------------------------------------------------------------------
+
+def test_v2_refuses_a_relationship_to_an_entity_it_does_not_hold(context_broker: ContextBroker) -> None:
+    reading = {"id": "urn:ngsi-ld:WaterObserved:r1", "type": "WaterObserved",
+               "refDevice": {"type": "Relationship", "value": "urn:ngsi-ld:Device:r1"}}
+    status, body = update(context_broker, [reading])
+    assert status == 400 and "urn:ngsi-ld:Device:r1" in body["description"] and "does not exist" in body["description"]
+    assert context_broker.entity("urn:ngsi-ld:WaterObserved:r1") is None  # nothing of it stored
+    assert len(context_broker.invalid) == 1 and "Relationship" in context_broker.invalid[0]
+    # the target earlier in the same request, or already held: the reference resolves
+    device = {"id": "urn:ngsi-ld:Device:r1", "type": "Device", "category": {"type": "StructuredValue", "value": []}}
+    assert update(context_broker, [device, reading])[0] == 204
+    assert update(context_broker, [reading])[0] == 204
+    # another service path holds other entities (Orion scopes them): there it dangles
+    assert update(context_broker, [reading], headers={"Fiware-ServicePath": "/other"})[0] == 400
+
+
+def test_ld_refuses_a_relationship_to_an_entity_it_does_not_hold(context_broker: ContextBroker) -> None:
+    reading = ld_sensor("urn:ngsi-ld:Sensor:1", gateway={"type": "Relationship", "object": "urn:ngsi-ld:Gateway:gw1"})
+    status, body = upsert(context_broker, [reading])
+    assert status == 400 and "urn:ngsi-ld:Gateway:gw1" in body["detail"]
+    assert context_broker.ld_entity("urn:ngsi-ld:Sensor:1") is None
+    many = ld_sensor("urn:ngsi-ld:Sensor:2", gateway={"type": "Relationship",
+                                                      "object": ["urn:ngsi-ld:Gateway:gw1", "urn:ngsi-ld:Sensor:1"]})
+    assert upsert(context_broker, [many])[0] == 400
+    assert upsert(context_broker, [reading, ld_sensor("urn:ngsi-ld:Gateway:gw1")])[0] == 201  # in the same request
+    assert upsert(context_broker, [many])[0] == 201
+    assert upsert(context_broker, [reading], params="?options=update")[0] == 204
+    assert upsert(context_broker, [reading], headers={"NGSILD-Tenant": "other"})[0] == 400  # another tenant
+
+
+def test_reference_checks_can_be_turned_off() -> None:
+    with ContextBroker(check_references=False) as broker:
+        reading = {"id": "r1", "type": "T", "ref": {"type": "Relationship", "value": "nowhere"}}
+        assert update(broker, [reading])[0] == 204 and broker.invalid == []

@@ -37,8 +37,11 @@ from edgegw.uplink.fiware import (
     FiwareMapping,
     iota_json,
     iota_json_groups,
+    iota_provisioning,
     iota_ul,
+    ngsi_ld_alert_sources,
     ngsi_ld_entities,
+    ngsi_v2_alert_sources,
     ngsi_v2_entities,
     upsert_rounds,
 )
@@ -705,7 +708,9 @@ def mappings(draw, items: list[dict[str, Any]]) -> FiwareMapping:
     devices = sorted({i.get("device") or i["gateway"] for i in items})
     located = draw(st.lists(st.sampled_from(devices), unique=True))
     return FiwareMapping(locations={d: draw(LAT_LON) for d in located},
-                         attributes=draw(st.dictionaries(NAMES, NAMES, max_size=3)))
+                         attributes=draw(st.dictionaries(NAMES, NAMES, max_size=3)),
+                         drivers=draw(st.dictionaries(st.sampled_from(devices), st.sampled_from(
+                             ["water_level", "trap", "paddy"]), max_size=len(devices))))
 
 
 SLOW = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -824,3 +829,101 @@ def test_any_items_make_one_json_group_per_http_request_the_same_groups_as_over_
     assert sorted(map(json.dumps, got)) == sorted(map(json.dumps, expected))
     for device in {d for d, _ in got}:
         assert [g for d, g in got if d == device] == [g for d, g in expected if d == device]
+
+
+# -- IoT Agent: a river's level as WaterObserved's waterLevel, as on NGSI -------------------------------
+
+def test_iota_sends_a_located_river_level_as_water_level_in_metres():
+    item = water(1234)
+    [(_, js)] = iota_json([item], LOCATED)
+    assert json.loads(js) == {"TimeInstant": item["observed_at"], "waterLevel": 1.234, "water_temperature": 23.0,
+                              "battery": 3.5, "dateObserved": item["observed_at"]}
+    [(_, ul)] = iota_ul([item], LOCATED)
+    assert parse_ul(ul)[0][1][0] == ("waterLevel", "1.234")
+    # an old config's `level = "wl"` still loads and still sends the level: as waterLevel, as NGSI does
+    old = FiwareMapping(locations=LOCATED.locations, attributes={"level": "wl", "water_temperature": "wt"})
+    assert json.loads(iota_json([item], old)[0][1])["waterLevel"] == 1.234
+    assert "wl" not in json.loads(iota_json([item], old)[0][1])
+
+
+def test_iota_takes_the_level_from_the_value_a_config_maps_to_water_level_or_height():
+    paddy = {**water(), "driver": "paddy", "values": {"depth": 12.5, "battery": 3.5}, "units": {"depth": "cm"}}
+    for target in ("waterLevel", "height"):
+        mapping = FiwareMapping(locations=LOCATED.locations, entity_types={"paddy": "WaterObserved"},
+                                attributes={"depth": target})
+        group = json.loads(iota_json([paddy], mapping)[0][1])
+        assert group["waterLevel"] == 0.125 and "depth" not in group and "height" not in group
+
+
+def test_iota_keeps_a_negative_level_in_its_own_unit_under_its_own_name():
+    item = {**water(), "values": {"level": -120, "battery": 3.4}}
+    assert json.loads(iota_json([item], LOCATED)[0][1])["level"] == -120
+    # mapped to waterLevel, a negative value cannot be the SDM waterLevel (minimum 0): it is renamed
+    mapped = FiwareMapping(locations=LOCATED.locations, attributes={"level": "waterLevel"})
+    group = json.loads(iota_json([item], mapped)[0][1])
+    assert "waterLevel" not in group and group["waterLevel_value"] == -120
+    assert kv_v2(own_v2([item], mapped)[0])["waterLevel_value"] == -120  # as on NGSI
+
+
+def test_iota_provisions_water_level_for_water_observed_devices():
+    kinds = {"level": "Number", "water_temperature": "Number", "battery": "Number"}
+    body = iota_provisioning(LOCATED, [("river-1", "water_level", kinds), ("river-2", "water_level", kinds)])
+    river, unlocated = body["devices"][0], body["devices"][1]
+    assert river["entity_type"] == "WaterObserved"
+    assert {"object_id": "waterLevel", "name": "waterLevel", "type": "Number"} in river["attributes"]
+    # no location: a DeviceMeasurement, as on NGSI, whose level stays the driver's
+    assert unlocated["entity_type"] == "DeviceMeasurement"
+    assert "waterLevel" not in {a["name"] for a in unlocated["attributes"]}
+    mapped = FiwareMapping(locations=LOCATED.locations, attributes={"level": "waterLevel"})
+    attrs = iota_provisioning(mapped, [("river-1", "water_level", kinds)])["devices"][0]["attributes"]
+    assert [a for a in attrs if a["name"].startswith("waterLevel")] == [
+        {"object_id": "waterLevel", "name": "waterLevel", "type": "Number"},
+        {"object_id": "waterLevel_value", "name": "waterLevel_value", "type": "Number"}]
+
+
+@SLOW
+@given(st.data())
+def test_any_reading_has_the_same_attributes_on_the_agent_as_on_ngsi(data):
+    items = data.draw(st.lists(readings(), min_size=1, max_size=6))
+    mapping = data.draw(mappings(items))
+    groups = iota_json_groups(items, mapping)  # one per reading with values, in order
+    assert len(groups) == sum(1 for item in items if item["values"])
+    for item, (device, body) in zip([i for i in items if i["values"]], groups, strict=True):
+        assert device == item["device"]
+        entity = own_v2([item], mapping)[0]
+        if entity["type"] == "Device":  # the agent names deviceState through its provisioning
+            continue
+        group = json.loads(body)
+        assert group.pop("TimeInstant") == item["observed_at"]
+        measured = {k: a["value"] for k, a in entity.items()
+                    if k == "dateObserved" or (isinstance(a, dict) and "TimeInstant" in a.get("metadata", {}))}
+        assert group == measured
+
+
+# -- an Alert's alertSource: an entity the uplink sends first, or a plain URI ----------------------------
+
+@SLOW
+@given(st.data())
+def test_any_alert_names_a_device_entity_sent_before_it_or_a_plain_uri(data):
+    items = data.draw(ITEMS)
+    mapping = data.draw(mappings(items))
+    sources, ld_sources = ngsi_v2_alert_sources(items, mapping), ngsi_ld_alert_sources(items, mapping, CONTEXT)
+    ids = [entity_id for entity_id, _ in sources]
+    assert len(set(ids)) == len(ids) and [entity_id for entity_id, _ in ld_sources] == ids
+    assert ids == list(dict.fromkeys(mapping.entity("Device", i["device"]) for i in items if i["type"] == "alarm"))
+    for (entity_id, e2), (_, eld) in zip(sources, ld_sources, strict=True):
+        check_v2(e2)
+        check_ld(eld)
+        assert e2["id"] == eld["id"] == entity_id and e2["type"] == "Device"
+        assert sdm_violations(kv_v2(e2)) == [], e2
+    refused = set(data.draw(st.lists(st.sampled_from(ids), unique=True))) if ids else set()
+    for unresolved in (frozenset(), refused):
+        alerts_v2 = [e for e in ngsi_v2_entities(items, mapping, unresolved) if e["type"] == "Alert"]
+        alerts_ld = [e for e in ngsi_ld_entities(items, mapping, CONTEXT, unresolved) if e["type"] == "Alert"]
+        for e2, eld in zip(alerts_v2, alerts_ld, strict=True):
+            target = e2["alertSource"]["value"]
+            assert target in ids  # an entity the uplink sends before the alert
+            assert e2["alertSource"]["type"] == ("Text" if target in unresolved else "Relationship")
+            assert eld["alertSource"]["type"] == ("Property" if target in unresolved else "Relationship")
+            assert kv_ld(eld)["alertSource"] == target
+            assert sdm_violations(kv_v2(e2)) == [], e2  # SDM Alert takes either form

@@ -331,12 +331,15 @@ def test_iot_agent_mqtt_examples_deliver_every_device(tmp_path, mosquitto, name)
                                                                                  "paddy-07")}
             sub.wait_for(lambda msgs: topics <= {t for t, _ in msgs}, 30, f"messages on {topics}")
             river = next(p for t, p in sub.messages if "river-kamo-bridge" in t)
+            # the level in metres as WaterObserved's waterLevel, as the NGSI examples send it
             if prefix:
-                assert "|wl|" in river.decode() and "|wt|" in river.decode()
+                assert "|waterLevel|" in river.decode() and "|water_temperature|" in river.decode()
+                assert "|level|" not in river.decode()
             else:
                 group = json.loads(river)
                 group = group[0] if isinstance(group, list) else group
-                assert {"wl", "wt", "battery", "TimeInstant"} <= set(group)
+                assert {"waterLevel", "water_temperature", "battery", "TimeInstant"} <= set(group)
+                assert "level" not in group and 0 < group["waterLevel"] < 10
         finally:
             daemon.stop()
 
@@ -352,7 +355,8 @@ def test_iot_agent_http_examples_deliver_every_device_to_the_broker(tmp_path, co
             assert context_broker.wait_for(lambda: ids <= {e["id"] for e in context_broker.entities()}, 30), \
                 daemon.log_tail()
             river = context_broker.entity("Thing:river-kamo-bridge")
-            assert {"wl", "wt", "battery", "TimeInstant"} <= set(river)
+            assert {"waterLevel", "water_temperature", "battery", "TimeInstant"} <= set(river)
+            assert "level" not in river and 0 < float(river["waterLevel"]["value"]) < 10
             assert agent.invalid == [] and context_broker.invalid == []
         finally:
             daemon.stop()

@@ -209,15 +209,18 @@ def iota_http(url: str, kind: str = "json") -> str:
 
 
 def agent_levels(agent: IotAgent, ul: bool) -> list[int]:
-    """River levels in the requests the agent acknowledged (it answers 200 only once the broker has them)."""
+    """River levels (mm) in the requests the agent acknowledged (it answers 200 only once the broker
+    has them); they travel as WaterObserved's waterLevel in metres, as on the NGSI paths."""
     out = []
     for r in agent.requests:
         if r.status != 200 or not r.query["i"].startswith("river-"):
             continue
         if ul:
-            out += [int(f.split("|")[f.split("|").index("level") + 1]) for f in r.body.split("#")]
+            out += [round(float(f.split("|")[f.split("|").index("waterLevel") + 1]) * 1000)
+                    for f in r.body.split("#")]
         else:
-            out.append(r.body["level"])
+            assert "level" not in r.body
+            out.append(round(r.body["waterLevel"] * 1000))
     return out
 
 
@@ -269,3 +272,29 @@ def test_iot_agent_http_nothing_is_delivered_while_the_platform_is_away(
         assert agent.invalid == [] and context_broker.invalid == []
     finally:
         agent.stop()
+
+
+def test_a_silent_alarm_about_a_sensor_never_heard_names_a_device_entity_the_broker_holds(
+        tmp_path, emulator, context_broker, daemons):
+    # The broker refuses a Relationship to an entity it does not hold (tests/context_broker.py), and
+    # river-99 never reports: no reading ever makes its Device entity.
+    path = write_config(tmp_path, emulator.link, ngsi_v2(context_broker.url))
+    path.write_text(path.read_text().replace(
+        "\n[[uplinks]]",
+        f'\n[[devices]]\nid = "river-99"\naddress = 99\ndriver = "water_level"\ninterval = "1s"\n'
+        f'location = [{LOCATION[0]}, {LOCATION[1]}]\n\n[[rules]]\ntype = "device_health"\nsilent_after = 2\n'
+        "\n[[uplinks]]", 1))
+    daemon = Daemon(path)
+    daemons.append(daemon.start())
+
+    def alert() -> dict[str, Any] | None:
+        return next((e for e in context_broker.entities("town", "/rivers")
+                     if e["type"] == "Alert" and "river-99" in e["alertSource"]["value"]), None)
+
+    assert context_broker.wait_for(lambda: alert() is not None, 60), daemon.log_tail()
+    found = alert()
+    assert found is not None and found["alertSource"]["type"] == "Relationship"
+    device = context_broker.entity(found["alertSource"]["value"], service="town", service_path="/rivers")
+    assert device is not None and device["type"] == "Device"  # the reference resolves
+    assert device["controlledProperty"]["value"] == ["waterLevel", "temperature"]
+    assert context_broker.invalid == []

@@ -279,4 +279,11 @@ def test_provisioned_devices_make_entities_the_smart_data_models_accept(kind, co
     river = context_broker.entity(RIVER, service="town", service_path="/rivers")
     assert river["dateObserved"] == {"type": "DateTime", "value": OBSERVED, "metadata": {
         "TimeInstant": {"type": "DateTime", "value": OBSERVED}}}
+    # the level as WaterObserved 0.0.4 defines it, in metres, as the NGSI uplinks send it
+    assert (river["waterLevel"]["type"], river["waterLevel"]["value"]) == ("Number", 1.234)
+    assert "level" not in river and "wl" not in river
+    from edgegw.uplink.fiware import ngsi_v2_entities
+    ngsi = next(e for e in ngsi_v2_entities([water(1234)], mapping) if e["id"] == RIVER)
+    assert set(ngsi) - {"refDevice"} <= set(river)  # the same entity, the same attributes, on both paths
+    assert kv_v2(ngsi)["waterLevel"] == kv_v2(river)["waterLevel"]
     assert iot_agent.invalid == [] and context_broker.invalid == []

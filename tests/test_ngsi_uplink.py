@@ -209,7 +209,8 @@ def test_a_batch_over_the_request_limit_is_split_and_all_of_it_arrives(context_b
     assert len(bodies) > 1 and all(len(b) <= MAX_REQUEST_BYTES for b in bodies)
     uplink.send(batch(items))
     assert results.wait("b1", timeout=30) is None
-    assert context_broker.update_count == len(bodies)
+    # one request more: the Device entity the Alerts name, first and on its own
+    assert context_broker.update_count == len(bodies) + 1 == len(uplink.requests(batch(items)))
     assert len(context_broker.entities(type="Alert")) == 40
     assert context_broker.invalid == []
 
@@ -433,3 +434,93 @@ def post_ld(broker: ContextBroker, entities: list[dict[str, Any]], options: str 
             return answer.status, answer.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+
+
+# -- an Alert's alertSource names an entity the broker holds ------------------------------------------
+
+SILENT = "urn:ngsi-ld:Device:river-2"  # configured, never heard: no reading ever made its Device entity
+
+
+def silent_alarm() -> dict[str, Any]:
+    return alarm("device_silent", "river-2", severity="medium", reading=None, location=None,
+                 message="river-2 has not reported for 3 intervals")
+
+
+def held(broker: ContextBroker, entity_id: str, ld_: bool) -> dict[str, Any] | None:
+    return broker.ld_entity(entity_id) if ld_ else broker.entity(entity_id)
+
+
+@pytest.mark.parametrize("make", [v2, ld], ids=["v2", "ld"])
+def test_an_alarm_about_a_device_never_heard_names_a_device_entity_the_broker_holds(context_broker, make):
+    # the test broker refuses a Relationship to an entity it does not hold (check_references)
+    config = make(context_broker.url)
+    devices = [*DEVICES, Device(id="river-2", address=3, driver="water_level", location=KAGAWA)]
+    uplink, results = NgsiUplink(config, config.fiware_mapping("gw-1", devices)), Results()
+    uplink.start(results.on_result, results.on_state)
+    try:
+        uplink.send(batch([silent_alarm()]))
+        assert results.wait("b1") is None
+    finally:
+        uplink.stop()
+    ld_ = make is ld
+    device, alert = held(context_broker, SILENT, ld_), held(context_broker, "urn:ngsi-ld:Alert:river-2:device_silent:42", ld_)
+    assert device is not None and alert is not None
+    if ld_:
+        assert alert["alertSource"] == {"type": "Relationship", "object": SILENT}
+        assert device["controlledProperty"]["value"] == ["waterLevel", "temperature"]  # as its readings say
+    else:
+        assert (alert["alertSource"]["type"], alert["alertSource"]["value"]) == ("Relationship", SILENT)
+        assert device["controlledProperty"]["value"] == ["waterLevel", "temperature"]
+        assert sdm_violations(kv_v2(device)) == [] and sdm_violations(kv_v2(alert)) == []
+    assert context_broker.invalid == []
+
+
+@pytest.mark.parametrize("make", [v2, ld], ids=["v2", "ld"])
+def test_the_device_entity_of_an_alert_goes_first_on_its_own_and_changes_nothing_its_readings_sent(
+        context_broker, running, make):
+    uplink, results = running(make(context_broker.url))
+    uplink.send(batch([trap("armed")]))
+    assert results.wait("b1") is None
+    before = held(context_broker, TRAP, make is ld)
+    uplink.send(batch([alarm(), trap("sprung")], "b2"))
+    assert results.wait("b2") is None
+    writes = [r for r in context_broker.requests if r.method == "POST"][1:]
+    first = writes[0].body if make is v2 else {"entities": writes[0].body}
+    assert [e["id"] for e in first["entities"]] == [TRAP]  # the alert's Device, alone, before the alert
+    after = held(context_broker, TRAP, make is ld)
+    assert before is not None and after is not None
+    for name in ("category", "controlledProperty", "location"):
+        assert after[name] == before[name] or after[name]["value"] == before[name]["value"]
+    assert context_broker.invalid == []
+
+
+@pytest.mark.parametrize("make", [v2, ld], ids=["v2", "ld"])
+def test_a_broker_refusing_the_alerts_device_entity_does_not_cost_the_alarm(context_broker, running, make):
+    context_broker.reject_entity(TRAP, 400, "trap-017 is not provisioned in this service")
+    uplink, results = running(make(context_broker.url))
+    uplink.send(batch([alarm()]))
+    assert results.wait("b1") is None  # the alarm arrived
+    alert = held(context_broker, "urn:ngsi-ld:Alert:trap-017:trap_sprung:42", make is ld)
+    assert alert is not None and held(context_broker, TRAP, make is ld) is None
+    # the device named by a plain URI, which SDM Alert allows: no Relationship to nothing
+    assert alert["alertSource"]["type"] == ("Property" if make is ld else "Text")
+    assert alert["alertSource"]["value"] == TRAP
+    assert context_broker.invalid == []
+    # once the broker takes it, the alert names the entity again
+    context_broker.clear_faults()
+    uplink.send(batch([alarm()], "b2"))
+    assert results.wait("b2") is None
+    alert = held(context_broker, "urn:ngsi-ld:Alert:trap-017:trap_sprung:42", make is ld)
+    assert alert is not None and alert["alertSource"]["type"] == "Relationship"
+
+
+def test_a_transient_failure_of_the_alerts_device_entity_fails_the_batch_for_a_retry(context_broker, running):
+    uplink, results = running(v2(context_broker.url))
+    context_broker.fail_next(503)
+    uplink.send(batch([alarm()]))
+    assert isinstance(results.wait("b1"), TransientUplinkError)
+    assert context_broker.entity("urn:ngsi-ld:Alert:trap-017:trap_sprung:42") is None
+    wait_until(uplink.ready, 5, "the uplink ready again")
+    uplink.send(batch([alarm()], "b2"))
+    assert results.wait("b2") is None
+    assert context_broker.entity("urn:ngsi-ld:Alert:trap-017:trap_sprung:42") is not None

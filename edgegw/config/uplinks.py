@@ -154,8 +154,10 @@ class AttributeMapping(_Section):
 
     def fiware_mapping(self, gateway_id: str, devices: Iterable[Device]) -> fiware.FiwareMapping:
         """The mapping for :mod:`edgegw.uplink.fiware`, with the locations of ``[[devices]]``."""
+        devices = list(devices)
         locations = {d.id: d.location for d in devices if d.location is not None}
-        return fiware.FiwareMapping(gateway_id=gateway_id, locations=locations, **self._mapping())
+        return fiware.FiwareMapping(gateway_id=gateway_id, locations=locations,
+                                    drivers={d.id: d.driver for d in devices}, **self._mapping())
 
     def _mapping(self) -> dict[str, Any]:
         return {"attributes": dict(self.attributes)}

@@ -24,9 +24,11 @@ Decisions, in short (the constants below hold the data):
   that names it (category, controlledProperty, the time and location): a platform never holds a
   reading whose device does not exist. Being an append (v2) or a merging upsert (LD), it leaves the
   rest of a Device entity alone. An Alert's ``alertSource`` names the same entity, which the
-  device's readings create (a trap's readings are its Device entity), but an alarm does not carry
-  it along: a broker refusing that Device entity must not cost the alarm, and an alarm that
-  overtakes the backlog is followed by its reading within the same forwarding run.
+  device's readings make; a device never heard has none, so the NGSI uplink sends it first
+  (:func:`ngsi_v2_alert_sources`: what the gateway knows of the device, the profile its readings
+  send) in a request of its own, not in the alarm's: a broker refusing that Device entity must not
+  cost the alarm. Then, and only then, the Alert names it as a plain URI (Text; SDM allows one)
+  instead of a Relationship that would dangle.
 * **NGSI-LD @context**: each entity carries the Smart Data Models context of its own domain
   (:data:`SDM_CONTEXTS`: Environment for WaterObserved, Device for Device and DeviceMeasurement,
   Alert for Alert) before the configured ones. One list for all would not do: ``refDevice`` and
@@ -42,7 +44,9 @@ Decisions, in short (the constants below hold the data):
   agents forward to Orion. They become their full-width forms (（ ） ＝ ...), which Japanese text uses
   anyway and NFKC folds back; control characters become spaces. Ultralight additionally maps its
   separators ``| # @`` to ｜ ＃ ＠. NGSI-LD text is sent unchanged.
-* **Readings** on the IoT Agent: the values, then ``dateObserved`` (``dateLastValueReported`` for an
+* **Readings** on the IoT Agent: the values (a WaterObserved's level as ``waterLevel`` in metres,
+  converted by the gateway as for NGSI, so the agent's entity is the NGSI uplinks' one; a negative
+  level under its own name, as there), then ``dateObserved`` (``dateLastValueReported`` for an
   SDM Device) = observed_at, the date the entity's SDM type asks for (the agent's own TimeInstant
   is no SDM attribute); with the location provisioned as a static attribute, the agent's
   WaterObserved is one the SDM schema accepts.
@@ -167,6 +171,8 @@ class FiwareMapping:
     :data:`DEFAULT_TYPES`. ``entity_id`` is a template with ``{type}``, ``{device}``, ``{gateway}``.
     ``locations`` maps device (or gateway) id -> (latitude, longitude), as in ``[[devices]]``.
     ``alert_categories`` maps a rule name or alarm kind -> (SDM Alert category, subCategory or None).
+    ``drivers`` maps device id -> driver, as in ``[[devices]]``: the Device entity an Alert names is
+    the one the device's readings make (see :func:`ngsi_v2_alert_sources`).
     """
 
     attributes: Mapping[str, str] = field(default_factory=dict)
@@ -175,6 +181,7 @@ class FiwareMapping:
     gateway_id: str = "gw"
     locations: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     alert_categories: Mapping[str, tuple[str, str | None]] = field(default_factory=dict)
+    drivers: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # A broken template must fail at startup, not turn every batch into a poison batch.
@@ -274,9 +281,21 @@ def _measures(item: Item, mapping: FiwareMapping) -> tuple[str, str, list[tuple[
     """(device id, time, [(attribute name, value)]) of one item, for the IoT Agent."""
     kind = item["type"]
     if kind == "reading":
-        values = [(mapping.attribute(k), v) for k, v in item["values"].items()]
+        etype = _reading_type(item, mapping)
+        raw: dict[str, Any] = dict(item["values"])
+        values: list[tuple[str, Any]] = []
+        date = _date_attribute(etype)
+        # the names the NGSI entity gives no raw value (see _reading), so that both paths agree
+        taken = {date} if etype == DEVICE_TYPE else {date, "refDevice", *_MANAGED.get(etype, ())}
+        if etype == WATER_TYPE:  # as on NGSI: the level in metres as waterLevel, not the driver's mm
+            source = _level_source(raw, mapping)
+            level = _metres(raw.get(source), item["units"].get(source)) if source is not None else None
+            if source is not None and level is not None:
+                del raw[source]
+                values.append((WATER_LEVEL, level))
+        values += [(_free(mapping.attribute(k), taken), v) for k, v in raw.items()]
         if values:  # the SDM date the entity's type requires: the agent keeps TimeInstant to itself
-            values.append((_date_attribute(_reading_type(item, mapping)), item["observed_at"]))
+            values.append((date, item["observed_at"]))
         return _device(item["device"]), item["observed_at"], values
     if kind == "alarm":
         fields = {"alarm": item["alarm"], "alarmSeverity": item["severity"],
@@ -286,6 +305,14 @@ def _measures(item: Item, mapping: FiwareMapping) -> tuple[str, str, list[tuple[
         values = [("version", item["version"])] + [(n, v) for n, v, _, _ in _health_counters(item)]
         return _device(item["gateway"]), item["observed_at"], [(mapping.attribute(k), v) for k, v in values]
     raise ValueError(f"unknown item type {kind!r}")
+
+
+def _level_source(names: Iterable[str], mapping: FiwareMapping) -> str | None:
+    """The value a WaterObserved's ``waterLevel`` comes from: the one the config maps to
+    ``waterLevel`` (or ``height``, as before WaterObserved 0.0.4), else the driver's ``level``."""
+    names = list(names)
+    mapped = next((k for k in names if mapping.attribute(k) in (WATER_LEVEL, "height")), None)
+    return mapped if mapped is not None else ("level" if "level" in names else None)
 
 
 def _reading_type(item: Item, mapping: FiwareMapping) -> str:
@@ -333,15 +360,21 @@ def iota_provisioning(
     ``devices`` gives (device id, driver, {value name: NGSI-v2 type}) per ``[[devices]]`` entry;
     the gateway's own device (its health report) comes last, every number typed ``Number``, for the
     ``pending_``/``last_frame_``/``uplink_`` keys of the given ``uplinks`` and ``sources`` and the
-    :data:`REJECT_REASONS`. What the agent cannot do is not pretended: a level arrives in the
-    driver's unit under its own name, not as the SDM ``waterLevel`` in metres.
+    :data:`REJECT_REASONS`. A ``WaterObserved`` device gets ``waterLevel`` (Number, metres): the
+    gateway converts the level before the agent sees it, as it does for NGSI.
     """
     out = []
     for device, driver, kinds in devices:
         etype = _reading_type({"driver": driver, "device": device}, mapping)
         attrs = []
+        taken: set[str] = set()
+        if etype == WATER_TYPE and (source := _level_source(kinds, mapping)) is not None and kinds[source] == "Number":
+            # the level arrives as waterLevel in metres (see _measures); a negative one, which no
+            # waterLevel can be, under its own name in the driver's unit
+            attrs.append({"object_id": WATER_LEVEL, "name": WATER_LEVEL, "type": "Number"})
+            taken = _MANAGED[WATER_TYPE]
         for value, kind in kinds.items():
-            object_id = mapping.attribute(value)
+            object_id = _free(mapping.attribute(value), taken)
             name = "deviceState" if etype == DEVICE_TYPE and value == "state" and kind == "Text" else object_id
             attrs.append({"object_id": object_id, "name": name, "type": kind})
         date = _date_attribute(etype)
@@ -396,24 +429,66 @@ class _Entity:
     attrs: dict[str, _Attr]
 
 
-def ngsi_v2_entities(items: Iterable[Item], mapping: FiwareMapping) -> list[dict[str, Any]]:
+def ngsi_v2_entities(
+    items: Iterable[Item], mapping: FiwareMapping, unresolved: Container[str] = frozenset()
+) -> list[dict[str, Any]]:
     """NGSI-v2 entities for ``POST /v2/op/update`` with ``actionType: append``, one per item, in order,
     each preceded by the Device entity its reference names when the batch has not sent that one yet.
 
     Measured attributes carry ``unitCode`` (when known) and ``TimeInstant`` metadata; each item's
     entity also has a ``TimeInstant`` attribute, as IoT-Agent-made entities do, for history subscribers.
+    An Alert's ``alertSource`` is a Relationship to the Device entity :func:`ngsi_v2_alert_sources`
+    gives, or, for a Device entity id in ``unresolved`` (the broker refused it), the same id as
+    Text: a reference to nothing would dangle, and the alarm must arrive all the same.
     """
-    out = []
-    for e in _entities(items, mapping):
-        body: dict[str, Any] = {"id": e.id, "type": e.type}
-        body.update((name, _v2_attr(a)) for name, a in e.attrs.items())
-        if e.time is not None:
-            body["TimeInstant"] = {"type": "DateTime", "value": e.time}
-        out.append(body)
-    return out
+    return [_v2_body(e) for e in _entities(items, mapping, unresolved)]
 
 
-def ngsi_ld_entities(items: Iterable[Item], mapping: FiwareMapping, context: str | list[str]) -> list[dict[str, Any]]:
+def ngsi_v2_alert_sources(items: Iterable[Item], mapping: FiwareMapping) -> list[tuple[str, dict[str, Any]]]:
+    """(entity id, NGSI-v2 entity) of each Device entity the batch's Alerts name, once each, in order.
+
+    An Alert's ``alertSource`` names its device's SDM Device entity, which the device's readings
+    make; a device never heard (a ``device_silent`` alarm about a sensor that never reported) has
+    none. So the uplink sends these first, each in a request of its own: what the gateway knows of
+    the device (the same category, controlledProperty and location its readings send, so a merge
+    changes nothing), and a broker refusing one costs no alarm (see ``unresolved`` above).
+    """
+    return [(e.id, _v2_body(e)) for e in _alert_sources(items, mapping)]
+
+
+def ngsi_ld_alert_sources(
+    items: Iterable[Item], mapping: FiwareMapping, context: str | list[str]
+) -> list[tuple[str, dict[str, Any]]]:
+    """:func:`ngsi_v2_alert_sources` as NGSI-LD entities (see :func:`ngsi_ld_entities`)."""
+    configured = _configured_contexts(context)
+    return [(e.id, _ld_body(e, configured)) for e in _alert_sources(items, mapping)]
+
+
+def _v2_body(e: _Entity) -> dict[str, Any]:
+    body: dict[str, Any] = {"id": e.id, "type": e.type}
+    body.update((name, _v2_attr(a)) for name, a in e.attrs.items())
+    if e.time is not None:
+        body["TimeInstant"] = {"type": "DateTime", "value": e.time}
+    return body
+
+
+def _ld_body(e: _Entity, configured: list[str]) -> dict[str, Any]:
+    body: dict[str, Any] = {"id": e.id, "type": e.type}
+    body.update((name, _ld_attr(a)) for name, a in e.attrs.items())
+    contexts = list(dict.fromkeys([c for c in [SDM_CONTEXTS.get(e.type)] if c] + configured))
+    body["@context"] = contexts[0] if len(contexts) == 1 else contexts
+    return body
+
+
+def _configured_contexts(context: str | list[str]) -> list[str]:
+    # A configured SDM context is the one of its own domain only: listed for every entity, its terms
+    # would override those of another domain's context (refDevice, category mean different things).
+    return [c for c in ([context] if isinstance(context, str) else context) if c not in SDM_CONTEXTS.values()]
+
+
+def ngsi_ld_entities(
+    items: Iterable[Item], mapping: FiwareMapping, context: str | list[str], unresolved: Container[str] = frozenset()
+) -> list[dict[str, Any]]:
     """NGSI-LD entities (normalized, ``@context`` in each) for ``/ngsi-ld/v1/entityOperations/upsert``.
 
     Entities as for NGSI-v2 (see :func:`ngsi_v2_entities`); split them with :func:`upsert_rounds`
@@ -421,19 +496,10 @@ def ngsi_ld_entities(items: Iterable[Item], mapping: FiwareMapping, context: str
     append does. Like append, it also keeps an attribute a reading lacks (no waterLevel for a
     negative level) from an earlier one; its ``observedAt`` tells the two apart. Each entity's
     ``@context`` is its type's :data:`SDM_CONTEXTS` entry, then ``context`` (less the SDM contexts
-    in it: each entity gets its own domain's).
+    in it: each entity gets its own domain's). ``unresolved`` as for NGSI-v2.
     """
-    # A configured SDM context is the one of its own domain only: listed for every entity, its terms
-    # would override those of another domain's context (refDevice, category mean different things).
-    configured = [c for c in ([context] if isinstance(context, str) else context) if c not in SDM_CONTEXTS.values()]
-    out = []
-    for e in _entities(items, mapping):
-        body: dict[str, Any] = {"id": e.id, "type": e.type}
-        body.update((name, _ld_attr(a)) for name, a in e.attrs.items())
-        contexts = list(dict.fromkeys([c for c in [SDM_CONTEXTS.get(e.type)] if c] + configured))
-        body["@context"] = contexts[0] if len(contexts) == 1 else contexts
-        out.append(body)
-    return out
+    configured = _configured_contexts(context)
+    return [_ld_body(e, configured) for e in _entities(items, mapping, unresolved)]
 
 
 def upsert_rounds(entities: Iterable[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -449,12 +515,12 @@ def upsert_rounds(entities: Iterable[dict[str, Any]]) -> list[list[dict[str, Any
     return rounds
 
 
-def _entities(items: Iterable[Item], mapping: FiwareMapping) -> list[_Entity]:
+def _entities(items: Iterable[Item], mapping: FiwareMapping, unresolved: Container[str] = frozenset()) -> list[_Entity]:
     """Each item's entity, a reading's after the Device entity it refers to (once per batch)."""
     out: list[_Entity] = []
     sent: set[str] = set()
     for item in items:
-        entity = _entity(item, mapping)
+        entity = _entity(item, mapping, unresolved)
         ref = entity.attrs["refDevice"].value if "refDevice" in entity.attrs else None
         if ref is not None and ref not in sent:
             out.append(_referenced_device(ref, item, mapping))
@@ -475,12 +541,32 @@ def _referenced_device(entity_id: str, item: Item, mapping: FiwareMapping) -> _E
     return _Entity(entity_id, DEVICE_TYPE, None, attrs)
 
 
-def _entity(item: Item, mapping: FiwareMapping) -> _Entity:
+def _alert_sources(items: Iterable[Item], mapping: FiwareMapping) -> list[_Entity]:
+    """The Device entity each alarm's Alert names, once per batch, in order."""
+    out: dict[str, _Entity] = {}
+    for item in items:
+        if item["type"] != "alarm":
+            continue
+        device = _device(item["device"])
+        entity_id = mapping.entity(DEVICE_TYPE, device)
+        if entity_id in out:
+            continue
+        # the profile its readings (or, for the gateway, its health reports) send: a merge changes nothing
+        profile = GATEWAY_PROFILE if device == mapping.gateway_id else DEVICE_PROFILES.get(
+            mapping.drivers.get(device, ""), _DEFAULT_PROFILE)
+        attrs = _device_profile(profile)
+        if (location := mapping.locations.get(device)) is not None:
+            attrs["location"] = _Attr(_point(location), "geo:json")
+        out[entity_id] = _Entity(entity_id, DEVICE_TYPE, None, attrs)
+    return list(out.values())
+
+
+def _entity(item: Item, mapping: FiwareMapping, unresolved: Container[str] = frozenset()) -> _Entity:
     kind = item["type"]
     if kind == "reading":
         return _reading(item, mapping)
     if kind == "alarm":
-        return _alarm(item, mapping)
+        return _alarm(item, mapping, unresolved)
     if kind == "health":
         return _health(item, mapping)
     raise ValueError(f"unknown item type {kind!r}")
@@ -504,9 +590,9 @@ def _reading(item: Item, mapping: FiwareMapping) -> _Entity:
         attrs["dateObserved"] = _Attr(observed, "DateTime")
         attrs["refDevice"] = _Attr(mapping.entity(DEVICE_TYPE, device), "Relationship")
     if etype == WATER_TYPE:
-        source = next((k for k in values if mapping.attribute(k) in (WATER_LEVEL, "height")), "level")
-        level = _metres(values.get(source), units.get(source))
-        if level is not None:
+        source = _level_source(values, mapping)
+        level = _metres(values.get(source), units.get(source)) if source is not None else None
+        if source is not None and level is not None:
             del values[source]
             attrs[WATER_LEVEL] = _Attr(level, "Number", "MTR", observed)
     if location is not None:
@@ -519,15 +605,17 @@ def _reading(item: Item, mapping: FiwareMapping) -> _Entity:
     return _Entity(mapping.entity(etype, device), etype, observed, attrs)
 
 
-def _alarm(item: Item, mapping: FiwareMapping) -> _Entity:
+def _alarm(item: Item, mapping: FiwareMapping, unresolved: Container[str] = frozenset()) -> _Entity:
     device, raised = _device(item["device"]), item["raised_at"]
+    source = mapping.entity(DEVICE_TYPE, device)
     category, sub = mapping.alert_category(item)
     attrs = {"category": _Attr(category, "Text")}
     if sub is not None:
         attrs["subCategory"] = _Attr(sub, "Text")
     attrs.update({
         "severity": _Attr(item["severity"], "Text"),
-        "alertSource": _Attr(mapping.entity(DEVICE_TYPE, device), "Relationship"),
+        # SDM allows a plain URI too: one the broker refused to hold must not be a dangling reference
+        "alertSource": _Attr(source, "Text" if source in unresolved else "Relationship"),
         # raised_at is when the triggering reading was observed: the alert holds from then on.
         "dateIssued": _Attr(raised, "DateTime"),
         "validFrom": _Attr(raised, "DateTime"),
