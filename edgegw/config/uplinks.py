@@ -1,4 +1,9 @@
-"""Config of uplinks: MQTT, files, FIWARE IoT Agents, NGSI context brokers and a Sigfox module."""
+"""Config of uplinks: MQTT, files, FIWARE IoT Agents, NGSI context brokers and a Sigfox module.
+
+One pydantic model per uplink type, with the validators that turn an installer's mistake into a
+message naming the key and what is expected: long (about 560 lines) because every field explains
+itself, and kept together because the types share their connection, batching and routing sections.
+"""
 
 from __future__ import annotations
 

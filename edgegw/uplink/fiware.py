@@ -58,6 +58,11 @@ Decisions, in short (the constants below hold the data):
   The agent types them as provisioned: :func:`iota_provisioning` provisions them as numbers.
 * **IoT Agent over HTTP**: :func:`iota_json_groups` gives one measure group per request, because
   iotagent-json answers an array after its first group's update of the context broker.
+
+At over 700 lines this is the longest module, on purpose: it is one mapping (a town's, from
+:class:`FiwareMapping`) rendered four ways, and each decision above sits beside the data and the
+helper the four formats share (units, entity ids, the level in metres). Split by format, one
+decision would be spread over four files, and a format could drift from the others unnoticed.
 """
 
 from __future__ import annotations
