@@ -47,7 +47,7 @@ from datetime import datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import pytest
@@ -584,7 +584,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = False
     block_on_close = True
 
-    def __init__(self, broker: ContextBroker, port: int) -> None:
+    def __init__(self, broker: Loopback, port: int) -> None:
         self.broker = broker
         self.open_connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
@@ -633,7 +633,57 @@ _Route = Callable[
 ]
 
 
-class ContextBroker:
+class Loopback:
+    """A loopback HTTP double (this broker, the IoT Agent of tests/iot_agent.py) served by a
+    :class:`_Server` in a background thread: :meth:`start`, :meth:`stop`, or a ``with`` block.
+    Subclasses set ``_port`` (0: a free one at the first start) and ``_lock`` before starting."""
+
+    label = "loopback server"
+    _port: int
+    _lock: threading.Condition
+    _connections: int
+    _server: _Server | None = None
+    _thread: threading.Thread | None = None
+
+    def start(self) -> Self:
+        """Start serving in a background thread; returns self."""
+        if self._server is not None:
+            raise RuntimeError(f"{self.label} already started")
+        self._server = _Server(self, self._port)
+        self._port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name=f"{self.label}:{self._port}")
+        self._thread.start()
+        return self
+
+    def _before_stop(self) -> None:
+        """Called before the server shuts down (e.g. to release answers held back)."""
+
+    def stop(self) -> None:
+        """Stop serving: closes the listening socket and open connections and joins every thread.
+        Safe to call twice."""
+        server, thread = self._server, self._thread
+        if server is None or thread is None:
+            return
+        self._before_stop()
+        server.shutdown()
+        server.close_connections()
+        server.server_close()
+        thread.join()
+        self._server = self._thread = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _handle(self, handler: Any) -> None:
+        """Answer one request (``handler`` is the server's request handler)."""
+        raise NotImplementedError
+
+
+class ContextBroker(Loopback):
     """A strict NGSI-v2 / NGSI-LD context broker on ``http://127.0.0.1:<port>`` for tests.
 
     Use ``with ContextBroker() as broker:`` (or the ``context_broker`` fixture), point the gateway
@@ -667,39 +717,14 @@ class ContextBroker:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    def start(self) -> ContextBroker:
-        """Start serving in a background thread; returns self."""
-        if self._server is not None:
-            raise RuntimeError("context broker already started")
+    label = "context broker"
+
+    def start(self) -> Self:
         self._stopping.clear()
-        self._server = _Server(self, self._port)
-        self._port = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"context-broker:{self._port}",
-        )
-        self._thread.start()
-        return self
+        return super().start()
 
-    def stop(self) -> None:
-        """Stop serving; closes the listening socket and open connections and joins every thread.
-        Answers held back by :meth:`slow` are sent at once. Safe to call twice."""
-        server, thread = self._server, self._thread
-        if server is None or thread is None:
-            return
-        self._stopping.set()
-        server.shutdown()
-        server.close_connections()
-        server.server_close()
-        thread.join()
-        self._server = self._thread = None
-
-    def __enter__(self) -> ContextBroker:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    def _before_stop(self) -> None:
+        self._stopping.set()  # answers held back by slow() are sent at once
 
     @property
     def port(self) -> int:

@@ -40,7 +40,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.context_broker import HOST, RecordedRequest, _Handler, _parse_json, _Server
+from tests.context_broker import HOST, Loopback, RecordedRequest, _Handler, _parse_json
 
 JSON_RESOURCE = "/iot/json"
 UL_RESOURCE = "/iot/d"
@@ -76,7 +76,7 @@ class _AgentError(Exception):
         self.status, self.name, self.message, self.invalid = status, name, message, invalid
 
 
-class IotAgent:
+class IotAgent(Loopback):
     """An IoT Agent southbound on ``http://127.0.0.1:<port>`` that updates ``broker_url``.
 
     Provision with :meth:`group` and :meth:`device` (or :meth:`provision` with the body of a
@@ -91,8 +91,6 @@ class IotAgent:
         self._port = port
         self._lock = threading.Condition(threading.RLock())  # _Server counts connections under it
         self._connections = 0
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
         self._groups: dict[str, Group] = {}
         self._devices: dict[tuple[str, str], ProvisionedDevice] = {}
         self._requests: list[RecordedRequest] = []
@@ -121,32 +119,7 @@ class IotAgent:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    def start(self) -> IotAgent:
-        if self._server is not None:
-            raise RuntimeError("IoT Agent already started")
-        self._server = _Server(self, self._port)  # type: ignore[arg-type]  # the same duck as ContextBroker
-        self._port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"iot-agent:{self._port}")
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop listening (new connections are refused) and join every thread. Safe to call twice."""
-        server, thread = self._server, self._thread
-        if server is None or thread is None:
-            return
-        server.shutdown()
-        server.close_connections()
-        server.server_close()
-        thread.join()
-        self._server = self._thread = None
-
-    def __enter__(self) -> IotAgent:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    label = "iot-agent"
 
     @property
     def url(self) -> str:
