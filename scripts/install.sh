@@ -56,7 +56,7 @@ fi
 OPT=/opt/edgegw ETC=/etc/edgegw STATE=/var/lib/edgegw
 UNIT=/etc/systemd/system/edgegw.service SYSUSERS=/etc/sysusers.d/edgegw.conf TMPFILES=/etc/tmpfiles.d/edgegw.conf
 LINK=/usr/local/bin/edgegw
-CHANGED=0
+CHANGED=0 WARNED_OWNER=
 say() { echo "edgegw install: $*"; }
 changed() { CHANGED=$((CHANGED + 1)); say "$*"; }
 systemd_running() { [ "$REAL" = 1 ] && [ -d /run/systemd/system ]; }
@@ -73,7 +73,7 @@ own() {
     if [ -z "$uid" ] || [ -z "$gid" ]; then return; fi  # no user yet (--no-users): said once, below
     if [ "$(stat -c %u:%g "$R$path")" != "$uid:$gid" ]; then
         if [ "$(id -u)" = 0 ]; then chown "$uid:$gid" "$R$path"; changed "owner $user:$group $path"
-        else say "not root: $path left to its current owner (wanted $user:$group)"; fi
+        elif [ -z "$WARNED_OWNER" ]; then WARNED_OWNER=1; say "not root: owners are left as they are" >&2; fi
     fi
 }
 dir() { [ -d "$R$1" ] || { mkdir -p "$R$1"; changed "created $1"; }; own "$@"; }
@@ -150,17 +150,21 @@ PY
 read -r -a GROUPS_NEEDED <<< "$(awk '$1 == "groups" { $1 = ""; print }' <<< "$NEEDS")"
 [ "$(awk '$1 == "pi" { print $2 }' <<< "$NEEDS")" = 1 ] && PI=1
 
+# (Content goes to put and seed by redirection, never a pipe: a pipe would run them in a subshell,
+# and their changes would go uncounted.)
+
 # 1. The service user, and its groups (sysusers.d: systemd recreates it the same way at every boot).
-{
+sysusers_conf() {
     cat "$SRC/systemd/edgegw.sysusers.conf"
-    for g in "${GROUPS_NEEDED[@]}"; do
+    local g; for g in "${GROUPS_NEEDED[@]}"; do
         case $g in
             spi) echo "# spi: the SX127x chip's /dev/spidev*" ;;
             gpio) echo "# gpio: the radio's pins (/dev/gpiomem, /dev/gpiochip*)" ;;
         esac
         echo "m edgegw $g"
     done
-} | put "$SYSUSERS" root root 644
+}
+put "$SYSUSERS" root root 644 < <(sysusers_conf)
 in_group() {
     awk -F: -v g="$1" '$1 == g { n = split($4, m, ","); for (i = 1; i <= n; i++) if (m[i] == "edgegw") found = 1 }
                        END { exit !found }' "$R/etc/group" 2>/dev/null
@@ -180,10 +184,11 @@ fi
 # 2. Config, secrets and state.
 dir "$ETC" root edgegw 770
 seed "$ETC/gateway.toml" root edgegw 640 < "$CONFIG_FROM"
+secret_body() {  # a keys file starts as an empty [keys] table; a password or token file empty
+    [ "$1" != keys ] || printf '# edgegw device keys: add with `sudo -u edgegw edgegw keys new DEVICE` (README).\n[keys]\n'
+}
 while read -r kind path; do
-    if [ "$kind" = keys ]; then
-        printf '# edgegw device keys: fill with `sudo -u edgegw edgegw keys new DEVICE` (README).\n[keys]\n'
-    fi | seed "$path" edgegw edgegw 600
+    seed "$path" edgegw edgegw 600 < <(secret_body "$kind")
 done < <(awk '$1 == "secret" { print $2, $3 }' <<< "$NEEDS")
 dir "$STATE" edgegw edgegw 750
 

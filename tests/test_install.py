@@ -131,6 +131,17 @@ def test_the_radio_decides_the_device_groups(root, example, groups):
 
 
 @needs_sysusers
+def test_a_radio_changed_in_the_installed_config_takes_effect_on_the_next_run(root):
+    install(root, "--no-venv")
+    config = root / "etc/edgegw/gateway.toml"
+    config.write_text(config.read_text().replace('type = "rylr"', 'type = "sx127x"'))
+    again = install(root, "--no-venv")
+    assert "wrote /etc/sysusers.d/edgegw.conf" in again.stdout
+    assert "edgegw install: done: 2 change(s)" in again.stdout  # the file and the user's groups
+    assert all("edgegw" in ids(root, g, "group")[3].split(",") for g in ["spi", "gpio"])
+
+
+@needs_sysusers
 def test_every_secret_the_config_names_is_created_for_the_service_user_only(root, tmp_path):
     config = tmp_path / "gw.toml"
     config.write_text(dedent('''
