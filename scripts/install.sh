@@ -237,14 +237,17 @@ if [ "$CHANGED" = 0 ]; then
     say "nothing to change: already installed from this tree"
 else
     say "done: $CHANGED change(s)"
+    # An upgrade does not restart a running gateway by itself: the installer chooses the moment.
+    if systemd_running && systemctl is-active --quiet edgegw; then
+        say "edgegw is running what was installed before: sudo systemctl restart edgegw"
+    fi
 fi
 if [ "$REAL" = 1 ] && ! systemctl is-enabled --quiet edgegw 2>/dev/null; then
-    cat <<EOF
-Next (README, "Install on a Raspberry Pi"):
-  sudoedit $ETC/gateway.toml                  the serial port, radio settings, devices, uplinks
-  sudoedit $ETC/mqtt-password                 the broker password (if the config names it)
-  sudo -u edgegw edgegw keys new DEVICE       for each sensor that authenticates its frames
-  sudo -u edgegw edgegw config check
-  sudo systemctl enable --now edgegw
-EOF
+    echo 'Next (README, "Install on a Raspberry Pi"):'
+    echo "  sudoedit $ETC/gateway.toml                the serial port, radio, devices, uplinks"
+    awk '$1 == "secret" && $2 == "plain" { printf "  sudoedit %-32s the secret itself\n", $3 }' <<< "$NEEDS"
+    echo "  sudo $SRC/scripts/install.sh    again, if the radio type or a secret file changed"
+    echo "  sudo -u edgegw edgegw keys new DEVICE     for each sensor that authenticates its frames"
+    echo "  sudo -u edgegw edgegw config check"
+    echo "  sudo systemctl enable --now edgegw"
 fi
