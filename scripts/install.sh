@@ -23,7 +23,8 @@
 # For tests, every path is under --root DIR (default /): then nothing outside DIR is touched, systemctl
 # is not called, and user creation (systemd-sysusers --root) writes DIR/etc/passwd. (Not a way to build
 # an image: the venv's scripts would name DIR in their first line.)
-# --no-users skips creating the user; --no-venv skips the Python package (it needs the package index).
+# --no-users skips creating the user; --no-venv skips the Python package (it needs the package index);
+# --pi installs the [pi] extra whatever the config's radio.
 set -euo pipefail
 
 SRC=$(cd "$(dirname "$0")/.." && pwd)
@@ -89,7 +90,8 @@ seed() { if [ -e "$R$1" ]; then cat > /dev/null; own "$@"; else put "$@"; fi; }
 
 uninstall() {
     if systemd_running && [ -e "$UNIT" ]; then
-        systemctl disable --now edgegw; changed "stopped and disabled edgegw.service"
+        if systemctl disable --now edgegw; then changed "stopped and disabled edgegw.service"
+        else say "could not stop and disable edgegw.service: removing its files anyway"; fi
     fi
     local p
     for p in "$UNIT" "$SYSUSERS" "$TMPFILES" "$LINK"; do
@@ -183,6 +185,9 @@ fi
 
 # 2. Config, secrets and state.
 dir "$ETC" root edgegw 770
+if [ -f "$R$ETC/gateway.toml" ] && ! cmp -s "$CONFIG_FROM" "$R$ETC/gateway.toml"; then
+    [ "$CONFIG_FROM" = "$SRC/configs/site-example.toml" ] || say "kept $ETC/gateway.toml as it is: not replaced by $CONFIG_FROM"
+fi
 seed "$ETC/gateway.toml" root edgegw 640 < "$CONFIG_FROM"
 secret_body() {  # a keys file starts as an empty [keys] table; a password or token file empty
     [ "$1" != keys ] || printf '# edgegw device keys: add with `sudo -u edgegw edgegw keys new DEVICE` (README).\n[keys]\n'
