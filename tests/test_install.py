@@ -92,6 +92,12 @@ def test_install_then_again_changes_nothing(root):
         assert_owned(root, path, 0o644, "root", "root")
     assert (root / "etc/systemd/system/edgegw.service").read_text() == (REPO / "systemd/edgegw.service").read_text()
     assert os.readlink(root / "usr/local/bin/edgegw") == "/opt/edgegw/.venv/bin/edgegw"
+    # What the unit points a maintainer at is there: the README it names, with the section it names.
+    unit = (root / "etc/systemd/system/edgegw.service").read_text()
+    docs = [line.removeprefix("Documentation=file://") for line in unit.splitlines() if line.startswith("Documentation=")]
+    assert docs == ["/opt/edgegw/README.md"]
+    assert 'README: "Install on a Raspberry\n# Pi"' in unit
+    assert "\n## Install on a Raspberry Pi\n" in (root / docs[0].lstrip("/")).read_text()
 
     before = snapshot(root)
     second = install(root, "--no-venv")
