@@ -121,8 +121,16 @@ for tool in python3 awk cmp install realpath; do
 done
 python3 -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null \
     || { echo "install.sh: edgegw needs Python 3.11 or newer (Debian 12 / Raspberry Pi OS bookworm)" >&2; exit 1; }
+# apt_get WHY PACKAGE...: Debian packages the install needs; installed on the real system, asked for otherwise.
+apt_get() {
+    local why=$1; shift
+    if [ "$REAL" = 0 ]; then echo "install.sh: $why: apt-get install $*" >&2; exit 1; fi
+    say "installing $* ($why)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
 if [ "$VENV_STEP" = 1 ] && ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
-    echo "install.sh: Python's venv module is missing: sudo apt-get install python3-venv" >&2; exit 1
+    apt_get "Python's venv module is missing" python3-venv
 fi
 
 # The config the gateway will run: the installed one if there is one, else the one it is made from.
@@ -212,8 +220,8 @@ if [ "$VENV_STEP" = 1 ]; then
         # Only the index and the lock decide what is installed: no pip.conf, no PIP_* variables (Raspberry Pi
         # OS points pip at a second index whose wheels' hashes are not the lock's).
         pip=(env PIP_CONFIG_FILE=/dev/null "$VENV/bin/pip" --isolated --disable-pip-version-check)
-        if [ "$PI" = 1 ] && ! { command -v gcc >/dev/null && [ -e "/usr/include/python3.$(python3 -c 'import sys; print(sys.version_info[1])')/Python.h" ]; }; then
-            echo "install.sh: the [pi] extra builds spidev and RPi.GPIO: sudo apt-get install gcc python3-dev" >&2; exit 1
+        if [ "$PI" = 1 ] && ! { command -v gcc >/dev/null && [ -e "$(python3 -c 'import sysconfig; print(sysconfig.get_path("include"))')/Python.h" ]; }; then
+            apt_get "the [pi] extra builds spidev and RPi.GPIO" gcc python3-dev
         fi
         "${pip[@]}" install --quiet --require-hashes -r "$SRC/locks/build.txt" -r "$LOCK"
         # Built from a copy: the source tree (perhaps a user's clone) gets no build/ or egg-info owned by root.
