@@ -65,8 +65,10 @@ def load_keys(path: Path) -> dict[str, bytes]:
 def new_key(path: Path, device_id: str) -> bytes:
     """Make a random key for ``device_id`` and write it into ``path`` (created, or rewritten with the
     others kept), readable by its owner only; returns the key. An existing key of the device is
-    replaced: the sensor must then be given the new one."""
-    keys = load_keys(path) if path.exists() else {}
+    replaced: the sensor must then be given the new one. A rewritten file keeps its owner, so that
+    `sudo edgegw keys new` leaves it readable by the service user it belongs to."""
+    owner = path.stat() if path.exists() else None
+    keys = load_keys(path) if owner is not None else {}
     keys[device_id] = secrets.token_bytes(KEY_BYTES)
     body = HEADER + "[keys]\n" + "".join(f'"{d}" = "{k.hex()}"\n' for d, k in sorted(keys.items()))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,6 +76,8 @@ def new_key(path: Path, device_id: str) -> bytes:
     # Created 0600 from the start: never a moment in which the key is readable by others.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.fchmod(fd, 0o600)  # a leftover temporary file keeps its old mode through O_TRUNC
+    if owner is not None and (owner.st_uid, owner.st_gid) != (os.geteuid(), os.getegid()):
+        os.fchown(fd, owner.st_uid, owner.st_gid)  # only root may; anyone else is refused (PermissionError)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(body)
         f.flush()

@@ -318,6 +318,19 @@ def test_keys_new_writes_an_owner_only_file_and_prints_what_the_firmware_needs(t
         in checked.stdout
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_keys_new_as_root_keeps_the_service_users_file_theirs(tmp_path):
+    # As on an installed gateway: keys.toml belongs to the service user, an installer runs sudo edgegw keys new.
+    site = write_site(tmp_path)
+    keys = tmp_path / "keys.toml"
+    new_key(keys, "trap-01")
+    os.chown(keys, 65534, 65534)
+    assert edgegw("keys", "new", "river-01", "-c", str(site)).returncode == 0
+    st = keys.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (65534, 65534, 0o600)
+    assert set(load_keys(keys)) == {"trap-01", "river-01"}
+
+
 def test_a_keys_file_others_may_read_is_refused_with_the_fix(tmp_path):
     site = write_site(tmp_path, 'require_auth = true\n')
     keys = tmp_path / "keys.toml"

@@ -231,10 +231,56 @@ def test_status_on_broken_config(runner, broken):
     assert_lists_broken_problems(runner.invoke(cli, ["status", "-c", str(broken)]), broken)
 
 
-def test_status_needs_a_config(runner):
-    result = runner.invoke(cli, ["status"])
+# -- which config: -c, then $EDGEGW_CONFIG, then /etc/edgegw/gateway.toml ---------------------------
+
+# Every command that reads a gateway's config, with the arguments it needs besides the config.
+CONFIG_COMMANDS = [["run"], ["status"], ["alarms"], ["outbox", "stats"], ["outbox", "list"], ["outbox", "export"],
+                   ["outbox", "show", "1"], ["outbox", "retry", "1"], ["outbox", "purge", "--delivered"],
+                   ["keys", "new", "trap-01"], ["keys", "reset-counter", "trap-01"], ["config", "check"]]
+
+
+@pytest.fixture
+def no_default_config(tmp_path, monkeypatch) -> Path:
+    """The installed gateway's config path, pointed at a file that does not exist."""
+    import edgegw.cli.common
+
+    absent = tmp_path / "etc" / "gateway.toml"
+    monkeypatch.setattr(edgegw.cli.common, "DEFAULT_CONFIG", absent)
+    monkeypatch.delenv("EDGEGW_CONFIG", raising=False)
+    return absent
+
+
+@pytest.mark.parametrize("command", CONFIG_COMMANDS, ids=" ".join)
+def test_without_any_config_says_both_ways_to_give_one(runner, no_default_config, command):
+    result = runner.invoke(cli, command)
     assert result.exit_code == 2
-    assert "Missing option '-c' / '--config'" in result.stderr
+    given = "FILE" if command == ["config", "check"] else "-c FILE"
+    assert f"Error: no config file given: name one ({given}) or set EDGEGW_CONFIG=FILE" \
+           f" (the default, {no_default_config}, does not exist)" in result.stderr
+
+
+@pytest.mark.parametrize("command", CONFIG_COMMANDS, ids=" ".join)
+def test_config_from_the_environment(runner, no_default_config, broken, command, monkeypatch):
+    # The broken config's problems prove which file the command read.
+    monkeypatch.setattr("edgegw.daemon.run", lambda *a, **k: pytest.fail("daemon started"))
+    assert_lists_broken_problems(runner.invoke(cli, command, env={"EDGEGW_CONFIG": str(broken)}), broken)
+
+
+@pytest.mark.parametrize("command", CONFIG_COMMANDS, ids=" ".join)
+def test_config_from_the_default_path(runner, no_default_config, broken, command, monkeypatch):
+    monkeypatch.setattr("edgegw.daemon.run", lambda *a, **k: pytest.fail("daemon started"))
+    no_default_config.parent.mkdir()
+    broken.rename(no_default_config)
+    result = runner.invoke(cli, command)
+    assert result.exit_code == EXIT_CONFIG, result.output
+    assert result.stderr.startswith(f"3 problem(s) in {no_default_config}:\n")
+
+
+def test_option_and_argument_beat_the_environment(runner, no_default_config, broken):
+    env = {"EDGEGW_CONFIG": str(broken)}
+    assert runner.invoke(cli, ["config", "check", str(DEMO)], env=env).exit_code == 0
+    result = runner.invoke(cli, ["status", "-c", str(DEMO)], env=env)
+    assert result.exit_code != EXIT_CONFIG and "problem(s)" not in result.stderr, result.output
 
 
 # -- run --------------------------------------------------------------------------------------------

@@ -18,10 +18,32 @@ EXIT_ALREADY_RUNNING = 3  # systemd/edgegw.service: RestartPreventExitStatus, as
 EXIT_DATA_DIR = 4  # the data directory cannot be written: also not restarted (see edgegw.dbfile)
 EXIT_DATABASE_DAMAGED = 5  # restarted by systemd: the next start sets the damaged database aside
 
+# Where scripts/install.sh puts an installed gateway's config: the commands a maintainer types over
+# SSH then need no -c. Read when a command runs (tests point it elsewhere).
+DEFAULT_CONFIG = Path("/etc/edgegw/gateway.toml")
+CONFIG_ENV = "EDGEGW_CONFIG"
+
+
+def _config_path(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path:
+    """The config to use: -c FILE (or the argument), else $EDGEGW_CONFIG (click reads it), else the
+    installed gateway's, if there is one."""
+    if value is not None:
+        return value
+    if DEFAULT_CONFIG.exists():
+        return DEFAULT_CONFIG
+    given = "FILE" if isinstance(param, click.Argument) else "-c FILE"
+    raise click.UsageError(f"no config file given: name one ({given}) or set {CONFIG_ENV}=FILE"
+                           f" (the default, {DEFAULT_CONFIG}, does not exist)", ctx)
+
+
+_CONFIG_TYPE = click.Path(dir_okay=False, path_type=Path)
+
 config_option = click.option(
-    "-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-    help="gateway config file (TOML), e.g. configs/demo.toml",
+    "-c", "--config", "config_path", type=_CONFIG_TYPE, envvar=CONFIG_ENV, show_envvar=True, callback=_config_path,
+    help=f"gateway config file (TOML), e.g. configs/demo.toml  [default: {DEFAULT_CONFIG}]",
 )
+# `edgegw config check [FILE]` takes the config as its argument, resolved the same way.
+config_argument = click.argument("file", required=False, type=_CONFIG_TYPE, envvar=CONFIG_ENV, callback=_config_path)
 json_option = click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from edgegw import __version__
-from edgegw.cli.common import cli, config_option, load_config_or_exit
+from edgegw.cli.common import cli, config_argument, config_option, load_config_or_exit
 from edgegw.config import Config
 from edgegw.errors import ConfigError
 from edgegw.keys import load_keys
@@ -19,9 +19,10 @@ def config_group() -> None:
 
 
 @config_group.command("check")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@config_argument
 def config_check(file: Path) -> None:
-    """List every problem in FILE at once (exit 2), or summarise it.
+    """List every problem in FILE (default: $EDGEGW_CONFIG, else /etc/edgegw/gateway.toml) at once
+    (exit 2), or summarise it.
 
     Example: edgegw config check /etc/edgegw/gateway.toml
     """
