@@ -18,6 +18,7 @@ from edgegw.doctor.access import READ, WRITE, ServiceUser, group_name
 
 # Tried first when the module is silent at the configured rate: the vendors' defaults and the commonest settings.
 COMMON_RATES = (115200, 9600, 19200, 57600, 38400)
+SCAN_TIMEOUT = 0.5  # s for an answer at each other rate: a module answers a command within milliseconds
 
 
 def _serial_ports(config: Config) -> list[tuple[str, Any, str]]:
@@ -126,7 +127,7 @@ def _silent(subject: str, radio: Any, configured: int, error: str) -> Finding:
     others = [r for r in (*COMMON_RATES, *radio.baudrates) if r in radio.baudrates and r != configured]
     for rate in dict.fromkeys(others):
         try:
-            radio.check(rate)
+            radio.check(rate, SCAN_TIMEOUT)
         except ModuleSilent:
             continue
         except (ModuleError, serial.SerialException, OSError):

@@ -198,6 +198,7 @@ class LineModule:
         self.port = port
         self.read_turn = read_turn or ReadTurn()
         self.log = structlog.get_logger(f"edgegw.radio.{self.family}")
+        self.answer_timeout: float | None = None  # a check's shorter wait for each answer
 
     # -- what a module family says ---------------------------------------------------------------
 
@@ -228,13 +229,18 @@ class LineModule:
         """Read frames until ``stop``; reopen the port with a backoff when it fails (see :class:`~edgegw.radio.Source`)."""
         run_port(self, self.config.baudrate, self._serve, emit, stop)
 
-    def check(self, baudrate: int | None = None) -> bool:
+    def check(self, baudrate: int | None = None, timeout: float | None = None) -> bool:
         """Open the port once and configure the module as a start does, every reply checked: for
-        ``edgegw doctor``, never while the daemon holds the port. True if the module took every
+        ``edgegw doctor``, never while the daemon holds the port. ``baudrate`` and ``timeout`` (for
+        each answer) replace the configured rate and COMMAND_TIMEOUT. True if the module took every
         setting; False if it would take no commands now (see :meth:`greet`); ModuleError (or
         pyserial's SerialException) says what went wrong. Frames heard meanwhile are dropped."""
-        with serial.Serial(self.port, baudrate or self.config.baudrate, timeout=0.2) as port:
-            return self._configure(port, LineReader(port), _drop, None)
+        self.answer_timeout = timeout
+        try:
+            with serial.Serial(self.port, baudrate or self.config.baudrate, timeout=0.2) as port:
+                return self._configure(port, LineReader(port), _drop, None)
+        finally:
+            self.answer_timeout = None
 
     def _serve(self, port: serial.Serial, emit: Emit, stop: threading.Event, up: Callable[[], None]) -> None:
         lines = LineReader(port)
@@ -321,7 +327,8 @@ class LineModule:
         """The module's answer to ``cmd``: None for ok, else the code of an error that no ok followed
         within STRAY_ERROR_WINDOW (one that did was not the answer). Frames arriving meanwhile are
         emitted; a reset banner raises ModuleReset."""
-        deadline = time.monotonic() + COMMAND_TIMEOUT
+        wait = self.answer_timeout or COMMAND_TIMEOUT
+        deadline = time.monotonic() + wait
         code = None
         while (left := deadline - time.monotonic()) > 0:
             line = lines.readline(left)
@@ -339,7 +346,7 @@ class LineModule:
             else:
                 raise ModuleReset(f"{cmd}: the module reset itself ({line})", line)
         if code is None:
-            raise ModuleSilent(f"{cmd}: no answer within {COMMAND_TIMEOUT:.0f} s (wrong port or baud rate?)")
+            raise ModuleSilent(f"{cmd}: no answer within {wait:g} s (wrong port or baud rate?)")
         return code
 
     def _route(self, line: str) -> Frame | Reject | None:
