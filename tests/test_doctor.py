@@ -228,7 +228,7 @@ def test_a_keys_file_others_may_read_is_a_fault(tmp_path, emulator, someone):
     assert one(report, "secret_file")["status"] == "ok"
     devices = one(report, "device_keys")
     assert devices["status"] == "warning"
-    assert devices["message"].startswith("1 device(s) without a frame key, while 1 have one: anyone in radio range"
+    assert devices["message"].startswith("1 device(s) without a frame key, while 1 has one: anyone in radio range"
                                          " can send as river-01")
     assert devices["fix"].startswith("give each a key: edgegw keys new DEVICE -c CONFIG")
 
@@ -439,3 +439,25 @@ def test_the_units_exec_start_pre_fails_the_start_on_a_missing_port_with_the_fix
     assert done.returncode == 1  # the start fails here, not in a daemon retrying the port forever
     assert f"FAULT serial port: sources[0] lora0: serial port {tmp_path / 'ttyUSB0'} does not exist" in done.stdout
     assert "fix: plug the module in" in done.stdout
+
+
+def test_with_the_daemon_running_its_source_down_is_the_fault_in_its_own_words(tmp_path):
+    from tests.gateway import Daemon, wait_until
+
+    master, slave = os.openpty()  # the daemon's port, with no module behind it
+    daemon = Daemon(gateway(tmp_path, os.ttyname(slave))).start()
+    try:
+        wait_until(lambda: any(s["state"] == "down" for s in daemon.status().get("sources", [])), 30,
+                   f"the source down (log: {daemon.log_tail()})")
+        code, report = doctor(daemon.config)
+    finally:
+        daemon.stop()
+        os.close(master)
+        os.close(slave)
+    assert code == 1, json.dumps(report, indent=1)
+    assert one(report, "daemon")["status"] == "warning"
+    (module,) = [f for f in found(report, "radio_module") if f["subject"] == "source lora0"]
+    assert module["status"] == "fault"
+    assert "the running daemon cannot use the module since" in module["message"]
+    assert module["message"].endswith("AT: no answer within 2 s (wrong port or baud rate?)")
+    assert module["fix"].startswith("stop the daemon (systemctl stop edgegw) and run edgegw doctor again")

@@ -48,6 +48,8 @@ def diagnose(config: Config, config_path: Path, user: ServiceUser, probe_radio: 
     running = host.daemon_running(config)
     findings = [running]
     findings += radio.ports(config, user, probe=probe_radio and running.status == "ok")
+    if running.status == "warning":  # a daemon runs: it knows how its modules are
+        findings += radio.daemon_sources(config)
     findings += storage.data_dir(config, user)
     findings += [host.clock(), *host.throttling()]
     findings += network.uplinks(config)

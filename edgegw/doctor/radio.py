@@ -18,6 +18,7 @@ from edgegw.doctor.access import READ, WRITE, ServiceUser, group_name
 
 # Tried first when the module is silent at the configured rate: the vendors' defaults and the commonest settings.
 COMMON_RATES = (115200, 9600, 19200, 57600, 38400)
+SETTLE = 3.0  # s to wait for a source the running daemon is (re)opening to come up or go down
 SCAN_TIMEOUT = 0.5  # s for an answer at each other rate: a module answers a command within milliseconds
 
 
@@ -140,3 +141,49 @@ def _silent(subject: str, radio: Any, configured: int, error: str) -> Finding:
     return Finding("radio_module", subject, "fault", f"the module does not answer: {error}; tried {tried} baud",
                    "check that the port is the radio module's (unplug it and see which port goes), that the"
                    " module has power, and that TX and RX are not swapped on a UART wiring")
+
+
+def daemon_sources(config: Config) -> list[Finding]:
+    """While a daemon runs (and holds the ports), what it last recorded of each source: a source
+    ``down`` says why in the daemon's own words."""
+    import sqlite3
+    import time
+
+    from edgegw.store.connection import db_path, open_reader
+
+    path = db_path(config.data_dir)
+    if not path.exists():
+        return []  # not made yet: the daemon is starting
+    names = {s.name for s in config.sources}
+    # A source the daemon is (re)opening is "starting" for up to one answer's wait; what follows
+    # says how it is: "receiving", or "down" with the reason.
+    deadline = time.monotonic() + SETTLE
+    try:
+        conn = open_reader(path)
+        try:
+            while True:
+                rows = [r for r in conn.execute("SELECT name, state, detail, changed_at FROM sources")
+                        if r[0] in names]
+                if time.monotonic() > deadline or all(r[1] != "starting" for r in rows):
+                    break
+                time.sleep(0.1)
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return [Finding("radio_module", "sources", "skipped", f"cannot read the daemon's database {path}: {exc}")]
+    findings = []
+    for name, state, detail, changed_at in rows:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(changed_at or 0))
+        if state == "down":
+            findings.append(Finding("radio_module", f"source {name}", "fault",
+                                    f"the running daemon cannot use the module since {since}: {detail}",
+                                    "stop the daemon (systemctl stop edgegw) and run edgegw doctor again: it then"
+                                    " talks to the module itself and says what to change"))
+        elif state == "starting":
+            findings.append(Finding("radio_module", f"source {name}", "warning",
+                                    f"the running daemon has been opening the port since {since} ({detail})",
+                                    "if this lasts, stop the daemon and run edgegw doctor again to talk to the module"))
+        else:
+            findings.append(Finding("radio_module", f"source {name}", "ok",
+                                    f"the running daemon says {state} since {since}"))
+    return findings

@@ -110,6 +110,7 @@ def devices(config: Config) -> list[Finding]:
     if not plain:
         return [Finding("device_keys", "devices", "ok", f"every device ({len(keyed)}) authenticates its frames")]
     return [Finding("device_keys", "devices", "warning",
-                    f"{len(plain)} device(s) without a frame key, while {len(keyed)} have one: anyone in radio range"
+                    f"{len(plain)} device(s) without a frame key, while {len(keyed)} {'has' if len(keyed) == 1 else 'have'}"
+                    " one: anyone in radio range"
                     f" can send as {', '.join(plain)} (their readings say \"verified\": false)",
                     "give each a key: edgegw keys new DEVICE -c CONFIG, and flash it into the sensor")]
