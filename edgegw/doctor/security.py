@@ -25,21 +25,23 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def secret_files(config: Config) -> list[tuple[str, Path, str]]:
-    """(subject, path, how it is made) of every secrets file the config names."""
+def secret_files(config: Config) -> list[tuple[str, Path, str, str]]:
+    """(subject, path, how it is made, what its reader can do) of every secrets file the config names."""
     out = []
     if config.keys_file is not None:
-        out.append(("keys_file", config.keys_file, "make it with: edgegw keys new DEVICE -c CONFIG"))
+        out.append(("keys_file", config.keys_file, "make it with: edgegw keys new DEVICE -c CONFIG",
+                    "forge the frames of the sensors it holds keys for"))
     for u in config.uplinks:
         for key in ("password_file", "token_file"):
             path = getattr(u, key, None)
             if path is not None:
                 out.append((f"uplinks {u.name} {key}", path,
-                            f"write the {key.removesuffix('_file')} there (one line), as the service user"))
+                            f"write the {key.removesuffix('_file')} there (one line), as the service user",
+                            f"pose as this gateway to uplink {u.name}"))
     return out
 
 
-def secret_file(subject: str, path: Path, user: ServiceUser, make: str) -> Finding:
+def secret_file(subject: str, path: Path, make: str, risk: str, user: ServiceUser) -> Finding:
     """``path`` exists, ``user`` may read it, and nobody else may (as the gateway requires of its keys)."""
     mine = f"sudo chown {user.name} {path} && sudo chmod 600 {path}"
     try:
@@ -55,7 +57,7 @@ def secret_file(subject: str, path: Path, user: ServiceUser, make: str) -> Findi
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         return Finding("secret_file", subject, "fault",
                        f"{path} may be read by group or others (mode {stat.filemode(st.st_mode)}): whoever reads it can"
-                       " pose as this gateway or forge its sensors' frames", mine)
+                       f" {risk}", mine)
     if st.st_uid not in (user.uid, 0):
         return Finding("secret_file", subject, "warning",
                        f"{path} is owned by {owner_name(st)}, who may read and change it", mine)
@@ -64,7 +66,7 @@ def secret_file(subject: str, path: Path, user: ServiceUser, make: str) -> Findi
 
 def secrets(config: Config, config_path: Path, user: ServiceUser) -> list[Finding]:
     """Secrets files, secrets written inline in the config, and secrets sent without TLS."""
-    findings = [secret_file(subject, path, user, make) for subject, path, make in secret_files(config)]
+    findings = [secret_file(*found, user=user) for found in secret_files(config)]
     try:
         config_mode = stat.filemode(config_path.stat().st_mode)
         shown = config_path.stat().st_mode & stat.S_IROTH
