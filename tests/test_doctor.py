@@ -198,6 +198,23 @@ def test_a_data_directory_the_service_user_may_not_write_is_a_fault(tmp_path, em
     assert finding["fix"] == f"sudo chown -R {name} {data} && sudo chmod u+rwx {data}"
 
 
+def test_a_data_directory_on_a_read_only_filesystem_is_a_fault(tmp_path, emulator):
+    config = gateway(tmp_path, emulator.link)
+    data = tmp_path / "data"
+    # As an SD card the kernel remounted read-only after I/O errors: a read-only mount on data_dir.
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(data)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount here: {mounted.stderr.decode().strip()}")
+    try:
+        code, report = doctor(config, "--no-radio")
+    finally:
+        subprocess.run(["umount", str(data)], check=True)
+    assert code == 1
+    finding = one(report, "data_dir")
+    assert finding["status"] == "fault" and finding["message"] == f"the filesystem holding {data} is mounted read-only"
+    assert finding["fix"].startswith("an SD card remounted read-only after errors is failing: check dmesg")
+
+
 def test_a_disk_below_min_free_is_a_fault(tmp_path, emulator):
     code, report = doctor(gateway(tmp_path, emulator.link, top='[store]\nmin_free = "1000000GB"'), "--no-radio")
     assert code == 1
@@ -408,9 +425,11 @@ def test_help_says_what_the_exit_status_means():
 # -- config check --machine, and the unit that runs it before each start ------------------------------------
 
 def test_machine_check_passes_on_a_machine_that_can_run_the_config(tmp_path, emulator):
-    done = edgegw("config", "check", "--machine", str(gateway(tmp_path, emulator.link)))
+    config = gateway(tmp_path, emulator.link)
+    done = edgegw("config", "check", "--machine", str(config))
     assert done.returncode == 0, done.stderr
-    assert "machine OK" in done.stdout
+    assert done.stdout.splitlines()[0].startswith(f"{config}: OK: gateway gw-doctor, 1 source(s), 2 device(s)")
+    assert f"{config}: machine OK for " in done.stdout
     assert emulator.commands == []  # fast: the module is not talked to
 
 

@@ -37,8 +37,14 @@ def config_check(file: Path, machine: bool, user_name: str | None) -> None:
     Example: edgegw config check --machine /etc/edgegw/gateway.toml
     """
     config, _ = load_config_or_exit(file, keys=True)
+    _summarise(config, file)
     if machine:
         _check_machine(config, file, user_name)
+
+
+def _summarise(config: Config, file: Path) -> None:
+    """What the config sets up, what its uplinks' acknowledgements prove, its devices without a key,
+    and the unsent items of uplinks it no longer has."""
     uplinks = ", ".join(f"{u.name} ({u.type})" for u in config.effective_uplinks())
     click.echo(f"{file}: OK: gateway {config.gateway_id}, {len(config.sources)} source(s), "
                f"{len(config.devices)} device(s), uplinks: {uplinks}, data in {config.data_dir}")
