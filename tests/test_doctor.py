@@ -480,3 +480,16 @@ def test_with_the_daemon_running_its_source_down_is_the_fault_in_its_own_words(t
     assert "the running daemon cannot use the module since" in module["message"]
     assert module["message"].endswith("AT: no answer within 2 s (wrong port or baud rate?)")
     assert module["fix"].startswith("stop the daemon (systemctl stop edgegw) and run edgegw doctor again")
+
+
+def test_a_ca_file_the_service_user_may_not_read_is_a_tls_fault(tmp_path, emulator, tls_server, someone):
+    name, _ = someone
+    tls_server.cert.chmod(0o000)
+    config = gateway(tmp_path, emulator.link, uplinks=mqtt_uplink(tls_server.port, f'tls = true\nca_file = "{tls_server.cert}"'))
+    code, report = doctor(config, "--no-radio", *user_args(name))
+    assert code == 1
+    ca = found(report, "uplink_tls")[0]
+    assert ca["status"] == "fault" and ca["message"].startswith(f"{name} may not read ca_file {tls_server.cert}: owned by")
+    assert ca["message"].endswith("mode ----------; " + (f"{name} is neither its owner nor in group root, and others may not read"
+                                                         if AS_ROOT else f"{name} owns it, but the owner bits do not allow read"))
+    assert ca["fix"] == f"a CA certificate is public: sudo chmod 644 {tls_server.cert}"

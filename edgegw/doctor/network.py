@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 from edgegw.config import Config, HttpConnection, MqttConnection
 from edgegw.doctor import Finding
+from edgegw.doctor.access import READ, ServiceUser
 
 CONNECT_TIMEOUT = 3.0  # s: a field LTE link answers a SYN well within this
 
@@ -28,15 +29,30 @@ def endpoints(config: Config) -> list[tuple[str, str, int, bool, Path | None, bo
     return out
 
 
-def uplinks(config: Config) -> list[Finding]:
+def uplinks(config: Config, user: ServiceUser) -> list[Finding]:
+    """Each network uplink reached, and its TLS checked, with its CA file readable by ``user``."""
     findings = []
     for name, host, port, tls, ca_file, verify in endpoints(config):
         subject = f"uplink {name} {host}:{port}"
+        if ca_file is not None and (ca := ca_readable(subject, ca_file, user)) is not None:
+            findings.append(ca)
         reached = reach(subject, host, port)
         findings.append(reached)
         if tls and reached.status == "ok":
             findings.append(handshake(subject, host, port, ca_file, verify))
     return findings
+
+
+def ca_readable(subject: str, ca_file: Path, user: ServiceUser) -> Finding | None:
+    """A fault if ``user`` may not read the CA file (this process may be root, who reads anything)."""
+    try:
+        st = ca_file.stat()
+    except OSError:
+        return None  # the handshake's finding says it is missing
+    if user.may(st, READ):
+        return None
+    return Finding("uplink_tls", subject, "fault", f"{user.name} may not read ca_file {ca_file}:"
+                   f" {user.why_not(st, READ)}", f"a CA certificate is public: sudo chmod 644 {ca_file}")
 
 
 def reach(subject: str, host: str, port: int) -> Finding:

@@ -81,6 +81,16 @@ def port_access(subject: str, port: str, user: ServiceUser) -> Finding:
                    f" {user.name} in it: sudo usermod -aG {group} {user.name}")
         return Finding("serial_port", subject, "fault",
                        f"{user.name} may not open {port}: {user.why_not(st, READ | WRITE)}", fix)
+    if user.uid == os.geteuid():
+        # This process is the user asked about (the unit's ExecStartPre is): open it as the daemon
+        # will. A port that is there but cannot be opened (a USB adapter half gone, a port another
+        # program locked) fails here. Nothing is sent.
+        try:
+            os.close(os.open(port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK))
+        except OSError as exc:
+            return Finding("serial_port", subject, "fault", f"{port} cannot be opened: {exc.strerror}",
+                           "unplug the module and plug it in again; if another program uses the port, stop it"
+                           " (see: fuser -v PORT)")
     return Finding("serial_port", subject, "ok", f"{port} exists and {user.name} may open it")
 
 
