@@ -21,9 +21,11 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from edgegw.config import load_config
-from edgegw.doctor import security
+from edgegw.doctor import host, security
 from edgegw.doctor.access import ServiceUser
 from edgegw.radio.emulator import RylrEmulator
 from edgegw.running import DataDirLock
@@ -493,3 +495,13 @@ def test_a_ca_file_the_service_user_may_not_read_is_a_tls_fault(tmp_path, emulat
     assert ca["message"].endswith("mode ----------; " + (f"{name} is neither its owner nor in group root, and others may not read"
                                                          if AS_ROOT else f"{name} owns it, but the owner bits do not allow read"))
     assert ca["fix"] == f"a CA certificate is public: sudo chmod 644 {tls_server.cert}"
+
+
+@given(st.integers(min_value=0, max_value=2**32 - 1))
+def test_any_get_throttled_value_is_a_fault_now_a_warning_since_boot_or_ok(bits):
+    finding = host.power(bits)
+    expected = "fault" if bits & 0xF else "warning" if bits & 0xF0000 else "ok"
+    assert finding.status == expected and f"get_throttled {bits:#x}" in finding.message
+    if bits & 0b1:
+        assert finding.message.startswith("now: under-voltage")
+    assert bool(finding.fix) == (expected != "ok")

@@ -94,12 +94,17 @@ def throttling() -> list[Finding]:
         bits = int(out.stdout.strip().partition("=")[2], 16)
     except (OSError, subprocess.TimeoutExpired, ValueError):
         return [Finding("power", "Raspberry Pi", "skipped", "vcgencmd get_throttled gave no answer")]
+    return [power(bits)]
+
+
+def power(bits: int) -> Finding:
+    """The finding for a ``get_throttled`` value: a fault for what happens now, a warning for what
+    happened since boot."""
     now = [what for bit, what in THROTTLE_NOW.items() if bits >> bit & 1]
     since = [what for bit, what in THROTTLE_SINCE_BOOT.items() if bits >> bit & 1]
     if now:
-        return [Finding("power", "Raspberry Pi", "fault", f"now: {', '.join(now)} (get_throttled {bits:#x})",
-                        _POWER_FIX)]
+        return Finding("power", "Raspberry Pi", "fault", f"now: {', '.join(now)} (get_throttled {bits:#x})", _POWER_FIX)
     if since:
-        return [Finding("power", "Raspberry Pi", "warning",
-                        f"since boot: {', '.join(since)} occurred (get_throttled {bits:#x})", _POWER_FIX)]
-    return [Finding("power", "Raspberry Pi", "ok", "no under-voltage or throttling since boot")]
+        return Finding("power", "Raspberry Pi", "warning",
+                       f"since boot: {', '.join(since)} occurred (get_throttled {bits:#x})", _POWER_FIX)
+    return Finding("power", "Raspberry Pi", "ok", f"no under-voltage or throttling since boot (get_throttled {bits:#x})")
