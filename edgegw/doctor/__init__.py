@@ -42,7 +42,8 @@ class Finding:
 
 def diagnose(config: Config, config_path: Path, user: ServiceUser, probe_radio: bool = True) -> list[Finding]:
     """Every check, in the order a field technician would look: the radio, storage, the machine, the
-    uplinks, the secrets. ``probe_radio=False`` leaves the modules untalked to (no port opened)."""
+    uplinks, the secrets. ``probe_radio=False`` leaves the modules untalked to (their ports are at
+    most opened and closed, nothing is sent)."""
     from edgegw.doctor import host, network, radio, security, storage
 
     running = host.daemon_running(config)
