@@ -505,3 +505,18 @@ def test_any_get_throttled_value_is_a_fault_now_a_warning_since_boot_or_ok(bits)
     if bits & 0b1:
         assert finding.message.startswith("now: under-voltage")
     assert bool(finding.fix) == (expected != "ok")
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="giving a file to another user needs root")
+def test_a_secret_owned_by_another_user_is_a_warning(tmp_path, emulator):
+    token = tmp_path / "orion.token"
+    token.write_text("abc123\n")
+    token.chmod(0o600)
+    os.chown(token, pwd.getpwnam("nobody").pw_uid, -1)  # private, but to the wrong user
+    config = gateway(tmp_path, emulator.link, uplinks=(
+        f'[[uplinks]]\ntype = "ngsi-v2"\nname = "orion"\nurl = "http://127.0.0.1:{free_port()}"\n'
+        f'token_file = "{token}"\n'))
+    _, report = doctor(config, "--no-radio", "--user", "root")
+    secret = one(report, "secret_file")
+    assert secret["status"] == "warning" and secret["message"] == f"{token} is owned by nobody, who may read and change it"
+    assert secret["fix"] == f"sudo chown root {token} && sudo chmod 600 {token}"
