@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
 from edgegw import __version__
 from edgegw.cli.common import cli, config_argument, config_option, load_config_or_exit
+from edgegw.cli.doctor import EXIT_FAULTS, print_findings, service_user, user_option
 from edgegw.config import Config
 from edgegw.errors import ConfigError
 from edgegw.keys import load_keys
@@ -20,13 +22,30 @@ def config_group() -> None:
 
 @config_group.command("check")
 @config_argument
-def config_check(file: Path) -> None:
+@click.option("--machine", is_flag=True,
+              help="also check this machine against the config, fast and without network or radio: serial ports"
+                   " there and openable, data directory writable, secrets readable by the service user only"
+                   " (exit 1 with the fixes if not); the systemd unit runs this before each start")
+@user_option
+def config_check(file: Path, machine: bool, user_name: str | None) -> None:
     """List every problem in FILE (default: $EDGEGW_CONFIG, else /etc/edgegw/gateway.toml) at once
     (exit 2), or summarise it.
 
-    Example: edgegw config check /etc/edgegw/gateway.toml
+    With --machine, a config that is right but that this machine cannot run (no such port, a data
+    directory or secret the service user may not use) exits 1, each fault with its fix;
+    edgegw doctor checks more.
+
+    Example: edgegw config check --machine /etc/edgegw/gateway.toml
     """
     config, _ = load_config_or_exit(file, keys=True)
+    _summarise(config, file)
+    if machine:
+        _check_machine(config, file, user_name)
+
+
+def _summarise(config: Config, file: Path) -> None:
+    """What the config sets up, what its uplinks' acknowledgements prove, its devices without a key,
+    and the unsent items of uplinks it no longer has."""
     uplinks = ", ".join(f"{u.name} ({u.type})" for u in config.effective_uplinks())
     click.echo(f"{file}: OK: gateway {config.gateway_id}, {len(config.sources)} source(s), "
                f"{len(config.devices)} device(s), uplinks: {uplinks}, data in {config.data_dir}")
@@ -57,6 +76,19 @@ def config_check(file: Path) -> None:
             click.echo(f"warning: uplink {name!r} is not in this config, and {n} unsent item(s) in {db} wait for"
                        " it alone: the daemon will release them unsent. Keep its [[uplinks]] entry (same name)"
                        " until they are delivered.", err=True)
+
+
+def _check_machine(config: Config, file: Path, user_name: str | None) -> None:
+    from edgegw.doctor import faults, machine_findings
+
+    user = service_user(user_name)
+    findings = machine_findings(config, file, user)
+    print_findings(findings, everything=False)
+    if faults(findings):
+        click.echo(f"{file}: this machine cannot run it as {user.name}: fix the faults above"
+                   " (edgegw doctor -c FILE checks more)", err=True)
+        sys.exit(EXIT_FAULTS)
+    click.echo(f"{file}: machine OK for {user.name}: {sum(f.status == 'ok' for f in findings)} check(s) passed")
 
 
 @cli.group("keys")

@@ -71,6 +71,9 @@ class PtyModule:
     commands: list[str] = field(default_factory=list)
     written: int = 0
     dropped: int = 0
+    # The rate the module's UART is set to; None: any. A host whose port is set to another rate
+    # gets no answer, as from a real module whose UART sees framing errors instead of commands.
+    baudrate: int | None = None
 
     def __post_init__(self) -> None:
         self.link = Path(self.link)
@@ -201,8 +204,19 @@ class PtyModule:
                 continue
             self.take(chunk)
 
+    def host_baudrate_matches(self) -> bool:
+        """Whether the host set its end of the line to the module's rate (a pty keeps the termios
+        speed the host's pyserial set, as a UART would be clocked)."""
+        with self._lock:
+            slave = self._slave
+            if self.baudrate is None or slave is None:
+                return True
+            return termios.tcgetattr(slave)[4] == getattr(termios, f"B{self.baudrate}")
+
     def take(self, chunk: bytes) -> None:
         """Bytes from the host: here, command lines, each answered (a binary module overrides this)."""
+        if not self.host_baudrate_matches():
+            return  # noise to the module at its own rate: no command, no answer
         self._inbuf += chunk
         while b"\n" in self._inbuf:
             line, self._inbuf = self._inbuf.split(b"\n", 1)

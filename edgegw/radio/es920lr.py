@@ -126,6 +126,7 @@ class Es920lrRadio(LineModule):
 
     family: ClassVar[str] = "es920lr"
     errors: ClassVar[dict[int, str]] = ERRORS
+    baudrates: ClassVar[tuple[int, ...]] = tuple(BAUDRATE_CODES)
     error_format: ClassVar[str] = "NG {}"
     config: Es920lrSource
 

@@ -93,6 +93,7 @@ class Im920slRadio(LineModule):
     """A :class:`~edgegw.radio.Source` for one IM920sL module."""
 
     family: ClassVar[str] = "im920sl"
+    baudrates: ClassVar[tuple[int, ...]] = BAUDRATES
     error_format: ClassVar[str] = "NG{}"
     config: Im920slSource
 

@@ -120,6 +120,7 @@ class RylrRadio(LineModule):
 
     family: ClassVar[str] = "rylr"
     errors: ClassVar[dict[int, str]] = ERRORS
+    baudrates: ClassVar[tuple[int, ...]] = RYLR_BAUDRATES
     error_format: ClassVar[str] = "+ERR={}"
     config: RylrSource
 

@@ -76,6 +76,10 @@ class ModuleReset(ModuleError):
         self.banner = banner
 
 
+class ModuleSilent(ModuleError):
+    """The module answered nothing at all: a wrong port, a wrong baud rate, or no module."""
+
+
 class LineReader:
     """Splits the byte stream of a serial port into lines, with a cap on line length."""
 
@@ -168,6 +172,13 @@ def hand_over(read_turn: ReadTurn, emit: Emit, stop: threading.Event, take: Call
         wait_committed(committed, stop)
 
 
+def _drop(events: list) -> threading.Event:
+    """An ``emit`` that keeps nothing: a check's frames are not readings (the daemon is not running)."""
+    done = threading.Event()
+    done.set()
+    return done
+
+
 class LineModule:
     """A :class:`~edgegw.radio.Source` for one serial line module; subclasses name the module family.
 
@@ -178,6 +189,7 @@ class LineModule:
 
     family: ClassVar[str] = "serial"
     errors: ClassVar[dict[int, str]] = {}
+    baudrates: ClassVar[tuple[int, ...]] = ()  # the rates the module can be set to: `edgegw doctor` tries them
     error_format: ClassVar[str] = "{}"  # how the module writes an error with its code, for messages
 
     def __init__(self, config: Any, port: str, read_turn: ReadTurn | None = None):
@@ -186,6 +198,7 @@ class LineModule:
         self.port = port
         self.read_turn = read_turn or ReadTurn()
         self.log = structlog.get_logger(f"edgegw.radio.{self.family}")
+        self.answer_timeout: float | None = None  # a check's shorter wait for each answer
 
     # -- what a module family says ---------------------------------------------------------------
 
@@ -215,6 +228,19 @@ class LineModule:
     def run(self, emit: Emit, stop: threading.Event) -> None:
         """Read frames until ``stop``; reopen the port with a backoff when it fails (see :class:`~edgegw.radio.Source`)."""
         run_port(self, self.config.baudrate, self._serve, emit, stop)
+
+    def check(self, baudrate: int | None = None, timeout: float | None = None) -> bool:
+        """Open the port once and configure the module as a start does, every reply checked: for
+        ``edgegw doctor``, never while the daemon holds the port. ``baudrate`` and ``timeout`` (for
+        each answer) replace the configured rate and COMMAND_TIMEOUT. True if the module took every
+        setting; False if it would take no commands now (see :meth:`greet`); ModuleError (or
+        pyserial's SerialException) says what went wrong. Frames heard meanwhile are dropped."""
+        self.answer_timeout = timeout
+        try:
+            with serial.Serial(self.port, baudrate or self.config.baudrate, timeout=0.2) as port:
+                return self._configure(port, LineReader(port), _drop, None)
+        finally:
+            self.answer_timeout = None
 
     def _serve(self, port: serial.Serial, emit: Emit, stop: threading.Event, up: Callable[[], None]) -> None:
         lines = LineReader(port)
@@ -251,12 +277,14 @@ class LineModule:
         hand_over(self.read_turn, emit, stop, take)
         return banner
 
-    def _configure(self, port: serial.Serial, lines: LineReader, emit: Emit, banner: str | None) -> None:
+    def _configure(self, port: serial.Serial, lines: LineReader, emit: Emit, banner: str | None) -> bool:
         """Send the settings; start over at once when the module resets meanwhile (what it was told is
-        gone), up to CONFIGURE_TRIES times: a module that keeps resetting backs off with the port."""
+        gone), up to CONFIGURE_TRIES times: a module that keeps resetting backs off with the port.
+        False if :meth:`greet` said the module takes no commands now."""
         for attempt in range(1, CONFIGURE_TRIES + 1):
             try:
-                if self.greet(port, lines, emit, banner):
+                sent = self.greet(port, lines, emit, banner)
+                if sent:
                     for cmd in self.commands():
                         self._command(port, lines, cmd, emit)
                 break
@@ -268,6 +296,7 @@ class LineModule:
                                  port=self.port, error=str(exc))
         emit([SourceState(self.name, "receiving", self.port)])
         self.log.info("radio configured", source=self.name, port=self.port, **self.configured_detail())
+        return sent
 
     def _command(self, port: serial.Serial, lines: LineReader, cmd: str, emit: Emit) -> None:
         """Send ``cmd`` until the module answers ok. An error is sent again at once, up to
@@ -298,7 +327,8 @@ class LineModule:
         """The module's answer to ``cmd``: None for ok, else the code of an error that no ok followed
         within STRAY_ERROR_WINDOW (one that did was not the answer). Frames arriving meanwhile are
         emitted; a reset banner raises ModuleReset."""
-        deadline = time.monotonic() + COMMAND_TIMEOUT
+        wait = self.answer_timeout or COMMAND_TIMEOUT
+        deadline = time.monotonic() + wait
         code = None
         while (left := deadline - time.monotonic()) > 0:
             line = lines.readline(left)
@@ -316,7 +346,7 @@ class LineModule:
             else:
                 raise ModuleReset(f"{cmd}: the module reset itself ({line})", line)
         if code is None:
-            raise ModuleError(f"{cmd}: no answer within {COMMAND_TIMEOUT:.0f} s (wrong port or baud rate?)")
+            raise ModuleSilent(f"{cmd}: no answer within {wait:g} s (wrong port or baud rate?)")
         return code
 
     def _route(self, line: str) -> Frame | Reject | None:
