@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import os
 import tomllib
+import types
+import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
-from edgegw.config.base import Duration, Size, _Section
+from edgegw.config.base import WRITTEN, Duration, Size, _duration, _Section, _size, did_you_mean
+from edgegw.config.locate import key_lines, place
 from edgegw.config.radio import (
     RYLR_BANDWIDTH_CODES,
     Device,
@@ -194,7 +198,8 @@ def cross_reference_problems(sources: list, devices: list, uplinks: list) -> lis
         if source is None and len(names) > 1:
             problems.append(f"devices[{i}].source: several sources exist; name one of {names}")
         elif source is not None and source not in names:
-            problems.append(f"devices[{i}].source: unknown source {source!r}; expected one of {names}")
+            problems.append(f"devices[{i}].source: unknown source {source!r}{did_you_mean(source, names)};"
+                            f" expected one of {names}")
         key = (source or (names[0] if names else None), d.get("address"))
         if key[1] is not None:
             if key in seen:
@@ -210,17 +215,82 @@ def cross_reference_problems(sources: list, devices: list, uplinks: list) -> lis
 
 # -- loading ----------------------------------------------------------------------------------------
 
+def _clean_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """A pydantic error location without its discriminator tags (right after a list index) and
+    validator names: the keys as the file writes them."""
+    out: list[int | str] = []
+    for i, part in enumerate(loc):
+        if isinstance(part, str) and ((i and isinstance(loc[i - 1], int) and part in _TAGS)
+                                      or part.startswith("function-")):
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+_TAGS = (*SOURCE_TYPES, *UPLINK_TYPES, *RULE_DEFAULTS, "command")
+
+
 def _key_path(loc: tuple[int | str, ...]) -> str:
     out = ""
-    for i, part in enumerate(loc):
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif (i and isinstance(loc[i - 1], int) and part in (*SOURCE_TYPES, *UPLINK_TYPES, *RULE_DEFAULTS, "command")) \
-                or part.startswith("function-"):
-            continue  # discriminator tags (right after a list index) and validator names are pydantic's
-        else:
-            out += f".{part}" if out else str(part)
+    for part in _clean_loc(loc):
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
     return out
+
+
+def _as_model(ann: Any, value: Any) -> Any:
+    """What an annotation validates ``value`` as: a union resolved by the item's ``type``."""
+    while True:
+        origin = typing.get_origin(ann)
+        if origin is Annotated:
+            ann = typing.get_args(ann)[0]
+        elif origin in (Union, types.UnionType):
+            members = [a for a in typing.get_args(ann) if a is not type(None)]
+            tag = value.get("type") if isinstance(value, dict) else None
+            by_tag = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)
+                      and "type" in m.model_fields and tag in typing.get_args(m.model_fields["type"].annotation)]
+            if len(by_tag) != 1 and len(members) != 1:
+                return None
+            ann = by_tag[0] if by_tag else members[0]
+        else:
+            return ann
+
+
+def _section_at(loc: tuple[int | str, ...], raw: Any) -> type[BaseModel] | None:
+    """The config section (model) that holds the last key of ``loc``, following the raw file
+    through lists, tables and typed unions; None where the file's shape is not the model's."""
+    ann: Any = Config
+    value = raw
+    for part in loc[:-1]:
+        ann = _as_model(ann, value)
+        origin = typing.get_origin(ann)
+        if origin is list and isinstance(part, int):
+            ann = typing.get_args(ann)[0]
+            value = value[part] if isinstance(value, list) and part < len(value) else None
+        elif origin is dict:
+            ann = typing.get_args(ann)[1]
+            value = value.get(part) if isinstance(value, dict) else None
+        elif isinstance(ann, type) and issubclass(ann, BaseModel) and part in ann.model_fields:
+            ann = ann.model_fields[str(part)].annotation
+            value = value.get(part) if isinstance(value, dict) else None
+        else:
+            return None
+    ann = _as_model(ann, value)
+    return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+
+
+def _unit(field: FieldInfo) -> str:
+    """The unit a field's numbers are in: declared (``json_schema_extra={"unit": "Hz"}``), or that of
+    its type (a Duration is in seconds, a Size in bytes)."""
+    extra = field.json_schema_extra
+    if isinstance(extra, dict) and isinstance(extra.get("unit"), str):
+        return str(extra["unit"])
+    metadata = [*field.metadata, *(m for a in typing.get_args(field.annotation) for m in getattr(a, "__metadata__", ()))]
+    for m in metadata:
+        if getattr(m, "func", None) is _duration:
+            return "s"
+        if getattr(m, "func", None) is _size:
+            return "bytes"
+    return ""
 
 
 # What a missing key is, where "required key is missing" alone would leave an installer guessing.
@@ -237,24 +307,38 @@ def _listed(raw: dict[str, Any], key: str) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def _describe(err: dict[str, Any]) -> list[str]:
-    path = _key_path(err["loc"])
+_RANGE_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
+
+
+def _describe(err: dict[str, Any], raw: Any) -> list[str]:
+    loc = _clean_loc(err["loc"])
+    path = _key_path(loc)
     msg = err["msg"].removeprefix("Value error, ")
+    section = _section_at(loc, raw) if loc else None
     if err["type"] == "extra_forbidden":
-        key = err["loc"][-1]
-        if len(err["loc"]) > 1 and key in Config.model_fields:
+        key = loc[-1]
+        if len(loc) > 1 and key in Config.model_fields:
             msg = (f"unknown key here; {key} is a top-level key: TOML puts every key below a [section] header "
                    "into that section, so move it above the first [section] or [[section]]")
+        elif section is not None and (hint := did_you_mean(key, section.model_fields)):
+            msg = f"unknown key{hint}"
         else:
             msg = "unknown key (misspelt? see configs/ for the keys each section takes)"
     elif err["type"] == "missing":
-        msg = "required key is missing" + _MISSING_HINTS.get(str(err["loc"][-1]), "")
+        msg = "required key is missing" + _MISSING_HINTS.get(str(loc[-1]), "")
     elif err["type"] == "union_tag_not_found":
         tags = {"rules": tuple(RULE_DEFAULTS), "actions": ("command", "mqtt"),
-                "sources": tuple(SOURCE_TYPES)}.get(str(err["loc"][0]), UPLINK_TYPES)
+                "sources": tuple(SOURCE_TYPES)}.get(str(loc[0]), UPLINK_TYPES)
         return [f"{path}.type: required key is missing; expected one of: {', '.join(map(repr, tags))}"]
     elif err["type"] == "union_tag_invalid":
-        msg = f"unknown type {err['input'].get('type')!r}; expected one of: {err['ctx']['expected_tags']}"
+        tag = err["input"].get("type")
+        tags = [t.strip(" '") for t in err["ctx"]["expected_tags"].split(",")]
+        return [f"{path}.type: unknown type {tag!r}{did_you_mean(tag, tags)}; expected one of:"
+                f" {err['ctx']['expected_tags']}"]
+    elif err["type"] in _RANGE_ERRORS and section is not None and str(loc[-1]) in section.model_fields \
+            and (unit := _unit(section.model_fields[str(loc[-1])])):
+        got = f"{err['input']:g} {unit}" if isinstance(err["input"], int | float) else repr(err["input"])
+        msg = f"{msg} {unit} (got {got})"
     elif err["type"] not in ("value_error", "assertion_error") and "input" in err and not isinstance(err["input"], dict | list):
         msg = f"{msg} (got {err['input']!r})"
     if "\n" in msg:  # cross-reference problems carry their own key paths
@@ -274,7 +358,8 @@ def load_config(path: str | Path, keys: bool = True) -> tuple[Config, DriverRegi
     path = Path(path)
     name = str(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        raw = tomllib.loads(text)
     except FileNotFoundError:
         raise ConfigError(name, ["file not found"]) from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -290,7 +375,7 @@ def load_config(path: str | Path, keys: bool = True) -> tuple[Config, DriverRegi
         try:
             layouts.append(Layout.model_validate(spec).driver())
         except ValidationError as exc:
-            problems += [line for e in exc.errors() for line in _describe({**e, "loc": ("layouts", i, *e["loc"])})]
+            problems += [line for e in exc.errors() for line in _describe({**e, "loc": ("layouts", i, *e["loc"])}, raw)]
     drivers_dir = _resolve(base, Path(raw["drivers_dir"])) if isinstance(raw.get("drivers_dir"), str) else None
     if drivers_dir is not None and not drivers_dir.is_dir():
         problems.append(f"drivers_dir: {drivers_dir} is not a directory")
@@ -305,21 +390,22 @@ def load_config(path: str | Path, keys: bool = True) -> tuple[Config, DriverRegi
         # device_drivers: uplink mappings are checked against the values these drivers produce.
         devices = raw["devices"] if isinstance(raw.get("devices"), list) else []
         device_drivers = [d.get("driver") for d in devices if isinstance(d, dict)]
-        config = Config.model_validate(raw, context={"drivers": registry, "device_drivers": device_drivers})
+        config = Config.model_validate(raw, context={**WRITTEN, "drivers": registry,
+                                                     "device_drivers": device_drivers})
     except ValidationError as exc:
         # Layouts were validated above too: _dedupe drops the second copy of their problems.
-        problems += [line for e in exc.errors() for line in _describe(dict(e))]
+        problems += [line for e in exc.errors() for line in _describe(dict(e), raw)]
         # The cross-section checks did not run (pydantic stops before them): run them on the raw file.
         problems += cross_reference_problems(*(_listed(raw, k) for k in ("sources", "devices", "uplinks")))
         problems += rule_problems(_listed(raw, "rules"), _listed(raw, "actions"), _listed(raw, "devices"), registry)
-        raise ConfigError(name, _dedupe(problems)) from None
+        raise ConfigError(name, _placed(problems, text, raw)) from None
     problems += rule_problems(_listed(raw, "rules"), _listed(raw, "actions"), _listed(raw, "devices"), registry)
     problems += _field_problems(base, config.sources) + source_problems(config.sources) + PLUGIN_PROBLEMS
     problems += route_problems(config)
     keys_file = _resolve(base, config.keys_file)
     problems += _key_problems(keys_file, config.devices) if keys else []
     if problems:
-        raise ConfigError(name, _dedupe(problems))
+        raise ConfigError(name, _placed(problems, text, raw))
     assert registry is not None
 
     config = config.model_copy(update={
@@ -346,7 +432,8 @@ def route_problems(config: Config) -> list[str]:
     for i, uplink in enumerate(config.uplinks):
         unknown = [d for d in uplink.route.devices or () if d not in ids]
         if unknown:
-            problems.append(f"uplinks[{i}].route.devices: unknown device(s) {unknown}; configured devices: {ids}")
+            hints = "".join(did_you_mean(d, ids) for d in unknown)
+            problems.append(f"uplinks[{i}].route.devices: unknown device(s) {unknown}{hints}; configured devices: {ids}")
         elif not uplink.item_route().matches_any(produced):
             what = "alarms (the kinds of its alarms table)" if isinstance(uplink, SigfoxUplink) else "route"
             problems.append(f"uplinks[{i}].route: uplink {uplink.name!r} would take nothing: no configured device or "
@@ -399,5 +486,10 @@ def _resolve_uplink(base: Path, u: UplinkConfig) -> UplinkConfig:
     return u
 
 
-def _dedupe(lines: list[str]) -> list[str]:
-    return list(dict.fromkeys(lines))
+def _placed(problems: list[str], text: str, raw: dict[str, Any]) -> list[str]:
+    """Each problem once, in line order, with its line in the file and its list items named by id (see
+    :func:`edgegw.config.locate.place`)."""
+    lines = key_lines(text)
+    placed = [place(p, lines, raw) for p in problems]
+    # In the file's order, as an installer reads it; problems of no line (a driver module) last.
+    return sorted(dict.fromkeys(p for p, _ in placed), key=dict(placed).get)

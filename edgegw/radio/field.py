@@ -35,6 +35,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgegw.config import Duration
+from edgegw.config.base import WRITTEN
 from edgegw.drivers import Driver, DriverRegistry
 from edgegw.envelope import seal
 from edgegw.errors import ConfigError
@@ -84,7 +85,7 @@ class FieldSpec(_Strict):
 
 def load_field(path: Path) -> FieldSpec:
     try:
-        return FieldSpec.model_validate(tomllib.loads(Path(path).read_text()))
+        return FieldSpec.model_validate(tomllib.loads(Path(path).read_text()), context=WRITTEN)
     except FileNotFoundError:
         raise ConfigError(str(path), ["file not found"]) from None
     except tomllib.TOMLDecodeError as exc:
