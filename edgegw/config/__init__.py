@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 
 from edgegw.config.base import WRITTEN, Duration, Size, _duration, _Section, _size, did_you_mean
-from edgegw.config.locate import key_lines, place
+from edgegw.config.locate import key_lines, key_path, place
 from edgegw.config.radio import (
     RYLR_BANDWIDTH_CODES,
     Device,
@@ -231,10 +231,7 @@ _TAGS = (*SOURCE_TYPES, *UPLINK_TYPES, *RULE_DEFAULTS, "command")
 
 
 def _key_path(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in _clean_loc(loc):
-        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
-    return out
+    return key_path(_clean_loc(loc))
 
 
 def _as_model(ann: Any, value: Any) -> Any:

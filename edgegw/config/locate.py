@@ -171,6 +171,14 @@ def key_lines(text: str) -> dict[Path, int]:
     return _Reader(text).read()
 
 
+def key_path(loc: tuple[str | int, ...] | list[str | int]) -> str:
+    """``("devices", 3, "driver")`` as ``devices[3].driver``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+    return out
+
+
 def line_of(lines: dict[Path, int], path: Path) -> int | None:
     """The line of ``path``, or of the nearest enclosing key or table written (a missing key is
     looked for in its table); None when nothing of it is in the file."""
