@@ -352,7 +352,8 @@ def test_require_auth_without_a_key_and_a_bad_key_are_config_errors(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_config(site)
     assert exc.value.problems == [
-        "line 11: devices[id=trap-01].require_auth: the device has no key in keys_file; make one with: edgegw keys new trap-01 -c CONFIG",
+        "line 11: devices[id=trap-01].require_auth: the device has no key in keys_file; make one with:"
+        " edgegw keys new trap-01 -c CONFIG",
         "line 12: devices[id=trap-01].accept_plain_until: only for a device with a key; make one with: edgegw keys new trap-01 -c"
         " CONFIG",
     ]

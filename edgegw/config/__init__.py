@@ -329,12 +329,12 @@ def _describe(err: dict[str, Any], raw: Any) -> list[str]:
         return [f"{path}.type: required key is missing; expected one of: {', '.join(map(repr, tags))}"]
     elif err["type"] == "union_tag_invalid":
         tag = err["input"].get("type")
-        tags = [t.strip(" '") for t in err["ctx"]["expected_tags"].split(",")]
-        return [f"{path}.type: unknown type {tag!r}{did_you_mean(tag, tags)}; expected one of:"
+        known = [t.strip(" '") for t in err["ctx"]["expected_tags"].split(",")]
+        return [f"{path}.type: unknown type {tag!r}{did_you_mean(tag, known)}; expected one of:"
                 f" {err['ctx']['expected_tags']}"]
     elif err["type"] in _RANGE_ERRORS and section is not None and str(loc[-1]) in section.model_fields \
             and (unit := _unit(section.model_fields[str(loc[-1])])):
-        got = f"{err['input']:g} {unit}" if isinstance(err["input"], int | float) else repr(err["input"])
+        got = f"{err['input']} {unit}" if isinstance(err["input"], int | float) else repr(err["input"])
         msg = f"{msg} {unit} (got {got})"
     elif err["type"] not in ("value_error", "assertion_error") and "input" in err and not isinstance(err["input"], dict | list):
         msg = f"{msg} (got {err['input']!r})"
@@ -487,6 +487,6 @@ def _placed(problems: list[str], text: str, raw: dict[str, Any]) -> list[str]:
     """Each problem once, in line order, with its line in the file and its list items named by id (see
     :func:`edgegw.config.locate.place`)."""
     lines = key_lines(text)
-    placed = [place(p, lines, raw) for p in problems]
+    placed = dict(place(p, lines, raw) for p in problems)
     # In the file's order, as an installer reads it; problems of no line (a driver module) last.
-    return sorted(dict.fromkeys(p for p, _ in placed), key=dict(placed).get)
+    return sorted(placed, key=lambda p: placed[p])

@@ -66,5 +66,7 @@ class _Section(BaseModel):
 
 def did_you_mean(word: object, choices: Iterable[object]) -> str:
     """`` (did you mean 'trap'?)`` when ``word`` is close to one of ``choices``, else ""."""
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    # Case-blind: a device id typed "River-03" is as close to "river-03" as a name can be.
+    by_folded = {str(c).casefold(): str(c) for c in choices}
+    close = difflib.get_close_matches(str(word).casefold(), list(by_folded), n=1, cutoff=0.6)
+    return f" (did you mean {by_folded[close[0]]!r}?)" if close else ""

@@ -1,0 +1,186 @@
+"""What `edgegw config check` tells an installer: where each problem is (line, device id), durations
+with units, "did you mean" for misspelt names, units in range messages."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgegw.config.locate import key_lines, line_of, place
+from tests.test_config import minimal, problems_of, write
+
+# -- the line locator (hypothesis) ---------------------------------------------------------------
+
+_KEY = st.from_regex(r"[a-z_][a-z0-9_-]{0,8}", fullmatch=True)
+_TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), max_size=12)
+_SCALAR = st.one_of(
+    st.integers(-10**6, 10**6).map(str), st.booleans().map(lambda b: str(b).lower()),
+    _TEXT.map(lambda t: json.dumps(t, ensure_ascii=False)),  # a basic string: quotes, # and = escaped or inside
+    _TEXT.filter(lambda t: "'" not in t).map(lambda t: f"'{t}'"),
+    _TEXT.filter(lambda t: '"""' not in t and not t.endswith('"') and "\\" not in t).map(
+        lambda t: f'"""\n{t}\nsecond = "line" # not a key\n"""'),
+)
+
+
+@st.composite
+def documents(draw) -> tuple[str, dict[tuple, int]]:
+    """A TOML text of tables, arrays of tables, keys, inline tables and arrays that span lines,
+    with the line each key path was written on."""
+    out: list[str] = []
+    where: dict[tuple, int] = {}
+
+    def emit(text: str, path: tuple | None = None) -> None:
+        if path is not None:
+            where[path] = len(out) + 1
+        out.extend(text.split("\n"))
+
+    def pairs(table: tuple) -> None:
+        for key in draw(st.lists(_KEY, unique=True, max_size=4)):
+            kind = draw(st.sampled_from(["scalar", "inline", "array"]))
+            if kind == "scalar":
+                emit(f"{key} = {draw(_SCALAR)}  # {draw(_TEXT).replace(chr(10), ' ')}", (*table, key))
+            elif kind == "inline":
+                inner = draw(st.lists(_KEY, unique=True, max_size=3))
+                values = [draw(_SCALAR.filter(lambda v: "\n" not in v)) for _ in inner]
+                for k in inner:
+                    where[(*table, key, k)] = len(out) + 1
+                emit(f"{key} = {{ {', '.join(f'{k} = {v}' for k, v in zip(inner, values, strict=True))} }}", (*table, key))
+            else:
+                emit(f"{key} = [", (*table, key))
+                for i in range(draw(st.integers(0, 3))):
+                    k = draw(_KEY)
+                    emit(f"  {{ {k} = {draw(st.integers().map(str))} }},", (*table, key, i))
+                    where[(*table, key, i, k)] = len(out)
+                emit("]")
+
+    pairs(())
+    names = draw(st.lists(_KEY, unique=True, max_size=3))
+    for name in names:
+        if draw(st.booleans()):
+            for i in range(draw(st.integers(1, 3))):
+                emit(f"[[{name}]]", (name, i))
+                where.setdefault((name,), where[(name, i)])
+                pairs((name, i))
+        else:
+            emit(f"[ {name} ]", (name,))
+            pairs((name,))
+    return "\n".join(out) + "\n", where
+
+
+@settings(max_examples=300)
+@given(documents())
+def test_every_key_is_found_on_the_line_it_was_written(doc):
+    text, where = doc
+    try:
+        tomllib.loads(text)
+    except tomllib.TOMLDecodeError:  # a generated clash (same key twice at one level): not a valid config
+        return
+    lines = key_lines(text)
+    for path, line in where.items():
+        assert lines.get(path) == line, (path, text)
+
+
+def test_a_missing_key_is_placed_at_its_table():
+    lines = key_lines('a = 1\n\n[[devices]]\nid = "x"\n\n[[devices]]\nid = "y"\n')
+    assert line_of(lines, ("devices", 1, "driver")) == 6
+    assert line_of(lines, ("gateway_id",)) is None
+
+
+def test_place_names_list_items_by_their_id_only_when_it_is_unique():
+    raw = {"devices": [{"id": "a"}, {"id": "a"}, {"id": "river-03"}], "sources": [{"name": "lora0"}]}
+    lines = {("devices", 2, "driver"): 9}
+    assert place("devices[2].driver: x; is also devices[0]", lines, raw) == (
+        "line 9: devices[id=river-03].driver: x; is also devices[0]", 9)
+    assert place("drivers: a module failed", lines, raw)[0] == "drivers: a module failed"
+
+
+# -- the acceptance points, through load_config --------------------------------------------------
+
+DEVICES = '''
+[[devices]]
+id = "trap-01"
+address = 17
+driver = "trap"
+interval = "20s"
+
+[[devices]]
+id = "river-03"
+address = 21
+driver = "water_levle"
+interval = "10m"
+'''
+
+GOOD_DEVICES = DEVICES.replace("water_levle", "water_level")
+
+
+def test_an_unknown_driver_names_the_device_by_id_its_line_and_the_close_name(tmp_path):
+    path = write(tmp_path, minimal(DEVICES))
+    assert problems_of(path) == [
+        "line 17: devices[id=river-03].driver: unknown driver 'water_levle' (did you mean 'water_level'?);"
+        " known drivers: trap, water_level"]
+
+
+@pytest.mark.parametrize(("written", "hint"), [("10", '"10s", "10m" or "10h"'), ("2.5", '"2.5s", "2.5m" or "2.5h"')])
+def test_a_bare_number_is_not_a_duration(tmp_path, written, hint):
+    path = write(tmp_path, minimal(GOOD_DEVICES.replace('"10m"', written), top=f"health_every = {written}\n"))
+    assert problems_of(path) == [
+        f"line 2: health_every: a duration needs a unit: write {hint} (got {written})",
+        f"line 19: devices[id=river-03].interval: a duration needs a unit: write {hint} (got {written})"]
+
+
+def test_durations_are_checked_in_every_section(tmp_path):
+    path = write(tmp_path, minimal(GOOD_DEVICES + '''
+        [alarms]
+        late_after = 600
+        reorder_window = 0
+
+        [[rules]]
+        type = "trap"
+        reminder = 3600
+
+        [[actions]]
+        type = "command"
+        name = "siren"
+        command = ["/bin/true"]
+        timeout = 10
+        per = "1h"
+
+        [[uplinks]]
+        type = "mqtt"
+        host = "broker.example"
+        deadline = 30
+        '''))
+    assert [p.split(": a duration")[0] for p in problems_of(path)] == [
+        "line 21: alarms.late_after", "line 26: rules[0].reminder", "line 32: actions[name=siren].timeout",
+        "line 38: uplinks[0].deadline"]  # reorder_window = 0 needs no unit
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    ('[[sources]]\ntype = "es920lr"\nname = "lora1"\nport = "/dev/ttyUSB1"\nchanel = 3\n',
+     "line 12: sources[name=lora1].chanel: unknown key (did you mean 'channel'?)"),
+    ('[[uplinks]]\ntype = "mqtt"\nhots = "broker.example"\n',
+     "line 10: uplinks[0].hots: unknown key (did you mean 'host'?)"),
+    ('[[rules]]\ntype = "water_levle"\n',
+     "line 9: rules[0].type: unknown type 'water_levle' (did you mean 'water_level'?); expected one of:"
+     " 'trap', 'water_level', 'device_health'"),
+    ('[[uplinks]]\ntype = "mqqt"\nhost = "b"\n',
+     "line 9: uplinks[0].type: unknown type 'mqqt' (did you mean 'mqtt'?); expected one of: 'mqtt', 'file',"
+     " 'iota-json', 'iota-ul', 'iota-json-http', 'iota-ul-http', 'ngsi-v2', 'ngsi-ld', 'sigfox'"),
+    ('[[devices]]\nid = "a"\naddress = 1\ndriver = "trap"\n[[rules]]\ntype = "trap"\ndevices = ["A"]\n'
+     '[[actions]]\ntype = "mqtt"\nname = "m"\ndevices = ["b"]\n',
+     "line 14: rules[0].devices: unknown device 'A' (did you mean 'a'?); configured devices: ['a']"),
+    ('[store]\nmax_bytes = 500000\n', "line 9: store.max_bytes: Input should be greater than or equal to 1000000"
+                                    " bytes (got 500000 bytes)"),
+    ('[store]\nmax_bytes = "500kB"\n', "line 9: store.max_bytes: Input should be greater than or equal to 1000000"
+                                       " bytes (got '500kB')"),  # as written
+    ('[store]\nkeep_delivered = "0s"\n', "line 9: store.keep_delivered: Input should be greater than 0 s (got '0s')"),
+    ('[[sources]]\ntype = "rylr"\nname = "lora1"\nport = "/dev/ttyUSB1"\nband = 433000000\n',
+     "line 12: sources[name=lora1].band: Input should be greater than or equal to 862000000 Hz (got 433000000 Hz)"),
+])
+def test_misspelt_names_get_a_close_match_and_ranges_their_unit(tmp_path, body, expected):
+    problems = problems_of(write(tmp_path, minimal("\n" + body)))
+    assert expected in problems, problems
