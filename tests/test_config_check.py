@@ -184,3 +184,119 @@ def test_durations_are_checked_in_every_section(tmp_path):
 def test_misspelt_names_get_a_close_match_and_ranges_their_unit(tmp_path, body, expected):
     problems = problems_of(write(tmp_path, minimal("\n" + body)))
     assert expected in problems, problems
+
+
+# -- radio module limits (acceptance point A) -------------------------------------------------------
+
+def layout(name: str, size: int) -> str:
+    """A [[layouts]] driver whose payload is ``size`` bytes."""
+    fields = ", ".join(f'{{ name = "f{i}", type = "u8" }}' for i in range(size))
+    return f'\n[[layouts]]\nname = "{name}"\nfields = [{fields}]\n'
+
+
+def radio(source: str, device_driver: str, extra: str = "", top: str = "") -> str:
+    return (f'gateway_id = "gw"\n{top}\n[[sources]]\nname = "radio"\n{source}\n{extra}\n'
+            f'[[devices]]\nid = "dev-01"\naddress = 5\ndriver = "{device_driver}"\n')
+
+
+@pytest.mark.parametrize(("source", "size", "expected"), [
+    ('type = "rylr"\nport = "/dev/ttyUSB0"\nspreading_factor = 7', 121,
+     "its largest frame is 121 bytes (driver 'big'), more than the 120 bytes one rylr frame carries on source 'radio'"
+     " (AT+SEND takes at most 240 characters, the payload hex-encoded)"),
+    ('type = "rylr"\nport = "/dev/ttyUSB0"\nspreading_factor = 7\npayload_encoding = "base64"', 181,
+     "its largest frame is 181 bytes (driver 'big'), more than the 180 bytes one rylr frame carries on source 'radio'"
+     " (AT+SEND takes at most 240 characters, the payload base64-encoded)"),
+    ('type = "e220"\nport = "/dev/ttyS0"\nspreading_factor = 5\nbandwidth_khz = 500', 194,
+     "its largest frame is 194 bytes (driver 'big'), more than the 193 bytes one e220 frame carries on source 'radio'"
+     " (200-byte packets as the gateway sets register 03H, less 7 of framing)"),
+    ('type = "sx127x"\nsimulate = "f.toml"\nspreading_factor = 7\nbandwidth_khz = 500', 252,
+     "its largest frame is 252 bytes (driver 'big'), more than the 251 bytes one sx127x frame carries on source"
+     " 'radio' (255-byte LoRa packets (RegRxNbBytes), less the 4-byte radiohead header)"),
+])
+def test_a_frame_too_big_for_the_module_is_an_error_naming_device_module_and_sizes(tmp_path, source, size, expected):
+    path = write(tmp_path, radio(source, "big", layout("big", size)))
+    (tmp_path / "f.toml").write_text('[[devices]]\naddress = 5\ndriver = "trap"\ninterval = "1m"\nvalues = {}\n')
+    problems = [p for p in problems_of(path) if "sources[" not in p]  # sx127x: pyLoRa may be missing here
+    assert problems == [f"line {14 + source.count(chr(10))}: devices[id=dev-01].driver: {expected}"]
+    fits = write(tmp_path, radio(source, "big", layout("big", size - 1)), "fits.toml")
+    assert not [p for p in problems_or_none(fits) if "devices[" in p]
+
+
+def problems_or_none(path) -> list[str]:
+    from edgegw.config import check_config
+    from edgegw.errors import ConfigError
+
+    try:
+        check_config(path)
+    except ConfigError as exc:
+        return exc.problems
+    return []
+
+
+def test_the_authentication_envelope_counts_against_the_module_limit(tmp_path):
+    from edgegw.config import check_config
+    from edgegw.keys import new_key
+
+    source = 'type = "rylr"\nport = "/dev/ttyUSB0"\nspreading_factor = 7'
+    check_config(write(tmp_path, radio(source, "big", layout("big", 108)), "plain.toml"))  # 108 bytes fit 120 ...
+    path = write(tmp_path, radio(source, "big", layout("big", 108), top='keys_file = "keys.toml"\n'))
+    new_key(tmp_path / "keys.toml", "dev-01")
+    assert problems_of(path) == [  # ... sealed they do not
+        "line 17: devices[id=dev-01].driver: its largest frame is 121 bytes (108 of driver 'big' + 13 of the"
+        " authentication envelope), more than the 120 bytes one rylr frame carries on source 'radio' (AT+SEND takes"
+        " at most 240 characters, the payload hex-encoded)"]
+
+
+def test_an_unverified_module_limit_is_a_warning_in_config_check(tmp_path):
+    from click.testing import CliRunner
+
+    from edgegw.cli import cli
+    from edgegw.config import check_config
+
+    source = 'type = "es920lr"\nport = "/dev/ttyUSB0"'
+    path = write(tmp_path, radio(source, "big", layout("big", 26)))
+    _, _, warnings = check_config(path)
+    assert warnings == [
+        "line 15: devices[id=dev-01].driver: its largest frame is 26 bytes (driver 'big'), more than the 25 bytes one"
+        " es920lr frame carries on source 'radio' (about 50 characters per frame, the payload hex-encoded;"
+        " unverified without the module's manual)"]
+    result = CliRunner().invoke(cli, ["config", "check", str(path)])
+    assert result.exit_code == 0 and result.stderr == f"warning: {path}: {warnings[0]}\n"
+
+
+def test_arib_airtime_binds_the_sensors_and_only_in_the_920_mhz_band(tmp_path):
+    from edgegw.config import check_config
+
+    slow = 'type = "rylr"\nport = "/dev/ttyUSB0"\nspreading_factor = 12'
+    _, _, warnings = check_config(write(tmp_path, radio(slow, "trap")))
+    assert warnings == [  # 6 bytes as 12 hex characters, + 8 on air, preamble 12: 1.45 s at SF12 (AN1200.13)
+        "line 12: devices[id=dev-01].driver: its largest frame (6 bytes) takes 1450 ms on air with the settings of"
+        " source 'radio': over 0.4 s, ARIB STD-T108 asks the sensor for 5 ms of carrier sense before each frame (not"
+        " 128 µs); check its firmware does"]
+    assert problems_of(write(tmp_path, radio(slow, "big", layout("big", 60)), "long.toml")) == [
+        "line 16: devices[id=dev-01].driver: its largest frame (60 bytes) takes 5.05 s on air with the settings of"
+        " source 'radio', over the 4 s ARIB STD-T108 allows any transmission: use a lower spreading factor or a"
+        " wider bandwidth (the sensors' and the module's alike)"]
+    abroad = write(tmp_path, radio(slow + "\nband = 915000000", "big", layout("big", 60)), "915.toml")
+    assert check_config(abroad)[2] == []  # not Japan's band: ARIB STD-T108 does not apply
+
+
+@pytest.mark.parametrize(("source", "expected"), [
+    ('type = "rylr"\nport = "/dev/ttyUSB0"\nbaudrate = 14400',
+     "the module's AT+IPR takes one of [300, 1200, 4800, 9600, 19200, 28800, 38400, 57600, 115200] (default 115200)"),
+    ('type = "es920lr"\nport = "/dev/ttyUSB0"\nbaudrate = 4800',
+     "the module's baudrate setting takes one of [9600, 19200, 38400, 57600, 115200]"),
+    ('type = "im920sl"\nport = "/dev/ttyUSB0"\nbaudrate = 14400',
+     "expected one of [1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] (the module's default is 19200)"),
+    ('type = "e220"\nport = "/dev/ttyS0"\nbaudrate = 14400',
+     "expected one of [1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] (02H bits 7-5)"),
+])
+def test_each_module_lists_the_baud_rates_it_takes(tmp_path, source, expected):
+    assert problems_of(write(tmp_path, radio(source, "trap"))) == [
+        f"line {5 + source.count(chr(10))}: sources[name=radio].baudrate: {expected}"]
+
+
+def test_rylr_network_id_17_is_taken_by_neither_model(tmp_path):
+    path = write(tmp_path, radio('type = "rylr"\nport = "/dev/ttyUSB0"\nnetwork_id = 17', "trap"))
+    assert problems_of(path) == ["line 7: sources[name=radio].network_id: neither module takes 17: RYLR896 takes"
+                                 " 0-16, RYLR998 3-15 or 18 (its default)"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from edgegw import __version__
-from edgegw.cli.common import cli, config_option, load_config_or_exit
+from edgegw.cli.common import check_config_or_exit, cli, config_option, load_config_or_exit
 from edgegw.config import Config
 from edgegw.errors import ConfigError
 from edgegw.keys import load_keys
@@ -25,10 +25,12 @@ def config_check(file: Path) -> None:
 
     Example: edgegw config check /etc/edgegw/gateway.toml
     """
-    config, _ = load_config_or_exit(file, keys=True)
+    config, _, warnings = check_config_or_exit(file, keys=True)
     uplinks = ", ".join(f"{u.name} ({u.type})" for u in config.effective_uplinks())
     click.echo(f"{file}: OK: gateway {config.gateway_id}, {len(config.sources)} source(s), "
                f"{len(config.devices)} device(s), uplinks: {uplinks}, data in {config.data_dir}")
+    for warning in warnings:
+        click.echo(f"warning: {file}: {warning}", err=True)
     keyed = set(load_keys(config.keys_file)) if config.keys_file is not None else set()
     from edgegw.uplink import acknowledgement_note  # here: the command's start stays free of uplink imports
 

@@ -70,6 +70,7 @@ from edgegw.config.uplinks import (
 )
 from edgegw.drivers import DriverRegistry, load_drivers
 from edgegw.errors import ConfigError, DriverLoadError
+from edgegw.radio.limits import frame_problems
 from edgegw.radio.registry import PLUGIN_PROBLEMS, SOURCE_TYPES, source_problems
 
 __all__ = [
@@ -117,7 +118,9 @@ __all__ = [
     "Uplink",
     "UplinkConfig",
     "WaterLevelRule",
+    "check_config",
     "cross_reference_problems",
+    "frame_problems_of",
     "load_config",
     "rule_problems",
 ]
@@ -352,6 +355,14 @@ def load_config(path: str | Path, keys: bool = True) -> tuple[Config, DriverRegi
 
     ``keys=False`` leaves the keys file unread (``edgegw keys new`` makes it).
     """
+    config, drivers, _ = check_config(path, keys)
+    return config, drivers
+
+
+def check_config(path: str | Path, keys: bool = True) -> tuple[Config, DriverRegistry, list[str]]:
+    """:func:`load_config`, and the warnings ``edgegw config check`` prints: what may be wrong but
+    cannot be told for sure here (a module limit not verified without hardware, a sensor's carrier
+    sense), placed in the file as problems are."""
     path = Path(path)
     name = str(path)
     try:
@@ -400,7 +411,13 @@ def load_config(path: str | Path, keys: bool = True) -> tuple[Config, DriverRegi
     problems += _field_problems(base, config.sources) + source_problems(config.sources) + PLUGIN_PROBLEMS
     problems += route_problems(config)
     keys_file = _resolve(base, config.keys_file)
-    problems += _key_problems(keys_file, config.devices) if keys else []
+    if keys:
+        key_problems, keyed = _key_problems(keys_file, config.devices)
+        problems += key_problems
+    else:  # unread: the devices that must authenticate have keys
+        keyed = {d.id for d in config.devices if d.require_auth}
+    radio_problems, warnings = ([], []) if registry is None else frame_problems_of(config, registry, keyed)
+    problems += radio_problems
     if problems:
         raise ConfigError(name, _placed(problems, text, raw))
     assert registry is not None
@@ -413,7 +430,26 @@ def load_config(path: str | Path, keys: bool = True) -> tuple[Config, DriverRegi
                     else s for s in config.sources],
         "uplinks": [_resolve_uplink(base, u) for u in config.uplinks],
     })
-    return config, registry
+    return config, registry, _placed(warnings, text, raw)
+
+
+def frame_problems_of(config: Config, drivers: DriverRegistry, keyed: set[str]) -> tuple[list[str], list[str]]:
+    """(errors, warnings): each device's largest frame (its driver's ``max_payload``, plus the
+    authentication envelope when it has a key) against what its source's module carries, and its
+    time on air against ARIB STD-T108 (see :mod:`edgegw.radio.limits`)."""
+    sources = {s.name: s for s in config.sources}
+    errors: list[str] = []
+    warnings: list[str] = []
+    for i, device in enumerate(config.devices):
+        source = sources.get(config.device_source(device))
+        limits = getattr(source, "frame_limits", None)
+        largest = drivers[device.driver].max_payload if device.driver in drivers else None
+        if source is None or limits is None or largest is None:
+            continue
+        e, w = frame_problems(device.id, device.driver, largest, device.id in keyed, source.name, source.type, limits())
+        errors += [f"devices[{i}].driver: {p}" for p in e]
+        warnings += [f"devices[{i}].driver: {p}" for p in w]
+    return errors, warnings
 
 
 def route_problems(config: Config) -> list[str]:
@@ -453,14 +489,15 @@ def _field_problems(base: Path, sources: list[Source]) -> list[str]:
     return problems
 
 
-def _key_problems(keys_file: Path | None, devices: list[Device]) -> list[str]:
-    """The keys file, read now: which devices have keys decides what their frames must be."""
+def _key_problems(keys_file: Path | None, devices: list[Device]) -> tuple[list[str], set[str]]:
+    """The keys file, read now: which devices have keys decides what their frames must be. Returns
+    its problems and the ids of the devices with a key."""
     from edgegw.keys import load_keys
 
     try:
         keys = load_keys(keys_file) if keys_file is not None else {}
     except ConfigError as exc:
-        return [f"keys_file: {exc.path}: {p}" for p in exc.problems]
+        return [f"keys_file: {exc.path}: {p}" for p in exc.problems], {d.id for d in devices if d.require_auth}
     problems = [f"keys_file: {keys_file}: keys.{d}: no device {d!r} in this config"
                 for d in sorted(set(keys) - {d.id for d in devices})]
     for i, device in enumerate(devices):
@@ -471,7 +508,7 @@ def _key_problems(keys_file: Path | None, devices: list[Device]) -> list[str]:
             problems.append(f"devices[{i}].require_auth: the device has no key in keys_file; {make}")
         if device.accept_plain_until is not None:
             problems.append(f"devices[{i}].accept_plain_until: only for a device with a key; {make}")
-    return problems
+    return problems, set(keys)
 
 
 def _resolve_uplink(base: Path, u: UplinkConfig) -> UplinkConfig:

@@ -34,6 +34,8 @@ from edgegw.config.base import _Section
 from edgegw.errors import ModuleError
 from edgegw.model import Frame, Reject
 from edgegw.radio import Emit, ReadTurn, SourceState
+from edgegw.radio.airtime import time_on_air
+from edgegw.radio.limits import FrameLimits
 from edgegw.radio.serial_line import TURN_BYTES, hand_over, run_port
 
 MAGIC = b"\xe2\x20"
@@ -109,6 +111,14 @@ class E220Source(_Section):
         if len({self.m0_pin, self.m1_pin, self.aux_pin}) < 3:
             raise ValueError("m0_pin, m1_pin and aux_pin must be three different GPIOs")
         return self
+
+    def frame_limits(self) -> FrameLimits:
+        """The gateway's deframer takes at most MAX_PAYLOAD bytes: 200-byte packets as register 03H is
+        written here (from the JP module's parameter table, not Ebyte's manual), less 7 of the
+        sensors' framing. Airtime assumes coding rate 4/5 and an 8-symbol preamble (unverified)."""
+        return FrameLimits(
+            MAX_PAYLOAD, f"{PACKET_MAX}-byte packets as the gateway sets register 03H, less {OVERHEAD} of framing",
+            True, lambda n: time_on_air(n + OVERHEAD, self.spreading_factor, self.bandwidth_khz))
 
     def registers(self) -> bytes:
         """Registers 00H-05H: address, UART and air rate, packet size and power, channel, RSSI byte on."""
