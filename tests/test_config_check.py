@@ -300,3 +300,13 @@ def test_rylr_network_id_17_is_taken_by_neither_model(tmp_path):
     path = write(tmp_path, radio('type = "rylr"\nport = "/dev/ttyUSB0"\nnetwork_id = 17', "trap"))
     assert problems_of(path) == ["line 7: sources[name=radio].network_id: neither module takes 17: RYLR896 takes"
                                  " 0-16, RYLR998 3-15 or 18 (its default)"]
+
+
+@pytest.mark.parametrize(("uplink", "expected"), [
+    ('keepalive = 2', "uplinks[0].keepalive: Input should be greater than or equal to 5 s (got 2 s)"),
+    ('batch = { max_bytes = 100 }', "uplinks[0].batch.max_bytes: Input should be greater than or equal to 1024 bytes"
+                                    " (got 100 bytes)"),
+])
+def test_uplink_ranges_carry_their_unit(tmp_path, uplink, expected):
+    path = write(tmp_path, minimal(f'\n[[uplinks]]\ntype = "mqtt"\nhost = "b"\n{uplink}\n'))
+    assert problems_of(path) == [f"line 11: {expected}"]

@@ -68,7 +68,7 @@ class RylrSource(_Section):
     baudrate: int = 115200
     address: int = Field(1, ge=0, le=65535)
     network_id: int = Field(18, ge=0, le=18)
-    band: int = Field(920_600_000, ge=862_000_000, le=1_020_000_000, description="Hz", json_schema_extra={"unit": "Hz"})
+    band: int = Field(920_600_000, ge=862_000_000, le=1_020_000_000, json_schema_extra={"unit": "Hz"})
     spreading_factor: int = Field(9, ge=7, le=12)
     bandwidth_khz: float = 125
     coding_rate: int = Field(1, ge=1, le=4)
