@@ -39,7 +39,7 @@ port = "{link}"
 daily_limit = {limit}
 reserve = {reserve}
 [uplinks.alarms]
-trap_sprung = {{ when = "{trap}", delay = {DELAY} }}
+trap_sprung = {{ when = "{trap}", delay = "{DELAY:g}s" }}
 water_level_alarm = {{ when = "always", min_severity = "critical" }}
 """
 
