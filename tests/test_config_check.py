@@ -310,3 +310,39 @@ def test_rylr_network_id_17_is_taken_by_neither_model(tmp_path):
 def test_uplink_ranges_carry_their_unit(tmp_path, uplink, expected):
     path = write(tmp_path, minimal(f'\n[[uplinks]]\ntype = "mqtt"\nhost = "b"\n{uplink}\n'))
     assert problems_of(path) == [f"line 11: {expected}"]
+
+
+# -- durations (hypothesis) -------------------------------------------------------------------------
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@given(st.decimals(min_value=0, max_value=10**6, places=3, allow_nan=False), st.sampled_from(sorted(_UNITS)),
+       st.sampled_from(["", " "]))
+def test_a_duration_with_a_unit_is_that_many_seconds(number, unit, space):
+    from pydantic import TypeAdapter
+
+    from edgegw.config import Duration
+    from edgegw.config.base import WRITTEN
+
+    written = f"{number}{space}{unit}"
+    seconds = float(number) * _UNITS[unit]
+    adapter = TypeAdapter(Duration)
+    if seconds > 0:
+        assert adapter.validate_python(written, context=WRITTEN) == pytest.approx(seconds)
+    else:
+        with pytest.raises(ValueError, match="greater than 0"):
+            adapter.validate_python(written, context=WRITTEN)
+
+
+@given(st.one_of(st.integers(1, 10**9), st.floats(min_value=0.001, max_value=1e9)))
+def test_a_bare_number_is_refused_where_written_and_seconds_from_python(value):
+    from pydantic import TypeAdapter, ValidationError
+
+    from edgegw.config import Duration
+    from edgegw.config.base import WRITTEN
+
+    adapter = TypeAdapter(Duration)
+    with pytest.raises(ValidationError, match="a duration needs a unit"):
+        adapter.validate_python(value, context=WRITTEN)
+    assert adapter.validate_python(value) == value  # Python code passes seconds
