@@ -93,8 +93,8 @@ def test_a_missing_key_is_placed_at_its_table():
 def test_place_names_list_items_by_their_id_only_when_it_is_unique():
     raw = {"devices": [{"id": "a"}, {"id": "a"}, {"id": "river-03"}], "sources": [{"name": "lora0"}]}
     lines = {("devices", 2, "driver"): 9}
-    assert place("devices[2].driver: x; is also devices[0]", lines, raw) == (
-        "line 9: devices[id=river-03].driver: x; is also devices[0]", 9)
+    assert place("devices[2].driver: x; in f.toml: devices[0].driver", lines, raw) == (
+        "line 9: devices[id=river-03].driver: x; in f.toml: devices[0].driver", 9)  # another file's: as it is
     assert place("drivers: a module failed", lines, raw)[0] == "drivers: a module failed"
 
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 
 from edgegw.config.base import WRITTEN, Duration, Size, _duration, _Section, _size, did_you_mean
-from edgegw.config.locate import key_lines, key_path, place
+from edgegw.config.locate import item_label, key_lines, key_path, place
 from edgegw.config.radio import (
     RYLR_BANDWIDTH_CODES,
     Device,
@@ -192,6 +192,7 @@ def cross_reference_problems(sources: list, devices: list, uplinks: list) -> lis
     even when some entries are malformed (those are skipped here and reported on their own).
     """
     sources = [s for s in sources if isinstance(s, dict)]
+    listed = {"devices": devices}  # as written, to name a device by its id
     devices = [(i, d) for i, d in enumerate(devices) if isinstance(d, dict)]
     names = [s.get("name") for s in sources]
     problems = []
@@ -206,7 +207,8 @@ def cross_reference_problems(sources: list, devices: list, uplinks: list) -> lis
         key = (source or (names[0] if names else None), d.get("address"))
         if key[1] is not None:
             if key in seen:
-                problems.append(f"devices[{i}].address: {key[1]} is also devices[{seen[key]}] on source {key[0]!r}")
+                other = item_label(listed, "devices", seen[key])
+                problems.append(f"devices[{i}].address: {key[1]} is also devices[{other}] on source {key[0]!r}")
             seen.setdefault(key, i)
     for what, items in (("devices", [d.get("id") for _, d in devices]), ("sources", names),
                         ("uplinks", [u.get("name", u.get("type")) for u in uplinks if isinstance(u, dict)])):

@@ -217,10 +217,12 @@ def place(problem: str, lines: dict[Path, int], raw: dict[str, Any]) -> tuple[st
     the file (a driver module that failed to load) keeps its text.
     """
     lead = _LEAD.match(problem)
-    line = None
-    if lead is not None:
-        path: Path = tuple(int(m.group(1)) if m.group(1) else m.group(2) for m in _PART.finditer(lead.group(1)))
-        line = line_of(lines, path) if path and path[0] in raw else None
-    named = _ITEM.sub(lambda m: f"{m.group(1)}[{item_label(raw, m.group(1), int(m.group(2)))}]", problem)
+    if lead is None:
+        return problem, math.inf
+    path: Path = tuple(int(m.group(1)) if m.group(1) else m.group(2) for m in _PART.finditer(lead.group(1)))
+    line = line_of(lines, path) if path and path[0] in raw else None
+    # Only the leading key path: the message may quote another file's problems (a field file's devices).
+    named = _ITEM.sub(lambda m: f"{m.group(1)}[{item_label(raw, m.group(1), int(m.group(2)))}]", lead.group(1))
+    named += problem[lead.end(1):]
     return (f"line {line}: {named}", line) if line is not None else (named, math.inf)
 
