@@ -346,3 +346,14 @@ def test_a_bare_number_is_refused_where_written_and_seconds_from_python(value):
     with pytest.raises(ValidationError, match="a duration needs a unit"):
         adapter.validate_python(value, context=WRITTEN)
     assert adapter.validate_python(value) == value  # Python code passes seconds
+
+
+def test_every_shipped_config_checks_without_a_problem_or_warning():
+    from pathlib import Path
+
+    from edgegw.config import check_config
+
+    configs = sorted(p for p in (Path(__file__).parents[1] / "configs").glob("*.toml") if "field" not in p.name)
+    assert len(configs) >= 10
+    for path in configs:
+        assert check_config(path)[2] == [], path
