@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import os
 import tomllib
-import types
-import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
-from pydantic.fields import FieldInfo
+from pydantic import Field, ValidationError, model_validator
 
-from edgegw.config.base import WRITTEN, Duration, Size, _duration, _Section, _size, did_you_mean
-from edgegw.config.locate import item_label, key_lines, key_path, place
+from edgegw.config.base import WRITTEN, Duration, Size, _Section, did_you_mean
+from edgegw.config.explain import describe, loc_path
+from edgegw.config.locate import item_label, key_lines, place
 from edgegw.config.radio import (
     RYLR_BANDWIDTH_CODES,
     Device,
@@ -42,7 +40,6 @@ from edgegw.config.rules import (
     rule_problems,
 )
 from edgegw.config.uplinks import (
-    _URL_EXAMPLE,
     UPLINK_TYPES,
     AttributeMapping,
     Batching,
@@ -71,7 +68,7 @@ from edgegw.config.uplinks import (
 from edgegw.drivers import DriverRegistry, load_drivers
 from edgegw.errors import ConfigError, DriverLoadError
 from edgegw.radio.limits import frame_problems
-from edgegw.radio.registry import PLUGIN_PROBLEMS, SOURCE_TYPES, source_problems
+from edgegw.radio.registry import PLUGIN_PROBLEMS, source_problems
 
 __all__ = [
     "RULE_DEFAULTS",
@@ -220,132 +217,10 @@ def cross_reference_problems(sources: list, devices: list, uplinks: list) -> lis
 
 # -- loading ----------------------------------------------------------------------------------------
 
-def _clean_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
-    """A pydantic error location without its discriminator tags (right after a list index) and
-    validator names: the keys as the file writes them."""
-    out: list[int | str] = []
-    for i, part in enumerate(loc):
-        if isinstance(part, str) and ((i and isinstance(loc[i - 1], int) and part in _TAGS)
-                                      or part.startswith("function-")):
-            continue
-        out.append(part)
-    return tuple(out)
-
-
-_TAGS = (*SOURCE_TYPES, *UPLINK_TYPES, *RULE_DEFAULTS, "command")
-
-
-def _key_path(loc: tuple[int | str, ...]) -> str:
-    return key_path(_clean_loc(loc))
-
-
-def _as_model(ann: Any, value: Any) -> Any:
-    """What an annotation validates ``value`` as: a union resolved by the item's ``type``."""
-    while True:
-        origin = typing.get_origin(ann)
-        if origin is Annotated:
-            ann = typing.get_args(ann)[0]
-        elif origin in (Union, types.UnionType):
-            members = [a for a in typing.get_args(ann) if a is not type(None)]
-            tag = value.get("type") if isinstance(value, dict) else None
-            by_tag = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)
-                      and "type" in m.model_fields and tag in typing.get_args(m.model_fields["type"].annotation)]
-            if len(by_tag) != 1 and len(members) != 1:
-                return None
-            ann = by_tag[0] if by_tag else members[0]
-        else:
-            return ann
-
-
-def _section_at(loc: tuple[int | str, ...], raw: Any) -> type[BaseModel] | None:
-    """The config section (model) that holds the last key of ``loc``, following the raw file
-    through lists, tables and typed unions; None where the file's shape is not the model's."""
-    ann: Any = Config
-    value = raw
-    for part in loc[:-1]:
-        ann = _as_model(ann, value)
-        origin = typing.get_origin(ann)
-        if origin is list and isinstance(part, int):
-            ann = typing.get_args(ann)[0]
-            value = value[part] if isinstance(value, list) and part < len(value) else None
-        elif origin is dict:
-            ann = typing.get_args(ann)[1]
-            value = value.get(part) if isinstance(value, dict) else None
-        elif isinstance(ann, type) and issubclass(ann, BaseModel) and part in ann.model_fields:
-            ann = ann.model_fields[str(part)].annotation
-            value = value.get(part) if isinstance(value, dict) else None
-        else:
-            return None
-    ann = _as_model(ann, value)
-    return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-
-
-def _unit(field: FieldInfo) -> str:
-    """The unit a field's numbers are in: declared (``json_schema_extra={"unit": "Hz"}``), or that of
-    its type (a Duration is in seconds, a Size in bytes)."""
-    extra = field.json_schema_extra
-    if isinstance(extra, dict) and isinstance(extra.get("unit"), str):
-        return str(extra["unit"])
-    metadata = [*field.metadata, *(m for a in typing.get_args(field.annotation) for m in getattr(a, "__metadata__", ()))]
-    for m in metadata:
-        if getattr(m, "func", None) is _duration:
-            return "s"
-        if getattr(m, "func", None) is _size:
-            return "bytes"
-    return ""
-
-
-# What a missing key is, where "required key is missing" alone would leave an installer guessing.
-_MISSING_HINTS = {
-    "apikey": ": the API key of the IoT Agent's service group (ask the platform team), "
-              'e.g. "4jggokgpepnvsb2uv4s40d59ov"',
-    "url": f": the context broker's base URL, {_URL_EXAMPLE}",
-}
-
-
 def _listed(raw: dict[str, Any], key: str) -> list[Any]:
     """A top-level list of the raw file (``[[sources]]``, ...), or [] where it is missing or not a list."""
     value = raw.get(key)
     return value if isinstance(value, list) else []
-
-
-_RANGE_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
-
-
-def _describe(err: dict[str, Any], raw: Any) -> list[str]:
-    loc = _clean_loc(err["loc"])
-    path = _key_path(loc)
-    msg = err["msg"].removeprefix("Value error, ")
-    section = _section_at(loc, raw) if loc else None
-    if err["type"] == "extra_forbidden":
-        key = loc[-1]
-        if len(loc) > 1 and key in Config.model_fields:
-            msg = (f"unknown key here; {key} is a top-level key: TOML puts every key below a [section] header "
-                   "into that section, so move it above the first [section] or [[section]]")
-        elif section is not None and (hint := did_you_mean(key, section.model_fields)):
-            msg = f"unknown key{hint}"
-        else:
-            msg = "unknown key (misspelt? see configs/ for the keys each section takes)"
-    elif err["type"] == "missing":
-        msg = "required key is missing" + _MISSING_HINTS.get(str(loc[-1]), "")
-    elif err["type"] == "union_tag_not_found":
-        tags = {"rules": tuple(RULE_DEFAULTS), "actions": ("command", "mqtt"),
-                "sources": tuple(SOURCE_TYPES)}.get(str(loc[0]), UPLINK_TYPES)
-        return [f"{path}.type: required key is missing; expected one of: {', '.join(map(repr, tags))}"]
-    elif err["type"] == "union_tag_invalid":
-        tag = err["input"].get("type")
-        known = [t.strip(" '") for t in err["ctx"]["expected_tags"].split(",")]
-        return [f"{path}.type: unknown type {tag!r}{did_you_mean(tag, known)}; expected one of:"
-                f" {err['ctx']['expected_tags']}"]
-    elif err["type"] in _RANGE_ERRORS and section is not None and str(loc[-1]) in section.model_fields \
-            and (unit := _unit(section.model_fields[str(loc[-1])])):
-        got = f"{err['input']} {unit}" if isinstance(err["input"], int | float) else repr(err["input"])
-        msg = f"{msg} {unit} (got {got})"
-    elif err["type"] not in ("value_error", "assertion_error") and "input" in err and not isinstance(err["input"], dict | list):
-        msg = f"{msg} (got {err['input']!r})"
-    if "\n" in msg:  # cross-reference problems carry their own key paths
-        return msg.split("\n")
-    return [f"{path}: {msg}" if path else msg]
 
 
 def _resolve(base: Path, p: Path | None) -> Path | None:
@@ -385,7 +260,7 @@ def check_config(path: str | Path, keys: bool = True) -> tuple[Config, DriverReg
         try:
             layouts.append(Layout.model_validate(spec).driver())
         except ValidationError as exc:
-            problems += [line for e in exc.errors() for line in _describe({**e, "loc": ("layouts", i, *e["loc"])}, raw)]
+            problems += [line for e in exc.errors() for line in describe({**e, "loc": ("layouts", i, *e["loc"])}, raw, Config)]
     drivers_dir = _resolve(base, Path(raw["drivers_dir"])) if isinstance(raw.get("drivers_dir"), str) else None
     if drivers_dir is not None and not drivers_dir.is_dir():
         problems.append(f"drivers_dir: {drivers_dir} is not a directory")
@@ -404,7 +279,7 @@ def check_config(path: str | Path, keys: bool = True) -> tuple[Config, DriverReg
                                                      "device_drivers": device_drivers})
     except ValidationError as exc:
         # Layouts were validated above too: _dedupe drops the second copy of their problems.
-        problems += [line for e in exc.errors() for line in _describe(dict(e), raw)]
+        problems += [line for e in exc.errors() for line in describe(dict(e), raw, Config)]
         # The cross-section checks did not run (pydantic stops before them): run them on the raw file.
         problems += cross_reference_problems(*(_listed(raw, k) for k in ("sources", "devices", "uplinks")))
         problems += rule_problems(_listed(raw, "rules"), _listed(raw, "actions"), _listed(raw, "devices"), registry)
@@ -487,7 +362,7 @@ def _field_problems(base: Path, sources: list[Source]) -> list[str]:
             try:
                 load_field(base / source.simulate)
             except ConfigError as exc:
-                problems += [f"{_key_path(('sources', i, 'simulate'))}: {exc.path}: {p}" for p in exc.problems]
+                problems += [f"{loc_path(('sources', i, 'simulate'))}: {exc.path}: {p}" for p in exc.problems]
     return problems
 
 
