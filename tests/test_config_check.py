@@ -357,3 +357,13 @@ def test_every_shipped_config_checks_without_a_problem_or_warning():
     assert len(configs) >= 10
     for path in configs:
         assert check_config(path)[2] == [], path
+
+
+def test_an_e220_without_mode_pins_needs_neither_gpio_nor_distinct_pins(tmp_path):
+    from edgegw.config import load_config
+
+    source = 'type = "e220"\nport = "/dev/ttyUSB0"\nmode_pins = false\nm0_pin = 4\nm1_pin = 4\naux_pin = 4'
+    config, _ = load_config(write(tmp_path, radio(source, "trap")))
+    assert config.sources[0].mode_pins is False
+    wired = write(tmp_path, radio(source.replace("mode_pins = false", "mode_pins = true"), "trap"), "wired.toml")
+    assert "line 3: sources[name=radio]: m0_pin, m1_pin and aux_pin must be three different GPIOs" in problems_of(wired)
