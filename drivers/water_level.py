@@ -44,6 +44,7 @@ class WaterLevelSensor(Driver):
         "battery": ValueSpec(unit="V", minimum=0.0, maximum=4.5, description="battery voltage"),
     }
     counter_bits = 16
+    max_payload = _FORMAT.size
 
     def decode(self, payload: bytes) -> Decoded:
         if len(payload) != _FORMAT.size:

@@ -62,13 +62,16 @@ class Driver:
 
     Subclasses set ``name``, ``description``, ``values`` and ``counter_bits`` (the width of the frame
     counter on air, so the gateway can tell a wrap-around or device reset from a retransmission), and
-    implement :meth:`decode` and :meth:`encode`.
+    implement :meth:`decode` and :meth:`encode`. ``max_payload``, the largest payload the driver
+    decodes in bytes, lets ``edgegw config check`` tell whether the device's frames fit its radio
+    module; None (not declared) skips that check.
     """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     values: ClassVar[Mapping[str, ValueSpec]] = {}
     counter_bits: ClassVar[int | None] = None
+    max_payload: ClassVar[int | None] = None
 
     def decode(self, payload: bytes) -> Decoded:
         """Decode one payload; raise :class:`DecodeError` with a short reason when it is not ours."""
@@ -114,6 +117,7 @@ class LayoutDriver(Driver):
         self.fields = tuple(fields)
         self._struct = struct.Struct(("<" if endian == "little" else ">") + "".join(FIELD_TYPES[f.type] for f in self.fields))
         counters = [f for f in self.fields if f.counter]
+        self.max_payload = self._struct.size  # type: ignore[misc]
         self.counter_bits = 8 * struct.calcsize(FIELD_TYPES[counters[0].type]) if counters else None  # type: ignore[misc]
         self.values = {  # type: ignore[misc]
             f.name: ValueSpec(unit=f.unit, minimum=f.minimum, maximum=f.maximum) for f in self.fields if not f.counter

@@ -340,12 +340,12 @@ def test_a_keys_file_others_may_read_is_refused_with_the_fix(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_config(site)
     assert exc.value.problems == [
-        f"keys_file: {keys}: group or others may read it (mode -rw-r--r--); only the service user may:"
+        f"line 2: keys_file: {keys}: group or others may read it (mode -rw-r--r--); only the service user may:"
         f" chmod 600 {keys}"]
     keys.chmod(0o600)
     with pytest.raises(ConfigError) as exc:
         load_config(site)
-    assert exc.value.problems == [f"keys_file: {keys}: keys.trap-99: no device 'trap-99' in this config"]
+    assert exc.value.problems == [f"line 2: keys_file: {keys}: keys.trap-99: no device 'trap-99' in this config"]
     done = edgegw("config", "check", str(site))
     assert done.returncode == 2 and "keys.trap-99" in done.stderr
 
@@ -359,14 +359,15 @@ def test_require_auth_without_a_key_and_a_bad_key_are_config_errors(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_config(site)
     assert exc.value.problems == [
-        f"keys_file: {keys}: keys.river-01: expected 32 hex digits (a 128-bit key)"]
+        f"line 2: keys_file: {keys}: keys.river-01: expected 32 hex digits (a 128-bit key)"]
     keys.unlink()
     new_key(keys, "river-01")
     with pytest.raises(ConfigError) as exc:
         load_config(site)
     assert exc.value.problems == [
-        "devices[0].require_auth: the device has no key in keys_file; make one with: edgegw keys new trap-01 -c CONFIG",
-        "devices[0].accept_plain_until: only for a device with a key; make one with: edgegw keys new trap-01 -c"
+        "line 11: devices[id=trap-01].require_auth: the device has no key in keys_file; make one with:"
+        " edgegw keys new trap-01 -c CONFIG",
+        "line 12: devices[id=trap-01].accept_plain_until: only for a device with a key; make one with: edgegw keys new trap-01 -c"
         " CONFIG",
     ]
 

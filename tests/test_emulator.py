@@ -477,7 +477,11 @@ def test_load_field_reads_toml_and_reports_problems(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_field(bad)
     text = "\n".join(exc.value.problems)
-    assert "devices.0.address" in text and "devices.0.speed" in text and "faults.garbage" in text
+    assert exc.value.problems == [
+        "line 2: devices[0].address: Input should be less than or equal to 65535",
+        "line 6: devices[0].speed: unknown key",
+        "line 8: faults.garbage: Input should be less than or equal to 1",
+    ], text
 
 
 def test_bundled_demo_field_loads():

@@ -18,7 +18,7 @@ from tests.broker import Subscriber
 from tests.context_broker import context_broker  # noqa: F401
 from tests.gateway import Daemon
 from tests.iot_agent import IotAgent
-from tests.test_config import minimal, problems_of, write
+from tests.test_config import minimal, problems_of, unplaced, write
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for p in (REPO / "configs").glob("*.toml") if not p.name.endswith("-field.toml"))
@@ -54,8 +54,8 @@ def test_url_apikey_entity_type_and_mapping_problems_are_reported_together(tmp_p
     with pytest.raises(ConfigError) as info:
         load_config(path)
     lines = str(info.value).splitlines()
-    assert all(line.startswith(f"{path}: uplinks[") for line in lines), lines
-    assert sorted(info.value.problems) == [
+    assert all(re.match(rf"{re.escape(str(path))}: line \d+: uplinks\[", line) for line in lines), lines
+    assert sorted(unplaced(info.value.problems)) == [
         "uplinks[0].entity_types: unknown entity type 'WaterLevel' (for water_level); "
         "supported: Device, DeviceMeasurement, WaterObserved",
         "uplinks[0].url: edgegw adds the API path (/v2/op/update or /ngsi-ld/v1/entityOperations/upsert) "
@@ -97,7 +97,7 @@ def test_wrong_urls_are_explained(tmp_path, url, expected):
         type = "ngsi-v2"
         url = "{url}"
         '''))
-    (problem,) = problems_of(path)
+    (problem,) = unplaced(problems_of(path))
     assert problem.startswith("uplinks[0].url: ") and expected in problem, problem
 
 
@@ -120,7 +120,7 @@ def test_missing_url_says_what_it_is(tmp_path):
         [[uplinks]]
         type = "ngsi-v2"
         '''))
-    assert problems_of(path) == [
+    assert unplaced(problems_of(path)) == [
         "uplinks[0].url: required key is missing: the context broker's base URL, "
         "e.g. \"http://orion.town.example:1026\""
     ]
@@ -133,7 +133,7 @@ def test_entity_types_name_known_drivers(tmp_path):
         url = "http://orion"
         entity_types = { trapp = "Device" }
         '''))
-    assert problems_of(path) == [
+    assert unplaced(problems_of(path)) == [
         "uplinks[0].entity_types: unknown driver(s) 'trapp'; known drivers: trap, water_level"
     ]
 
@@ -164,7 +164,7 @@ def test_attribute_names_must_be_safe(tmp_path):
         url = "http://orion"
         attributes = { level = "water level" }
         '''))
-    assert problems_of(path) == [
+    assert unplaced(problems_of(path)) == [
         "uplinks[0].attributes: attribute names may use letters, digits, _ and - only: level = 'water level'"
     ]
 
@@ -184,7 +184,7 @@ def test_attribute_names_must_be_safe(tmp_path):
 ])
 def test_ngsi_v2_settings_follow_fiware_rules(tmp_path, lines, expected):
     path = write(tmp_path, minimal('\n[[uplinks]]\ntype = "ngsi-v2"\nurl = "http://orion"\n' + lines + "\n"))
-    (problem,) = problems_of(path)
+    (problem,) = unplaced(problems_of(path))
     assert problem.startswith(expected), problem
 
 
@@ -196,7 +196,7 @@ def test_ngsi_v2_settings_follow_fiware_rules(tmp_path, lines, expected):
 ])
 def test_ngsi_ld_settings(tmp_path, lines, expected):
     path = write(tmp_path, minimal('\n[[uplinks]]\ntype = "ngsi-ld"\nurl = "http://orion"\n' + lines + "\n"))
-    (problem,) = problems_of(path)
+    (problem,) = unplaced(problems_of(path))
     assert problem.startswith(expected), problem
 
 
@@ -209,7 +209,7 @@ def test_ngsi_ld_settings(tmp_path, lines, expected):
 ])
 def test_iot_agent_settings(tmp_path, lines, expected):
     path = write(tmp_path, minimal('\n[[uplinks]]\ntype = "iota-json"\nhost = "h"\n' + lines + "\n"))
-    (problem,) = problems_of(path)
+    (problem,) = unplaced(problems_of(path))
     assert problem.startswith(expected), problem
 
 
@@ -382,7 +382,7 @@ def test_fiware_uplinks_of_one_config_must_make_one_entity_per_device(tmp_path):
         entity_types = { water_level = "DeviceMeasurement" }
         entity_id = "urn:ngsi-ld:{type}:{gateway}:{device}"
         '''))
-    assert problems_of(path) == [
+    assert unplaced(problems_of(path)) == [
         "uplinks[1].entity_types: 'water_level' is 'WaterObserved' here but 'DeviceMeasurement' on uplinks[0]: a "
         "device must be one entity type on every uplink; set water_level = \"DeviceMeasurement\" (or change "
         "uplinks[0])",
@@ -398,7 +398,7 @@ def test_iot_agent_http_url_and_apikey_are_checked(tmp_path):
         url = "http://iota.town.example:7896/iot/d"
         apikey = "k&y"
         '''))
-    assert problems_of(path) == [
+    assert unplaced(problems_of(path)) == [
         "uplinks[0].url: edgegw adds the API path (/iot/json or /iot/d) itself: set url to the agent's base URL, "
         "\"http://iota.town.example:7896\" (got 'http://iota.town.example:7896/iot/d')",
         "uplinks[0].apikey: expected the service group's API key, without / + # & ? = % or spaces, "

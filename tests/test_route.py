@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edgegw.route import EVERYTHING, ITEM_KINDS, Route, Routing
-from tests.test_config import minimal, problems_of, write
+from tests.test_config import minimal, problems_of, unplaced, write
 
 DEVICE_IDS = ("trap-01", "river-01", "river-02", "paddy-07")
 ALARM_KINDS = ("trap_sprung", "trap_reminder", "water_level_alarm", "water_rise", "battery_low")
@@ -71,8 +71,9 @@ def test_config_check_names_a_route_with_an_unknown_device(tmp_path):
 type = "file"
 route = { devices = ["river-01", "river-9"] }
 """))
-    assert problems_of(path) == [
-        "uplinks[0].route.devices: unknown device(s) ['river-9']; configured devices: ['trap-01', 'river-01']"]
+    assert unplaced(problems_of(path)) == [
+        "uplinks[0].route.devices: unknown device(s) ['river-9'] (did you mean 'river-01'?);"
+        " configured devices: ['trap-01', 'river-01']"]
 
 
 def test_config_check_names_a_route_that_takes_nothing(tmp_path):
@@ -88,9 +89,9 @@ type = "sigfox"
 port = "/dev/ttyUSB1"
 alarms = { water_rise = { when = "always" } }
 """))
-    problems = problems_of(path)
+    problems = unplaced(problems_of(path))
     assert len(problems) == 2
-    assert problems[0].startswith("uplinks[0].route: uplink 'river-office' would take nothing")
+    assert problems[0].startswith("uplinks[name=river-office].route: uplink 'river-office' would take nothing")
     assert problems[1].startswith("uplinks[1].route: uplink 'sigfox' would take nothing")
     assert "alarms table" in problems[1]
 
@@ -102,7 +103,7 @@ type = "sigfox"
 port = "/dev/ttyUSB1"
 route = { kinds = ["alarm", "reading"] }
 """))
-    [problem] = problems_of(path)
+    [problem] = unplaced(problems_of(path))
     assert problem.startswith("uplinks[0]: route.kinds: a Sigfox module carries alarms only")
 
 
@@ -113,12 +114,12 @@ type = "sigfox"
 confirm_every = "1h"
 daily_limit = 141
 """))
-    problems = problems_of(path)
+    problems = unplaced(problems_of(path))
     assert "uplinks[0].daily_limit: Input should be less than or equal to 140 (got 141)" in problems
     path = write(tmp_path, minimal(DEVICES + """
 [[uplinks]]
 type = "sigfox"
 confirm_every = "1h"
 """))
-    [problem] = problems_of(path)
+    [problem] = unplaced(problems_of(path))
     assert problem.startswith("uplinks[0]: expected either port")

@@ -39,7 +39,7 @@ port = "{link}"
 daily_limit = {limit}
 reserve = {reserve}
 [uplinks.alarms]
-trap_sprung = {{ when = "{trap}", delay = {DELAY} }}
+trap_sprung = {{ when = "{trap}", delay = "{DELAY:g}s" }}
 water_level_alarm = {{ when = "always", min_severity = "critical" }}
 """
 
@@ -74,7 +74,7 @@ def test_main_uplink_down_a_sprung_trap_goes_over_sigfox_after_the_delay_and_aga
         tmp_path, modules, daemons, persistent_mosquitto):
     rylr, sigfox = modules
     broker = persistent_mosquitto
-    config = write_config(tmp_path, rylr.link, broker.port, extra=sigfox_uplink(sigfox.link), top='health_every = 2\n')
+    config = write_config(tmp_path, rylr.link, broker.port, extra=sigfox_uplink(sigfox.link), top='health_every = "2s"\n')
     sub = Subscriber("127.0.0.1", broker.port, TOPIC, client_id="platform")
     try:
         broker.stop()  # LTE is down

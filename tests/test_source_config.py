@@ -9,6 +9,7 @@ import pytest
 from edgegw.config import load_config
 from edgegw.errors import ConfigError
 from edgegw.radio import registry
+from tests.test_config import unplaced
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -19,22 +20,22 @@ def problems(tmp_path: Path, source: str) -> list[str]:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert str(info.value).startswith(f"{path}: ")  # every line names the file
-    return info.value.problems
+    return unplaced(info.value.problems)
 
 
 @pytest.mark.parametrize(("source", "expected"), [
     ('type = "es920lr"\nname = "a"\nport = "/dev/ttyUSB0"\nchannel = 16\n',
-     "sources[0].channel: expected a channel 1-15 (920.6-923.4 MHz), e.g. 1"),
+     "sources[name=a].channel: expected a channel 1-15 (920.6-923.4 MHz), e.g. 1"),
     ('type = "im920sl"\nname = "a"\nport = "/dev/ttyUSB0"\nbaudrate = 14400\n',
-     "sources[0].baudrate: expected one of [1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200]"
+     "sources[name=a].baudrate: expected one of [1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200]"
      " (the module's default is 19200)"),
     ('type = "e220"\nname = "a"\nport = "/dev/ttyS0"\nchannel = 31\nbandwidth_khz = 500\n',
-     "sources[0].channel: at 500 kHz the module takes channels 0-30 (920.6 + 0.2 n MHz)"),
+     "sources[name=a].channel: at 500 kHz the module takes channels 0-30 (920.6 + 0.2 n MHz)"),
     ('type = "sx127x"\nname = "a"\nfrequency_mhz = 868.1\n',
-     "sources[0].frequency_mhz: expected a 920 MHz channel of ARIB STD-T108: 920.6 + 0.2 n up to 928.0,"
+     "sources[name=a].frequency_mhz: expected a 920 MHz channel of ARIB STD-T108: 920.6 + 0.2 n up to 928.0,"
      " e.g. 923.2"),
     ('name = "a"\nport = "/dev/ttyUSB0"\n',
-     "sources[0].type: required key is missing; expected one of: 'rylr', 'es920lr', 'im920sl', 'e220', 'sx127x'"),
+     "sources[name=a].type: required key is missing; expected one of: 'rylr', 'es920lr', 'im920sl', 'e220', 'sx127x'"),
 ])
 def test_source_errors_name_key_and_expectation(tmp_path, source, expected):
     assert expected in problems(tmp_path, source)

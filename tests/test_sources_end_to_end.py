@@ -39,7 +39,7 @@ def test_example_config_runs_on_its_emulator(tmp_path, kind):
         assert daemon.stop() == 0
 
 
-@pytest.mark.parametrize("module", ["es920lr", "im920sl"])
+@pytest.mark.parametrize("module", ["es920lr", "im920sl", "e220"])
 def test_simulate_command_emulates_each_serial_module(tmp_path, module):
     from click.testing import CliRunner
 
@@ -50,3 +50,55 @@ def test_simulate_command_emulates_each_serial_module(tmp_path, module):
     assert result.exit_code == 0, result.output
     assert f"emulated {module} module at" in result.output
     assert not (tmp_path / "tty").exists()  # unplugged at the end
+
+
+def test_simulate_e220_drives_a_daemon_reading_it_through_the_example_config(tmp_path):
+    """`edgegw simulate --module e220` in its own process, the daemon on its pty with configs/e220.toml
+    (port for simulate, and mode_pins = false: no process can switch the other's M0/M1)."""
+    import signal
+    import subprocess
+    import sys
+
+    link = tmp_path / "ttyE220"
+    text = (REPO / "configs" / "e220.toml").read_text()
+    text = re.sub(r'(?m)^data_dir = .*$', 'data_dir = "data"', text)
+    text = re.sub(r'(?m)^simulate = .*$', f'port = "{link}"\nmode_pins = false', text)
+    (tmp_path / "gateway.toml").write_text(text)
+    with open(tmp_path / "simulate.log", "wb") as log:
+        simulate = subprocess.Popen([sys.executable, "-m", "edgegw", "simulate", "--module", "e220", "--field",
+                                     str(REPO / "configs" / "jp-field.toml"), "--link", str(link), "--seed", "1",
+                                     "--speed", "4"], stdout=log, stderr=log)
+    daemon = None
+    try:
+        wait_until(link.exists, 20, "the emulated module's pty")
+        daemon = Daemon(tmp_path / "gateway.toml").start()
+        daemon.wait_receiving()
+        daemon.wait_committed(3, timeout=30)
+        devices = {d["id"]: d for d in daemon.status()["devices"]}
+        assert devices["river-01"]["readings"] >= 1, devices
+        assert "Traceback" not in daemon.log.read_text()
+    finally:
+        if daemon is not None:
+            assert daemon.stop() == 0
+        simulate.send_signal(signal.SIGINT)  # by PID, as Ctrl-C: the emulator unplugs and reports
+        simulate.wait(10)
+    report = (tmp_path / "simulate.log").read_text()
+    assert "emulated e220 module at" in report
+    sent = re.search(r"frames on the air (\d+), lines to the host (\d+)", report)
+    assert sent is not None and int(sent.group(2)) >= 3, report
+    assert not link.exists()  # unplugged
+
+
+def test_simulate_refuses_an_spi_chip_and_says_what_to_do(tmp_path):
+    from click.testing import CliRunner
+
+    from edgegw.cli import cli
+
+    result = CliRunner().invoke(cli, ["simulate", "--module", "sx127x", "--field", str(REPO / "configs" / "jp-field.toml"),
+                                      "--link", str(tmp_path / "tty")])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "Error: 'sx127x' is not a serial module: no pseudo-terminal can stand in for it. Let the daemon emulate it"
+        ' instead: in its [[sources]] entry, set simulate = "FIELD.toml" (a field file, e.g. "jp-field.toml") in'
+        " place of the hardware; see configs/sx127x.toml\n")
+    assert not (tmp_path / "tty").exists()

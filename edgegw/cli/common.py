@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from edgegw import __version__
-from edgegw.config import Config, load_config
+from edgegw.config import Config, check_config
 from edgegw.drivers import DriverRegistry
 from edgegw.errors import ConfigError
 
@@ -49,8 +49,14 @@ json_option = click.option("--json", "as_json", is_flag=True, help="machine-read
 
 def load_config_or_exit(path: Path, keys: bool = False) -> tuple[Config, DriverRegistry]:
     # keys: only what uses them (run, config check) needs the keys file, which others may not read.
+    config, drivers, _ = check_config_or_exit(path, keys)
+    return config, drivers
+
+
+def check_config_or_exit(path: Path, keys: bool = False) -> tuple[Config, DriverRegistry, list[str]]:
+    """The config, its drivers and its warnings; or every problem on stderr and exit 2."""
     try:
-        return load_config(path, keys)
+        return check_config(path, keys)
     except ConfigError as exc:
         click.echo(f"{len(exc.problems)} problem(s) in {exc.path}:", err=True)
         for p in exc.problems:

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from edgegw import __version__
-from edgegw.cli.common import cli, config_argument, config_option, load_config_or_exit
+from edgegw.cli.common import check_config_or_exit, cli, config_argument, config_option, load_config_or_exit
 from edgegw.cli.doctor import EXIT_FAULTS, print_findings, service_user, user_option
 from edgegw.config import Config
 from edgegw.errors import ConfigError
@@ -37,18 +37,20 @@ def config_check(file: Path, machine: bool, user_name: str | None) -> None:
 
     Example: edgegw config check --machine /etc/edgegw/gateway.toml
     """
-    config, _ = load_config_or_exit(file, keys=True)
-    _summarise(config, file)
+    config, _, warnings = check_config_or_exit(file, keys=True)
+    _summarise(config, file, warnings)
     if machine:
         _check_machine(config, file, user_name)
 
 
-def _summarise(config: Config, file: Path) -> None:
-    """What the config sets up, what its uplinks' acknowledgements prove, its devices without a key,
-    and the unsent items of uplinks it no longer has."""
+def _summarise(config: Config, file: Path, warnings: list[str]) -> None:
+    """What the config sets up, its warnings, what its uplinks' acknowledgements prove, its devices
+    without a key, and the unsent items of uplinks it no longer has."""
     uplinks = ", ".join(f"{u.name} ({u.type})" for u in config.effective_uplinks())
     click.echo(f"{file}: OK: gateway {config.gateway_id}, {len(config.sources)} source(s), "
                f"{len(config.devices)} device(s), uplinks: {uplinks}, data in {config.data_dir}")
+    for warning in warnings:
+        click.echo(f"warning: {file}: {warning}", err=True)
     keyed = set(load_keys(config.keys_file)) if config.keys_file is not None else set()
     from edgegw.uplink import acknowledgement_note  # here: the command's start stays free of uplink imports
 

@@ -24,8 +24,10 @@ from edgegw.errors import ConfigError, DecodeError, DriverLoadError
 @click.option("--speed", default=1.0, show_default=True, help="time acceleration of the field")
 @click.option("--seed", type=int, help="random seed, for a repeatable field")
 @click.option("--duration", type=float, help="stop after this many seconds")
-@click.option("--module", default="rylr", show_default=True, type=click.Choice(["rylr", "es920lr", "im920sl"]),
-              help="the module type to emulate")
+@click.option("--module", default="rylr", show_default=True,
+              type=click.Choice(["rylr", "es920lr", "im920sl", "e220", "sx127x"]),
+              help="the module type to emulate (e220: M0/M1 tied to normal mode, set up with the example's settings;"
+                   " its source needs mode_pins = false; sx127x: on SPI, emulated by the daemon instead)")
 def simulate(field_file: Path, link: Path, config_path: Path | None, speed: float, seed: int | None,
              duration: float | None, module: str) -> None:
     """Emulate a radio module (REYAX RYLR by default) on a pseudo-terminal, fed by a virtual field of sensors.
@@ -40,9 +42,11 @@ def simulate(field_file: Path, link: Path, config_path: Path | None, speed: floa
 
     drivers = _drivers(config_path)
     try:
-        spec = load_field(field_file)
-        emulator = standalone_emulator(module, link)
-        vfield = VirtualField(spec, drivers, emulator, seed=seed)
+        emulator = standalone_emulator(module, link)  # refused, with what to do instead, for an SPI chip
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        vfield = VirtualField(load_field(field_file), drivers, emulator, seed=seed)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     emulator.plug()

@@ -14,7 +14,9 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from edgegw.config.base import Duration, Size, _Section
+from edgegw.config.base import WRITTEN, Duration, Size, _Section, did_you_mean
+from edgegw.config.explain import describe, loc_path
+from edgegw.config.locate import item_label, key_lines, place
 from edgegw.config.radio import (
     RYLR_BANDWIDTH_CODES,
     Device,
@@ -38,7 +40,6 @@ from edgegw.config.rules import (
     rule_problems,
 )
 from edgegw.config.uplinks import (
-    _URL_EXAMPLE,
     UPLINK_TYPES,
     AttributeMapping,
     Batching,
@@ -66,7 +67,8 @@ from edgegw.config.uplinks import (
 )
 from edgegw.drivers import DriverRegistry, load_drivers
 from edgegw.errors import ConfigError, DriverLoadError
-from edgegw.radio.registry import PLUGIN_PROBLEMS, SOURCE_TYPES, source_problems
+from edgegw.radio.limits import frame_problems
+from edgegw.radio.registry import PLUGIN_PROBLEMS, source_problems
 
 __all__ = [
     "RULE_DEFAULTS",
@@ -113,7 +115,9 @@ __all__ = [
     "Uplink",
     "UplinkConfig",
     "WaterLevelRule",
+    "check_config",
     "cross_reference_problems",
+    "frame_problems_of",
     "load_config",
     "rule_problems",
 ]
@@ -185,6 +189,7 @@ def cross_reference_problems(sources: list, devices: list, uplinks: list) -> lis
     even when some entries are malformed (those are skipped here and reported on their own).
     """
     sources = [s for s in sources if isinstance(s, dict)]
+    listed = {"devices": devices}  # as written, to name a device by its id
     devices = [(i, d) for i, d in enumerate(devices) if isinstance(d, dict)]
     names = [s.get("name") for s in sources]
     problems = []
@@ -194,11 +199,13 @@ def cross_reference_problems(sources: list, devices: list, uplinks: list) -> lis
         if source is None and len(names) > 1:
             problems.append(f"devices[{i}].source: several sources exist; name one of {names}")
         elif source is not None and source not in names:
-            problems.append(f"devices[{i}].source: unknown source {source!r}; expected one of {names}")
+            problems.append(f"devices[{i}].source: unknown source {source!r}{did_you_mean(source, names)};"
+                            f" expected one of {names}")
         key = (source or (names[0] if names else None), d.get("address"))
         if key[1] is not None:
             if key in seen:
-                problems.append(f"devices[{i}].address: {key[1]} is also devices[{seen[key]}] on source {key[0]!r}")
+                other = item_label(listed, "devices", seen[key])
+                problems.append(f"devices[{i}].address: {key[1]} is also devices[{other}] on source {key[0]!r}")
             seen.setdefault(key, i)
     for what, items in (("devices", [d.get("id") for _, d in devices]), ("sources", names),
                         ("uplinks", [u.get("name", u.get("type")) for u in uplinks if isinstance(u, dict)])):
@@ -210,56 +217,10 @@ def cross_reference_problems(sources: list, devices: list, uplinks: list) -> lis
 
 # -- loading ----------------------------------------------------------------------------------------
 
-def _key_path(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for i, part in enumerate(loc):
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif (i and isinstance(loc[i - 1], int) and part in (*SOURCE_TYPES, *UPLINK_TYPES, *RULE_DEFAULTS, "command")) \
-                or part.startswith("function-"):
-            continue  # discriminator tags (right after a list index) and validator names are pydantic's
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
-# What a missing key is, where "required key is missing" alone would leave an installer guessing.
-_MISSING_HINTS = {
-    "apikey": ": the API key of the IoT Agent's service group (ask the platform team), "
-              'e.g. "4jggokgpepnvsb2uv4s40d59ov"',
-    "url": f": the context broker's base URL, {_URL_EXAMPLE}",
-}
-
-
 def _listed(raw: dict[str, Any], key: str) -> list[Any]:
     """A top-level list of the raw file (``[[sources]]``, ...), or [] where it is missing or not a list."""
     value = raw.get(key)
     return value if isinstance(value, list) else []
-
-
-def _describe(err: dict[str, Any]) -> list[str]:
-    path = _key_path(err["loc"])
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        key = err["loc"][-1]
-        if len(err["loc"]) > 1 and key in Config.model_fields:
-            msg = (f"unknown key here; {key} is a top-level key: TOML puts every key below a [section] header "
-                   "into that section, so move it above the first [section] or [[section]]")
-        else:
-            msg = "unknown key (misspelt? see configs/ for the keys each section takes)"
-    elif err["type"] == "missing":
-        msg = "required key is missing" + _MISSING_HINTS.get(str(err["loc"][-1]), "")
-    elif err["type"] == "union_tag_not_found":
-        tags = {"rules": tuple(RULE_DEFAULTS), "actions": ("command", "mqtt"),
-                "sources": tuple(SOURCE_TYPES)}.get(str(err["loc"][0]), UPLINK_TYPES)
-        return [f"{path}.type: required key is missing; expected one of: {', '.join(map(repr, tags))}"]
-    elif err["type"] == "union_tag_invalid":
-        msg = f"unknown type {err['input'].get('type')!r}; expected one of: {err['ctx']['expected_tags']}"
-    elif err["type"] not in ("value_error", "assertion_error") and "input" in err and not isinstance(err["input"], dict | list):
-        msg = f"{msg} (got {err['input']!r})"
-    if "\n" in msg:  # cross-reference problems carry their own key paths
-        return msg.split("\n")
-    return [f"{path}: {msg}" if path else msg]
 
 
 def _resolve(base: Path, p: Path | None) -> Path | None:
@@ -271,10 +232,19 @@ def load_config(path: str | Path, keys: bool = True) -> tuple[Config, DriverRegi
 
     ``keys=False`` leaves the keys file unread (``edgegw keys new`` makes it).
     """
+    config, drivers, _ = check_config(path, keys)
+    return config, drivers
+
+
+def check_config(path: str | Path, keys: bool = True) -> tuple[Config, DriverRegistry, list[str]]:
+    """:func:`load_config`, and the warnings ``edgegw config check`` prints: what may be wrong but
+    cannot be told for sure here (a module limit not verified without hardware, a sensor's carrier
+    sense), placed in the file as problems are."""
     path = Path(path)
     name = str(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        raw = tomllib.loads(text)
     except FileNotFoundError:
         raise ConfigError(name, ["file not found"]) from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -290,7 +260,7 @@ def load_config(path: str | Path, keys: bool = True) -> tuple[Config, DriverRegi
         try:
             layouts.append(Layout.model_validate(spec).driver())
         except ValidationError as exc:
-            problems += [line for e in exc.errors() for line in _describe({**e, "loc": ("layouts", i, *e["loc"])})]
+            problems += [line for e in exc.errors() for line in describe({**e, "loc": ("layouts", i, *e["loc"])}, raw, Config)]
     drivers_dir = _resolve(base, Path(raw["drivers_dir"])) if isinstance(raw.get("drivers_dir"), str) else None
     if drivers_dir is not None and not drivers_dir.is_dir():
         problems.append(f"drivers_dir: {drivers_dir} is not a directory")
@@ -305,21 +275,28 @@ def load_config(path: str | Path, keys: bool = True) -> tuple[Config, DriverRegi
         # device_drivers: uplink mappings are checked against the values these drivers produce.
         devices = raw["devices"] if isinstance(raw.get("devices"), list) else []
         device_drivers = [d.get("driver") for d in devices if isinstance(d, dict)]
-        config = Config.model_validate(raw, context={"drivers": registry, "device_drivers": device_drivers})
+        config = Config.model_validate(raw, context={**WRITTEN, "drivers": registry,
+                                                     "device_drivers": device_drivers})
     except ValidationError as exc:
         # Layouts were validated above too: _dedupe drops the second copy of their problems.
-        problems += [line for e in exc.errors() for line in _describe(dict(e))]
+        problems += [line for e in exc.errors() for line in describe(dict(e), raw, Config)]
         # The cross-section checks did not run (pydantic stops before them): run them on the raw file.
         problems += cross_reference_problems(*(_listed(raw, k) for k in ("sources", "devices", "uplinks")))
         problems += rule_problems(_listed(raw, "rules"), _listed(raw, "actions"), _listed(raw, "devices"), registry)
-        raise ConfigError(name, _dedupe(problems)) from None
+        raise ConfigError(name, _placed(problems, text, raw)) from None
     problems += rule_problems(_listed(raw, "rules"), _listed(raw, "actions"), _listed(raw, "devices"), registry)
     problems += _field_problems(base, config.sources) + source_problems(config.sources) + PLUGIN_PROBLEMS
     problems += route_problems(config)
     keys_file = _resolve(base, config.keys_file)
-    problems += _key_problems(keys_file, config.devices) if keys else []
+    if keys:
+        key_problems, keyed = _key_problems(keys_file, config.devices)
+        problems += key_problems
+    else:  # unread: the devices that must authenticate have keys
+        keyed = {d.id for d in config.devices if d.require_auth}
+    radio_problems, warnings = ([], []) if registry is None else frame_problems_of(config, registry, keyed)
+    problems += radio_problems
     if problems:
-        raise ConfigError(name, _dedupe(problems))
+        raise ConfigError(name, _placed(problems, text, raw))
     assert registry is not None
 
     config = config.model_copy(update={
@@ -330,7 +307,26 @@ def load_config(path: str | Path, keys: bool = True) -> tuple[Config, DriverRegi
                     else s for s in config.sources],
         "uplinks": [_resolve_uplink(base, u) for u in config.uplinks],
     })
-    return config, registry
+    return config, registry, _placed(warnings, text, raw)
+
+
+def frame_problems_of(config: Config, drivers: DriverRegistry, keyed: set[str]) -> tuple[list[str], list[str]]:
+    """(errors, warnings): each device's largest frame (its driver's ``max_payload``, plus the
+    authentication envelope when it has a key) against what its source's module carries, and its
+    time on air against ARIB STD-T108 (see :mod:`edgegw.radio.limits`)."""
+    sources = {s.name: s for s in config.sources}
+    errors: list[str] = []
+    warnings: list[str] = []
+    for i, device in enumerate(config.devices):
+        source = sources.get(config.device_source(device))
+        limits = getattr(source, "frame_limits", None)
+        largest = drivers[device.driver].max_payload if device.driver in drivers else None
+        if source is None or limits is None or largest is None:
+            continue
+        e, w = frame_problems(device.id, device.driver, largest, device.id in keyed, source.name, source.type, limits())
+        errors += [f"devices[{i}].driver: {p}" for p in e]
+        warnings += [f"devices[{i}].driver: {p}" for p in w]
+    return errors, warnings
 
 
 def route_problems(config: Config) -> list[str]:
@@ -346,7 +342,8 @@ def route_problems(config: Config) -> list[str]:
     for i, uplink in enumerate(config.uplinks):
         unknown = [d for d in uplink.route.devices or () if d not in ids]
         if unknown:
-            problems.append(f"uplinks[{i}].route.devices: unknown device(s) {unknown}; configured devices: {ids}")
+            hints = "".join(did_you_mean(d, ids) for d in unknown)
+            problems.append(f"uplinks[{i}].route.devices: unknown device(s) {unknown}{hints}; configured devices: {ids}")
         elif not uplink.item_route().matches_any(produced):
             what = "alarms (the kinds of its alarms table)" if isinstance(uplink, SigfoxUplink) else "route"
             problems.append(f"uplinks[{i}].route: uplink {uplink.name!r} would take nothing: no configured device or "
@@ -365,18 +362,19 @@ def _field_problems(base: Path, sources: list[Source]) -> list[str]:
             try:
                 load_field(base / source.simulate)
             except ConfigError as exc:
-                problems += [f"{_key_path(('sources', i, 'simulate'))}: {exc.path}: {p}" for p in exc.problems]
+                problems += [f"{loc_path(('sources', i, 'simulate'))}: {exc.path}: {p}" for p in exc.problems]
     return problems
 
 
-def _key_problems(keys_file: Path | None, devices: list[Device]) -> list[str]:
-    """The keys file, read now: which devices have keys decides what their frames must be."""
+def _key_problems(keys_file: Path | None, devices: list[Device]) -> tuple[list[str], set[str]]:
+    """The keys file, read now: which devices have keys decides what their frames must be. Returns
+    its problems and the ids of the devices with a key."""
     from edgegw.keys import load_keys
 
     try:
         keys = load_keys(keys_file) if keys_file is not None else {}
     except ConfigError as exc:
-        return [f"keys_file: {exc.path}: {p}" for p in exc.problems]
+        return [f"keys_file: {exc.path}: {p}" for p in exc.problems], {d.id for d in devices if d.require_auth}
     problems = [f"keys_file: {keys_file}: keys.{d}: no device {d!r} in this config"
                 for d in sorted(set(keys) - {d.id for d in devices})]
     for i, device in enumerate(devices):
@@ -387,7 +385,7 @@ def _key_problems(keys_file: Path | None, devices: list[Device]) -> list[str]:
             problems.append(f"devices[{i}].require_auth: the device has no key in keys_file; {make}")
         if device.accept_plain_until is not None:
             problems.append(f"devices[{i}].accept_plain_until: only for a device with a key; {make}")
-    return problems
+    return problems, set(keys)
 
 
 def _resolve_uplink(base: Path, u: UplinkConfig) -> UplinkConfig:
@@ -399,5 +397,10 @@ def _resolve_uplink(base: Path, u: UplinkConfig) -> UplinkConfig:
     return u
 
 
-def _dedupe(lines: list[str]) -> list[str]:
-    return list(dict.fromkeys(lines))
+def _placed(problems: list[str], text: str, raw: dict[str, Any]) -> list[str]:
+    """Each problem once, in line order, with its line in the file and its list items named by id (see
+    :func:`edgegw.config.locate.place`)."""
+    lines = key_lines(text)
+    placed = dict(place(p, lines, raw) for p in problems)
+    # In the file's order, as an installer reads it; problems of no line (a driver module) last.
+    return sorted(placed, key=lambda p: placed[p])

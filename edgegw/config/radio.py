@@ -12,7 +12,7 @@ from pydantic import (
     model_validator,
 )
 
-from edgegw.config.base import Duration, _Section
+from edgegw.config.base import Duration, _Section, did_you_mean
 from edgegw.drivers import DriverRegistry, LayoutDriver, LayoutField
 
 # -- radio sources ----------------------------------------------------------------------------------
@@ -50,7 +50,8 @@ class Device(_Section):
     def _driver_known(cls, v: str, info: ValidationInfo) -> str:
         drivers: DriverRegistry | None = (info.context or {}).get("drivers")
         if drivers is not None and v not in drivers:
-            raise ValueError(f"unknown driver {v!r}; known drivers: {', '.join(drivers.names()) or 'none'}")
+            raise ValueError(f"unknown driver {v!r}{did_you_mean(v, drivers.names())}; known drivers:"
+                             f" {', '.join(drivers.names()) or 'none'}")
         return v
 
     @field_validator("location")

@@ -11,7 +11,7 @@ from pydantic import (
     model_validator,
 )
 
-from edgegw.config.base import Duration, _duration, _Section
+from edgegw.config.base import Duration, _duration, _Section, did_you_mean
 from edgegw.config.radio import Device
 from edgegw.drivers import DriverRegistry
 
@@ -182,12 +182,14 @@ def rule_problems(rules: list, actions: list, devices: list, drivers: DriverRegi
         default_drivers, value_keys = RULE_DEFAULTS[rule["type"]]
         for dev in rule.get("devices", []):
             if dev not in ids:
-                problems.append(f"rules[{i}].devices: unknown device {dev!r}; configured devices: {ids}")
+                problems.append(f"rules[{i}].devices: unknown device {dev!r}{did_you_mean(dev, ids)};"
+                                f" configured devices: {ids}")
         wanted = rule.get("drivers", default_drivers)
         if drivers is not None:
             for drv in wanted if isinstance(wanted, list) else []:
                 if drv not in drivers:
-                    problems.append(f"rules[{i}].drivers: unknown driver {drv!r}; known drivers: {drivers.names()}")
+                    problems.append(f"rules[{i}].drivers: unknown driver {drv!r}{did_you_mean(drv, drivers.names())};"
+                                    f" known drivers: {drivers.names()}")
         if rule.get("devices"):
             watched = [d for d in devices if d.get("id") in rule["devices"]]
         else:
@@ -211,5 +213,6 @@ def rule_problems(rules: list, actions: list, devices: list, drivers: DriverRegi
     for i, action in enumerate(actions):
         for dev in action.get("devices", []) if isinstance(action, dict) else []:
             if dev not in ids:
-                problems.append(f"actions[{i}].devices: unknown device {dev!r}; configured devices: {ids}")
+                problems.append(f"actions[{i}].devices: unknown device {dev!r}{did_you_mean(dev, ids)};"
+                                f" configured devices: {ids}")
     return problems

@@ -36,7 +36,7 @@ _STALLED = "items waiting and nothing acknowledged for this long: shown as stall
 
 class Batching(_Section):
     max_items: int = Field(500, ge=1, le=100_000)
-    max_bytes: int = Field(256_000, ge=1024)
+    max_bytes: int = Field(256_000, ge=1024, json_schema_extra={"unit": "bytes"})
 
 
 class ItemRoute(_Section):
@@ -85,7 +85,7 @@ class MqttConnection(_Routed):
     password_file: Path | None = None
     tls: bool = False
     ca_file: Path | None = None
-    keepalive: int = Field(60, ge=5, le=3600)
+    keepalive: int = Field(60, ge=5, le=3600, json_schema_extra={"unit": "s"})
     max_inflight: int = Field(4, ge=1, le=64, description="batches awaiting PUBACK at once")
     deadline: Duration = Field(30, description="how long a published message may wait for its PUBACK (counted "
                                "from when its batch is handed to the MQTT client), and a new connection for its "
@@ -120,7 +120,7 @@ class FileUplink(_Routed):
     type: Literal["file"]
     name: str = Field("file", pattern=r"^[A-Za-z0-9_.-]+$")
     path: Path = Path("batches")
-    rotate_bytes: int = Field(10_000_000, ge=4096)
+    rotate_bytes: int = Field(10_000_000, ge=4096, json_schema_extra={"unit": "bytes"})
     stalled_after: Duration = Field(STALLED_AFTER, description=_STALLED)
     batch: Batching = Batching()
 

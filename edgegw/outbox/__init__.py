@@ -43,6 +43,7 @@ from pydantic import TypeAdapter, ValidationError
 from sqlite_utils import Database
 
 from edgegw.config import Duration
+from edgegw.config.base import WRITTEN
 from edgegw.errors import OutboxError
 from edgegw.outbox.purge import PURGE_CHUNK, Purge
 from edgegw.outbox.results import (
@@ -97,9 +98,9 @@ _DURATION: TypeAdapter[float] = TypeAdapter(Duration)
 
 
 def parse_duration(text: str) -> float:
-    """Seconds from a duration written as in the config: ``30``, ``"90s"``, ``"10m"``, ``"12h"``, ``"7d"``."""
+    """Seconds from a duration written as in the config: ``"90s"``, ``"10m"``, ``"12h"``, ``"7d"``."""
     try:
-        return _DURATION.validate_python(text)
+        return _DURATION.validate_python(text, context=WRITTEN)
     except ValidationError as exc:
         raise ValueError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 SHORT_SENSE_MAX_S = 0.4  # longest burst after 128 µs carrier sense (ARIB STD-T108)
+LONG_SENSE_MAX_S = 4.0  # longest burst after 5 ms carrier sense: no transmission may be longer
 
 
 def time_on_air(payload: int, sf: int, bw_khz: float, cr: int = 1, preamble: int = 8, explicit_header: bool = True,

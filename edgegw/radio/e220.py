@@ -34,6 +34,8 @@ from edgegw.config.base import _Section
 from edgegw.errors import ModuleError
 from edgegw.model import Frame, Reject
 from edgegw.radio import Emit, ReadTurn, SourceState
+from edgegw.radio.airtime import time_on_air
+from edgegw.radio.limits import FrameLimits
 from edgegw.radio.serial_line import TURN_BYTES, hand_over, run_port
 
 MAGIC = b"\xe2\x20"
@@ -67,6 +69,9 @@ class E220Source(_Section):
     m0_pin: int = Field(23, ge=0, le=27, description="BCM number of the GPIO wired to M0")
     m1_pin: int = Field(24, ge=0, le=27, description="BCM number of the GPIO wired to M1")
     aux_pin: int = Field(25, ge=0, le=27, description="BCM number of the GPIO wired to AUX")
+    mode_pins: bool = Field(True, description="false: M0/M1 tied to normal mode and AUX not wired (e.g. a USB"
+                            " board with jumpers): the gateway cannot configure the module, which must already"
+                            " hold these settings, the RSSI byte (05H bit 7) on")
     address: int = Field(0, ge=0, le=0xFFFF, description="the module's own address (00H/01H)")
     bandwidth_khz: int = 125  # before channel and SF: their ranges depend on it
     channel: int = Field(0, ge=0, description="0-37 at 125 kHz: 920.6 + 0.2 n MHz")
@@ -106,9 +111,17 @@ class E220Source(_Section):
     def _rules(self) -> E220Source:
         if (self.port is None) == (self.simulate is None):
             raise ValueError("set exactly one of port (a real module) or simulate (a field file for the emulator)")
-        if len({self.m0_pin, self.m1_pin, self.aux_pin}) < 3:
+        if self.mode_pins and len({self.m0_pin, self.m1_pin, self.aux_pin}) < 3:
             raise ValueError("m0_pin, m1_pin and aux_pin must be three different GPIOs")
         return self
+
+    def frame_limits(self) -> FrameLimits:
+        """The gateway's deframer takes at most MAX_PAYLOAD bytes: 200-byte packets as register 03H is
+        written here (from the JP module's parameter table, not Ebyte's manual), less 7 of the
+        sensors' framing. Airtime assumes coding rate 4/5 and an 8-symbol preamble (unverified)."""
+        return FrameLimits(
+            MAX_PAYLOAD, f"{PACKET_MAX}-byte packets as the gateway sets register 03H, less {OVERHEAD} of framing",
+            True, lambda n: time_on_air(n + OVERHEAD, self.spreading_factor, self.bandwidth_khz))
 
     def registers(self) -> bytes:
         """Registers 00H-05H: address, UART and air rate, packet size and power, channel, RSSI byte on."""
@@ -254,9 +267,13 @@ class E220Radio:
         run_port(self, self.config.baudrate, self._serve, emit, stop)
 
     def _serve(self, port: serial.Serial, emit: Emit, stop: threading.Event, up: Any) -> None:
-        if self.pins is None:
-            self.pins = GpioModePins(self.config.m0_pin, self.config.m1_pin, self.config.aux_pin)
-        self._configure(port)
+        if self.config.mode_pins:
+            if self.pins is None:
+                self.pins = GpioModePins(self.config.m0_pin, self.config.m1_pin, self.config.aux_pin)
+            self._configure(port)
+        else:
+            self.log.warning("mode pins not wired: using the settings the module holds", source=self.name,
+                             port=self.port)
         emit([SourceState(self.name, "receiving", self.port)])
         self.log.info("radio configured", source=self.name, port=self.port, channel=self.config.channel,
                       mhz=round(920.6 + 0.2 * self.config.channel, 1), sf=self.config.spreading_factor)
@@ -341,11 +358,18 @@ def _build(config: E220Source, port: str | None, read_turn: ReadTurn) -> E220Rad
 def _emulator(config: Any, link: Path) -> Any:
     from edgegw.radio.e220_emulator import E220Emulator
 
+    if config is None:  # another process's module (edgegw simulate): no pins to switch it, so set up beforehand
+        return E220Emulator(link, flash=bytearray(STANDALONE.registers()))
     return E220Emulator(link)
 
 
+# What `edgegw simulate --module e220` emulates: a module with M0/M1 tied to normal mode, written
+# beforehand with these settings (the defaults, as in configs/e220.toml); its gateway sets mode_pins = false.
+STANDALONE = E220Source(type="e220", name="e220", port="-", mode_pins=False)
+
+
 def _problems(config: E220Source) -> list[str]:
-    if config.simulate is not None or "RPi.GPIO" in sys.modules:
+    if config.simulate is not None or not config.mode_pins or "RPi.GPIO" in sys.modules:
         return []
     try:
         import importlib.util

@@ -25,6 +25,7 @@ from edgegw.config.base import _Section
 from edgegw.model import Frame, Reject
 from edgegw.radio import Emit
 from edgegw.radio.airtime import SHORT_SENSE_MAX_S, time_on_air
+from edgegw.radio.limits import FrameLimits, text_chars, text_payload
 from edgegw.radio.serial_line import LineModule, LineReader, Reply, decode_payload, raw
 
 PROMPT = "Select Mode [1.terminal or 2.processor]"
@@ -49,6 +50,7 @@ BAUDRATE_CODES = {9600: 1, 19200: 2, 38400: 3, 57600: 4, 115200: 5}
 # 125 kHz: channels 1-15 are 920.6-923.4 MHz in 0.2 MHz steps (datasheet). The other bandwidths'
 # channel tables were not at hand: the same range is allowed, and the module's NG 002 says if not.
 CHANNELS = range(1, 16)
+PAYLOAD_MAX_CHARS = 50  # hideakitai/ES920 library constant (domain brief §2): unverified
 
 _RX = re.compile(r"([-+0-9][0-9]{3})([0-9A-Fa-f]{4})([0-9A-Fa-f]{4})(.*)", re.DOTALL)
 
@@ -101,6 +103,16 @@ class Es920lrSource(_Section):
                              f" {self.bandwidth_khz:g} kHz, over the 0.4 s ARIB STD-T108 allows an end node after"
                              " short carrier sense: use a lower spreading_factor or a wider bandwidth_khz")
         return self
+
+    def frame_limits(self) -> FrameLimits:
+        """About 50 characters per frame (a driver library's constant: unverified without the
+        module's manual), so a warning only; on-air framing unknown, so airtime counts the
+        characters, at the chip's default coding rate 4/5 and an 8-symbol preamble (assumed)."""
+        enc = self.payload_encoding
+        return FrameLimits(
+            text_payload(PAYLOAD_MAX_CHARS, enc), f"about {PAYLOAD_MAX_CHARS} characters per frame, the payload"
+            f" {enc}-encoded; unverified without the module's manual", False,
+            lambda n: time_on_air(text_chars(n, enc), self.spreading_factor, self.bandwidth_khz))
 
     def frequency_mhz(self) -> float:
         """Centre frequency of the channel at 125 kHz."""

@@ -35,6 +35,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgegw.config import Duration
+from edgegw.config.base import WRITTEN
+from edgegw.config.locate import key_lines, key_path, place
 from edgegw.drivers import Driver, DriverRegistry
 from edgegw.envelope import seal
 from edgegw.errors import ConfigError
@@ -83,14 +85,26 @@ class FieldSpec(_Strict):
 
 
 def load_field(path: Path) -> FieldSpec:
+    """Read and check a field file; :class:`ConfigError` lists its problems as a config's are listed."""
     try:
-        return FieldSpec.model_validate(tomllib.loads(Path(path).read_text()))
+        text = Path(path).read_text()
+        return FieldSpec.model_validate(tomllib.loads(text), context=WRITTEN)
     except FileNotFoundError:
         raise ConfigError(str(path), ["file not found"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from None
     except ValidationError as exc:
-        raise ConfigError(str(path), [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]) from None
+        lines, raw = key_lines(text), tomllib.loads(text)
+        problems = [place(f"{key_path(e['loc'])}: {_message(e)}", lines, raw) for e in exc.errors()]
+        raise ConfigError(str(path), [p for p, _ in sorted(problems, key=lambda p: p[1])]) from None
+
+
+def _message(err: Any) -> str:
+    if err["type"] == "missing":
+        return "required key is missing"
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    return str(err["msg"]).removeprefix("Value error, ")
 
 
 def value_at(spec: Curve | float | int | str | bool, t: float, rng: random.Random) -> Any:

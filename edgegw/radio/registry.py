@@ -121,11 +121,15 @@ def source_problems(configs: list[Any]) -> list[str]:
     return out
 
 
-STANDALONE = ("rylr", "es920lr", "im920sl")  # emulators another process can use: a pty and nothing else
+STANDALONE = ("rylr", "es920lr", "im920sl", "e220")  # emulators another process can use: a pty and nothing else
 
 
 def standalone_emulator(kind: str, link: Path) -> Any:
-    """A pty emulator of module type ``kind`` (one of STANDALONE) at ``link``, for ``edgegw simulate``."""
-    make = SOURCE_TYPES[kind].emulator
-    assert make is not None
+    """A pty emulator of module type ``kind`` at ``link``, for ``edgegw simulate``; ValueError saying
+    what to do instead for a radio no pty can stand in for (a chip on SPI)."""
+    make = SOURCE_TYPES[kind].emulator if kind in STANDALONE else None
+    if make is None:
+        raise ValueError(f"{kind!r} is not a serial module: no pseudo-terminal can stand in for it. Let the daemon"
+                         f" emulate it instead: in its [[sources]] entry, set simulate = \"FIELD.toml\" (a field file,"
+                         f" e.g. \"jp-field.toml\") in place of the hardware; see configs/{kind}.toml")
     return make(None, link)

@@ -14,6 +14,8 @@ from pydantic import Field, field_validator, model_validator
 
 from edgegw.config.base import _Section
 from edgegw.model import Frame, Reject
+from edgegw.radio.airtime import time_on_air
+from edgegw.radio.limits import ARIB_BAND_HZ, FrameLimits, text_chars, text_payload
 from edgegw.radio.serial_line import (  # noqa: F401  (re-exported: the RYLR tests and the daemon's docs name them here)
     COMMAND_TIMEOUT,
     COMMAND_TRIES,
@@ -49,6 +51,7 @@ ERRORS = {
 }
 
 RYLR_BANDWIDTH_CODES = {7.8: 0, 10.4: 1, 15.6: 2, 20.8: 3, 31.25: 4, 41.7: 5, 62.5: 6, 125: 7, 250: 8, 500: 9}
+SEND_MAX_CHARS = 240  # data characters one AT+SEND takes (REYAX AT command guides, +ERR=13)
 RYLR_BAUDRATES = (300, 1200, 4800, 9600, 19200, 28800, 38400, 57600, 115200)
 
 _TAIL = re.compile(r",(-?[0-9]{1,3}),(-?[0-9]{1,3}(?:\.[0-9]+)?)$")
@@ -65,7 +68,7 @@ class RylrSource(_Section):
     baudrate: int = 115200
     address: int = Field(1, ge=0, le=65535)
     network_id: int = Field(18, ge=0, le=18)
-    band: int = Field(920_600_000, ge=862_000_000, le=1_020_000_000, description="Hz")
+    band: int = Field(920_600_000, ge=862_000_000, le=1_020_000_000, json_schema_extra={"unit": "Hz"})
     spreading_factor: int = Field(9, ge=7, le=12)
     bandwidth_khz: float = 125
     coding_rate: int = Field(1, ge=1, le=4)
@@ -87,11 +90,30 @@ class RylrSource(_Section):
             raise ValueError(f"the module's AT+IPR takes one of {list(RYLR_BAUDRATES)} (default 115200)")
         return v
 
+    @field_validator("network_id")
+    @classmethod
+    def _known_network_id(cls, v: int) -> int:
+        if v == 17:  # AT command guides: RYLR896 takes 0-16, RYLR998 3-15 or 18
+            raise ValueError("neither module takes 17: RYLR896 takes 0-16, RYLR998 3-15 or 18 (its default)")
+        return v
+
     @model_validator(mode="after")
     def _port_or_simulate(self) -> RylrSource:
         if (self.port is None) == (self.simulate is None):
             raise ValueError("set exactly one of port (a real module) or simulate (a field file for the emulator)")
         return self
+
+    def frame_limits(self) -> FrameLimits:
+        """AT+SEND carries at most 240 characters (REYAX AT command guides: +ERR=13 beyond), the
+        payload written as ``payload_encoding``; on air they are about 8 bytes more (vendor note).
+        ARIB STD-T108 applies where the band is Japan's 920 MHz band."""
+        enc = self.payload_encoding
+        arib = ARIB_BAND_HZ[0] <= self.band <= ARIB_BAND_HZ[1]
+        return FrameLimits(
+            text_payload(SEND_MAX_CHARS, enc), f"AT+SEND takes at most {SEND_MAX_CHARS} characters, the payload"
+            f" {enc}-encoded", True,
+            (lambda n: time_on_air(text_chars(n, enc) + 8, self.spreading_factor, self.bandwidth_khz,
+                                   self.coding_rate, self.preamble)) if arib else None)
 
     def at_parameter(self) -> str:
         """The AT+PARAMETER argument: SF, bandwidth code, coding rate, preamble."""

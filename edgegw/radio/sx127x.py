@@ -39,6 +39,8 @@ from edgegw.config.base import _Section
 from edgegw.errors import ModuleError
 from edgegw.model import Frame, Reject
 from edgegw.radio import Emit, ReadTurn, SourceState
+from edgegw.radio.airtime import time_on_air
+from edgegw.radio.limits import FrameLimits
 from edgegw.radio.serial_line import hand_over
 
 log = structlog.get_logger("edgegw.radio.sx127x")
@@ -51,6 +53,7 @@ HF_RSSI_OFFSET = -157  # RF_HF port (> 525 MHz); the LF port's -164 is pyLoRa's 
 QUEUE_MAX = 1000  # packets read off the chip, not yet handed over; more are counted and dropped
 POLL = 0.5  # s between looks at the IRQ flags and the mode (a lost DIO0 edge, a chip reset)
 HEADERS = {"radiohead": 4, "address16": 2}
+PACKET_MAX = 255  # RegRxNbBytes is one byte
 
 
 class Sx127xSource(_Section):
@@ -93,6 +96,16 @@ class Sx127xSource(_Section):
         if self.frequency_mhz + 0.1 * (units - 1) > 928.0 + 1e-6:
             raise ValueError(f"{self.bandwidth_khz} kHz at {self.frequency_mhz} MHz reaches past 928.0 MHz")
         return self
+
+    def frame_limits(self) -> FrameLimits:
+        """RegRxNbBytes (0x13) holds a packet's length in one byte: 255 at most, the sender's header
+        included. Airtime with the configured coding rate and an 8-symbol preamble (assumed: the
+        gateway does not set it, and the chip's default is unverified here)."""
+        header = HEADERS[self.header]
+        return FrameLimits(
+            PACKET_MAX - header, f"{PACKET_MAX}-byte LoRa packets (RegRxNbBytes), less the {header}-byte {self.header}"
+            " header", True,
+            lambda n: time_on_air(n + header, self.spreading_factor, self.bandwidth_khz, self.coding_rate - 4))
 
     @property
     def port(self) -> str:
