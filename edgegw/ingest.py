@@ -147,7 +147,7 @@ class Ingest:
         known = self.by_address.get((frame.source, frame.address)) if frame.address is not None else None
         if known is None:
             return Reject(frame.source, "unknown_device", f"no device configured at address {frame.address}",
-                          frame.address, None, frame.payload, frame.wall)
+                          frame.address, None, frame.payload, frame.wall, frame.rssi, frame.snr)
         device, driver = known
         state = self.store.device(device.id, frame.source, frame.address, device.driver, frame.wall)
         try:
@@ -172,7 +172,8 @@ class Ingest:
             reason, detail = "driver_error", f"{device.driver}: {problem}"
         state.rejects += 1
         self.store.touch(state)
-        return Reject(frame.source, reason, detail, frame.address, device.id, frame.payload, frame.wall)
+        return Reject(frame.source, reason, detail, frame.address, device.id, frame.payload, frame.wall, frame.rssi,
+                      frame.snr)
 
     def _authenticate(self, auth: Auth, frame: Frame, device: Device, state: DeviceState) -> Opened | Duplicate | None:
         """The frame's envelope, opened and fresh; None for a plain frame the device may send.
@@ -209,6 +210,8 @@ class Ingest:
                 ahead = counter - last if last is not None else LATE_WINDOW + 1
                 state.seen = (state.seen << ahead | 1) & SEEN_MASK if ahead <= LATE_WINDOW else 1
                 state.last_counter = counter
+                if last is not None:
+                    state.lost += ahead - 1
             else:
                 behind = last - counter
                 seen = behind <= LATE_WINDOW and state.seen >> behind & 1
@@ -222,6 +225,7 @@ class Ingest:
                     self._new_epoch(state, state.epoch + 1, counter)
                 else:  # a late frame, never seen, within the window: it keeps the current epoch
                     state.seen |= 1 << behind
+                    state.lost = max(0, state.lost - 1)  # counted lost when the gap opened
             reading_id = f"{device.id}:{state.epoch}:{counter}"
         observed = frame.wall
         reading = Reading(

@@ -226,7 +226,7 @@ class Writer:
                 out.health = True
 
     def _reject(self, r: Reject, out: Outcome) -> None:
-        self.store.add_reject(r.source, r.reason, r.detail, r.address, r.device_id, r.raw, r.wall)
+        self.store.add_reject(r.source, r.reason, r.detail, r.address, r.device_id, r.raw, r.wall, r.rssi, r.snr)
         out.rejects.append(r)
 
     def _commit_group(self, group: list[Event]) -> Outcome | None:
