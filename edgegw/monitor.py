@@ -116,7 +116,8 @@ def render(config: Config, seen: dict[str, Any] | None, now: float, daemon: str)
     for column, justify in (("DEVICE", "left"), ("ADDR", "right"), ("SOURCE", "left"), ("LAST FRAME", "right"),
                             ("RSSI", "right"), ("SNR", "right"), ("FRAMES", "right"), ("LOST", "right"),
                             ("NAME", "left")):
-        devices.add_column(column, justify=justify)  # type: ignore[arg-type]
+        # Only the name gives way on a narrow screen: an id or a figure cut short is no use in the field.
+        devices.add_column(column, justify=justify, no_wrap=column != "NAME")  # type: ignore[arg-type]
     for d in device_rows(config, seen):
         if d.last_seen is None:
             last = Text("never heard", style="bold red")
@@ -130,7 +131,7 @@ def render(config: Config, seen: dict[str, Any] | None, now: float, daemon: str)
     if seen["unknown"]:
         unknown = Table(title="unknown addresses heard (no device configured there)", title_justify="left")
         for column in ("SOURCE", "ADDR", "FRAMES", "LAST FRAME", "RSSI", "SNR"):
-            unknown.add_column(column, justify="left" if column == "SOURCE" else "right")
+            unknown.add_column(column, justify="left" if column == "SOURCE" else "right", no_wrap=True)
         for u in seen["unknown"]:
             unknown.add_row(u["source"], str(u["address"]), str(u["frames"]), age(now - u["last_at"]),
                             _figure(u["rssi"], "dBm"), _figure(u["snr"], "dB"))
