@@ -114,10 +114,18 @@ class Ingest:
 
     def __init__(self, config: Config, drivers: DriverRegistry, store: Store, uplink_mask: int | Callable[[str], int]):
         self.store = store
-        store.describe(config.gateway_id, {name: driver.units() for name, driver in drivers.drivers.items()})
-        self.uplink_mask = uplink_mask if callable(uplink_mask) else lambda _device: uplink_mask  # per device: routes
         self.boot_id = boot_id()
         store.note_boot(self.boot_id)
+        self.configure(config, drivers, uplink_mask)
+        self.allowance = Allowance()
+        # device id -> {counter: (seq, accepted at)} of its recent frames in the current epoch, oldest first
+        self.recent: dict[str, dict[int, tuple[int, float]]] = self._recent_frames(store)
+
+    def configure(self, config: Config, drivers: DriverRegistry, uplink_mask: int | Callable[[str], int]) -> None:
+        """Take the devices, drivers, keys and routes of ``config`` (at start, and at a reload); what
+        was heard so far (counters, recent frames, allowances) is kept."""
+        self.store.describe(config.gateway_id, {name: driver.units() for name, driver in drivers.drivers.items()})
+        self.uplink_mask = uplink_mask if callable(uplink_mask) else lambda _device: uplink_mask  # per device: routes
         self.by_address: dict[tuple[str, int], tuple[Device, Driver]] = {
             (config.device_source(d), d.address): (d, drivers[d.driver]) for d in config.devices
         }
@@ -125,9 +133,6 @@ class Ingest:
         self.auth = {d.id: Auth(keys.get(d.id), d.require_auth if d.require_auth is not None else d.id in keys,
                                 d.accept_plain_until.timestamp() if d.accept_plain_until else None)
                      for d in config.devices}
-        self.allowance = Allowance()
-        # device id -> {counter: (seq, accepted at)} of its recent frames in the current epoch, oldest first
-        self.recent: dict[str, dict[int, tuple[int, float]]] = self._recent_frames(store)
 
     @staticmethod
     def _recent_frames(store: Store) -> dict[str, dict[int, tuple[int, float]]]:
