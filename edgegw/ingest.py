@@ -215,7 +215,7 @@ class Ingest:
                 ahead = counter - last if last is not None else LATE_WINDOW + 1
                 state.seen = (state.seen << ahead | 1) & SEEN_MASK if ahead <= LATE_WINDOW else 1
                 state.last_counter = counter
-                if last is not None:
+                if ahead <= LATE_WINDOW:  # a longer jump is a counter that skipped, not frames lost (see DeviceState.lost)
                     state.lost += ahead - 1
             else:
                 behind = last - counter

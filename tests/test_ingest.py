@@ -271,11 +271,13 @@ def test_frames_lost_are_the_gaps_in_a_devices_counter_and_a_late_frame_takes_on
     assert ingest.store.devices["river-01"].lost == 2
     handle(ingest, frame(4), frame(4))  # 4 arrives late (then a copy of it): one gap filled
     assert ingest.store.devices["river-01"].lost == 1
-    handle(ingest, frame(3, level=1200, address=21), frame(9000))  # far ahead: every frame between is lost
-    assert ingest.store.devices["river-01"].lost == 8993
+    handle(ingest, frame(3), frame(6 + LATE_WINDOW))  # as far ahead as the window: every frame between is lost
+    assert ingest.store.devices["river-01"].lost == LATE_WINDOW - 1
+    handle(ingest, frame(7 + 2 * LATE_WINDOW))  # further: a counter that skipped ahead (saved in steps), not loss
+    assert ingest.store.devices["river-01"].lost == LATE_WINDOW - 1
     ingest.store.close()
     again = make(tmp_path)  # written with the device's row at the commit, read back at start
-    assert again.store.devices["river-01"].lost == 8993
+    assert again.store.devices["river-01"].lost == LATE_WINDOW - 1
 
 
 def test_a_schema_6_database_gains_lost_frames_and_the_rejects_radio_figures(tmp_path):

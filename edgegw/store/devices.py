@@ -40,7 +40,9 @@ class DeviceState:
     # with its reading, so a replay is rejected after any restart or power cut.
     auth_counter: int | None = None
     # Frames never received, by the gaps in the device's counter (a late frame that fills one takes
-    # it back): what an installer walking the field reads as link quality, beside RSSI and SNR.
+    # it back): what an installer walking the field reads as link quality, beside RSSI and SNR. A
+    # jump of more than LATE_WINDOW is not counted: a sensor that saves its counter in steps skips
+    # ahead at each reboot, and frames sent while the gateway was down for days say nothing of the link.
     lost: int = 0
 
     @classmethod
