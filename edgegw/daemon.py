@@ -241,6 +241,9 @@ class Gateway:
                 w.config, w.bits, w.routing = config, bits, routes
                 w.forwarders = {name: f for name, f in w.forwarders.items() if name in bits and name not in changed}
                 w.forwarders.update((f.uplink.name, f) for f in senders)
+                for f in w.forwarders.values():
+                    if isinstance(f, SigfoxSender):  # whether another uplink takes an alarm is in the routes
+                        f.routing = routes
             except BaseException as exc:
                 failed.append(exc)
                 raise
@@ -354,6 +357,9 @@ def run(config: Config, drivers: DriverRegistry, path: Path | None = None) -> No
     """Run until SIGTERM or SIGINT; :class:`~edgegw.running.AlreadyRunning` if another daemon has the data dir.
     SIGHUP reads the config at ``path`` again (see :meth:`Gateway.reload`)."""
     heap.limit_heap_growth()
+    # First of all: SIGHUP's default ends the process, and a reload may come while a big database opens.
+    hup = threading.Event()
+    signal.signal(signal.SIGHUP, lambda *_: hup.set())
     dbfile.check_data_dir(config.data_dir)  # before the lock, which needs it too: one clear line, not a traceback
     lock = DataDirLock(config.data_dir, __version__)
     try:
@@ -365,12 +371,9 @@ def run(config: Config, drivers: DriverRegistry, path: Path | None = None) -> No
             raise dbfile.DatabaseDamaged(f"the database {db_path(config.data_dir)} is damaged"
                                          f" ({dbfile.mark_damaged(db_path(config.data_dir), exc)});"
                                          " start again to set it aside and begin a fresh one") from None
-        done, hup = threading.Event(), threading.Event()
+        done = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: done.set())
-        # Set in the handler, acted on by the main thread's loop: a reload takes seconds, and a second
-        # SIGHUP meanwhile makes one more, not a reload inside a reload.
-        signal.signal(signal.SIGHUP, lambda *_: hup.set())
         gateway.start()
         _watch(gateway, lock, done, hup, path)
         log.info("stopping", gateway=config.gateway_id)
@@ -390,6 +393,8 @@ def _watch(gateway: Gateway, lock: DataDirLock, done: threading.Event, hup: thre
     throttle = Throttle(60.0)
     next_beat = 0.0
     while not done.wait(1.0) and gateway.damaged is None:
+        # The SIGHUP handler only sets hup: a reload takes a moment, and a second SIGHUP meanwhile
+        # makes one more reload after it, not one inside it.
         if hup.is_set():
             hup.clear()
             if path is None:
