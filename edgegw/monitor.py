@@ -7,9 +7,10 @@ device is configured at (a sensor flashed with the wrong address, or a neighbour
 
 Refreshing as frames arrive without slowing the daemon: ``PRAGMA data_version`` on one read-only
 connection, asked every :data:`POLL_EVERY`, changes when another connection committed. Asking it
-reads the WAL index in shared memory, not the file, and holds no transaction; only when it changed
-is the database read, in one short snapshot (a few hundred rows), so a WAL checkpoint is never held
-up. Between changes the ages are redrawn every second from what was read.
+reads the WAL index in shared memory, not the file, and holds a read lock for that statement only
+(between polls no transaction is open); only when it changed is the database read, in one short
+snapshot (a few hundred rows), so a WAL checkpoint is never held up. Between changes the ages are
+redrawn every second from what was read.
 """
 
 from __future__ import annotations
