@@ -222,33 +222,51 @@ class Gateway:
         gone_sources = sorted(set(old_sources) - {s.name for s in config.sources})
         gone_uplinks = sorted(set(old_uplinks) - {u.name for u in uplinks})
         notify_systemd("RELOADING=1")
-        self._stop_stages([f"source:{n}" for n in old_sources if n in gone_sources or n in {s.name for s in sources}]
-                          + [f"forwarder:{n}" for n in old_uplinks if n in gone_uplinks or n in changed])
+        stopping_sources = [s for n, s in old_sources.items() if n in gone_sources or n in {s.name for s in sources}]
+        stopping_uplinks = [u for n, u in old_uplinks.items() if n in gone_uplinks or n in changed]
+        self._stop_stages([f"source:{s.name}" for s in stopping_sources]
+                          + [f"forwarder:{u.name}" for u in stopping_uplinks])
         senders: list[Sender] = []
-        failed: list[BaseException] = []
+        failed: list[Exception] = []
 
         def swap() -> None:  # in the writer's thread, between two groups
+            rules: RuleEngine | None = None
             try:
                 bits = self.store.register_uplinks([u.name for u in uplinks])
                 routes = routing(uplinks, bits)
                 rules = RuleEngine(config, drivers, self.store, time.time(), time.monotonic())
                 senders.extend(self._sender(config, u, bits[u.name], routes, built.get(u.name))
                                for u in changed.values())
-                self.store.on_rollback.remove(self.rules.reload)
                 self.ingest.configure(config, drivers, routes.reading)
-                self.rules = self.writer.rules = rules
-                w = self.writer
-                w.config, w.bits, w.routing = config, bits, routes
-                w.forwarders = {name: f for name, f in w.forwarders.items() if name in bits and name not in changed}
-                w.forwarders.update((f.uplink.name, f) for f in senders)
-                for f in w.forwarders.values():
-                    if isinstance(f, SigfoxSender):  # whether another uplink takes an alarm is in the routes
-                        f.routing = routes
-            except BaseException as exc:
+            except Exception as exc:  # nothing swapped yet: the writer goes on with the running config
+                if rules is not None:
+                    self.store.on_rollback.remove(rules.reload)
                 failed.append(exc)
                 raise
+            # Nothing below can fail: the writer takes the new config whole.
+            self.store.on_rollback.remove(self.rules.reload)
+            self.rules = self.writer.rules = rules
+            w = self.writer
+            w.config, w.bits, w.routing = config, bits, routes
+            w.forwarders = {name: f for name, f in w.forwarders.items() if name in bits and name not in changed}
+            w.forwarders.update((f.uplink.name, f) for f in senders)
+            for f in w.forwarders.values():
+                if isinstance(f, SigfoxSender):  # whether another uplink takes an alarm is in the routes
+                    f.routing = routes
 
         self.writer.between(swap).wait()
+        if failed:  # the writer kept the running config: what was stopped for the reload starts again as it was
+            log.error("config reload failed in the writer (see the error above); the running config is kept",
+                      file=str(path))
+            for u in stopping_uplinks:
+                fwd = next(f for f in self.forwarders if f.uplink.name == u.name)
+                self._fresh_uplink(fwd, u, failed[0])
+                self._forwarder_stage(fwd, u).start()
+            for source in stopping_sources:
+                for stage in self._source_stages(source):
+                    stage.start()
+            notify_systemd("READY=1")
+            return False
         self.config, self.drivers, self.routing = config, drivers, self.writer.routing
         self.forwarders = list(self.writer.forwarders.values())
         started = [self._forwarder_stage(fwd, changed[fwd.uplink.name]) for fwd in senders]
@@ -257,13 +275,12 @@ class Gateway:
         for stage in started:
             stage.start()
         notify_systemd("READY=1")
-        log.info("config reloaded" if not failed else "config reload failed in the writer: see the error above",
-                 file=str(path), sources_restarted=[s.name for s in sources if s.name in old_sources],
+        log.info("config reloaded", file=str(path), sources_restarted=[s.name for s in sources if s.name in old_sources],
                  sources_started=[s.name for s in sources if s.name not in old_sources], sources_stopped=gone_sources,
                  uplinks_restarted=[n for n in changed if n in old_uplinks],
                  uplinks_started=[n for n in changed if n not in old_uplinks], uplinks_stopped=gone_uplinks,
                  devices=len(config.devices))
-        return not failed
+        return True
 
     def _database_damaged(self, exc: BaseException) -> None:
         """SQLite found damage in the database in use: note it and have the daemon exit (see :func:`run`)."""

@@ -3,6 +3,7 @@ run on, devices take effect, a bad config is refused, and no frame is lost acros
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 from collections.abc import Iterator
@@ -158,6 +159,46 @@ def test_an_invalid_config_is_refused_with_every_problem_and_the_daemon_keeps_wo
         sender.send("river-01")  # the old config runs on
         daemon.wait_committed(2)
         assert daemon.proc is not None and daemon.proc.poll() is None
+        assert daemon.stop() == 0
+    finally:
+        daemon.stop()
+
+
+# The writer cannot take the new config (an I/O error, say): the first reload's swap fails there.
+CONFIGURE_FAILS_ONCE = """
+import edgegw.ingest
+configure, calls = edgegw.ingest.Ingest.configure, []
+def failing(self, *a, **k):
+    calls.append(1)
+    if len(calls) == 2:
+        raise OSError("injected: the writer cannot take the new config")
+    return configure(self, *a, **k)
+edgegw.ingest.Ingest.configure = failing
+"""
+
+
+def test_a_reload_the_writer_cannot_take_keeps_the_running_config_and_restarts_what_it_stopped(tmp_path, emulator):
+    config = write_config(tmp_path, emulator.link, None, extra=archive("archive-a"))
+    daemon = Daemon(config, inject=CONFIGURE_FAILS_ONCE).start()
+    try:
+        daemon.wait_receiving()
+        sender = Sender(emulator)
+        sender.send("river-01")
+        daemon.wait_committed(1)
+        config.write_text(config.read_text().replace("archive-a", "archive-b") + RIVER_03)
+        said = reloaded(daemon, 0)
+        assert said["event"].startswith("config reload failed in the writer") and said["level"] == "error"
+        # The uplink stopped for the reload runs again as it was, and the source reads on.
+        wait_until(lambda: next(u for u in daemon.status()["uplinks"] if u["name"] == "archive")["state"] == "up",
+                   10, "the archive uplink up again")
+        ids = {sender.send("river-01") for _ in range(3)}
+        wait_until(lambda: sum(len(f.read_text().splitlines()) for f in (tmp_path / "data" / "archive-a").glob("*"))
+                   and ids <= {item["id"] for f in (tmp_path / "data" / "archive-a").glob("*")
+                               for line in f.read_text().splitlines() for item in json.loads(line)["items"]},
+                   20, "the new frames in the old archive")
+        assert not (tmp_path / "data" / "archive-b").exists()
+        said = reloaded(daemon, 1)  # the same file again: now it takes
+        assert said["event"] == "config reloaded" and said["uplinks_restarted"] == ["archive"]
         assert daemon.stop() == 0
     finally:
         daemon.stop()
