@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +25,7 @@ class Terminal:
 
     def __init__(self, name: str):
         self.name = name
+        self.socket: str | None = None  # tmux leaves its socket file behind when its server is killed
 
     def tmux(self, *args: str) -> str:
         return subprocess.run(["tmux", "-L", self.name, *args], check=True, capture_output=True, text=True).stdout
@@ -32,6 +34,7 @@ class Terminal:
         # pytest sets COLUMNS and LINES (80x24) for its own output: the command is to see the terminal's size.
         self.tmux("new-session", "-d", "-s", self.name, "-x", "120", "-y", "40",
                   shlex.join(["env", "-u", "COLUMNS", "-u", "LINES", *command]))
+        self.socket = self.tmux("display-message", "-p", "#{socket_path}").strip()
 
     def screen(self) -> str:
         return self.tmux("capture-pane", "-p", "-t", self.name)
@@ -46,6 +49,8 @@ class Terminal:
 
     def kill(self) -> None:
         subprocess.run(["tmux", "-L", self.name, "kill-server"], capture_output=True)
+        if self.socket:
+            Path(self.socket).unlink(missing_ok=True)
 
 
 @pytest.fixture
