@@ -26,8 +26,9 @@ from typing import Any
 import structlog
 
 from edgegw import __version__, dbfile, heap
-from edgegw.config import Config, SigfoxUplink, UplinkConfig
+from edgegw.config import Config, SigfoxUplink, UplinkConfig, load_config
 from edgegw.drivers import DriverRegistry
+from edgegw.errors import ConfigError
 from edgegw.forwarder import Forwarder, Sender
 from edgegw.ingest import Ingest
 from edgegw.log import Throttle
@@ -41,7 +42,7 @@ from edgegw.rules.actions import ActionRunner
 from edgegw.running import HEARTBEAT_EVERY, DataDirLock
 from edgegw.store import Store, db_path, quick_check
 from edgegw.supervise import Stage
-from edgegw.uplink import build_uplink
+from edgegw.uplink import Uplink, build_uplink
 from edgegw.uplink.sigfox.sender import SigfoxSender, sigfox_health
 from edgegw.writer import Writer
 
@@ -66,6 +67,15 @@ def notify_systemd(message: str) -> None:
             pass
 
 
+# Read once at start: a change to these is refused by a reload (SIGHUP) and takes a restart.
+RESTART_ONLY = ("gateway_id", "data_dir", "store", "log", "actions")
+
+
+def routing(uplinks: list[UplinkConfig], bits: dict[str, int]) -> Routing:
+    """Which uplinks take an item, by the uplinks' bits."""
+    return Routing({bits[u.name]: u.item_route() for u in uplinks})
+
+
 class Gateway:
     """One running gateway. ``start()``, then ``stop()``; :func:`run` does both around signals."""
 
@@ -79,7 +89,7 @@ class Gateway:
         for name, kinds in self.store.released.items():
             log.warning("uplink no longer in the config: what waited for it alone is released unsent",
                         uplink=name, **kinds)
-        self.routing = Routing({bits[u.name]: u.item_route() for u in uplinks})  # which uplinks take an item
+        self.routing = routing(uplinks, bits)
         damaged_mask = self.routing.mask("alarm", None, "database_damaged")
         for alarm in dbfile.record(self.store, damage, config.gateway_id, damaged_mask):
             log.warning("alarm", alarm=alarm.kind, id=alarm.alarm_id, severity=alarm.severity,
@@ -88,28 +98,31 @@ class Gateway:
         self.ingest = Ingest(config, drivers, self.store, self.routing.reading)
         self.rules = RuleEngine(config, drivers, self.store, time.time(), time.monotonic())
         self.actions = ActionRunner(config.actions, config.gateway_id)
-        self.forwarders: list[Sender] = [
-            SigfoxSender(u, bits[u.name], self.routing, db_path(config.data_dir), config.data_dir, self._post)
-            if isinstance(u, SigfoxUplink) else
-            Forwarder(build_uplink(u, config), bits[u.name], db_path(config.data_dir),
-                      config.gateway_id, u.batch.max_items, u.batch.max_bytes, getattr(u, "max_inflight", 1),
-                      self._post, u.stalled_after)
-            for u in uplinks
-        ]
+        self.forwarders: list[Sender] = [self._sender(config, u, bits[u.name], self.routing) for u in uplinks]
         self.writer = Writer(config, self.store, self.ingest, self.rules, self.actions, self.forwarders, bits,
                              self.routing, ReadTurn())
         self.writer.on_damage = self._database_damaged
         self.writer.daemon_health = lambda: {"restarts": {s.name: s.restarts for s in self.stages if s.restarts},
-                                             **sigfox_health(config)}
-        self.emulators: list[Any] = []  # a simulated source's module (see edgegw.radio.registry.build_emulator)
+                                             **sigfox_health(self.config)}
+        self.emulators: dict[str, Any] = {}  # a simulated source's module (see edgegw.radio.registry.build_emulator)
         self.stages: list[Stage] = []
+        # Each source's and forwarder's stop, by stage name: a reload stops some and leaves the others.
+        self.stops: dict[str, threading.Event] = {}
+
+    def _sender(self, config: Config, u: UplinkConfig, bit: int, routing: Routing,
+                uplink: Uplink | None = None) -> Sender:
+        """The stage that forwards to one uplink; ``uplink``: that uplink already built (see :meth:`reload`)."""
+        if isinstance(u, SigfoxUplink):
+            return SigfoxSender(u, bit, routing, db_path(config.data_dir), config.data_dir, self._post)
+        return Forwarder(uplink or build_uplink(u, config), bit, db_path(config.data_dir), config.gateway_id,
+                         u.batch.max_items, u.batch.max_bytes, getattr(u, "max_inflight", 1), self._post,
+                         u.stalled_after)
 
     def _post(self, event: Event) -> None:
         self.writer.post(event)
 
     def start(self) -> None:
-        self._source_stop = threading.Event()
-        self._forward_stop = threading.Event()
+        self._source_stop = threading.Event()  # the daemon is stopping: every source stops
         self._writer_stop = threading.Event()  # set only once the writer has drained the queue
         self.actions.start()
         if self.actions.actions:
@@ -123,15 +136,9 @@ class Gateway:
         # and sending must start at once.
         threading.Thread(target=self._check_integrity, name="integrity-check", daemon=True).start()
         for fwd, uplink in zip(self.forwarders, self.config.effective_uplinks()):
-            # After a crash the forwarder starts over with a fresh uplink: the old one was stopped.
-            self._stage(f"forwarder:{uplink.name}", functools.partial(fwd.run, self._forward_stop),
-                        self._forward_stop, on_crash=functools.partial(self._fresh_uplink, fwd, uplink))
+            self._forwarder_stage(fwd, uplink)
         for source in self.config.sources:
-            simulate = getattr(source, "simulate", None)
-            port = source.port if simulate is None else str(self._start_simulation(source))
-            radio = build_source(source, port, self.writer.read_turn)
-            self._stage(f"source:{radio.name}", functools.partial(radio.run, self.writer.emit, self._source_stop),
-                        self._source_stop)
+            self._source_stages(source)
         for stage in self.stages:  # in the order made: the writer before the sources that feed it
             stage.start()
         notify_systemd("READY=1")
@@ -139,11 +146,27 @@ class Gateway:
                  sources=[s.name for s in self.config.sources], uplinks=[f.uplink.name for f in self.forwarders],
                  devices=len(self.config.devices))
 
+    def _forwarder_stage(self, fwd: Sender, uplink: UplinkConfig) -> Stage:
+        stop = self.stops[f"forwarder:{uplink.name}"] = threading.Event()
+        # After a crash the forwarder starts over with a fresh uplink: the old one was stopped.
+        return self._stage(f"forwarder:{uplink.name}", functools.partial(fwd.run, stop), stop,
+                           on_crash=functools.partial(self._fresh_uplink, fwd, uplink))
+
+    def _source_stages(self, source: Any) -> list[Stage]:
+        """A source's stage, and its virtual field's where it is simulated (made, not started)."""
+        stop = self.stops[f"source:{source.name}"] = threading.Event()
+        made = len(self.stages)
+        simulate = getattr(source, "simulate", None)
+        port = source.port if simulate is None else str(self._start_simulation(source, stop))
+        radio = build_source(source, port, self.writer.read_turn)
+        self._stage(f"source:{radio.name}", functools.partial(radio.run, self.writer.emit, stop), stop)
+        return self.stages[made:]
+
     def _fresh_uplink(self, fwd: Sender, uplink: UplinkConfig, exc: Exception) -> None:
         if isinstance(fwd, Forwarder):  # a Sigfox sender opens its module afresh itself
             fwd.uplink = build_uplink(uplink, self.config)
 
-    def _start_simulation(self, source: Any) -> Path:
+    def _start_simulation(self, source: Any, stop: threading.Event) -> Path:
         link = self.config.data_dir / f"{source.name}.pty"
         emulator = build_emulator(source, link)
         # The virtual sensors are provisioned with the gateway's keys, as an installer flashes real ones.
@@ -152,8 +175,8 @@ class Gateway:
         assert source.simulate is not None
         field = VirtualField(load_field(source.simulate), self.drivers, emulator, keys=keys)
         emulator.plug()
-        self.emulators.append(emulator)
-        self._stage(f"field:{source.name}", lambda: field.run(self._source_stop), self._source_stop)
+        self.emulators[source.name] = emulator
+        self._stage(f"field:{source.name}", lambda: field.run(stop), stop)
         log.info("simulated radio module", source=source.name, port=str(link), field=str(source.simulate))
         return link
 
@@ -168,6 +191,96 @@ class Gateway:
         stage = Stage(name, target, stop, stale_after, crashed)
         self.stages.append(stage)
         return stage
+
+    def reload(self, path: Path) -> bool:
+        """Take the config at ``path`` (SIGHUP) without losing a frame: the sources and uplinks whose
+        settings changed (or that went) are stopped, what they read committed first; the writer takes
+        the new devices, drivers, rules and routes between two groups; then the changed and new ones
+        start. Unchanged sources and uplinks run on. A config with problems is refused, every problem
+        logged, and the running one kept. True when the new config runs."""
+        try:
+            config, drivers = load_config(path, keys=True)
+        except ConfigError as exc:
+            log.error(f"config reload refused: {len(exc.problems)} problem(s) in {exc.path}; the running config is"
+                      " kept", file=exc.path, problems=[f"{exc.path}: {p}" for p in exc.problems])
+            return False
+        if fixed := [key for key in RESTART_ONLY if getattr(config, key) != getattr(self.config, key)]:
+            log.error("config reload refused: these settings take a restart (systemctl restart edgegw); the"
+                      " running config is kept", file=str(path), keys=fixed)
+            return False
+        old_uplinks = {u.name: u for u in self.config.effective_uplinks()}
+        uplinks = config.effective_uplinks()
+        changed = {u.name: u for u in uplinks if old_uplinks.get(u.name) != u}
+        try:  # before anything stops: an uplink that cannot be built (a password file gone) refuses the reload
+            built = {name: build_uplink(u, config) for name, u in changed.items() if not isinstance(u, SigfoxUplink)}
+        except Exception as exc:
+            log.error("config reload refused: an uplink cannot be made; the running config is kept", file=str(path),
+                      error=f"{type(exc).__name__}: {exc}")
+            return False
+        old_sources = {s.name: s for s in self.config.sources}
+        sources = [s for s in config.sources if old_sources.get(s.name) != s]
+        gone_sources = sorted(set(old_sources) - {s.name for s in config.sources})
+        gone_uplinks = sorted(set(old_uplinks) - {u.name for u in uplinks})
+        notify_systemd("RELOADING=1")
+        stopping_sources = [s for n, s in old_sources.items() if n in gone_sources or n in {s.name for s in sources}]
+        stopping_uplinks = [u for n, u in old_uplinks.items() if n in gone_uplinks or n in changed]
+        self._stop_stages([f"source:{s.name}" for s in stopping_sources]
+                          + [f"forwarder:{u.name}" for u in stopping_uplinks])
+        senders: list[Sender] = []
+        failed: list[Exception] = []
+
+        def swap() -> None:  # in the writer's thread, between two groups
+            rules: RuleEngine | None = None
+            try:
+                bits = self.store.register_uplinks([u.name for u in uplinks])
+                routes = routing(uplinks, bits)
+                rules = RuleEngine(config, drivers, self.store, time.time(), time.monotonic())
+                senders.extend(self._sender(config, u, bits[u.name], routes, built.get(u.name))
+                               for u in changed.values())
+                self.ingest.configure(config, drivers, routes.reading)
+            except Exception as exc:  # nothing swapped yet: the writer goes on with the running config
+                if rules is not None:
+                    self.store.on_rollback.remove(rules.reload)
+                failed.append(exc)
+                raise
+            # Nothing below can fail: the writer takes the new config whole.
+            self.store.on_rollback.remove(self.rules.reload)
+            self.rules = self.writer.rules = rules
+            w = self.writer
+            w.config, w.bits, w.routing = config, bits, routes
+            w.forwarders = {name: f for name, f in w.forwarders.items() if name in bits and name not in changed}
+            w.forwarders.update((f.uplink.name, f) for f in senders)
+            for f in w.forwarders.values():
+                if isinstance(f, SigfoxSender):  # whether another uplink takes an alarm is in the routes
+                    f.routing = routes
+
+        self.writer.between(swap).wait()
+        if failed:  # the writer kept the running config: what was stopped for the reload starts again as it was
+            log.error("config reload failed in the writer (see the error above); the running config is kept",
+                      file=str(path))
+            for u in stopping_uplinks:
+                fwd = next(f for f in self.forwarders if f.uplink.name == u.name)
+                self._fresh_uplink(fwd, u, failed[0])
+                self._forwarder_stage(fwd, u).start()
+            for source in stopping_sources:
+                for stage in self._source_stages(source):
+                    stage.start()
+            notify_systemd("READY=1")
+            return False
+        self.config, self.drivers, self.routing = config, drivers, self.writer.routing
+        self.forwarders = list(self.writer.forwarders.values())
+        started = [self._forwarder_stage(fwd, changed[fwd.uplink.name]) for fwd in senders]
+        for source in sources:
+            started += self._source_stages(source)
+        for stage in started:
+            stage.start()
+        notify_systemd("READY=1")
+        log.info("config reloaded", file=str(path), sources_restarted=[s.name for s in sources if s.name in old_sources],
+                 sources_started=[s.name for s in sources if s.name not in old_sources], sources_stopped=gone_sources,
+                 uplinks_restarted=[n for n in changed if n in old_uplinks],
+                 uplinks_started=[n for n in changed if n not in old_uplinks], uplinks_stopped=gone_uplinks,
+                 devices=len(config.devices))
+        return True
 
     def _database_damaged(self, exc: BaseException) -> None:
         """SQLite found damage in the database in use: note it and have the daemon exit (see :func:`run`)."""
@@ -189,17 +302,8 @@ class Gateway:
         """Stop reading, commit what was read, stop forwarding. Nothing accepted is lost by stopping."""
         notify_systemd("STOPPING=1")
         self._source_stop.set()
-        self._join("source:", "field:", timeout=5)
-        for e in self.emulators:
-            e.unplug()
-        for source in self.config.sources:
-            self.writer.post(SourceState(source.name, "stopped"))
-        self._forward_stop.set()
-        for fwd in self.forwarders:
-            fwd.wake.set()
-        self._join("forwarder:", timeout=10)
-        for fwd in self.forwarders:
-            self.writer.post(UplinkState(fwd.uplink.name, "stopped"))
+        self._stop_stages([f"source:{s.name}" for s in self.config.sources])
+        self._stop_stages([f"forwarder:{fwd.uplink.name}" for fwd in self.forwarders])
         self.writer.stop()
         self._join("writer", timeout=30)
         self.actions.stop()
@@ -207,6 +311,28 @@ class Gateway:
         self._writer_stop.set()
         self.store.close()
         log.info("gateway stopped", **self.writer.counts)
+
+    def _stop_stages(self, names: list[str]) -> None:
+        """Stop these sources and forwarders (by stage name, ``source:NAME``, ``forwarder:NAME``) and
+        take their stages off the list. A source's last read is committed before its thread ends; a
+        forwarder's items in flight stay pending, sent again by the next one."""
+        for name in names:
+            self.stops.pop(name).set()
+        ending = [s for s in self.stages if s.name.replace("field:", "source:", 1) in names]
+        stopping = [fwd for fwd in self.forwarders if f"forwarder:{fwd.uplink.name}" in names]
+        for fwd in stopping:
+            fwd.wake.set()
+        for stage in ending:
+            stage.thread.join(timeout=10 if stage.name.startswith("forwarder:") else 5)
+        for name in names:
+            kind, _, part = name.partition(":")
+            if kind == "source":
+                if (emulator := self.emulators.pop(part, None)) is not None:
+                    emulator.unplug()
+                self.writer.post(SourceState(part, "stopped"))
+        for fwd in stopping:
+            self.writer.post(UplinkState(fwd.uplink.name, "stopped"))
+        self.stages = [s for s in self.stages if s not in ending]
 
     def _join(self, *prefixes: str, timeout: float) -> None:
         for stage in self.stages:
@@ -244,9 +370,13 @@ def name_os_threads(named: dict[int, str]) -> dict[int, str]:
     return current
 
 
-def run(config: Config, drivers: DriverRegistry) -> None:
-    """Run until SIGTERM or SIGINT; :class:`~edgegw.running.AlreadyRunning` if another daemon has the data dir."""
+def run(config: Config, drivers: DriverRegistry, path: Path | None = None) -> None:
+    """Run until SIGTERM or SIGINT; :class:`~edgegw.running.AlreadyRunning` if another daemon has the data dir.
+    SIGHUP reads the config at ``path`` again (see :meth:`Gateway.reload`)."""
     heap.limit_heap_growth()
+    # First of all: SIGHUP's default ends the process, and a reload may come while a big database opens.
+    hup = threading.Event()
+    signal.signal(signal.SIGHUP, lambda *_: hup.set())
     dbfile.check_data_dir(config.data_dir)  # before the lock, which needs it too: one clear line, not a traceback
     lock = DataDirLock(config.data_dir, __version__)
     try:
@@ -262,7 +392,7 @@ def run(config: Config, drivers: DriverRegistry) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: done.set())
         gateway.start()
-        _watch(gateway, lock, done)
+        _watch(gateway, lock, done, hup, path)
         log.info("stopping", gateway=config.gateway_id)
         gateway.stop()
         if gateway.damaged is not None:
@@ -272,13 +402,22 @@ def run(config: Config, drivers: DriverRegistry) -> None:
         lock.release()
 
 
-def _watch(gateway: Gateway, lock: DataDirLock, done: threading.Event) -> None:
+def _watch(gateway: Gateway, lock: DataDirLock, done: threading.Event, hup: threading.Event,
+           path: Path | None) -> None:
     """The main thread, until ``done``: feed systemd's watchdog while every stage is alive, say loudly
-    which is not, and rewrite the heartbeat that ``edgegw status`` reads."""
+    which is not, rewrite the heartbeat that ``edgegw status`` reads, and reload the config on SIGHUP."""
     named: dict[int, str] = {}
     throttle = Throttle(60.0)
     next_beat = 0.0
     while not done.wait(1.0) and gateway.damaged is None:
+        # The SIGHUP handler only sets hup: a reload takes a moment, and a second SIGHUP meanwhile
+        # makes one more reload after it, not one inside it.
+        if hup.is_set():
+            hup.clear()
+            if path is None:
+                log.warning("SIGHUP ignored: this gateway was not started from a config file")
+            else:
+                gateway.reload(path)
         named = name_os_threads(named)
         if problems := gateway.problems():
             for stage, problem in problems.items():

@@ -114,10 +114,18 @@ class Ingest:
 
     def __init__(self, config: Config, drivers: DriverRegistry, store: Store, uplink_mask: int | Callable[[str], int]):
         self.store = store
-        store.describe(config.gateway_id, {name: driver.units() for name, driver in drivers.drivers.items()})
-        self.uplink_mask = uplink_mask if callable(uplink_mask) else lambda _device: uplink_mask  # per device: routes
         self.boot_id = boot_id()
         store.note_boot(self.boot_id)
+        self.configure(config, drivers, uplink_mask)
+        self.allowance = Allowance()
+        # device id -> {counter: (seq, accepted at)} of its recent frames in the current epoch, oldest first
+        self.recent: dict[str, dict[int, tuple[int, float]]] = self._recent_frames(store)
+
+    def configure(self, config: Config, drivers: DriverRegistry, uplink_mask: int | Callable[[str], int]) -> None:
+        """Take the devices, drivers, keys and routes of ``config`` (at start, and at a reload); what
+        was heard so far (counters, recent frames, allowances) is kept."""
+        self.store.describe(config.gateway_id, {name: driver.units() for name, driver in drivers.drivers.items()})
+        self.uplink_mask = uplink_mask if callable(uplink_mask) else lambda _device: uplink_mask  # per device: routes
         self.by_address: dict[tuple[str, int], tuple[Device, Driver]] = {
             (config.device_source(d), d.address): (d, drivers[d.driver]) for d in config.devices
         }
@@ -125,9 +133,6 @@ class Ingest:
         self.auth = {d.id: Auth(keys.get(d.id), d.require_auth if d.require_auth is not None else d.id in keys,
                                 d.accept_plain_until.timestamp() if d.accept_plain_until else None)
                      for d in config.devices}
-        self.allowance = Allowance()
-        # device id -> {counter: (seq, accepted at)} of its recent frames in the current epoch, oldest first
-        self.recent: dict[str, dict[int, tuple[int, float]]] = self._recent_frames(store)
 
     @staticmethod
     def _recent_frames(store: Store) -> dict[str, dict[int, tuple[int, float]]]:
@@ -147,7 +152,7 @@ class Ingest:
         known = self.by_address.get((frame.source, frame.address)) if frame.address is not None else None
         if known is None:
             return Reject(frame.source, "unknown_device", f"no device configured at address {frame.address}",
-                          frame.address, None, frame.payload, frame.wall)
+                          frame.address, None, frame.payload, frame.wall, frame.rssi, frame.snr)
         device, driver = known
         state = self.store.device(device.id, frame.source, frame.address, device.driver, frame.wall)
         try:
@@ -172,7 +177,8 @@ class Ingest:
             reason, detail = "driver_error", f"{device.driver}: {problem}"
         state.rejects += 1
         self.store.touch(state)
-        return Reject(frame.source, reason, detail, frame.address, device.id, frame.payload, frame.wall)
+        return Reject(frame.source, reason, detail, frame.address, device.id, frame.payload, frame.wall, frame.rssi,
+                      frame.snr)
 
     def _authenticate(self, auth: Auth, frame: Frame, device: Device, state: DeviceState) -> Opened | Duplicate | None:
         """The frame's envelope, opened and fresh; None for a plain frame the device may send.
@@ -209,6 +215,8 @@ class Ingest:
                 ahead = counter - last if last is not None else LATE_WINDOW + 1
                 state.seen = (state.seen << ahead | 1) & SEEN_MASK if ahead <= LATE_WINDOW else 1
                 state.last_counter = counter
+                if ahead <= LATE_WINDOW:  # a longer jump is a counter that skipped, not frames lost (see DeviceState.lost)
+                    state.lost += ahead - 1
             else:
                 behind = last - counter
                 seen = behind <= LATE_WINDOW and state.seen >> behind & 1
@@ -222,6 +230,7 @@ class Ingest:
                     self._new_epoch(state, state.epoch + 1, counter)
                 else:  # a late frame, never seen, within the window: it keeps the current epoch
                     state.seen |= 1 << behind
+                    state.lost = max(0, state.lost - 1)  # counted lost when the gap opened
             reading_id = f"{device.id}:{state.epoch}:{counter}"
         observed = frame.wall
         reading = Reading(

@@ -56,6 +56,8 @@ class Reject:
     device_id: str | None = None
     raw: bytes = b""
     wall: float = field(default_factory=time.time)
+    rssi: float | None = None  # the frame's, where it was heard (an unknown sender's is how near it is)
+    snr: float | None = None
 
 
 @dataclass(slots=True)

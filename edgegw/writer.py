@@ -83,6 +83,15 @@ class Outcome:
     durable: bool = False  # something new is accepted: the commit must reach the disk (see Store.begin)
 
 
+@dataclass(frozen=True, slots=True)
+class Between:
+    """A function the writer runs between two groups, in its own thread: a config reload swaps what
+    it works with (devices, rules, uplinks) there. ``done`` is set once it ran."""
+
+    fn: Callable[[], None]
+    done: threading.Event = field(default_factory=threading.Event)
+
+
 class Writer:
     """The writer thread's work: :meth:`run` until a ``None`` arrives on :attr:`events`."""
 
@@ -94,7 +103,7 @@ class Writer:
         self.routing = routing  # which uplinks an alarm or a health report goes to
         # Unbounded, yet small: sources add at most one turn's worth of frames (see read_turn), the
         # forwarders at most their in-flight acks.
-        self.events: queue.Queue[HandOver | None] = queue.Queue()
+        self.events: queue.Queue[HandOver | Between | None] = queue.Queue()
         # Held by the writer while it commits and by a source while it reads its port: frames are read
         # only between commits, so a crash loses at most the frames of the commit in progress.
         self.read_turn = read_turn
@@ -131,6 +140,13 @@ class Writer:
         """One event from elsewhere than a source (forwarders, the health report, the daemon)."""
         self.events.put(HandOver((event,)))
 
+    def between(self, fn: Callable[[], None]) -> threading.Event:
+        """Run ``fn`` in the writer's thread once what is queued now is committed; the Event is set
+        when it has run (or raised: the writer logs it and lives on). Sources wait meanwhile."""
+        call = Between(fn)
+        self.events.put(call)
+        return call.done
+
     def stop(self) -> None:
         """Commit what is queued, then end :meth:`run`."""
         self.events.put(None)
@@ -158,13 +174,15 @@ class Writer:
                         except queue.Empty:
                             break
                     done = None in group
-                    handed = [h for h in group if h is not None]
+                    handed = [h for h in group if type(h) is HandOver]
                     try:
                         self._commit_or_wait([e for h in handed for e in h.events])
                     finally:  # committed, or failed for good (or the writer crashed): the source may read again
                         for h in handed:
                             if h.committed is not None:
                                 h.committed.set()
+                    if len(handed) + done < len(group):
+                        self._run_between([h for h in group if type(h) is Between])
                 next_clock_save = time.monotonic() + CLOCK_SAVE_EVERY
             if time.monotonic() >= next_tick:
                 next_tick = time.monotonic() + TICK_EVERY
@@ -185,6 +203,15 @@ class Writer:
             self.beat()
             if time.monotonic() >= next_purge:
                 next_purge = time.monotonic() + (HOUSEKEEPING_STEP if self._purge() else PURGE_EVERY)
+
+    def _run_between(self, calls: list[Between]) -> None:
+        for call in calls:
+            try:
+                call.fn()
+            except Exception:
+                log.exception("a change between groups failed")
+            finally:
+                call.done.set()
 
     def _commit_or_wait(self, events: list[Event]) -> None:
         outcome = self._commit_group(events)
@@ -210,6 +237,8 @@ class Writer:
                     out.duplicates.append(result)
             case Reject():
                 self._reject(event, out)
+            case Ack() | Park() if self.bits.get(event.uplink) != event.bit:
+                pass  # late, from an uplink a reload removed: its bit may be another uplink's by now
             case Ack():
                 store.acked(event.bit, event.seqs, event.wall)
                 store.uplink_delivered(event.uplink, len(event.seqs), event.wall)
@@ -226,7 +255,7 @@ class Writer:
                 out.health = True
 
     def _reject(self, r: Reject, out: Outcome) -> None:
-        self.store.add_reject(r.source, r.reason, r.detail, r.address, r.device_id, r.raw, r.wall)
+        self.store.add_reject(r.source, r.reason, r.detail, r.address, r.device_id, r.raw, r.wall, r.rssi, r.snr)
         out.rejects.append(r)
 
     def _commit_group(self, group: list[Event]) -> Outcome | None:

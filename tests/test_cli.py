@@ -313,10 +313,11 @@ def test_run_passes_the_loaded_config_to_the_daemon(runner, monkeypatch):
     import edgegw.daemon
 
     seen = {}
-    monkeypatch.setattr(edgegw.daemon, "run", lambda config, drivers: seen.update(config=config, drivers=drivers))
+    monkeypatch.setattr(edgegw.daemon, "run",
+                        lambda config, drivers, path: seen.update(config=config, drivers=drivers, path=path))
     result = runner.invoke(cli, ["run", "-c", str(DEMO)])
     assert result.exit_code == 0, result.output
-    assert seen["config"].gateway_id == "demo-gw"
+    assert seen["config"].gateway_id == "demo-gw" and seen["path"] == DEMO  # read again at SIGHUP
     assert seen["drivers"].names() == ["paddy", "trap", "water_level"]
 
 

@@ -263,3 +263,44 @@ def test_only_the_last_hours_frames_are_kept_in_memory(tmp_path, monkeypatch):
     assert ids(handle(ingest, frame(3))) == ["river-01:0:3"]
     assert list(ingest.recent["river-01"]) == [3]
     assert ids(handle(ingest, frame(2))) == ["river-01:1:2"]  # a copy from over an hour ago: a new epoch
+
+
+def test_frames_lost_are_the_gaps_in_a_devices_counter_and_a_late_frame_takes_one_back(tmp_path):
+    ingest = make(tmp_path)
+    handle(ingest, frame(1), frame(2), frame(5), frame(6))  # 3 and 4 missing
+    assert ingest.store.devices["river-01"].lost == 2
+    handle(ingest, frame(4), frame(4))  # 4 arrives late (then a copy of it): one gap filled
+    assert ingest.store.devices["river-01"].lost == 1
+    handle(ingest, frame(3), frame(6 + LATE_WINDOW))  # as far ahead as the window: every frame between is lost
+    assert ingest.store.devices["river-01"].lost == LATE_WINDOW - 1
+    handle(ingest, frame(7 + 2 * LATE_WINDOW))  # further: a counter that skipped ahead (saved in steps), not loss
+    assert ingest.store.devices["river-01"].lost == LATE_WINDOW - 1
+    ingest.store.close()
+    again = make(tmp_path)  # written with the device's row at the commit, read back at start
+    assert again.store.devices["river-01"].lost == LATE_WINDOW - 1
+
+
+def test_a_schema_6_database_gains_lost_frames_and_the_rejects_radio_figures(tmp_path):
+    ingest = make(tmp_path)
+    handle(ingest, frame(1), frame(3))
+    ingest.store.close()
+    db = sqlite3.connect(tmp_path / "gw.db")
+    db.executescript("""
+        ALTER TABLE devices DROP COLUMN lost; ALTER TABLE rejects DROP COLUMN rssi; ALTER TABLE rejects DROP COLUMN snr;
+        INSERT INTO rejects(at, source, reason, address) VALUES (1.0, 'lora0', 'unknown_device', 44);
+        UPDATE meta SET value = '6' WHERE key = 'schema_version';""")
+    db.close()
+    again = make(tmp_path)
+    store = again.store
+    assert store.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("7",)
+    assert store.devices["river-01"].lost == 0  # not counted before the upgrade
+    assert store.conn.execute("SELECT address, rssi, snr FROM rejects").fetchall() == [(44, None, None)]
+    (unknown,) = handle(again, Frame("lora0", 44, b"\x02", -108.0, -8.0))
+    assert isinstance(unknown, Reject) and (unknown.rssi, unknown.snr) == (-108.0, -8.0)
+    with store.transaction():  # as the writer stores it
+        store.add_reject(unknown.source, unknown.reason, unknown.detail, unknown.address, None, unknown.raw,
+                         unknown.wall, unknown.rssi, unknown.snr)
+    assert ids(handle(again, frame(5))) == ["river-01:0:5"] and store.devices["river-01"].lost == 1
+    assert store.conn.execute("SELECT lost FROM devices WHERE id = 'river-01'").fetchone() == (1,)
+    assert store.conn.execute("SELECT address, rssi, snr FROM rejects ORDER BY id").fetchall() == [
+        (44, None, None), (44, -108.0, -8.0)]

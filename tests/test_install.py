@@ -221,6 +221,9 @@ def verify_unit(root: Path) -> subprocess.CompletedProcess[str]:
     """systemd-analyze verify of the installed unit, inside root (with the host's system units beside it,
     for the targets it names)."""
     shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True, dirs_exist_ok=True)
+    # The base system's kill, which the unit's ExecReload runs.
+    (root / "bin").mkdir(exist_ok=True)
+    shutil.copy2("/bin/kill", root / "bin" / "kill")
     return subprocess.run(["systemd-analyze", "verify", f"--root={root}", "/etc/systemd/system/edgegw.service"],
                           capture_output=True, text=True, timeout=60)
 

@@ -6,7 +6,7 @@ One module per group of commands; each command imports what it needs when it run
 
 from __future__ import annotations
 
-from edgegw.cli import doctor, outbox, run, setup, status, tools  # noqa: F401  (each registers its commands)
+from edgegw.cli import doctor, monitor, outbox, run, setup, status, tools  # noqa: F401  (each registers its commands)
 from edgegw.cli.common import cli
 
 __all__ = ["cli", "main"]

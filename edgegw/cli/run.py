@@ -21,7 +21,7 @@ from edgegw.errors import StoreError
 @cli.command()
 @config_option
 def run(config_path: Path) -> None:
-    """Run the gateway daemon until SIGTERM or Ctrl-C.
+    """Run the gateway daemon until SIGTERM or Ctrl-C; SIGHUP reloads the config file.
 
     Example: edgegw run -c configs/demo.toml
     """
@@ -32,7 +32,7 @@ def run(config_path: Path) -> None:
 
     log.configure(config.log.level, config.log.format)
     try:
-        daemon.run(config, drivers)
+        daemon.run(config, drivers, config_path)
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
     except AlreadyRunning as exc:

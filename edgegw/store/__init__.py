@@ -35,11 +35,11 @@ from edgegw.store.outbox import oldest_pending_at, pending_count, runs
 from edgegw.store.rulestate import RuleStateTables
 from edgegw.store.schema import SCHEMA_VERSION, create_schema
 from edgegw.store.states import COUNTS_EVERY, StateTables
-from edgegw.store.views import alarms, health_counts, quick_check, status
+from edgegw.store.views import alarms, health_counts, heard, quick_check, status
 
 __all__ = [
     "COUNTS_EVERY", "DB_NAME", "HOUSEKEEPING_CHUNK", "LATE_WINDOW", "SCHEMA_VERSION", "DeviceState", "Store",
-    "alarms", "connect", "db_path", "disk_usage", "health_counts", "oldest_pending_at", "open_reader",
+    "alarms", "connect", "db_path", "disk_usage", "health_counts", "heard", "oldest_pending_at", "open_reader",
     "pending_count", "quick_check", "room", "runs", "status",
 ]
 

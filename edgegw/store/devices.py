@@ -39,10 +39,16 @@ class DeviceState:
     # The frame counter of the last authenticated frame accepted (see edgegw.envelope): committed
     # with its reading, so a replay is rejected after any restart or power cut.
     auth_counter: int | None = None
+    # Frames never received, by the gaps in the device's counter (a late frame that fills one takes
+    # it back): what an installer walking the field reads as link quality, beside RSSI and SNR. A
+    # jump of more than LATE_WINDOW is not counted: a sensor that saves its counter in steps skips
+    # ahead at each reboot, and frames sent while the gateway was down for days say nothing of the link.
+    lost: int = 0
 
     @classmethod
     def of(cls, row: dict[str, Any]) -> DeviceState:
-        return cls(**{**row, "seen": int.from_bytes(row["seen"] or b"", "little")})
+        # lost: NULL in the rows of a database older than schema 7
+        return cls(**{**row, "seen": int.from_bytes(row["seen"] or b"", "little"), "lost": row.get("lost") or 0})
 
     def row(self) -> dict[str, Any]:
         return {**vars(self), "seen": blob(self.seen)}

@@ -9,9 +9,9 @@ Tables:
                    (rendered by :data:`edgegw.items.READING_ITEM_SQL`)
 ``drivers``        driver name -> the units of its values, for rendering readings
 ``uplinks``        uplink name -> bit in ``queue.pending``, and its last known state
-``devices``        registry: last seen, last RSSI/SNR, frame counter and its epoch, counts
+``devices``        registry: last seen, last RSSI/SNR, frame counter and its epoch, counts (frames lost too)
 ``sources``        radio sources: state, last frame time, frame count
-``rejects``        the last N raw frames that failed, for diagnosis (bounded)
+``rejects``        the last N raw frames that failed, with their RSSI/SNR, for diagnosis (bounded)
 ``reject_counts``  every failure counted by source and reason, forever
 ``drops``          items that left unsent, counted by reason and kind: deleted at the disk cap
                    (``disk_cap``), released when the only uplink they waited for left the config
@@ -39,7 +39,8 @@ from edgegw.store.devices import LATE_WINDOW, blob
 # 4: the uplink bits live in the queue table, delivery times in deliveries.
 # 5: only items without a device counter have their id indexed (see ``DeviceState.seen``).
 # 6: outbox.verified, devices.auth_counter.
-SCHEMA_VERSION = 6
+# 7: devices.lost (frames missed by counter gaps), rejects.rssi and rejects.snr (for edgegw monitor).
+SCHEMA_VERSION = 7
 
 
 SCHEMA = """
@@ -63,12 +64,12 @@ CREATE TABLE IF NOT EXISTS uplinks (
 CREATE TABLE IF NOT EXISTS devices (
     id TEXT PRIMARY KEY, source TEXT, address INTEGER, driver TEXT, first_seen FLOAT, last_seen FLOAT,
     last_rssi FLOAT, last_snr FLOAT, last_counter INTEGER, epoch INTEGER, readings INTEGER,
-    duplicates INTEGER, rejects INTEGER, seen BLOB, auth_counter INTEGER);
+    duplicates INTEGER, rejects INTEGER, seen BLOB, auth_counter INTEGER, lost INTEGER);
 CREATE TABLE IF NOT EXISTS sources (
     name TEXT PRIMARY KEY, state TEXT, detail TEXT, changed_at FLOAT, last_frame_at FLOAT, frames INTEGER);
 CREATE TABLE IF NOT EXISTS rejects (
     id INTEGER PRIMARY KEY, at FLOAT, source TEXT, reason TEXT, address INTEGER, device_id TEXT, detail TEXT,
-    raw BLOB);
+    raw BLOB, rssi FLOAT, snr FLOAT);
 CREATE TABLE IF NOT EXISTS reject_counts (
     source TEXT, reason TEXT, count INTEGER, last_at FLOAT, PRIMARY KEY (source, reason));
 CREATE TABLE IF NOT EXISTS drops (reason TEXT, kind TEXT, count INTEGER, last_at FLOAT, PRIMARY KEY (reason, kind));
@@ -91,7 +92,8 @@ CREATE TABLE IF NOT EXISTS damage (
 ADDED_COLUMNS = {"outbox": ["driver TEXT", "time_quality TEXT", "counter INTEGER", "source TEXT", "address INTEGER",
                             "rssi FLOAT", "snr FLOAT", "verified INTEGER"],  # verified: 6
                  "uplinks": ["inflight INTEGER"],
-                 "devices": ["seen BLOB", "auth_counter INTEGER"],  # seen: 5, auth_counter: 6
+                 "devices": ["seen BLOB", "auth_counter INTEGER", "lost INTEGER"],  # seen: 5, auth_counter: 6, lost: 7
+                 "rejects": ["rssi FLOAT", "snr FLOAT"],  # 7
                  "parked": ["seq INTEGER"]}  # 5
 
 

@@ -147,7 +147,7 @@ class StateTables(Tables):
         )
 
     def add_reject(self, source: str, reason: str, detail: str, address: int | None, device_id: str | None,
-                   raw: bytes, at: float) -> None:
+                   raw: bytes, at: float, rssi: float | None = None, snr: float | None = None) -> None:
         self.conn.execute(
             "INSERT INTO reject_counts VALUES (?, ?, 1, ?) ON CONFLICT(source, reason) DO UPDATE"
             " SET count = count + 1, last_at = excluded.last_at",
@@ -155,8 +155,9 @@ class StateTables(Tables):
         )
         if self.rejects_kept:
             self.conn.execute(
-                "INSERT INTO rejects(at, source, reason, address, device_id, detail, raw) VALUES (?,?,?,?,?,?,?)",
-                (at, source, reason, address, device_id, detail[:500], raw[:512]),
+                "INSERT INTO rejects(at, source, reason, address, device_id, detail, raw, rssi, snr)"
+                " VALUES (?,?,?,?,?,?,?,?,?)",
+                (at, source, reason, address, device_id, detail[:500], raw[:512], rssi, snr),
             )
             self._rejects_added += 1
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from edgegw.model import iso
 from edgegw.store.alarms import alarm_rows
-from edgegw.store.connection import open_reader, snapshot
+from edgegw.store.connection import Queries, open_reader, snapshot
 from edgegw.store.housekeeping import disk_usage
 from edgegw.store.outbox import oldest_pending_at, pending_count
 
@@ -122,3 +122,20 @@ def status(path: Path) -> dict[str, Any]:
         }
     finally:
         conn.close()
+
+
+def heard(conn: Queries) -> dict[str, Any]:
+    """What the radio heard, per device and per unknown address, as ``edgegw monitor`` shows it: a
+    few hundred rows at most (the registry, and the rejects kept), read in one short snapshot."""
+    q = lambda sql: [dict(r) for r in conn.execute(sql)]  # noqa: E731
+    conn.execute("BEGIN")
+    try:
+        return {
+            "devices": q("SELECT id, source, address, last_seen, last_rssi, last_snr, readings, duplicates, rejects,"
+                         " coalesce(lost, 0) AS lost FROM devices"),
+            # The latest frame's figures per address: SQLite takes the bare columns from the max(id) row.
+            "unknown": q("SELECT source, address, count(*) AS frames, max(id), at AS last_at, rssi, snr FROM rejects"
+                         " WHERE reason = 'unknown_device' GROUP BY source, address ORDER BY last_at DESC LIMIT 50"),
+        }
+    finally:
+        conn.execute("COMMIT")
