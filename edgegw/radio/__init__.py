@@ -86,6 +86,22 @@ class ReadTurn:
                 self._writing = False
                 self._cond.notify_all()
 
+    @contextmanager
+    def open(self) -> Iterator[None]:
+        """Inside :meth:`write`: let the sources read meanwhile (the writer waits for more frames to
+        commit with those it holds), then take the turn back as :meth:`write` does."""
+        with self._cond:
+            self._writing = False
+            self._cond.notify_all()
+        try:
+            yield
+        finally:
+            with self._cond:
+                turns = self._turns
+                self._cond.wait_for(lambda: not self._waiting or self._turns > turns)
+                self._cond.wait_for(lambda: not self._reading)
+                self._writing = True
+
 
 # The source families' config models build on edgegw.config.base, and edgegw.config collects them
 # into its [[sources]] union: importing edgegw.config here, once this package is whole, makes the
