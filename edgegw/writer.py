@@ -353,8 +353,10 @@ class Writer:
             for e in group:  # not recorded: their items go to be sent (or parked) again
                 if isinstance(e, Ack):
                     self.forwarders[e.uplink].recorded(e.seqs)
+                    self.forwarders[e.uplink].notify()
                 elif isinstance(e, Park):
                     self.forwarders[e.uplink].recorded([e.seq])
+                    self.forwarders[e.uplink].notify()
             return Outcome()
         if self.disk_full is not None:
             self._disk_full_over()
@@ -387,9 +389,7 @@ class Writer:
         self._raised(out.alarms)
         if out.readings or out.alarms or out.health:
             for fwd in self.forwarders.values():
-                if out.alarms:
-                    fwd.urgent.set()
-                fwd.wake.set()
+                fwd.notify(urgent=bool(out.alarms))
 
     def _raised(self, alarms: list[Alarm]) -> None:
         self.counts["alarms"] += len(alarms)
@@ -476,7 +476,7 @@ class Writer:
             log.warning("system clock stepped; readings taken before re-stamped as estimated",
                         step_s=round(self.clock.offset - before, 3), restamped=n)
         for fwd in self.forwarders.values():
-            fwd.wake.set()
+            fwd.notify()
 
     def _tick_rules(self, force: bool) -> bool:
         """Run the rule timers; commit if they raised alarms or changed state (or ``force``). True if committed."""
