@@ -104,6 +104,7 @@ class Summary:
     alarms: int = 0
     delivered: dict[str, int] = field(default_factory=dict)  # items acknowledged, by uplink
     parked: int = 0
+    since: float = field(default_factory=time.monotonic)
 
     def add(self, out: Outcome) -> None:
         self.frames += len(out.readings) + len(out.duplicates) + len(out.rejects)
@@ -117,8 +118,8 @@ class Summary:
         self.parked += len(out.parks)
 
     def log(self) -> None:
-        """One info line with the counts."""
-        log.info("summary", period_s=SUMMARY_EVERY, frames=self.frames, readings=self.readings,
+        """One info line with the counts, and the seconds they cover (SUMMARY_EVERY, less at a stop)."""
+        log.info("summary", period_s=round(time.monotonic() - self.since), frames=self.frames, readings=self.readings,
                  duplicates=self.duplicates, rejects=sum(self.rejects.values()), rejects_by_reason=self.rejects,
                  alarms=self.alarms, delivered=self.delivered, parked=self.parked)
 
@@ -220,6 +221,7 @@ class Writer:
             self.beat()
             if time.monotonic() >= next_purge:
                 next_purge = time.monotonic() + (HOUSEKEEPING_STEP if self._purge() else PURGE_EVERY)
+        self.summary.log()  # the part of a period before the stop
 
     def _group(self, group: list[HandOver | None]) -> tuple[bool, list[HandOver]]:
         """Commit ``group`` with whatever queued meanwhile: (whether a ``None`` said stop, the
