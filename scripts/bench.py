@@ -342,15 +342,17 @@ def spread(values: list[float]) -> dict:
 
 
 def summarize(runs: list[dict]) -> dict:
-    """One dict like a run's, each number replaced by its spread over the runs."""
+    """One dict like a run's, each number replaced by its spread over the runs (0 where a run lacks
+    it: a thread that took no CPU time in that run)."""
     out: dict = {}
-    for key, value in runs[0].items():
-        if isinstance(value, dict):
-            out[key] = summarize([r[key] for r in runs])
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[key] = spread([r[key] for r in runs])
+    for key in dict.fromkeys(k for r in runs for k in r):
+        values = [r.get(key) for r in runs]
+        if any(isinstance(v, dict) for v in values):
+            out[key] = summarize([v or {} for v in values])
+        elif all(isinstance(v, (int, float, type(None))) and not isinstance(v, bool) for v in values):
+            out[key] = spread([v or 0 for v in values])
         else:
-            out[key] = value
+            out[key] = values[0]
     return out
 
 
@@ -468,6 +470,20 @@ def run(n: int, backlog: int, phases: set[str], runs: int, field_n: dict[float, 
             broker.stop()
 
 
+def flatten(result: dict, prefix: str = "") -> dict[str, str]:
+    """Dotted keys; a spread as "median (min-max over N runs)"."""
+    rows: dict[str, str] = {}
+    for key, value in result.items():
+        if isinstance(value, dict) and "median" in value and "runs" in value:
+            rows[prefix + key] = (f"{value['median']:g} ({value['min']:g}-{value['max']:g} over "
+                                  f"{len(value['runs'])} runs)")
+        elif isinstance(value, dict):
+            rows.update(flatten(value, f"{prefix}{key}."))
+        else:
+            rows[prefix + key] = str(value)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--readings", type=int, default=20000)
@@ -489,8 +505,9 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        width = max(map(len, result))
-        for k, v in result.items():
+        rows = flatten(result)
+        width = max(map(len, rows))
+        for k, v in rows.items():
             print(f"{k:<{width}}  {v}")
 
 
