@@ -5,12 +5,14 @@ a source's read turn (frames and rejects), a forwarder's acknowledgement or park
 health report. The writer takes whatever arrived while its previous commit ran and commits it as
 one group (one WAL append, one fsync), each event dispatched once by its type; what is to be said
 or done about the group (log lines, alarm actions, forwarders woken, acks released) waits for the
-commit, in an :class:`Outcome`. A source reads its port again only once its hand-over is committed.
+commit, in an :class:`Outcome`. A source reads its port again only once its hand-over is committed,
+or, in a commit window (a group of a few frames, at most 100 ms), once it is in the open
+transaction; an acknowledgement alone waits a little for the next group (see :meth:`Writer._group`).
 
 Between groups, on its own clock: the rules' timers (every second), the disk cap, retention, the
 health report and the wall clock's steps.
 
-At about 450 lines this is the longest module of the daemon, on purpose: it is one thread's whole
+At about 550 lines this is the longest module of the daemon, on purpose: it is one thread's whole
 job, and each part (a group, a full disk, a timer) reads and sets the same few fields (the
 transaction in progress, the disk-full episode, what is in flight). What it writes is the store's
 (edgegw.store); what it decides about frames and alarms is ingest's and the rules'.

@@ -9,7 +9,8 @@ the writer a wake-up and a lock round trip each.
 ``emit`` returns an Event the writer sets once that list is committed (or its commit failed, so
 that a source never waits forever). A source waits for it before its next read turn: that is the
 back-pressure that keeps a burst in the kernel's tty buffer instead of the daemon's memory, and
-bounds what a crash loses to one read turn.
+bounds what a crash loses to one read turn (and the fewer than 64 frames of a commit window, in
+which the writer sets it before the commit: see edgegw.writer.Writer._group).
 """
 
 from __future__ import annotations
