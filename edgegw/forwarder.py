@@ -56,7 +56,7 @@ class Sender(Protocol):
     """What the writer needs of a stage that sends one uplink's items: a :class:`Forwarder`, or the
     Sigfox sender (edgegw.uplink.sigfox.sender)."""
 
-    wake: threading.Event  # set by the writer when new items are committed
+    wake: threading.Event  # wakes the stage's loop (the daemon sets it to stop)
     urgent: threading.Event  # set by the writer when alarms are committed
 
     @property
@@ -67,6 +67,9 @@ class Sender(Protocol):
 
     def recorded(self, seqs: list[int]) -> None:
         """The writer is done with an Ack or Park of these seqs."""
+
+    def notify(self, urgent: bool = False) -> None:
+        """The writer committed items to look at (alarms among them when ``urgent``), or gave some back."""
 
     def run(self, stop: threading.Event) -> None: ...
 
@@ -88,7 +91,13 @@ class Forwarder:
         self._reported = ("starting", "")
         self._stalled = False
         self.boot_id = boot_id()
-        self.wake = threading.Event()  # set by the writer when new items are committed
+        self.wake = threading.Event()  # wakes the loop: new items, results, states, stop
+        # Set by the writer (notify) when items were committed or given back: the outbox is read only
+        # then, or when the last read left items behind. At 100 frames/s the forwarder read it three
+        # times per batch (after each PUBACK and each ack's commit), for nothing the second and third.
+        self._fresh = threading.Event()
+        self._dry = False  # the last read found every sendable item sent (see _send_next)
+        self._dry_since = 0.0  # monotonic; the outbox is read again RESCAN_EVERY after that all the same
         # Set by the writer when alarms are committed: they go at once, past the in-flight limit,
         # instead of waiting for a slot behind batches of backlog.
         self.urgent = threading.Event()
@@ -100,6 +109,13 @@ class Forwarder:
         self._busy_lock = threading.Lock()
         self._plain_after = 0  # seq the last batch of plain readings ended at: the next starts after it
         self._rescan_at = 0.0  # monotonic time after which the end of the plain lane sends it back to its head
+
+    def notify(self, urgent: bool = False) -> None:
+        """See :meth:`Sender.notify`."""
+        self._fresh.set()
+        if urgent:
+            self.urgent.set()
+        self.wake.set()
 
     def _on_result(self, batch_id: str, error: UplinkError | None) -> None:
         self._results.put((batch_id, error))
@@ -170,7 +186,7 @@ class Forwarder:
                     if self._send_next(reader, PRIORITY_ALARM):
                         self._waiting()
                 if self.uplink.ready() and self._room():
-                    if self._send_next(reader):
+                    if self._worth_reading() and self._send_next(reader):
                         self._waiting()
                         continue
                     if not self._inflight and not self._suspects:
@@ -183,6 +199,14 @@ class Forwarder:
         finally:
             self.uplink.stop()
             reader.close()
+
+    def _worth_reading(self) -> bool:
+        """Whether the outbox may hold sendable items the forwarder has not sent. Cleared before the
+        read that follows: a notify after it is seen by the next one."""
+        if self._dry and not self._fresh.is_set() and time.monotonic() - self._dry_since < RESCAN_EVERY:
+            return False
+        self._fresh.clear()
+        return True
 
     def _handle_results(self, backoff: Backoff, stop: threading.Event) -> bool:
         failed = None
@@ -201,13 +225,14 @@ class Forwarder:
             elif isinstance(error, PermanentUplinkError) and len(seqs) > 1:
                 half = len(seqs) // 2
                 self._suspects += [seqs[:half], seqs[half:]]  # still busy: sent next, each alone
+                self._dry = False
                 log.warning("batch refused; splitting it to find the refused item", uplink=self.uplink.name,
                             items=len(seqs), error=str(error))
             elif isinstance(error, PermanentUplinkError) and seqs:
                 self.post(Park(self.uplink.name, self.bit, seqs[0], str(error)))
             else:
                 self.recorded(seqs)
-                self._plain_after = 0  # these go again, from the head of the lane
+                self._plain_after, self._dry = 0, False  # these go again, from the head of the lane
                 failed = error
         if failed is not None:
             hint = failed.retry_after if isinstance(failed, TransientUplinkError) else None
@@ -274,6 +299,10 @@ class Forwarder:
             size += len(body) + 1
         with self._busy_lock:
             self._busy.update(seqs)
+        # Nothing left behind: the urgent lane had fewer than a batch, the plain lane ended, all fitted.
+        self._dry = min_priority <= 0 and lane_ended and len(chosen) < self.max_items and len(seqs) == len(items)
+        if self._dry:
+            self._dry_since = time.monotonic()
         if lane_ended and time.monotonic() >= self._rescan_at:
             # Look again from the head next time: rows passed over meanwhile (released when the
             # writer could not record their ack, re-stamped after a clock step) are there. Not at

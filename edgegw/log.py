@@ -3,24 +3,34 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
+from typing import TextIO
 
 import structlog
+from structlog.typing import Processor
+
+
+def as_json(fmt: str = "auto", stream: TextIO | None = None) -> bool:
+    """Whether log lines are JSON: asked for, or ``auto`` and written for a machine: systemd's journal
+    (it sets JOURNAL_STREAM for the services it starts) or anything that is not a terminal."""
+    stream = sys.stderr if stream is None else stream
+    return fmt == "json" or (fmt == "auto" and ("JOURNAL_STREAM" in os.environ or not stream.isatty()))
 
 
 def configure(level: str = "info", fmt: str = "auto") -> None:
-    as_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    """JSON lines with UTC ISO times for the journal; on a terminal, aligned text in local time (the
+    person at the gateway reads the clock on the wall, not UTC). See :func:`as_json`."""
+    json_lines = as_json(fmt)
     # The console renderer prints tracebacks itself; JSON needs them rendered into the event first,
     # or log.exception() says only "exc_info": true.
-    renderers = ([structlog.processors.format_exc_info, structlog.processors.JSONRenderer()] if as_json
-                 else [structlog.dev.ConsoleRenderer(colors=False)])
+    renderers: list[Processor] = ([structlog.processors.TimeStamper(fmt="iso", utc=True), structlog.processors.format_exc_info,
+                  structlog.processors.JSONRenderer()] if json_lines
+                 else [structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S", utc=False),
+                       structlog.dev.ConsoleRenderer(colors=False)])
     structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            *renderers,
-        ],
+        processors=[structlog.processors.add_log_level, *renderers],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,

@@ -193,3 +193,4 @@ class HandOver:
 
     events: Sequence[Event]
     committed: threading.Event | None = None
+    at: float = field(default_factory=time.monotonic)  # when it was handed over (the writer may hold acks)

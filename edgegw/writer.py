@@ -5,12 +5,14 @@ a source's read turn (frames and rejects), a forwarder's acknowledgement or park
 health report. The writer takes whatever arrived while its previous commit ran and commits it as
 one group (one WAL append, one fsync), each event dispatched once by its type; what is to be said
 or done about the group (log lines, alarm actions, forwarders woken, acks released) waits for the
-commit, in an :class:`Outcome`. A source reads its port again only once its hand-over is committed.
+commit, in an :class:`Outcome`. A source reads its port again only once its hand-over is committed,
+or, in a commit window (a group of a few frames, at most 100 ms), once it is in the open
+transaction; an acknowledgement alone waits a little for the next group (see :meth:`Writer._group`).
 
 Between groups, on its own clock: the rules' timers (every second), the disk cap, retention, the
 health report and the wall clock's steps.
 
-At about 450 lines this is the longest module of the daemon, on purpose: it is one thread's whole
+At about 550 lines this is the longest module of the daemon, on purpose: it is one thread's whole
 job, and each part (a group, a full disk, a timer) reads and sets the same few fields (the
 transaction in progress, the disk-full episode, what is in flight). What it writes is the store's
 (edgegw.store); what it decides about frames and alarms is ingest's and the rules'.
@@ -66,7 +68,17 @@ CAP_EVERY = 10.0  # s: how often the disk cap is checked (cheap: a few PRAGMAs)
 # delete: frames and acks that arrived meanwhile are committed first.
 HOUSEKEEPING_STEP = 0.1
 CLOCK_SAVE_EVERY = 300.0  # s: how often the rules' clock is saved when nothing else is written
+# A group of a few frames waits this long at most, in its open transaction, for more to commit with
+# (see Writer._group): at 100 frames/s a commit, an fsync and a batch per ten readings, not per one.
+COMMIT_WINDOW = 0.1  # s
+WINDOW_FRAMES = 64  # a group with this many frames is committed at once (a burst's turn holds hundreds)
+ACK_HOLD = 0.25  # s an acknowledgement alone waits to be committed with the next group
+ACK_HOLD_ITEMS = 64  # acknowledged items that are committed at once (a drain's batches hold hundreds)
 DISK_FULL_RETRY = 2.0  # s between tries of a commit that failed for want of space, when nothing more can go
+
+
+# s: how often the log says what the gateway did meanwhile (a reading is a line of its own only at debug)
+SUMMARY_EVERY = 600.0
 
 
 @dataclass
@@ -92,6 +104,37 @@ class Between:
     done: threading.Event = field(default_factory=threading.Event)
 
 
+@dataclass
+class Summary:
+    """What the writer committed since the last summary line (see :data:`SUMMARY_EVERY`)."""
+
+    frames: int = 0  # heard: readings, duplicates and rejects
+    readings: int = 0
+    duplicates: int = 0
+    rejects: dict[str, int] = field(default_factory=dict)  # by reason
+    alarms: int = 0
+    delivered: dict[str, int] = field(default_factory=dict)  # items acknowledged, by uplink
+    parked: int = 0
+    since: float = field(default_factory=time.monotonic)
+
+    def add(self, out: Outcome) -> None:
+        self.frames += len(out.readings) + len(out.duplicates) + len(out.rejects)
+        self.readings += len(out.readings)
+        self.duplicates += len(out.duplicates)
+        for j in out.rejects:
+            self.rejects[j.reason] = self.rejects.get(j.reason, 0) + 1
+        self.alarms += len(out.alarms)
+        for a in out.acks:
+            self.delivered[a.uplink] = self.delivered.get(a.uplink, 0) + len(a.seqs)
+        self.parked += len(out.parks)
+
+    def log(self) -> None:
+        """One info line with the counts, and the seconds they cover (SUMMARY_EVERY, less at a stop)."""
+        log.info("summary", period_s=round(time.monotonic() - self.since), frames=self.frames, readings=self.readings,
+                 duplicates=self.duplicates, rejects=sum(self.rejects.values()), rejects_by_reason=self.rejects,
+                 alarms=self.alarms, delivered=self.delivered, parked=self.parked)
+
+
 class Writer:
     """The writer thread's work: :meth:`run` until a ``None`` arrives on :attr:`events`."""
 
@@ -110,8 +153,9 @@ class Writer:
         self.clock = ClockWatch(time.time(), time.monotonic())
         self.throttle = Throttle(60.0)
         self.counts = {"readings": 0, "duplicates": 0, "rejects": 0, "alarms": 0}
+        self.summary = Summary()  # what happened since the last summary line
         # Checked once: a reading logged at a level that is off still cost a call through structlog's proxy.
-        self.log_readings = structlog.get_logger("edgegw.writer").bind().is_enabled_for(logging.INFO)
+        self.log_readings = structlog.get_logger("edgegw.writer").bind().is_enabled_for(logging.DEBUG)
         self.inflight_noted: dict[str, int] = {}  # uplink -> items in flight as last written for status
         self.dropping: dict[str, int] = {}  # unsent items dropped in the current disk cap episode
         self.purged = 0  # delivered items purged by the current round of chunks, logged when it ends
@@ -158,38 +202,30 @@ class Writer:
         now = time.monotonic()
         next_purge, next_tick, next_clock_save = now + 60, now, now + CLOCK_SAVE_EVERY
         next_health = now + min(30.0, self.config.health_every)
+        next_summary = now + SUMMARY_EVERY
         self.next_cap = now
         done = False
+        held: list[HandOver] = []  # acknowledgements alone, waiting to be committed with what follows
         while not done:
+            due = min(next_tick, self.next_cap, next_purge, held[0].at + ACK_HOLD if held else float("inf"))
             try:
-                first = self.events.get(timeout=max(0.0, min(next_tick, self.next_cap, next_purge) - time.monotonic()))
-                group = [first]
+                group = [self.events.get(timeout=max(0.0, due - time.monotonic()))]
             except queue.Empty:
                 group = []
-            if group:
-                with self.read_turn.write():  # what the sources read is in the queue; they wait for the commit
-                    while True:
-                        try:
-                            group.append(self.events.get_nowait())
-                        except queue.Empty:
-                            break
-                    done = None in group
-                    handed = [h for h in group if type(h) is HandOver]
-                    try:
-                        self._commit_or_wait([e for h in handed for e in h.events])
-                    finally:  # committed, or failed for good (or the writer crashed): the source may read again
-                        for h in handed:
-                            if h.committed is not None:
-                                h.committed.set()
-                    if len(handed) + done < len(group):
-                        self._run_between([h for h in group if type(h) is Between])
-                next_clock_save = time.monotonic() + CLOCK_SAVE_EVERY
+            if group or (held and time.monotonic() >= held[0].at + ACK_HOLD):
+                done, held = self._group([*held, *group])
+                if not held:
+                    next_clock_save = time.monotonic() + CLOCK_SAVE_EVERY
             if time.monotonic() >= next_tick:
                 next_tick = time.monotonic() + TICK_EVERY
                 self._watch_clock()
                 self._commit_inflight()
                 if self._tick_rules(force=time.monotonic() >= next_clock_save):
                     next_clock_save = time.monotonic() + CLOCK_SAVE_EVERY
+            if time.monotonic() >= next_summary:
+                next_summary = time.monotonic() + SUMMARY_EVERY
+                self.summary.log()
+                self.summary = Summary()
             if time.monotonic() >= next_health:
                 next_health = time.monotonic() + self.config.health_every
                 self._report_health()
@@ -203,6 +239,7 @@ class Writer:
             self.beat()
             if time.monotonic() >= next_purge:
                 next_purge = time.monotonic() + (HOUSEKEEPING_STEP if self._purge() else PURGE_EVERY)
+        self.summary.log()  # the part of a period before the stop
 
     def _run_between(self, calls: list[Between]) -> None:
         for call in calls:
@@ -213,8 +250,73 @@ class Writer:
             finally:
                 call.done.set()
 
-    def _commit_or_wait(self, events: list[Event]) -> None:
-        outcome = self._commit_group(events)
+    def _group(self, group: list[HandOver | Between | None]) -> tuple[bool, list[HandOver]]:
+        """Commit ``group`` with whatever queued meanwhile: (whether a ``None`` said stop, the
+        acknowledgements held back instead, to go with the next commit).
+
+        At field rate a reading and its acknowledgement were two commits: an acknowledgement alone
+        waits up to :data:`ACK_HOLD` for the next group (an undone ack costs a resend, never data).
+        A group of a few frames is a commit window: the writer lets the sources read on into the same
+        transaction for up to :data:`COMMIT_WINDOW`, until it holds :data:`WINDOW_FRAMES` frames or a
+        frame raises an alarm (committed at once). What a crash loses is then at most the frames of
+        the window: fewer than WINDOW_FRAMES, and one more read turn. A burst's first turn is larger
+        than that and is committed at once, as before. A :class:`Between` (a config reload) closes the
+        window and runs after the commit, before anything else is read.
+        """
+        handed: list[HandOver] = []
+        betweens: list[Between] = []
+        done = False
+
+        def take(into: list[HandOver | Between | None]) -> list[Event]:
+            nonlocal done
+            while True:
+                try:
+                    into.append(self.events.get_nowait())
+                except queue.Empty:
+                    break
+            done = done or None in into
+            betweens.extend(h for h in into if type(h) is Between)
+            new = [h for h in into if type(h) is HandOver]
+            handed.extend(new)
+            return [e for h in new for e in h.events]
+
+        closes = time.monotonic() + COMMIT_WINDOW
+
+        def more(out: Outcome) -> list[Event]:
+            """Inside the open transaction: the next events of the window, [] when it closes."""
+            frames = len(out.readings) + len(out.duplicates) + len(out.rejects)
+            if done or betweens or out.alarms or frames >= WINDOW_FRAMES or time.monotonic() >= closes:
+                return []
+            for h in handed:  # the sources read on, into this transaction
+                if h.committed is not None:
+                    h.committed.set()
+            later: list[HandOver | Between | None] = []
+            with self.read_turn.open():
+                try:
+                    later.append(self.events.get(timeout=max(0.0, closes - time.monotonic())))
+                except queue.Empty:
+                    pass
+            return take(later)  # what the sources read as the window closed goes in it too
+
+        with self.read_turn.write():  # what the sources read is in the queue; they wait for the commit
+            try:
+                events = take(group)
+                acks = [e for e in events if isinstance(e, Ack)]
+                young = bool(handed) and time.monotonic() < handed[0].at + ACK_HOLD
+                if (young and not done and not betweens and len(acks) == len(events)
+                        and sum(len(a.seqs) for a in acks) < ACK_HOLD_ITEMS):
+                    return False, handed
+                windowed = any(type(e) is Frame for e in events)
+                self._commit_or_wait(events, more if windowed else None)
+            finally:  # committed, or failed for good (or the writer crashed): the source may read again
+                for h in handed:
+                    if h.committed is not None:
+                        h.committed.set()
+        self._run_between(betweens)
+        return done, []
+
+    def _commit_or_wait(self, events: list[Event], more: Callable[[Outcome], list[Event]] | None = None) -> None:
+        outcome = self._commit_group(events, more)
         while outcome is None:  # the disk is full: free space by the cap's policy, then retry
             outcome = self._retry_when_full(events)
         self._announce(outcome)
@@ -258,8 +360,10 @@ class Writer:
         self.store.add_reject(r.source, r.reason, r.detail, r.address, r.device_id, r.raw, r.wall, r.rssi, r.snr)
         out.rejects.append(r)
 
-    def _commit_group(self, group: list[Event]) -> Outcome | None:
+    def _commit_group(self, group: list[Event], more: Callable[[Outcome], list[Event]] | None = None) -> Outcome | None:
         """Commit one group of events; return what to announce once the sources may read again.
+        ``more``: events to add to it until it returns none (a commit window, see :meth:`_group`);
+        they join ``group``.
 
         None when the disk was full: nothing of the group is recorded, and it is to be tried again
         (see :meth:`_retry_when_full`), alarms and all."""
@@ -268,6 +372,10 @@ class Writer:
             with self.store.transaction(durable=out.durable):
                 for event in group:
                     self._apply(event, out)
+                while more is not None and (later := more(out)):
+                    group += later
+                    for event in later:
+                        self._apply(event, out)
                 self.rules.save(time.time())
                 self._record_inflight()
         except Exception as exc:
@@ -281,8 +389,10 @@ class Writer:
             for e in group:  # not recorded: their items go to be sent (or parked) again
                 if isinstance(e, Ack):
                     self.forwarders[e.uplink].recorded(e.seqs)
+                    self.forwarders[e.uplink].notify()
                 elif isinstance(e, Park):
                     self.forwarders[e.uplink].recorded([e.seq])
+                    self.forwarders[e.uplink].notify()
             return Outcome()
         if self.disk_full is not None:
             self._disk_full_over()
@@ -291,9 +401,10 @@ class Writer:
     def _announce(self, out: Outcome) -> None:
         """After a commit: log, run actions, release acks, wake the forwarders for new items."""
         self.counts["readings"] += len(out.readings)
+        self.summary.add(out)
         if self.log_readings:
             for r in out.readings:
-                log.info("reading", source=r.source, device=r.device_id, address=r.address, id=r.reading_id,
+                log.debug("reading", source=r.source, device=r.device_id, address=r.address, id=r.reading_id,
                          values=r.values, rssi=r.rssi, snr=r.snr)
         for d in out.duplicates:
             log.debug("duplicate frame", device=d.device_id, id=d.reading_id)
@@ -314,9 +425,7 @@ class Writer:
         self._raised(out.alarms)
         if out.readings or out.alarms or out.health:
             for fwd in self.forwarders.values():
-                if out.alarms:
-                    fwd.urgent.set()
-                fwd.wake.set()
+                fwd.notify(urgent=bool(out.alarms))
 
     def _raised(self, alarms: list[Alarm]) -> None:
         self.counts["alarms"] += len(alarms)
@@ -403,7 +512,7 @@ class Writer:
             log.warning("system clock stepped; readings taken before re-stamped as estimated",
                         step_s=round(self.clock.offset - before, 3), restamped=n)
         for fwd in self.forwarders.values():
-            fwd.wake.set()
+            fwd.notify()
 
     def _tick_rules(self, force: bool) -> bool:
         """Run the rule timers; commit if they raised alarms or changed state (or ``force``). True if committed."""

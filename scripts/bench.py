@@ -1,7 +1,16 @@
 #!/usr/bin/env python3
 """Benchmark the real daemon: emulated module on a pty -> edgegw process -> local Mosquitto.
 
-Prints, for this machine:
+Prints, for this machine, with the daemon's default config (but for one water-level rule and a
+local action that time alarms) and its default log level (info, JSON lines as under systemd; the
+log is written to a tmpfs and counted apart, as the journal would take it):
+  idle        with no frames: the daemon's share of one core and its wake-ups per second (context
+              switches of all its threads, /proc/<pid>/task/*/status)
+  field       at 100 and at 10 frames/s (--field): daemon CPU µs per reading, in all and by thread,
+              from the first frame until all are acknowledged; wake-ups per reading; bytes written
+              per reading (plus the checkpoint owed); log bytes per reading
+  rss         a 100,000-frame burst: RSS at its start, middle and end, and its end-to-end rate
+Every figure of idle, field and the end-to-end bursts is given over --runs runs: median, min, max.
   ingest      readings/s from the serial line to committed in SQLite (a burst sent as fast as the pty takes it)
   end to end  readings/s and daemon CPU µs per reading, serial line in -> PUBACK recorded (broker up),
               in all and by thread: the burst with the median CPU time of three (each one's figure too)
@@ -17,7 +26,7 @@ Prints, for this machine:
               first batch at the broker, alarm latency while that backlog drains, then its drain
               rate once the bench's own subscriber has left the broker, peak RSS with it
 
-Usage: python scripts/bench.py [--readings 20000] [--backlog 1000000] [--json]
+Usage: python scripts/bench.py [--readings 20000] [--backlog 1000000] [--runs 3] [--phases idle,field,...] [--json]
 """
 
 from __future__ import annotations
@@ -47,6 +56,10 @@ ALARM_FRAMES = 40
 BURSTS = 3  # end-to-end bursts of --readings each; the one with the median CPU time is reported
 
 FIELD_READINGS = 100
+RSS_BURST = 100_000  # frames of the burst whose RSS is followed
+PHASES = ("idle", "field", "burst", "rss", "drain", "alarms", "restart")
+# The daemon's log goes here when there is a tmpfs: see run().
+LOG_DIR = "/dev/shm" if Path("/dev/shm").is_dir() else None
 
 # One stage far above the backlog's levels: every frame above it after one below raises an alarm.
 RULES = """
@@ -121,6 +134,27 @@ def cpu_seconds_by_thread(pid: int) -> dict[str, tuple[str, float]]:
         except FileNotFoundError:  # a short-lived thread (a health report) ended meanwhile
             pass
     return out
+
+
+def switches(pid: int) -> int:
+    """Context switches, voluntary and not, of every thread the daemon has now: each is a wake-up
+    (a poll's timeout, a timer, a frame) or a preemption."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            for line in Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines():
+                if "ctxt_switches:" in line:  # voluntary_ and nonvoluntary_
+                    total += int(line.split()[1])
+        except FileNotFoundError:  # a short-lived thread ended meanwhile
+            pass
+    return total
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def write_bytes(pid: int) -> int:
@@ -227,8 +261,104 @@ def burst(daemon: Daemon, sender: Sender, n: int, committed: int) -> dict:
     }
 
 
-def run(n: int, backlog: int) -> dict:
-    with tempfile.TemporaryDirectory(prefix="edgegw-bench-") as scratch:
+def journal_bytes(daemon: Daemon) -> int:
+    """What the daemon has logged so far (its stderr, which systemd's journal would take)."""
+    try:
+        return daemon.log.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def field_rate(daemon: Daemon, sender: Sender, rate: float, n: int) -> dict:
+    """``n`` readings at ``rate`` frames/s (devices in turn), as a busy field sends them: daemon CPU
+    per reading from the first frame until all are acknowledged (the idle cost between frames
+    included), bytes written per reading (plus the checkpoint owed), log bytes per reading."""
+    pid = daemon.proc.pid
+    wait_drained(daemon.db, 60, "delivered")
+    checkpoint(daemon.db)
+    cpu0, io0, sw0, log0 = cpu_seconds(pid), write_bytes(pid), switches(pid), journal_bytes(daemon)
+    threads0 = cpu_seconds_by_thread(pid)
+    t0 = time.monotonic()
+    for i in range(n):
+        time.sleep(max(0.0, t0 + i / rate - time.monotonic()))
+        sender.quiet(1, start=i)
+    wait_drained(daemon.db, 60, "delivered")
+    elapsed = time.monotonic() - t0
+    cpu1, io1, sw1 = cpu_seconds(pid), write_bytes(pid), switches(pid)
+    by_thread: dict[str, float] = {}
+    for tid, (name, t) in cpu_seconds_by_thread(pid).items():
+        by_thread[name] = by_thread.get(name, 0.0) + t - threads0.get(tid, ("", 0.0))[1]
+    return {
+        "cpu_us_per_reading": round((cpu1 - cpu0) / n * 1e6),
+        "cpu_us_per_reading_by_thread": {k: round(t / n * 1e6) for k, t in sorted(by_thread.items()) if t > 0},
+        "wakeups_per_reading": round((sw1 - sw0) / n, 1),
+        "bytes_written_per_reading": round((io1 - io0 + checkpoint(daemon.db)) / n),
+        "journal_bytes_per_reading": round((journal_bytes(daemon) - log0) / n),
+        "seconds": round(elapsed, 1),
+    }
+
+
+def idle(daemon: Daemon, seconds: float) -> dict:
+    """No frames for ``seconds``: the daemon's share of one core and its wake-ups per second."""
+    pid = daemon.proc.pid
+    wait_drained(daemon.db, 60, "delivered")
+    time.sleep(2)  # the last acknowledgement's commit and the forwarders' last look
+    cpu0, sw0, t0 = cpu_seconds(pid), switches(pid), time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - t0
+    return {"cpu_percent_of_a_core": round((cpu_seconds(pid) - cpu0) / elapsed * 100, 2),
+            "wakeups_per_s": round((switches(pid) - sw0) / elapsed, 1)}
+
+
+def rss_burst(daemon: Daemon, sender: Sender, n: int, committed: int) -> dict:
+    """A burst of ``n`` frames: RSS at its start, its middle and its end (all acknowledged), the peak."""
+    pid = daemon.proc.pid
+    samples: list[tuple[float, float]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.1):
+            samples.append((time.monotonic(), rss_mb(pid)))
+
+    start = rss_mb(pid)
+    sampler = threading.Thread(target=sample, daemon=True)
+    t0 = time.monotonic()
+    sampler.start()
+    sender.quiet(n)
+    daemon.wait_committed(committed, timeout=600)
+    wait_drained(daemon.db, 600, "delivered")
+    t1 = time.monotonic()
+    done.set()
+    sampler.join()
+    middle = min(samples, key=lambda s: abs(s[0] - (t0 + t1) / 2))[1] if samples else start
+    return {"frames": n, "rss_mb_start": round(start, 1), "rss_mb_middle": round(middle, 1),
+            "rss_mb_end": round(rss_mb(pid), 1), "rss_mb_peak_in_burst": round(max([start, *(s[1] for s in samples)]), 1),
+            "end_to_end_readings_per_s": round(n / (t1 - t0))}
+
+
+def spread(values: list[float]) -> dict:
+    """Median, min and max of several runs' figure."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
+
+
+def summarize(runs: list[dict]) -> dict:
+    """One dict like a run's, each number replaced by its spread over the runs (0 where a run lacks
+    it: a thread that took no CPU time in that run)."""
+    out: dict = {}
+    for key in dict.fromkeys(k for r in runs for k in r):
+        values = [r.get(key) for r in runs]
+        if any(isinstance(v, dict) for v in values):
+            out[key] = summarize([v or {} for v in values])
+        elif all(isinstance(v, (int, float, type(None))) and not isinstance(v, bool) for v in values):
+            out[key] = spread([v or 0 for v in values])
+        else:
+            out[key] = values[0]
+    return out
+
+
+def run(n: int, backlog: int, phases: set[str], runs: int, field_n: dict[float, int], idle_s: float) -> dict:
+    with tempfile.TemporaryDirectory(prefix="edgegw-bench-") as scratch, \
+            tempfile.TemporaryDirectory(prefix="edgegw-bench-log-", dir=LOG_DIR) as logs:
         tmp = Path(scratch)
         # Persistent, so the arrival clock's subscription survives the outages like a platform's would.
         (tmp / "mosquitto").mkdir()
@@ -236,53 +366,83 @@ def run(n: int, backlog: int) -> dict:
         emulator = RylrEmulator(tmp / "rylr0")
         emulator.plug()
         stamps = tmp / "action-stamps.txt"
-        config = write_config(tmp, emulator.link, broker.port, log_level="warning", max_items=500,
+        # The default config and log level (info, JSON as under systemd), but for the rule and the
+        # action that time alarms.
+        config = write_config(tmp, emulator.link, broker.port, log_level="info", max_items=500,
                               extra=RULES.format(out=stamps))
-        daemon = Daemon(config).start()
+        daemon = Daemon(config)
+        # The log goes to memory (tmpfs), as systemd's journal takes it off the daemon: its bytes
+        # are counted apart from what the daemon writes to the disk.
+        daemon.log = Path(logs) / "daemon.log"
+        daemon.start()
+        committed = 0
         try:
             daemon.wait_receiving()
             pid = daemon.proc.pid
             sender = Sender(emulator)
-            out: dict = {"readings": n}
+            out: dict = {"readings": n, "runs": runs}
 
-            # 1. broker up: serial line -> committed -> PUBACK recorded, BURSTS times: one burst's
-            # CPU time moved by a tenth from run to run on a shared machine; the median is reported.
-            bursts = [burst(daemon, sender, n, (i + 1) * n) for i in range(BURSTS)]
-            median = sorted(bursts, key=lambda b: b["cpu_us_per_reading"])[BURSTS // 2]
-            out.update(median)
-            out["cpu_us_per_reading_bursts"] = [b["cpu_us_per_reading"] for b in bursts]
-            out["peak_rss_mb_after_live_run"] = round(peak_rss_mb(pid), 1)
+            if "idle" in phases:
+                out["idle"] = summarize([idle(daemon, idle_s) for _ in range(runs)])
 
-            # 1b. field rate: one reading per commit, as a real field sends them (SD card wear)
-            io0 = write_bytes(pid)
-            for _ in range(FIELD_READINGS):
-                sender.quiet(1)
-                time.sleep(0.2)
-            wait_drained(daemon.db, 60, "delivered")
-            io1 = write_bytes(pid)
-            out["bytes_written_per_reading_one_per_commit"] = round((io1 - io0 + checkpoint(daemon.db)) / FIELD_READINGS)
+            if "field" in phases:
+                for rate, count in field_n.items():
+                    results = []
+                    for _ in range(runs):
+                        results.append(field_rate(daemon, sender, rate, count))
+                        committed += count
+                    out[f"field_{rate:g}_per_s"] = {"readings": count, **summarize(results)}
 
-            # 2. broker down: a backlog builds up, then drains
-            outage(broker, daemon, sender, n, committed=(BURSTS + 1) * n + FIELD_READINGS)
-            # Time the drain from the reconnect on, not the reconnect backoff before it.
-            cpu2 = cpu_seconds(pid)
-            t2 = time.perf_counter()
-            wait_drained(daemon.db, 600, "backlog drained")
-            t3 = time.perf_counter()
-            out["drain_readings_per_s"] = round(n / (t3 - t2))
-            out["drain_cpu_us_per_reading"] = round((cpu_seconds(pid) - cpu2) / n * 1e6, 1)
+            if "burst" in phases:
+                # 1. broker up: serial line -> committed -> PUBACK recorded, several times: one
+                # burst's CPU time moved by a tenth from run to run on a shared machine.
+                bursts = []
+                for _ in range(max(runs, BURSTS)):
+                    committed += n
+                    bursts.append(burst(daemon, sender, n, committed))
+                out["burst"] = summarize(bursts)
+                out["peak_rss_mb_after_live_run"] = round(peak_rss_mb(pid), 1)
 
-            # 3. alarms while a backlog drains: the priority lane and the local action
-            clock = ArrivalClock(broker.port, "test/gw-test/batches")
-            outage(broker, daemon, sender, n, committed=(BURSTS + 2) * n + FIELD_READINGS)
-            # The platform's own reconnect is not the gateway's latency.
-            wait_until(clock.subscribed.is_set, 30, "the arrival clock back")
-            out["backlog_pending_when_alarms_sent"] = n
-            out.update(alarm_latencies(sender, clock, stamps))
-            clock.close()
+                # 1b. field rate: one reading per commit, as a real field sends them (SD card wear)
+                io0 = write_bytes(pid)
+                for _ in range(FIELD_READINGS):
+                    sender.quiet(1)
+                    time.sleep(0.2)
+                wait_drained(daemon.db, 60, "delivered")
+                io1 = write_bytes(pid)
+                committed += FIELD_READINGS
+                out["bytes_written_per_reading_one_per_commit"] = round(
+                    (io1 - io0 + checkpoint(daemon.db)) / FIELD_READINGS)
+
+            if "rss" in phases:
+                committed += RSS_BURST
+                out["rss_burst"] = rss_burst(daemon, sender, RSS_BURST, committed)
+
+            if "drain" in phases:
+                # 2. broker down: a backlog builds up, then drains
+                committed += n
+                outage(broker, daemon, sender, n, committed=committed)
+                # Time the drain from the reconnect on, not the reconnect backoff before it.
+                cpu2 = cpu_seconds(pid)
+                t2 = time.perf_counter()
+                wait_drained(daemon.db, 600, "backlog drained")
+                t3 = time.perf_counter()
+                out["drain_readings_per_s"] = round(n / (t3 - t2))
+                out["drain_cpu_us_per_reading"] = round((cpu_seconds(pid) - cpu2) / n * 1e6, 1)
+
+            if "alarms" in phases:
+                # 3. alarms while a backlog drains: the priority lane and the local action
+                clock = ArrivalClock(broker.port, "test/gw-test/batches")
+                committed += n
+                outage(broker, daemon, sender, n, committed=committed)
+                # The platform's own reconnect is not the gateway's latency.
+                wait_until(clock.subscribed.is_set, 30, "the arrival clock back")
+                out["backlog_pending_when_alarms_sent"] = n
+                out.update(alarm_latencies(sender, clock, stamps))
+                clock.close()
             out["peak_rss_mb"] = round(peak_rss_mb(pid), 1)
 
-            if backlog:
+            if backlog and "restart" in phases:
                 # 4. a restart with a big backlog: time to the first batch, alarms while it drains
                 daemon.stop()
                 broker.stop()
@@ -310,20 +470,44 @@ def run(n: int, backlog: int) -> dict:
             broker.stop()
 
 
+def flatten(result: dict, prefix: str = "") -> dict[str, str]:
+    """Dotted keys; a spread as "median (min-max over N runs)"."""
+    rows: dict[str, str] = {}
+    for key, value in result.items():
+        if isinstance(value, dict) and "median" in value and "runs" in value:
+            rows[prefix + key] = (f"{value['median']:g} ({value['min']:g}-{value['max']:g} over "
+                                  f"{len(value['runs'])} runs)")
+        elif isinstance(value, dict):
+            rows.update(flatten(value, f"{prefix}{key}."))
+        else:
+            rows[prefix + key] = str(value)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--readings", type=int, default=20000)
     parser.add_argument("--backlog", type=int, default=1_000_000,
                         help="pending readings for the restart and drain phase (0 to skip it)")
+    parser.add_argument("--runs", type=int, default=3, help="runs of each phase; every figure shows their spread")
+    parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated, of {', '.join(PHASES)}")
+    parser.add_argument("--field", default="100:3000,10:300",
+                        help="field rates and readings per run, rate:count,... (frames/s)")
+    parser.add_argument("--idle", type=float, default=30.0, help="seconds of each idle run")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    result = run(args.readings, args.backlog)
+    phases = set(args.phases.split(","))
+    if unknown := phases - set(PHASES):
+        parser.error(f"unknown phases {', '.join(sorted(unknown))}; known: {', '.join(PHASES)}")
+    field_n = {float(r): int(c) for r, c in (pair.split(":") for pair in args.field.split(","))}
+    result = run(args.readings, args.backlog, phases, args.runs, field_n, args.idle)
     result["machine"] = f"{os.cpu_count()} cores, {os.uname().machine}, Python {sys.version.split()[0]}"
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        width = max(map(len, result))
-        for k, v in result.items():
+        rows = flatten(result)
+        width = max(map(len, rows))
+        for k, v in rows.items():
             print(f"{k:<{width}}  {v}")
 
 

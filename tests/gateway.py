@@ -111,14 +111,15 @@ class Sender:
     def burst(self, count: int) -> list[str]:
         return [self.send(DEVICES[i % len(DEVICES)][0]) for i in range(count)]
 
-    def quiet(self, count: int) -> list[str]:
+    def quiet(self, count: int, start: int = 0) -> list[str]:
         """A field on a quiet day: rivers vary below any stage, traps stay armed: no alarms.
 
         Every value varies a little, so a frame after the 16-bit counter wrapped is not a copy of the
-        frame 65,536 earlier (which the gateway would rightly take for a retransmission).
+        frame 65,536 earlier (which the gateway would rightly take for a retransmission). ``start``
+        continues the devices' round from where an earlier call left it (frames sent one at a time).
         """
         out = []
-        for i in range(count):
+        for i in range(start, start + count):
             device = DEVICES[i % len(DEVICES)][0]
             values = ({"state": "armed", "tamper": False, "battery": 3.6 - (i % 50) / 1000}
                       if device.startswith("trap") else

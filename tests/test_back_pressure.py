@@ -1,7 +1,8 @@
 """Back-pressure on the real daemon: a source reads its next turn only once its last one is committed.
 
 So in a burst the frames not yet read wait in the kernel's tty buffer, not in the daemon's memory,
-and a kill -9 loses at most one read turn: the frames read from the port and not yet committed.
+and a kill -9 loses at most one read turn (the frames read from the port and not yet committed) and
+the fewer than WINDOW_FRAMES frames a commit window may hold before it.
 A turn is the reads of what the port holds, up to TURN_BYTES (a burst fills it; the pty holds more
 behind it), so it is at most ``turn_frames(line)`` frames of a given line length.
 
@@ -14,12 +15,14 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from edgegw.radio.emulator import RylrEmulator
 from edgegw.radio.rylr import TURN_BYTES
+from edgegw.writer import COMMIT_WINDOW, WINDOW_FRAMES
 from tests.gateway import DRIVERS, Daemon, write_config
 
 pytestmark = pytest.mark.slow
@@ -45,17 +48,20 @@ def committed_counters(db: Path) -> list[int]:
     return [int(i.rsplit(":", 1)[1]) for i in ids]  # river-01:0:<counter>
 
 
-def kill_at_last_byte(tmp_path: Path, frames: int) -> tuple[int, int, int]:
-    """Send ``frames`` frames as fast as the pty takes them, SIGKILL the daemon the moment the last
-    byte is in, take what it never read from the pty, restart it and count what was committed.
-    Returns (committed, still unread in the kernel, lost: neither)."""
+def kill_at_last_byte(tmp_path: Path, frames: int, rate: float | None = None) -> tuple[int, int, int]:
+    """Send ``frames`` frames as fast as the pty takes them (or ``rate`` a second), SIGKILL the daemon
+    the moment the last byte is in, take what it never read from the pty, restart it and count what
+    was committed. Returns (committed, still unread in the kernel, lost: neither)."""
     emulator = RylrEmulator(tmp_path / "rylr0")
     emulator.plug()
     daemon = Daemon(write_config(tmp_path, emulator.link, None, log_level="info"))
     lines = [river_line(n) for n in range(frames)]
     try:
         daemon.start().wait_receiving()
-        for line in lines:
+        t0 = time.monotonic()
+        for n, line in enumerate(lines):
+            if rate is not None:
+                time.sleep(max(0.0, t0 + n / rate - time.monotonic()))
             assert emulator.write_line(line), "the pty refused a frame for a second: the daemon stopped reading"
         daemon.kill()
         unread = emulator.take_unread().decode("latin-1").split("\r\n")
@@ -72,11 +78,16 @@ def kill_at_last_byte(tmp_path: Path, frames: int) -> tuple[int, int, int]:
     return len(got), len(tail), frames - len(got) - len(tail)
 
 
-def test_a_kill_at_the_last_byte_of_a_burst_loses_at_most_one_read_turn(tmp_path):
-    bound = turn_frames(len(river_line(0)) + 2)
+def test_a_kill_at_the_last_byte_of_a_burst_loses_at_most_one_read_turn_and_a_commit_window(tmp_path):
+    # A burst that starts slowly (the sender's first frames) opens a commit window (see
+    # edgegw.writer.Writer._group): the turn read into it may join fewer than WINDOW_FRAMES frames
+    # read before it. A burst's own turns are larger than that and close the window at once.
+    turn = turn_frames(len(river_line(0)) + 2)
+    bound = turn + WINDOW_FRAMES - 1
     committed, unread, lost = kill_at_last_byte(tmp_path, 5_000)
     print(f"5,000-frame burst: committed {committed}, unread in the kernel {unread}, lost {lost} "
-          f"(bound {bound} frames of {len(river_line(0)) + 2} bytes: one turn of {TURN_BYTES} bytes)")
+          f"(bound {bound}: one turn of {TURN_BYTES} bytes, {turn} frames of {len(river_line(0)) + 2} bytes,"
+          f" and {WINDOW_FRAMES - 1} more)")
     assert lost <= bound
 
 
@@ -85,6 +96,16 @@ def vm_kb(pid: int, key: str) -> int:
         if row.startswith(key + ":"):
             return int(row.split()[1])
     raise AssertionError(f"no {key} in /proc/{pid}/status")
+
+
+def test_a_kill_at_field_rate_loses_at_most_the_frames_of_the_commit_window(tmp_path):
+    # At 100 frames/s each frame is a read turn of its own, and the writer lets the source read on
+    # into an open transaction for up to COMMIT_WINDOW (fewer than WINDOW_FRAMES frames): a kill
+    # takes those frames, not yet accepted, with it.
+    committed, unread, lost = kill_at_last_byte(tmp_path, 500, rate=100)
+    print(f"500 frames at 100/s: committed {committed}, unread in the kernel {unread}, lost {lost} "
+          f"(window {COMMIT_WINDOW * 1000:g} ms: {COMMIT_WINDOW * 100:g} frames at this rate; bound {WINDOW_FRAMES - 1})")
+    assert committed >= 400 and lost < WINDOW_FRAMES
 
 
 def test_memory_stays_flat_during_a_100_000_frame_burst(tmp_path):

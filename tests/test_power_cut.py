@@ -1,7 +1,7 @@
 """A power cut, unlike kill -9, loses the page cache: prove the fsync discipline on the real daemon.
 
 strace records the daemon's system calls while frames stream in. A reading is announced (its log
-line; alarms, actions and acks follow the same path) only after the commit that holds it returned,
+line at debug; alarms, actions and acks follow the same path) only after the commit that holds it returned,
 and with ``synchronous = "FULL"`` SQLite returns from a WAL commit only after fsyncing the WAL. So
 in the trace no reading may be announced while WAL writes are not yet fsynced; a power cut after
 an announcement cannot take the reading back. The same check on ``synchronous = "NORMAL"`` (no
@@ -63,7 +63,8 @@ def traced_run(tmp_path: Path, synchronous: str, broker_port: int | None = None,
     (readings announced, of which while the WAL was not yet fsynced, fsyncs of the WAL)."""
     emulator = RylrEmulator(tmp_path / "rylr0")
     emulator.plug()
-    daemon = Daemon(write_config(tmp_path, emulator.link, broker_port, log_level="info",
+    # At debug each reading is a log line of its own, written once its commit returned: the trace sees it.
+    daemon = Daemon(write_config(tmp_path, emulator.link, broker_port, log_level="debug",
                                  extra=f'\n[store]\nsynchronous = "{synchronous}"\n'))
     trace = tmp_path / "trace"
     strace = None

@@ -9,7 +9,8 @@ the writer a wake-up and a lock round trip each.
 ``emit`` returns an Event the writer sets once that list is committed (or its commit failed, so
 that a source never waits forever). A source waits for it before its next read turn: that is the
 back-pressure that keeps a burst in the kernel's tty buffer instead of the daemon's memory, and
-bounds what a crash loses to one read turn.
+bounds what a crash loses to one read turn (and the fewer than 64 frames of a commit window, in
+which the writer sets it before the commit: see edgegw.writer.Writer._group).
 """
 
 from __future__ import annotations
@@ -85,6 +86,22 @@ class ReadTurn:
             with self._cond:
                 self._writing = False
                 self._cond.notify_all()
+
+    @contextmanager
+    def open(self) -> Iterator[None]:
+        """Inside :meth:`write`: let the sources read meanwhile (the writer waits for more frames to
+        commit with those it holds), then take the turn back as :meth:`write` does."""
+        with self._cond:
+            self._writing = False
+            self._cond.notify_all()
+        try:
+            yield
+        finally:
+            with self._cond:
+                turns = self._turns
+                self._cond.wait_for(lambda: not self._waiting or self._turns > turns)
+                self._cond.wait_for(lambda: not self._reading)
+                self._writing = True
 
 
 # The source families' config models build on edgegw.config.base, and edgegw.config collects them

@@ -39,6 +39,11 @@ else:
 
 log = structlog.get_logger("edgegw.uplink.mqtt")
 
+# s: how long paho's loop waits for the socket when nothing arrives: how soon a deadline or a stop is
+# seen. A publish from the forwarder wakes it at once (paho writes to its socket pair); at 0.2 s this
+# loop was half of an idle gateway's wake-ups.
+LOOP_WAKE = 1.0
+
 
 @dataclass
 class _Pending:
@@ -153,7 +158,7 @@ class MqttPublisher:
                 connecting_since = time.monotonic()
                 reason: str | None = None
                 while reason is None and not self._stop.is_set():
-                    lost = client.loop(timeout=0.2) != mqtt.MQTT_ERR_SUCCESS
+                    lost = client.loop(timeout=LOOP_WAKE) != mqtt.MQTT_ERR_SUCCESS
                     reason = self._refused or ("connection lost" if lost else self._overdue(connecting_since))
                 reason = reason or "stopped"
             except (OSError, ssl.SSLError) as exc:

@@ -232,6 +232,12 @@ class SigfoxSender:
             self._busy.add(c.seq)
         self.post(Ack(self.uplink.name, self.bit, [c.seq]))
 
+    def notify(self, urgent: bool = False) -> None:
+        """The writer committed items (alarms among them when ``urgent``): look at once."""
+        if urgent:
+            self.urgent.set()
+        self.wake.set()
+
     def recorded(self, seqs: list[int]) -> None:
         """The writer recorded (or failed to record) the acks of ``seqs``: look at them again if still pending."""
         with self._busy_lock:
