@@ -180,9 +180,17 @@ class Town:
         gw.emulator.plug()
         gw.daemon = Daemon(town_config(gw, self.sensors, brokers, self.args.health_every)).start()
 
-    def wait_gateway(self, gw: Gateway, timeout: float = 180) -> None:
-        assert gw.daemon is not None
-        gw.daemon.wait_receiving(timeout)
+    def wait_gateway(self, gw: Gateway, since: float, timeout: float = 180) -> None:
+        """Until the daemon started at ``since`` (wall time) has configured its module: a restarted
+        one's database still shows the state its predecessor left."""
+        daemon = gw.daemon
+        assert daemon is not None
+
+        def receiving() -> bool:
+            daemon._check_alive()
+            return any(s["state"] == "receiving" and s["changed_at"] >= since
+                       for s in daemon.status().get("sources", []))
+        wait_until(receiving, timeout, f"{gw.gateway_id} receiving (log: {daemon.log_tail()})", poll=0.2)
         gw.started_at = time.monotonic()
         gw.up = True
 
@@ -242,10 +250,11 @@ class Town:
         brokers = self.start_broker()
         self.note(f"broker up: {a.broker} {brokers}")
         self.start_platform(brokers)
+        since = time.time()
         for gw in self.gateways:
             self.start_gateway(gw, brokers)
         for gw in self.gateways:
-            self.wait_gateway(gw)
+            self.wait_gateway(gw, since)
         self.note(f"{len(self.gateways)} gateways receiving")
         faults = sorted([(t, what) for t, what in ((a.kill_node_at, "kill-node"), (a.kill_gateway_at, "kill-gateway"),
                                                    (a.add_gateway_at, "add-gateway")) if t is not None])
@@ -292,8 +301,9 @@ class Town:
             def restart() -> None:
                 time.sleep(5)
                 assert gw.daemon is not None
+                since = time.time()
                 gw.daemon.start()
-                self.wait_gateway(gw)
+                self.wait_gateway(gw, since)
                 self.note(f"gateway {gw.gateway_id} restarted and receiving")
             thread = threading.Thread(target=restart)
         else:
@@ -303,11 +313,12 @@ class Town:
                           self.workdir / f"gw-{len(self.gateways) + 1:02d}")
             covered = [s for s in self.sensors if math.dist((s.x, s.y), (new.x, new.y)) < 0.7]
             self.gateways.append(new)
+            since = time.time()
             self.start_gateway(new, brokers)
             self.note(f"gateway {new.gateway_id} added, in range of {len(covered)} sensors already covered")
 
             def join() -> None:
-                self.wait_gateway(new)
+                self.wait_gateway(new, since)
                 for s in covered:
                     s.hears.append(new.index)
                 self.note(f"gateway {new.gateway_id} receiving")
@@ -344,9 +355,21 @@ class Town:
             "read_but_uncommitted_at_gateway_kill": self.lost_at_kill,
             "latency_p50_s": pct(0.5), "latency_p99_s": pct(0.99),
             "gateways_with_health_at_platform": len(self.tally.health),
+            "missing_sample": {i: self.where(i) for i in sorted(expected - set(at_platform))[:10]},
+            "platform_queues": self.cluster.queues() if self.cluster is not None else None,
             "per_gateway": per_gateway, "events": self.events,
             "exactly_once": expected == set(at_platform),
         }
+
+    def where(self, reading_id: str) -> dict[str, str]:
+        """For a reading missing at the platform: each gateway that heard it, and its outbox row's state."""
+        out = {}
+        for gw in self.gateways:
+            if reading_id in gw.heard and gw.daemon is not None:
+                with sqlite3.connect(f"file:{gw.daemon.db}?mode=ro", uri=True) as db:
+                    row = db.execute("SELECT * FROM outbox WHERE item_id = ?", (reading_id,)).fetchone()
+                out[gw.gateway_id] = repr(row)[:300]
+        return out
 
     def stop(self) -> None:
         if self.consumer is not None:
