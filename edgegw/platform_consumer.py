@@ -70,6 +70,7 @@ class Tally:
         self.alarms = 0
         self.by_gateway: Counter[str] = Counter()  # reading copies received from each gateway
         self.health: dict[str, dict[str, Any]] = {}  # gateway -> its latest health item
+        self.health_reports: Counter[str] = Counter()  # gateway -> health items received
         self.batches = 0
 
     def take(self, payload: bytes, now: float | None = None) -> None:
@@ -87,6 +88,7 @@ class Tally:
                 elif kind == "reading":
                     self.readings[item["id"]] = now
                 elif kind == "health":
+                    self.health_reports[item["gateway"]] += 1
                     last = self.health.get(item["gateway"])
                     if last is None or _epoch(item["observed_at"]) >= _epoch(last["observed_at"]):
                         self.health[item["gateway"]] = item

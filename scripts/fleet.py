@@ -340,7 +340,8 @@ class Town:
                 "cpu_percent": round(100 * cpu / max(1e-9, time.monotonic() - gw.started_at), 2),
                 "rss_mb": round(rss / 1e6, 1), "peak_rss_mb": round(peak / 1e6, 1),
                 "health_at_platform": None if health is None else {
-                    k: health.get(k) for k in ("observed_at", "uptime_s") if k in health},
+                    "reports": self.tally.health_reports[gw.gateway_id], "uptime_s": health.get("uptime_s"),
+                    "uplinks": health.get("uplinks"), "pending": health.get("pending")},
             }
 
         def pct(q: float) -> float | None:
