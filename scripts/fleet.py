@@ -72,7 +72,7 @@ class Gateway:
     emulator: RylrEmulator | None = None
     daemon: Daemon | None = None
     up: bool = False
-    started_at: float = 0.0
+    launched: float = 0.0  # monotonic: when its current process started
     heard: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -179,6 +179,7 @@ class Town:
         gw.workdir.mkdir(parents=True, exist_ok=True)
         gw.emulator.plug()
         gw.daemon = Daemon(town_config(gw, self.sensors, brokers, self.args.health_every)).start()
+        gw.launched = time.monotonic()
 
     def wait_gateway(self, gw: Gateway, since: float, timeout: float = 180) -> None:
         """Until the daemon started at ``since`` (wall time) has configured its module: a restarted
@@ -191,7 +192,6 @@ class Town:
             return any(s["state"] == "receiving" and s["changed_at"] >= since
                        for s in daemon.status().get("sources", []))
         wait_until(receiving, timeout, f"{gw.gateway_id} receiving (log: {daemon.log_tail()})", poll=0.2)
-        gw.started_at = time.monotonic()
         gw.up = True
 
     def kill_gateway(self, gw: Gateway) -> None:
@@ -303,6 +303,7 @@ class Town:
                 assert gw.daemon is not None
                 since = time.time()
                 gw.daemon.start()
+                gw.launched = time.monotonic()
                 self.wait_gateway(gw, since)
                 self.note(f"gateway {gw.gateway_id} restarted and receiving")
             thread = threading.Thread(target=restart)
@@ -337,7 +338,8 @@ class Town:
             per_gateway[gw.gateway_id] = {
                 "heard": len(gw.heard), "accepted": len(committed_readings(gw)),
                 "received_at_platform": self.tally.by_gateway[gw.gateway_id],
-                "cpu_percent": round(100 * cpu / max(1e-9, time.monotonic() - gw.started_at), 2),
+                "cpu_s": round(cpu, 2),  # its current process, start-up (reading the town's config) included
+                "cpu_percent": round(100 * cpu / max(1e-9, time.monotonic() - gw.launched), 2),
                 "rss_mb": round(rss / 1e6, 1), "peak_rss_mb": round(peak / 1e6, 1),
                 "health_at_platform": None if health is None else {
                     "reports": self.tally.health_reports[gw.gateway_id], "uptime_s": health.get("uptime_s"),
@@ -430,9 +432,10 @@ def main() -> None:
         print(event)
     for k, v in figures.items():
         print(f"{k:40} {v}")
-    print(f"{'gateway':8} {'heard':>6} {'accepted':>8} {'to platform':>11} {'cpu %':>6} {'rss MB':>7} {'peak MB':>7} health")
+    print(f"{'gateway':8} {'heard':>6} {'accepted':>8} {'to platform':>11} {'cpu s':>6} {'cpu %':>6} {'rss MB':>7} "
+          f"{'peak MB':>7} health")
     for gid, g in per.items():
-        print(f"{gid:8} {g['heard']:6} {g['accepted']:8} {g['received_at_platform']:11} {g['cpu_percent']:6} "
+        print(f"{gid:8} {g['heard']:6} {g['accepted']:8} {g['received_at_platform']:11} {g['cpu_s']:6} {g['cpu_percent']:6} "
               f"{g['rss_mb']:7} {g['peak_rss_mb']:7} {g['health_at_platform']}")
 
 
