@@ -80,3 +80,30 @@ def test_a_node_killed_mid_run_loses_nothing_and_delivery_resumes_on_the_other(t
             sub.close()
         daemon.stop()
         emulator.unplug()
+
+
+def test_batches_in_flight_when_a_node_hangs_go_again_over_the_other(tmp_path, two_nodes):
+    first, second = two_nodes
+    emulator = RylrEmulator(tmp_path / "rylr0")
+    emulator.plug()
+    extra = (f'\n[[uplinks]]\ntype = "mqtt"\nname = "cluster"\ntopic = "test/{{gateway}}/batches"\ndeadline = 2\n'
+             f'brokers = ["127.0.0.1:{first.port}", "127.0.0.1:{second.port}"]\nbatch = {{ max_items = 20 }}\n')
+    daemon = Daemon(write_config(tmp_path, emulator.link, None, extra=extra))
+    sub = Subscriber("127.0.0.1", second.port, TOPIC)
+    assert first.pid is not None
+    try:
+        daemon.start().wait_receiving()
+        daemon.wait_uplinks_up()
+        os.kill(first.pid, signal.SIGSTOP)  # the node takes bytes but acknowledges nothing
+        sender = Sender(emulator)
+        sent = set(sender.burst(60))
+        daemon.wait_committed(60)
+        wait_until(lambda: sent <= set(items([sub])), 30, "every reading at the other node")
+        events = daemon.log_events()
+        assert any(e.get("event") == "mqtt uplink down" and "no PUBACK" in e.get("reason", "") for e in events)
+        assert daemon.status()["outbox"]["pending"] == 0
+    finally:
+        os.kill(first.pid, signal.SIGKILL)
+        sub.close()
+        daemon.stop()
+        emulator.unplug()
