@@ -72,14 +72,22 @@ class Tally:
         self.health: dict[str, dict[str, Any]] = {}  # gateway -> its latest health item
         self.health_reports: Counter[str] = Counter()  # gateway -> health items received
         self.batches = 0
+        self.malformed = 0  # payloads that were not edgegw batches
 
     def take(self, payload: bytes, now: float | None = None) -> None:
-        """Take one batch (edgegw.batch/1 JSON)."""
+        """Take one batch (edgegw.batch/1 JSON); one that is not such a batch is counted, not raised:
+        a consumer that died on it would leave the rest of the town's batches waiting."""
         now = time.time() if now is None else now
-        batch = json.loads(payload)
+        try:
+            batch = json.loads(payload)
+            items = [i for i in batch["items"] if isinstance(i["id"], str) and i["type"]]
+        except (ValueError, KeyError, TypeError):
+            with self.lock:
+                self.malformed += 1
+            return
         with self.lock:
             self.batches += 1
-            for item in batch["items"]:
+            for item in items:
                 kind = item["type"]
                 if kind == "reading":
                     self.by_gateway[item["radio"]["gateway"]] += 1
@@ -97,7 +105,8 @@ class Tally:
 
     def summary(self) -> dict[str, Any]:
         with self.lock:
-            return {"batches": self.batches, "unique_readings": len(self.readings), "duplicates": self.duplicates,
+            return {"batches": self.batches, "malformed": self.malformed, "unique_readings": len(self.readings),
+                    "duplicates": self.duplicates,
                     "alarms": self.alarms, "gateways_reporting_health": len(self.health)}
 
 
