@@ -7,7 +7,9 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgegw.platform_consumer import Deduplicator, Tally
+from edgegw.platform_consumer import Deduplicator, PlatformConsumer, Tally
+from tests.broker import publish
+from tests.gateway import wait_until
 
 
 def batch(gateway: str, *items: dict) -> bytes:
@@ -56,3 +58,19 @@ def test_a_payload_that_is_not_a_batch_is_counted_and_the_consumer_goes_on():
     tally.take(b'{"items": [{"no": "id"}]}')
     tally.take(batch("gw-1", reading("s1:0:1", "gw-1")))
     assert tally.malformed == 2 and set(tally.readings) == {"s1:0:1"}
+
+
+def test_consumers_of_one_share_split_the_batches_on_mosquitto(mosquitto):
+    tallies = [Tally(), Tally()]
+    consumers = [PlatformConsumer([f"127.0.0.1:{mosquitto.port}"], "town/+/batches", t.take, f"platform-{n}",
+                                  share="platform").start() for n, t in enumerate(tallies)]
+    try:
+        assert all(c.subscribed.wait(10) for c in consumers)
+        for n in range(20):
+            publish("127.0.0.1", mosquitto.port, "town/gw-1/batches", batch("gw-1", reading(f"s1:0:{n}", "gw-1")))
+        wait_until(lambda: sum(len(t.readings) for t in tallies) == 20, 10, "20 batches taken")
+        assert all(t.readings for t in tallies)  # both took a share
+        assert not set(tallies[0].readings) & set(tallies[1].readings)  # and no batch went to both
+    finally:
+        for c in consumers:
+            c.stop()
