@@ -288,9 +288,9 @@ class Town:
         if what == "kill-node":
             assert self.cluster is not None, "--kill-node-at needs the RabbitMQ cluster"
             cluster = self.cluster
-            victim = 1
+            victim = self.busiest_node()
             cluster.kill(victim)
-            self.note(f"broker node {cluster.names[victim]} killed -9")
+            self.note(f"broker node {cluster.names[victim]} killed -9 (the one most gateways were on)")
 
             def back() -> None:
                 time.sleep(a.node_down)
@@ -330,6 +330,14 @@ class Town:
         thread.start()
         return thread
 
+    def busiest_node(self) -> int:
+        """The broker node most gateways are connected to now: the one whose death tests the most."""
+        assert self.cluster is not None
+        on = [u["detail"] for gw in self.gateways if gw.up and gw.daemon is not None
+              for u in gw.daemon.status().get("uplinks", []) if u["state"] == "up"]
+        return max(range(self.cluster.size),
+                   key=lambda n: sum(f"127.0.0.1:{self.cluster.mqtt_ports[n]} " in d for d in on))  # type: ignore[union-attr]
+
     def figures(self, expected: set[str]) -> dict[str, Any]:
         at_platform = dict(self.tally.readings)
         latencies = sorted(at_platform[i] - self.sent_at[i] for i in expected & set(at_platform))
@@ -341,6 +349,7 @@ class Town:
             per_gateway[gw.gateway_id] = {
                 "heard": len(gw.heard), "accepted": len(committed_readings(gw)),
                 "received_at_platform": self.tally.by_gateway[gw.gateway_id],
+                "uplink_failovers": sum(e.get("event") == "mqtt uplink down" for e in gw.daemon.log_events()),
                 "cpu_s": round(cpu, 2),  # its current process, start-up (reading the town's config) included
                 "cpu_percent": round(100 * cpu / max(1e-9, time.monotonic() - gw.launched), 2),
                 "rss_mb": round(rss / 1e6, 1), "peak_rss_mb": round(peak / 1e6, 1),

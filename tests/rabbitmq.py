@@ -23,6 +23,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
+
 from tests.broker import HOST, _accepts_connections, free_port
 
 SBIN = Path("/usr/lib/rabbitmq/bin")  # the scripts themselves: /usr/sbin's wrapper would su to the service user
@@ -32,6 +34,22 @@ START_TIMEOUT = 120.0  # three Erlang nodes booting at once on a loaded 2-core m
 def available() -> bool:
     """True when rabbitmq-server and epmd are installed (``apt-get install rabbitmq-server``)."""
     return (SBIN / "rabbitmq-server").exists() and shutil.which("epmd") is not None
+
+
+def _mqtt_session(port: int) -> bool:
+    """True when the broker on ``port`` accepts an MQTT CONNECT (CONNACK without error)."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgegw-ready-{port}")
+    answer: list[bool] = []
+    client.on_connect = lambda c, u, f, rc, p: answer.append(not rc.is_failure)
+    try:
+        client.connect(HOST, port, keepalive=10)
+        deadline = time.monotonic() + 10
+        while not answer and time.monotonic() < deadline and client.loop(0.2) == mqtt.MQTT_ERR_SUCCESS:
+            pass
+        client.disconnect()
+    except OSError:
+        return False
+    return answer == [True]
 
 
 class RabbitCluster:
@@ -71,6 +89,9 @@ class RabbitCluster:
             RABBITMQ_ADVANCED_CONFIG_FILE=str(node / "advanced.config"),
             RABBITMQ_ENABLED_PLUGINS_FILE=str(self.workdir / "enabled_plugins"),
             RABBITMQ_PID_FILE=str(node / "pid"),
+            # The script then execs the VM in its own process instead of running it as a child behind
+            # signal traps: the PID we hold is the node's, so SIGKILL kills the node, not a shell.
+            RUNNING_UNDER_SYSTEMD="true",
             # Erlang distribution on loopback only; the node's own epmd is ours.
             RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
             RABBITMQ_CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
@@ -131,8 +152,10 @@ class RabbitCluster:
             self.wait_node(n)
 
     def wait_node(self, n: int, timeout: float = START_TIMEOUT) -> None:
+        """Until node ``n`` accepts an MQTT session: its port opens before the cluster-wide client-id
+        registry answers on it, and until then it refuses CONNECT ("Server unavailable") after 5 s."""
         deadline = time.monotonic() + timeout
-        while not _accepts_connections(self.mqtt_ports[n]):
+        while not _accepts_connections(self.mqtt_ports[n]) or not _mqtt_session(self.mqtt_ports[n]):
             proc = self.procs[n]
             if proc is None or proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"RabbitMQ node {self.names[n]} did not open MQTT port {self.mqtt_ports[n]}:\n"

@@ -23,6 +23,9 @@ def test_a_town_delivers_every_heard_frame_exactly_once_through_a_node_and_a_gat
     assert figures["unique_readings_at_platform"] == figures["frames_heard"]
     assert figures["duplicates_removed"] > 0  # overlapping coverage made copies, and they were dropped
     assert figures["gateways_with_health_at_platform"] == 6  # the added gateway reports too
+    # The gateways that had the killed node first in their list moved to another (and the killed
+    # gateway's log holds its predecessor's lines too, without a failover).
+    assert sum(g["uplink_failovers"] for g in figures["per_gateway"].values()) >= 2
     added = figures["per_gateway"]["gw-06"]
     assert added["heard"] > 0 and added["accepted"] == added["heard"]
     session = [q for q in figures["platform_queues"] if "fleet-platform" in q[0]]
