@@ -11,8 +11,9 @@ cd "$(dirname "$0")/.."
 
 # mosquitto: the real broker the MQTT tests start; faketime: clock steps; openssl: a TLS test server's
 # certificates; strace: the power-cut tests; gcc: the firmware encoder; systemd: systemd-sysusers and
-# systemd-analyze for the install tests; tmux: the terminal edgegw monitor is tested in; python3-venv: the venv below.
-PACKAGES=(mosquitto faketime openssl strace gcc systemd tmux python3-venv)
+# systemd-analyze for the install tests; tmux: the terminal edgegw monitor is tested in; rabbitmq-server: the
+# clustered broker of the town's slow test; python3-venv: the venv below.
+PACKAGES=(mosquitto faketime openssl strace gcc systemd tmux rabbitmq-server python3-venv)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null | grep -q '^ii' || missing+=("$p")

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    BeforeValidator,
     Field,
     ValidationInfo,
     field_validator,
@@ -74,11 +75,32 @@ def _read_secret(section, key: str) -> str | None:
     return getattr(section, key) if path is None else path.read_text().strip()
 
 
+def _broker_address(value: Any) -> Any:
+    """A cluster node as "host:port" (or "host", port 1883), checked and split into (host, port)."""
+    if not isinstance(value, str):
+        return value
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = value, "1883"
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f'expected "host:port" of a broker node, e.g. "mqtt-2.town.example:1883" (got {value!r})')
+    return (host, int(port))
+
+
+BrokerAddress = Annotated[tuple[str, int], BeforeValidator(_broker_address)]
+
+
 class MqttConnection(_Routed):
-    """How to reach an MQTT broker: shared by every uplink that publishes over MQTT."""
+    """How to reach an MQTT broker: shared by every uplink that publishes over MQTT.
+
+    One broker is ``host`` (and ``port``); the nodes of a clustered broker are ``brokers``, tried in
+    turn: the uplink stays on the node that answers and moves to the next when it dies."""
 
     host: str
     port: int = Field(1883, ge=1, le=65535)
+    brokers: list[BrokerAddress] | None = Field(
+        None, min_length=1, description='the nodes of a clustered broker, e.g. ["mqtt-1.town:1883", "mqtt-2.town:1883"]; '
+                                        "instead of host and port")
     client_id: str | None = None
     username: str | None = None
     password: str | None = None
@@ -93,9 +115,28 @@ class MqttConnection(_Routed):
     stalled_after: Duration = Field(STALLED_AFTER, description=_STALLED)
     batch: Batching = Batching()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _host_or_brokers(cls, data: Any) -> Any:
+        # host and port stay what code and status show for "the broker": the first node of a cluster.
+        if not isinstance(data, dict) or data.get("brokers") is None:
+            return data
+        if "host" in data or "port" in data:
+            raise ValueError("set host (and port) for one broker or brokers for the nodes of a cluster, not both")
+        first = data["brokers"][0] if isinstance(data["brokers"], list) and data["brokers"] else None
+        try:
+            host, port = _broker_address(first)
+        except (TypeError, ValueError):
+            return {**data, "host": ""}  # the brokers entry reports its own problem
+        return {**data, "host": host, "port": port}
+
     @model_validator(mode="after")
     def _one_password(self) -> MqttConnection:
         return _one_secret(self, "password")
+
+    def addresses(self) -> list[tuple[str, int]]:
+        """The broker nodes to try, in order (one for a single broker)."""
+        return list(self.brokers) if self.brokers else [(self.host, self.port)]
 
     def secret(self) -> str | None:
         return _read_secret(self, "password")

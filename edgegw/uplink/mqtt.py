@@ -9,6 +9,10 @@ acknowledged are reported failed and the forwarder sends them again; a fresh cli
 replay them from its own queue, so a reconnect costs at most the in-flight window in duplicates.
 Reconnects back off exponentially with jitter.
 
+A clustered broker is configured as several nodes (``brokers``): when the connection to one fails
+or drops, the next is tried at once, and the backoff applies only when every node has failed in a
+row. Delivery resumes on the new node with the batches that were not acknowledged.
+
 Every message must be acknowledged within the uplink's ``deadline``. A broker that answers pings
 but never sends PUBACK keeps the connection alive for paho's keepalive, and would hold the batches
 in flight forever: past the deadline the connection is dropped (the uplink reports it down, with
@@ -73,6 +77,7 @@ class MqttPublisher:
         self._generation = 0  # bumped when a connection ends: its mids will never be acknowledged
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._where = f"{config.host}:{config.port}"  # the broker node connected or being tried
 
     def messages(self, batch: Batch) -> list[tuple[str, bytes]]:
         """The ``(topic, payload)`` messages of a batch; ValueError if the batch cannot be sent at all."""
@@ -146,14 +151,18 @@ class MqttPublisher:
 
     def _run(self) -> None:
         backoff = Backoff(0.5, 60.0)
-        where = f"{self.config.host}:{self.config.port}"
+        nodes = self.config.addresses()
+        node = 0  # the node to try next; the uplink stays on one that answers
+        tried = 0  # nodes tried in a row without a connection that worked
         while not self._stop.is_set():
+            host, port = nodes[node]
+            self._where = where = f"{host}:{port}"
             client = None
             self._refused = None
             self.on_state("connecting", where)
             try:
                 client = self._new_client()  # reads password_file: a missing file is an outage, not a crash
-                client.connect(self.config.host, self.config.port, self.config.keepalive)
+                client.connect(host, port, self.config.keepalive)
                 self._client = client
                 connecting_since = time.monotonic()
                 reason: str | None = None
@@ -166,6 +175,9 @@ class MqttPublisher:
             was_up = self._connected
             self._connected = False
             self._client = None
+            # Batches awaiting PUBACK fail here and the forwarder sends them again, over the next node
+            # when this one died: a cluster may have taken a message whose PUBACK was lost, so the
+            # platform can get it twice, with the same item ids.
             self._fail_inflight(reason)
             try:
                 if client is not None:
@@ -176,9 +188,16 @@ class MqttPublisher:
                 break
             if was_up:
                 backoff.reset()  # a connection that worked starts the backoff afresh
-            delay = backoff.next()
+                tried = 0
+            tried += 1
+            node = (node + 1) % len(nodes)
+            # Another node is tried at once; the backoff applies once every node has failed in a row.
+            delay = 0.0 if tried < len(nodes) else backoff.next()
+            if tried >= len(nodes):
+                tried = 0
             self.on_state("down", f"{where}: {reason}")
-            log.warning("mqtt uplink down", uplink=self.name, broker=where, reason=reason, retry_in=round(delay, 2))
+            log.warning("mqtt uplink down", uplink=self.name, broker=where, reason=reason, retry_in=round(delay, 2),
+                        next_broker="{}:{}".format(*nodes[node]))
             self._stop.wait(delay)
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -186,9 +205,8 @@ class MqttPublisher:
             self._refused = f"broker refused the connection: {reason_code}"
             return
         self._connected = True
-        self.on_state("up", f"{self.config.host}:{self.config.port} {self.describe}")
-        log.info("mqtt uplink up", uplink=self.name, broker=f"{self.config.host}:{self.config.port}",
-                 to=self.describe)
+        self.on_state("up", f"{self._where} {self.describe}")
+        log.info("mqtt uplink up", uplink=self.name, broker=self._where, to=self.describe)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         # Runs inside paho's lock: keep it short and never take a lock held across publish().
