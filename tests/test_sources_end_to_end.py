@@ -27,13 +27,15 @@ def test_example_config_runs_on_its_emulator(tmp_path, kind):
         daemon.wait_receiving()
         daemon.wait_committed(3, timeout=30)
 
-        def delivered_and_rejected() -> dict | None:
+        # Half the field's frames are garbage instead (FAULTY_FIELD): the river gauge, every 5 s, may
+        # go unheard for a few frames, so wait for its first reading rather than assume it came.
+        def delivered_rejected_and_river() -> dict | None:
             s = daemon.status()
-            if s.get("outbox", {}).get("delivered", 0) >= 1 and s.get("rejects", {}).get("by_reason"):
+            heard = {d["id"] for d in s.get("devices", []) if d["readings"]}
+            if s.get("outbox", {}).get("delivered", 0) >= 1 and s.get("rejects", {}).get("by_reason") and "river-01" in heard:
                 return s
             return None
-        status = wait_until(delivered_and_rejected, 30, f"a delivered batch and a reject ({daemon.log_tail()})")
-        assert {d["id"] for d in status["devices"] if d["readings"]} >= {"river-01"}
+        wait_until(delivered_rejected_and_river, 60, f"a delivered batch, a reject and a river reading ({daemon.log_tail()})")
         assert "Traceback" not in daemon.log.read_text()
     finally:
         assert daemon.stop() == 0
