@@ -12,10 +12,10 @@ def run_python(code: str) -> str:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
 
 
-def test_the_daemon_does_not_load_dnspython_or_sqlite_utils_or_cryptography_before_a_key_is_used():
+def test_the_daemon_does_not_load_dnspython_sqlite_utils_rich_or_cryptography_before_a_key_is_used():
     loaded = run_python("import sys, edgegw.daemon, edgegw.uplink.mqtt, edgegw.rules.actions;"
                         " print(sorted({m.split('.')[0] for m in sys.modules}"
-                        " & {'dns', 'sqlite_utils', 'pandas', 'cryptography'}))")
+                        " & {'dns', 'sqlite_utils', 'pandas', 'cryptography', 'rich', 'pygments'}))")
     assert loaded == "[]"
     used = run_python("import sys; from edgegw.envelope import seal; seal(bytes(16), 1, 1, b'');"
                       " print('cryptography' in sys.modules)")
@@ -32,3 +32,7 @@ def test_the_command_loads_no_daemon_store_uplink_or_sqlite_utils_before_a_comma
     loaded = run_python("import sys, edgegw.cli; print(sorted(m for m in ('edgegw.daemon', 'edgegw.writer',"
                         " 'edgegw.forwarder', 'paho', 'sqlite_utils', 'edgegw.store') if m in sys.modules))")
     assert loaded == "[]"
+
+
+def test_the_monitor_still_loads_rich_after_structlog_was_imported_without_it():
+    assert run_python("import structlog, edgegw.cli.monitor as m, rich.live; print(rich.live.__name__)") == "rich.live"
