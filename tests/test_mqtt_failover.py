@@ -49,13 +49,19 @@ def two_nodes(tmp_path):
         node.stop()
 
 
-def test_a_node_killed_mid_run_loses_nothing_and_delivery_resumes_on_the_other(tmp_path, two_nodes):
-    first, second = two_nodes
+def cluster_daemon(tmp_path, nodes: list[Mosquitto], settings: str = "") -> tuple[RylrEmulator, Daemon]:
+    """A plugged module emulator and a daemon (not started) whose uplink names both ``nodes``."""
     emulator = RylrEmulator(tmp_path / "rylr0")
     emulator.plug()
-    extra = (f'\n[[uplinks]]\ntype = "mqtt"\nname = "cluster"\ntopic = "test/{{gateway}}/batches"\n'
-             f'brokers = ["127.0.0.1:{first.port}", "127.0.0.1:{second.port}"]\nbatch = {{ max_items = 20 }}\n')
-    daemon = Daemon(write_config(tmp_path, emulator.link, None, extra=extra))
+    brokers = ", ".join(f'"127.0.0.1:{node.port}"' for node in nodes)
+    extra = (f'\n[[uplinks]]\ntype = "mqtt"\nname = "cluster"\ntopic = "test/{{gateway}}/batches"\n{settings}'
+             f'brokers = [{brokers}]\nbatch = {{ max_items = 20 }}\n')
+    return emulator, Daemon(write_config(tmp_path, emulator.link, None, extra=extra))
+
+
+def test_a_node_killed_mid_run_loses_nothing_and_delivery_resumes_on_the_other(tmp_path, two_nodes):
+    first, second = two_nodes
+    emulator, daemon = cluster_daemon(tmp_path, two_nodes)
     subs = [Subscriber("127.0.0.1", node.port, TOPIC) for node in two_nodes]
     try:
         daemon.start().wait_receiving()
@@ -84,11 +90,7 @@ def test_a_node_killed_mid_run_loses_nothing_and_delivery_resumes_on_the_other(t
 
 def test_batches_in_flight_when_a_node_hangs_go_again_over_the_other(tmp_path, two_nodes):
     first, second = two_nodes
-    emulator = RylrEmulator(tmp_path / "rylr0")
-    emulator.plug()
-    extra = (f'\n[[uplinks]]\ntype = "mqtt"\nname = "cluster"\ntopic = "test/{{gateway}}/batches"\ndeadline = "2s"\n'
-             f'brokers = ["127.0.0.1:{first.port}", "127.0.0.1:{second.port}"]\nbatch = {{ max_items = 20 }}\n')
-    daemon = Daemon(write_config(tmp_path, emulator.link, None, extra=extra))
+    emulator, daemon = cluster_daemon(tmp_path, two_nodes, settings='deadline = "2s"\n')
     sub = Subscriber("127.0.0.1", second.port, TOPIC)
     assert first.pid is not None
     try:
