@@ -279,12 +279,14 @@ class E220Radio:
                       mhz=round(920.6 + 0.2 * self.config.channel, 1), sf=self.config.spreading_factor)
         up()
         deframer = Deframer(self.name)
+        handed = None
         while not stop.is_set():
             if select.select([port.fileno()], [], [], QUIET)[0]:
-                hand_over(self.read_turn, emit, stop,
-                          lambda: deframer.feed(_available(port), time.time(), time.monotonic()))
+                handed = hand_over(self.read_turn, emit, stop,
+                                   lambda: deframer.feed(_available(port), time.time(), time.monotonic()), handed)
             elif deframer.pending:
-                hand_over(self.read_turn, emit, stop, lambda: deframer.flush(time.time(), time.monotonic()))
+                handed = hand_over(self.read_turn, emit, stop,
+                                   lambda: deframer.flush(time.time(), time.monotonic()), handed)
 
     def _configure(self, port: serial.Serial) -> None:
         """Mode 3, write the registers to flash, read them back, mode 0. ModuleError if any step fails."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 import re
 import select
 import threading
@@ -99,12 +100,22 @@ class LineReader:
         """Every complete line buffered, and those the port holds now up to ``most`` bytes read;
         what is beyond stays in the kernel. Reads without waiting for more to arrive."""
         taken = 0
+        fd = self.port.fileno()
         # select, not in_waiting, to ask whether there is more: a tty's poll first lets the kernel
         # finish moving what it holds into the readable buffer, so in a burst each read after a
         # full one finds it refilled instead of ending the turn early.
-        while taken < most and select.select([self.port.fileno()], [], [], 0)[0]:
-            # At least one byte: a port that is readable with nothing in it has gone, and read says so.
-            taken += self._read(most - taken)
+        while taken < most and select.select([fd], [], [], 0)[0]:
+            # pyserial keeps the port non-blocking and reads it through select and a timer: one plain
+            # read of what is there is a third of the calls, in the loop that runs for every frame.
+            try:
+                chunk = os.read(fd, most - taken)
+            except BlockingIOError:  # another reader of the port took it first: nothing for this turn
+                break
+            if not chunk:  # readable with nothing in it: the port has gone (as pyserial says too)
+                raise serial.SerialException("device reports readiness to read but returned no data"
+                                             " (device disconnected?)")
+            taken += len(chunk)
+            self._split(chunk)
         out = list(self.lines)
         self.lines.clear()
         return out
@@ -118,12 +129,15 @@ class LineReader:
             self._read()
         return self.lines.popleft()
 
-    def _read(self, most: int = TURN_BYTES) -> int:
-        """Read what the port holds, ``most`` bytes at most (at least one, waiting for it up to the
-        port's timeout); split off the lines it completes. Returns the number of bytes read."""
+    def _read(self) -> None:
+        """Read what the port holds (at least one byte, waiting for it up to the port's timeout);
+        split off the lines it completes."""
         # pyserial's read raises SerialException when the port vanishes (USB unplugged, pty closed)
+        self._split(self.port.read(max(1, min(self.port.in_waiting, TURN_BYTES))))
+
+    def _split(self, chunk: bytes) -> None:
+        """Add ``chunk`` to the bytes read; split off the lines it completes."""
         buf = self.buf
-        chunk = self.port.read(max(1, min(self.port.in_waiting, most)))
         buf += chunk
         # Every line of the chunk at once: one at a time, each line cost a copy of the rest.
         start = 0
@@ -138,7 +152,6 @@ class LineReader:
             else:
                 break
         del buf[:start]
-        return len(chunk)
 
 
 Serve = Callable[[serial.Serial, Emit, threading.Event, Callable[[], None]], None]
@@ -162,14 +175,21 @@ def run_port(source: Any, baudrate: int, serve: Serve, emit: Emit, stop: threadi
             stop.wait(delay)
 
 
-def hand_over(read_turn: ReadTurn, emit: Emit, stop: threading.Event, take: Callable[[], list]) -> None:
-    """One read turn: ``take`` what the port holds while no commit runs, hand it over at once, and
-    wait until it is committed (back-pressure: a crash loses one turn at most)."""
+def hand_over(read_turn: ReadTurn, emit: Emit, stop: threading.Event, take: Callable[[], list],
+              last: threading.Event | None) -> threading.Event | None:
+    """One read turn: wait until the last turn's hand-over (``last``, as this returned it) is
+    committed, then ``take`` what the port holds while no commit runs and hand it over at once.
+    Returns what to pass as ``last`` next time.
+
+    Back-pressure, so a crash loses one turn at most: nothing is read before the last turn is
+    committed. The wait comes before the read, not after the hand-over, so at field rate (the
+    commit long done when the next frame arrives) the source sleeps once per frame, in its poll of
+    the port, instead of twice: each wake-up of a thread cost more than the frame's parsing."""
+    if last is not None:
+        wait_committed(last, stop)
     with read_turn.read():  # not while the writer commits: unread frames stay in the kernel
         events = take()
-        committed = emit(events) if events else None  # one hand-over per turn, not per frame
-    if committed is not None:
-        wait_committed(committed, stop)
+        return emit(events) if events else None  # one hand-over per turn, not per frame
 
 
 def _drop(events: list) -> threading.Event:
@@ -199,6 +219,7 @@ class LineModule:
         self.read_turn = read_turn or ReadTurn()
         self.log = structlog.get_logger(f"edgegw.radio.{self.family}")
         self.answer_timeout: float | None = None  # a check's shorter wait for each answer
+        self.handed: threading.Event | None = None  # the last read turn's hand-over (see hand_over)
 
     # -- what a module family says ---------------------------------------------------------------
 
@@ -244,6 +265,7 @@ class LineModule:
 
     def _serve(self, port: serial.Serial, emit: Emit, stop: threading.Event, up: Callable[[], None]) -> None:
         lines = LineReader(port)
+        self.handed = None
         self._configure(port, lines, emit, None)
         up()
         while not stop.is_set():
@@ -256,7 +278,7 @@ class LineModule:
                 self._configure(port, lines, emit, banner)
 
     def _read_turn(self, lines: LineReader, emit: Emit, stop: threading.Event) -> str | None:
-        """Read what the port holds, hand it over, and wait until it is committed. Returns the banner
+        """Read what the port holds once the last turn is committed, and hand it over. Returns the banner
         if the module said it reset itself: the frames around it are handed over all the same."""
         if not lines.wait(0.5):
             return None
@@ -274,7 +296,7 @@ class LineModule:
                     events.append(event)
             return events
 
-        hand_over(self.read_turn, emit, stop, take)
+        self.handed = hand_over(self.read_turn, emit, stop, take, self.handed)
         return banner
 
     def _configure(self, port: serial.Serial, lines: LineReader, emit: Emit, banner: str | None) -> bool:

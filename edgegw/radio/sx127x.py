@@ -196,6 +196,7 @@ class Sx127xRadio:
         self._lock = threading.RLock()  # SPI: the DIO0 callback and this thread share the bus
         self._wake = threading.Event()
         self._modem: Any = None
+        self._handed: threading.Event | None = None  # the last turn's hand-over (see hand_over)
 
     def run(self, emit: Emit, stop: threading.Event) -> None:
         """Read packets until ``stop``; reopen the bus with a backoff when the chip is lost."""
@@ -330,7 +331,7 @@ class Sx127xRadio:
         self._wake.set()
 
     def _turn(self, emit: Emit, stop: threading.Event) -> None:
-        """Hand over what the chip gave since the last turn, then wait until it is committed."""
+        """Hand over what the chip gave since the last turn, once the last turn is committed."""
         self._wake.wait(POLL)
         self._wake.clear()
 
@@ -344,7 +345,7 @@ class Sx127xRadio:
                                      None, None, b"", time.time()))
             return events
 
-        hand_over(self.read_turn, emit, stop, take)
+        self._handed = hand_over(self.read_turn, emit, stop, take, self._handed)
 
 
 def _problems(config: Sx127xSource) -> list[str]:
