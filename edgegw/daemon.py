@@ -116,7 +116,7 @@ class Gateway:
             return SigfoxSender(u, bit, routing, db_path(config.data_dir), config.data_dir, self._post)
         return Forwarder(uplink or build_uplink(u, config), bit, db_path(config.data_dir), config.gateway_id,
                          u.batch.max_items, u.batch.max_bytes, getattr(u, "max_inflight", 1), self._post,
-                         u.stalled_after)
+                         u.stalled_after, u.batch.max_wait)
 
     def _post(self, event: Event) -> None:
         self.writer.post(event)

@@ -45,6 +45,7 @@ RESCAN_EVERY = 5.0  # s: at most this often, reaching the end of the plain lane 
 # s: while the uplink cannot take a batch, this often at most the outbox is asked whether items wait
 # for it (the forwarder reads nothing then, and would not know).
 PROBE_EVERY = 1.0
+TICK = 1.0  # s: the loop wakes at least this often (stalls, probes, batches that waited their max_wait)
 
 
 class Named(Protocol):
@@ -76,9 +77,11 @@ class Sender(Protocol):
 
 class Forwarder:
     def __init__(self, uplink: Uplink, bit: int, db_path: Path, gateway_id: str, max_items: int, max_bytes: int,
-                 max_inflight: int, post: Callable[[Event], None], stalled_after: float = STALLED_AFTER):
+                 max_inflight: int, post: Callable[[Event], None], stalled_after: float = STALLED_AFTER,
+                 max_wait: float = 0.0):
         self.uplink, self.bit, self.db_path, self.gateway_id = uplink, bit, db_path, gateway_id
         self.max_items, self.max_bytes, self.max_inflight = max_items, max_bytes, max_inflight
+        self.max_wait = max_wait  # s new readings wait for more to share their batch, once all before are sent
         self.post = post  # to the writer's queue
         self.stalled_after = stalled_after
         # monotonic: since when items have waited with nothing acknowledged (an ack starts it afresh);
@@ -96,6 +99,10 @@ class Forwarder:
         # then, or when the last read left items behind. At 100 frames/s the forwarder read it three
         # times per batch (after each PUBACK and each ack's commit), for nothing the second and third.
         self._fresh = threading.Event()
+        # monotonic: when the writer first committed items since the outbox was last read. While the
+        # forwarder is caught up (dry), plain items wait until this + max_wait for more to join their
+        # batch: at 100 frames/s a batch, a PUBACK and an ack per commit cost more than the readings.
+        self._fresh_at: float | None = None
         self._dry = False  # the last read found every sendable item sent (see _send_next)
         self._dry_since = 0.0  # monotonic; the outbox is read again RESCAN_EVERY after that all the same
         # Set by the writer when alarms are committed: they go at once, past the in-flight limit,
@@ -111,11 +118,16 @@ class Forwarder:
         self._rescan_at = 0.0  # monotonic time after which the end of the plain lane sends it back to its head
 
     def notify(self, urgent: bool = False) -> None:
-        """See :meth:`Sender.notify`."""
+        """See :meth:`Sender.notify`. Alarms wake the forwarder at once; new plain items only when it
+        has more to send anyway or waits less than its own tick (:data:`TICK`): else it finds them
+        there, one wake-up per batch instead of one per commit."""
+        if self._fresh_at is None:
+            self._fresh_at = time.monotonic()
         self._fresh.set()
         if urgent:
             self.urgent.set()
-        self.wake.set()
+        if urgent or not self._dry or self.max_wait < TICK:
+            self.wake.set()
 
     def _on_result(self, batch_id: str, error: UplinkError | None) -> None:
         self._results.put((batch_id, error))
@@ -194,19 +206,32 @@ class Forwarder:
                 elif not self.uplink.ready():
                     self._probe(reader)
                 self._check_stall()
-                self.wake.wait(1.0)
+                self.wake.wait(self._sleep())
                 self.wake.clear()
         finally:
             self.uplink.stop()
             reader.close()
 
     def _worth_reading(self) -> bool:
-        """Whether the outbox may hold sendable items the forwarder has not sent. Cleared before the
-        read that follows: a notify after it is seen by the next one."""
-        if self._dry and not self._fresh.is_set() and time.monotonic() - self._dry_since < RESCAN_EVERY:
-            return False
+        """Whether to read the outbox now: it may hold sendable items the forwarder has not sent, and
+        new ones have waited their max_wait. Cleared before the read that follows: a notify after it
+        is seen by the next one."""
+        if self._dry:
+            now = time.monotonic()
+            if not self._fresh.is_set():
+                if now - self._dry_since < RESCAN_EVERY:
+                    return False
+            elif now < (self._fresh_at or 0.0) + self.max_wait:
+                return False
         self._fresh.clear()
+        self._fresh_at = None
         return True
+
+    def _sleep(self) -> float:
+        """How long the loop may sleep: a tick, or less when new items are due to go before it."""
+        if self._dry and self._fresh.is_set() and self._fresh_at is not None:
+            return min(TICK, max(0.0, self._fresh_at + self.max_wait - time.monotonic()))
+        return TICK
 
     def _handle_results(self, backoff: Backoff, stop: threading.Event) -> bool:
         failed = None

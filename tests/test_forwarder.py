@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 from edgegw.errors import TransientUplinkError
 from edgegw.forwarder import Ack, Forwarder
 from edgegw.items import Batch
-from edgegw.model import Reading, boot_id
+from edgegw.model import PRIORITY_ALARM, Reading, boot_id
 from edgegw.store import Store, open_reader
 from edgegw.store.queue import batch_items
 from tests.gateway import wait_until
@@ -163,3 +164,43 @@ def test_a_batchs_items_come_out_whole_in_the_order_asked_whatever_their_values_
     assert list(items) == [seqs[2], 4, seqs[0], seqs[1]]
     assert [json.loads(body).get("values") for body in items.values()] == [values, None, values, values]
     assert json.loads(items[4]) == {"message": "x\x1ey\n"}
+
+
+def test_new_readings_wait_max_wait_to_share_a_batch_and_an_alarm_does_not(tmp_path):
+    """Caught up, the forwarder lets new plain readings wait ``max_wait`` from the first commit that
+    brought them, so a field's commits share one batch; an alarm's commit sends it at once."""
+    store, bit = outbox_of(tmp_path, 5)
+    acks: list[Ack] = []
+    uplink = ScriptedUplink([])
+    forwarder = Forwarder(uplink, bit, store.path, "gw", 100, 1 << 20, 1, acks.append, max_wait=2.0)
+    stop = threading.Event()
+    thread = threading.Thread(target=forwarder.run, args=(stop,))
+    thread.start()
+
+    def commit(item_id: str, priority: int = 0) -> None:
+        store.begin()
+        store.add_item(item_id, "alarm" if priority else "reading", priority, "d", 2e9, 0.0, boot_id(), b"x",
+                       f'{{"id":"{item_id}"}}', bit, 1.0)
+        store.commit()
+        forwarder.notify(urgent=bool(priority))
+
+    try:
+        wait_until(lambda: len(uplink.sent) == 1, 10, "the backlog, sent at once at start")
+        wait_until(lambda: forwarder._dry, 10, "the forwarder caught up")
+        for i in range(3):  # three commits of a field, each waking the writer's forwarders
+            commit(f"new:{i}")
+        forwarder.wake.set()  # even woken, it lets them wait
+        time.sleep(0.5)
+        assert len(uplink.sent) == 1
+        wait_until(lambda: len(uplink.sent) == 2, 10, "the new readings, after max_wait")
+        assert uplink.sent[1] == ["new:0", "new:1", "new:2"]
+        wait_until(lambda: forwarder._dry, 10, "the forwarder caught up again")
+        commit("plain")
+        commit("alarm", PRIORITY_ALARM)
+        wait_until(lambda: len(uplink.sent) >= 3, 1.5, "the alarm, well before max_wait")
+        assert uplink.sent[2] == ["alarm"]  # alone: the plain reading may follow it now, or wait on
+    finally:
+        stop.set()
+        forwarder.wake.set()
+        thread.join()
+        store.close()

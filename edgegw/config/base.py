@@ -41,6 +41,7 @@ def _duration(value: Any, info: ValidationInfo) -> Any:
 
 
 Duration = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
+Delay = Annotated[float, BeforeValidator(_duration), Field(ge=0)]  # a duration that may be 0: none
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|kB|KB|MB|GB)?\s*$")
 _UNIT_BYTES = {"B": 1, "kB": 1000, "KB": 1000, "MB": 1000**2, "GB": 1000**3, None: 1}

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from edgegw.config.base import Duration, _Section
+from edgegw.config.base import Delay, Duration, _Section
 from edgegw.config.radio import Device
 from edgegw.config.rules import AlarmKind, Severity
 from edgegw.drivers import DriverRegistry
@@ -38,6 +38,8 @@ _STALLED = "items waiting and nothing acknowledged for this long: shown as stall
 class Batching(_Section):
     max_items: int = Field(500, ge=1, le=100_000)
     max_bytes: int = Field(256_000, ge=1024, json_schema_extra={"unit": "bytes"})
+    max_wait: Delay = Field(1.0, le=60, description="how long new readings wait for more to share their batch "
+                            "when everything before them is sent (alarms go at once; 0: every commit its batch)")
 
 
 class ItemRoute(_Section):
