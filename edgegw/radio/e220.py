@@ -33,10 +33,10 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from edgegw.config.base import _Section
 from edgegw.errors import ModuleError
 from edgegw.model import Frame, Reject
-from edgegw.radio import Emit, ReadTurn, SourceState
+from edgegw.radio import Emit, ReadTurn, SourceState, Turns
 from edgegw.radio.airtime import time_on_air
 from edgegw.radio.limits import FrameLimits
-from edgegw.radio.serial_line import TURN_BYTES, hand_over, run_port
+from edgegw.radio.serial_line import TURN_BYTES, run_port
 
 MAGIC = b"\xe2\x20"
 OVERHEAD = 7  # magic, length, address, CRC
@@ -279,14 +279,12 @@ class E220Radio:
                       mhz=round(920.6 + 0.2 * self.config.channel, 1), sf=self.config.spreading_factor)
         up()
         deframer = Deframer(self.name)
-        handed = None
+        turns = Turns(self.read_turn, emit, stop)
         while not stop.is_set():
             if select.select([port.fileno()], [], [], QUIET)[0]:
-                handed = hand_over(self.read_turn, emit, stop,
-                                   lambda: deframer.feed(_available(port), time.time(), time.monotonic()), handed)
+                turns.take(lambda: deframer.feed(_available(port), time.time(), time.monotonic()))
             elif deframer.pending:
-                handed = hand_over(self.read_turn, emit, stop,
-                                   lambda: deframer.flush(time.time(), time.monotonic()), handed)
+                turns.take(lambda: deframer.flush(time.time(), time.monotonic()))
 
     def _configure(self, port: serial.Serial) -> None:
         """Mode 3, write the registers to flash, read them back, mode 0. ModuleError if any step fails."""

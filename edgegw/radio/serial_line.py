@@ -31,7 +31,7 @@ import structlog
 from edgegw.backoff import Backoff
 from edgegw.errors import ModuleError
 from edgegw.model import Frame, Reject
-from edgegw.radio import Emit, ReadTurn, SourceState, wait_committed
+from edgegw.radio import Emit, ReadTurn, SourceState, Turns
 
 MAX_LINE = 600  # "+RCV=65535,240," + 480 hex chars + RSSI/SNR fits; longer is noise, not a frame
 COMMAND_TIMEOUT = 2.0
@@ -175,23 +175,6 @@ def run_port(source: Any, baudrate: int, serve: Serve, emit: Emit, stop: threadi
             stop.wait(delay)
 
 
-def hand_over(read_turn: ReadTurn, emit: Emit, stop: threading.Event, take: Callable[[], list],
-              last: threading.Event | None) -> threading.Event | None:
-    """One read turn: wait until the last turn's hand-over (``last``, as this returned it) is
-    committed, then ``take`` what the port holds while no commit runs and hand it over at once.
-    Returns what to pass as ``last`` next time.
-
-    Back-pressure, so a crash loses one turn at most: nothing is read before the last turn is
-    committed. The wait comes before the read, not after the hand-over, so at field rate (the
-    commit long done when the next frame arrives) the source sleeps once per frame, in its poll of
-    the port, instead of twice: each wake-up of a thread cost more than the frame's parsing."""
-    if last is not None:
-        wait_committed(last, stop)
-    with read_turn.read():  # not while the writer commits: unread frames stay in the kernel
-        events = take()
-        return emit(events) if events else None  # one hand-over per turn, not per frame
-
-
 def _drop(events: list) -> threading.Event:
     """An ``emit`` that keeps nothing: a check's frames are not readings (the daemon is not running)."""
     done = threading.Event()
@@ -219,7 +202,6 @@ class LineModule:
         self.read_turn = read_turn or ReadTurn()
         self.log = structlog.get_logger(f"edgegw.radio.{self.family}")
         self.answer_timeout: float | None = None  # a check's shorter wait for each answer
-        self.handed: threading.Event | None = None  # the last read turn's hand-over (see hand_over)
 
     # -- what a module family says ---------------------------------------------------------------
 
@@ -265,11 +247,11 @@ class LineModule:
 
     def _serve(self, port: serial.Serial, emit: Emit, stop: threading.Event, up: Callable[[], None]) -> None:
         lines = LineReader(port)
-        self.handed = None
+        turns = Turns(self.read_turn, emit, stop)
         self._configure(port, lines, emit, None)
         up()
         while not stop.is_set():
-            banner = self._read_turn(lines, emit, stop)
+            banner = self._read_turn(lines, turns)
             if banner is not None:
                 # The module restarted and may have lost its settings: set them again at once,
                 # on the open port (reopening it would flush the frames the kernel holds).
@@ -277,7 +259,7 @@ class LineModule:
                 self.log.warning("radio module reset itself; reconfiguring", source=self.name, port=self.port)
                 self._configure(port, lines, emit, banner)
 
-    def _read_turn(self, lines: LineReader, emit: Emit, stop: threading.Event) -> str | None:
+    def _read_turn(self, lines: LineReader, turns: Turns) -> str | None:
         """Read what the port holds once the last turn is committed, and hand it over. Returns the banner
         if the module said it reset itself: the frames around it are handed over all the same."""
         if not lines.wait(0.5):
@@ -296,7 +278,7 @@ class LineModule:
                     events.append(event)
             return events
 
-        self.handed = hand_over(self.read_turn, emit, stop, take, self.handed)
+        turns.take(take)
         return banner
 
     def _configure(self, port: serial.Serial, lines: LineReader, emit: Emit, banner: str | None) -> bool:

@@ -38,10 +38,9 @@ from edgegw.backoff import Backoff
 from edgegw.config.base import _Section
 from edgegw.errors import ModuleError
 from edgegw.model import Frame, Reject
-from edgegw.radio import Emit, ReadTurn, SourceState
+from edgegw.radio import Emit, ReadTurn, SourceState, Turns
 from edgegw.radio.airtime import time_on_air
 from edgegw.radio.limits import FrameLimits
-from edgegw.radio.serial_line import hand_over
 
 log = structlog.get_logger("edgegw.radio.sx127x")
 
@@ -196,7 +195,6 @@ class Sx127xRadio:
         self._lock = threading.RLock()  # SPI: the DIO0 callback and this thread share the bus
         self._wake = threading.Event()
         self._modem: Any = None
-        self._handed: threading.Event | None = None  # the last turn's hand-over (see hand_over)
 
     def run(self, emit: Emit, stop: threading.Event) -> None:
         """Read packets until ``stop``; reopen the bus with a backoff when the chip is lost."""
@@ -208,13 +206,14 @@ class Sx127xRadio:
                 self._configure()
                 emit([SourceState(self.name, "receiving", self.port)])
                 backoff.reset()
+                turns = Turns(self.read_turn, emit, stop)
                 while not stop.is_set():
                     if not self._receiving():
                         emit([SourceState(self.name, "starting", "chip out of RX continuous (reset?); reconfiguring")])
                         log.warning("radio chip lost its settings; reconfiguring", source=self.name, port=self.port)
                         self._configure()
                         emit([SourceState(self.name, "receiving", self.port)])
-                    self._turn(emit, stop)
+                    self._turn(turns)
             except (OSError, ModuleError) as exc:
                 delay = backoff.next()
                 emit([SourceState(self.name, "down", str(exc))])
@@ -330,7 +329,7 @@ class Sx127xRadio:
             self.dropped += max(len(events) - max(room, 0), 0)
         self._wake.set()
 
-    def _turn(self, emit: Emit, stop: threading.Event) -> None:
+    def _turn(self, turns: Turns) -> None:
         """Hand over what the chip gave since the last turn, once the last turn is committed."""
         self._wake.wait(POLL)
         self._wake.clear()
@@ -345,7 +344,7 @@ class Sx127xRadio:
                                      None, None, b"", time.time()))
             return events
 
-        self._handed = hand_over(self.read_turn, emit, stop, take, self._handed)
+        turns.take(take)
 
 
 def _problems(config: Sx127xSource) -> list[str]:
