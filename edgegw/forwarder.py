@@ -69,8 +69,9 @@ class Sender(Protocol):
     def recorded(self, seqs: list[int]) -> None:
         """The writer is done with an Ack or Park of these seqs."""
 
-    def notify(self, urgent: bool = False) -> None:
-        """The writer committed items to look at (alarms among them when ``urgent``), or gave some back."""
+    def notify(self, urgent: bool = False, items: int = 0, burst: bool = False) -> None:
+        """The writer committed ``items`` new items to look at (alarms among them when ``urgent``; a
+        full group of frames, a burst's, when ``burst``), or gave some back."""
 
     def run(self, stop: threading.Event) -> None: ...
 
@@ -103,6 +104,12 @@ class Forwarder:
         # forwarder is caught up (dry), plain items wait until this + max_wait for more to join their
         # batch: at 100 frames/s a batch, a PUBACK and an ack per commit cost more than the readings.
         self._fresh_at: float | None = None
+        # How many items the writer committed since then: a full batch of them goes without waiting.
+        # Written by the writer, reset here: a lost count only makes a batch wait longer.
+        self._fresh_items = 0
+        # monotonic: the writer's last commit of a full group (a burst). Within max_wait of it nothing
+        # waits, the burst's last small commits included: they would only make its tail a second late.
+        self._burst_at = -float("inf")
         self._dry = False  # the last read found every sendable item sent (see _send_next)
         self._dry_since = 0.0  # monotonic; the outbox is read again RESCAN_EVERY after that all the same
         # Set by the writer when alarms are committed: they go at once, past the in-flight limit,
@@ -117,17 +124,26 @@ class Forwarder:
         self._plain_after = 0  # seq the last batch of plain readings ended at: the next starts after it
         self._rescan_at = 0.0  # monotonic time after which the end of the plain lane sends it back to its head
 
-    def notify(self, urgent: bool = False) -> None:
+    def notify(self, urgent: bool = False, items: int = 0, burst: bool = False) -> None:
         """See :meth:`Sender.notify`. Alarms wake the forwarder at once; new plain items only when it
-        has more to send anyway or waits less than its own tick (:data:`TICK`): else it finds them
-        there, one wake-up per batch instead of one per commit."""
+        has more to send anyway, they need not wait (a full batch, a burst) or it waits less than
+        its own tick (:data:`TICK`): else it finds them there, one wake-up per batch instead of one
+        per commit."""
+        now = time.monotonic()
         if self._fresh_at is None:
-            self._fresh_at = time.monotonic()
+            self._fresh_at = now
+        if burst:
+            self._burst_at = now
+        self._fresh_items += items
         self._fresh.set()
         if urgent:
             self.urgent.set()
-        if urgent or not self._dry or self.max_wait < TICK:
+        if urgent or not self._dry or self.max_wait < TICK or not self._may_wait(now):
             self.wake.set()
+
+    def _may_wait(self, now: float) -> bool:
+        """Whether new plain items may still wait for more: less than a batch of them, no burst lately."""
+        return self._fresh_items < self.max_items and now - self._burst_at >= self.max_wait
 
     def _on_result(self, batch_id: str, error: UplinkError | None) -> None:
         self._results.put((batch_id, error))
@@ -221,10 +237,11 @@ class Forwarder:
             if not self._fresh.is_set():
                 if now - self._dry_since < RESCAN_EVERY:
                     return False
-            elif now < (self._fresh_at or 0.0) + self.max_wait:
+            elif now < (self._fresh_at or 0.0) + self.max_wait and self._may_wait(now):
                 return False
         self._fresh.clear()
         self._fresh_at = None
+        self._fresh_items = 0
         return True
 
     def _sleep(self) -> float:

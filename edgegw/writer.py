@@ -425,7 +425,8 @@ class Writer:
         self._raised(out.alarms)
         if out.readings or out.alarms or out.health:
             for fwd in self.forwarders.values():
-                fwd.notify(urgent=bool(out.alarms))
+                fwd.notify(urgent=bool(out.alarms), items=len(out.readings) + int(out.health),
+                           burst=len(out.readings) >= WINDOW_FRAMES)
 
     def _raised(self, alarms: list[Alarm]) -> None:
         self.counts["alarms"] += len(alarms)

@@ -166,6 +166,46 @@ def test_a_batchs_items_come_out_whole_in_the_order_asked_whatever_their_values_
     assert json.loads(items[4]) == {"message": "x\x1ey\n"}
 
 
+def commit_new(store: Store, bit: int, forwarder: Forwarder, ids: list[str], priority: int = 0,
+               burst: bool = False) -> None:
+    """Commit new items as the writer does (alarms when ``priority``), then notify the forwarder."""
+    store.begin()
+    for item_id in ids:
+        store.add_item(item_id, "alarm" if priority else "reading", priority, "d", 2e9, 0.0, boot_id(), b"x",
+                       f'{{"id":"{item_id}"}}', bit, 1.0)
+    store.commit()
+    forwarder.notify(urgent=bool(priority), items=len(ids), burst=burst)
+
+
+def test_a_full_batch_or_a_burst_goes_without_waiting_max_wait(tmp_path):
+    """In a burst the forwarder may catch up between two commits: what follows fills batches at once,
+    and a burst's last small commits are its tail: waiting ``max_wait`` would only delay them."""
+    store, bit = outbox_of(tmp_path, 0)
+    uplink = ScriptedUplink([])
+    forwarder = Forwarder(uplink, bit, store.path, "gw", 4, 1 << 20, 1, [].append, max_wait=60.0)
+    stop = threading.Event()
+    thread = threading.Thread(target=forwarder.run, args=(stop,))
+    thread.start()
+
+    try:
+        wait_until(lambda: forwarder._dry, 10, "the forwarder caught up")
+        commit_new(store, bit, forwarder, ["a:0", "a:1"])
+        time.sleep(0.5)
+        assert uplink.sent == [], "half a batch waits for more"
+        commit_new(store, bit, forwarder, ["a:2", "a:3", "a:4"])
+        wait_until(lambda: uplink.sent, 10, "the full batch, long before max_wait")
+        assert uplink.sent[0] == ["a:0", "a:1", "a:2", "a:3"]
+        wait_until(lambda: len(uplink.sent) == 2 and forwarder._dry, 10, "the rest, sent behind it")
+        commit_new(store, bit, forwarder, ["b:0", "b:1"], burst=True)  # a full group of the writer's
+        commit_new(store, bit, forwarder, ["b:2"])  # the burst's last turn, a small one
+        wait_until(lambda: sum(map(len, uplink.sent)) == 8, 10, "the burst's tail, long before max_wait")
+    finally:
+        stop.set()
+        forwarder.wake.set()
+        thread.join()
+        store.close()
+
+
 def test_new_readings_wait_max_wait_to_share_a_batch_and_an_alarm_does_not(tmp_path):
     """Caught up, the forwarder lets new plain readings wait ``max_wait`` from the first commit that
     brought them, so a field's commits share one batch; an alarm's commit sends it at once."""
@@ -178,11 +218,7 @@ def test_new_readings_wait_max_wait_to_share_a_batch_and_an_alarm_does_not(tmp_p
     thread.start()
 
     def commit(item_id: str, priority: int = 0) -> None:
-        store.begin()
-        store.add_item(item_id, "alarm" if priority else "reading", priority, "d", 2e9, 0.0, boot_id(), b"x",
-                       f'{{"id":"{item_id}"}}', bit, 1.0)
-        store.commit()
-        forwarder.notify(urgent=bool(priority))
+        commit_new(store, bit, forwarder, [item_id], priority)
 
     try:
         wait_until(lambda: len(uplink.sent) == 1, 10, "the backlog, sent at once at start")

@@ -232,7 +232,7 @@ class SigfoxSender:
             self._busy.add(c.seq)
         self.post(Ack(self.uplink.name, self.bit, [c.seq]))
 
-    def notify(self, urgent: bool = False) -> None:
+    def notify(self, urgent: bool = False, items: int = 0, burst: bool = False) -> None:
         """The writer committed items (alarms among them when ``urgent``): look at once."""
         if urgent:
             self.urgent.set()
