@@ -152,6 +152,9 @@ class Writer:
         self.read_turn = read_turn
         self.clock = ClockWatch(time.time(), time.monotonic())
         self.throttle = Throttle(60.0)
+        # monotonic: the last commit of a full group (a burst). Acks are not held for ACK_HOLD after
+        # it: the burst's last small batches have no next group to share, only a quarter second to lose.
+        self._burst_at = -float("inf")
         self.counts = {"readings": 0, "duplicates": 0, "rejects": 0, "alarms": 0}
         self.summary = Summary()  # what happened since the last summary line
         # Checked once: a reading logged at a level that is off still cost a call through structlog's proxy.
@@ -304,7 +307,8 @@ class Writer:
                 acks = [e for e in events if isinstance(e, Ack)]
                 young = bool(handed) and time.monotonic() < handed[0].at + ACK_HOLD
                 if (young and not done and not betweens and len(acks) == len(events)
-                        and sum(len(a.seqs) for a in acks) < ACK_HOLD_ITEMS):
+                        and sum(len(a.seqs) for a in acks) < ACK_HOLD_ITEMS
+                        and time.monotonic() - self._burst_at >= ACK_HOLD):
                     return False, handed
                 windowed = any(type(e) is Frame for e in events)
                 self._commit_or_wait(events, more if windowed else None)
@@ -423,10 +427,12 @@ class Writer:
             self.forwarders[p.uplink].recorded([p.seq])
             log.error("item parked: the platform refused it for good", uplink=p.uplink, seq=p.seq, error=p.error)
         self._raised(out.alarms)
+        burst = len(out.readings) >= WINDOW_FRAMES
+        if burst:
+            self._burst_at = time.monotonic()
         if out.readings or out.alarms or out.health:
             for fwd in self.forwarders.values():
-                fwd.notify(urgent=bool(out.alarms), items=len(out.readings) + int(out.health),
-                           burst=len(out.readings) >= WINDOW_FRAMES)
+                fwd.notify(urgent=bool(out.alarms), items=len(out.readings) + int(out.health), burst=burst)
 
     def _raised(self, alarms: list[Alarm]) -> None:
         self.counts["alarms"] += len(alarms)

@@ -20,11 +20,14 @@ Every figure of idle, field and the end-to-end bursts is given over --runs runs:
               field rate (one reading every 0.2 s, each in a commit of its own)
   memory      peak RSS of the daemon (VmHWM)
   alarms      latency p50/p99, serial line -> local action started and -> broker, while a backlog of
-              --readings drains (alarm frames sent every 20 ms as the uplink comes back)
+              --readings drains (alarm frames sent every 20 ms as the uplink comes back, between other
+              frames: a busy radio, whose reads the source paces); quiet_radio: the same with a
+              frame every 100 ms, an alarm every 200 ms (no read is paced)
 
   restart     with --backlog pending readings put straight into the outbox: time from start to the
-              first batch at the broker, alarm latency while that backlog drains, then its drain
-              rate once the bench's own subscriber has left the broker, peak RSS with it
+              first batch at the broker, alarm latency while that backlog drains, its drain rate
+              from the first batch to an empty outbox (the alarms and the bench's own subscriber
+              share the machine meanwhile), peak RSS with it
 
 Usage: python scripts/bench.py [--readings 20000] [--backlog 1000000] [--runs 3] [--phases idle,field,...] [--json]
 """
@@ -46,6 +49,7 @@ import paho.mqtt.client as mqtt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from edgegw.radio import PACE
 from edgegw.radio.emulator import RylrEmulator
 from edgegw.store import open_reader, pending_count
 from tests.broker import Mosquitto
@@ -206,8 +210,9 @@ def wait_drained(db: Path, timeout: float, what: str) -> None:
         conn.close()
 
 
-def alarm_latencies(sender: Sender, clock: ArrivalClock, stamps: Path) -> dict:
-    """Send alarm frames every 20 ms; latency of each to its local action and to the broker."""
+def alarm_latencies(sender: Sender, clock: ArrivalClock, stamps: Path, gap: float = 0.01) -> dict:
+    """Send a frame every ``gap`` s, every other one an alarm; latency of each alarm to its local
+    action and to the broker. 10 ms apart is a busy radio: the source paces its reads (up to PACE)."""
     sent: dict[str, float] = {}
     for i in range(2 * ALARM_FRAMES):
         high = i % 2 == 1
@@ -215,7 +220,7 @@ def alarm_latencies(sender: Sender, clock: ArrivalClock, stamps: Path) -> dict:
         reading = sender.send("river-02", {"level": 6000 if high else 1000, "water_temperature": 10, "battery": 3.6})
         if high:
             sent[reading] = at
-        time.sleep(0.01)
+        time.sleep(gap)
     wait_until(lambda: set(sent) <= set(clock.arrived), 600, "every alarm at the broker")
 
     def started() -> dict[str, float]:  # reading id -> when its alarm's action started
@@ -439,6 +444,11 @@ def run(n: int, backlog: int, phases: set[str], runs: int, field_n: dict[float, 
                 wait_until(clock.subscribed.is_set, 30, "the arrival clock back")
                 out["backlog_pending_when_alarms_sent"] = n
                 out.update(alarm_latencies(sender, clock, stamps))
+                # The same with the frames 100 ms apart: a quiet radio, where no read is paced.
+                committed += n
+                outage(broker, daemon, sender, n, committed=committed)
+                wait_until(clock.subscribed.is_set, 30, "the arrival clock back")
+                out["quiet_radio"] = alarm_latencies(sender, clock, stamps, gap=2 * PACE)
                 clock.close()
             out["peak_rss_mb"] = round(peak_rss_mb(pid), 1)
 
@@ -451,16 +461,21 @@ def run(n: int, backlog: int, phases: set[str], runs: int, field_n: dict[float, 
                 clock = ArrivalClock(broker.port, "test/gw-test/batches", keep_session=False)
                 t0 = time.time()
                 daemon.start()
+                # The whole backlog can drain while the alarms are sent: time it from the side.
+                drained: list[float] = []
+                watcher = threading.Thread(target=lambda: (
+                    wait_drained(daemon.db, 1800, "the big backlog drained"), drained.append(time.time())))
+                watcher.start()
                 wait_until(lambda: clock.first is not None, 120, "the first batch after the restart")
                 out["restart_backlog"] = backlog
                 out["restart_to_first_batch_s"] = round(clock.first - t0, 2)
                 daemon.wait_receiving()
                 out["backlog_alarms"] = alarm_latencies(sender, clock, stamps)
-                # The rest drains to the broker alone: a town's platform does not share the gateway's CPU.
                 clock.close()
-                left, t1 = daemon.status()["outbox"]["pending"], time.time()
-                wait_drained(daemon.db, 1800, "the big backlog drained")
-                out["backlog_drain_readings_per_s"] = round(left / (time.time() - t1))
+                watcher.join()
+                # From the first batch to an empty outbox, while the alarms and the bench's own
+                # subscriber (which parses every batch) share the machine.
+                out["backlog_drain_readings_per_s"] = round(backlog / (drained[0] - clock.first))
                 out["peak_rss_mb_with_backlog"] = round(peak_rss_mb(daemon.proc.pid), 1)
             out["emulator_dropped_frames"] = emulator.dropped
             return out
