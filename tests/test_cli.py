@@ -333,3 +333,17 @@ def test_decode_accepts_hex_in_groups_as_the_driver_docs_write_it(runner):
     result = runner.invoke(cli, ["decode", "--driver", "trap", "01", "01", "0C", "E4", "00", "2A"])
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["values"] == {"state": "sprung", "tamper": False, "battery": 3.3}
+
+
+def test_status_calls_a_heartbeat_late_only_past_three_periods_from_the_last_beat_or_the_start():
+    from edgegw.cli.status import _format_daemon
+    from edgegw.running import HEARTBEAT_EVERY
+    now, daemon = 1_000_000.0, {"running": True, "pid": 7, "version": "0.1.0"}
+    just_started = _format_daemon(now, {**daemon, "started_at": now - 1, "heartbeat": {}})[0]
+    assert "heartbeat none yet" in just_started and "LATE" not in just_started
+    never_beat = _format_daemon(now, {**daemon, "started_at": now - 4 * HEARTBEAT_EVERY, "heartbeat": {}})[0]
+    assert "LATE" in never_beat
+    beating = {"at": now - 2 * HEARTBEAT_EVERY, "stages": {}}
+    assert "LATE" not in _format_daemon(now, {**daemon, "started_at": now - 3600, "heartbeat": beating})[0]
+    stale = {"at": now - 4 * HEARTBEAT_EVERY, "stages": {}}
+    assert "LATE" in _format_daemon(now, {**daemon, "started_at": now - 3600, "heartbeat": stale})[0]

@@ -83,10 +83,11 @@ def _format_daemon(now: float, d: dict) -> list[str]:
         last = f" (last: pid {d['pid']}, started {ago(now, d['started_at'])})" if d.get("pid") else ""
         return [f"daemon   NOT RUNNING{last}: the states below are as it last recorded them"]
     beat = d.get("heartbeat") or {}
-    age = now - beat["at"] if "at" in beat else None
+    # A daemon that just started has not beaten yet (its first beat follows its first second).
+    age = now - (beat["at"] if "at" in beat else d["started_at"])
     out = [f"daemon   running: pid {d['pid']}, version {d['version']}, up {ago(now, d['started_at'])[:-4]},"
-           f" heartbeat {ago(now, beat.get('at'))}"
-           + (" (LATE: the daemon may hang)" if age is None or age > 3 * HEARTBEAT_EVERY else "")]
+           f" heartbeat {ago(now, beat['at']) if 'at' in beat else 'none yet'}"
+           + (" (LATE: the daemon may hang)" if age > 3 * HEARTBEAT_EVERY else "")]
     for name, stage in beat.get("stages", {}).items():
         if stage["state"] != "alive" or stage["restarts"]:
             out.append(f"  stage {name}: {stage['state']}, {stage['restarts']} restart(s)"
