@@ -186,7 +186,6 @@ def test_a_full_batch_or_a_burst_goes_without_waiting_max_wait(tmp_path):
     stop = threading.Event()
     thread = threading.Thread(target=forwarder.run, args=(stop,))
     thread.start()
-
     try:
         wait_until(lambda: forwarder._dry, 10, "the forwarder caught up")
         commit_new(store, bit, forwarder, ["a:0", "a:1"])
@@ -217,22 +216,19 @@ def test_new_readings_wait_max_wait_to_share_a_batch_and_an_alarm_does_not(tmp_p
     thread = threading.Thread(target=forwarder.run, args=(stop,))
     thread.start()
 
-    def commit(item_id: str, priority: int = 0) -> None:
-        commit_new(store, bit, forwarder, [item_id], priority)
-
     try:
         wait_until(lambda: len(uplink.sent) == 1, 10, "the backlog, sent at once at start")
         wait_until(lambda: forwarder._dry, 10, "the forwarder caught up")
         for i in range(3):  # three commits of a field, each waking the writer's forwarders
-            commit(f"new:{i}")
+            commit_new(store, bit, forwarder, [f"new:{i}"])
         forwarder.wake.set()  # even woken, it lets them wait
         time.sleep(0.5)
         assert len(uplink.sent) == 1
         wait_until(lambda: len(uplink.sent) == 2, 10, "the new readings, after max_wait")
         assert uplink.sent[1] == ["new:0", "new:1", "new:2"]
         wait_until(lambda: forwarder._dry, 10, "the forwarder caught up again")
-        commit("plain")
-        commit("alarm", PRIORITY_ALARM)
+        commit_new(store, bit, forwarder, ["plain"])
+        commit_new(store, bit, forwarder, ["alarm"], PRIORITY_ALARM)
         wait_until(lambda: len(uplink.sent) >= 3, 1.5, "the alarm, well before max_wait")
         assert uplink.sent[2] == ["alarm"]  # alone: the plain reading may follow it now, or wait on
     finally:
