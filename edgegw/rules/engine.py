@@ -28,6 +28,7 @@ a fresh interval; a trap's reminders keep their count across a step back.
 from __future__ import annotations
 
 import heapq
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -47,6 +48,11 @@ log = structlog.get_logger("edgegw.rules")
 DOWNTIME = 600.0  # s since the rules' clock was last saved: the gateway was down, silence timers start afresh
 CLOCK_JUMP = 120.0  # s the wall clock moved against the monotonic one: silence timers start afresh
 CLOCK_WRITE_EVERY = 60.0  # s: the rules' clock is written at most this often (a page per commit wears the card)
+# State that a reading moves on every time and that a power cut may set back (to its last write, at most
+# CLOCK_WRITE_EVERY old) without silencing an alarm: the order mark. Rules add their own (Watch.progress).
+# Written with the clock, not in every reading's commit: at field rate that page was a quarter of what
+# each reading wrote to the SD card.
+PROGRESS = frozenset({"t"})
 
 
 class Observation(NamedTuple):
@@ -96,7 +102,13 @@ class Context:
 
 
 class Watch(Protocol):
-    """One configured rule, as the engine drives it."""
+    """One configured rule, as the engine drives it.
+
+    ``progress``: keys of its state that may be written late (see :data:`PROGRESS`): a change to
+    any other key is written in the transaction of the reading that made it.
+    """
+
+    progress: frozenset[str]
 
     def reading(self, ctx: Context, state: dict[str, Any], obs: Observation) -> None: ...
 
@@ -129,10 +141,13 @@ class RuleEngine:
         self.devices = {d.id: d for d in config.devices}
         self.specs = {d.id: drivers[d.driver].values for d in config.devices}
         self.watches: dict[str, list[tuple[str, Watch]]] = {d.id: [] for d in config.devices}
+        self.progress: dict[tuple[str, str], frozenset[str]] = {}  # (rule, device id) -> keys written late
         for rule in config.effective_rules():
             for device in config.devices:
                 if rule.applies_to(device):
-                    self.watches[device.id].append((rule.name, build_watch(rule, device, self.specs[device.id])))
+                    watch = build_watch(rule, device, self.specs[device.id])
+                    self.watches[device.id].append((rule.name, watch))
+                    self.progress[(rule.name, device.id)] = PROGRESS | watch.progress
         self.skipped_out_of_order = 0
         self._throttle = Throttle(60.0)
         self.reload()
@@ -155,6 +170,9 @@ class RuleEngine:
         # The newest observation time the rules have seen: more than STEP ahead of now means the clock went back.
         self._newest = max([self._latest_mark(), *(t for t, _, _ in self.buffer)])
         self._dirty: set[tuple[str, str]] = set()
+        self._late: set[tuple[str, str]] = set()  # changed in progress keys only: written with the clock
+        # (rule, device id) -> its state but for the progress keys, as last written: what a change is told against
+        self._written: dict[tuple[str, str], str] = {}
         self._clock_written = float("-inf")  # a rolled-back group may have held the last write
         self._buffered: list[Observation] = []
         self._released: list[str] = []
@@ -257,7 +275,10 @@ class RuleEngine:
             state["t"] = obs.observed_at
             ctx = self._context(device_id, rule, now)
             watch.reading(ctx, state, obs)
-            self._dirty.add(key)
+            if self._written.get(key) == self._lasting(key, state):
+                self._late.add(key)
+            else:
+                self._dirty.add(key)
             if ctx.alarms:
                 alarms += ctx.alarms
         return alarms
@@ -268,20 +289,32 @@ class RuleEngine:
     def _state(self, rule: str, device_id: str) -> dict[str, Any]:
         return self.states.setdefault((rule, device_id), {})
 
+    def _lasting(self, key: tuple[str, str], state: dict[str, Any]) -> str:
+        """The state but for its progress keys, as text: changes here are written at once."""
+        progress = self.progress.get(key, PROGRESS)
+        return json.dumps({k: v for k, v in state.items() if k not in progress}, sort_keys=True)
+
     # -- persistence ----------------------------------------------------------------------------
 
-    @property
-    def dirty(self) -> bool:
-        """True when state changed since the last :meth:`save`."""
-        return bool(self._dirty or self._buffered or self._released)
+    def dirty(self, now: float) -> bool:
+        """True when state changed since the last :meth:`save` and is due to be written."""
+        return bool(self._dirty or self._buffered or self._released
+                    or (self._late and now - self._clock_written >= CLOCK_WRITE_EVERY))
 
-    def save(self, now: float) -> None:
-        """Write changed state inside the writer's open transaction."""
+    def save(self, now: float, everything: bool = False) -> None:
+        """Write changed state inside the writer's open transaction: changes to progress keys alone
+        (see :data:`PROGRESS`) only with the clock, every :data:`CLOCK_WRITE_EVERY`, or ``everything``
+        (at a stop)."""
         clock = None
-        if now - self._clock_written >= CLOCK_WRITE_EVERY or self._clock_since != self.listening_since:
+        if (everything or now - self._clock_written >= CLOCK_WRITE_EVERY
+                or self._clock_since != self.listening_since):
             clock = {"wall": now, "since": self.listening_since}
-        self.store.save_rules(clock, [(r, d, self.states[(r, d)]) for r, d in self._dirty],
+        keys = self._dirty | self._late if clock is not None else self._dirty
+        self.store.save_rules(clock, [(r, d, self.states[(r, d)]) for r, d in keys],
                               [(o.reading_id, o.observed_at, o) for o in self._buffered], self._released)
+        for key in keys:
+            self._written[key] = self._lasting(key, self.states[key])
+        self._late -= keys
         if clock is not None:
             self._clock_written, self._clock_since = now, self.listening_since
         self._dirty.clear()

@@ -35,6 +35,11 @@ class Checks(NamedTuple):
 
 
 class HealthWatch:
+    # When the device was last heard, and its reading. A power cut may set them back to what they were
+    # up to a minute before it, one report back: a device that then stays silent is told silent up to
+    # one report early, never late. The registry's last_seen (edgegw status) is written with every reading.
+    progress = frozenset({"heard", "last"})
+
     def __init__(self, rule: DeviceHealthRule, device: Device, specs: Mapping[str, ValueSpec]):
         self.rule = rule
         self.silent_after = rule.silent_after * device.interval

@@ -14,6 +14,8 @@ from edgegw.rules.engine import Context, Observation
 
 
 class TrapWatch:
+    progress: frozenset[str] = frozenset()
+
     def __init__(self, rule: TrapRule):
         self.rule = rule
 

@@ -22,6 +22,8 @@ MAX_SAMPLES = 256  # rise window memory per device; more than one reading a minu
 
 
 class WaterWatch:
+    progress: frozenset[str] = frozenset()
+
     def __init__(self, rule: WaterLevelRule):
         self.rule = rule
         # Each ladder in "higher is worse" form: rising compares the level, falling its negation.
