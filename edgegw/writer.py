@@ -160,6 +160,7 @@ class Writer:
         # Checked once: a reading logged at a level that is off still cost a call through structlog's proxy.
         self.log_readings = structlog.get_logger("edgegw.writer").bind().is_enabled_for(logging.DEBUG)
         self.inflight_noted: dict[str, int] = {}  # uplink -> items in flight as last written for status
+        self._inflight_at_tick: dict[str, int] = {}  # uplink -> items in flight at the last tick
         self.dropping: dict[str, int] = {}  # unsent items dropped in the current disk cap episode
         self.purged = 0  # delivered items purged by the current round of chunks, logged when it ends
         # While commits fail for want of space: since when, how many tries, the group's size (for status).
@@ -243,6 +244,15 @@ class Writer:
             if time.monotonic() >= next_purge:
                 next_purge = time.monotonic() + (HOUSEKEEPING_STEP if self._purge() else PURGE_EVERY)
         self.summary.log()  # the part of a period before the stop
+        self._save_rules()
+
+    def _save_rules(self) -> None:
+        """At a stop: write what the rules hold back (see edgegw.rules.engine.PROGRESS)."""
+        try:
+            with self.store.transaction():
+                self.rules.save(time.time(), everything=True)
+        except Exception:  # a power cut would have lost the same: at most CLOCK_WRITE_EVERY of it
+            log.exception("saving the rules' state at the stop failed")
 
     def _run_between(self, calls: list[Between]) -> None:
         for call in calls:
@@ -524,7 +534,7 @@ class Writer:
     def _tick_rules(self, force: bool) -> bool:
         """Run the rule timers; commit if they raised alarms or changed state (or ``force``). True if committed."""
         alarms = self.rules.tick(time.time(), time.monotonic())
-        if not (alarms or self.rules.dirty or force):
+        if not (alarms or self.rules.dirty(time.time()) or force):
             return False
         out = Outcome()
         try:
@@ -537,21 +547,31 @@ class Writer:
         self._announce(out)
         return True
 
-    def _record_inflight(self) -> None:
-        """Inside a transaction: note each uplink's items in flight where they changed since last noted."""
+    def _record_inflight(self, lingering: frozenset[str] = frozenset()) -> None:
+        """Inside a transaction: note each uplink's items in flight where they changed since last noted.
+
+        A count above zero only for the uplinks in ``lingering`` (see :meth:`_commit_inflight`): at field
+        rate a batch is in flight for a few milliseconds, and noting it in the commits around it cost
+        a WAL page each time, to tell status what had passed before anyone could read it.
+        """
         for name, fwd in self.forwarders.items():
             items = fwd.inflight_items
-            if self.inflight_noted.get(name) != items:
+            if self.inflight_noted.get(name) != items and (items == 0 or name in lingering):
                 self.store.uplink_inflight(name, items)
                 self.inflight_noted[name] = items
 
     def _commit_inflight(self) -> None:
-        """Commit in-flight counts that changed with no commit since: only while an uplink is slow to ack."""
-        if all(self.inflight_noted.get(name) == f.inflight_items for name, f in self.forwarders.items()):
+        """Every tick: commit the items in flight of uplinks that had some at the last tick too (a
+        platform slow to ack), where that count changed since last noted."""
+        now = {name: f.inflight_items for name, f in self.forwarders.items()}
+        lingering = frozenset(name for name, items in now.items() if items and self._inflight_at_tick.get(name))
+        self._inflight_at_tick = now
+        if all(self.inflight_noted.get(name) == items or (items and name not in lingering)
+               for name, items in now.items()):
             return
         try:
             with self.store.transaction(durable=False):  # bookkeeping for status
-                self._record_inflight()
+                self._record_inflight(lingering)
         except Exception:  # bookkeeping for status: the next tick tries again
             log.exception("recording items in flight failed")
             self.inflight_noted.clear()
