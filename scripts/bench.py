@@ -17,7 +17,8 @@ Every figure of idle, field and the end-to-end bursts is given over --runs runs:
   drain       readings/s of a backlog accumulated while the broker was down, from the reconnect on
   disk        bytes the daemon wrote per reading (/proc/<pid>/io write_bytes), plus the WAL checkpoint
               it owes for them (run by the bench at the end of the phase), in the burst and at
-              field rate (one reading every 0.2 s, each in a commit of its own)
+              field rate (one reading every 0.2 s, each in a commit of its own); and what a commit
+              of one changed page writes there, the floor for a reading committed on its own
   memory      peak RSS of the daemon (VmHWM)
   alarms      latency p50/p99, serial line -> local action started and -> broker, while a backlog of
               --readings drains (alarm frames sent every 20 ms as the uplink comes back, between other
@@ -181,6 +182,29 @@ def checkpoint(db: Path) -> int:
     finally:
         conn.close()
     return write_bytes(os.getpid()) - before
+
+
+def one_page_floor(directory: Path, commits: int = 200) -> int:
+    """Bytes written per commit that changes one row on one page, with the daemon's pragmas, on the
+    filesystem of its data: the least that a reading committed on its own (one fsync) can cost.
+
+    Linux counts a page of the page cache each time it is dirtied after a write-back: every fsync'd
+    commit rewrites the WAL's last 4 KiB page, however little it appends.
+    """
+    from edgegw.store.connection import connect
+
+    conn = connect(directory / "floor.db")
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v INTEGER)")
+        conn.execute("INSERT OR REPLACE INTO t VALUES (1, 0)")
+        before = write_bytes(os.getpid())
+        for i in range(commits):
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("UPDATE t SET v = ? WHERE id = 1", (i,))
+            conn.execute("COMMIT")
+        return round((write_bytes(os.getpid()) - before) / commits)
+    finally:
+        conn.close()
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -418,6 +442,7 @@ def run(n: int, backlog: int, phases: set[str], runs: int, field_n: dict[float, 
                 committed += FIELD_READINGS
                 out["bytes_written_per_reading_one_per_commit"] = round(
                     (io1 - io0 + checkpoint(daemon.db)) / FIELD_READINGS)
+                out["bytes_written_per_commit_of_one_page"] = one_page_floor(tmp)
 
             if "rss" in phases:
                 committed += RSS_BURST
