@@ -88,8 +88,8 @@ class HealthWatch:
 
     def _faults(self, state: dict[str, Any], obs: Observation) -> list[tuple[str, str, dict]]:
         faults = []
-        previous = state.get("previous", {})
-        stuck = state.get("stuck", {})
+        previous = dict(state.get("previous", {}))  # new dicts, not changed in place: see Watch
+        stuck = dict(state.get("stuck", {}))
         for name, raw in obs.values.items():
             check = self.checks.get(name)
             value = _number(raw) if check is not None else None
