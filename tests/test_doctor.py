@@ -273,6 +273,12 @@ def test_inline_secrets_and_secrets_sent_without_tls_are_named(tmp_path):
     http = by_check["plain_secret", "uplinks orion http://orion.town.example:1026"]
     assert http.status == "fault" and "https://" in http.fix
     assert by_check["secret_file", "uplinks town password_file"].status == "ok"
+    # A tired installer's `touch`: the broker would refuse an empty password, with no word of why.
+    password.write_text("\n")
+    empty = {(f.check, f.subject): f for f in security.secrets(config, config_path, ServiceUser.current())}[
+        "secret_file", "uplinks town password_file"]
+    assert empty.status == "fault" and empty.message == f"{password} is empty: it should hold the password uplink town sends"
+    assert empty.fix == "write the password there (one line), as the service user"
 
 
 # -- uplinks ---------------------------------------------------------------------------------------------

@@ -25,24 +25,35 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def secret_files(config: Config) -> list[tuple[str, Path, str, str]]:
-    """(subject, path, how it is made, what its reader can do) of every secrets file the config names."""
-    out = []
+def secret_files(config: Config) -> list[tuple[str, Path, str, str, str | None]]:
+    """(subject, path, how it is made, what its reader can do, what it must hold or None) of every
+    secrets file the config names. A keys file may be empty until the first device gets a key."""
+    out: list[tuple[str, Path, str, str, str | None]] = []
     if config.keys_file is not None:
         out.append(("keys_file", config.keys_file, "make it with: edgegw keys new DEVICE -c CONFIG",
-                    "forge the frames of the sensors it holds keys for"))
+                    "forge the frames of the sensors it holds keys for", None))
     for u in config.uplinks:
         for key in ("password_file", "token_file"):
             path = getattr(u, key, None)
             if path is not None:
-                out.append((f"uplinks {u.name} {key}", path,
-                            f"write the {key.removesuffix('_file')} there (one line), as the service user",
-                            f"pose as this gateway to uplink {u.name}"))
+                secret = key.removesuffix("_file")
+                out.append((f"uplinks {u.name} {key}", path, f"write the {secret} there (one line), as the service user",
+                            f"pose as this gateway to uplink {u.name}", f"the {secret} uplink {u.name} sends"))
     return out
 
 
-def secret_file(subject: str, path: Path, make: str, risk: str, user: ServiceUser) -> Finding:
-    """``path`` exists, ``user`` may read it, and nobody else may (as the gateway requires of its keys)."""
+def _blank(path: Path) -> bool:
+    """True for a file of nothing but white space (the gateway strips it). One this process may not
+    read is not judged here: whether the service user may is another finding."""
+    try:
+        return not path.read_bytes().strip()
+    except OSError:
+        return False
+
+
+def secret_file(subject: str, path: Path, make: str, risk: str, holds: str | None, user: ServiceUser) -> Finding:
+    """``path`` exists, ``user`` may read it, and nobody else may (as the gateway requires of its keys);
+    where it ``holds`` a secret, it is not empty."""
     mine = f"sudo chown {user.name} {path} && sudo chmod 600 {path}"
     try:
         st = os.stat(path)
@@ -58,6 +69,8 @@ def secret_file(subject: str, path: Path, make: str, risk: str, user: ServiceUse
         return Finding("secret_file", subject, "fault",
                        f"{path} may be read by group or others (mode {stat.filemode(st.st_mode)}): whoever reads it can"
                        f" {risk}", mine)
+    if holds is not None and _blank(path):
+        return Finding("secret_file", subject, "fault", f"{path} is empty: it should hold {holds}", make)
     if st.st_uid not in (user.uid, 0):
         return Finding("secret_file", subject, "warning",
                        f"{path} is owned by {owner_name(st)}, who may read and change it", mine)
