@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 from collections import Counter
+from contextlib import closing
 from datetime import datetime
 
 import jsonschema
@@ -197,3 +198,22 @@ def test_each_stage_runs_in_a_thread_the_os_can_name(rig):
                f"threads named (now {sorted(names())})")
     with open(f"/proc/{daemon.proc.pid}/comm") as f:
         assert f.read().strip() == "edgegw"  # what ps and pgrep show
+
+
+def test_a_stop_writes_when_each_device_was_last_heard(rig):
+    """The rules write when a device was last heard once a minute, not with every reading (see
+    edgegw.rules.engine.PROGRESS); a clean stop writes it, so a restart counts silence from there."""
+    emulator, daemon, _, _ = rig
+    daemon.start().wait_receiving()
+    sender = Sender(emulator)
+    sender.quiet(3)  # each device once: its first state is written at once
+    daemon.wait_committed(3)
+    sender.quiet(3, start=3)  # and again, in a later commit: only its time changed, and is held back
+    daemon.wait_committed(6)
+    assert daemon.stop() == 0
+    with closing(sqlite3.connect(daemon.db)) as db:
+        last = dict(db.execute("SELECT device_id, max(observed_at) FROM outbox WHERE kind = 'reading'"
+                               " GROUP BY device_id"))
+        heard = {device: json.loads(state)["heard"] for device, state in
+                 db.execute("SELECT device_id, state FROM rule_state WHERE rule = 'device_health'")}
+    assert heard == last and len(heard) == 3
