@@ -191,7 +191,7 @@ class Town:
         assert daemon is not None
 
         def receiving() -> bool:
-            daemon._check_alive()
+            daemon.check_alive()
             return any(s["state"] == "receiving" and s["changed_at"] >= since
                        for s in daemon.status().get("sources", []))
         wait_until(receiving, timeout, f"{gw.gateway_id} receiving (log: {daemon.log_tail()})", poll=0.2)

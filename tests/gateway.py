@@ -160,25 +160,26 @@ class Daemon:
 
     def wait_receiving(self, timeout: float = 20.0) -> None:
         def receiving() -> bool:
-            self._check_alive()
+            self.check_alive()
             return any(s["state"] == "receiving" for s in self.status().get("sources", []))
         wait_until(receiving, timeout, f"source receiving (log: {self.log_tail()})")
 
     def wait_uplinks_up(self, timeout: float = 20.0) -> None:
         def up() -> bool:
-            self._check_alive()
+            self.check_alive()
             uplinks = self.status().get("uplinks", [])
             return bool(uplinks) and all(u["state"] == "up" for u in uplinks)
         wait_until(up, timeout, f"uplinks up (log: {self.log_tail()})")
 
     def wait_committed(self, count: int, timeout: float = 20.0) -> None:
         def committed() -> bool:
-            self._check_alive()
+            self.check_alive()
             ob = self.status().get("outbox", {})
             return ob.get("pending", 0) + ob.get("delivered", 0) >= count
         wait_until(committed, timeout, f"{count} readings committed")
 
-    def _check_alive(self) -> None:
+    def check_alive(self) -> None:
+        """Raise, with the end of its log, if the daemon has exited: a crash fails at once, not at a timeout."""
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log_tail()}")
 

@@ -252,7 +252,7 @@ def test_the_daemon_on_a_full_disk_commits_and_raises_every_alarm_and_says_so(tm
     sender = Sender(emulator, strict=False)
 
     def accepted() -> int:
-        daemon._check_alive()  # a crash fails the test at once, not at a timeout
+        daemon.check_alive()  # a crash fails the test at once, not at a timeout
         return sum(d["readings"] for d in daemon.status().get("devices", []))
 
     try:
@@ -346,7 +346,7 @@ def test_with_only_alarms_left_the_daemon_waits_says_disk_full_and_commits_once_
         filler = fill_up(small_fs)
         # Only traps, each frame an alarm (sprung, re-armed): their readings go, the alarms fill the disk.
         def waiting() -> bool:  # as the heartbeat says it (every 10 s): the log says it once a minute
-            daemon._check_alive()
+            daemon.check_alive()
             return bool((daemon_state(small_fs).get("heartbeat") or {}).get("disk_full"))
         def kinds() -> dict[str, int]:
             db = sqlite3.connect(f"file:{daemon.db}?mode=ro", uri=True)
@@ -373,7 +373,7 @@ def test_with_only_alarms_left_the_daemon_waits_says_disk_full_and_commits_once_
         sprung = {rid for rid, v in sender.sent.items() if v["state"] == "sprung"}
 
         def raised() -> set[str]:
-            daemon._check_alive()
+            daemon.check_alive()
             db = sqlite3.connect(f"file:{daemon.db}?mode=ro", uri=True)
             try:
                 return {r for (r,) in db.execute("SELECT json_extract(body, '$.reading') FROM alarms"
