@@ -193,7 +193,7 @@ class Ingest:
             if state.auth_counter is not None and opened.counter <= state.auth_counter:
                 earlier = f"{device.id}:{state.epoch}:{opened.counter}"
                 if self._copy(device.id, earlier, opened.counter, frame.payload, time.time()):
-                    return self._duplicate(state, frame, earlier)
+                    return self._duplicate(state, earlier)
                 raise EnvelopeError("replayed", f"frame counter {opened.counter}; the last accepted was"
                                                 f" {state.auth_counter}")
             state.auth_counter = opened.counter
@@ -223,7 +223,7 @@ class Ingest:
                 if seen or behind > LATE_WINDOW:
                     earlier_id = f"{device.id}:{state.epoch}:{counter}"
                     if self._copy(device.id, earlier_id, counter, frame.payload, now):
-                        return self._duplicate(state, frame, earlier_id)
+                        return self._duplicate(state, earlier_id)
                     # Same counter with other bytes, or far behind: the counter wrapped or the device restarted.
                     log.info("frame counter went back: new counter epoch", device=device.id, source=frame.source,
                              last_counter=last, counter=counter, epoch=state.epoch + 1, seen_before=bool(seen))
@@ -241,7 +241,7 @@ class Ingest:
         )
         seq = self.store.add_reading(reading, frame.payload, self.uplink_mask(device.id), now)
         if seq is None:
-            return self._duplicate(state, frame, reading_id)
+            return self._duplicate(state, reading_id)
         if counter is not None:
             frames = self.recent.setdefault(device.id, {})
             frames.pop(counter, None)
@@ -264,9 +264,9 @@ class Ingest:
         state.epoch, state.last_counter, state.seen = epoch, counter, 1 if counter is not None else 0
         self.recent.pop(state.id, None)  # its frames have ids of the old epoch
 
-    def _duplicate(self, state: DeviceState, frame: Frame, reading_id: str) -> Duplicate:
+    def _duplicate(self, state: DeviceState, reading_id: str) -> Duplicate:
+        # Counted only: anyone in range can replay a copy, so it must not make a dead sensor look heard.
         state.duplicates += 1
-        state.last_seen, state.last_rssi, state.last_snr = frame.wall, frame.rssi, frame.snr
         self.store.touch(state)
         return Duplicate(state.id, reading_id)
 

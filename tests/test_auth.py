@@ -190,7 +190,13 @@ def test_a_copy_of_the_last_frame_is_a_duplicate_but_an_older_one_is_a_replay(tm
     gw = Gateway(tmp_path / "gw.db", config(keys_file=keys_file))
     first, second = sealed(1, "armed"), sealed(2)
     assert reasons(gw.hear(first, second, second)) == ["Reading", "Reading", "Duplicate"]
-    assert reasons(gw.hear(first)) == ["Duplicate"]  # a second module heard it late: same bytes, within the hour
+    heard = gw.ingest.store.device("trap-01", "lora0", 17, "trap", 0.0)
+    when, rssi = heard.last_seen, heard.last_rssi
+    copy = sealed(1, "armed")  # an attacker's recording, replayed later and louder
+    copy.wall, copy.rssi = when + 1800, -30.0
+    assert reasons(gw.hear(copy)) == ["Duplicate"]  # a second module heard it late: same bytes, within the hour
+    # Counted, but it does not make the sensor look heard (a replayed copy could keep a dead one "alive").
+    assert (heard.last_seen, heard.last_rssi, heard.duplicates) == (when, rssi, 2)
     gw.ingest.recent.clear()  # as after an hour: the copy is no longer recent
     assert reasons(gw.hear(second)) == ["replayed"]
 
@@ -383,8 +389,13 @@ def test_a_counter_reset_is_an_installer_s_step_and_starts_a_new_epoch(tmp_path)
     gw.ingest.store.close()
     done = edgegw("keys", "reset-counter", "trap-01", "-c", str(site))
     assert done.returncode == 0 and "counter 500 forgotten" in done.stdout
+    new = load_keys(tmp_path / "keys.toml")["trap-01"]
+    assert new != key and f"key        {new.hex()}" in done.stdout  # what the sensor must be given
+    cfg, _ = load_config(site)
     gw = Gateway(cfg.data_dir / "edgegw.db", cfg)
-    (after,) = gw.hear(sealed(1, key=key))
+    # A frame recorded before the reset, replayed: under the old key it would start the counter again.
+    assert reasons(gw.hear(sealed(500, key=key))) == ["bad_mic"]
+    (after,) = gw.hear(sealed(1, key=new))
     assert isinstance(after, Reading) and after.reading_id == "trap-01:1:1" != first.reading_id
 
 

@@ -119,15 +119,29 @@ def keys_new(device_id: str, config_path: Path, replace: bool) -> None:
 
     Example: edgegw keys new trap-01 -c /etc/edgegw/gateway.toml
     """
-    from edgegw.keys import new_key
-
     config, _ = load_config_or_exit(config_path)
     device = _keyed_device(config, device_id)
     assert config.keys_file is not None
+    if not replace and config.keys_file.exists() and device_id in _keys(config.keys_file):
+        raise click.ClickException(f"{device_id} already has a key in {config.keys_file}; --replace makes a"
+                                   " new one (and the sensor must then be given it)")
+    _give_new_key(config, device)
+
+
+def _keys(path: Path) -> dict[str, bytes]:
     try:
-        if not replace and config.keys_file.exists() and device_id in load_keys(config.keys_file):
-            raise click.ClickException(f"{device_id} already has a key in {config.keys_file}; --replace makes a"
-                                       " new one (and the sensor must then be given it)")
+        return load_keys(path)
+    except ConfigError as exc:
+        raise click.ClickException("; ".join(f"{exc.path}: {p}" for p in exc.problems)) from None
+
+
+def _give_new_key(config: Config, device) -> None:
+    """Write a new key for ``device`` into the keys file and print what the sensor's firmware needs."""
+    from edgegw.keys import new_key
+
+    device_id = device.id
+    assert config.keys_file is not None
+    try:
         key = new_key(config.keys_file, device_id)
     except ConfigError as exc:
         raise click.ClickException("; ".join(f"{exc.path}: {p}" for p in exc.problems)) from None
@@ -146,9 +160,10 @@ def keys_new(device_id: str, config_path: Path, replace: bool) -> None:
 @click.argument("device_id")
 @config_option
 def keys_reset_counter(device_id: str, config_path: Path) -> None:
-    """Accept DEVICE_ID's frame counter from the start again: for a sensor whose counter restarted
-    (a new battery without non-volatile memory, a reflashed board). Run on site, with the daemon
-    stopped; nothing sent over the air can do this.
+    """Accept DEVICE_ID's frame counter from the start again, under a new key: for a sensor whose
+    counter restarted (a new battery without non-volatile memory, a reflashed board). Run on site,
+    with the daemon stopped; nothing sent over the air can do this. The sensor must be given the new
+    key: under the old one, every frame recorded from it before would be accepted again.
 
     Example: systemctl stop edgegw; edgegw keys reset-counter trap-01 -c /etc/edgegw/gateway.toml
     """
@@ -157,20 +172,23 @@ def keys_reset_counter(device_id: str, config_path: Path) -> None:
     from edgegw.store.connection import db_path
 
     config, _ = load_config_or_exit(config_path)
-    _keyed_device(config, device_id)
+    device = _keyed_device(config, device_id)
     try:
         lock = DataDirLock(config.data_dir, __version__)  # also keeps a daemon from starting meanwhile
     except AlreadyRunning as exc:
         raise click.ClickException(f"{exc}. Stop it first: systemctl stop edgegw") from None
     try:
+        # The key first: a counter started again under the old key would let recorded frames back in.
+        _give_new_key(config, device)
         store = Store(db_path(config.data_dir))
         forgotten = store.reset_counter(device_id)
         store.close()
     finally:
         lock.release()
     if forgotten is None:
-        click.echo(f"{device_id}: no authenticated frame accepted yet; nothing to reset")
+        click.echo(f"{device_id}: no authenticated frame accepted yet; the counter starts with the new key")
     else:
-        click.echo(f"{device_id}: counter {forgotten} forgotten; the next authenticated frame starts it again")
+        click.echo(f"{device_id}: counter {forgotten} forgotten; the next frame sealed with the new key starts it"
+                   " again")
 
 
