@@ -398,6 +398,15 @@ def test_answers_are_classified(status, kind):
     assert (error is None) if kind is None else isinstance(error, kind)
 
 
+def test_an_agent_s_error_in_a_2xx_is_not_an_acknowledgement():
+    # iotagent-node-lib answers 200 with EntityGenericError when its context broker's 404 has no Orion body.
+    body = b'{"name":"ENTITY_GENERIC_ERROR","message":"Error accesing entity data for device: dev1"}'
+    error = classify(200, {}, body)
+    assert isinstance(error, TransientUplinkError) and "ENTITY_GENERIC_ERROR" in str(error)
+    assert classify(200, {}, b'{"name":"ok","message":"a command"}') is None
+    assert classify(200, {}, b"{}") is None and classify(201, {}, b'["urn:a"]') is None
+
+
 def test_error_text_is_the_brokers_own():
     orion = classify(422, {}, b'{"error":"Unprocessable","description":"do not exist: E1 - [ A ]"}')
     assert str(orion) == "HTTP 422: Unprocessable: do not exist: E1 - [ A ]"

@@ -54,9 +54,11 @@ def acknowledgement_note(uplink: UplinkConfig) -> str | None:
     platform stored the item (``edgegw config check`` prints it)."""
     if uplink.type in ("iota-json", "iota-ul"):
         return (f"note: uplink {uplink.name!r} ({uplink.type}): {ACKNOWLEDGEMENTS[uplink.type][1]}. An agent with "
-                "its defaults (clean session, QoS 0) drops every measure published while it is down, and edgegw "
-                "still counts them delivered. Set IOTA_MQTT_QOS=1 and IOTA_MQTT_CLEAN=false on the agent, or use "
-                f'type = "{uplink.type}-http" (its answer comes after the context broker stored the measure).')
+                "its defaults (clean session, QoS 0) drops every measure published while it is down, and it takes "
+                "a measure off MQTT whether or not the context broker then stored it; edgegw still counts them "
+                "delivered. IOTA_MQTT_CLEAN=false does not help: the agents connect with a new client id each time, "
+                f'so their old session is never resumed. Use type = "{uplink.type}-http" (its answer comes after '
+                "the context broker stored the measure).")
     return None
 
 

@@ -258,6 +258,10 @@ def classify(status: int, headers: Mapping[str, str], body: bytes) -> UplinkErro
     ``headers`` must look names up case-insensitively, as urllib3's do.
     """
     if 200 <= status < 300 and status != 207:
+        if _agent_error(body):
+            # An IoT Agent answers some of its context broker's failures (a 404 without Orion's error
+            # body: a wrong IOTA_CB_URL path, a proxy's page) with 200 and its error: nothing was stored.
+            return TransientUplinkError(f"HTTP {status} with the agent's error: {error_text(body)}")
         return None
     text = error_text(body)
     if status == 207:  # NGSI-LD batch: some entities stored, others refused
@@ -269,6 +273,18 @@ def classify(status: int, headers: Mapping[str, str], body: bytes) -> UplinkErro
             hint = f" (redirected to {headers.get('Location')!r}: check url)"
         return TransientUplinkError(message + hint, retry_after_seconds(headers.get("Retry-After")))
     return PermanentUplinkError(message)
+
+
+def _agent_error(body: bytes) -> bool:
+    """Whether a body is an IoT Agent's error (``{"name": "..._ERROR", "message": ...}``)."""
+    if not body.startswith(b"{"):
+        return False
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return False
+    name = data.get("name") if isinstance(data, dict) else None
+    return isinstance(name, str) and name.endswith("_ERROR") and "message" in data
 
 
 def error_text(body: bytes, limit: int = 500) -> str:

@@ -7,9 +7,9 @@ every one of its messages; any failure fails the whole batch, which is then sent
 (at least once: the agent may see a device's measures twice, with the same TimeInstant).
 
 That acknowledgement is the MQTT broker's, not the agent's: an agent subscribed with its defaults
-(clean session, QoS 0) loses what is published while it is down. ``IOTA_MQTT_QOS=1`` and
-``IOTA_MQTT_CLEAN=false`` on the agent make the broker keep it for the agent; the agent's HTTP
-southbound (:mod:`edgegw.uplink.iota_http`) acknowledges only what reached the context broker.
+(clean session, QoS 0) loses what is published while it is down, and a persistent session does not
+help: the agents connect with a new random client id each time. The agent's HTTP southbound
+(:mod:`edgegw.uplink.iota_http`) acknowledges only what reached the context broker.
 """
 
 from __future__ import annotations
