@@ -31,7 +31,7 @@ import structlog
 from edgegw.backoff import Backoff
 from edgegw.errors import ModuleError
 from edgegw.model import Frame, Reject
-from edgegw.radio import Emit, ReadTurn, SourceState, Turns
+from edgegw.radio import Emit, ReadTurn, SourceState, Turns, wait_committed
 
 MAX_LINE = 600  # "+RCV=65535,240," + 480 hex chars + RSSI/SNR fits; longer is noise, not a frame
 COMMAND_TIMEOUT = 2.0
@@ -248,7 +248,16 @@ class LineModule:
     def _serve(self, port: serial.Serial, emit: Emit, stop: threading.Event, up: Callable[[], None]) -> None:
         lines = LineReader(port)
         turns = Turns(self.read_turn, emit, stop)
-        self._configure(port, lines, emit, None)
+
+        def one_by_one(events: list) -> threading.Event:
+            # Configuration reads the port for the module's answers and hands over the frames among
+            # them outside the read turns: each is committed before the next read, so a burst heard
+            # while the module is set up again cannot pile up in the writer's queue (the loss window).
+            handed = emit(events)
+            wait_committed(handed, stop)
+            return handed
+
+        self._configure(port, lines, one_by_one, None)
         up()
         while not stop.is_set():
             banner = self._read_turn(lines, turns)
@@ -257,7 +266,9 @@ class LineModule:
                 # on the open port (reopening it would flush the frames the kernel holds).
                 emit([SourceState(self.name, "starting", f"module reset itself ({banner}); reconfiguring")])
                 self.log.warning("radio module reset itself; reconfiguring", source=self.name, port=self.port)
-                self._configure(port, lines, emit, banner)
+                if turns.handed is not None:
+                    wait_committed(turns.handed, stop)
+                self._configure(port, lines, one_by_one, banner)
 
     def _read_turn(self, lines: LineReader, turns: Turns) -> str | None:
         """Read what the port holds once the last turn is committed, and hand it over. Returns the banner
