@@ -234,6 +234,9 @@ class Gateway:
             try:
                 bits = self.store.register_uplinks([u.name for u in uplinks])
                 routes = routing(uplinks, bits)
+                # The new rules start from the database: what the running ones hold back (when each
+                # device was last heard) goes there first, or a reload would tell a device silent.
+                self.writer.save_rules()
                 rules = RuleEngine(config, drivers, self.store, time.time(), time.monotonic())
                 senders.extend(self._sender(config, u, bits[u.name], routes, built.get(u.name))
                                for u in changed.values())

@@ -244,10 +244,10 @@ class Writer:
             if time.monotonic() >= next_purge:
                 next_purge = time.monotonic() + (HOUSEKEEPING_STEP if self._purge() else PURGE_EVERY)
         self.summary.log()  # the part of a period before the stop
-        self._save_rules()
+        self.save_rules()
 
-    def _save_rules(self) -> None:
-        """At a stop: write what the rules hold back (see edgegw.rules.engine.PROGRESS)."""
+    def save_rules(self) -> None:
+        """At a stop or a reload: write what the rules hold back (see edgegw.rules.engine.PROGRESS)."""
         try:
             with self.store.transaction():
                 self.rules.save(time.time(), everything=True)
