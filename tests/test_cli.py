@@ -347,3 +347,11 @@ def test_status_calls_a_heartbeat_late_only_past_three_periods_from_the_last_bea
     assert "LATE" not in _format_daemon(now, {**daemon, "started_at": now - 3600, "heartbeat": beating})[0]
     stale = {"at": now - 4 * HEARTBEAT_EVERY, "stages": {}}
     assert "LATE" in _format_daemon(now, {**daemon, "started_at": now - 3600, "heartbeat": stale})[0]
+
+
+def test_a_time_never_set_reads_never():
+    from edgegw.cli.status import ago
+
+    # A device known only by its rejected frames has last_seen 0: not "499013.0h ago".
+    assert ago(1_796_441_265.0, 0.0) == ago(1_796_441_265.0, None) == "never"
+    assert ago(100.0, 40.0) == "60s ago"

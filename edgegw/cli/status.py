@@ -59,7 +59,7 @@ def status(config_path: Path, as_json: bool) -> None:
 
 
 def ago(now: float, t: float | None) -> str:
-    if t is None:
+    if not t:  # a device known only by its rejected frames has last_seen 0
         return "never"
     s = max(0.0, now - t)
     return f"{s:.0f}s ago" if s < 120 else f"{s / 60:.0f}m ago" if s < 7200 else f"{s / 3600:.1f}h ago"
