@@ -132,7 +132,11 @@ def _keys(path: Path) -> dict[str, bytes]:
     try:
         return load_keys(path)
     except ConfigError as exc:
-        raise click.ClickException("; ".join(f"{exc.path}: {p}" for p in exc.problems)) from None
+        raise _unreadable(exc) from None
+
+
+def _unreadable(exc: ConfigError) -> click.ClickException:
+    return click.ClickException("; ".join(f"{exc.path}: {p}" for p in exc.problems))
 
 
 def _give_new_key(config: Config, device) -> None:
@@ -144,7 +148,7 @@ def _give_new_key(config: Config, device) -> None:
     try:
         key = new_key(config.keys_file, device_id)
     except ConfigError as exc:
-        raise click.ClickException("; ".join(f"{exc.path}: {p}" for p in exc.problems)) from None
+        raise _unreadable(exc) from None
     except OSError as exc:
         raise click.ClickException(f"cannot write {config.keys_file}: {exc.strerror}") from None
     click.echo(f"{device_id}: key written to {config.keys_file} (readable by its owner only)\n"
