@@ -16,10 +16,16 @@ import os
 import secrets
 import stat
 import tomllib
+from collections.abc import Iterable
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgegw.envelope import KEY_BYTES
 from edgegw.errors import ConfigError
+
+if TYPE_CHECKING:
+    from edgegw.config.radio import Device
 
 HEADER = ("# edgegw device keys (see edgegw/envelope.py). Whoever reads this file can forge these\n"
           "# devices' frames: keep it readable only by the service user (chmod 600).\n")
@@ -84,3 +90,18 @@ def new_key(path: Path, device_id: str) -> bytes:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return keys[device_id]
+
+
+def plain_frames_accepted(devices: Iterable[Device], keyed: set[str], now: datetime) -> dict[str, str]:
+    """The devices whose plain (unsealed) frames the gateway takes, by id, with why: no key, a key
+    with ``require_auth = false``, or a rollout window still open. Anyone in radio range can send
+    such frames as them; a keyed device's are marked unverified."""
+    plain = {}
+    for d in devices:
+        if d.id not in keyed:
+            plain[d.id] = "no key"
+        elif d.require_auth is False:
+            plain[d.id] = "require_auth = false"
+        elif d.accept_plain_until is not None and d.accept_plain_until > now:
+            plain[d.id] = f"accept_plain_until {d.accept_plain_until.isoformat()}"
+    return plain

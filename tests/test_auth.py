@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -376,6 +377,29 @@ def test_require_auth_without_a_key_and_a_bad_key_are_config_errors(tmp_path):
         "line 12: devices[id=trap-01].accept_plain_until: only for a device with a key; make one with: edgegw keys new trap-01 -c"
         " CONFIG",
     ]
+
+
+def test_config_check_and_status_list_keyed_devices_that_still_take_plain_frames(tmp_path):
+    site = write_site(tmp_path, 'accept_plain_until = 2099-03-31T23:59:59+09:00\n')
+    site.write_text(site.read_text() + '[[devices]]\nid = "trap-02"\naddress = 18\ndriver = "trap"\nrequire_auth = false\n'
+                    '[[devices]]\nid = "trap-03"\naddress = 19\ndriver = "trap"\n'
+                    '[[devices]]\nid = "trap-04"\naddress = 20\ndriver = "trap"\n'
+                    'accept_plain_until = 2020-03-31T23:59:59+09:00\n')
+    for device in ("trap-01", "trap-02", "trap-03", "trap-04"):
+        new_key(tmp_path / "keys.toml", device)
+    # Only trap-03 (required) and trap-04 (its window closed) refuse plain frames.
+    said = "trap-01 (accept_plain_until 2099-03-31T23:59:59+09:00), river-01, trap-02 (require_auth = false)"
+    checked = edgegw("config", "check", str(site))
+    assert checked.returncode == 0, checked.stderr
+    assert f"not authenticated (anyone in radio range can send as them): {said};" in checked.stdout
+    cfg, _ = load_config(site)
+    cfg.data_dir.mkdir()
+    Store(cfg.data_dir / "edgegw.db").close()
+    status = edgegw("status", "-c", str(site))
+    assert status.returncode == 0 and f"not authenticated: {said} (" in status.stdout
+    as_json = json.loads(edgegw("status", "--json", "-c", str(site)).stdout)
+    assert as_json["not_authenticated"] == {"trap-01": "accept_plain_until 2099-03-31T23:59:59+09:00",
+                                            "river-01": "no key", "trap-02": "require_auth = false"}
 
 
 def test_a_counter_reset_is_an_installer_s_step_and_starts_a_new_epoch(tmp_path):

@@ -194,6 +194,44 @@ def test_missing_required_keys(tmp_path):
     ]
 
 
+def test_wrong_shapes_say_what_to_write(tmp_path):
+    # A [table] for a [[list]], a number for a path, a string for a command's list, a negative duration,
+    # and a damaged keys file: told at once, each in the file's words.
+    keys = tmp_path / "keys.toml"
+    fd = os.open(keys, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, b'"trap-01" = "abcd"\n')
+    os.close(fd)
+    path = write(tmp_path, """
+        gateway_id = "gw"
+        data_dir = 42
+        keys_file = "keys.toml"
+        [sources]
+        type = "rylr"
+        [[devices]]
+        id = "d1"
+        address = 1
+        driver = "trap"
+        interval = "-5m"
+        [[actions]]
+        type = "command"
+        name = "siren"
+        command = "siren --on"
+        """)
+    assert problems_of(path) == [
+        "line 3: data_dir: expected a path in quotes, e.g. \"/var/lib/edgegw\" (got 42)",
+        f"line 4: keys_file: {keys}: expected only a [keys] table of \"device id\" = \"32 hex digits\"",
+        "line 5: sources: expected a list of tables: write [[sources]] (double brackets) above each entry, not [sources]",
+        "line 11: devices[id=d1].interval: a duration cannot be negative (got '-5m')",
+        "line 15: actions[name=siren].command: expected a list: argv, e.g. [\"/usr/local/bin/siren\", \"--on\"]"
+        " (got 'siren --on')",
+    ]
+
+
+def test_a_virtual_field_file_is_told_apart_from_a_config():
+    problems = problems_of(REPO / "configs" / "demo-field.toml")
+    assert len(problems) == 1 and problems[0].startswith("a virtual field (what a simulated source's `simulate`")
+
+
 def test_no_sources_at_all(tmp_path):
     path = write(tmp_path, 'gateway_id = "gw"\n')
     assert problems_of(path) == ["sources: required key is missing"]

@@ -70,3 +70,8 @@ def cli() -> None:
     """edgegw: field gateway for LPWA sensors (radio -> SQLite outbox -> platform)."""
 
 
+
+
+def plain_list(plain: dict[str, str]) -> str:
+    """The devices that may send plain frames, for a person: a keyed one says why it still may."""
+    return ", ".join(d if why == "no key" else f"{d} ({why})" for d, why in plain.items())

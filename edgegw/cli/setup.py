@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 
 from edgegw import __version__
-from edgegw.cli.common import check_config_or_exit, cli, config_argument, config_option, load_config_or_exit
+from edgegw.cli.common import check_config_or_exit, cli, config_argument, config_option, load_config_or_exit, plain_list
 from edgegw.cli.doctor import EXIT_FAULTS, print_findings, service_user, user_option
 from edgegw.config import Config
 from edgegw.errors import ConfigError
-from edgegw.keys import load_keys
+from edgegw.keys import load_keys, plain_frames_accepted
 
 
 @cli.group("config")
@@ -56,9 +57,9 @@ def _summarise(config: Config, file: Path, warnings: list[str]) -> None:
 
     for note in filter(None, map(acknowledgement_note, config.effective_uplinks())):
         click.echo(note)
-    plain = [d.id for d in config.devices if d.id not in keyed]
+    plain = plain_frames_accepted(config.devices, keyed, datetime.now(UTC))
     if plain:
-        click.echo(f"not authenticated (anyone in radio range can send as them): {', '.join(plain)};"
+        click.echo(f"not authenticated (anyone in radio range can send as them): {plain_list(plain)};"
                    " see edgegw keys new")
     from edgegw.errors import OutboxError
     from edgegw.outbox import Outbox

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 
-from edgegw.cli.common import cli, config_option, json_option, load_config_or_exit
+from edgegw.cli.common import cli, config_option, json_option, load_config_or_exit, plain_list
 from edgegw.errors import ConfigError
-from edgegw.keys import load_keys
+from edgegw.keys import load_keys, plain_frames_accepted
 
 
 @cli.command()
@@ -43,7 +44,8 @@ def status(config_path: Path, as_json: bool) -> None:
     st["never_heard"] = [d.id for d in config.devices if d.id not in heard]
     try:
         keyed = set(load_keys(config.keys_file)) if config.keys_file is not None else set()
-        st["not_authenticated"] = [d.id for d in config.devices if d.id not in keyed]
+        # id -> why its plain frames are taken: no key, require_auth = false, a rollout window
+        st["not_authenticated"] = plain_frames_accepted(config.devices, keyed, datetime.now(UTC))
     except ConfigError:  # not readable by this user, as it should be for most: run and config check say more
         st["not_authenticated"] = None
     disk = st["disk"]
@@ -153,7 +155,7 @@ def _format_status(st: dict) -> str:
     if st["not_authenticated"] is None:
         out.append("not authenticated: unknown (the keys file cannot be read by this user)")
     elif st["not_authenticated"]:
-        out.append("not authenticated: " + ", ".join(st["not_authenticated"])
+        out.append("not authenticated: " + plain_list(st["not_authenticated"])
                    + " (no key: anyone in radio range can send as them; see edgegw keys new)")
     if st["never_heard"]:
         out.append("never heard: " + ", ".join(st["never_heard"]) + " (configured, no frame yet: range, address, radio settings?)")

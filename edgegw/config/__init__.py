@@ -223,6 +223,14 @@ def _listed(raw: dict[str, Any], key: str) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+def _is_field_file(raw: dict[str, Any]) -> bool:
+    """Whether a file is a virtual field (``[air]``, sensors with values and events), which an
+    installer may check by mistake: its keys would each be told as unknown."""
+    field_keys = {"values", "events", "rssi", "snr"}
+    return "gateway_id" not in raw and "sources" not in raw and (
+        "air" in raw or any(isinstance(d, dict) and field_keys & set(d) for d in _listed(raw, "devices")))
+
+
 def _resolve(base: Path, p: Path | None) -> Path | None:
     return None if p is None else Path(os.path.normpath(p if p.is_absolute() else base / p))
 
@@ -252,6 +260,10 @@ def check_config(path: str | Path, keys: bool = True) -> tuple[Config, DriverReg
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(name, [f"not valid TOML: {exc}"]) from None
 
+    if _is_field_file(raw):
+        raise ConfigError(name, ["a virtual field (what a simulated source's `simulate` key names), not a "
+                                 "gateway config: check the config that names it, e.g. "
+                                 "edgegw config check configs/demo.toml"])
     base = path.resolve().parent
     problems: list[str] = []
     # Drivers first, best effort, so that device entries can be checked against them in the same pass.
@@ -283,6 +295,8 @@ def check_config(path: str | Path, keys: bool = True) -> tuple[Config, DriverReg
         # The cross-section checks did not run (pydantic stops before them): run them on the raw file.
         problems += cross_reference_problems(*(_listed(raw, k) for k in ("sources", "devices", "uplinks")))
         problems += rule_problems(_listed(raw, "rules"), _listed(raw, "actions"), _listed(raw, "devices"), registry)
+        if keys and isinstance(raw.get("keys_file"), str):  # a damaged keys file is told with the rest
+            problems += _read_keys(_resolve(base, Path(raw["keys_file"])))[1]
         raise ConfigError(name, _placed(problems, text, raw)) from None
     problems += rule_problems(_listed(raw, "rules"), _listed(raw, "actions"), _listed(raw, "devices"), registry)
     problems += _field_problems(base, config.sources) + source_problems(config.sources) + PLUGIN_PROBLEMS
@@ -366,15 +380,22 @@ def _field_problems(base: Path, sources: list[Source]) -> list[str]:
     return problems
 
 
-def _key_problems(keys_file: Path | None, devices: list[Device]) -> tuple[list[str], set[str]]:
-    """The keys file, read now: which devices have keys decides what their frames must be. Returns
-    its problems and the ids of the devices with a key."""
+def _read_keys(keys_file: Path | None) -> tuple[dict[str, bytes], list[str]]:
+    """The keys file's keys, or its problems as config problems of ``keys_file``."""
     from edgegw.keys import load_keys
 
     try:
-        keys = load_keys(keys_file) if keys_file is not None else {}
+        return (load_keys(keys_file) if keys_file is not None else {}), []
     except ConfigError as exc:
-        return [f"keys_file: {exc.path}: {p}" for p in exc.problems], {d.id for d in devices if d.require_auth}
+        return {}, [f"keys_file: {exc.path}: {p}" for p in exc.problems]
+
+
+def _key_problems(keys_file: Path | None, devices: list[Device]) -> tuple[list[str], set[str]]:
+    """The keys file, read now: which devices have keys decides what their frames must be. Returns
+    its problems and the ids of the devices with a key."""
+    keys, problems = _read_keys(keys_file)
+    if problems:
+        return problems, {d.id for d in devices if d.require_auth}
     problems = [f"keys_file: {keys_file}: keys.{d}: no device {d!r} in this config"
                 for d in sorted(set(keys) - {d.id for d in devices})]
     for i, device in enumerate(devices):

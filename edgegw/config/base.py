@@ -31,6 +31,8 @@ def _duration(value: Any, info: ValidationInfo) -> Any:
     """
     if isinstance(value, str):
         m = _DURATION.match(value)
+        if not m and value.strip().startswith("-"):
+            raise ValueError(f"a duration cannot be negative (got {value!r})")
         if not m:
             raise ValueError(f'expected a duration with a unit, such as "90s", "10m", "1h", "2d" (got {value!r})')
         return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]

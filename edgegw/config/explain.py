@@ -107,7 +107,7 @@ _RANGE_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_e
 def describe(err: dict[str, Any], raw: Any, root: type[BaseModel]) -> list[str]:
     """One pydantic error of validating ``raw`` as ``root`` (the whole config), as problem lines."""
     loc = _clean_loc(err["loc"])
-    path = loc_path(loc)
+    path = key_path(loc)  # cleaned once: a field named like a tag (an action's command) stays
     msg = err["msg"].removeprefix("Value error, ")
     section = _section_at(loc, raw, root) if loc else None
     if err["type"] == "extra_forbidden":
@@ -130,6 +130,14 @@ def describe(err: dict[str, Any], raw: Any, root: type[BaseModel]) -> list[str]:
         known = [t.strip(" '") for t in err["ctx"]["expected_tags"].split(",")]
         return [f"{path}.type: unknown type {tag!r}{did_you_mean(tag, known)}; expected one of:"
                 f" {err['ctx']['expected_tags']}"]
+    elif err["type"] == "list_type" and len(loc) == 1 and isinstance(err.get("input"), dict):
+        msg = (f"expected a list of tables: write [[{loc[0]}]] (double brackets) above each entry, "
+               f"not [{loc[0]}]")
+    elif err["type"] in ("list_type", "path_type") and section is not None and str(loc[-1]) in section.model_fields:
+        shape = "a list" if err["type"] == "list_type" else 'a path in quotes, e.g. "/var/lib/edgegw"'
+        about = section.model_fields[str(loc[-1])].description
+        msg = f"expected {shape}" + (f": {about}" if about and err["type"] == "list_type" else "")
+        msg += f" (got {err['input']!r})"
     elif err["type"] in _RANGE_ERRORS and section is not None and str(loc[-1]) in section.model_fields \
             and (unit := _unit(section.model_fields[str(loc[-1])])):
         got = f"{err['input']} {unit}" if isinstance(err["input"], int | float) else repr(err["input"])
