@@ -17,7 +17,7 @@ from edgegw.drivers import load_drivers
 from edgegw.items import BATCH_SCHEMA_FILE, alarm_item
 from edgegw.model import Alarm, Reading
 from edgegw.rules import RuleEngine
-from edgegw.rules.engine import CLOCK_WRITE_EVERY
+from edgegw.rules.engine import CLOCK_WRITE_EVERY, spoken
 from edgegw.store import Store
 
 DRIVERS = load_drivers()
@@ -130,6 +130,7 @@ def test_reminders_until_rearmed_then_rearmed_closes_the_alarm(rig):
         rig.tick(T0 + 60 * minute)
     assert rig.kinds("trap") == ["trap_sprung", "trap_reminder", "trap_reminder", "trap_reminder"]
     assert [a.raised_at for a in rig.alarms if a.kind == "trap_reminder"] == [T0 + 3600, T0 + 7200, T0 + 10800]
+    assert rig.alarms[-1].message.endswith(": trap still sprung after 3 h")
     (rearmed,) = [a for a in rig.read("trap-01", trap("armed"), T0 + 12000) if a.kind.startswith("trap")]
     assert rearmed.kind == "trap_rearmed" and rearmed.closes == (rig.alarms[0].alarm_id,)
     assert rig.store.conn.execute("SELECT count(*) FROM alarms WHERE open = 1 AND kind = 'trap_sprung'").fetchone()[0] == 0
@@ -480,6 +481,15 @@ def test_silence_is_told_on_the_true_clock_after_a_step_back(tmp_path):
     assert silent.device_id == "trap-01" and silent.raised_at == T0 + 1800  # 3 x 10 min from the step
 
 
+@pytest.mark.parametrize(("seconds", "said"), [
+    (0, "0 s"), (5, "5 s"), (89, "89 s"), (90, "2 min"), (300, "5 min"), (5399, "90 min"), (5400, "1.5 h"),
+    (7200, "2 h"), (172800, "2 days"), (3 * 86400 + 43200, "3.5 days"),
+])
+def test_alarm_texts_say_durations_as_a_reader_would(seconds, said):
+    # "silent for 0 min (expected every 0.0833333 min)" was what a 5 s sensor's alarm said.
+    assert spoken(seconds) == said
+
+
 # -- device health ----------------------------------------------------------------------------------
 
 def test_silent_device_alarms_once_and_back_closes_it_across_a_restart(rig):
@@ -491,6 +501,7 @@ def test_silent_device_alarms_once_and_back_closes_it_across_a_restart(rig):
             rig.read("river-01", level(1000), T0 + 60 * minute)
     (silent,) = [a for a in rig.alarms if a.kind == "device_silent"]
     assert silent.device_id == "trap-01" and silent.raised_at == T0 + 1800  # 3 x 10 min
+    assert silent.message.endswith("silent for 31 min (expected every 10 min)")
     rig.restart(T0 + 60 * 40)  # restarted within the gap: still the same listening
     rig.tick(T0 + 60 * 41)
     (back,) = rig.read("trap-01", trap("armed"), T0 + 60 * 42)

@@ -100,6 +100,17 @@ class Context:
         return f"{self.device.name} ({self.device.id})" if self.device.name else self.device.id
 
 
+def spoken(seconds: float) -> str:
+    """A duration as an alarm's reader says it: "45 s", "5 min", "2.5 h", "3 days"."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h".replace(".0 h", " h")
+    return f"{seconds / 86400:.1f} days".replace(".0 days", " days")
+
+
 class Watch(Protocol):
     """One configured rule, as the engine drives it.
 

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 from edgegw.config import Device, DeviceHealthRule
 from edgegw.drivers import ValueSpec
-from edgegw.rules.engine import Context, Observation
+from edgegw.rules.engine import Context, Observation, spoken
 
 
 def _number(value: Any) -> float | None:
@@ -127,9 +127,8 @@ class HealthWatch:
         if now - since <= self.silent_after:
             return
         key = state.get("last") or f"{ctx.device.id}:never:{int(ctx.listening_since)}"
-        minutes = (now - since) / 60
         state["silent"] = ctx.raise_alarm(
             "device_silent", self.rule.silent_severity, key, since + self.silent_after,
-            f"{ctx.label()} silent for {minutes:.0f} min (expected every {ctx.device.interval / 60:g} min)",
+            f"{ctx.label()} silent for {spoken(now - since)} (expected every {spoken(ctx.device.interval)})",
             None, {"last_heard": state.get("heard"), "interval_s": ctx.device.interval}, opens=True,
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from edgegw.config import TrapRule
-from edgegw.rules.engine import Context, Observation
+from edgegw.rules.engine import Context, Observation, spoken
 
 
 class TrapWatch:
@@ -55,9 +55,8 @@ class TrapWatch:
         if n > state["reminders"]:
             # Stamped at the due time, not at the tick: a restart mid-interval yields the same alarm.
             at = state["since"] + n * every
-            hours = (at - state["since"]) / 3600
             ctx.raise_alarm(
                 "trap_reminder", "high", f"{state['cause']}:{n}", at,
-                f"{ctx.label()}: trap still sprung after {hours:.1f} h", None, {"reminder": n},
+                f"{ctx.label()}: trap still sprung after {spoken(at - state['since'])}", None, {"reminder": n},
             )
             state["reminders"] = n
