@@ -164,7 +164,8 @@ def test_decode_layout_driver_needs_its_config(runner):
 
     without = runner.invoke(cli, ["decode", "--driver", "paddy", payload])
     assert without.exit_code == 1
-    assert without.stderr == "Error: unknown driver 'paddy'; known: trap, water_level\n"
+    assert without.stderr == ("Error: unknown driver 'paddy'; known: trap, water_level"
+                              " (a driver of a config's layouts or drivers_dir? name the config: -c FILE)\n")
 
 
 def test_decode_wrong_length(runner):
@@ -184,7 +185,7 @@ def test_decode_unknown_driver(runner):
     result = runner.invoke(cli, ["decode", "--driver", "thermometer", "01"])
     assert result.exit_code == 1
     assert result.stdout == ""
-    assert result.stderr == "Error: unknown driver 'thermometer'; known: trap, water_level\n"
+    assert result.stderr.startswith("Error: unknown driver 'thermometer'; known: trap, water_level (")
 
 
 @pytest.mark.parametrize("payload", ["zz", "0101 0CE4 002", "0x01010CE4002A"])

@@ -91,6 +91,40 @@ def test_simulate_e220_drives_a_daemon_reading_it_through_the_example_config(tmp
     assert not link.exists()  # unplugged
 
 
+def test_simulate_with_a_config_seals_the_keyed_sensors_frames(tmp_path):
+    """Standalone `edgegw simulate -c` gives the virtual sensors the config's keys, as the daemon's own
+    simulation does: a keyed river gauge's frames are accepted, not refused as plain."""
+    import signal
+    import subprocess
+    import sys
+
+    from edgegw.keys import new_key
+
+    link = tmp_path / "ttyRYLR"
+    (tmp_path / "gateway.toml").write_text(
+        f'gateway_id = "gw"\ndata_dir = "data"\nkeys_file = "keys.toml"\n'
+        f'[[sources]]\ntype = "rylr"\nname = "lora0"\nport = "{link}"\n'
+        '[[devices]]\nid = "river-01"\naddress = 21\ndriver = "water_level"\ninterval = "5s"\n')
+    new_key(tmp_path / "keys.toml", "river-01")
+    with open(tmp_path / "simulate.log", "wb") as log:
+        simulate = subprocess.Popen([sys.executable, "-m", "edgegw", "simulate", "--field", str(REPO / "configs" / "jp-field.toml"),
+                                     "--link", str(link), "--seed", "1", "--speed", "4", "-c", str(tmp_path / "gateway.toml")],
+                                    stdout=log, stderr=log)
+    daemon = None
+    try:
+        wait_until(link.exists, 20, "the emulated module's pty")
+        daemon = Daemon(tmp_path / "gateway.toml").start()
+        daemon.wait_receiving()
+        daemon.wait_committed(2, timeout=30)  # only the river's: the trap (address 17) is not configured
+        status = daemon.status()
+        assert set(status["rejects"]["by_reason"]) <= {"unknown_device"}, status["rejects"]
+    finally:
+        if daemon is not None:
+            assert daemon.stop() == 0
+        simulate.send_signal(signal.SIGINT)
+        simulate.wait(10)
+
+
 def test_simulate_refuses_an_spi_chip_and_says_what_to_do(tmp_path):
     from click.testing import CliRunner
 

@@ -4,7 +4,9 @@ with every problem listed, and the exit codes systemd's unit relies on."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
@@ -22,6 +24,7 @@ EXIT_DATABASE_DAMAGED = 5  # restarted by systemd: the next start sets the damag
 # SSH then need no -c. Read when a command runs (tests point it elsewhere).
 DEFAULT_CONFIG = Path("/etc/edgegw/gateway.toml")
 CONFIG_ENV = "EDGEGW_CONFIG"
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _config_path(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path:
@@ -44,6 +47,21 @@ config_option = click.option(
 )
 # `edgegw config check [FILE]` takes the config as its argument, resolved the same way.
 config_argument = click.argument("file", required=False, type=_CONFIG_TYPE, envvar=CONFIG_ENV, callback=_config_path)
+
+
+def _optional_config(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """-c FILE, else $EDGEGW_CONFIG (click reads it), else the installed gateway's if there is one:
+    these tools work without a config, on the bundled drivers."""
+    return value if value is not None or not DEFAULT_CONFIG.exists() else DEFAULT_CONFIG
+
+
+def optional_config_option(purpose: str) -> Callable[[F], F]:
+    """-c FILE for the tools that also work without a config (simulate, decode, drivers list)."""
+    return click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+                        envvar=CONFIG_ENV, show_envvar=True, callback=_optional_config,
+                        help=f"gateway config, {purpose}  [default: {DEFAULT_CONFIG} if it exists]")
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 
 
