@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -162,6 +163,30 @@ def test_an_invalid_config_is_refused_with_every_problem_and_the_daemon_keeps_wo
         assert daemon.stop() == 0
     finally:
         daemon.stop()
+
+
+def test_a_reload_does_not_tell_a_device_heard_since_the_rules_last_wrote_silent(tmp_path, emulator):
+    # The rules write when each device was last heard once a minute; a reload's new rules start from
+    # the database. A gauge heard every second for 10 s, silent after 3 s unheard, must not be told
+    # silent (and back a second later) by the reload that comes before that minute's write.
+    gauge = '\n[[devices]]\nid = "gauge"\naddress = 23\ndriver = "water_level"\ninterval = "1s"\nrate_limit = 0\n'
+    config = write_config(tmp_path, emulator.link, None, extra=gauge)
+    daemon = Daemon(config).start()
+    try:
+        daemon.wait_receiving()
+        for n in range(1, 16):
+            emulator.receive(23, f"0109C405AA0E74{n:04X}", -90, 3.0)
+            if n == 10:
+                said = reloaded(daemon, 0)
+                assert said["event"] == "config reloaded", said
+            threading.Event().wait(1.0)
+        daemon.wait_committed(15)
+        assert daemon.stop() == 0
+    finally:
+        daemon.stop()
+    with sqlite3.connect(tmp_path / "data" / "edgegw.db") as db:
+        told = db.execute("SELECT kind, message FROM alarms WHERE device_id = 'gauge'").fetchall()
+    assert told == []
 
 
 # The writer cannot take the new config (an I/O error, say): the first reload's swap fails there.

@@ -53,7 +53,7 @@ class HealthWatch:
         if state.get("silent"):
             ctx.raise_alarm(
                 "device_back", "informational", obs.reading_id, obs.observed_at,
-                f"{ctx.label()} heard again after {(obs.observed_at - state['heard']) / 60:.0f} min"
+                f"{ctx.label()} heard again after {spoken(obs.observed_at - state['heard'])}"
                 if state.get("heard") else f"{ctx.label()} heard for the first time", obs,
                 closes=(state["silent"],),
             )

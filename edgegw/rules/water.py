@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from edgegw.config import Stage, WaterLevelRule
-from edgegw.rules.engine import Context, Observation
+from edgegw.rules.engine import Context, Observation, spoken
 
 RANK_SEVERITY = ("low", "medium", "high", "critical")
 MAX_SAMPLES = 256  # rise window memory per device; more than one reading a minute for four hours
@@ -90,7 +90,7 @@ class WaterWatch:
             state["rising"] = True
             ctx.raise_alarm(
                 "water_rise", rise.severity, obs.reading_id, t,
-                f"{ctx.label()}: {self.rule.value} rose {value - low:g} in {rise.within / 60:g} min", obs,
+                f"{ctx.label()}: {self.rule.value} rose {value - low:g} in {spoken(rise.within)}", obs,
                 {"rise": value - low, "within_s": rise.within, "value": value},
             )
         elif value - low <= rise.amount / 2:
