@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from edgegw.keys import load_keys, new_key
 from edgegw.radio.emulator import RylrEmulator
 from tests.broker import Subscriber
 from tests.gateway import Daemon, Sender, wait_until, write_config
@@ -187,6 +190,30 @@ def test_a_reload_does_not_tell_a_device_heard_since_the_rules_last_wrote_silent
     with sqlite3.connect(tmp_path / "data" / "edgegw.db") as db:
         told = db.execute("SELECT kind, message FROM alarms WHERE device_id = 'gauge'").fetchall()
     assert told == []
+
+
+def test_a_key_made_while_the_gateway_runs_takes_effect_at_a_reload(tmp_path, emulator):
+    # Provisioning on site: `edgegw keys new` with the daemon running, then `systemctl reload edgegw`.
+    config = write_config(tmp_path, emulator.link, None, top='keys_file = "keys.toml"\n')
+    new_key(tmp_path / "keys.toml", "trap-01")  # another device's key: the file exists from the start
+    daemon = Daemon(config).start()
+    try:
+        daemon.wait_receiving()
+        sender = Sender(emulator)
+        sender.send("river-01")
+        daemon.wait_committed(1)  # plain frames are readings while it has no key
+        done = subprocess.run([sys.executable, "-m", "edgegw", "keys", "new", "river-01", "-c", str(config)],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and "systemctl reload edgegw" in done.stdout, done.stdout + done.stderr
+        assert reloaded(daemon, 0)["event"] == "config reloaded"
+        sender.send("river-01")  # plain: refused now
+        wait_until(lambda: daemon.status()["rejects"]["by_reason"].get("unauthenticated"), 10, "the plain frame refused")
+        sender.keys["river-01"] = load_keys(tmp_path / "keys.toml")["river-01"]
+        sender.send("river-01")  # sealed with the new key
+        daemon.wait_committed(2)
+        assert daemon.stop() == 0
+    finally:
+        daemon.stop()
 
 
 # The writer cannot take the new config (an I/O error, say): the first reload's swap fails there.

@@ -127,6 +127,7 @@ def keys_new(device_id: str, config_path: Path, replace: bool) -> None:
         raise click.ClickException(f"{device_id} already has a key in {config.keys_file}; --replace makes a"
                                    " new one (and the sensor must then be given it)")
     _give_new_key(config, device)
+    click.echo("Reload the gateway (systemctl reload edgegw) for it to take the key.")
 
 
 def _keys(path: Path) -> dict[str, bytes]:
@@ -157,8 +158,7 @@ def _give_new_key(config: Config, device) -> None:
                f"  device id  {device.address} (its radio address: 4 bytes, big-endian, in every frame)\n"
                "  counter    start at 1, add 1 before every frame, keep it in non-volatile memory, never reuse one\n"
                f"  firmware   firmware/edgegw_frame.c: edgegw_seal(key, {device.address}, counter, payload, len,"
-               " out, sizeof out)\n"
-               "Restart the gateway (systemctl restart edgegw) for it to take the key.")
+               " out, sizeof out)")
 
 
 @keys_group.command("reset-counter")
