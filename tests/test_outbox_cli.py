@@ -285,6 +285,15 @@ def test_list_unknown_uplink(runner, site):
     assert result.stderr == "Error: unknown uplink 'orian'; configured: mqtt, orion\n"
 
 
+def test_delivered_items_by_uplink_are_refused_not_listed_as_none(runner, site):
+    # Delivery is recorded for an item, not per uplink: an empty list would say nothing was delivered.
+    assert site.run(runner, "list", "--delivered").stdout != "no items\n"
+    for command in ("list", "export"):
+        result = site.run(runner, command, "--delivered", "--uplink", "mqtt")
+        assert result.exit_code == 1, result.output
+        assert result.stderr.startswith("Error: delivered items are not told apart by uplink ('mqtt'): an item is")
+
+
 # -- show -------------------------------------------------------------------------------------------
 
 def test_show_by_item_id_and_by_seq(runner, site):

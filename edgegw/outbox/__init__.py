@@ -59,7 +59,7 @@ from edgegw.outbox.results import (
     UplinkCounts,
 )
 from edgegw.outbox.retry import retry_all, retry_ids
-from edgegw.outbox.rows import _bit, _device, _filters, _find, _names, _uplink_names
+from edgegw.outbox.rows import _device, _filters, _find, _names, _pending_bit, _uplink_names
 from edgegw.store import oldest_pending_at, pending_count
 from edgegw.store.connection import connect, open_reader
 
@@ -202,9 +202,8 @@ class Outbox:
             names = _uplink_names(conn)
             where, args = _filters(kind, device, "o.kind", "o.device_id")
             if uplink is not None:
-                bit = _bit(conn, uplink)
                 where.append("o.pending & ?")
-                args.append(bit)
+                args.append(_pending_bit(conn, uplink, state))
             if state == "pending":
                 # As the forwarders go: the urgent lane by its index, then plain readings in seq
                 # order. One ORDER BY over both would sort the whole queue (0.5 s for a million).
@@ -303,7 +302,7 @@ class Outbox:
             where, args = _filters(kind, device, "kind", "device_id")
             if uplink is not None:
                 where.append("pending & ?")
-                args.append(_bit(db, uplink))
+                args.append(_pending_bit(db, uplink, state))
             if state is not None:
                 where.append("pending != 0" if state == "pending" else "pending = 0")
             db.execute("BEGIN")  # one snapshot, however long the caller takes to write the rows out

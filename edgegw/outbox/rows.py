@@ -36,6 +36,14 @@ def _names(pending: int, names: list[tuple[int, str]]) -> list[str]:
     return out
 
 
+def _pending_bit(conn: Queries, uplink: str, state: str | None) -> int:
+    """The bit of ``uplink`` in the queue, to filter rows by: only pending rows have one."""
+    if state == "delivered":  # an empty list would say nothing was delivered
+        raise OutboxError(f"delivered items are not told apart by uplink ({uplink!r}): an item is delivered once"
+                          " every uplink it was for acknowledged it; leave out the uplink to list them")
+    return _bit(conn, uplink)
+
+
 def _bit(conn: Queries, uplink: str) -> int:
     row = conn.execute("SELECT bit FROM uplinks WHERE name = ?", (uplink,)).fetchone()
     if row is None:
