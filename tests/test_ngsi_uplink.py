@@ -419,6 +419,19 @@ def test_error_text_is_the_brokers_own():
     assert str(classify(400, {}, b"<html>nope</html>")) == "HTTP 400: <html>nope</html>"
 
 
+def test_a_broker_that_cannot_fetch_an_at_context_is_retried_not_parked():
+    # Scorpio answers a batch whose contexts it cannot download with a 207 of LdContextNotAvailable
+    # (503) per entity; a broker without internet access would have every reading parked.
+    unavailable = b'{"type":"https://uri.etsi.org/ngsi-ld/errors/LdContextNotAvailable","title":"LD context not available."}'
+    partial = b'{"success":[],"errors":[{"entityId":"urn:a","error":' + unavailable + b'},' \
+              b'{"entityId":"urn:b","error":{"title":"Internal","status":503}}]}'
+    for status, body in ((207, partial), (400, unavailable), (504, unavailable)):
+        assert isinstance(classify(status, {}, body), TransientUplinkError), (status, body)
+    # One entity refused for its data among them: the batch is split to park that one.
+    mixed = partial.replace(b'"status":503', b'"status":400')
+    assert isinstance(classify(207, {}, mixed), PermanentUplinkError)
+
+
 def test_retry_after_is_seconds_or_an_http_date():
     now = time.time()
     assert retry_after_seconds("120") == 120

@@ -264,6 +264,11 @@ def classify(status: int, headers: Mapping[str, str], body: bytes) -> UplinkErro
             return TransientUplinkError(f"HTTP {status} with the agent's error: {error_text(body)}")
         return None
     text = error_text(body)
+    if (status == 207 or status >= 400) and _only_unavailable(body):
+        # The broker could not fetch an @context (or reach its own database) for each refused entity:
+        # a state of the platform that passes, not of the data. Parked, a town's every reading would
+        # wait for a maintainer's `outbox retry`.
+        return TransientUplinkError(f"HTTP {status}, the broker cannot take them for now: {text}")
     if status == 207:  # NGSI-LD batch: some entities stored, others refused
         return PermanentUplinkError(f"HTTP 207, some entities refused: {text}")
     message = f"HTTP {status}: {text}" if text else f"HTTP {status}"
@@ -273,6 +278,25 @@ def classify(status: int, headers: Mapping[str, str], body: bytes) -> UplinkErro
             hint = f" (redirected to {headers.get('Location')!r}: check url)"
         return TransientUplinkError(message + hint, retry_after_seconds(headers.get("Retry-After")))
     return PermanentUplinkError(message)
+
+
+def _only_unavailable(body: bytes) -> bool:
+    """Whether every NGSI-LD problem in an answer (the answer's own, or each refused entity's) says
+    the broker is unavailable: ``LdContextNotAvailable`` or a 5xx status."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return False
+    if isinstance(data, dict) and isinstance(data.get("errors"), list):
+        problems = [e.get("error") if isinstance(e, dict) else None for e in data["errors"]]
+    else:
+        problems = [data]
+
+    def unavailable(p: Any) -> bool:
+        status = p.get("status") if isinstance(p, dict) else None
+        return isinstance(p, dict) and (str(p.get("type", "")).endswith("/LdContextNotAvailable")
+                                        or (isinstance(status, int) and status >= 500))
+    return bool(problems) and all(map(unavailable, problems))
 
 
 def _agent_error(body: bytes) -> bool:
