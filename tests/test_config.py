@@ -227,6 +227,19 @@ def test_wrong_shapes_say_what_to_write(tmp_path):
     ]
 
 
+def test_a_device_without_an_id_is_not_offered_as_none(tmp_path):
+    path = write(tmp_path, minimal('''
+        [[devices]]
+        address = 5
+        driver = "trap"
+        [[rules]]
+        type = "trap"
+        devices = ["trap-1"]
+        '''))
+    assert problems_of(path) == ["line 8: devices[0].id: required key is missing",
+                                 "line 13: rules[0].devices: unknown device 'trap-1'; configured devices: none"]
+
+
 def test_a_virtual_field_file_is_told_apart_from_a_config():
     problems = problems_of(REPO / "configs" / "demo-field.toml")
     assert len(problems) == 1 and problems[0].startswith("a virtual field (what a simulated source's `simulate`")

@@ -172,7 +172,7 @@ def test_durations_are_checked_in_every_section(tmp_path):
      " 'iota-json', 'iota-ul', 'iota-json-http', 'iota-ul-http', 'ngsi-v2', 'ngsi-ld', 'sigfox'"),
     ('[[devices]]\nid = "a"\naddress = 1\ndriver = "trap"\n[[rules]]\ntype = "trap"\ndevices = ["A"]\n'
      '[[actions]]\ntype = "mqtt"\nname = "m"\ndevices = ["b"]\n',
-     "line 14: rules[0].devices: unknown device 'A' (did you mean 'a'?); configured devices: ['a']"),
+     "line 14: rules[0].devices: unknown device 'A' (did you mean 'a'?); configured devices: a"),
     ('[store]\nmax_bytes = 500000\n', "line 9: store.max_bytes: Input should be greater than or equal to 1000000"
                                     " bytes (got 500000 bytes)"),
     ('[store]\nmax_bytes = "500kB"\n', "line 9: store.max_bytes: Input should be greater than or equal to 1000000"

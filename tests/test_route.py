@@ -72,8 +72,8 @@ type = "file"
 route = { devices = ["river-01", "river-9"] }
 """))
     assert unplaced(problems_of(path)) == [
-        "uplinks[0].route.devices: unknown device(s) ['river-9'] (did you mean 'river-01'?);"
-        " configured devices: ['trap-01', 'river-01']"]
+        "uplinks[0].route.devices: unknown device(s) 'river-9' (did you mean 'river-01'?);"
+        " configured devices: trap-01, river-01"]
 
 
 def test_config_check_names_a_route_that_takes_nothing(tmp_path):

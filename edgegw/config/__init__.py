@@ -357,7 +357,8 @@ def route_problems(config: Config) -> list[str]:
         unknown = [d for d in uplink.route.devices or () if d not in ids]
         if unknown:
             hints = "".join(did_you_mean(d, ids) for d in unknown)
-            problems.append(f"uplinks[{i}].route.devices: unknown device(s) {unknown}{hints}; configured devices: {ids}")
+            problems.append(f"uplinks[{i}].route.devices: unknown device(s) {', '.join(map(repr, unknown))}{hints};"
+                            f" configured devices: {', '.join(ids) or 'none'}")
         elif not uplink.item_route().matches_any(produced):
             what = "alarms (the kinds of its alarms table)" if isinstance(uplink, SigfoxUplink) else "route"
             problems.append(f"uplinks[{i}].route: uplink {uplink.name!r} would take nothing: no configured device or "

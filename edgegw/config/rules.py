@@ -174,7 +174,8 @@ def rule_problems(rules: list, actions: list, devices: list, drivers: DriverRegi
     """Rules and actions that name devices, drivers or values that do not exist (on plain dicts, like
     :func:`cross_reference_problems`, so they are reported with every other problem)."""
     devices = [d for d in devices if isinstance(d, dict)]
-    ids = [d.get("id") for d in devices]
+    ids = [d["id"] for d in devices if isinstance(d.get("id"), str)]  # a device without one is told apart
+    known = ", ".join(ids) or "none"
     problems = []
     for i, rule in enumerate(rules):
         if not isinstance(rule, dict) or rule.get("type") not in RULE_DEFAULTS:
@@ -183,7 +184,7 @@ def rule_problems(rules: list, actions: list, devices: list, drivers: DriverRegi
         for dev in rule.get("devices", []):
             if dev not in ids:
                 problems.append(f"rules[{i}].devices: unknown device {dev!r}{did_you_mean(dev, ids)};"
-                                f" configured devices: {ids}")
+                                f" configured devices: {known}")
         wanted = rule.get("drivers", default_drivers)
         if drivers is not None:
             for drv in wanted if isinstance(wanted, list) else []:
@@ -214,5 +215,5 @@ def rule_problems(rules: list, actions: list, devices: list, drivers: DriverRegi
         for dev in action.get("devices", []) if isinstance(action, dict) else []:
             if dev not in ids:
                 problems.append(f"actions[{i}].devices: unknown device {dev!r}{did_you_mean(dev, ids)};"
-                                f" configured devices: {ids}")
+                                f" configured devices: {known}")
     return problems
