@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 
@@ -127,6 +128,61 @@ def test_a_hanging_or_failing_command_is_killed_counted_and_blocks_nothing(tmp_p
     finally:
         stop(runner, thread)
     assert runner.counts["started"] == 3
+
+
+def running(pid: int) -> bool:
+    """Whether a process runs (a killed orphan may linger as a zombie until init reaps it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_chatty_command_and_what_it_started_are_ended_at_its_timeout(tmp_path):
+    # stderr flooded as fast as it goes: buffered whole, it took the daemon to gigabytes within
+    # seconds. A shell's child outliving its timeout ran on unseen after the shell was killed.
+    flood = CommandAction(type="command", name="flood", timeout=1.0, command=[
+        sys.executable, "-c", "import sys\nwhile True: sys.stderr.buffer.write(b'x' * 65536)"])
+    pids = tmp_path / "pids"
+    shell = CommandAction(type="command", name="shell", timeout=1.0,
+                          command=["/bin/sh", "-c", f"sleep 30 & echo $! > {pids}; sleep 30"])
+    runner = ActionRunner([flood, shell], "gw-1")
+    failures = []
+    runner._failed = lambda action, alarm, why: failures.append((action.name, why))  # type: ignore[method-assign]
+    thread = start(runner)
+    try:
+        runner.submit(alarm())
+        wait_until(lambda: len(failures) == 2, 10, "both killed at their timeout")
+    finally:
+        stop(runner, thread)
+    assert sorted(failures) == [("flood", "killed after its 1 s timeout"), ("shell", "killed after its 1 s timeout")]
+    assert not running(int(pids.read_text()))  # the shell's background sleep went with it
+
+
+def test_a_failed_command_s_last_words_are_logged_and_a_child_it_leaves_is_its_own(tmp_path):
+    said = CommandAction(type="command", name="said", command=[
+        sys.executable, "-c", "import sys\nsys.stderr.write('y' * 100000 + 'siren port busy')\nsys.exit(2)"])
+    pids = tmp_path / "pids"
+    # A siren script that starts the sound in the background and returns: the sound goes on.
+    siren = CommandAction(type="command", name="siren", timeout=1.0,
+                          command=["/bin/sh", "-c", f"sleep 30 & echo $! > {pids}"])
+    runner = ActionRunner([said, siren], "gw-1")
+    failures = []
+    runner._failed = lambda action, alarm, why: failures.append((action.name, why))  # type: ignore[method-assign]
+    thread = start(runner)
+    try:
+        runner.submit(alarm())
+        wait_until(lambda: failures and pids.exists() and pids.read_text().strip(), 10, "both ran")
+        threading.Event().wait(1.5)  # past the siren's timeout
+    finally:
+        stop(runner, thread)
+    (name, why), = failures
+    assert name == "said" and why.startswith("exit status 2: yyy") and why.endswith("siren port busy")
+    assert len(why) < 400
+    child = int(pids.read_text())
+    assert running(child)  # still sounding: it returned in time, so nothing of it is killed
+    os.kill(child, 9)
 
 
 def test_mqtt_action_publishes_to_the_local_broker(mosquitto):

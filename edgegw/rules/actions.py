@@ -11,9 +11,12 @@ still delivered through the uplinks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
+import select
+import signal
 import subprocess
 import threading
 import time
@@ -36,6 +39,7 @@ else:
 log = structlog.get_logger("edgegw.actions")
 
 QUEUE_LIMIT = 1000
+STDERR_KEPT = 300  # bytes: the end of a failed command's stderr, for the log; the rest is read and let go
 
 
 class ActionRunner:
@@ -128,19 +132,22 @@ class ActionRunner:
                          daemon=True).start()
 
     def _wait(self, action: CommandAction, alarm: Alarm, proc: subprocess.Popen) -> None:
-        body = json.dumps(alarm_item(alarm), ensure_ascii=False).encode()
-        try:
-            _, err = proc.communicate(body, timeout=action.timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            self._failed(action, alarm, f"killed after its {action.timeout:g} s timeout")
-            return
-        except OSError as exc:  # it exited before reading stdin
+        assert proc.stdin is not None and proc.stderr is not None
+        try:  # an alarm is a few hundred bytes: the pipe takes it whole, whether the command reads it or not
+            proc.stdin.write(json.dumps(alarm_item(alarm), ensure_ascii=False).encode())
+            proc.stdin.close()
+        except OSError:  # it exited, or closed stdin, before reading it
+            pass
+        err = _stderr_tail(proc, time.monotonic() + action.timeout)
+        if proc.poll() is None:
+            # It outlived its timeout: end it and whatever it started (its own session), not only the
+            # shell a `sh -c` is, so that nothing of it runs on unseen.
+            with contextlib.suppress(ProcessLookupError):  # it ended just now
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            err = str(exc).encode()
-        if proc.returncode != 0:
-            self._failed(action, alarm, f"exit status {proc.returncode}: {err.decode(errors='replace')[-300:].strip()}")
+            self._failed(action, alarm, f"killed after its {action.timeout:g} s timeout")
+        elif proc.returncode != 0:
+            self._failed(action, alarm, f"exit status {proc.returncode}: {err.decode(errors='replace').strip()}")
 
     def environment(self, alarm: Alarm) -> dict[str, str]:
         """The ``EDGEGW_*`` variables a command action sees."""
@@ -183,3 +190,27 @@ class ActionRunner:
         suppressed = self._throttle.allow((event, key))
         if suppressed is not None:
             log.warning(event, similar_suppressed=suppressed, **fields)
+
+
+def _stderr_tail(proc: subprocess.Popen, deadline: float) -> bytes:
+    """The last :data:`STDERR_KEPT` bytes a command writes to stderr until it exits or ``deadline``
+    passes: read as it comes, so that a chatty command neither blocks on a full pipe nor fills the
+    gateway's memory. A child it left running with stderr open is not waited for."""
+    assert proc.stderr is not None
+    fd, tail = proc.stderr.fileno(), b""
+    while (left := deadline - time.monotonic()) > 0:
+        exited = proc.poll() is not None
+        if not select.select([fd], [], [], 0 if exited else min(left, 0.5))[0]:
+            if exited:
+                break
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:  # closed: the command is done with it
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            break
+        tail = (tail + chunk)[-STDERR_KEPT:]
+    proc.stderr.close()
+    return tail
