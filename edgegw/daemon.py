@@ -97,7 +97,7 @@ class Gateway:
         self.damaged: str | None = None  # damage SQLite found in the database in use: the daemon exits
         self.ingest = Ingest(config, drivers, self.store, self.routing.reading)
         self.rules = RuleEngine(config, drivers, self.store, time.time(), time.monotonic())
-        self.actions = ActionRunner(config.actions, config.gateway_id)
+        self.actions = ActionRunner(config.actions, config.gateway_id, self._post)
         self.forwarders: list[Sender] = [self._sender(config, u, bits[u.name], self.routing) for u in uplinks]
         self.writer = Writer(config, self.store, self.ingest, self.rules, self.actions, self.forwarders, bits,
                              self.routing, ReadTurn())
@@ -126,6 +126,11 @@ class Gateway:
         self._writer_stop = threading.Event()  # set only once the writer has drained the queue
         self.actions.start()
         if self.actions.actions:
+            # Committed alarms whose actions a crash (or power cut) cut off: a siren owed is a siren run,
+            # unless the alarm is older than an alarm counts late.
+            for alarm in self.store.actions_owed(time.time() - self.config.alarms.late_after):
+                log.warning("alarm's actions owed from before the restart", alarm=alarm.kind, id=alarm.alarm_id)
+                self.actions.submit(alarm)
             self._stage("actions", self.actions.run, self._writer_stop)
         writer = self._stage("writer", self.writer.run, self._writer_stop, WRITER_STALE,
                              lambda _: self.store.rollback())  # a bug: undo its open transaction, restart

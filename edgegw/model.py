@@ -182,8 +182,15 @@ class HealthReport:
     wall: float
 
 
+@dataclass(frozen=True, slots=True)
+class ActionsStarted:
+    """The local actions of these alarms were started: a restart need not start them again."""
+
+    alarm_ids: tuple[str, ...]
+
+
 # Everything the writer takes, dispatched once by its type (edgegw.writer.Writer).
-Event = Frame | Reject | SourceState | UplinkState | Ack | Park | HealthReport
+Event = Frame | Reject | SourceState | UplinkState | Ack | Park | HealthReport | ActionsStarted
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,7 @@ from edgegw.items import health_item
 from edgegw.log import Throttle
 from edgegw.model import (
     Ack,
+    ActionsStarted,
     Alarm,
     Event,
     Frame,
@@ -369,6 +370,8 @@ class Writer:
             case HealthReport():
                 store.add_health(event.item, self.routing.mask("health"), event.wall)
                 out.health = True
+            case ActionsStarted():
+                store.actions_started(event.alarm_ids)
 
     def _reject(self, r: Reject, out: Outcome) -> None:
         self.store.add_reject(r.source, r.reason, r.detail, r.address, r.device_id, r.raw, r.wall, r.rssi, r.snr)

@@ -125,3 +125,44 @@ def test_status_and_alarms_commands_show_open_alarms_first(site):
     listed = json.loads(CliRunner().invoke(cli, ["alarms", "-c", str(config), "--json"]).output)
     assert [a["kind"] for a in listed["recent"]] == ["trap_rearmed", "trap_sprung"]
     assert listed["recent"][1]["closed_by"] == listed["recent"][0]["id"]
+
+
+# The daemon killed between an alarm's commit and its actions: the actions runner never gets to it.
+ACTIONS_CUT_OFF = """
+import threading
+import edgegw.rules.actions
+edgegw.rules.actions.ActionRunner.run = lambda self: threading.Event().wait()
+"""
+
+
+def test_a_siren_a_crash_cut_off_sounds_at_the_restart_and_only_once(site):
+    emulator, _, config, out = site
+    cut = Daemon(config, inject=ACTIONS_CUT_OFF).start()
+    try:
+        cut.wait_receiving()
+        sender = Sender(emulator)
+        sender.send("trap-01", {"state": "armed", "tamper": False, "battery": 3.6})
+        sender.send("trap-01", {"state": "sprung", "tamper": False, "battery": 3.6})
+        wait_until(lambda: cut.status().get("open_alarms"), 10, "the catch committed")
+        cut.kill()  # kill -9: the alarm is in the database, its siren never started
+    finally:
+        cut.stop()
+    assert actions_run(out) == []
+
+    first = Daemon(config).start()
+    try:
+        (run,) = wait_until(lambda: actions_run(out), 10, "the owed siren at the restart")
+        assert run["alarm"] == "trap_sprung" and run["id"].startswith("trap-01:")
+        wait_until(lambda: first.log_events() and any(e.get("event") == "alarm's actions owed from before the restart"
+                                                      for e in first.log_events()), 10, "the owed siren logged")
+        time.sleep(0.5)  # its start is written by the writer
+        assert first.stop() == 0
+    finally:
+        first.stop()
+    again = Daemon(config).start()  # a clean restart owes nothing: the siren does not sound twice
+    try:
+        again.wait_receiving()
+        time.sleep(1.0)
+        assert len(actions_run(out)) == 1
+    finally:
+        assert again.stop() == 0

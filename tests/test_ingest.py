@@ -14,7 +14,7 @@ from edgegw.config import Config
 from edgegw.drivers import Decoded, DriverRegistry, load_drivers
 from edgegw.ingest import Duplicate, Ingest
 from edgegw.model import Frame, Reading, Reject
-from edgegw.store import LATE_WINDOW, Store
+from edgegw.store import LATE_WINDOW, SCHEMA_VERSION, Store
 
 DRIVERS = load_drivers()
 WL = DRIVERS["water_level"]
@@ -292,7 +292,7 @@ def test_a_schema_6_database_gains_lost_frames_and_the_rejects_radio_figures(tmp
     db.close()
     again = make(tmp_path)
     store = again.store
-    assert store.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("7",)
+    assert store.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
     assert store.devices["river-01"].lost == 0  # not counted before the upgrade
     assert store.conn.execute("SELECT address, rssi, snr FROM rejects").fetchall() == [(44, None, None)]
     (unknown,) = handle(again, Frame("lora0", 44, b"\x02", -108.0, -8.0))

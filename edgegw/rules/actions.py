@@ -2,11 +2,13 @@
 local MQTT topic a display subscribes to).
 
 The writer hands committed alarms to :meth:`ActionRunner.submit`, which never blocks: actions run in
-their own thread, each limited to ``limit`` runs per ``per`` for each device and alarm kind. A
-command gets the alarm as JSON on stdin and its key fields as ``EDGEGW_*`` environment variables; it is started from an argv list,
-never through a shell, so nothing a radio sends can become a command line. A command that outlives
-its timeout is killed. Failures are logged (rate-limited) and counted, never retried: an alarm is
-still delivered through the uplinks.
+their own thread, each limited to ``limit`` runs per ``per`` for each device and alarm kind. The
+alarm log notes once an alarm's actions were started; those a crash cut off are started at the next
+start (see :meth:`edgegw.store.alarms.AlarmLog.actions_owed`): at least once, not exactly once. A
+command gets the alarm as JSON on stdin and its key fields as ``EDGEGW_*`` environment variables;
+it is started from an argv list, never through a shell, so nothing a radio sends can become a
+command line. A command that outlives its timeout is killed. Failures are logged (rate-limited) and
+counted, never retried: an alarm is still delivered through the uplinks.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import subprocess
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import structlog
@@ -29,7 +32,7 @@ from edgegw.config import CommandAction, MqttAction
 from edgegw.imports import import_without
 from edgegw.items import alarm_item
 from edgegw.log import Throttle
-from edgegw.model import SEVERITIES, Alarm, iso
+from edgegw.model import SEVERITIES, ActionsStarted, Alarm, iso
 
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
@@ -45,9 +48,11 @@ STDERR_KEPT = 300  # bytes: the end of a failed command's stderr, for the log; t
 class ActionRunner:
     """Runs the configured local actions of committed alarms, off the writer's thread."""
 
-    def __init__(self, actions: list[CommandAction | MqttAction], gateway_id: str):
+    def __init__(self, actions: list[CommandAction | MqttAction], gateway_id: str,
+                 started: Callable[[ActionsStarted], None] = lambda _: None):
         self.actions = actions
         self.gateway_id = gateway_id
+        self.started = started  # told once an alarm's actions were started (or skipped): for the alarm log
         self.counts = {"started": 0, "failed": 0, "rate_limited": 0, "dropped": 0}
         self._queue: queue.Queue[Alarm | None] = queue.Queue(QUEUE_LIMIT)
         # Per action, device and alarm kind: frames one device sends (forged ones, if it has no key)
@@ -104,6 +109,7 @@ class ActionRunner:
                     self.counts["started"] += 1
                 except Exception as exc:  # one broken action must not stop the others
                     self._failed(action, alarm, f"{type(exc).__name__}: {exc}")
+            self.started(ActionsStarted((alarm.alarm_id,)))
 
     @staticmethod
     def _matches(action: CommandAction | MqttAction, alarm: Alarm) -> bool:

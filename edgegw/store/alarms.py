@@ -6,6 +6,7 @@ which outlives the delivered item until housekeeping lets closed alarms go (:dat
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from typing import Any
 
@@ -33,8 +34,8 @@ class AlarmLog(OutboxTables):
                              None, body, pending, now):
             return False
         self.conn.execute(
-            "INSERT OR IGNORE INTO alarms(id, kind, severity, device_id, rule, raised_at, late, message, open, body)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?)",
+            "INSERT OR IGNORE INTO alarms(id, kind, severity, device_id, rule, raised_at, late, message, open, body,"
+            " acted) VALUES (?,?,?,?,?,?,?,?,?,?,0)",
             (alarm.alarm_id, alarm.kind, alarm.severity, alarm.device_id, alarm.rule, alarm.raised_at,
              int(alarm.late), alarm.message, int(alarm.opens), body),
         )
@@ -44,6 +45,24 @@ class AlarmLog(OutboxTables):
                 (alarm.alarm_id, alarm.raised_at, closed),
             )
         return True
+
+    def actions_started(self, alarm_ids: tuple[str, ...]) -> None:
+        """These alarms' local actions were started (in the writer's transaction)."""
+        self.conn.executemany("UPDATE alarms SET acted = 1 WHERE id = ?", [(i,) for i in alarm_ids])
+
+    def actions_owed(self, since: float) -> list[Alarm]:
+        """The alarms raised since ``since`` whose local actions were never started (the daemon was
+        killed between the alarm's commit and its actions), the oldest first."""
+        rows = self.conn.execute("SELECT id, kind, severity, device_id, rule, raised_at, late, message, body"
+                                 " FROM alarms WHERE acted = 0 AND raised_at >= ? ORDER BY raised_at", (since,))
+        out = []
+        for alarm_id, kind, severity, device_id, rule, raised_at, late, message, body in rows:
+            item = json.loads(body)
+            location = tuple(item["location"]) if item.get("location") else None
+            out.append(Alarm(alarm_id, kind, severity, device_id, rule, raised_at, message, item.get("details") or {},
+                             item.get("reading"), item.get("time_quality", "synced"), bool(late), item.get("name"),
+                             location, verified=item.get("verified")))
+        return out
 
 
 def purge_closed(conn: sqlite3.Connection, cutoff: float, limit: int) -> int:

@@ -19,7 +19,8 @@ Tables:
 ``rule_state``     each rule's memory per device (JSON), written in the transaction of the reading
 ``rule_buffer``    readings held back to be evaluated in observation order (see edgegw.rules.engine)
 ``parked``         items an uplink refused for good, with the platform's error, kept for inspection
-``alarms``         every alarm raised, open until a later alarm closes it, for ``edgegw alarms``
+``alarms``         every alarm raised, open until a later alarm closes it, for ``edgegw alarms``;
+                   whether its local actions were started
 ``damage``         damaged files set aside or found at start (see edgegw.dbfile)
 ``meta``           schema version, gateway id, the rules' clock, where the rows of this boot begin
 """
@@ -40,7 +41,8 @@ from edgegw.store.devices import LATE_WINDOW, blob
 # 5: only items without a device counter have their id indexed (see ``DeviceState.seen``).
 # 6: outbox.verified, devices.auth_counter.
 # 7: devices.lost (frames missed by counter gaps), rejects.rssi and rejects.snr (for edgegw monitor).
-SCHEMA_VERSION = 7
+# 8: alarms.acted (0 until the alarm's local actions were started: a crash before runs them at start).
+SCHEMA_VERSION = 8
 
 
 SCHEMA = """
@@ -80,7 +82,7 @@ CREATE TABLE IF NOT EXISTS parked (
     PRIMARY KEY (item_id, uplink));
 CREATE TABLE IF NOT EXISTS alarms (
     id TEXT PRIMARY KEY, kind TEXT, severity TEXT, device_id TEXT, rule TEXT, raised_at FLOAT, late INTEGER,
-    message TEXT, open INTEGER, closed_by TEXT, closed_at FLOAT, body TEXT);
+    message TEXT, open INTEGER, closed_by TEXT, closed_at FLOAT, body TEXT, acted INTEGER);
 CREATE INDEX IF NOT EXISTS alarms_open ON alarms(open, raised_at);
 -- A damaged database set aside or a damaged WAL found at start (see edgegw.dbfile): kept for status.
 -- lost: 1 when committed data was lost or the database replaced, 0 for an unfinished transaction dropped.
@@ -94,6 +96,7 @@ ADDED_COLUMNS = {"outbox": ["driver TEXT", "time_quality TEXT", "counter INTEGER
                  "uplinks": ["inflight INTEGER"],
                  "devices": ["seen BLOB", "auth_counter INTEGER", "lost INTEGER"],  # seen: 5, auth_counter: 6, lost: 7
                  "rejects": ["rssi FLOAT", "snr FLOAT"],  # 7
+                 "alarms": ["acted INTEGER"],  # 8: NULL for the alarms of before, whose actions are not run again
                  "parked": ["seq INTEGER"]}  # 5
 
 
