@@ -177,6 +177,18 @@ def test_river_stages_alarm_on_entering_and_clear_below_threshold_minus_hysteres
     assert rig.store.conn.execute("SELECT count(*) FROM alarms WHERE open = 1").fetchone()[0] == 0
 
 
+def test_a_level_the_driver_calls_impossible_moves_no_stage_and_no_rise(tmp_path):
+    # water_level declares 0..10000 mm: a glitch of 10500 once raised the danger alarm (critical, what
+    # Sigfox sends), a rise, and the all-clear at the next true reading.
+    rule = [{**RIVER[0], "rise": {"amount": 300, "within": "30m"}}]
+    rig = Rig(tmp_path / "gw.db", config(rule))
+    for i, mm in enumerate([1000, 1010, 10500, 1000, -20, 1020]):
+        rig.read("river-01", level(mm), T0 + 60 * i)
+    assert rig.kinds("water") == []
+    faults = [a.message for a in rig.alarms if a.kind == "sensor_fault"]
+    assert len(faults) == 2 and "level 10500 outside 0..10000" in faults[0] and "level -20 outside" in faults[1]
+
+
 def test_paddy_too_low_and_overflow_are_two_ladders(tmp_path):
     paddy = [{"type": "water_level", "devices": ["river-01"], "hysteresis": 5,
               "stages": [{"name": "too_low", "below": 30}, {"name": "overflow", "above": 120}]}]

@@ -138,7 +138,7 @@ def build_watch(rule: TrapRule | WaterLevelRule | DeviceHealthRule, device: Devi
     if isinstance(rule, TrapRule):
         return TrapWatch(rule)
     if isinstance(rule, WaterLevelRule):
-        return WaterWatch(rule)
+        return WaterWatch(rule, specs.get(rule.value))
     return HealthWatch(rule, device, specs)
 
 

@@ -8,6 +8,10 @@ threshold therefore alarms once.
 
 Rate of rise: ``water_rise`` when the level is more than ``amount`` above the lowest level seen in
 the last ``within``; it may fire again once the rise has fallen to half of ``amount``.
+
+A level outside the range the driver declares possible is a sensor's fault (the health rule says
+so), not water: it moves no stage and counts toward no rise, so one glitch cannot call an
+evacuation-grade alarm and its all-clear.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from edgegw.config import Stage, WaterLevelRule
+from edgegw.drivers import ValueSpec
 from edgegw.rules.engine import Context, Observation, spoken
 
 RANK_SEVERITY = ("low", "medium", "high", "critical")
@@ -24,8 +29,10 @@ MAX_SAMPLES = 256  # rise window memory per device; more than one reading a minu
 class WaterWatch:
     progress: frozenset[str] = frozenset()
 
-    def __init__(self, rule: WaterLevelRule):
+    def __init__(self, rule: WaterLevelRule, spec: ValueSpec | None = None):
         self.rule = rule
+        self.low = spec.minimum if spec is not None and spec.minimum is not None else float("-inf")
+        self.high = spec.maximum if spec is not None and spec.maximum is not None else float("inf")
         # Each ladder in "higher is worse" form: rising compares the level, falling its negation.
         up = sorted(((s.above, s) for s in rule.stages if s.above is not None), key=lambda p: p[0])
         down = sorted(((-s.below, s) for s in rule.stages if s.below is not None), key=lambda p: p[0])
@@ -36,7 +43,7 @@ class WaterWatch:
 
     def reading(self, ctx: Context, state: dict[str, Any], obs: Observation) -> None:
         value = obs.values.get(self.rule.value)
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not self.low <= value <= self.high:
             return
         for ladder, (sign, stages, levels) in self.ladders.items():
             if stages:
