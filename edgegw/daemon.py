@@ -42,7 +42,7 @@ from edgegw.rules.actions import ActionRunner
 from edgegw.running import HEARTBEAT_EVERY, DataDirLock
 from edgegw.store import Store, db_path, quick_check
 from edgegw.supervise import Stage
-from edgegw.uplink import Uplink, build_uplink
+from edgegw.uplink import Uplink, acknowledgement_level, build_uplink
 from edgegw.uplink.sigfox.sender import SigfoxSender, sigfox_health
 from edgegw.writer import Writer
 
@@ -73,7 +73,8 @@ RESTART_ONLY = ("gateway_id", "data_dir", "store", "log", "actions")
 
 def routing(uplinks: list[UplinkConfig], bits: dict[str, int]) -> Routing:
     """Which uplinks take an item, by the uplinks' bits."""
-    return Routing({bits[u.name]: u.item_route() for u in uplinks})
+    local = sum(bits[u.name] for u in uplinks if acknowledgement_level(u.type) == "local")
+    return Routing({bits[u.name]: u.item_route() for u in uplinks}, local)
 
 
 class Gateway:

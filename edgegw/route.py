@@ -51,8 +51,9 @@ EVERYTHING = Route()
 class Routing:
     """The routes of all uplinks, by bit: answers an item's pending mask."""
 
-    def __init__(self, routes: Mapping[int, Route]):
+    def __init__(self, routes: Mapping[int, Route], local: int = 0):
         self.routes = dict(routes)
+        self.local = local  # the bits of uplinks whose acknowledgement stays on the gateway (files)
         self._masks: dict[tuple[str, str | None, str | None], int] = {}
 
     def mask(self, kind: str, device: str | None = None, alarm: str | None = None) -> int:
@@ -70,5 +71,6 @@ class Routing:
         return self.mask("reading", device)
 
     def others(self, bit: int, kind: str, device: str | None = None, alarm: str | None = None) -> int:
-        """The bits, other than ``bit``, that this item was routed to: for the Sigfox uplink, the main uplinks."""
-        return self.mask(kind, device, alarm) & ~bit
+        """The bits, other than ``bit``, that this item was routed to and that take it off the gateway:
+        for the Sigfox uplink, the main uplinks (a file on a USB stick tells nobody of a catch)."""
+        return self.mask(kind, device, alarm) & ~bit & ~self.local

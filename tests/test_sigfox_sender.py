@@ -6,6 +6,7 @@ import threading
 import time
 
 from edgegw.config import SigfoxUplink
+from edgegw.config.base import WRITTEN
 from edgegw.model import Ack, Alarm
 from edgegw.route import EVERYTHING, Routing
 from edgegw.store import Store
@@ -56,3 +57,47 @@ def test_the_last_message_of_the_day_goes_to_the_urgent_alarm_and_a_normal_one_i
         thread.join(10)
         store.close()
         emulator.unplug()
+
+
+def test_a_file_uplink_s_acknowledgement_does_not_call_off_the_fallback(tmp_path):
+    # The town's broker is down; a USB-stick archive (a file uplink) has the catch at once. A file on
+    # the gateway tells nobody: the trap goes over Sigfox after the delay all the same.
+    emulator = SigfoxEmulator(tmp_path / "sigfox0", send_delay=0.05)
+    emulator.plug()
+    config = SigfoxUplink.model_validate({
+        "type": "sigfox", "port": str(emulator.link), "confirm_every": None,
+        "alarms": {"trap_sprung": {"when": "fallback", "delay": 0.5}}})
+    store = Store(tmp_path / "edgegw.db")
+    bits = store.register_uplinks(["broker", "archive", "sigfox"])
+    routing = Routing({bits["broker"]: EVERYTHING, bits["archive"]: EVERYTHING, bits["sigfox"]: config.item_route()},
+                      local=bits["archive"])
+    now = time.time()
+    store.begin()
+    alarm = Alarm("trap-01:0:1:trap:trap_sprung", "trap_sprung", "high", "trap-01", "trap", now, "sprung")
+    assert store.add_alarm(alarm, routing.mask("alarm", alarm.device_id, alarm.kind), now)
+    (seq,) = store.conn.execute("SELECT seq FROM outbox WHERE item_id = ?", (alarm.alarm_id,)).fetchone()
+    store.acked(bits["archive"], [seq], now)
+    store.commit()
+    posted: list[object] = []
+    sender = SigfoxSender(config, bits["sigfox"], routing, tmp_path / "edgegw.db", tmp_path, posted.append)
+    stop = threading.Event()
+    thread = threading.Thread(target=sender.run, args=(stop,))
+    thread.start()
+    try:
+        wait_until(lambda: emulator.sent, 20, f"the catch over Sigfox: {posted}")
+        [(at, payload)] = emulator.sent
+        message = codec.decode(payload, at)
+        assert message.alarm_ref == codec.alarm_ref(alarm.alarm_id) and message.fallback
+    finally:
+        stop.set()
+        thread.join(10)
+        store.close()
+        emulator.unplug()
+
+
+def test_confirm_every_never_is_written_as_never():
+    # TOML has no null: leaving the key out means the default, a downlink a day.
+    def confirm(**extra):
+        return SigfoxUplink.model_validate({"type": "sigfox", "port": "/dev/x", **extra}, context=WRITTEN).confirm_every
+    assert confirm(confirm_every="never") is None
+    assert confirm() == 86400 and confirm(confirm_every="2d") == 172800

@@ -509,6 +509,11 @@ def _default_sigfox_alarms() -> dict[AlarmKind, SigfoxAlarm]:
             "trap_reminder": SigfoxAlarm(delay=600, priority="normal")}
 
 
+def _never(v: Any) -> Any:
+    """``"never"`` for a duration that may be None (TOML has no null)."""
+    return None if isinstance(v, str) and v.strip().lower() == "never" else v
+
+
 class SigfoxUplink(_Routed):
     """A Sigfox module (Wisol WSSFM10R3, RC3) on a serial port: the alarm uplink of last resort.
 
@@ -529,9 +534,9 @@ class SigfoxUplink(_Routed):
         description='alarm kind -> when it goes, e.g. trap_sprung = { when = "fallback", delay = "2m" }')
     send_timeout: Duration = Field(45, description="how long a send may take the module (3 frames at 100 bit/s, "
                                    "listen-before-talk) before the port is reopened")
-    confirm_every: Duration | None = Field(
+    confirm_every: Annotated[Duration | None, BeforeValidator(_never)] = Field(
         86400, description="at most this often a send asks for a downlink, the only proof that the platform "
-        "hears the module (it costs ~50 s of the module and one of 4 downlinks a day); omit for never")
+        'hears the module (it costs ~50 s of the module and one of 4 downlinks a day); "never" for none')
 
     @field_validator("alarms")
     @classmethod
