@@ -161,6 +161,7 @@ class Ack:
     bit: int
     seqs: list[int]
     wall: float = field(default_factory=time.time)
+    delivered: bool = True  # False: let go unsent (the Sigfox uplink releasing an alarm it need not carry)
 
 
 @dataclass(frozen=True, slots=True)

@@ -358,7 +358,8 @@ class Writer:
                 pass  # late, from an uplink a reload removed: its bit may be another uplink's by now
             case Ack():
                 store.acked(event.bit, event.seqs, event.wall)
-                store.uplink_delivered(event.uplink, len(event.seqs), event.wall)
+                if event.delivered:
+                    store.uplink_delivered(event.uplink, len(event.seqs), event.wall)
                 out.acks.append(event)
             case Park():
                 store.park(event.uplink, event.bit, event.seq, event.error, event.wall)

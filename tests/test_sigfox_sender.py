@@ -7,7 +7,7 @@ import time
 
 from edgegw.config import SigfoxUplink
 from edgegw.config.base import WRITTEN
-from edgegw.model import Ack, Alarm
+from edgegw.model import Ack, Alarm, UplinkState
 from edgegw.route import EVERYTHING, Routing
 from edgegw.store import Store
 from edgegw.uplink.sigfox import codec
@@ -101,3 +101,37 @@ def test_confirm_every_never_is_written_as_never():
         return SigfoxUplink.model_validate({"type": "sigfox", "port": "/dev/x", **extra}, context=WRITTEN).confirm_every
     assert confirm(confirm_every="never") is None
     assert confirm() == 86400 and confirm(confirm_every="2d") == 172800
+
+
+def test_sends_the_module_refused_are_shown_as_failed_not_as_sent_or_delivered(tmp_path):
+    emulator = SigfoxEmulator(tmp_path / "sigfox0", send_delay=0.05, fail_sends=["ERR_SFX_ERR_SEND_FRAME_DATA"] * 3)
+    emulator.plug()
+    config = SigfoxUplink.model_validate({
+        "type": "sigfox", "port": str(emulator.link), "confirm_every": None,
+        "alarms": {"trap_sprung": {"when": "always"}}})
+    store = Store(tmp_path / "edgegw.db")
+    bits = store.register_uplinks(["broker", "sigfox"])
+    routing = Routing({bits["broker"]: EVERYTHING, bits["sigfox"]: config.item_route()})
+    now = time.time()
+    store.begin()
+    alarm = Alarm("trap-01:0:1:trap:trap_sprung", "trap_sprung", "high", "trap-01", "trap", now, "sprung")
+    assert store.add_alarm(alarm, routing.mask("alarm", alarm.device_id, alarm.kind), now)
+    store.commit()
+    posted: list[object] = []
+    sender = SigfoxSender(config, bits["sigfox"], routing, tmp_path / "edgegw.db", tmp_path, posted.append)
+    stop = threading.Event()
+    thread = threading.Thread(target=sender.run, args=(stop,))
+    thread.start()
+    try:
+        (ack,) = wait_until(lambda: [e for e in posted if isinstance(e, Ack)], 60, f"three failed tries: {posted}")
+        assert not ack.delivered and emulator.sent == []  # left to the main uplinks, not delivered by this one
+        summary = read_summary(budget_path(tmp_path, "sigfox"), 140, 20)
+        assert summary is not None and summary["last_sent"] is None and summary["failed_24h"] == 3
+        assert summary["last_failed"]["id"] == alarm.alarm_id
+        shown = [e.detail for e in posted if isinstance(e, UplinkState)]
+        assert any("3 sends failed in 24 h" in d for d in shown) and not any("last sent" in d for d in shown)
+    finally:
+        stop.set()
+        thread.join(10)
+        store.close()
+        emulator.unplug()

@@ -24,7 +24,7 @@ from edgegw.model import boot_id, iso
 WINDOW = 86400.0
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sends (at FLOAT, boot TEXT, mono FLOAT, alarm_id TEXT, kind TEXT, device TEXT,
-                                  ref TEXT, fallback INTEGER, downlink INTEGER);
+                                  ref TEXT, fallback INTEGER, downlink INTEGER, done INTEGER);
 CREATE TABLE IF NOT EXISTS refusals (at FLOAT, alarm_id TEXT, kind TEXT, device TEXT, priority TEXT, used INTEGER);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
 """
@@ -54,6 +54,9 @@ class Budget:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=FULL")  # a send counted must stay counted across a power cut
         self.conn.executescript(SCHEMA)
+        if "done" not in {r[1] for r in self.conn.execute("PRAGMA table_info(sends)")}:
+            # An older file: its sends were counted once the module said OK. NULL reads as done.
+            self.conn.execute("ALTER TABLE sends ADD COLUMN done INTEGER")
         self.prune(time.time())
 
     def used(self, now: float, mono: float) -> int:
@@ -68,11 +71,16 @@ class Budget:
         return self.used(now, mono) < room
 
     def spend(self, spend: Spend, now: float, mono: float) -> int:
-        """Count one send, durably, before it is made; returns the sends in the window with it."""
-        self.conn.execute("INSERT INTO sends VALUES (?,?,?,?,?,?,?,?,?)",
+        """Count one send, durably, before it is made; returns the sends in the window with it.
+        It counts as gone over the air only once :meth:`done` says so."""
+        self.conn.execute("INSERT INTO sends VALUES (?,?,?,?,?,?,?,?,?,0)",
                           (now, self.boot, mono, spend.alarm_id, spend.kind, spend.device, spend.ref,
                            int(spend.fallback), int(spend.downlink)))
         return self.used(now, mono)
+
+    def done(self, alarm_id: str, at: float) -> None:
+        """The module said OK to the send of ``alarm_id`` counted at ``at``."""
+        self.conn.execute("UPDATE sends SET done = 1 WHERE alarm_id = ? AND at = ?", (alarm_id, at))
 
     def refuse(self, alarm_id: str, kind: str, device: str, priority: str, now: float, mono: float) -> int:
         """Note an alarm the budget had no room for; returns the sends in the window."""
@@ -102,7 +110,11 @@ class Budget:
 
 
 def summarize(conn: sqlite3.Connection, limit: int, reserve: int, now: float, used: int) -> dict[str, Any]:
-    last = conn.execute("SELECT at, kind, device, alarm_id, ref FROM sends ORDER BY at DESC LIMIT 1").fetchone()
+    # A send the module never said OK to (an error, a timeout, a crash mid-send) spent a message of
+    # the budget but is not a last send: shown apart, as failed.
+    last = conn.execute("SELECT at, kind, device, alarm_id, ref FROM sends WHERE done IS NOT 0"
+                        " ORDER BY at DESC LIMIT 1").fetchone()
+    failed = conn.execute("SELECT at, kind, device, alarm_id FROM sends WHERE done = 0 ORDER BY at DESC LIMIT 1").fetchone()
     refused = conn.execute("SELECT at, kind, device, alarm_id FROM refusals ORDER BY at DESC LIMIT 1").fetchone()
     confirmed = conn.execute("SELECT value FROM meta WHERE key = 'confirmed'").fetchone()
     return {
@@ -112,6 +124,9 @@ def summarize(conn: sqlite3.Connection, limit: int, reserve: int, now: float, us
                                                 "id": last[3], "ref": last[4]},
         "last_refused": None if refused is None else {"at": iso(refused[0]), "alarm": refused[1],
                                                       "device": refused[2], "id": refused[3]},
+        "failed_24h": conn.execute("SELECT count(*) FROM sends WHERE done = 0 AND at > ?", (now - WINDOW,)).fetchone()[0],
+        "last_failed": None if failed is None else {"at": iso(failed[0]), "alarm": failed[1], "device": failed[2],
+                                                    "id": failed[3]},
         "confirmed_at": None if confirmed is None else iso(float(confirmed[0].split(":")[0])),
     }
 

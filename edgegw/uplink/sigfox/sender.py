@@ -211,6 +211,7 @@ class SigfoxSender:
             raise
         finally:
             self.inflight_items = 0
+        budget.done(item["id"], now)
         log.warning("alarm sent over Sigfox", **where, ref=message.alarm_ref, payload=payload.hex().upper(),
                     fallback=fallback, used=used, limit=self.config.daily_limit, downlink=rx.hex() if rx else None)
         if rx is not None:
@@ -225,12 +226,12 @@ class SigfoxSender:
         if not quiet:
             log.info("alarm not sent over Sigfox", uplink=self.uplink.name, alarm=c.item.get("alarm"),
                      id=c.item.get("id"), reason=why)
-        self._ack(c)
+        self._ack(c, delivered=False)
 
-    def _ack(self, c: Candidate) -> None:
+    def _ack(self, c: Candidate, delivered: bool = True) -> None:
         with self._busy_lock:
             self._busy.add(c.seq)
-        self.post(Ack(self.uplink.name, self.bit, [c.seq]))
+        self.post(Ack(self.uplink.name, self.bit, [c.seq], delivered=delivered))
 
     def notify(self, urgent: bool = False, items: int = 0, burst: bool = False) -> None:
         """The writer committed items (alarms among them when ``urgent``): look at once."""
@@ -254,6 +255,9 @@ class SigfoxSender:
                  f"budget {s['used']}/{s['limit']} in 24 h ({s['reserve']} kept for urgent alarms)"]
         if s["last_sent"]:
             parts.append(f"last sent {s['last_sent']['alarm']} {s['last_sent']['device']} at {s['last_sent']['at']}")
+        if s["last_failed"]:
+            parts.append(f"{s['failed_24h']} sends failed in 24 h (not known to have gone over the air), last "
+                         f"{s['last_failed']['alarm']} {s['last_failed']['device']} at {s['last_failed']['at']}")
         if s["last_refused"]:
             parts.append(f"{s['refused_24h']} refused in 24 h, last {s['last_refused']['alarm']} "
                          f"{s['last_refused']['device']} at {s['last_refused']['at']}")
