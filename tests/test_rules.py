@@ -494,7 +494,7 @@ def test_silence_is_told_on_the_true_clock_after_a_step_back(tmp_path):
 
 
 @pytest.mark.parametrize(("seconds", "said"), [
-    (0, "0 s"), (5, "5 s"), (89, "89 s"), (90, "2 min"), (300, "5 min"), (5399, "90 min"), (5400, "1.5 h"),
+    (0, "0 s"), (5, "5 s"), (89, "89 s"), (90, "2 min"), (300, "5 min"), (3569, "59 min"), (3570, "1 h"), (5400, "1.5 h"),
     (7200, "2 h"), (172800, "2 days"), (3 * 86400 + 43200, "3.5 days"),
 ])
 def test_alarm_texts_say_durations_as_a_reader_would(seconds, said):
@@ -535,6 +535,19 @@ def test_no_timers_while_the_clock_is_implausible(tmp_path):
     rig = Rig(tmp_path / "gw.db", config(), now=1000.0)  # a Pi booted without RTC: 1970
     rig.tick(1000.0 + 86400)
     assert rig.alarms == []
+
+
+def test_a_catch_before_ntp_set_the_clock_is_reminded_of_on_the_true_clock(tmp_path):
+    # A Pi booted in 1970: the catch is stamped 1970. When NTP steps the clock, the reminder must come
+    # an hour after the catch, not at once "after 20,791 days" (with its siren).
+    rig = Rig(tmp_path / "gw.db", config(), now=1000.0, ahead=1000.0 - T0)
+    rig.read("trap-01", trap("sprung"), 1010.0)
+    rig.tick(1020.0)
+    rig.ahead = 0.0  # NTP
+    for minute in range(1, 70):
+        rig.tick(T0 + 60 * minute)
+    reminders = [a for a in rig.alarms if a.kind == "trap_reminder"]
+    assert [(a.raised_at, a.message.rsplit(" after ", 1)[1]) for a in reminders] == [(T0 + 10 + 3600, "1 h")]
 
 
 def test_battery_low_with_hysteresis(rig):

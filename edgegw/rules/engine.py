@@ -104,7 +104,7 @@ def spoken(seconds: float) -> str:
     """A duration as an alarm's reader says it: "45 s", "5 min", "2.5 h", "3 days"."""
     if seconds < 90:
         return f"{seconds:.0f} s"
-    if seconds < 5400:
+    if seconds < 3570:  # what would round to 60 min is said in hours
         return f"{seconds / 60:.0f} min"
     if seconds < 172800:
         return f"{seconds / 3600:.1f} h".replace(".0 h", " h")
@@ -128,6 +128,10 @@ class Watch(Protocol):
 
     def clock_back(self, state: dict[str, Any], now: float) -> None:
         """The clock went back: times in ``state`` later than ``now`` came from the wrong clock; bring them to now."""
+
+    def clock_ahead(self, state: dict[str, Any], jump: float) -> None:
+        """The clock was set ``jump`` seconds ahead (NTP after a boot in 1970, or a stale fake-hwclock):
+        times in ``state`` came from the wrong clock; move them by as much."""
 
 
 def build_watch(rule: TrapRule | WaterLevelRule | DeviceHealthRule, device: Device,
@@ -212,9 +216,16 @@ class RuleEngine:
         stepped_back = (now - wall0) - (mono - mono0) < -STEP and self._newest > now - STEP
         alarms = self._clock_went_back(now) if stepped_back or self._newest > now + STEP else []
         alarms += self._release(now)
-        if abs((now - wall0) - (mono - mono0)) > CLOCK_JUMP:
-            log.warning("system clock jumped; silence timers start afresh", jump_s=round(now - wall0 - (mono - mono0)))
+        jump = (now - wall0) - (mono - mono0)
+        if abs(jump) > CLOCK_JUMP:
+            log.warning("system clock jumped; silence timers start afresh", jump_s=round(jump))
             self.listening_since = now
+            if jump > 0:  # what the rules stamped before is as far behind as the readings re-stamped now
+                for key, state in self.states.items():
+                    for name, watch in self.watches.get(key[1], ()):
+                        if name == key[0]:
+                            watch.clock_ahead(state, jump)
+                            self._dirty.add(key)
         self._clock = (now, mono)
         if not plausible(now):
             return alarms  # no RTC, no NTP yet: "an hour since" means nothing

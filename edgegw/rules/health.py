@@ -120,6 +120,10 @@ class HealthWatch:
         if state.get("heard", 0.0) > now:
             state["heard"] = now  # silence is counted afresh, as after any clock jump
 
+    def clock_ahead(self, state: dict[str, Any], jump: float) -> None:
+        if "heard" in state:
+            state["heard"] += jump
+
     def tick(self, ctx: Context, state: dict[str, Any], now: float) -> None:
         if state.get("silent"):
             return

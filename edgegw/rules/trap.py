@@ -47,6 +47,10 @@ class TrapWatch:
             # next is due one interval from now, not when the wrong clock's catch time comes round.
             state["since"] = now - state["reminders"] * (self.rule.reminder or 0)
 
+    def clock_ahead(self, state: dict[str, Any], jump: float) -> None:
+        if state.get("sprung"):  # the catch's time by the true clock: no reminder "after 20,791 days"
+            state["since"] += jump
+
     def tick(self, ctx: Context, state: dict[str, Any], now: float) -> None:
         every = self.rule.reminder
         if not state.get("sprung") or not every:

@@ -108,5 +108,9 @@ class WaterWatch:
             # Kept, as if seen just now: a rise against them may still be told, none waits for the wrong clock.
             state["samples"] = [[min(t, now), v] for t, v in state["samples"]]
 
+    def clock_ahead(self, state: dict[str, Any], jump: float) -> None:
+        if "samples" in state:
+            state["samples"] = [[t + jump, v] for t, v in state["samples"]]
+
     def tick(self, ctx: Context, state: dict[str, Any], now: float) -> None:
         pass
