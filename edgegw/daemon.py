@@ -12,8 +12,10 @@ crash is the frames read from the port but not yet committed: one read turn per 
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -41,6 +43,7 @@ from edgegw.rules import RuleEngine
 from edgegw.rules.actions import ActionRunner
 from edgegw.running import HEARTBEAT_EVERY, DataDirLock
 from edgegw.store import Store, db_path, quick_check
+from edgegw.store.housekeeping import RESERVE_BYTES, give_back_reserve_to_start
 from edgegw.supervise import Stage
 from edgegw.uplink import Uplink, acknowledgement_level, build_uplink
 from edgegw.uplink.sigfox.sender import SigfoxSender, sigfox_health
@@ -387,11 +390,21 @@ def run(config: Config, drivers: DriverRegistry, path: Path | None = None) -> No
     hup = threading.Event()
     signal.signal(signal.SIGHUP, lambda *_: hup.set())
     dbfile.check_data_dir(config.data_dir)  # before the lock, which needs it too: one clear line, not a traceback
-    lock = DataDirLock(config.data_dir, __version__)
+    if given := give_back_reserve_to_start(config.data_dir):
+        log.warning("disk full at start: the reserve is given back so that the gateway can start",
+                    data_dir=str(config.data_dir), bytes=given)
+    try:
+        lock = DataDirLock(config.data_dir, __version__)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        raise _full(config.data_dir) from None
     try:
         try:
             gateway = Gateway(config, drivers)
         except sqlite3.DatabaseError as exc:  # opened, but damaged where starting up reads
+            if shutil.disk_usage(config.data_dir).free < RESERVE_BYTES:  # SQLite says "disk I/O error"
+                raise _full(config.data_dir) from None
             if not dbfile.is_damage(exc):
                 raise
             raise dbfile.DatabaseDamaged(f"the database {db_path(config.data_dir)} is damaged"
@@ -409,6 +422,13 @@ def run(config: Config, drivers: DriverRegistry, path: Path | None = None) -> No
                                          " start again to set it aside and begin a fresh one")
     finally:
         lock.release()
+
+
+def _full(data_dir: Path) -> dbfile.DataDirFull:
+    free = shutil.disk_usage(data_dir).free
+    return dbfile.DataDirFull(f"the filesystem of the data directory {data_dir} is full ({free} bytes free) and"
+                              " the gateway cannot start: free some space there (systemd tries again every few"
+                              " seconds)")
 
 
 def _watch(gateway: Gateway, lock: DataDirLock, done: threading.Event, hup: threading.Event,

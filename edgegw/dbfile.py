@@ -56,6 +56,11 @@ class DataDirUnusable(EdgegwError):
     """The data directory cannot hold a database (not writable, not a directory): restarting cannot help."""
 
 
+class DataDirFull(EdgegwError):
+    """The data directory's filesystem has no room to start in, and no reserve of ours to give back:
+    another start (systemd's, every few seconds) may find room."""
+
+
 class DatabaseDamaged(EdgegwError):
     """SQLite found damage in the database in use; the next start sets it aside (see :func:`mark_damaged`)."""
 

@@ -387,3 +387,41 @@ def test_with_only_alarms_left_the_daemon_waits_says_disk_full_and_commits_once_
     finally:
         daemon.stop()
         emulator.unplug()
+
+
+def test_a_start_on_a_full_filesystem_gives_back_the_reserve_or_says_so_in_one_line(tmp_path, small_fs):
+    # A power cut while the SD card was full: the next start could not even open the WAL (a traceback,
+    # exit 1, a restart loop), so no frame was read and no siren could sound.
+    from edgegw.radio.emulator import RylrEmulator
+    from tests.gateway import Daemon, Sender, wait_until, write_config
+
+    emulator = RylrEmulator(tmp_path / "rylr0")
+    emulator.plug()
+    config = write_config(tmp_path, emulator.link, None, log_level="info", extra='\n[store]\nmin_free = "1MB"\n')
+    daemon = Daemon(config)
+    try:
+        daemon.start().wait_receiving()
+        sender = Sender(emulator, strict=False)
+        sender.quiet(30)
+        daemon.wait_committed(30)
+        wait_until(lambda: (small_fs / "edgegw.reserve").exists(), 30, "the reserve made")
+        assert daemon.stop() == 0
+        fill_up(small_fs)
+        daemon.start()
+        wait_until(lambda: "the reserve is given back" in daemon.log.read_text(), 20, "the reserve given back")
+        sender.send("trap-01", {"state": "sprung", "tamper": False, "battery": 3.3})
+        daemon.wait_committed(31)  # receiving and committing on the room the reserve left
+        assert daemon.stop() == 0
+
+        # Nothing of ours left to give back: one line, and an exit status systemd restarts.
+        for name in ("edgegw.db", "edgegw.db-wal", "edgegw.db-shm", "edgegw.lock", "edgegw.heartbeat"):
+            (small_fs / name).unlink(missing_ok=True)
+        fill_up(small_fs)
+        daemon.start()
+        assert daemon.proc is not None and daemon.proc.wait(30) == 1
+        said = daemon.log.read_text().splitlines()[-1]
+        assert said.startswith(f"Error: the filesystem of the data directory {small_fs} is full") and "Traceback" not in \
+            daemon.log.read_text().split("gateway stopped")[-1]
+    finally:
+        daemon.stop()
+        emulator.unplug()

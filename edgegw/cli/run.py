@@ -27,7 +27,7 @@ def run(config_path: Path) -> None:
     """
     config, drivers = load_config_or_exit(config_path, keys=True)
     from edgegw import daemon, log
-    from edgegw.dbfile import DatabaseDamaged, DataDirUnusable
+    from edgegw.dbfile import DatabaseDamaged, DataDirFull, DataDirUnusable
     from edgegw.running import AlreadyRunning
 
     log.configure(config.log.level, config.log.format)
@@ -41,6 +41,9 @@ def run(config_path: Path) -> None:
     except DataDirUnusable as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(EXIT_DATA_DIR)
+    except DataDirFull as exc:  # restarted by systemd: room may come back
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
     except DatabaseDamaged as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(EXIT_DATABASE_DAMAGED)

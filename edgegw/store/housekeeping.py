@@ -234,6 +234,18 @@ def disk_usage(conn: sqlite3.Connection, path: Path) -> dict[str, int]:
             "wal_bytes": file_size(path.with_name(path.name + "-wal")), "free_bytes": shutil.disk_usage(path.parent).free,
             "reserve_bytes": file_size(path.with_name(RESERVE_NAME))}
 
+def give_back_reserve_to_start(data_dir: Path) -> int:
+    """On a filesystem with less room than the reserve, give the reserve back before the database
+    opens (a WAL and its index must be made): the bytes given back, 0 if none. The writer makes it
+    again once there is room twice over."""
+    reserve = data_dir / RESERVE_NAME
+    if not reserve.exists() or shutil.disk_usage(data_dir).free >= RESERVE_BYTES:
+        return 0
+    size = reserve.stat().st_size
+    reserve.unlink()
+    return size
+
+
 def room(path: Path) -> int:
     """The room the database at ``path`` has to grow: its filesystem's free space and the reserve."""
     return shutil.disk_usage(path.parent).free + file_size(path.with_name(RESERVE_NAME))
