@@ -153,8 +153,9 @@ def test_stats_json_counts_pending_per_uplink_delivered_parked_and_kinds(runner,
     result = site.run(runner, "stats", "--json")
     assert result.exit_code == 0, result.output
     st = json.loads(result.stdout)
-    assert (st["pending"], st["delivered"], st["parked"]) == (5, 4, 1)
-    assert st["by_kind"] == {"reading": {"pending": 3, "delivered": 3}, "alarm": {"pending": 1, "delivered": 1},
+    # river-03:0:3, which orion parked, is no uplink's any more, but it was not delivered.
+    assert (st["pending"], st["delivered"], st["parked"]) == (5, 3, 1)
+    assert st["by_kind"] == {"reading": {"pending": 3, "delivered": 2}, "alarm": {"pending": 1, "delivered": 1},
                              "health": {"pending": 1, "delivered": 0}}
     assert st["by_uplink"]["mqtt"] == {"state": "starting", "pending": 4, "oldest_pending_at": site.now - 600,
                                        "parked": 0, "configured": True}
@@ -167,14 +168,22 @@ def test_stats_json_counts_pending_per_uplink_delivered_parked_and_kinds(runner,
     assert disk["wal_bytes"] >= 0 and disk["free_bytes"] >= 0
 
 
+def test_status_does_not_count_a_parked_item_as_delivered(runner, site):
+    # An NGSI peer refusing everything with HTTP 400 showed "0 pending, 12 delivered": nothing was.
+    st = json.loads(runner.invoke(cli, ["status", "--json", "-c", str(site.config)]).stdout)
+    assert (st["outbox"]["pending"], st["outbox"]["delivered"], st["outbox"]["parked"]) == (5, 3, 1)
+    text = runner.invoke(cli, ["status", "-c", str(site.config)]).stdout
+    assert "5 pending (0 in flight), 3 delivered, 1 parked (refused for good: edgegw outbox list --parked)" in text
+
+
 def test_stats_text(runner, site):
     result = site.run(runner, "stats")
     assert result.exit_code == 0, result.output
     out = result.stdout.splitlines()
-    assert out[0] == "outbox   5 pending, 4 delivered, 1 parked; oldest pending accepted 30m ago"
+    assert out[0] == "outbox   5 pending, 3 delivered, 1 parked; oldest pending accepted 30m ago"
     assert out[1:4] == ["uplinks", "  mqtt         starting   4 pending (oldest 10m ago), 0 parked",
                         "  orion        starting   5 pending (oldest 30m ago), 1 parked"]
-    assert out[4:8] == ["kinds", "  reading      3 pending, 3 delivered", "  alarm        1 pending, 1 delivered",
+    assert out[4:8] == ["kinds", "  reading      3 pending, 2 delivered", "  alarm        1 pending, 1 delivered",
                         "  health       1 pending, 0 delivered"]
     assert out[8].startswith("disk     database ") and "WAL" in out[8]
 
@@ -505,7 +514,7 @@ def test_purge_older_than_deletes_old_delivered_items_and_closed_alarms_only(run
     result = site.run(runner, "purge", "--delivered", "--older-than", "7d")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("purged 2 delivered item(s) and 1 closed alarm(s) (delivered before ")
+    assert lines[0].startswith("purged 2 delivered or parked item(s) and 1 closed alarm(s) (delivered before ")
     assert lines[1].startswith("on disk: database ") and " before, " in lines[1] and " after; " in lines[1]
     assert row(site.db, "river-03:0:1") is None and row(site.db, "trap-01:0:1:rearmed") is None
     assert row(site.db, "river-03:0:2") is not None and row(site.db, "river-03:0:3") is not None  # younger
@@ -523,7 +532,7 @@ def test_purge_older_than_deletes_old_delivered_items_and_closed_alarms_only(run
 def test_purge_all_delivered_never_touches_pending(runner, site):
     result = site.run(runner, "purge", "--delivered")
     assert result.exit_code == 0, result.output
-    assert result.stdout.startswith("purged 4 delivered item(s) and 1 closed alarm(s) (all delivered)\n")
+    assert result.stdout.startswith("purged 4 delivered or parked item(s) and 1 closed alarm(s) (all delivered)\n")
     stats = json.loads(site.run(runner, "stats", "--json").stdout)
     assert (stats["pending"], stats["delivered"], stats["parked"]) == (5, 0, 1)
     assert site.run(runner, "purge", "--delivered").stdout == "nothing to purge: no delivered items\n"
@@ -535,7 +544,7 @@ def test_purge_needs_what_to_purge_and_a_valid_duration(runner, site):
     bad = site.run(runner, "purge", "--delivered", "--older-than", "a week")
     assert bad.exit_code == 2
     assert "Invalid value for '--older-than': expected a duration with a unit, such as \"90s\"" in bad.stderr
-    assert json.loads(site.run(runner, "stats", "--json").stdout)["delivered"] == 4
+    assert json.loads(site.run(runner, "stats", "--json").stdout)["delivered"] == 3
 
 
 def test_parse_duration_speaks_the_configs_language():
@@ -579,7 +588,7 @@ def test_purge_over_more_rows_than_one_chunk_shows_progress(runner, tmp_path, mo
     assert result.exit_code == 0, result.output
     assert bars == [{"length": 2 * PURGE_CHUNK + half, "updates": [PURGE_CHUNK, PURGE_CHUNK, half]}]
     assert result.stderr.startswith("purging")  # the bar (only its label when stderr is not a terminal)
-    assert result.stdout.startswith(f"purged {2 * PURGE_CHUNK + half} delivered item(s) and 0 closed alarm(s)")
+    assert result.stdout.startswith(f"purged {2 * PURGE_CHUNK + half} delivered or parked item(s) and 0 closed alarm(s)")
     conn = sqlite3.connect(db)
     assert conn.execute("SELECT count(*), min(seq) FROM outbox_items WHERE pending = ?", (MQTT,)).fetchone() \
         == (300, 2 * PURGE_CHUNK + half + 1)
@@ -650,9 +659,9 @@ def test_purge_then_stats_pending_and_parked_unchanged(items, older_than, chunk)
         assert after.pending == before.pending
         assert {n: u.pending for n, u in after.by_uplink.items()} == {n: u.pending for n, u in before.by_uplink.items()}
         assert after.parked == before.parked
-        done = [age for fate, age in items if fate in ("ack", "park_orion")]
-        kept = [age for age in done if older_than is not None and NOW - age >= NOW - older_than]  # as SQL compares
-        assert after.delivered == len(kept)
+        done = [(fate, age) for fate, age in items if fate in ("ack", "park_orion")]
+        kept = [fate for fate, age in done if older_than is not None and NOW - age >= NOW - older_than]  # as SQL compares
+        assert after.delivered == kept.count("ack")  # a parked item is no uplink's, but not delivered
         assert purge.deleted_items == len(done) - len(kept)
 
 

@@ -245,7 +245,8 @@ def outbox_purge(config_path: Path, delivered: bool, older_than: float | None) -
         for n in purge:
             bar.update(n)
     b, a = purge.before, purge.after or purge.before
-    click.echo(f"purged {purge.deleted_items} delivered item(s) and {purge.deleted_alarms} closed alarm(s) ({before})")
+    click.echo(f"purged {purge.deleted_items} delivered or parked item(s) and {purge.deleted_alarms} closed alarm(s)"
+               f" ({before})")
     click.echo(f"on disk: database {_size(b.database_bytes)} + WAL {_size(b.wal_bytes)} before, "
                f"{_size(a.database_bytes)} + WAL {_size(a.wal_bytes)} after; {_size(a.free_bytes)} free inside "
                "the database is reused by new items (the file shrinks only by VACUUM, with the daemon stopped)")

@@ -133,7 +133,8 @@ def _format_status(st: dict) -> str:
         out.append(f"{head}{d['part']} found {ago(now, d['at'])}{lost}; kept as {d['kept_as']}: {d['problem']}")
     out += _format_open(now, st["open_alarms"])  # what a maintainer must act on comes first
     out += _format_disk(now, disk)
-    out += [f"outbox   {ob['pending']} pending ({ob['in_flight']} in flight), {ob['delivered']} delivered, oldest pending "
+    parked = f", {ob['parked']} parked (refused for good: edgegw outbox list --parked)" if ob.get("parked") else ""
+    out += [f"outbox   {ob['pending']} pending ({ob['in_flight']} in flight), {ob['delivered']} delivered{parked}, oldest pending "
             f"{ago(now, ob['oldest_pending_at']) if ob['oldest_pending_at'] else '-'}",
             f"uplinks (deliveries counted every {COUNTS_EVERY:g} s)"]
     for u in st["uplinks"]:

@@ -62,6 +62,7 @@ from edgegw.outbox.retry import retry_all, retry_ids
 from edgegw.outbox.rows import _device, _filters, _find, _names, _pending_bit, _uplink_names
 from edgegw.store import oldest_pending_at, pending_count
 from edgegw.store.connection import connect, open_reader
+from edgegw.store.outbox import PARKED_DONE
 
 __all__ = ["Delivery", "DiskUsage", "ItemDetail", "ItemRow", "KindCounts", "Outbox", "ParkedRow", "Purge",
            "Requeued", "RetryResult", "Stats", "UplinkCounts", "parse_duration"]
@@ -159,9 +160,10 @@ class Outbox:
             by_kind = {k: KindCounts(0, 0) for k in KINDS}
             oldest = None
             for r in conn.execute(
-                "SELECT o.kind, count(q.seq) AS pending, count(*) - count(q.seq) AS delivered,"
+                "SELECT o.kind, count(q.seq) AS pending, count(*) - count(q.seq) - count(p.seq) AS delivered,"
                 " min(o.accepted_at) FILTER (WHERE q.seq IS NOT NULL) AS oldest"
-                " FROM outbox o LEFT JOIN queue q ON q.seq = o.seq GROUP BY o.kind"
+                f" FROM outbox o LEFT JOIN queue q ON q.seq = o.seq LEFT JOIN ({PARKED_DONE}) p ON p.seq = o.seq"
+                " GROUP BY o.kind"
             ):
                 by_kind[r["kind"]] = KindCounts(r["pending"], r["delivered"])
                 if r["oldest"] is not None and (oldest is None or r["oldest"] < oldest):

@@ -293,3 +293,9 @@ def oldest_pending_at(conn: Queries, bit: int = -1) -> float | None:
     row = conn.execute("SELECT accepted_at FROM outbox WHERE seq = (SELECT seq FROM queue WHERE pending & ?"
                        " ORDER BY seq LIMIT 1)", (bit,)).fetchone()
     return None if row is None else row[0]
+
+
+# The outbox rows no uplink waits for any more that some uplink parked (refused for good): they
+# left the queue as delivered ones do, but were not delivered.
+PARKED_DONE = ("SELECT DISTINCT p.seq FROM parked p CROSS JOIN outbox o ON o.seq = p.seq"
+               " WHERE NOT EXISTS (SELECT 1 FROM queue q WHERE q.seq = p.seq)")

@@ -14,7 +14,7 @@ from edgegw.model import iso
 from edgegw.store.alarms import alarm_rows
 from edgegw.store.connection import Queries, open_reader, snapshot
 from edgegw.store.housekeeping import disk_usage
-from edgegw.store.outbox import oldest_pending_at, pending_count
+from edgegw.store.outbox import PARKED_DONE, oldest_pending_at, pending_count
 
 
 def health_counts(path: Path, bits: dict[str, int], now: float) -> dict[str, Any]:
@@ -71,9 +71,11 @@ def status(path: Path) -> dict[str, Any]:
         now = time.time()
         q = lambda sql, *a: [dict(r) for r in conn.execute(sql, a)]  # noqa: E731
         conn.execute("BEGIN")  # one snapshot for all the counts
+        parked = conn.execute(f"SELECT count(*) FROM ({PARKED_DONE})").fetchone()[0]
         outbox = {"pending": pending_count(conn),
                   "delivered": conn.execute("SELECT (SELECT count(*) FROM outbox) - (SELECT count(*) FROM queue)")
-                  .fetchone()[0],
+                  .fetchone()[0] - parked,
+                  "parked": parked,
                   "oldest_pending_at": oldest_pending_at(conn)}
         uplinks = q("SELECT name, state, detail, changed_at, batches, items, last_ack_at,"
                     " coalesce(inflight, 0) AS in_flight, bit FROM uplinks ORDER BY name")
