@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from urllib3 import HTTPHeaderDict
 
 from edgegw.config import Device, NgsiLdUplink, NgsiV2Uplink
 from edgegw.errors import PermanentUplinkError, TransientUplinkError, UplinkError
@@ -294,6 +295,33 @@ def test_an_answer_cut_at_the_deadline_is_not_an_acknowledgement_even_when_it_pa
         server.join(10)
 
 
+@pytest.mark.parametrize("answer", [b"HTTP/1.1 204 No Content\r\n", b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"])
+def test_an_answer_whose_headers_never_end_is_not_an_acknowledgement(running, answer):
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(65536)
+            head, body = request.split(b"\r\n\r\n", 1)
+            length = int(next(h.split(b":")[1] for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")))
+            while len(body) < length:  # all of it read: a close with unread data would be a reset
+                body += conn.recv(65536)
+            conn.sendall(answer)  # and the connection closes
+    server = threading.Thread(target=serve)
+    server.start()
+    try:
+        uplink, results = running(v2(f"http://127.0.0.1:{listener.getsockname()[1]}", timeout=5, deadline=10))
+        uplink.send(batch([trap()]))
+        error = results.wait("b1", timeout=30)
+        assert isinstance(error, TransientUplinkError) and "cut short" in str(error), error
+    finally:
+        listener.close()
+        server.join(10)
+
+
 def test_wrong_token_is_transient_not_a_reason_to_park_items(running, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text("old\n")
@@ -385,6 +413,9 @@ def test_tls_is_verified_by_default_and_a_ca_file_makes_a_private_ca_work(https_
 
 # -- classification ------------------------------------------------------------------------------------
 
+# The headers of an answer that came whole (urllib3 looks them up without regard to case).
+WHOLE = HTTPHeaderDict({"Date": "Sat, 05 Dec 2026 08:00:00 GMT", "Content-Length": "0"})
+
 @pytest.mark.parametrize(("status", "kind"), [
     (200, None), (201, None), (204, None),
     (500, TransientUplinkError), (502, TransientUplinkError), (503, TransientUplinkError),
@@ -394,17 +425,27 @@ def test_tls_is_verified_by_default_and_a_ca_file_makes_a_private_ca_work(https_
     (207, PermanentUplinkError),
 ])
 def test_answers_are_classified(status, kind):
-    error = classify(status, {}, b"")
+    error = classify(status, WHOLE, b"")
     assert (error is None) if kind is None else isinstance(error, kind)
+
+
+def test_a_2xx_cut_short_is_no_acknowledgement():
+    # A peer that sends "HTTP/1.1 204 No Content" (or a 200 and one header) and closes: http.client
+    # takes the close for the end of the headers.
+    assert isinstance(classify(204, HTTPHeaderDict(), b""), TransientUplinkError)
+    cut = HTTPHeaderDict({"Content-Type": "application/json"})
+    assert "cut short" in str(classify(200, cut, b""))
+    chunked = HTTPHeaderDict({"Date": "Sat, 05 Dec 2026 08:00:00 GMT", "Transfer-Encoding": "chunked"})
+    assert classify(200, chunked, b"{}") is None and classify(204, HTTPHeaderDict({"Date": "x"}), b"") is None
 
 
 def test_an_agent_s_error_in_a_2xx_is_not_an_acknowledgement():
     # iotagent-node-lib answers 200 with EntityGenericError when its context broker's 404 has no Orion body.
     body = b'{"name":"ENTITY_GENERIC_ERROR","message":"Error accesing entity data for device: dev1"}'
-    error = classify(200, {}, body)
+    error = classify(200, WHOLE, body)
     assert isinstance(error, TransientUplinkError) and "ENTITY_GENERIC_ERROR" in str(error)
-    assert classify(200, {}, b'{"name":"ok","message":"a command"}') is None
-    assert classify(200, {}, b"{}") is None and classify(201, {}, b'["urn:a"]') is None
+    assert classify(200, WHOLE, b'{"name":"ok","message":"a command"}') is None
+    assert classify(200, WHOLE, b"{}") is None and classify(201, WHOLE, b'["urn:a"]') is None
 
 
 def test_error_text_is_the_brokers_own():

@@ -258,6 +258,11 @@ def classify(status: int, headers: Mapping[str, str], body: bytes) -> UplinkErro
     ``headers`` must look names up case-insensitively, as urllib3's do.
     """
     if 200 <= status < 300 and status != 207:
+        if not _framed(status, headers):
+            # http.client takes a close before the blank line that ends the headers for their end:
+            # "HTTP/1.1 204" and a close would be an acknowledgement of nothing anyone sent.
+            return TransientUplinkError(f"HTTP {status} cut short: the answer's headers did not end, or it"
+                                        " had no length (the connection closed mid-answer)")
         if _agent_error(body):
             # An IoT Agent answers some of its context broker's failures (a 404 without Orion's error
             # body: a wrong IOTA_CB_URL path, a proxy's page) with 200 and its error: nothing was stored.
@@ -278,6 +283,14 @@ def classify(status: int, headers: Mapping[str, str], body: bytes) -> UplinkErro
             hint = f" (redirected to {headers.get('Location')!r}: check url)"
         return TransientUplinkError(message + hint, retry_after_seconds(headers.get("Retry-After")))
     return PermanentUplinkError(message)
+
+
+def _framed(status: int, headers: Mapping[str, str]) -> bool:
+    """Whether a 2xx answer came whole: some header (a server sends at least its Date), and a body
+    whose end is told (none for 204, a Content-Length, or chunks), not one that ends with the
+    connection, which a cut answer cannot be told from."""
+    return bool(headers) and (status == 204 or "Content-Length" in headers
+                              or "chunked" in headers.get("Transfer-Encoding", "").lower())
 
 
 def _only_unavailable(body: bytes) -> bool:
