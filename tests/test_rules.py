@@ -537,6 +537,19 @@ def test_no_timers_while_the_clock_is_implausible(tmp_path):
     assert rig.alarms == []
 
 
+def test_a_reminder_due_while_the_gateway_was_off_is_not_late_and_runs_its_siren(tmp_path):
+    # Off from 10 min after the catch to 3.5 h after it: the trap is sprung now, so the reminder the
+    # start owes is about now; stamped at its due time (30 min ago) it was late and ran no action.
+    rig = Rig(tmp_path / "gw.db", config())
+    rig.read("trap-01", trap("sprung"), T0)
+    rig.tick(T0 + 600)
+    rig.restart(T0 + 3.5 * 3600, power_cut=True)
+    rig.tick(T0 + 3.5 * 3600)
+    (reminder,) = [a for a in rig.alarms if a.kind == "trap_reminder"]
+    assert not reminder.late and reminder.raised_at == T0 + 3.5 * 3600 and reminder.details == {"reminder": 3}
+    assert reminder.message.endswith("trap still sprung after 3.5 h")
+
+
 def test_a_catch_before_ntp_set_the_clock_is_reminded_of_on_the_true_clock(tmp_path):
     # A Pi booted in 1970: the catch is stamped 1970. When NTP steps the clock, the reminder must come
     # an hour after the catch, not at once "after 20,791 days" (with its siren).

@@ -58,7 +58,10 @@ class TrapWatch:
         n = int((now - state["since"]) // every)
         if n > state["reminders"]:
             # Stamped at the due time, not at the tick: a restart mid-interval yields the same alarm.
-            at = state["since"] + n * every
+            # One due long ago (the gateway was off) is about the trap as it is now, still sprung: it
+            # is stamped now, so that it is not late and its siren sounds.
+            due = state["since"] + n * every
+            at = due if now - due <= ctx.late_after else now
             ctx.raise_alarm(
                 "trap_reminder", "high", f"{state['cause']}:{n}", at,
                 f"{ctx.label()}: trap still sprung after {spoken(at - state['since'])}", None, {"reminder": n},
