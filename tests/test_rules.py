@@ -537,6 +537,21 @@ def test_no_timers_while_the_clock_is_implausible(tmp_path):
     assert rig.alarms == []
 
 
+def test_a_trap_taken_out_of_the_config_and_back_forgets_its_old_catch(tmp_path):
+    # Out of the config, its re-arming and new catch were rejected unheard; back in, its old memory
+    # ("sprung") silenced the new catch.
+    rig = Rig(tmp_path / "gw.db", config())
+    rig.read("trap-01", trap("sprung"), T0)
+    full = rig.cfg
+    rig.cfg = full.model_copy(update={"devices": [d for d in full.devices if d.id != "trap-01"]})
+    rig.restart(T0 + 600)
+    rig.cfg = full
+    rig.restart(T0 + 1200)
+    rig.read("trap-01", trap("sprung"), T0 + 1260)
+    assert [(a.kind, a.raised_at) for a in rig.alarms if a.kind == "trap_sprung"] == [("trap_sprung", T0),
+                                                                                   ("trap_sprung", T0 + 1260)]
+
+
 def test_a_reminder_due_while_the_gateway_was_off_is_not_late_and_runs_its_siren(tmp_path):
     # Off from 10 min after the catch to 3.5 h after it: the trap is sprung now, so the reminder the
     # start owes is about now; stamped at its due time (30 min ago) it was late and ran no action.

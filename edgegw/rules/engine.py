@@ -167,6 +167,13 @@ class RuleEngine:
         self.skipped_out_of_order = 0
         self._throttle = Throttle(60.0)
         self.reload()
+        # The memory of a device or rule the config no longer has goes: should it come back, what it
+        # remembered may be long untrue (a trap re-armed and sprung meanwhile unheard would be silent).
+        if gone := [key for key in self.states if key not in self.progress]:
+            with store.transaction():
+                store.forget_rule_states(gone)
+            for key in gone:
+                del self.states[key]
         store.on_rollback.append(self.reload)  # what a rolled-back group changed is undone here too
         last = store.rules_clock()
         # Silence counts only while we listened: after downtime every device gets a fresh interval.

@@ -49,3 +49,7 @@ class RuleStateTables(Tables):
         self.conn.executemany("INSERT OR REPLACE INTO rule_buffer(reading_id, observed_at, reading) VALUES (?, ?, ?)",
                               [(i, t, _compact(o)) for i, t, o in held])
         self.conn.executemany("DELETE FROM rule_buffer WHERE reading_id = ?", [(r,) for r in released])
+
+    def forget_rule_states(self, keys: Iterable[tuple[str, str]]) -> None:
+        """Drop the states of these (rule, device id) pairs: no rule of the config watches them any more."""
+        self.conn.executemany("DELETE FROM rule_state WHERE rule = ? AND device_id = ?", list(keys))
