@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import threading
+from collections.abc import Callable
 
 from edgegw.config import CommandAction, MqttAction
 from edgegw.items import alarm_item
@@ -139,6 +140,22 @@ def running(pid: int) -> bool:
         return False
 
 
+def failures_of(actions: list[CommandAction], until: Callable[[list], object], after: float = 0.0) -> list:
+    """Run ``actions`` for one alarm: the (action name, why) of each failure, once ``until`` them
+    holds and ``after`` more seconds have passed."""
+    runner = ActionRunner(actions, "gw-1")
+    failures: list[tuple[str, str]] = []
+    runner._failed = lambda action, alarm, why: failures.append((action.name, why))  # type: ignore[method-assign]
+    thread = start(runner)
+    try:
+        runner.submit(alarm())
+        wait_until(lambda: until(failures), 10, f"the actions' end: {failures}")
+        threading.Event().wait(after)
+    finally:
+        stop(runner, thread)
+    return failures
+
+
 def test_a_chatty_command_and_what_it_started_are_ended_at_its_timeout(tmp_path):
     # stderr flooded as fast as it goes: buffered whole, it took the daemon to gigabytes within
     # seconds. A shell's child outliving its timeout ran on unseen after the shell was killed.
@@ -147,15 +164,7 @@ def test_a_chatty_command_and_what_it_started_are_ended_at_its_timeout(tmp_path)
     pids = tmp_path / "pids"
     shell = CommandAction(type="command", name="shell", timeout=1.0,
                           command=["/bin/sh", "-c", f"sleep 30 & echo $! > {pids}; sleep 30"])
-    runner = ActionRunner([flood, shell], "gw-1")
-    failures = []
-    runner._failed = lambda action, alarm, why: failures.append((action.name, why))  # type: ignore[method-assign]
-    thread = start(runner)
-    try:
-        runner.submit(alarm())
-        wait_until(lambda: len(failures) == 2, 10, "both killed at their timeout")
-    finally:
-        stop(runner, thread)
+    failures = failures_of([flood, shell], lambda f: len(f) == 2)
     assert sorted(failures) == [("flood", "killed after its 1 s timeout"), ("shell", "killed after its 1 s timeout")]
     assert not running(int(pids.read_text()))  # the shell's background sleep went with it
 
@@ -167,16 +176,8 @@ def test_a_failed_command_s_last_words_are_logged_and_a_child_it_leaves_is_its_o
     # A siren script that starts the sound in the background and returns: the sound goes on.
     siren = CommandAction(type="command", name="siren", timeout=1.0,
                           command=["/bin/sh", "-c", f"sleep 30 & echo $! > {pids}"])
-    runner = ActionRunner([said, siren], "gw-1")
-    failures = []
-    runner._failed = lambda action, alarm, why: failures.append((action.name, why))  # type: ignore[method-assign]
-    thread = start(runner)
-    try:
-        runner.submit(alarm())
-        wait_until(lambda: failures and pids.exists() and pids.read_text().strip(), 10, "both ran")
-        threading.Event().wait(1.5)  # past the siren's timeout
-    finally:
-        stop(runner, thread)
+    # Past the siren's timeout, to see it is not killed then.
+    failures = failures_of([said, siren], lambda f: f and pids.exists() and pids.read_text().strip(), after=1.5)
     (name, why), = failures
     assert name == "said" and why.startswith("exit status 2: yyy") and why.endswith("siren port busy")
     assert len(why) < 400

@@ -15,6 +15,8 @@ import ssl
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -265,38 +267,10 @@ def test_slow_broker_beyond_the_timeout_is_transient(context_broker, running):
     assert results.wait("b2") is None
 
 
-def test_an_answer_cut_at_the_deadline_is_not_an_acknowledgement_even_when_it_parses(running):
-    """A 200 whose body runs until the connection closes, trickled: the deadline's shutdown reads as
-    that close, so the truncated answer parses whole; it must still fail, the batch to go again."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
-
-    def serve() -> None:
-        conn, _ = listener.accept()
-        with conn:
-            conn.recv(65536)  # the request (small enough to come in one read)
-            try:
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n")
-                while not stop.wait(0.2):
-                    conn.sendall(b" ")
-            except OSError:  # the uplink gave up
-                pass
-    server = threading.Thread(target=serve)
-    server.start()
-    try:
-        uplink, results = running(v2(f"http://127.0.0.1:{listener.getsockname()[1]}", timeout=1, deadline=1.5))
-        uplink.send(batch([trap()]))
-        error = results.wait("b1", timeout=30)
-        assert isinstance(error, TransientUplinkError) and "deadline" in str(error), error
-        assert results.states[-1][0] == "down"
-    finally:
-        stop.set()
-        listener.close()
-        server.join(10)
-
-
-@pytest.mark.parametrize("answer", [b"HTTP/1.1 204 No Content\r\n", b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"])
-def test_an_answer_whose_headers_never_end_is_not_an_acknowledgement(running, answer):
+@contextmanager
+def raw_peer(answer: Callable[[socket.socket], None]) -> Iterator[str]:
+    """A peer on 127.0.0.1 that reads one whole request, then lets ``answer`` write what it will on
+    the socket, and closes; its URL."""
     listener = socket.create_server(("127.0.0.1", 0))
 
     def serve() -> None:
@@ -309,17 +283,47 @@ def test_an_answer_whose_headers_never_end_is_not_an_acknowledgement(running, an
             length = int(next(h.split(b":")[1] for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")))
             while len(body) < length:  # all of it read: a close with unread data would be a reset
                 body += conn.recv(65536)
-            conn.sendall(answer)  # and the connection closes
+            answer(conn)
     server = threading.Thread(target=serve)
     server.start()
     try:
-        uplink, results = running(v2(f"http://127.0.0.1:{listener.getsockname()[1]}", timeout=5, deadline=10))
-        uplink.send(batch([trap()]))
-        error = results.wait("b1", timeout=30)
-        assert isinstance(error, TransientUplinkError) and "cut short" in str(error), error
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
     finally:
         listener.close()
         server.join(10)
+
+
+def test_an_answer_cut_at_the_deadline_is_not_an_acknowledgement_even_when_it_parses(running):
+    """A 200 whose body runs until the connection closes, trickled: the deadline's shutdown reads as
+    that close, so the truncated answer parses whole; it must still fail, the batch to go again."""
+    stop = threading.Event()
+
+    def trickle(conn: socket.socket) -> None:
+        try:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n")
+            while not stop.wait(0.2):
+                conn.sendall(b" ")
+        except OSError:  # the uplink gave up
+            pass
+    try:
+        with raw_peer(trickle) as url:
+            uplink, results = running(v2(url, timeout=1, deadline=1.5))
+            uplink.send(batch([trap()]))
+            error = results.wait("b1", timeout=30)
+            stop.set()
+        assert isinstance(error, TransientUplinkError) and "deadline" in str(error), error
+        assert results.states[-1][0] == "down"
+    finally:
+        stop.set()
+
+
+@pytest.mark.parametrize("answer", [b"HTTP/1.1 204 No Content\r\n", b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"])
+def test_an_answer_whose_headers_never_end_is_not_an_acknowledgement(running, answer):
+    with raw_peer(lambda conn: conn.sendall(answer)) as url:  # and the connection closes
+        uplink, results = running(v2(url, timeout=5, deadline=10))
+        uplink.send(batch([trap()]))
+        error = results.wait("b1", timeout=30)
+    assert isinstance(error, TransientUplinkError) and "cut short" in str(error), error
 
 
 def test_wrong_token_is_transient_not_a_reason_to_park_items(running, tmp_path):
