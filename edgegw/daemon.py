@@ -390,16 +390,17 @@ def run(config: Config, drivers: DriverRegistry, path: Path | None = None) -> No
     hup = threading.Event()
     signal.signal(signal.SIGHUP, lambda *_: hup.set())
     dbfile.check_data_dir(config.data_dir)  # before the lock, which needs it too: one clear line, not a traceback
-    if given := give_back_reserve_to_start(config.data_dir):
-        log.warning("disk full at start: the reserve is given back so that the gateway can start",
-                    data_dir=str(config.data_dir), bytes=given)
     try:
-        lock = DataDirLock(config.data_dir, __version__)
+        lock = DataDirLock(config.data_dir, __version__)  # its file's block is there from the last start
     except OSError as exc:
         if exc.errno != errno.ENOSPC:
             raise
         raise _full(config.data_dir) from None
     try:
+        # After the lock, not before: the reserve of a daemon that runs is that daemon's.
+        if given := give_back_reserve_to_start(config.data_dir):
+            log.warning("disk full at start: the reserve is given back so that the gateway can start",
+                        data_dir=str(config.data_dir), bytes=given)
         try:
             gateway = Gateway(config, drivers)
         except sqlite3.DatabaseError as exc:  # opened, but damaged where starting up reads
