@@ -22,7 +22,7 @@ import pytest
 
 from edgegw.radio.emulator import RylrEmulator
 from edgegw.radio.rylr import TURN_BYTES
-from edgegw.writer import COMMIT_WINDOW, WINDOW_FRAMES
+from edgegw.writer import COMMIT_WINDOW_MAX, WINDOW_FRAMES
 from tests.gateway import DRIVERS, Daemon, write_config
 
 pytestmark = pytest.mark.slow
@@ -100,11 +100,12 @@ def vm_kb(pid: int, key: str) -> int:
 
 def test_a_kill_at_field_rate_loses_at_most_the_frames_of_the_commit_window(tmp_path):
     # At 100 frames/s each frame is a read turn of its own, and the writer lets the source read on
-    # into an open transaction for up to COMMIT_WINDOW (fewer than WINDOW_FRAMES frames): a kill
+    # into an open transaction for up to COMMIT_WINDOW_MAX (fewer than WINDOW_FRAMES frames): a kill
     # takes those frames, not yet accepted, with it.
     committed, unread, lost = kill_at_last_byte(tmp_path, 500, rate=100)
     print(f"500 frames at 100/s: committed {committed}, unread in the kernel {unread}, lost {lost} "
-          f"(window {COMMIT_WINDOW * 1000:g} ms: {COMMIT_WINDOW * 100:g} frames at this rate; bound {WINDOW_FRAMES - 1})")
+          f"(window up to {COMMIT_WINDOW_MAX * 1000:g} ms: {COMMIT_WINDOW_MAX * 100:g} frames at this rate;"
+          f" bound {WINDOW_FRAMES - 1})")
     assert committed >= 400 and lost < WINDOW_FRAMES
 
 

@@ -8,6 +8,8 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
 from contextlib import closing
 from datetime import datetime
@@ -16,7 +18,9 @@ import jsonschema
 import pytest
 
 from edgegw.items import BATCH_SCHEMA_FILE
+from edgegw.radio import PACE
 from edgegw.radio.emulator import RylrEmulator
+from edgegw.writer import COMMIT_GAP, COMMIT_WINDOW
 from tests.broker import Subscriber
 from tests.gateway import DRIVERS, Daemon, Sender, wait_until, write_config
 
@@ -70,6 +74,39 @@ def test_every_reading_arrives_decoded_exactly_once(rig):
     river = next(i for i in items if i["device"] == "river-01")
     assert river["units"] == {"level": "mm", "water_temperature": "Cel", "battery": "V"}
     assert daemon.stop() == 0
+
+
+def test_frames_that_keep_coming_share_one_commit(rig):
+    # Each frame comes after the source's read pace, so each is a read turn of its own, and the
+    # five span more than a lone frame's COMMIT_WINDOW: the window stays open while they keep
+    # coming (COMMIT_GAP), so a reader sees none of them until it sees all five.
+    emulator, daemon, _, _ = rig
+    daemon.start().wait_receiving()
+    sender = Sender(emulator)
+    gap = PACE + 0.01
+    assert 4 * gap > COMMIT_WINDOW and gap < COMMIT_GAP
+    counts: set[int] = set()
+    stop = threading.Event()
+
+    def watch() -> None:
+        with closing(sqlite3.connect(f"file:{daemon.db}?mode=ro", uri=True)) as db:
+            while not stop.wait(0.002):
+                counts.add(db.execute("SELECT count(*) FROM outbox WHERE kind = 'reading'").fetchone()[0])
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        t0 = time.monotonic()
+        for n in range(5):
+            stop.wait(max(0.0, t0 + n * gap - time.monotonic()))
+            sender.quiet(1, start=n)
+        daemon.wait_committed(5)
+        sender.quiet(1, start=5)  # alone: committed all the same
+        daemon.wait_committed(6)
+    finally:
+        stop.set()
+        watcher.join()
+    assert counts - {0, 6} == {5}, sorted(counts)
 
 
 def test_committed_readings_survive_kill_9_with_broker_down(rig):
