@@ -245,8 +245,12 @@ class Forwarder:
         return True
 
     def _sleep(self) -> float:
-        """How long the loop may sleep: a tick, or less when new items are due to go before it."""
-        if self._dry and self._fresh.is_set() and self._fresh_at is not None:
+        """How long the loop may sleep: a tick, or less when new items are due to go before it.
+
+        Not while they cannot go (the uplink down, or as many batches in flight as allowed): the
+        loop would spin, holding the GIL the writer needs, until that changed; a change wakes it."""
+        if (self._dry and self._fresh.is_set() and self._fresh_at is not None
+                and self.uplink.ready() and self._room()):
             return min(TICK, max(0.0, self._fresh_at + self.max_wait - time.monotonic()))
         return TICK
 

@@ -236,3 +236,34 @@ def test_new_readings_wait_max_wait_to_share_a_batch_and_an_alarm_does_not(tmp_p
         forwarder.wake.set()
         thread.join()
         store.close()
+
+
+def test_new_readings_for_a_down_uplink_do_not_spin_the_loop(tmp_path):
+    """Items that waited their max_wait while the uplink is down cannot go: the loop sleeps its tick
+    (the uplink's return wakes it) instead of waking at once, again and again, starving the writer."""
+    store, bit = outbox_of(tmp_path, 0)
+    uplink = ScriptedUplink([])
+    up = threading.Event()
+    up.set()
+    uplink.ready = up.is_set  # type: ignore[method-assign]
+    forwarder = Forwarder(uplink, bit, store.path, "gw", 100, 1 << 20, 1, [].append, max_wait=0.1)
+    turns = []
+    sleep = forwarder._sleep
+    forwarder._sleep = lambda: turns.append(1) or sleep()  # type: ignore[method-assign]
+    stop = threading.Event()
+    thread = threading.Thread(target=forwarder.run, args=(stop,))
+    thread.start()
+    try:
+        wait_until(lambda: forwarder._dry, 10, "the forwarder caught up")
+        up.clear()
+        commit_new(store, bit, forwarder, ["new:0"])
+        stop.wait(1.0)  # ten times max_wait
+        assert len(turns) < 20, f"{len(turns)} turns of the loop in a second, with nothing it could send"
+        up.set()
+        forwarder.wake.set()  # as the uplink's state change does
+        wait_until(lambda: uplink.sent == [["new:0"]], 10, "the reading, once the uplink is back")
+    finally:
+        stop.set()
+        forwarder.wake.set()
+        thread.join()
+        store.close()
