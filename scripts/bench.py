@@ -8,7 +8,10 @@ log is written to a tmpfs and counted apart, as the journal would take it):
               switches of all its threads, /proc/<pid>/task/*/status) and bytes written per second
   field       at 100, 10 and 0.2 frames/s (--field): daemon CPU µs per reading, in all and by thread,
               from the first frame until all are acknowledged; wake-ups per reading; bytes written
-              per reading (plus the checkpoint owed); log bytes per reading
+              per reading (plus the checkpoint owed); log bytes per reading; and this machine's
+              floor under them (wakeup_floor): the CPU of a thread's wake-up, by a timer and by a
+              hand-over from another thread, and how much dearer the same Python work is right
+              after a wake-up than back to back (a cold cache)
   rss         a 100,000-frame burst: RSS at its start, middle and end, and its end-to-end rate
 Every figure of idle, field and the end-to-end bursts is given over --runs runs: median, min, max.
   ingest      readings/s from the serial line to committed in SQLite (a burst sent as fast as the pty takes it)
@@ -38,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import sqlite3
 import statistics
 import sys
@@ -205,6 +209,56 @@ def one_page_floor(directory: Path, commits: int = 200) -> int:
         return round((write_bytes(os.getpid()) - before) / commits)
     finally:
         conn.close()
+
+
+def wakeup_floor(wakes: int = 300, gap: float = 0.01) -> dict:
+    """What a wake-up costs on this machine, in this process (the daemon is idle meanwhile): the
+    floor under every figure at a field rate, where each frame wakes a stage or two.
+
+    ``timer_us``: CPU of a thread that sleeps ``gap`` and wakes, a wake-up; ``handover_us``: CPU of a
+    thread woken through a ``queue.Queue`` by another (a hand-over between two stages);
+    ``cold_work_factor``: the CPU of the same Python work (a small JSON round trip and an SQLite
+    insert) right after each sleep, over the same work done back to back.
+    """
+    woken: list[int] = []
+    handovers: queue.Queue[int | None] = queue.Queue()
+
+    def take() -> None:
+        while handovers.get() is not None:
+            pass
+        woken.append(time.thread_time_ns())
+
+    taker = threading.Thread(target=take)
+    taker.start()
+    start = time.thread_time_ns()
+    for _ in range(wakes):
+        time.sleep(gap)
+    timer = time.thread_time_ns() - start
+    for i in range(wakes):
+        time.sleep(gap)
+        handovers.put(i)
+    handovers.put(None)
+    taker.join()
+
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE r (device TEXT, reading TEXT)")
+
+    def work() -> int:
+        began = time.thread_time_ns()
+        for i in range(10):
+            reading = json.dumps({"device": f"river-{i:02d}", "level": 1.5 * i, "at": time.time()})
+            conn.execute("INSERT INTO r VALUES (?, ?)", (json.loads(reading)["device"], reading))
+        return time.thread_time_ns() - began
+
+    hot = sum(work() for _ in range(wakes))
+    cold = 0
+    for _ in range(wakes):
+        time.sleep(gap)
+        cold += work()
+    conn.close()
+    # The taker's thread CPU is read inside it, at its end: its wake-ups and its loop, nothing else.
+    return {"timer_us": round(timer / wakes / 1e3, 1), "handover_us": round(woken[0] / wakes / 1e3, 1),
+            "cold_work_factor": round(cold / hot, 1)}
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -428,6 +482,7 @@ def run(n: int, backlog: int, phases: set[str], runs: int, field_n: dict[float, 
                         results.append(field_rate(daemon, sender, rate, count))
                         committed += count
                     out[f"field_{rate:g}_per_s"] = {"readings": count, **summarize(results)}
+                out["wakeup_floor"] = summarize([wakeup_floor() for _ in range(runs)])
 
             if "burst" in phases:
                 # 1. broker up: serial line -> committed -> PUBACK recorded, several times: one
