@@ -7,7 +7,8 @@ log is written to a tmpfs and counted apart, as the journal would take it):
   idle        with no frames: the daemon's share of one core, its wake-ups per second (context
               switches of all its threads, /proc/<pid>/task/*/status) and bytes written per second
   field       at 100, 10 and 0.2 frames/s (--field): daemon CPU µs per reading, in all and by thread,
-              from the first frame until all are acknowledged; wake-ups per reading; bytes written
+              from the first frame until all are acknowledged; wake-ups per reading, in all and by
+              thread; bytes written
               per reading (plus the checkpoint owed); log bytes per reading; and this machine's
               floor under them (wakeup_floor): the CPU of a thread's wake-up, by a timer and by a
               hand-over from another thread, and how much dearer the same Python work is right
@@ -145,18 +146,24 @@ def cpu_seconds_by_thread(pid: int) -> dict[str, tuple[str, float]]:
     return out
 
 
-def switches(pid: int) -> int:
-    """Context switches, voluntary and not, of every thread the daemon has now: each is a wake-up
-    (a poll's timeout, a timer, a frame) or a preemption."""
-    total = 0
+def switches_by_thread(pid: int) -> dict[str, tuple[str, int]]:
+    """Thread id -> (name, context switches, voluntary and not): each is a wake-up (a poll's
+    timeout, a timer, a frame) or a preemption."""
+    out: dict[str, tuple[str, int]] = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            for line in Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines():
-                if "ctxt_switches:" in line:  # voluntary_ and nonvoluntary_
-                    total += int(line.split()[1])
+            status = Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines()
         except FileNotFoundError:  # a short-lived thread ended meanwhile
-            pass
-    return total
+            continue
+        # voluntary_ and nonvoluntary_
+        count = sum(int(line.split()[1]) for line in status if "ctxt_switches:" in line)
+        out[tid] = (status[0].split(None, 1)[1].strip(), count)
+    return out
+
+
+def switches(pid: int) -> int:
+    """Context switches of every thread the daemon has now (see :func:`switches_by_thread`)."""
+    return sum(count for _, count in switches_by_thread(pid).values())
 
 
 def rss_mb(pid: int) -> float:
@@ -360,7 +367,7 @@ def field_rate(daemon: Daemon, sender: Sender, rate: float, n: int) -> dict:
     wait_drained(daemon.db, 60, "delivered")
     checkpoint(daemon.db)
     cpu0, io0, sw0, log0 = cpu_seconds(pid), write_bytes(pid), switches(pid), journal_bytes(daemon)
-    threads0 = cpu_seconds_by_thread(pid)
+    threads0, thread_sw0 = cpu_seconds_by_thread(pid), switches_by_thread(pid)
     t0 = time.monotonic()
     for i in range(n):
         time.sleep(max(0.0, t0 + i / rate - time.monotonic()))
@@ -371,6 +378,9 @@ def field_rate(daemon: Daemon, sender: Sender, rate: float, n: int) -> dict:
     by_thread: dict[str, float] = {}
     for tid, (name, t) in cpu_seconds_by_thread(pid).items():
         by_thread[name] = by_thread.get(name, 0.0) + t - threads0.get(tid, ("", 0.0))[1]
+    sw_by_thread: dict[str, int] = {}
+    for tid, (name, count) in switches_by_thread(pid).items():
+        sw_by_thread[name] = sw_by_thread.get(name, 0) + count - thread_sw0.get(tid, ("", 0))[1]
     # Apart, too: a run of a few readings owes a checkpoint of every page it touched, which the
     # field shares among the thousand or so readings between two checkpoints.
     owed = checkpoint(daemon.db)
@@ -378,6 +388,7 @@ def field_rate(daemon: Daemon, sender: Sender, rate: float, n: int) -> dict:
         "cpu_us_per_reading": round((cpu1 - cpu0) / n * 1e6),
         "cpu_us_per_reading_by_thread": {k: round(t / n * 1e6) for k, t in sorted(by_thread.items()) if t > 0},
         "wakeups_per_reading": round((sw1 - sw0) / n, 1),
+        "wakeups_per_reading_by_thread": {k: round(c / n, 2) for k, c in sorted(sw_by_thread.items()) if c > 0},
         "bytes_written_per_reading": round((io1 - io0 + owed) / n),
         "checkpoint_bytes_per_reading": round(owed / n),
         "journal_bytes_per_reading": round((journal_bytes(daemon) - log0) / n),
