@@ -8,8 +8,7 @@ log is written to a tmpfs and counted apart, as the journal would take it):
               switches of all its threads, /proc/<pid>/task/*/status) and bytes written per second
   field       at 100, 10 and 0.2 frames/s (--field): daemon CPU µs per reading, in all and by thread,
               from the first frame until all are acknowledged; wake-ups per reading, in all and by
-              thread; bytes written
-              per reading (plus the checkpoint owed); log bytes per reading; and this machine's
+              thread; bytes written per reading (plus the checkpoint owed); log bytes per reading; and this machine's
               floor under them (wakeup_floor): the CPU of a thread's wake-up, by a timer and by a
               hand-over from another thread, and how much dearer the same Python work is right
               after a wake-up than back to back (a cold cache)
@@ -49,6 +48,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -164,6 +164,15 @@ def switches_by_thread(pid: int) -> dict[str, tuple[str, int]]:
 def switches(pid: int) -> int:
     """Context switches of every thread the daemon has now (see :func:`switches_by_thread`)."""
     return sum(count for _, count in switches_by_thread(pid).values())
+
+
+def by_name(now: Mapping[str, tuple[str, float]], before: Mapping[str, tuple[str, float]]) -> dict[str, float]:
+    """What each thread name added between two readings of thread id -> (name, count) (threads of
+    one name summed: a stage restarted after a crash is a new thread of the same name)."""
+    out: dict[str, float] = {}
+    for tid, (name, count) in now.items():
+        out[name] = out.get(name, 0.0) + count - before.get(tid, ("", 0.0))[1]
+    return out
 
 
 def rss_mb(pid: int) -> float:
@@ -338,10 +347,7 @@ def burst(daemon: Daemon, sender: Sender, n: int, committed: int) -> dict:
     wait_drained(daemon.db, 600, "delivered")
     t_delivered = time.perf_counter()
     cpu1, io1 = cpu_seconds(pid), write_bytes(pid)
-    threads1 = cpu_seconds_by_thread(pid)
-    by_thread: dict[str, float] = {}
-    for tid, (name, t) in threads1.items():
-        by_thread[name] = by_thread.get(name, 0.0) + t - threads0.get(tid, ("", 0.0))[1]
+    by_thread = by_name(cpu_seconds_by_thread(pid), threads0)
     return {
         "ingest_readings_per_s": round(n / (t_committed - t0)),
         "end_to_end_readings_per_s": round(n / (t_delivered - t0)),
@@ -375,12 +381,8 @@ def field_rate(daemon: Daemon, sender: Sender, rate: float, n: int) -> dict:
     wait_drained(daemon.db, 60, "delivered")
     elapsed = time.monotonic() - t0
     cpu1, io1, sw1 = cpu_seconds(pid), write_bytes(pid), switches(pid)
-    by_thread: dict[str, float] = {}
-    for tid, (name, t) in cpu_seconds_by_thread(pid).items():
-        by_thread[name] = by_thread.get(name, 0.0) + t - threads0.get(tid, ("", 0.0))[1]
-    sw_by_thread: dict[str, int] = {}
-    for tid, (name, count) in switches_by_thread(pid).items():
-        sw_by_thread[name] = sw_by_thread.get(name, 0) + count - thread_sw0.get(tid, ("", 0))[1]
+    by_thread = by_name(cpu_seconds_by_thread(pid), threads0)
+    sw_by_thread = by_name(switches_by_thread(pid), thread_sw0)
     # Apart, too: a run of a few readings owes a checkpoint of every page it touched, which the
     # field shares among the thousand or so readings between two checkpoints.
     owed = checkpoint(daemon.db)
