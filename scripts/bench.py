@@ -5,7 +5,8 @@ Prints, for this machine, with the daemon's default config (but for one water-le
 local action that time alarms) and its default log level (info, JSON lines as under systemd; the
 log is written to a tmpfs and counted apart, as the journal would take it):
   idle        with no frames: the daemon's share of one core, its wake-ups per second (context
-              switches of all its threads, /proc/<pid>/task/*/status) and bytes written per second
+              switches of all its threads, /proc/<pid>/task/*/status), in all and by thread, and
+              bytes written per second
   field       at 100, 10 and 0.2 frames/s (--field): daemon CPU µs per reading, in all and by thread,
               from the first frame until all are acknowledged; wake-ups per reading, in all and by
               thread; bytes written per reading (plus the checkpoint owed); log bytes per reading; and this machine's
@@ -403,11 +404,13 @@ def idle(daemon: Daemon, seconds: float) -> dict:
     pid = daemon.proc.pid
     wait_drained(daemon.db, 60, "delivered")
     time.sleep(2)  # the last acknowledgement's commit and the forwarders' last look
-    cpu0, sw0, io0, t0 = cpu_seconds(pid), switches(pid), write_bytes(pid), time.monotonic()
+    cpu0, sw0, io0, t0 = cpu_seconds(pid), switches_by_thread(pid), write_bytes(pid), time.monotonic()
     time.sleep(seconds)
     elapsed = time.monotonic() - t0
+    sw_by_thread = by_name(switches_by_thread(pid), sw0)
     return {"cpu_percent_of_a_core": round((cpu_seconds(pid) - cpu0) / elapsed * 100, 2),
-            "wakeups_per_s": round((switches(pid) - sw0) / elapsed, 1),
+            "wakeups_per_s": round(sum(sw_by_thread.values()) / elapsed, 1),
+            "wakeups_per_s_by_thread": {k: round(c / elapsed, 2) for k, c in sorted(sw_by_thread.items()) if c > 0},
             "bytes_written_per_s": round((write_bytes(pid) - io0) / elapsed)}
 
 
