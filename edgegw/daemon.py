@@ -35,7 +35,7 @@ from edgegw.forwarder import Forwarder, Sender
 from edgegw.ingest import Ingest
 from edgegw.log import Throttle
 from edgegw.model import Event, SourceState, UplinkState
-from edgegw.radio import ReadTurn
+from edgegw.radio import ReadTurn, Stop
 from edgegw.radio.field import VirtualField, load_field
 from edgegw.radio.registry import build_emulator, build_source
 from edgegw.route import Routing
@@ -163,7 +163,7 @@ class Gateway:
 
     def _source_stages(self, source: Any) -> list[Stage]:
         """A source's stage, and its virtual field's where it is simulated (made, not started)."""
-        stop = self.stops[f"source:{source.name}"] = threading.Event()
+        stop = self.stops[f"source:{source.name}"] = Stop()
         made = len(self.stages)
         simulate = getattr(source, "simulate", None)
         port = source.port if simulate is None else str(self._start_simulation(source, stop))

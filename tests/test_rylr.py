@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from edgegw.config import RylrSource
 from edgegw.errors import ModuleError
 from edgegw.model import Frame, Reject
-from edgegw.radio import ReadTurn, SourceState, rylr, serial_line
+from edgegw.radio import ReadTurn, SourceState, Stop, rylr, serial_line, wait_readable
 from edgegw.radio.emulator import RylrEmulator
 from edgegw.radio.rylr import ERRORS, MAX_LINE, LineReader, RylrRadio, parse_rcv
 from tests.gateway import COMMITTED, committed_into, wait_until
@@ -251,6 +251,20 @@ def test_line_reader_reads_at_most_the_bytes_asked_and_leaves_the_rest_in_the_ke
     assert reader.available() == ["+OK"] * 8
 
 
+@pytest.mark.parametrize("make_stop", [Stop, threading.Event], ids=["Stop", "Event"])
+def test_a_port_is_waited_on_until_it_is_readable_or_the_stop(bare_pty, make_stop):
+    master, port = bare_pty
+    stop = make_stop()
+    assert not wait_readable(port.fileno(), stop, 0.05)  # nothing yet
+    os.write(master, b"x")
+    assert wait_readable(port.fileno(), stop)
+    assert os.read(port.fileno(), 1) == b"x"
+    threading.Timer(0.1, stop.set).start()
+    assert not wait_readable(port.fileno(), stop)  # no timeout: only the stop ends the wait
+    stop.set()  # set twice: nothing breaks, nothing piles up
+    assert not wait_readable(port.fileno(), stop)
+
+
 def reference_lines(stream: bytes) -> list[str]:
     """The lines of a byte stream as the reader must give them: split at \\n, one \\r stripped off
     the end (any number), and a run of more than MAX_LINE bytes without an ending cut every MAX_LINE."""
@@ -297,11 +311,11 @@ def test_line_reader_gives_the_lines_of_the_stream_however_it_arrives(chunks):
 class Running:
     """A RylrRadio in its own thread, emitting into a list."""
 
-    def __init__(self, radio: RylrRadio, emulator: RylrEmulator):
+    def __init__(self, radio: RylrRadio, emulator: RylrEmulator, stop: threading.Event | None = None):
         self.radio = radio
         self.emulator = emulator
         self.events: list[Frame | Reject | SourceState] = []
-        self.stop = threading.Event()
+        self.stop = stop or threading.Event()
         self.thread = threading.Thread(target=radio.run, args=(committed_into(self.events), self.stop),
                                        name=f"radio:{radio.name}", daemon=True)
         self._sync = 0
@@ -355,8 +369,8 @@ class Running:
 def start_radio():
     running: list[Running] = []
 
-    def start(emulator: RylrEmulator, **config: Any) -> Running:
-        r = Running(RylrRadio(source(**config), str(emulator.link)), emulator).start()
+    def start(emulator: RylrEmulator, stop: threading.Event | None = None, **config: Any) -> Running:
+        r = Running(RylrRadio(source(**config), str(emulator.link)), emulator, stop).start()
         running.append(r)
         return r
 
@@ -391,6 +405,28 @@ def test_radio_configures_the_module_then_receives(emulator, start_radio):
 def test_radio_stops_within_a_read_timeout(emulator, start_radio):
     r = start_radio(emulator)
     r.wait_state("receiving")
+    r.stop.set()
+    r.thread.join(timeout=2.0)
+    assert not r.thread.is_alive()
+
+
+def voluntary_switches(thread: threading.Thread) -> int:
+    """How often ``thread`` went to sleep (a select, a lock, a timer) since it started."""
+    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+
+
+def test_an_idle_radio_sleeps_until_a_frame_or_the_stop(emulator, start_radio):
+    # As the daemon runs it: with a Stop, an idle source sleeps in one select on the port and the
+    # stop (a plain Event is looked at every half second: three wake-ups in these 1.5 s).
+    r = start_radio(emulator, stop=Stop())
+    r.wait_state("receiving")
+    r.sync(emulator)
+    before = voluntary_switches(r.thread)
+    time.sleep(1.5)
+    assert voluntary_switches(r.thread) - before <= 1
+    assert emulator.receive(21, WATER, -80, 7.5)
+    wait_until(lambda: r.frames(), what="the frame")
     r.stop.set()
     r.thread.join(timeout=2.0)
     assert not r.thread.is_alive()

@@ -33,7 +33,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from edgegw.config.base import _Section
 from edgegw.errors import ModuleError
 from edgegw.model import Frame, Reject
-from edgegw.radio import Emit, ReadTurn, SourceState, Turns
+from edgegw.radio import Emit, ReadTurn, SourceState, Turns, wait_readable
 from edgegw.radio.airtime import time_on_air
 from edgegw.radio.limits import FrameLimits
 from edgegw.radio.serial_line import TURN_BYTES, run_port
@@ -281,7 +281,8 @@ class E220Radio:
         deframer = Deframer(self.name)
         turns = Turns(self.read_turn, emit, stop)
         while not stop.is_set():
-            if select.select([port.fileno()], [], [], QUIET)[0]:
+            # An idle module is waited on until a byte or the stop; a frame begun, QUIET at most.
+            if wait_readable(port.fileno(), stop, QUIET if deframer.pending else None):
                 turns.take(lambda: deframer.feed(_available(port), time.time(), time.monotonic()))
             elif deframer.pending:
                 turns.take(lambda: deframer.flush(time.time(), time.monotonic()))

@@ -31,7 +31,7 @@ import structlog
 from edgegw.backoff import Backoff
 from edgegw.errors import ModuleError
 from edgegw.model import Frame, Reject
-from edgegw.radio import Emit, ReadTurn, SourceState, Turns, wait_committed
+from edgegw.radio import Emit, ReadTurn, SourceState, Turns, wait_committed, wait_readable
 
 MAX_LINE = 600  # "+RCV=65535,240," + 480 hex chars + RSSI/SNR fits; longer is noise, not a frame
 COMMAND_TIMEOUT = 2.0
@@ -89,12 +89,9 @@ class LineReader:
         self.buf = bytearray()  # bytes read that do not yet make a line
         self.lines: deque[str] = deque()  # lines split off, not yet handed out
 
-    def wait(self, timeout: float) -> bool:
-        """True when a line is buffered or the port has bytes to read, within ``timeout``; reads nothing."""
-        if self.lines:
-            return True
-        readable, _, _ = select.select([self.port.fileno()], [], [], timeout)
-        return bool(readable)
+    def wait(self, stop: threading.Event) -> bool:
+        """True once a line is buffered or the port has bytes to read, False at ``stop``; reads nothing."""
+        return bool(self.lines) or wait_readable(self.port.fileno(), stop)
 
     def available(self, most: int = TURN_BYTES) -> list[str]:
         """Every complete line buffered, and those the port holds now up to ``most`` bytes read;
@@ -273,7 +270,7 @@ class LineModule:
     def _read_turn(self, lines: LineReader, turns: Turns) -> str | None:
         """Read what the port holds once the last turn is committed, and hand it over. Returns the banner
         if the module said it reset itself: the frames around it are handed over all the same."""
-        if not lines.wait(0.5):
+        if not lines.wait(turns.stop):
             return None
         banner = None
 
