@@ -436,7 +436,7 @@ def _watch(gateway: Gateway, lock: DataDirLock, done: threading.Event, hup: thre
            path: Path | None) -> None:
     """The main thread, until ``done``: feed systemd's watchdog while every stage is alive, say loudly
     which is not, rewrite the heartbeat that ``edgegw status`` reads, and reload the config on SIGHUP."""
-    named: dict[int, str] = {}
+    named = name_os_threads({})  # at once: a burst in the first second is shown by stage, not as "python"
     throttle = Throttle(60.0)
     next_beat = 0.0
     while not done.wait(1.0) and gateway.damaged is None:
