@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -186,3 +189,71 @@ def test_chip_lost_while_receiving_goes_down_and_comes_back(chip, start):
     r.wait_state("receiving", down, timeout=10.0)
     assert chip.inject(rh(8, b"back"))
     wait_until(lambda: r.of(Frame), 5.0, "a frame after the chip came back")
+
+
+# -- edgegw doctor: the chip asked as a start asks it -------------------------------------------------
+
+
+def test_doctor_finds_the_chip_and_its_settings_taken(chip):
+    from edgegw.doctor.radio import chip as doctor_chip
+
+    finding = doctor_chip("sources[0] spi0", source(frequency_mhz=922.4, spreading_factor=10))
+    assert finding.status == "ok", finding
+    assert finding.message == ("an SX127x answered on /dev/spidev0.0 (RegVersion 0x12) and took every setting"
+                               " (922.4 MHz, SF10, 125 kHz, sync word 0x12)")
+    assert [chip.regs[a] for a in (6, 7, 8)] == [0xE6, 0x99, 0x99]  # 922.4 MHz written, as a start writes it
+    assert not emu.Gpio.callbacks  # the DIO0 pin let go: the daemon may take it next
+
+
+def test_doctor_says_no_chip_answers_and_where_to_look(chip):
+    from edgegw.doctor.radio import chip as doctor_chip
+
+    chip.present = False  # a HAT not seated, or on the other chip select: the bus reads zeros
+    finding = doctor_chip("sources[0] spi0", source(reset_pin=25))
+    assert finding.status == "fault" and finding.check == "radio_module"
+    assert "RegVersion reads 0x00, expected 0x12" in finding.message
+    assert "RESET on GPIO 25" in finding.fix and "spi_cs" in finding.fix
+
+
+def test_doctor_names_a_missing_spi_device_with_how_to_enable_spi(chip):
+    from edgegw.doctor.access import ServiceUser
+    from edgegw.doctor.radio import spi_chip
+
+    emu.Bus.chips.clear()  # SPI not enabled: no /dev/spidev0.1 either
+    user = ServiceUser.current()
+    for probe in (True, False):  # doctor asks the chip; config check --machine only looks for the device
+        (finding,) = spi_chip("sources[0] spi0", source(spi_cs=1), user, probe)
+        assert finding.status == "fault" and finding.check == "spi_device"
+        assert finding.message == "SPI device /dev/spidev0.1 does not exist"
+        assert "raspi-config nonint do_spi 0" in finding.fix
+
+
+def test_doctor_without_the_extra_says_what_to_install(chip, monkeypatch):
+    from edgegw.doctor.radio import chip as doctor_chip
+
+    monkeypatch.setattr(sx127x, "missing_modules", lambda: ["spidev", "RPi.GPIO"])
+    finding = doctor_chip("sources[0] spi0", source())
+    assert finding.status == "fault" and "spidev, RPi.GPIO not installed" in finding.message
+    assert finding.fix == "pip install 'edgegw[pi]' in the gateway's venv"
+
+
+@pytest.mark.parametrize("seated", [True, False])
+def test_edgegw_doctor_asks_the_chip_on_the_spi_bus(tmp_path, seated):
+    # The command as an installer runs it, in a process whose spidev and RPi.GPIO are the fakes
+    # (a Pi's bus cannot exist here), with a chip on SPI 0.0 that answers or reads zeros.
+    config = tmp_path / "gateway.toml"
+    config.write_text('gateway_id = "gw-pi"\ndata_dir = "data"\n[[sources]]\ntype = "sx127x"\nname = "spi0"\n'
+                      '[[devices]]\nid = "trap-01"\naddress = 17\ndriver = "trap"\n')
+    (tmp_path / "data").mkdir()
+    inject = ("from edgegw.radio import sx127x_emulator as emu\nemu.install()\n"
+              f"emu.attach(emu.Sx127xChip()).present = {seated}\nfrom edgegw.cli import main\nmain()")
+    done = subprocess.run([sys.executable, "-c", inject, "doctor", "-c", str(config)],
+                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent)
+    if seated:
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert ("ok    radio module: sources[0] spi0: an SX127x answered on /dev/spidev0.0 (RegVersion 0x12) and took"
+                " every setting (923.2 MHz, SF9, 125 kHz, sync word 0x12)") in done.stdout
+    else:
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "FAULT radio module: sources[0] spi0: no SX127x answers on /dev/spidev0.0 (RegVersion reads 0x00" in done.stdout
+        assert "fix: seat the HAT" in done.stdout

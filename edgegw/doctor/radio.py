@@ -1,5 +1,6 @@
 """The radio modules' serial ports: there, openable by the service user, and the module answering
-with the configured baud rate and taking the configured settings.
+with the configured baud rate and taking the configured settings; an SX127x's SPI device, and the
+chip on it answering and taking its settings.
 
 The module is talked to with its family's own configuration sequence (the one every start sends,
 replies checked: :meth:`edgegw.radio.serial_line.LineModule.check`), so doctor and daemon cannot
@@ -25,7 +26,7 @@ SCAN_TIMEOUT = 0.5  # s for an answer at each other rate: a module answers a com
 def _serial_ports(config: Config) -> list[tuple[str, Any, str]]:
     """(subject, config section, port) of every serial port the config names."""
     out = [(f"sources[{i}] {s.name}", s, s.port) for i, s in enumerate(config.sources)
-           if getattr(s, "port", None) is not None]
+           if getattr(s, "port", None) is not None and s.type != "sx127x"]
     out += [(f"uplinks {u.name} (sigfox)", u, u.port) for u in config.uplinks
             if isinstance(u, SigfoxUplink) and u.port is not None]
     return out
@@ -48,6 +49,8 @@ def ports(config: Config, user: ServiceUser, probe: bool) -> list[Finding]:
         if getattr(source, "simulate", None) is not None:
             findings.append(Finding("serial_port", subject, "skipped",
                                     f"simulated module (field file {source.simulate}): no port to check"))
+        elif source.type == "sx127x":
+            findings += spi_chip(subject, source, user, probe)
         elif getattr(source, "port", None) is None:
             findings.append(Finding("serial_port", subject, "skipped",
                                     f"{source.type} is not on a serial port; doctor does not talk to it"))
@@ -59,18 +62,18 @@ def ports(config: Config, user: ServiceUser, probe: bool) -> list[Finding]:
     return findings
 
 
-def port_access(subject: str, port: str, user: ServiceUser) -> Finding:
+def port_access(subject: str, port: str, user: ServiceUser, check: str = "serial_port") -> Finding:
     """The port exists and its mode bits let ``user`` read and write it."""
     try:
         st = os.stat(port)
     except FileNotFoundError:
         here = ports_here()
         listed = ", ".join(here) if here else "none (is the module plugged in? see dmesg)"
-        return Finding("serial_port", subject, "fault", f"serial port {port} does not exist",
+        return Finding(check, subject, "fault", f"serial port {port} does not exist",
                        f"plug the module in, or set port to one of this machine's serial ports: {listed}."
                        " Prefer the /dev/serial/by-id/... name: it stays the same when USB devices are re-plugged")
     except OSError as exc:
-        return Finding("serial_port", subject, "fault", f"cannot look at {port}: {exc.strerror}",
+        return Finding(check, subject, "fault", f"cannot look at {port}: {exc.strerror}",
                        "check that the directories on the way to the port may be entered")
     if not user.may(st, READ | WRITE):
         group = group_name(st)
@@ -79,7 +82,7 @@ def port_access(subject: str, port: str, user: ServiceUser) -> Finding:
         if st.st_mode & 0o060 != 0o060:
             fix = (f"give group {group} read and write on the port (a udev rule with MODE=\"0660\"), and put"
                    f" {user.name} in it: sudo usermod -aG {group} {user.name}")
-        return Finding("serial_port", subject, "fault",
+        return Finding(check, subject, "fault",
                        f"{user.name} may not open {port}: {user.why_not(st, READ | WRITE)}", fix)
     if user.uid == os.geteuid():
         # This process is the user asked about (the unit's ExecStartPre is): open it as the daemon
@@ -88,10 +91,10 @@ def port_access(subject: str, port: str, user: ServiceUser) -> Finding:
         try:
             os.close(os.open(port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK))
         except OSError as exc:
-            return Finding("serial_port", subject, "fault", f"{port} cannot be opened: {exc.strerror}",
+            return Finding(check, subject, "fault", f"{port} cannot be opened: {exc.strerror}",
                            "unplug the module and plug it in again; if another program uses the port, stop it"
                            " (see: fuser -v PORT)")
-    return Finding("serial_port", subject, "ok", f"{port} exists and {user.name} may open it")
+    return Finding(check, subject, "ok", f"{port} exists and {user.name} may open it")
 
 
 def module(subject: str, source: Any, port: str) -> Finding:
@@ -127,6 +130,45 @@ def module(subject: str, source: Any, port: str) -> Finding:
     return Finding("radio_module", subject, "ok",
                    f"the module answered at {source.baudrate} baud and took every setting"
                    f" ({'; '.join(radio.commands())})")
+
+
+def spi_chip(subject: str, source: Any, user: ServiceUser, probe: bool) -> list[Finding]:
+    """An SX127x's SPI device: allowed to the service user where it exists, and (``probe``) a chip
+    on it that answers and takes its settings. Without ``probe`` a missing device is the finding."""
+    path = source.port
+    if os.path.exists(path):
+        access = port_access(subject, path, user, "spi_device")
+        if access.status != "ok" or not probe:
+            return [access]
+        return [access, chip(subject, source)]
+    return [chip(subject, source)] if probe else [_no_spi(subject, path)]
+
+
+def chip(subject: str, source: Any) -> Finding:
+    """Open the SX127x's bus and configure it as a start does (see Sx127xRadio.check)."""
+    from edgegw.errors import ModuleError
+    from edgegw.radio.sx127x import Sx127xRadio
+
+    try:
+        return Finding("radio_module", subject, "ok", Sx127xRadio(source).check())
+    except FileNotFoundError:
+        return _no_spi(subject, source.port)
+    except ModuleError as exc:
+        if "not installed" in str(exc):
+            return Finding("radio_module", subject, "fault", str(exc), "pip install 'edgegw[pi]' in the gateway's venv")
+        return Finding("radio_module", subject, "fault", str(exc),
+                       f"seat the HAT (or check the wiring: MOSI, MISO, SCK, NSS, RESET on GPIO {source.reset_pin}),"
+                       f" and set spi_cs in [[sources]] {source.name} to the chip select the chip is on")
+    except (OSError, RuntimeError) as exc:  # RPi.GPIO says RuntimeError for /dev/gpiomem it may not open
+        return Finding("radio_module", subject, "fault", f"cannot use {source.port} and its GPIO pins: {exc}",
+                       "the service user needs groups spi and gpio: sudo usermod -aG spi,gpio edgegw (then restart"
+                       " the service)")
+
+
+def _no_spi(subject: str, path: str) -> Finding:
+    return Finding("spi_device", subject, "fault", f"SPI device {path} does not exist",
+                   "enable SPI (sudo raspi-config nonint do_spi 0, or dtparam=spi=on in /boot/firmware/config.txt)"
+                   " and reboot; spi_bus and spi_cs name /dev/spidevBUS.CS")
 
 
 def _silent(subject: str, radio: Any, configured: int, error: str) -> Finding:

@@ -223,6 +223,21 @@ class Sx127xRadio:
             finally:
                 self._close()
 
+    def check(self) -> str:
+        """Open the bus and configure the chip as a start does, every step checked, then let it go:
+        for ``edgegw doctor``, never while the daemon holds the chip. Returns what was found;
+        ModuleError (no chip answers, the extra is missing, a setting not taken) or OSError (no such
+        SPI device, no permission) says what went wrong."""
+        try:
+            self._open()
+            self._configure()
+        finally:
+            self._close()
+        c = self.config
+        return (f"an SX127x answered on {self.port} (RegVersion 0x{VERSION:02X}) and took every setting"
+                f" ({c.frequency_mhz} MHz, SF{c.spreading_factor}, {c.bandwidth_khz} kHz, sync word"
+                f" 0x{c.sync_word:02X})")
+
     # -- the chip ----------------------------------------------------------------------------------
 
     def _open(self) -> None:
