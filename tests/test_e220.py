@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -190,3 +191,44 @@ def test_unplug_and_replug(module, start):
     r.wait_state("receiving", first + 1, timeout=10.0)
     module.receive(7, "07")
     wait_until(lambda: (7, b"\x07") in frames(r.events), 5.0, "a frame after the replug")
+
+
+# -- edgegw doctor: the module asked through its mode pins, as a start asks it ------------------------
+
+
+def test_doctor_configures_the_module_and_names_its_registers(module):
+    from edgegw.doctor.radio import e220
+
+    finding = e220("sources[0] e0", E220Radio(source(channel=3), str(module.link), pins=EmulatedPins(module)))
+    assert finding.status == "ok", finding
+    assert finding.message == ("the module answered in mode 3 and holds the configured registers"
+                               " (00 00 70 01 03 80: channel 3, 921.2 MHz, SF9)")
+    assert module.flash == source(channel=3).registers() and module.mode == 0  # as a start leaves it
+    again = e220("sources[0] e0", E220Radio(source(channel=3), str(module.link), pins=EmulatedPins(module)))
+    assert again.status == "ok" and module.flash_writes == 1  # right registers are not written again
+
+
+def test_doctor_names_the_mode_pins_when_aux_stays_low(module):
+    from edgegw.doctor.radio import e220
+
+    module.busy = True
+    finding = e220("sources[0] e0", E220Radio(source(aux_pin=5), str(module.link), pins=EmulatedPins(module)))
+    assert finding.status == "fault" and "AUX stayed low" in finding.message
+    assert "AUX (GPIO 5)" in finding.fix and "M0 (GPIO 23)" in finding.fix
+
+
+def test_doctor_leaves_a_module_without_mode_pins_alone(module):
+    from edgegw.doctor.radio import e220
+
+    finding = e220("sources[0] e0", E220Radio(source(mode_pins=False), str(module.link)))
+    assert finding.status == "skipped" and "mode_pins = false" in finding.message
+    assert module.commands == [] and module.sent == b""  # nothing sent: it would have gone on the air
+
+
+def test_doctor_without_rpi_gpio_says_what_to_install(module, monkeypatch):
+    from edgegw.doctor.radio import e220
+
+    monkeypatch.setitem(sys.modules, "RPi.GPIO", None)  # not installed (another test may have put a fake there)
+    finding = e220("sources[0] e0", E220Radio(source(), str(module.link)))
+    assert finding.status == "fault" and "RPi.GPIO is not installed" in finding.message
+    assert finding.fix == "pip install 'edgegw[pi]' in the gateway's venv"

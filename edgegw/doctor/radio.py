@@ -104,13 +104,15 @@ def module(subject: str, source: Any, port: str) -> Finding:
 
     from edgegw.errors import ModuleError
     from edgegw.radio import ReadTurn
+    from edgegw.radio.e220 import E220Radio
     from edgegw.radio.registry import build_source
     from edgegw.radio.serial_line import LineModule, ModuleSilent
 
     radio = build_source(source, port, ReadTurn())
+    if isinstance(radio, E220Radio):
+        return e220(subject, radio)
     if not isinstance(radio, LineModule):
-        return Finding("radio_module", subject, "skipped",
-                       f"{source.type}: doctor talks to serial line modules only (not this module's mode pins)")
+        return Finding("radio_module", subject, "skipped", f"{source.type}: doctor does not talk to this module")
     try:
         took = radio.check()
     except ModuleSilent as exc:
@@ -130,6 +132,33 @@ def module(subject: str, source: Any, port: str) -> Finding:
     return Finding("radio_module", subject, "ok",
                    f"the module answered at {source.baudrate} baud and took every setting"
                    f" ({'; '.join(radio.commands())})")
+
+
+def e220(subject: str, radio: Any) -> Finding:
+    """Configure an E220 through its mode pins as a start does (see E220Radio.check)."""
+    import serial
+
+    from edgegw.errors import ModuleError
+
+    c = radio.config
+    try:
+        if not radio.check():
+            return Finding("radio_module", subject, "skipped",
+                           "mode_pins = false: the module is used with the settings it holds, which only its mode 3"
+                           " can show")
+    except ModuleError as exc:
+        if "not installed" in str(exc):
+            return Finding("radio_module", subject, "fault", str(exc), "pip install 'edgegw[pi]' in the gateway's venv")
+        return Finding("radio_module", subject, "fault", str(exc),
+                       f"check the module's power and the wiring of M0 (GPIO {c.m0_pin}), M1 (GPIO {c.m1_pin}) and"
+                       f" AUX (GPIO {c.aux_pin}), or set those pins in [[sources]] {c.name} to where they are wired")
+    except (serial.SerialException, OSError, RuntimeError) as exc:  # RuntimeError: RPi.GPIO's, for /dev/gpiomem
+        return Finding("radio_module", subject, "fault", f"cannot use {radio.port} and the mode pins: {exc}",
+                       "another program may hold the port (see: fuser -v PORT); the service user needs group gpio"
+                       " for the mode pins: sudo usermod -aG gpio edgegw (then restart the service)")
+    return Finding("radio_module", subject, "ok",
+                   f"the module answered in mode 3 and holds the configured registers ({c.registers().hex(' ')}:"
+                   f" channel {c.channel}, {c.frequency_mhz()} MHz, SF{c.spreading_factor})")
 
 
 def spi_chip(subject: str, source: Any, user: ServiceUser, probe: bool) -> list[Finding]:

@@ -123,6 +123,10 @@ class E220Source(_Section):
             MAX_PAYLOAD, f"{PACKET_MAX}-byte packets as the gateway sets register 03H, less {OVERHEAD} of framing",
             True, lambda n: time_on_air(n + OVERHEAD, self.spreading_factor, self.bandwidth_khz))
 
+    def frequency_mhz(self) -> float:
+        """The channel's frequency (channel 0 is 920.6 MHz, 0.2 MHz apart)."""
+        return round(920.6 + 0.2 * self.channel, 1)
+
     def registers(self) -> bytes:
         """Registers 00H-05H: address, UART and air rate, packet size and power, channel, RSSI byte on."""
         air = (self.spreading_factor - 5) << 2 | BANDWIDTH_CODES[self.bandwidth_khz]
@@ -266,17 +270,26 @@ class E220Radio:
         """Read frames until ``stop``; reopen the port with a backoff when it fails."""
         run_port(self, self.config.baudrate, self._serve, emit, stop)
 
+    def check(self) -> bool:
+        """Open the port once and configure the module as a start does, registers read back: for
+        ``edgegw doctor``, never while the daemon holds the port. False where the mode pins are not
+        wired (the module cannot be asked); ModuleError (or pyserial's SerialException) says what
+        went wrong."""
+        if not self.config.mode_pins:
+            return False
+        with serial.Serial(self.port, self.config.baudrate, timeout=0.2) as port:
+            self._configure(port)
+        return True
+
     def _serve(self, port: serial.Serial, emit: Emit, stop: threading.Event, up: Any) -> None:
         if self.config.mode_pins:
-            if self.pins is None:
-                self.pins = GpioModePins(self.config.m0_pin, self.config.m1_pin, self.config.aux_pin)
             self._configure(port)
         else:
             self.log.warning("mode pins not wired: using the settings the module holds", source=self.name,
                              port=self.port)
         emit([SourceState(self.name, "receiving", self.port)])
         self.log.info("radio configured", source=self.name, port=self.port, channel=self.config.channel,
-                      mhz=round(920.6 + 0.2 * self.config.channel, 1), sf=self.config.spreading_factor)
+                      mhz=self.config.frequency_mhz(), sf=self.config.spreading_factor)
         up()
         deframer = Deframer(self.name)
         turns = Turns(self.read_turn, emit, stop)
@@ -288,8 +301,11 @@ class E220Radio:
                 turns.take(lambda: deframer.flush(time.time(), time.monotonic()))
 
     def _configure(self, port: serial.Serial) -> None:
-        """Mode 3, write the registers to flash, read them back, mode 0. ModuleError if any step fails."""
+        """Mode 3 (the GPIO mode pins set up the first time), write the registers to flash where they
+        differ, read them back, mode 0. ModuleError if any step fails."""
         want = self.config.registers()
+        if self.pins is None:
+            self.pins = GpioModePins(self.config.m0_pin, self.config.m1_pin, self.config.aux_pin)
         self._mode(3)
         port.baudrate = CONFIG_BAUD
         port.reset_input_buffer()
