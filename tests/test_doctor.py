@@ -29,6 +29,7 @@ from edgegw.doctor import host, security
 from edgegw.doctor.access import ServiceUser
 from edgegw.radio.emulator import RylrEmulator
 from edgegw.running import DataDirLock
+from edgegw.uplink.sigfox.emulator import SigfoxEmulator
 from tests.broker import free_port
 
 ROOT = Path(__file__).parent.parent
@@ -138,6 +139,27 @@ def test_a_port_where_nothing_answers_is_a_fault_after_every_baud_rate(tmp_path)
     assert module["message"].startswith("the module does not answer: AT: no answer within 2 s")
     assert module["message"].endswith("tried 115200, 9600, 19200, 57600, 38400, 300, 1200, 4800, 28800 baud")
     assert "TX and RX are not swapped" in module["fix"]
+
+
+def test_the_sigfox_module_is_asked_who_it_is_and_nothing_is_sent(tmp_path, emulator):
+    sigfox = SigfoxEmulator(tmp_path / "ttySIGFOX")
+    sigfox.plug()
+    master, slave = os.openpty()  # a second Sigfox port with no module behind it
+    uplinks = (f'[[uplinks]]\ntype = "sigfox"\nport = "{sigfox.link}"\n'
+               f'[[uplinks]]\ntype = "sigfox"\nname = "spare"\nport = "{os.ttyname(slave)}"\n')
+    try:
+        code, report = doctor(gateway(tmp_path, emulator.link, uplinks=uplinks))
+    finally:
+        sigfox.unplug()
+        os.close(master)
+        os.close(slave)
+    assert code == 1
+    good, silent = found(report, "sigfox_module")
+    assert good["status"] == "ok" and good["subject"] == "uplinks sigfox (sigfox)"
+    assert "device id 0042ABCD" in good["message"] and "nothing was sent" in good["message"]
+    assert sigfox.commands == ["AT", "AT$I=10", "AT$I=11"] and sigfox.sent == []  # no message of the budget spent
+    assert silent["status"] == "fault" and silent["message"].startswith("the module does not answer as a WSSFM10R3")
+    assert "9600" in silent["fix"]
 
 
 def test_a_module_at_another_baud_rate_is_found_at_its_rate(tmp_path):

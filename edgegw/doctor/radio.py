@@ -1,6 +1,6 @@
 """The radio modules' serial ports: there, openable by the service user, and the module answering
-with the configured baud rate and taking the configured settings; an SX127x's SPI device, and the
-chip on it answering and taking its settings.
+with the configured baud rate and taking the configured settings (a Sigfox module: saying who it
+is); an SX127x's SPI device, and the chip on it answering and taking its settings.
 
 The module is talked to with its family's own configuration sequence (the one every start sends,
 replies checked: :meth:`edgegw.radio.serial_line.LineModule.check`), so doctor and daemon cannot
@@ -57,8 +57,8 @@ def ports(config: Config, user: ServiceUser, probe: bool) -> list[Finding]:
     for subject, section, port in _serial_ports(config):
         finding = port_access(subject, port, user)
         findings.append(finding)
-        if probe and finding.status == "ok" and section in config.sources:
-            findings.append(module(subject, section, port))
+        if probe and finding.status == "ok":
+            findings.append(module(subject, section, port) if section in config.sources else sigfox(subject, section))
     return findings
 
 
@@ -132,6 +132,31 @@ def module(subject: str, source: Any, port: str) -> Finding:
     return Finding("radio_module", subject, "ok",
                    f"the module answered at {source.baudrate} baud and took every setting"
                    f" ({'; '.join(radio.commands())})")
+
+
+def sigfox(subject: str, uplink: Any) -> Finding:
+    """Ask a Sigfox module who it is (AT, its id, its PAC), as its sender does at each open: nothing
+    goes on the air, so nothing of the day's message budget is spent."""
+    import serial
+
+    from edgegw.errors import ModuleError
+    from edgegw.uplink.sigfox.module import SigfoxModule
+
+    module = SigfoxModule(uplink, uplink.port)
+    try:
+        identity = module.open()
+    except ModuleError as exc:
+        return Finding("sigfox_module", subject, "fault", f"the module does not answer as a WSSFM10R3: {exc}",
+                       f"check that {uplink.port} is the Sigfox module's port (unplug it and see which port goes) and"
+                       f" that it talks {uplink.baudrate} baud (the WSSFM10R3's is 9600)")
+    except (serial.SerialException, OSError) as exc:
+        return Finding("sigfox_module", subject, "fault", f"cannot open {uplink.port}: {exc}",
+                       "another program may hold the port (see: fuser -v PORT), or the module was unplugged")
+    finally:
+        module.close()
+    return Finding("sigfox_module", subject, "ok",
+                   f"the module answered at {uplink.baudrate} baud: device id {identity.device_id} (its PAC read too;"
+                   " both register it with the Sigfox operator); nothing was sent")
 
 
 def e220(subject: str, radio: Any) -> Finding:
