@@ -172,11 +172,9 @@ def e220(subject: str, radio: Any) -> Finding:
                            "mode_pins = false: the module is used with the settings it holds, which only its mode 3"
                            " can show")
     except ModuleError as exc:
-        if "not installed" in str(exc):
-            return Finding("radio_module", subject, "fault", str(exc), "pip install 'edgegw[pi]' in the gateway's venv")
-        return Finding("radio_module", subject, "fault", str(exc),
-                       f"check the module's power and the wiring of M0 (GPIO {c.m0_pin}), M1 (GPIO {c.m1_pin}) and"
-                       f" AUX (GPIO {c.aux_pin}), or set those pins in [[sources]] {c.name} to where they are wired")
+        return _refused(subject, exc, f"check the module's power and the wiring of M0 (GPIO {c.m0_pin}), M1 (GPIO"
+                                      f" {c.m1_pin}) and AUX (GPIO {c.aux_pin}), or set those pins in [[sources]]"
+                                      f" {c.name} to where they are wired")
     except (serial.SerialException, OSError, RuntimeError) as exc:  # RuntimeError: RPi.GPIO's, for /dev/gpiomem
         return Finding("radio_module", subject, "fault", f"cannot use {radio.port} and the mode pins: {exc}",
                        "another program may hold the port (see: fuser -v PORT); the service user needs group gpio"
@@ -208,15 +206,20 @@ def chip(subject: str, source: Any) -> Finding:
     except FileNotFoundError:
         return _no_spi(subject, source.port)
     except ModuleError as exc:
-        if "not installed" in str(exc):
-            return Finding("radio_module", subject, "fault", str(exc), "pip install 'edgegw[pi]' in the gateway's venv")
-        return Finding("radio_module", subject, "fault", str(exc),
-                       f"seat the HAT (or check the wiring: MOSI, MISO, SCK, NSS, RESET on GPIO {source.reset_pin}),"
-                       f" and set spi_cs in [[sources]] {source.name} to the chip select the chip is on")
+        return _refused(subject, exc, f"seat the HAT (or check the wiring: MOSI, MISO, SCK, NSS, RESET on GPIO"
+                                      f" {source.reset_pin}), and set spi_cs in [[sources]] {source.name} to the chip"
+                                      " select the chip is on")
     except (OSError, RuntimeError) as exc:  # RPi.GPIO says RuntimeError for /dev/gpiomem it may not open
         return Finding("radio_module", subject, "fault", f"cannot use {source.port} and its GPIO pins: {exc}",
                        "the service user needs groups spi and gpio: sudo usermod -aG spi,gpio edgegw (then restart"
                        " the service)")
+
+
+def _refused(subject: str, exc: Exception, fix: str) -> Finding:
+    """A module on the Pi's pins that failed its set-up: ``fix``, or the extra where it is missing."""
+    missing = "not installed" in str(exc)  # edgegw.radio's ModuleError for the [pi] extra's modules
+    return Finding("radio_module", subject, "fault", str(exc),
+                   "pip install 'edgegw[pi]' in the gateway's venv" if missing else fix)
 
 
 def _no_spi(subject: str, path: str) -> Finding:
