@@ -19,6 +19,7 @@ from edgegw.model import Alarm, Reading
 from edgegw.rules import RuleEngine
 from edgegw.rules.engine import CLOCK_WRITE_EVERY, spoken
 from edgegw.store import Store
+from edgegw.store.rulestate import CLOSED_BY_CONFIG
 
 DRIVERS = load_drivers()
 T0 = 1_790_000_000.0  # 2026-09: a plausible clock
@@ -550,6 +551,28 @@ def test_a_trap_taken_out_of_the_config_and_back_forgets_its_old_catch(tmp_path)
     rig.read("trap-01", trap("sprung"), T0 + 1260)
     assert [(a.kind, a.raised_at) for a in rig.alarms if a.kind == "trap_sprung"] == [("trap_sprung", T0),
                                                                                    ("trap_sprung", T0 + 1260)]
+
+
+def test_the_open_alarms_of_a_device_taken_out_of_the_config_are_closed_and_no_other(tmp_path):
+    # Nothing would close them: status and the health report counted them open for good.
+    rig = Rig(tmp_path / "gw.db", config(RIVER))
+    rig.read("trap-01", trap("sprung"), T0)
+    rig.read("river-01", level(4000), T0 + 1)
+
+    def open_alarms() -> list[tuple[str, str, str | None]]:
+        return rig.store.conn.execute("SELECT device_id, kind, closed_by FROM alarms WHERE open = 1"
+                                      " ORDER BY device_id").fetchall()
+    before = open_alarms()
+    assert [(d, k, c) for d, k, c in before if d == "trap-01"] == [("trap-01", "trap_sprung", None)]
+    assert any(d == "river-01" for d, _, _ in before)
+    full = rig.cfg
+    rig.cfg = full.model_copy(update={"devices": [d for d in full.devices if d.id != "trap-01"]})
+    rig.restart(T0 + 600)
+    assert open_alarms() == [a for a in before if a[0] == "river-01"]  # the river's stays open
+    closed = rig.store.conn.execute("SELECT closed_by, closed_at FROM alarms WHERE kind = 'trap_sprung'").fetchall()
+    assert closed == [(CLOSED_BY_CONFIG, T0 + 600)]
+    rig.restart(T0 + 700)  # said once: the next start finds nothing to close
+    assert open_alarms() == [a for a in before if a[0] == "river-01"]
 
 
 def test_a_reminder_due_while_the_gateway_was_off_is_not_late_and_runs_its_siren(tmp_path):

@@ -169,11 +169,19 @@ class RuleEngine:
         self.reload()
         # The memory of a device or rule the config no longer has goes: should it come back, what it
         # remembered may be long untrue (a trap re-armed and sprung meanwhile unheard would be silent).
-        if gone := [key for key in self.states if key not in self.progress]:
+        # Its open alarms close: nothing would ever close them, and status and the health report
+        # would count them open for good.
+        gone = [key for key in self.states if key not in self.progress]
+        closing = store.unwatched_alarms(self.progress)
+        if gone or closing:
             with store.transaction():
                 store.forget_rule_states(gone)
+                store.close_alarms([a[0] for a in closing], now)
             for key in gone:
                 del self.states[key]
+            for alarm_id, kind, rule_name, device_id in closing:
+                log.warning("open alarm closed: no rule watches its device any more (the config changed)",
+                            alarm=kind, id=alarm_id, rule=rule_name, device=device_id)
         store.on_rollback.append(self.reload)  # what a rolled-back group changed is undone here too
         last = store.rules_clock()
         # Silence counts only while we listened: after downtime every device gets a fresh interval.

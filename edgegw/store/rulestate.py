@@ -7,10 +7,12 @@ leaves a rule's memory ahead of or behind the outbox.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from typing import Any
 
 from edgegw.store.transactions import Tables
+
+CLOSED_BY_CONFIG = "config change"  # an alarm's closed_by when no rule watches its device any more
 
 
 def _compact(obj: object) -> str:
@@ -53,3 +55,14 @@ class RuleStateTables(Tables):
     def forget_rule_states(self, keys: Iterable[tuple[str, str]]) -> None:
         """Drop the states of these (rule, device id) pairs: no rule of the config watches them any more."""
         self.conn.executemany("DELETE FROM rule_state WHERE rule = ? AND device_id = ?", list(keys))
+
+    def unwatched_alarms(self, watched: Container[tuple[str, str]]) -> list[tuple[str, str, str, str]]:
+        """The open alarms of (rule, device id) pairs not in ``watched``: their device or rule left
+        the config, so nothing would ever close them. (id, kind, rule, device id) of each."""
+        return [r for r in self.conn.execute("SELECT id, kind, rule, device_id FROM alarms WHERE open = 1")
+                if (r[2], r[3]) not in watched]
+
+    def close_alarms(self, ids: Iterable[str], at: float) -> None:
+        """Inside a transaction: close these alarms, closed by :data:`CLOSED_BY_CONFIG`."""
+        self.conn.executemany("UPDATE alarms SET open = 0, closed_by = ?, closed_at = ? WHERE id = ?",
+                              [(CLOSED_BY_CONFIG, at, i) for i in ids])
