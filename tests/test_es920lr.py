@@ -147,7 +147,8 @@ def test_module_reset_is_answered_and_configured_again(emulator, start_radio):
     emulator.flash.sf = 9  # what a reset brings back differs from what the gateway wants
     emulator.reset()
     r.wait_state("receiving", first + 1)
-    assert emulator.commands == CONFIG[1:] and emulator.settings.sf == 7
+    # Set again in full; not saved again: this source saved them at its start (flash wears out).
+    assert emulator.commands == [c for c in CONFIG[1:] if c != "save"] and emulator.settings.sf == 7
     emulator.receive(1, "01")
     wait_until(r.frames, 5.0, "a frame after the reset")
 
@@ -161,6 +162,8 @@ def test_unplug_and_replug(emulator, start_radio):
     r.wait_state("receiving", first + 1, timeout=10.0)
     assert emulator.receive(9, "0A")
     wait_until(lambda: [f for f in r.frames() if f.address == 9], 5.0, "a frame after the replug")
+    assert emulator.commands.count("save") == 1  # a flapping cable does not write the module's flash each time
+
 
 
 @pytest.mark.parametrize("code", [1, 2, 102])

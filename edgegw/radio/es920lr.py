@@ -23,7 +23,7 @@ from pydantic import Field, field_validator, model_validator
 
 from edgegw.config.base import _Section
 from edgegw.model import Frame, Reject
-from edgegw.radio import Emit
+from edgegw.radio import Emit, ReadTurn
 from edgegw.radio.airtime import SHORT_SENSE_MAX_S, time_on_air
 from edgegw.radio.limits import FrameLimits, text_chars, text_payload
 from edgegw.radio.serial_line import LineModule, LineReader, Reply, decode_payload, raw
@@ -142,7 +142,12 @@ class Es920lrRadio(LineModule):
     error_format: ClassVar[str] = "NG {}"
     config: Es920lrSource
 
-    def commands(self) -> list[str]:
+    def __init__(self, config: Any, port: str, read_turn: ReadTurn | None = None):
+        super().__init__(config, port, read_turn)
+        self._saved = False  # this source saved its settings to the module's flash (a reload builds a new one)
+
+    def settings(self) -> list[str]:
+        """The commands that set the module up, before ``save`` and ``start``."""
         c = self.config
         return [
             f"node {1 if c.node == 'coordinator' else 2}",
@@ -153,9 +158,18 @@ class Es920lrRadio(LineModule):
             f"ownid {c.own_id.upper()}",
             "rcvid 1",  # the sender's id before the data: the device's address
             "rssi 1",
-            "save",  # so that a module reset, or a port reopened on a running module, keeps these
-            "start",
         ]
+
+    def commands(self) -> list[str]:
+        # Saved, so that a port reopened on a module that kept running (a daemon restart) finds
+        # them; but once per source: a flapping USB cable or a module resetting on a weak supply
+        # would write its flash at every reopen, and both set everything again anyway.
+        return [*self.settings(), *([] if self._saved else ["save"]), "start"]
+
+    def _command(self, port: serial.Serial, lines: LineReader, cmd: str, emit: Emit) -> None:
+        super()._command(port, lines, cmd, emit)
+        if cmd == "save":
+            self._saved = True
 
     def greet(self, port: serial.Serial, lines: LineReader, emit: Emit, banner: str | None) -> bool:
         if banner is None:
