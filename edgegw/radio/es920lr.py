@@ -146,8 +146,7 @@ class Es920lrRadio(LineModule):
         super().__init__(config, port, read_turn)
         self._saved = False  # this source saved its settings to the module's flash (a reload builds a new one)
 
-    def settings(self) -> list[str]:
-        """The commands that set the module up, before ``save`` and ``start``."""
+    def commands(self) -> list[str]:
         c = self.config
         return [
             f"node {1 if c.node == 'coordinator' else 2}",
@@ -158,13 +157,12 @@ class Es920lrRadio(LineModule):
             f"ownid {c.own_id.upper()}",
             "rcvid 1",  # the sender's id before the data: the device's address
             "rssi 1",
+            # Saved, so that a port reopened on a module that kept running (a daemon restart) finds
+            # them; but once per source: a flapping USB cable or a module resetting on a weak supply
+            # would write its flash at every reopen, and both set everything again anyway.
+            *([] if self._saved else ["save"]),
+            "start",
         ]
-
-    def commands(self) -> list[str]:
-        # Saved, so that a port reopened on a module that kept running (a daemon restart) finds
-        # them; but once per source: a flapping USB cable or a module resetting on a weak supply
-        # would write its flash at every reopen, and both set everything again anyway.
-        return [*self.settings(), *([] if self._saved else ["save"]), "start"]
 
     def _command(self, port: serial.Serial, lines: LineReader, cmd: str, emit: Emit) -> None:
         super()._command(port, lines, cmd, emit)
