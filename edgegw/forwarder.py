@@ -45,7 +45,10 @@ RESCAN_EVERY = 5.0  # s: at most this often, reaching the end of the plain lane 
 # s: while the uplink cannot take a batch, this often at most the outbox is asked whether items wait
 # for it (the forwarder reads nothing then, and would not know).
 PROBE_EVERY = 1.0
-TICK = 1.0  # s: the loop wakes at least this often (stalls, probes, batches that waited their max_wait)
+TICK = 1.0  # s: the loop wakes at least this often (stalls, probes, batches that waited their max_wait)...
+# ...except when it rests: caught up, nothing in flight, the uplink ready. Then only the rescan is due
+# (RESCAN_EVERY), and the writer's notify wakes it for new items: an idle gateway's forwarder woke
+# every second to find nothing.
 
 
 class Named(Protocol):
@@ -112,6 +115,7 @@ class Forwarder:
         self._burst_at = -float("inf")
         self._dry = False  # the last read found every sendable item sent (see _send_next)
         self._dry_since = 0.0  # monotonic; the outbox is read again RESCAN_EVERY after that all the same
+        self._resting = False  # the loop sleeps past its tick (see TICK): a notify must wake it
         # Set by the writer when alarms are committed: they go at once, past the in-flight limit,
         # instead of waiting for a slot behind batches of backlog.
         self.urgent = threading.Event()
@@ -126,9 +130,9 @@ class Forwarder:
 
     def notify(self, urgent: bool = False, items: int = 0, burst: bool = False) -> None:
         """See :meth:`Sender.notify`. Alarms wake the forwarder at once; new plain items only when it
-        has more to send anyway, they need not wait (a full batch, a burst) or it waits less than
-        its own tick (:data:`TICK`): else it finds them there, one wake-up per batch instead of one
-        per commit."""
+        has more to send anyway, they need not wait (a full batch, a burst), it waits less than
+        its own tick (:data:`TICK`) or it rests past it: else it finds them at its tick, one wake-up
+        per batch instead of one per commit."""
         now = time.monotonic()
         if self._fresh_at is None:
             self._fresh_at = now
@@ -138,7 +142,7 @@ class Forwarder:
         self._fresh.set()
         if urgent:
             self.urgent.set()
-        if urgent or not self._dry or self.max_wait < TICK or not self._may_wait(now):
+        if urgent or self._resting or not self._dry or self.max_wait < TICK or not self._may_wait(now):
             self.wake.set()
 
     def _may_wait(self, now: float) -> bool:
@@ -248,10 +252,19 @@ class Forwarder:
         """How long the loop may sleep: a tick, or less when new items are due to go before it.
 
         Not while they cannot go (the uplink down, or as many batches in flight as allowed): the
-        loop would spin, holding the GIL the writer needs, until that changed; a change wakes it."""
+        loop would spin, holding the GIL the writer needs, until that changed; a change wakes it.
+        Longer when it rests (see :data:`TICK`)."""
+        self._resting = False
         if (self._dry and self._fresh.is_set() and self._fresh_at is not None
                 and self.uplink.ready() and self._room()):
             return min(TICK, max(0.0, self._fresh_at + self.max_wait - time.monotonic()))
+        if (self._dry and not self._inflight and not self._suspects and self._waiting_since is None
+                and not self.urgent.is_set() and self.uplink.ready()):
+            self._resting = True
+            # Set first, then looked at: a notify between the two either saw it or is seen here.
+            if not self._fresh.is_set():
+                return max(TICK, self._dry_since + RESCAN_EVERY - time.monotonic())
+            self._resting = False
         return TICK
 
     def _handle_results(self, backoff: Backoff, stop: threading.Event) -> bool:

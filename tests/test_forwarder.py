@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from edgegw.errors import TransientUplinkError
-from edgegw.forwarder import Ack, Forwarder
+from edgegw.forwarder import RESCAN_EVERY, TICK, Ack, Forwarder
 from edgegw.items import Batch
 from edgegw.model import PRIORITY_ALARM, Reading, boot_id
 from edgegw.store import Store, open_reader
@@ -262,6 +262,32 @@ def test_new_readings_for_a_down_uplink_do_not_spin_the_loop(tmp_path):
         up.set()
         forwarder.wake.set()  # as the uplink's state change does
         wait_until(lambda: uplink.sent == [["new:0"]], 10, "the reading, once the uplink is back")
+    finally:
+        stop.set()
+        forwarder.wake.set()
+        thread.join()
+        store.close()
+
+
+def test_an_idle_forwarder_rests_past_its_tick_and_new_readings_wake_it(tmp_path):
+    """Caught up, nothing in flight, the uplink ready: the loop sleeps until its rescan instead of
+    every tick, and the writer's notify wakes it, so new readings still go after max_wait."""
+    store, bit = outbox_of(tmp_path, 0)
+    uplink = ScriptedUplink([])
+    forwarder = Forwarder(uplink, bit, store.path, "gw", 100, 1 << 20, 1, [].append, max_wait=0.2)
+    turns = []
+    sleep = forwarder._sleep
+    forwarder._sleep = lambda: turns.append(1) or sleep()  # type: ignore[method-assign]
+    stop = threading.Event()
+    thread = threading.Thread(target=forwarder.run, args=(stop,))
+    thread.start()
+    try:
+        wait_until(lambda: forwarder._dry and forwarder._resting, 10, "the forwarder caught up, resting")
+        before = len(turns)
+        stop.wait(3 * TICK)
+        assert len(turns) - before <= 1, "an idle forwarder woke every tick"
+        commit_new(store, bit, forwarder, ["new:0"])
+        wait_until(lambda: uplink.sent == [["new:0"]], RESCAN_EVERY / 2, "the reading, well before the rescan")
     finally:
         stop.set()
         forwarder.wake.set()

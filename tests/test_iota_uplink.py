@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from edgegw.errors import TransientUplinkError
 from edgegw.items import Batch
 from edgegw.uplink.fiware import ITEM_MEASURE_PREFIXES, ITEM_MEASURES, FiwareMapping, iota_json
 from edgegw.uplink.iota import IotAgentMqttUplink
-from edgegw.uplink.mqtt import MqttBatchUplink
+from edgegw.uplink.mqtt import LOOP_REST, LOOP_WAKE, MqttBatchUplink
 from tests.broker import Subscriber
 from tests.gateway import wait_until
 from tests.test_fiware import alarm, health, parse_ul, trap, water
@@ -154,6 +155,31 @@ def test_mqtt_and_iot_agent_uplinks_share_a_broker_without_taking_each_others_co
         sub.wait_for_count(6)
     assert [s for s, _ in mqtt_results.states].count("up") == 1
     assert [s for s, _ in agent_results.states].count("up") == 1
+
+
+def test_an_idle_connection_rests_yet_a_batch_is_acknowledged_and_a_stop_ends_it_at_once(mosquitto, running):
+    """Connected with nothing awaiting a PUBACK, paho's loop waits LOOP_REST instead of LOOP_WAKE;
+    a batch goes and is acknowledged as before, and a stop does not wait for the rest to end."""
+    uplink = MqttBatchUplink(MqttUplink(type="mqtt", host="127.0.0.1", port=mosquitto.port), "gw-1")
+    waits: list[float] = []
+    new_client = uplink._new_client
+
+    def recording_client():
+        client = new_client()
+        loop = client.loop
+        client.loop = lambda timeout: waits.append(timeout) or loop(timeout=timeout)  # type: ignore[method-assign]
+        return client
+
+    uplink._new_client = recording_client  # type: ignore[method-assign]
+    results = running(uplink)
+    wait_until(lambda: waits and waits[-1] == LOOP_REST, 10, "paho's loop resting")
+    assert LOOP_WAKE < LOOP_REST
+    uplink.send(batch([trap()], "m0"))
+    assert results.wait("m0", timeout=LOOP_REST / 2) is None
+    began = time.monotonic()
+    uplink.stop()
+    assert uplink._thread is not None and not uplink._thread.is_alive()
+    assert time.monotonic() - began < LOOP_REST / 2
 
 
 def test_alarm_and_health_measure_names_are_known_to_the_config_check():

@@ -43,10 +43,13 @@ else:
 
 log = structlog.get_logger("edgegw.uplink.mqtt")
 
-# s: how long paho's loop waits for the socket when nothing arrives: how soon a deadline or a stop is
-# seen. A publish from the forwarder wakes it at once (paho writes to its socket pair); at 0.2 s this
+# s: how long paho's loop waits for the socket when nothing arrives: how soon a deadline is seen.
+# A publish from the forwarder wakes it at once (paho writes to its socket pair); at 0.2 s this
 # loop was half of an idle gateway's wake-ups.
 LOOP_WAKE = 1.0
+# s: the same while connected with nothing awaiting a PUBACK (no deadline to see), at most a quarter
+# of the keepalive, whose pings paho sends from this loop. A stop wakes it (see stop).
+LOOP_REST = 5.0
 
 
 @dataclass
@@ -132,6 +135,10 @@ class MqttPublisher:
 
     def stop(self) -> None:
         self._stop.set()
+        with self._lock:
+            client = self._client
+        if client is not None:  # wakes paho's loop from its rest at once (a DISCONNECT is queued)
+            client.disconnect()
         if self._thread is not None:
             self._thread.join(timeout=5)
 
@@ -166,8 +173,10 @@ class MqttPublisher:
                 self._client = client
                 connecting_since = time.monotonic()
                 reason: str | None = None
+                rest = min(LOOP_REST, self.config.keepalive / 4)
                 while reason is None and not self._stop.is_set():
-                    lost = client.loop(timeout=LOOP_WAKE) != mqtt.MQTT_ERR_SUCCESS
+                    wait = rest if self._connected and not self._inflight else LOOP_WAKE
+                    lost = client.loop(timeout=wait) != mqtt.MQTT_ERR_SUCCESS
                     reason = self._refused or ("connection lost" if lost else self._overdue(connecting_since))
                 reason = reason or "stopped"
             except (OSError, ssl.SSLError) as exc:
