@@ -227,6 +227,7 @@ class Forwarder:
                     self._probe(reader)
                 self._check_stall()
                 self.wake.wait(self._sleep())
+                self._resting = False
                 self.wake.clear()
         finally:
             self.uplink.stop()
@@ -254,7 +255,6 @@ class Forwarder:
         Not while they cannot go (the uplink down, or as many batches in flight as allowed): the
         loop would spin, holding the GIL the writer needs, until that changed; a change wakes it.
         Longer when it rests (see :data:`TICK`)."""
-        self._resting = False
         if (self._dry and self._fresh.is_set() and self._fresh_at is not None
                 and self.uplink.ready() and self._room()):
             return min(TICK, max(0.0, self._fresh_at + self.max_wait - time.monotonic()))
@@ -320,7 +320,10 @@ class Forwarder:
         commit failed): they are no longer held as busy, and go again if still pending."""
         with self._busy_lock:
             self._busy.difference_update(seqs)
-        self.wake.set()
+        # Resting, it holds nothing back that these free (see _sleep); a failed commit's items,
+        # which go again, come with a notify.
+        if not self._resting:
+            self.wake.set()
 
     def _send_next(self, reader: sqlite3.Connection, min_priority: int = 0) -> bool:
         reader.execute("BEGIN")  # one snapshot for choosing the items and reading them
