@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from edgegw.errors import TransientUplinkError
@@ -77,16 +79,11 @@ def forward(tmp_path: Path, readings: int, outcomes: list[Exception | None], max
 
     uplink = ScriptedUplink(outcomes)
     forwarder = Forwarder(uplink, bit, store.path, "gw", max_items, 1 << 20, 1, record)
-    stop = threading.Event()
-    thread = threading.Thread(target=forwarder.run, args=(stop,))
-    thread.start()
     try:
-        wait_until(lambda: not store.conn.execute("SELECT count(*) FROM outbox_items WHERE pending != 0").fetchone()[0],
-                   30, "every item delivered")
+        with forwarding(forwarder):
+            wait_until(lambda: not store.conn.execute("SELECT count(*) FROM outbox_items WHERE pending != 0").fetchone()[0],
+                       30, "every item delivered")
     finally:
-        stop.set()
-        forwarder.wake.set()
-        thread.join()
         store.close()
     return uplink.sent
 
@@ -119,9 +116,6 @@ def test_a_writer_behind_on_acks_holds_the_forwarder_back(tmp_path):
     uplink = ScriptedUplink([])
     forwarder = Forwarder(uplink, bit, store.path, "gw", 10, 1 << 20, 2,
                           lambda event: waiting.append(event) if isinstance(event, Ack) else None)
-    stop = threading.Event()
-    thread = threading.Thread(target=forwarder.run, args=(stop,))
-    thread.start()
 
     def writer_catches_up() -> bool:
         for ack in list(waiting):
@@ -133,17 +127,15 @@ def test_a_writer_behind_on_acks_holds_the_forwarder_back(tmp_path):
         return not store.conn.execute("SELECT count(*) FROM outbox_items WHERE pending != 0").fetchone()[0]
 
     try:
-        wait_until(lambda: len(waiting) >= 4, 10, "four acks waiting for the writer")
-        for _ in range(2):  # wake it twice: by the second wait it has looked for work since the first
-            forwarder.wake.set()
-            wait_until(lambda: not forwarder.wake.is_set(), 10, "the forwarder waiting (it clears the flag)")
-        assert [len(b) for b in uplink.sent] == [10] * 4  # 2 x max_inflight (2) x max_items (10)
-        wait_until(writer_catches_up, 20, "everything delivered")
-        assert sorted(i for b in uplink.sent for i in b) == sorted(f"d:0:{i}" for i in range(100))
+        with forwarding(forwarder):
+            wait_until(lambda: len(waiting) >= 4, 10, "four acks waiting for the writer")
+            for _ in range(2):  # wake it twice: by the second wait it has looked for work since the first
+                forwarder.wake.set()
+                wait_until(lambda: not forwarder.wake.is_set(), 10, "the forwarder waiting (it clears the flag)")
+            assert [len(b) for b in uplink.sent] == [10] * 4  # 2 x max_inflight (2) x max_items (10)
+            wait_until(writer_catches_up, 20, "everything delivered")
+            assert sorted(i for b in uplink.sent for i in b) == sorted(f"d:0:{i}" for i in range(100))
     finally:
-        stop.set()
-        forwarder.wake.set()
-        thread.join()
         store.close()
 
 
@@ -177,31 +169,44 @@ def commit_new(store: Store, bit: int, forwarder: Forwarder, ids: list[str], pri
     forwarder.notify(urgent=bool(priority), items=len(ids), burst=burst)
 
 
+@contextmanager
+def forwarding(forwarder: Forwarder) -> Iterator[list[int]]:
+    """Run ``forwarder`` in a thread of its own until the block ends; yields the turns of its loop
+    (one each time it goes to sleep)."""
+    turns: list[int] = []
+    sleep = forwarder._sleep
+    forwarder._sleep = lambda: turns.append(1) or sleep()  # type: ignore[method-assign]
+    stop = threading.Event()
+    thread = threading.Thread(target=forwarder.run, args=(stop,))
+    thread.start()
+    try:
+        yield turns
+    finally:
+        stop.set()
+        forwarder.wake.set()
+        thread.join()
+
+
 def test_a_full_batch_or_a_burst_goes_without_waiting_max_wait(tmp_path):
     """In a burst the forwarder may catch up between two commits: what follows fills batches at once,
     and a burst's last small commits are its tail: waiting ``max_wait`` would only delay them."""
     store, bit = outbox_of(tmp_path, 0)
     uplink = ScriptedUplink([])
     forwarder = Forwarder(uplink, bit, store.path, "gw", 4, 1 << 20, 1, [].append, max_wait=60.0)
-    stop = threading.Event()
-    thread = threading.Thread(target=forwarder.run, args=(stop,))
-    thread.start()
     try:
-        wait_until(lambda: forwarder._dry, 10, "the forwarder caught up")
-        commit_new(store, bit, forwarder, ["a:0", "a:1"])
-        time.sleep(0.5)
-        assert uplink.sent == [], "half a batch waits for more"
-        commit_new(store, bit, forwarder, ["a:2", "a:3", "a:4"])
-        wait_until(lambda: uplink.sent, 10, "the full batch, long before max_wait")
-        assert uplink.sent[0] == ["a:0", "a:1", "a:2", "a:3"]
-        wait_until(lambda: len(uplink.sent) == 2 and forwarder._dry, 10, "the rest, sent behind it")
-        commit_new(store, bit, forwarder, ["b:0", "b:1"], burst=True)  # a full group of the writer's
-        commit_new(store, bit, forwarder, ["b:2"])  # the burst's last turn, a small one
-        wait_until(lambda: sum(map(len, uplink.sent)) == 8, 10, "the burst's tail, long before max_wait")
+        with forwarding(forwarder):
+            wait_until(lambda: forwarder._dry, 10, "the forwarder caught up")
+            commit_new(store, bit, forwarder, ["a:0", "a:1"])
+            time.sleep(0.5)
+            assert uplink.sent == [], "half a batch waits for more"
+            commit_new(store, bit, forwarder, ["a:2", "a:3", "a:4"])
+            wait_until(lambda: uplink.sent, 10, "the full batch, long before max_wait")
+            assert uplink.sent[0] == ["a:0", "a:1", "a:2", "a:3"]
+            wait_until(lambda: len(uplink.sent) == 2 and forwarder._dry, 10, "the rest, sent behind it")
+            commit_new(store, bit, forwarder, ["b:0", "b:1"], burst=True)  # a full group of the writer's
+            commit_new(store, bit, forwarder, ["b:2"])  # the burst's last turn, a small one
+            wait_until(lambda: sum(map(len, uplink.sent)) == 8, 10, "the burst's tail, long before max_wait")
     finally:
-        stop.set()
-        forwarder.wake.set()
-        thread.join()
         store.close()
 
 
@@ -212,29 +217,23 @@ def test_new_readings_wait_max_wait_to_share_a_batch_and_an_alarm_does_not(tmp_p
     acks: list[Ack] = []
     uplink = ScriptedUplink([])
     forwarder = Forwarder(uplink, bit, store.path, "gw", 100, 1 << 20, 1, acks.append, max_wait=2.0)
-    stop = threading.Event()
-    thread = threading.Thread(target=forwarder.run, args=(stop,))
-    thread.start()
-
     try:
-        wait_until(lambda: len(uplink.sent) == 1, 10, "the backlog, sent at once at start")
-        wait_until(lambda: forwarder._dry, 10, "the forwarder caught up")
-        for i in range(3):  # three commits of a field, each waking the writer's forwarders
-            commit_new(store, bit, forwarder, [f"new:{i}"])
-        forwarder.wake.set()  # even woken, it lets them wait
-        time.sleep(0.5)
-        assert len(uplink.sent) == 1
-        wait_until(lambda: len(uplink.sent) == 2, 10, "the new readings, after max_wait")
-        assert uplink.sent[1] == ["new:0", "new:1", "new:2"]
-        wait_until(lambda: forwarder._dry, 10, "the forwarder caught up again")
-        commit_new(store, bit, forwarder, ["plain"])
-        commit_new(store, bit, forwarder, ["alarm"], PRIORITY_ALARM)
-        wait_until(lambda: len(uplink.sent) >= 3, 1.5, "the alarm, well before max_wait")
-        assert uplink.sent[2] == ["alarm"]  # alone: the plain reading may follow it now, or wait on
+        with forwarding(forwarder):
+            wait_until(lambda: len(uplink.sent) == 1, 10, "the backlog, sent at once at start")
+            wait_until(lambda: forwarder._dry, 10, "the forwarder caught up")
+            for i in range(3):  # three commits of a field, each waking the writer's forwarders
+                commit_new(store, bit, forwarder, [f"new:{i}"])
+            forwarder.wake.set()  # even woken, it lets them wait
+            time.sleep(0.5)
+            assert len(uplink.sent) == 1
+            wait_until(lambda: len(uplink.sent) == 2, 10, "the new readings, after max_wait")
+            assert uplink.sent[1] == ["new:0", "new:1", "new:2"]
+            wait_until(lambda: forwarder._dry, 10, "the forwarder caught up again")
+            commit_new(store, bit, forwarder, ["plain"])
+            commit_new(store, bit, forwarder, ["alarm"], PRIORITY_ALARM)
+            wait_until(lambda: len(uplink.sent) >= 3, 1.5, "the alarm, well before max_wait")
+            assert uplink.sent[2] == ["alarm"]  # alone: the plain reading may follow it now, or wait on
     finally:
-        stop.set()
-        forwarder.wake.set()
-        thread.join()
         store.close()
 
 
@@ -247,25 +246,17 @@ def test_new_readings_for_a_down_uplink_do_not_spin_the_loop(tmp_path):
     up.set()
     uplink.ready = up.is_set  # type: ignore[method-assign]
     forwarder = Forwarder(uplink, bit, store.path, "gw", 100, 1 << 20, 1, [].append, max_wait=0.1)
-    turns = []
-    sleep = forwarder._sleep
-    forwarder._sleep = lambda: turns.append(1) or sleep()  # type: ignore[method-assign]
-    stop = threading.Event()
-    thread = threading.Thread(target=forwarder.run, args=(stop,))
-    thread.start()
     try:
-        wait_until(lambda: forwarder._dry, 10, "the forwarder caught up")
-        up.clear()
-        commit_new(store, bit, forwarder, ["new:0"])
-        stop.wait(1.0)  # ten times max_wait
-        assert len(turns) < 20, f"{len(turns)} turns of the loop in a second, with nothing it could send"
-        up.set()
-        forwarder.wake.set()  # as the uplink's state change does
-        wait_until(lambda: uplink.sent == [["new:0"]], 10, "the reading, once the uplink is back")
+        with forwarding(forwarder) as turns:
+            wait_until(lambda: forwarder._dry, 10, "the forwarder caught up")
+            up.clear()
+            commit_new(store, bit, forwarder, ["new:0"])
+            time.sleep(1.0)  # ten times max_wait
+            assert len(turns) < 20, f"{len(turns)} turns of the loop in a second, with nothing it could send"
+            up.set()
+            forwarder.wake.set()  # as the uplink's state change does
+            wait_until(lambda: uplink.sent == [["new:0"]], 10, "the reading, once the uplink is back")
     finally:
-        stop.set()
-        forwarder.wake.set()
-        thread.join()
         store.close()
 
 
@@ -275,21 +266,13 @@ def test_an_idle_forwarder_rests_past_its_tick_and_new_readings_wake_it(tmp_path
     store, bit = outbox_of(tmp_path, 0)
     uplink = ScriptedUplink([])
     forwarder = Forwarder(uplink, bit, store.path, "gw", 100, 1 << 20, 1, [].append, max_wait=0.2)
-    turns = []
-    sleep = forwarder._sleep
-    forwarder._sleep = lambda: turns.append(1) or sleep()  # type: ignore[method-assign]
-    stop = threading.Event()
-    thread = threading.Thread(target=forwarder.run, args=(stop,))
-    thread.start()
     try:
-        wait_until(lambda: forwarder._dry and forwarder._resting, 10, "the forwarder caught up, resting")
-        before = len(turns)
-        stop.wait(3 * TICK)
-        assert len(turns) - before <= 1, "an idle forwarder woke every tick"
-        commit_new(store, bit, forwarder, ["new:0"])
-        wait_until(lambda: uplink.sent == [["new:0"]], RESCAN_EVERY / 2, "the reading, well before the rescan")
+        with forwarding(forwarder) as turns:
+            wait_until(lambda: forwarder._dry and forwarder._resting, 10, "the forwarder caught up, resting")
+            before = len(turns)
+            time.sleep(3 * TICK)
+            assert len(turns) - before <= 1, "an idle forwarder woke every tick"
+            commit_new(store, bit, forwarder, ["new:0"])
+            wait_until(lambda: uplink.sent == [["new:0"]], RESCAN_EVERY / 2, "the reading, well before the rescan")
     finally:
-        stop.set()
-        forwarder.wake.set()
-        thread.join()
         store.close()
