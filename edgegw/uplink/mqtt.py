@@ -138,7 +138,10 @@ class MqttPublisher:
         with self._lock:
             client = self._client
         if client is not None:  # wakes paho's loop from its rest at once (a DISCONNECT is queued)
-            client.disconnect()
+            try:
+                client.disconnect()
+            except Exception:  # the connection is going anyway: the loop sees the stop within LOOP_REST
+                pass
         if self._thread is not None:
             self._thread.join(timeout=5)
 
