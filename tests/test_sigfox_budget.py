@@ -37,6 +37,20 @@ def test_the_count_survives_a_restart_and_is_read_by_status(tmp_path):
     assert (summary["used"], summary["refused_24h"], summary["last_refused"]["alarm"]) == (2, 1, "water_level_alarm")
 
 
+def test_the_send_being_made_is_not_shown_failed_and_one_never_answered_is(tmp_path):
+    """A send is counted before the module is asked: while the module works on it (seconds, a minute
+    with a downlink) status must not call it failed; once the sender moved on without an OK, it is."""
+    budget = Budget(tmp_path / "b.db", limit=5, reserve=0)
+    spend(budget, 1)  # a0: never answered
+    budget.spend(Spend("a1", "trap_sprung", "trap-02", "00000001", False, False), NOW + 60, MONO + 60)
+    sending = budget.summary(NOW + 61, MONO + 61, sending=("a1", NOW + 60))
+    assert (sending["failed_24h"], sending["last_failed"]["device"], sending["used"]) == (1, "trap-01", 2)
+    after = budget.summary(NOW + 120, MONO + 120)  # the module never said OK to a1 either
+    assert (after["failed_24h"], after["last_failed"]["device"]) == (2, "trap-02")
+    budget.done("a0", NOW)
+    assert budget.summary(NOW + 120, MONO + 120, sending=("a1", NOW + 60))["last_failed"] is None
+
+
 def test_the_window_rolls_and_a_clock_step_within_a_boot_does_not_reset_it(tmp_path):
     budget = Budget(tmp_path / "b.db", limit=1, reserve=0)
     spend(budget, 1)

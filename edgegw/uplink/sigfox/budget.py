@@ -101,20 +101,24 @@ class Budget:
         for table in ("sends", "refusals"):
             self.conn.execute(f"DELETE FROM {table} WHERE at < ?", (now - 7 * WINDOW,))
 
-    def summary(self, now: float, mono: float) -> dict[str, Any]:
-        """For status and the health report."""
-        return summarize(self.conn, self.limit, self.reserve, now, self.used(now, mono))
+    def summary(self, now: float, mono: float, sending: tuple[str, float] | None = None) -> dict[str, Any]:
+        """For status and the health report; ``sending``: the alarm id and time of the send being
+        made now (counted, not yet answered), which is not shown as failed."""
+        return summarize(self.conn, self.limit, self.reserve, now, self.used(now, mono), sending)
 
     def close(self) -> None:
         self.conn.close()
 
 
-def summarize(conn: sqlite3.Connection, limit: int, reserve: int, now: float, used: int) -> dict[str, Any]:
+def summarize(conn: sqlite3.Connection, limit: int, reserve: int, now: float, used: int,
+              sending: tuple[str, float] | None = None) -> dict[str, Any]:
     # A send the module never said OK to (an error, a timeout, a crash mid-send) spent a message of
-    # the budget but is not a last send: shown apart, as failed.
+    # the budget but is not a last send: shown apart, as failed; not the one being made now.
     last = conn.execute("SELECT at, kind, device, alarm_id, ref FROM sends WHERE done IS NOT 0"
                         " ORDER BY at DESC LIMIT 1").fetchone()
-    failed = conn.execute("SELECT at, kind, device, alarm_id FROM sends WHERE done = 0 ORDER BY at DESC LIMIT 1").fetchone()
+    failed_sql = "FROM sends WHERE done = 0 AND NOT (alarm_id IS :id AND at = :at)"
+    params = {"id": sending[0] if sending else None, "at": sending[1] if sending else None, "since": now - WINDOW}
+    failed = conn.execute(f"SELECT at, kind, device, alarm_id {failed_sql} ORDER BY at DESC LIMIT 1", params).fetchone()
     refused = conn.execute("SELECT at, kind, device, alarm_id FROM refusals ORDER BY at DESC LIMIT 1").fetchone()
     confirmed = conn.execute("SELECT value FROM meta WHERE key = 'confirmed'").fetchone()
     return {
@@ -124,7 +128,7 @@ def summarize(conn: sqlite3.Connection, limit: int, reserve: int, now: float, us
                                                 "id": last[3], "ref": last[4]},
         "last_refused": None if refused is None else {"at": iso(refused[0]), "alarm": refused[1],
                                                       "device": refused[2], "id": refused[3]},
-        "failed_24h": conn.execute("SELECT count(*) FROM sends WHERE done = 0 AND at > ?", (now - WINDOW,)).fetchone()[0],
+        "failed_24h": conn.execute(f"SELECT count(*) {failed_sql} AND at > :since", params).fetchone()[0],
         "last_failed": None if failed is None else {"at": iso(failed[0]), "alarm": failed[1], "device": failed[2],
                                                     "id": failed[3]},
         "confirmed_at": None if confirmed is None else iso(float(confirmed[0].split(":")[0])),

@@ -200,7 +200,7 @@ class SigfoxSender:
         used = budget.spend(Spend(item["id"], item["alarm"], item["device"], message.alarm_ref, fallback, downlink),
                             now, mono)
         self.inflight_items = 1
-        self._show(budget, "sending", f"{item['alarm']} {item['device']} ({payload.hex().upper()})")
+        self._show(budget, "sending", f"{item['alarm']} {item['device']} ({payload.hex().upper()})", (item["id"], now))
         try:
             rx = self.uplink.send(payload, downlink, stop)
         except ModuleError:
@@ -247,9 +247,10 @@ class SigfoxSender:
 
     # -- status ---------------------------------------------------------------------------------
 
-    def _show(self, budget: Budget, state: str, detail: str) -> None:
-        """Post the state with the budget and the last send and refusal, when any of them changed."""
-        s = budget.summary(time.time(), time.monotonic())
+    def _show(self, budget: Budget, state: str, detail: str, sending: tuple[str, float] | None = None) -> None:
+        """Post the state with the budget and the last send and refusal, when any of them changed
+        (``sending``: the send being made, see :meth:`Budget.summary`)."""
+        s = budget.summary(time.time(), time.monotonic(), sending)
         ident = self.uplink.identity
         parts = [f"module {ident.device_id}" if ident else "module not identified yet",
                  f"budget {s['used']}/{s['limit']} in 24 h ({s['reserve']} kept for urgent alarms)"]
