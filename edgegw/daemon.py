@@ -28,6 +28,7 @@ from typing import Any
 import structlog
 
 from edgegw import __version__, dbfile, heap
+from edgegw.clock import SyncWait
 from edgegw.config import Config, SigfoxUplink, UplinkConfig, load_config
 from edgegw.drivers import DriverRegistry
 from edgegw.errors import ConfigError
@@ -104,7 +105,8 @@ class Gateway:
                         device=alarm.device_id, message=alarm.message)
         self.damaged: str | None = None  # damage SQLite found in the database in use: the daemon exits
         self.on_damaged: Callable[[], object] = lambda: None  # set by run: wakes its main thread
-        self.ingest = Ingest(config, drivers, self.store, self.routing.reading)
+        self.sync = SyncWait(config.clock.await_sync)  # read at start: a reload does not change it
+        self.ingest = Ingest(config, drivers, self.store, self.routing.reading, self.sync)
         self.rules = RuleEngine(config, drivers, self.store, time.time(), time.monotonic())
         self.actions = ActionRunner(config.actions, config.gateway_id, self._post)
         self.forwarders: list[Sender] = [self._sender(config, u, bits[u.name], self.routing) for u in uplinks]
@@ -125,7 +127,7 @@ class Gateway:
             return SigfoxSender(u, bit, routing, db_path(config.data_dir), config.data_dir, self._post)
         return Forwarder(uplink or build_uplink(u, config), bit, db_path(config.data_dir), config.gateway_id,
                          u.batch.max_items, u.batch.max_bytes, getattr(u, "max_inflight", 1), self._post,
-                         u.stalled_after, u.batch.max_wait)
+                         u.stalled_after, u.batch.max_wait, self.sync)
 
     def _post(self, event: Event) -> None:
         self.writer.post(event)
@@ -311,10 +313,14 @@ class Gateway:
         return {s.name: p for s in self.stages if (p := s.problem(now)) is not None}
 
     def describe(self) -> dict[str, Any]:
-        """What the heartbeat says: every stage's state and restarts, and the writer's disk trouble."""
+        """What the heartbeat says: every stage's state and restarts, the writer's disk trouble, and a
+        clock NTP has not set while ``[clock] await_sync`` asks for it."""
         now = time.monotonic()
+        sync = self.sync
+        clock = ({} if sync.synced else {"clock": {"held_for_s": round(sync.wait - now)} if sync.holding else
+                                                  {"unsynced": True}})
         return {"stages": {s.name: s.describe(now) for s in self.stages}, "disk_full": self.writer.disk_full,
-                "disk_state": self.writer.disk_state()}
+                "disk_state": self.writer.disk_state(), **clock}
 
     def stop(self) -> None:
         """Stop reading, commit what was read, stop forwarding. Nothing accepted is lost by stopping."""

@@ -32,6 +32,7 @@ from typing import Protocol
 import structlog
 
 from edgegw.backoff import Backoff
+from edgegw.clock import SyncWait
 from edgegw.errors import PermanentUplinkError, TransientUplinkError, UplinkError
 from edgegw.items import Batch, new_batch_id
 from edgegw.model import PRIORITY_ALARM, Ack, Event, Park, UplinkState, boot_id
@@ -82,7 +83,8 @@ class Sender(Protocol):
 class Forwarder:
     def __init__(self, uplink: Uplink, bit: int, db_path: Path, gateway_id: str, max_items: int, max_bytes: int,
                  max_inflight: int, post: Callable[[Event], None], stalled_after: float = STALLED_AFTER,
-                 max_wait: float = 0.0):
+                 max_wait: float = 0.0, sync: SyncWait | None = None):
+        self.sync = sync or SyncWait(0)  # whether this boot's readings wait for NTP ([clock] await_sync)
         self.uplink, self.bit, self.db_path, self.gateway_id = uplink, bit, db_path, gateway_id
         self.max_items, self.max_bytes, self.max_inflight = max_items, max_bytes, max_inflight
         self.max_wait = max_wait  # s new readings wait for more to share their batch, once all before are sent
@@ -189,7 +191,7 @@ class Forwarder:
         if time.monotonic() - self._probed_at < PROBE_EVERY:
             return
         self._probed_at = time.monotonic()
-        waiting = send_queue.waiting(reader, self.bit, self.boot_id)
+        waiting = send_queue.waiting(reader, self.bit, self.boot_id, self.sync.held_before)
         if not waiting and not self._inflight:
             self._waiting_since = None
         elif waiting:
@@ -346,7 +348,8 @@ class Forwarder:
             if min_priority <= 0 and len(chosen) < self.max_items:
                 after, room = self._plain_after, self.max_items - len(chosen)
                 plain = _skip(busy, room, send_queue.next_plain(reader, self.bit, self.boot_id, after,
-                                                                room + sum(1 for s in busy if s > after)))
+                                                                room + sum(1 for s in busy if s > after),
+                                                                self.sync.held_before))
                 lane_ended = len(plain) < room
             items = send_queue.batch_items(reader, chosen + plain)
         finally:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from edgegw.clock import plausible
+from edgegw.clock import SyncWait, plausible
 from edgegw.config import Config, Device
 from edgegw.drivers import Decoded, Driver, DriverRegistry
 from edgegw.envelope import EnvelopeError, Opened, looks_sealed, open_envelope
@@ -112,8 +112,10 @@ def _unfit_value(key: object, value: object) -> str | None:
 class Ingest:
     """Turns frames into readings and stores them; used only by the writer thread."""
 
-    def __init__(self, config: Config, drivers: DriverRegistry, store: Store, uplink_mask: int | Callable[[str], int]):
+    def __init__(self, config: Config, drivers: DriverRegistry, store: Store, uplink_mask: int | Callable[[str], int],
+                 sync: SyncWait | None = None):
         self.store = store
+        self.sync = sync or SyncWait(0)  # until NTP set the clock, readings are stamped unsynced
         self.boot_id = boot_id()
         store.note_boot(self.boot_id)
         self.configure(config, drivers, uplink_mask)
@@ -235,7 +237,7 @@ class Ingest:
         observed = frame.wall
         reading = Reading(
             reading_id=reading_id, device_id=device.id, driver=device.driver, observed_at=observed,
-            time_quality="synced" if plausible(observed) else "unsynced", counter=counter,
+            time_quality="synced" if plausible(observed) and self.sync.synced else "unsynced", counter=counter,
             values=values, source=frame.source, address=frame.address, rssi=frame.rssi,
             snr=frame.snr, mono=frame.mono, boot_id=self.boot_id, verified=verified,
         )

@@ -229,6 +229,7 @@ class Writer:
             if time.monotonic() >= next_tick:
                 next_tick = time.monotonic() + TICK_EVERY
                 self._watch_clock()
+                self._watch_sync()
                 self._commit_inflight()
                 if self._tick_rules(force=time.monotonic() >= next_clock_save):
                     next_clock_save = time.monotonic() + CLOCK_SAVE_EVERY
@@ -543,6 +544,26 @@ class Writer:
         if n or not starting:
             log.warning("system clock stepped; readings taken before re-stamped as estimated",
                         step_s=round(self.clock.offset - before, 3), restamped=n)
+        for fwd in self.forwarders.values():
+            fwd.notify()
+
+    def _watch_sync(self) -> None:
+        """``[clock] await_sync``: when NTP set the clock, or the wait ended first, this boot's
+        readings go (see edgegw.clock.SyncWait)."""
+        ended = self.ingest.sync.check(time.monotonic())
+        if ended is None:
+            return
+        if ended == "synced":
+            try:
+                with self.store.transaction():
+                    n = self.store.mark_synced(self.ingest.boot_id, self.clock.offset)
+            except Exception:  # they go marked unsynced: the stamps are right, the mark too modest
+                log.exception("marking readings synced failed")
+                n = 0
+            log.info("clock synchronised by NTP: this boot's readings are sent", marked_synced=n)
+        else:
+            log.warning("clock still not synchronised after [clock] await_sync: this boot's readings are sent"
+                        " marked unsynced", await_sync_s=self.ingest.sync.wait)
         for fwd in self.forwarders.values():
             fwd.notify()
 

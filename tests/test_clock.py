@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+import subprocess
+import sys
 import time
 from contextlib import closing
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgegw.clock import STEP, ClockWatch
+from edgegw.clock import CLOCK_SANE_AFTER, STEP, ClockWatch, SyncWait, kernel_synchronized
 from edgegw.model import Reading
 from edgegw.radio.emulator import RylrEmulator
 from edgegw.store import Store
@@ -250,5 +252,101 @@ def test_a_catch_held_in_the_reorder_window_alarms_as_soon_as_ntp_steps_a_day_ah
         assert daemon.stop() == 0
         assert alarms() == ["trap_sprung"]
     finally:
+        daemon.stop()
+        emulator.unplug()
+
+
+def test_sync_wait_holds_until_the_kernel_says_synchronised_twice_or_the_wait_ends():
+    said: list[bool | None] = [False]
+    wait = SyncWait(100.0, lambda: said[0], mono=lambda: 10.0)
+    assert (wait.synced, wait.holding, wait.held_before) == (False, True, float("inf"))
+    assert wait.check(11.0) is None
+    said[0] = True
+    assert wait.check(12.0) is None  # once: the NTP client may set the clock only after telling the kernel
+    assert wait.holding and not wait.synced
+    assert wait.check(13.0) == "synced"
+    assert (wait.synced, wait.holding, wait.held_before) == (True, False, CLOCK_SANE_AFTER)
+    said[0] = False  # nine hours without NTP: the kernel calls it unsynchronised again, the daemon does not
+    assert wait.check(14.0) is None and wait.synced
+
+    expiring = SyncWait(100.0, lambda: False, mono=lambda: 10.0)
+    assert expiring.check(99.0) is None
+    assert expiring.check(100.0) == "expired"
+    assert (expiring.synced, expiring.holding, expiring.held_before) == (False, False, CLOCK_SANE_AFTER)
+    assert expiring.check(101.0) is None  # readings go marked unsynced until NTP comes
+
+    assert SyncWait(100.0, lambda: False, mono=lambda: 200.0).holding is False  # a restart long after boot
+    assert SyncWait(100.0, lambda: None, mono=lambda: 10.0).synced  # cannot ask the kernel: a plausible clock counts
+    assert SyncWait(0.0, lambda: False).synced  # off
+
+
+def test_mark_synced_marks_only_this_boots_unsent_readings_stamped_by_the_clock_ntp_kept(tmp_path):
+    store = Store(tmp_path / "gw.db")
+    store.register_uplinks(["town"])
+    store.note_boot("boot-a")
+    offset = 1_790_000_000.0
+    store.begin()
+    for item_id, observed, mono, boot, pending, quality in [
+        ("kept", offset + 100.2, 100.0, "boot-a", 1, "unsynced"),      # NTP found the clock right: synced
+        ("stepped", offset - 3600.0 + 101.0, 101.0, "boot-a", 1, "estimated"),  # re-stamped: left alone
+        ("far", offset - 7200.0 + 102.0, 102.0, "boot-a", 1, "unsynced"),  # another clock: restamp's, not this
+        ("sent", offset + 103.0, 103.0, "boot-a", 0, "unsynced"),      # delivered: history, left alone
+        ("other", offset + 104.0, 104.0, "boot-b", 1, "unsynced"),     # another boot
+        ("1970", 86400.0 + 105.0, 105.0, "boot-a", 1, "unsynced"),    # never plausible
+    ]:
+        store.add_reading(Reading(item_id, "river-01", "water_level", observed, quality, 1, {"level": 1}, "lora0", 21,
+                                  None, None, mono, boot), b"", pending, 0.0)
+    assert store.mark_synced("boot-a", offset) == 1
+    store.commit()
+    rows = {r[0]: json.loads(r[1])["time_quality"] for r in store.conn.execute("SELECT item_id, item FROM outbox_items")}
+    assert rows == {"kept": "synced", "stepped": "estimated", "far": "unsynced", "sent": "unsynced",
+                    "other": "unsynced", "1970": "unsynced"}
+
+
+def _cli_status(config: Path) -> str:
+    return subprocess.run([sys.executable, "-m", "edgegw", "status", "-c", str(config)], capture_output=True, text=True,
+                          timeout=60, check=True).stdout
+
+
+@pytest.mark.skipif(not LIBFAKETIME.exists(), reason="needs libfaketime (apt-get install faketime)")
+@pytest.mark.skipif(kernel_synchronized() is not False, reason="needs a kernel that calls the clock unsynchronised")
+def test_a_fake_hwclock_boot_holds_readings_not_alarms_until_await_sync_ends_then_sends_them_unsynced(tmp_path, mosquitto):
+    """fake-hwclock: the clock is plausible but six hours behind and NTP has not set it (this machine's
+    kernel says so). [clock] await_sync holds this boot's readings, never an alarm; when the wait ends
+    they go, marked unsynced."""
+    emulator = RylrEmulator(tmp_path / "rylr0")
+    emulator.plug()
+    # CLOCK_MONOTONIC counts from boot (this machine's, long ago): the wait ends 15 s from now.
+    ends = int(time.monotonic()) + 15
+    await_sync = f'[clock]\nawait_sync = "{ends}s"\n'
+    config = write_config(tmp_path, emulator.link, mosquitto.port, top=await_sync, extra='\n[[rules]]\ntype = "trap"\n',
+                          log_level="info")
+    daemon = Daemon(config, {"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME": "-6h", "FAKETIME_DONT_FAKE_MONOTONIC": "1"})
+    sub = Subscriber("127.0.0.1", mosquitto.port, "test/gw-test/batches")
+
+    def sent(kind: str) -> list[dict]:
+        return [i for b in sub.json_messages() for i in b["items"] if i["type"] == kind]
+
+    try:
+        daemon.start().wait_receiving()
+        sender = Sender(emulator)
+        held = [sender.send("river-01"), sender.send("trap-01", ARMED)]
+        sprung = sender.send("trap-01", SPRUNG)
+        [alarm] = wait_until(lambda: sent("alarm"), 10, "the trap alarm, not held")
+        assert alarm["reading"] == sprung
+        assert sent("reading") == [] and time.monotonic() < ends
+        shown = wait_until(lambda: "CLOCK not set by NTP yet" in (text := _cli_status(config)) and text, 15,
+                           "status showing the clock")
+        assert "this boot's readings are held" in shown and time.monotonic() < ends, shown
+
+        readings = wait_until(lambda: sent("reading"), 30, "the held readings, once the wait ended")
+        readings += wait_until(lambda: sent("reading")[len(readings):] or None, 10, "the rest") \
+            if len(readings) < 3 else []
+        assert {r["id"] for r in readings} == {*held, sprung}
+        assert {r["time_quality"] for r in readings} == {"unsynced"}
+        assert "clock still not synchronised after [clock] await_sync" in daemon.log.read_text()
+        wait_until(lambda: "readings are sent marked unsynced" in _cli_status(config), 15, "status after the wait")
+    finally:
+        sub.close()
         daemon.stop()
         emulator.unplug()

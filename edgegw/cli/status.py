@@ -94,6 +94,10 @@ def _format_daemon(now: float, d: dict) -> list[str]:
         if stage["state"] != "alive" or stage["restarts"]:
             out.append(f"  stage {name}: {stage['state']}, {stage['restarts']} restart(s)"
                        + (f", last error: {stage['last_error']}" if stage["last_error"] else ""))
+    if clock := beat.get("clock"):
+        out.append("  CLOCK not set by NTP yet: " + (
+            f"this boot's readings are held, {clock['held_for_s'] / 60:.0f} min more at most ([clock] await_sync)"
+            if "held_for_s" in clock else "readings are sent marked unsynced"))
     if full := beat.get("disk_full"):
         out.append(f"  DISK FULL since {ago(now, full['since'])}: {full['events']} events wait for room to commit"
                    f" ({full['tries']} tries)")

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from edgegw.config.base import WRITTEN, Duration, Size, _Section, did_you_mean
+from edgegw.config.base import WRITTEN, Delay, Duration, Size, _Section, did_you_mean
 from edgegw.config.explain import describe, loc_path
 from edgegw.config.locate import item_label, key_lines, place
 from edgegw.config.radio import (
@@ -133,6 +133,12 @@ class Store(_Section):
                            " below it the disk cap frees space as when max_bytes is reached")
 
 
+class Clock(_Section):
+    await_sync: Delay = Field(0, description="until this long after boot, hold this boot's readings unsent until"
+                              " NTP has set the clock (fake-hwclock boots a Pi at its last shutdown's time), e.g."
+                              " \"15m\"; they go marked unsynced after it; 0 = trust any clock later than 2024")
+
+
 class Log(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "console", "json"] = "auto"
@@ -155,6 +161,7 @@ class Config(_Section):
     alarms: AlarmSettings = AlarmSettings()
     health_every: Duration = Field(300, description="how often the gateway reports its own health upstream")
     store: Store = Store()
+    clock: Clock = Clock()
     log: Log = Log()
 
     @model_validator(mode="after")

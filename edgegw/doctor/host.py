@@ -3,18 +3,15 @@ Pi's under-voltage and throttling."""
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import shutil
 import subprocess
 import time
 
-from edgegw.clock import plausible
+from edgegw.clock import kernel_synchronized, plausible
 from edgegw.config import Config
 from edgegw.doctor import Finding
 
 TOOL_TIMEOUT = 3.0  # s for timedatectl and vcgencmd
-TIME_ERROR = 5  # adjtimex(2): the clock is not synchronised
 
 # vcgencmd get_throttled bits (Raspberry Pi firmware documentation): now, and since boot.
 THROTTLE_NOW = {0: "under-voltage", 1: "ARM frequency capped", 2: "throttled", 3: "soft temperature limit active"}
@@ -56,8 +53,9 @@ def clock() -> Finding:
         return Finding("clock", "system clock", "skipped", "cannot tell whether the clock is synchronised")
     if not synced:
         return Finding("clock", "system clock", "warning",
-                       f"the clock is not synchronised ({how}): readings are stamped by a clock that may drift or"
-                       " step, and are re-stamped once it is",
+                       f"the clock is not synchronised ({how}): readings are stamped by a clock that may be"
+                       " wrong (fake-hwclock boots a Pi at its last shutdown's time); unsent ones are re-stamped"
+                       " once it is, and [clock] await_sync holds them meanwhile",
                        "timedatectl set-ntp true, and check that the gateway reaches an NTP server"
                        " (timedatectl timesync-status)")
     return Finding("clock", "system clock", "ok", f"synchronised ({how})")
@@ -73,14 +71,8 @@ def _ntp_synchronised() -> tuple[bool | None, str]:
                 return out.stdout.strip() == "yes", "timedatectl NTPSynchronized=" + out.stdout.strip()
         except (OSError, subprocess.TimeoutExpired):
             pass  # no systemd here (a container): ask the kernel
-    libc = ctypes.util.find_library("c")
-    if libc is None:
-        return None, ""
-    timex = ctypes.create_string_buffer(512)  # struct timex (about 208 bytes); modes = 0: only read
-    state = ctypes.CDLL(libc, use_errno=True).adjtimex(timex)
-    if state < 0:
-        return None, ""
-    return state != TIME_ERROR, f"adjtimex state {state}"
+    synced = kernel_synchronized()
+    return synced, "" if synced is None else f"adjtimex {'synchronised' if synced else 'TIME_ERROR'}"
 
 
 def throttling() -> list[Finding]:

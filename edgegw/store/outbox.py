@@ -28,7 +28,7 @@ from typing import Any
 
 from pydantic_core import to_json
 
-from edgegw.clock import STEP
+from edgegw.clock import CLOCK_SANE_AFTER, STEP
 from edgegw.model import PRIORITY_HEALTH, Reading
 from edgegw.store.connection import Queries
 from edgegw.store.transactions import Tables
@@ -253,6 +253,19 @@ class OutboxTables(Tables):
             " AND abs(observed_at - mono - :new) > :tol"
             " AND observed_at < :before",
             {"new": offset, "boot": boot_id, "tol": STEP, "before": before, "first": self.boot_first_seq},
+        ).rowcount
+
+    def mark_synced(self, boot_id: str, offset: float) -> int:
+        """NTP set the clock without a step: this boot's unsent readings stamped ``unsynced`` by a
+        plausible clock with the same wall-minus-monotonic ``offset`` as now were right; they become
+        ``synced``. Returns how many. (Those stamped by another offset were re-stamped by :meth:`restamp`.)"""
+        self._flush()
+        return self.conn.execute(
+            "UPDATE outbox NOT INDEXED SET time_quality = 'synced'"
+            " WHERE seq >= :first AND kind = 'reading' AND driver IS NOT NULL AND boot_id = :boot"
+            " AND time_quality = 'unsynced' AND EXISTS (SELECT 1 FROM queue q WHERE q.seq = outbox.seq)"
+            " AND abs(observed_at - mono - :new) <= :tol AND observed_at >= :sane",
+            {"new": offset, "boot": boot_id, "tol": STEP, "sane": CLOCK_SANE_AFTER, "first": self.boot_first_seq},
         ).rowcount
 
     def acked(self, bit: int, seqs: list[int], now: float) -> None:

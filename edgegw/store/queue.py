@@ -4,7 +4,7 @@ its uplink, in which order, and their batch items.
 Two lanes: the urgent one (alarms, health reports: priority > 0, found by the ``queue_urgent``
 index however long the backlog) and the plain one (readings in seq order, the table's own).
 Readings of this boot stamped before the clock was set wait to be re-stamped (edgegw.clock), and
-are not sendable meanwhile.
+are not sendable meanwhile; while ``[clock] await_sync`` holds them, none of this boot's are.
 """
 
 from __future__ import annotations
@@ -17,30 +17,33 @@ from edgegw.clock import CLOCK_SANE_AFTER
 _SENDABLE = ("q.pending & :bit AND NOT (o.kind = 'reading' AND o.observed_at < :sane AND o.boot_id = :boot)")
 
 
-def waiting(conn: sqlite3.Connection, bit: int, boot_id: str) -> bool:
-    """Whether any sendable item waits for the uplink of ``bit``."""
+def waiting(conn: sqlite3.Connection, bit: int, boot_id: str, held_before: float = CLOCK_SANE_AFTER) -> bool:
+    """Whether any sendable item waits for the uplink of ``bit``; this boot's readings stamped before
+    ``held_before`` are not (see edgegw.clock.SyncWait)."""
     # Any row will do: no ORDER BY, which would sort the whole backlog to find one.
     return conn.execute(f"SELECT 1 FROM queue q CROSS JOIN outbox o ON o.seq = q.seq WHERE {_SENDABLE} LIMIT 1",
-                        {"bit": bit, "sane": CLOCK_SANE_AFTER, "boot": boot_id}).fetchone() is not None
+                        {"bit": bit, "sane": held_before, "boot": boot_id}).fetchone() is not None
 
 
 def next_urgent(conn: sqlite3.Connection, bit: int, boot_id: str, min_priority: int, limit: int) -> list[int]:
     """Up to ``limit`` seqs of the urgent lane at ``min_priority`` or above, in send order."""
-    return _lane(conn, "q.priority > 0 AND q.priority >= :arg", bit, boot_id, min_priority, limit)
+    return _lane(conn, "q.priority > 0 AND q.priority >= :arg", bit, boot_id, CLOCK_SANE_AFTER, min_priority, limit)
 
 
-def next_plain(conn: sqlite3.Connection, bit: int, boot_id: str, after: int, limit: int) -> list[int]:
-    """Up to ``limit`` seqs of the plain lane after seq ``after``, in send order."""
-    return _lane(conn, "q.priority = 0 AND q.seq > :arg", bit, boot_id, after, limit)
+def next_plain(conn: sqlite3.Connection, bit: int, boot_id: str, after: int, limit: int,
+               held_before: float = CLOCK_SANE_AFTER) -> list[int]:
+    """Up to ``limit`` seqs of the plain lane after seq ``after``, in send order (``held_before``: as in :func:`waiting`)."""
+    return _lane(conn, "q.priority = 0 AND q.seq > :arg", bit, boot_id, held_before, after, limit)
 
 
-def _lane(conn: sqlite3.Connection, lane: str, bit: int, boot_id: str, arg: int, limit: int) -> list[int]:
+def _lane(conn: sqlite3.Connection, lane: str, bit: int, boot_id: str, held_before: float, arg: int,
+          limit: int) -> list[int]:
     # One row, not one per seq: fetching a row releases the GIL and takes it back, and with the
     # writer busy each of those was a switch between the two threads (see batch_items).
     (text,) = conn.execute(
         f"SELECT group_concat(seq) FROM (SELECT q.seq FROM queue q CROSS JOIN outbox o ON o.seq = q.seq"
         f" WHERE {_SENDABLE} AND {lane} ORDER BY q.priority DESC, q.seq LIMIT :limit)",
-        {"bit": bit, "sane": CLOCK_SANE_AFTER, "boot": boot_id, "arg": arg, "limit": limit}).fetchone()
+        {"bit": bit, "sane": held_before, "boot": boot_id, "arg": arg, "limit": limit}).fetchone()
     return list(map(int, text.split(","))) if text else []
 
 
