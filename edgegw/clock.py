@@ -15,7 +15,7 @@ it saved at shutdown, hours or days behind after a power cut. ``[clock] await_sy
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -50,12 +50,22 @@ def kernel_synchronized() -> bool | None:
     """Whether the kernel holds the clock synchronised (adjtimex(2), what timedatectl shows as "System
     clock synchronized"): systemd-timesyncd and chrony tell it so once they set the clock. None
     where it cannot be asked."""
-    libc = ctypes.util.find_library("c")
-    if libc is None:
+    adjtimex = _adjtimex()
+    if adjtimex is None:
         return None
     timex = ctypes.create_string_buffer(512)  # struct timex (about 208 bytes); modes = 0: only read
-    state = ctypes.CDLL(libc, use_errno=True).adjtimex(timex)
+    state = adjtimex(timex)
     return None if state < 0 else state != TIME_ERROR
+
+
+@functools.cache
+def _adjtimex() -> Callable[[ctypes.Array[ctypes.c_char]], int] | None:
+    # The process's own symbols, libc's among them: ctypes.util.find_library would run ldconfig at
+    # every call, and the writer asks once a second while it waits.
+    try:
+        return ctypes.CDLL(None, use_errno=True).adjtimex
+    except (OSError, AttributeError):  # not Linux
+        return None
 
 
 class SyncWait:
