@@ -87,6 +87,13 @@ class SyncWait:
         self.holding = not self.synced and mono() < wait
         self._seen = False  # the last check saw it synchronised: the next confirms it
 
+    def state(self, wall: float) -> str:
+        """For the health report: ``held`` while this boot's readings wait for a clock (1970, or
+        await_sync), ``unsynced`` once they go marked so, else ``ok``."""
+        if self.holding or not plausible(wall):
+            return "held"
+        return "ok" if self.synced else "unsynced"
+
     @property
     def held_before(self) -> float:
         """This boot's readings stamped before this wall time are not sent: all of them while holding."""

@@ -622,7 +622,7 @@ class Writer:
             return  # the last one is still counting: a slow card, a huge backlog
         self.store.write_counts()  # its last frame per source
         daemon = {**self.daemon_health(), "disk_full_since": None if self.disk_full is None else iso(self.disk_full["since"]),
-                  "disk_state": self.disk_state()}
+                  "disk_state": self.disk_state(), "clock": self.ingest.sync.state(time.time())}
 
         def build() -> None:
             try:

@@ -318,7 +318,7 @@ def test_a_fake_hwclock_boot_holds_readings_not_alarms_until_await_sync_ends_the
     emulator.plug()
     # CLOCK_MONOTONIC counts from boot (this machine's, long ago): the wait ends 15 s from now.
     ends = int(time.monotonic()) + 15
-    await_sync = f'[clock]\nawait_sync = "{ends}s"\n'
+    await_sync = f'health_every = "3s"\n[clock]\nawait_sync = "{ends}s"\n'
     config = write_config(tmp_path, emulator.link, mosquitto.port, top=await_sync, extra='\n[[rules]]\ntype = "trap"\n',
                           log_level="info")
     daemon = Daemon(config, {"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME": "-6h", "FAKETIME_DONT_FAKE_MONOTONIC": "1"})
@@ -338,6 +338,7 @@ def test_a_fake_hwclock_boot_holds_readings_not_alarms_until_await_sync_ends_the
         shown = wait_until(lambda: "CLOCK not set by NTP yet" in (text := _cli_status(config)) and text, 15,
                            "status showing the clock")
         assert "this boot's readings are held" in shown and time.monotonic() < ends, shown
+        wait_until(lambda: any(h["clock"] == "held" for h in sent("health")), 10, "a health report: clock held")
 
         readings = wait_until(lambda: sent("reading"), 30, "the held readings, once the wait ended")
         readings += wait_until(lambda: sent("reading")[len(readings):] or None, 10, "the rest") \
@@ -346,6 +347,7 @@ def test_a_fake_hwclock_boot_holds_readings_not_alarms_until_await_sync_ends_the
         assert {r["time_quality"] for r in readings} == {"unsynced"}
         assert "clock still not synchronised after [clock] await_sync" in daemon.log.read_text()
         wait_until(lambda: "readings are sent marked unsynced" in _cli_status(config), 15, "status after the wait")
+        wait_until(lambda: sent("health")[-1]["clock"] == "unsynced", 10, "a health report: clock unsynced")
     finally:
         sub.close()
         daemon.stop()
