@@ -352,3 +352,66 @@ def test_a_fake_hwclock_boot_holds_readings_not_alarms_until_await_sync_ends_the
         sub.close()
         daemon.stop()
         emulator.unplug()
+
+
+@pytest.fixture
+def ntp_synced(tmp_path) -> tuple[Path, Path]:
+    """A library to preload whose adjtimex says synchronised once the flag file exists (tests/ntp_synced.c)."""
+    if not shutil.which("gcc"):
+        pytest.skip("needs gcc to build tests/ntp_synced.c")
+    lib = tmp_path / "ntp_synced.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(lib), str(Path(__file__).parent / "ntp_synced.c")],
+                   check=True)
+    return lib, tmp_path / "ntp-synced"
+
+
+@pytest.mark.skipif(not LIBFAKETIME.exists(), reason="needs libfaketime (apt-get install faketime)")
+@pytest.mark.parametrize("behind", [6 * 3600, 0])
+def test_readings_held_for_ntp_go_once_it_set_the_clock_restamped_or_marked_synced(tmp_path, mosquitto, ntp_synced,
+                                                                                  behind):
+    """[clock] await_sync on a fake-hwclock boot six hours behind (or on a clock that happens to be
+    right): NTP steps the clock and tells the kernel (a preloaded adjtimex); the held readings go
+    re-stamped from the monotonic clock and marked estimated (or, with no step, marked synced), and
+    a reading after it is synced."""
+    lib, flag = ntp_synced
+    clock = tmp_path / "faketime"
+    clock.write_text(f"-{behind}s\n")
+    env = {"LD_PRELOAD": f"{LIBFAKETIME}:{lib}", "FAKETIME_TIMESTAMP_FILE": str(clock), "FAKETIME_NO_CACHE": "1",
+           "FAKETIME_DONT_FAKE_MONOTONIC": "1", "FAKE_NTP_SYNCED": str(flag)}
+    emulator = RylrEmulator(tmp_path / "rylr0")
+    emulator.plug()
+    await_sync = f'[clock]\nawait_sync = "{int(time.monotonic()) + 600}s"\n'  # NTP ends the wait, not the time
+    daemon = Daemon(write_config(tmp_path, emulator.link, mosquitto.port, top=await_sync, log_level="info"), env)
+    sub = Subscriber("127.0.0.1", mosquitto.port, "test/gw-test/batches")
+
+    def readings() -> list[dict]:
+        return [i for b in sub.json_messages() for i in b["items"] if i["type"] == "reading"]
+
+    try:
+        daemon.start().wait_receiving()
+        sender = Sender(emulator)
+        sent_at = {}
+        for _ in range(3):
+            sent_at[sender.send("river-01")] = time.time()  # the test's own, true clock
+        daemon.wait_committed(3)
+        wait_until(lambda: any(u["state"] == "up" for u in daemon.status()["uplinks"]), 20, "uplink up")
+        time.sleep(1.5)  # a batch wait and then some: nothing goes
+        assert readings() == []
+
+        clock.write_text("+0\n")  # NTP steps the clock to the true time...
+        flag.touch()  # ...and tells the kernel
+        held = wait_until(lambda: len(r := readings()) >= 3 and r, 20, "the held readings")
+        assert {r["id"] for r in held} == set(sent_at)
+        for r in held:
+            observed = time.mktime(time.strptime(r["observed_at"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+            assert abs(observed - sent_at[r["id"]]) < 2.0, r
+            assert r["time_quality"] == ("estimated" if behind else "synced"), r
+        wait_until(lambda: "clock synchronised by NTP" in daemon.log.read_text(), 10, "the sync logged")
+
+        after = sender.send("river-01")
+        [last] = wait_until(lambda: [r for r in readings() if r["id"] == after], 20, "a reading after NTP")
+        assert last["time_quality"] == "synced"
+    finally:
+        sub.close()
+        daemon.stop()
+        emulator.unplug()
