@@ -75,15 +75,16 @@ class SyncWait:
     When it is, the writer re-stamps those stamped by another clock (the step it sees, as
     :class:`ClockWatch`) and marks the others synced; after ``wait`` they go as stamped, marked
     unsynced. Off (``wait`` 0), or where the kernel cannot be asked, a plausible clock counts as set.
-    Seen synchronised once, the clock stays trusted for the daemon's life: the kernel calls it
-    unsynchronised again after about nine hours without NTP (an uplink down), a drift of seconds.
+    Seen synchronised once in a boot (``synced_this_boot``: by an earlier run of the daemon), the
+    clock stays trusted: the kernel calls it unsynchronised again after about nine hours without NTP
+    (an uplink down), a drift of seconds.
     """
 
     def __init__(self, wait: float, synchronized: Callable[[], bool | None] = kernel_synchronized,
-                 mono: Callable[[], float] = time.monotonic):
+                 mono: Callable[[], float] = time.monotonic, synced_this_boot: bool = False):
         self.wait = wait  # s after boot: CLOCK_MONOTONIC counts from it
         self._synchronized = synchronized
-        self.synced = wait <= 0 or synchronized() is not False
+        self.synced = wait <= 0 or synced_this_boot or synchronized() is not False
         self.holding = not self.synced and mono() < wait
         self._seen = False  # the last check saw it synchronised: the next confirms it
 

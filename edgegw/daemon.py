@@ -35,7 +35,7 @@ from edgegw.errors import ConfigError
 from edgegw.forwarder import Forwarder, Sender
 from edgegw.ingest import Ingest
 from edgegw.log import Throttle
-from edgegw.model import Event, SourceState, UplinkState
+from edgegw.model import Event, SourceState, UplinkState, boot_id
 from edgegw.radio import ReadTurn, Stop
 from edgegw.radio.field import VirtualField, load_field
 from edgegw.radio.registry import build_emulator, build_source
@@ -105,7 +105,8 @@ class Gateway:
                         device=alarm.device_id, message=alarm.message)
         self.damaged: str | None = None  # damage SQLite found in the database in use: the daemon exits
         self.on_damaged: Callable[[], object] = lambda: None  # set by run: wakes its main thread
-        self.sync = SyncWait(config.clock.await_sync)  # read at start: a reload does not change it
+        # Read at start: a reload does not change it.
+        self.sync = SyncWait(config.clock.await_sync, synced_this_boot=self.store.boot_synced(boot_id()))
         self.ingest = Ingest(config, drivers, self.store, self.routing.reading, self.sync)
         self.rules = RuleEngine(config, drivers, self.store, time.time(), time.monotonic())
         self.actions = ActionRunner(config.actions, config.gateway_id, self._post)

@@ -278,6 +278,7 @@ def test_sync_wait_holds_until_the_kernel_says_synchronised_twice_or_the_wait_en
     assert SyncWait(100.0, lambda: False, mono=lambda: 200.0).holding is False  # a restart long after boot
     assert SyncWait(100.0, lambda: None, mono=lambda: 10.0).synced  # cannot ask the kernel: a plausible clock counts
     assert SyncWait(0.0, lambda: False).synced  # off
+    assert SyncWait(100.0, lambda: False, mono=lambda: 10.0, synced_this_boot=True).synced  # a restart after NTP
 
 
 def test_mark_synced_marks_only_this_boots_unsent_readings_stamped_by_the_clock_ntp_kept(tmp_path):
@@ -301,6 +302,9 @@ def test_mark_synced_marks_only_this_boots_unsent_readings_stamped_by_the_clock_
     rows = {r[0]: json.loads(r[1])["time_quality"] for r in store.conn.execute("SELECT item_id, item FROM outbox_items")}
     assert rows == {"kept": "synced", "stepped": "estimated", "far": "unsynced", "sent": "unsynced",
                     "other": "unsynced", "1970": "unsynced"}
+    assert Store(tmp_path / "gw.db").boot_synced("boot-a")  # remembered for a restart within the boot
+    store.note_boot("boot-b")  # the next boot starts unsynced
+    assert not store.boot_synced("boot-b") and not store.boot_synced("boot-a")
 
 
 def _cli_status(config: Path) -> str:
@@ -410,6 +414,15 @@ def test_readings_held_for_ntp_go_once_it_set_the_clock_restamped_or_marked_sync
 
         after = sender.send("river-01")
         [last] = wait_until(lambda: [r for r in readings() if r["id"] == after], 20, "a reading after NTP")
+        assert last["time_quality"] == "synced"
+
+        # Restarted hours later with the uplink (and NTP) gone for nine: the kernel calls the clock
+        # unsynchronised again; the daemon remembers NTP set it in this boot.
+        assert daemon.stop() == 0
+        flag.unlink()
+        daemon.start().wait_receiving()
+        again = sender.send("river-01")
+        [last] = wait_until(lambda: [r for r in readings() if r["id"] == again], 20, "a reading after the restart")
         assert last["time_quality"] == "synced"
     finally:
         sub.close()

@@ -255,11 +255,20 @@ class OutboxTables(Tables):
             {"new": offset, "boot": boot_id, "tol": STEP, "before": before, "first": self.boot_first_seq},
         ).rowcount
 
+    def boot_synced(self, boot_id: str) -> bool:
+        """Whether NTP was seen to set the clock in this boot (:meth:`mark_synced`), by an earlier run."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'boot'").fetchone()
+        known = json.loads(row[0]) if row else {}
+        return known.get("id") == boot_id and known.get("synced", False)
+
     def mark_synced(self, boot_id: str, offset: float) -> int:
-        """NTP set the clock without a step: this boot's unsent readings stamped ``unsynced`` by a
-        plausible clock with the same wall-minus-monotonic ``offset`` as now were right; they become
-        ``synced``. Returns how many. (Those stamped by another offset were re-stamped by :meth:`restamp`.)"""
+        """NTP set the clock: remember it for this boot, and this boot's unsent readings stamped
+        ``unsynced`` by a plausible clock with the same wall-minus-monotonic ``offset`` as now were
+        right; they become ``synced``. Returns how many. (Those stamped by another offset were
+        re-stamped by :meth:`restamp`.)"""
         self._flush()
+        self.conn.execute("UPDATE meta SET value = json_set(value, '$.synced', json('true'))"
+                          " WHERE key = 'boot' AND json_extract(value, '$.id') = ?", (boot_id,))
         return self.conn.execute(
             "UPDATE outbox NOT INDEXED SET time_quality = 'synced'"
             " WHERE seq >= :first AND kind = 'reading' AND driver IS NOT NULL AND boot_id = :boot"
