@@ -105,6 +105,26 @@ def test_a_row_of_this_boot_below_its_mark_is_still_restamped(tmp_path):
     store.commit()
 
 
+def _sent(sub: Subscriber, kind: str) -> list[dict]:
+    """The items of ``kind`` the broker got so far."""
+    return [i for b in sub.json_messages() for i in b["items"] if i["type"] == kind]
+
+
+def _observed(item: dict) -> float:
+    return time.mktime(time.strptime(item["observed_at"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+
+
+def _three_river_readings(daemon: Daemon, emulator: RylrEmulator) -> tuple[Sender, dict[str, float]]:
+    """Start the daemon, have the river gauge send three readings (each id with the test's own, true
+    time), and wait until they are committed and the uplink is up."""
+    daemon.start().wait_receiving()
+    sender = Sender(emulator)
+    sent_at = {sender.send("river-01"): time.time() for _ in range(3)}
+    daemon.wait_committed(3)
+    wait_until(lambda: any(u["state"] == "up" for u in daemon.status()["uplinks"]), 20, "uplink up")
+    return sender, sent_at
+
+
 @pytest.mark.skipif(not LIBFAKETIME.exists() or not shutil.which("faketime"), reason="needs libfaketime (apt-get install faketime)")
 def test_readings_stamped_before_ntp_are_held_then_restamped_and_marked_estimated(tmp_path, mosquitto):
     clock = tmp_path / "faketime"
@@ -116,23 +136,15 @@ def test_readings_stamped_before_ntp_are_held_then_restamped_and_marked_estimate
     daemon = Daemon(write_config(tmp_path, emulator.link, mosquitto.port, log_level="info"), env)
     sub = Subscriber("127.0.0.1", mosquitto.port, "test/gw-test/batches")
     try:
-        daemon.start().wait_receiving()
-        sender = Sender(emulator)
-        sent_at = {}
-        for _ in range(3):
-            sent_at[sender.send("river-01")] = time.time()  # the test's own, true clock
-        daemon.wait_committed(3)
-        wait_until(lambda: any(u["state"] == "up" for u in daemon.status()["uplinks"]), 20, "uplink up")
-        assert [i for b in sub.json_messages() for i in b["items"] if i["type"] == "reading"] == []  # held
+        _, sent_at = _three_river_readings(daemon, emulator)
+        assert _sent(sub, "reading") == []  # held
 
         clock.write_text("+0\n")  # NTP steps the clock to the true time
-        readings = wait_until(lambda: [i for b in sub.json_messages() for i in b["items"] if i["type"] == "reading"],
-                              20, "the held readings, re-stamped")
+        readings = wait_until(lambda: _sent(sub, "reading"), 20, "the held readings, re-stamped")
         assert {r["id"] for r in readings} == set(sent_at)
         for r in readings:
             assert r["time_quality"] == "estimated"
-            observed = time.mktime(time.strptime(r["observed_at"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
-            assert abs(observed - sent_at[r["id"]]) < 2.0, r
+            assert abs(_observed(r) - sent_at[r["id"]]) < 2.0, r
         wait_until(lambda: "system clock stepped" in daemon.log.read_text(), 10, "the step logged")
     finally:
         sub.close()
@@ -206,7 +218,7 @@ def test_a_day_ahead_then_restarted_on_the_true_clock_raises_every_alarm_of_the_
         assert len(stepped) == 1 and stepped[0]["level"] == "warning" and stepped[0]["behind_s"] > 86000
 
         def heard() -> set[str]:
-            return {i["id"] for b in sub.json_messages() for i in b["items"] if i["type"] == "alarm"}
+            return {i["id"] for i in _sent(sub, "alarm")}
         wait_until(lambda: len(heard()) == 3, 20, "the three alarms at the platform")
     finally:
         sub.close()
@@ -328,30 +340,26 @@ def test_a_fake_hwclock_boot_holds_readings_not_alarms_until_await_sync_ends_the
     daemon = Daemon(config, {"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME": "-6h", "FAKETIME_DONT_FAKE_MONOTONIC": "1"})
     sub = Subscriber("127.0.0.1", mosquitto.port, "test/gw-test/batches")
 
-    def sent(kind: str) -> list[dict]:
-        return [i for b in sub.json_messages() for i in b["items"] if i["type"] == kind]
-
     try:
         daemon.start().wait_receiving()
         sender = Sender(emulator)
         held = [sender.send("river-01"), sender.send("trap-01", ARMED)]
         sprung = sender.send("trap-01", SPRUNG)
-        [alarm] = wait_until(lambda: sent("alarm"), 10, "the trap alarm, not held")
+        [alarm] = wait_until(lambda: _sent(sub, "alarm"), 10, "the trap alarm, not held")
         assert alarm["reading"] == sprung
-        assert sent("reading") == [] and time.monotonic() < ends
+        assert _sent(sub, "reading") == [] and time.monotonic() < ends
         shown = wait_until(lambda: "CLOCK not set by NTP yet" in (text := _cli_status(config)) and text, 15,
                            "status showing the clock")
         assert "this boot's readings are held" in shown and time.monotonic() < ends, shown
-        wait_until(lambda: any(h["clock"] == "held" for h in sent("health")), 10, "a health report: clock held")
+        wait_until(lambda: any(h["clock"] == "held" for h in _sent(sub, "health")), 10, "a health report: clock held")
 
-        readings = wait_until(lambda: len(r := sent("reading")) >= 3 and r, 40, "the held readings, once the wait ended")
+        readings = wait_until(lambda: len(r := _sent(sub, "reading")) >= 3 and r, 40, "the held readings, once the wait ended")
         assert {r["id"] for r in readings} == {*held, sprung}
         for r in readings:  # as the wrong clock stamped them, and saying so
-            observed = time.mktime(time.strptime(r["observed_at"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
-            assert r["time_quality"] == "unsynced" and abs(observed - (time.time() - 6 * 3600)) < 120, r
+            assert r["time_quality"] == "unsynced" and abs(_observed(r) - (time.time() - 6 * 3600)) < 120, r
         assert "clock still not synchronised after [clock] await_sync" in daemon.log.read_text()
         wait_until(lambda: "readings are sent marked unsynced" in _cli_status(config), 15, "status after the wait")
-        wait_until(lambda: sent("health")[-1]["clock"] == "unsynced", 10, "a health report: clock unsynced")
+        wait_until(lambda: _sent(sub, "health")[-1]["clock"] == "unsynced", 10, "a health report: clock unsynced")
     finally:
         sub.close()
         daemon.stop()
@@ -389,16 +397,10 @@ def test_readings_held_for_ntp_go_once_it_set_the_clock_restamped_or_marked_sync
     sub = Subscriber("127.0.0.1", mosquitto.port, "test/gw-test/batches")
 
     def readings() -> list[dict]:
-        return [i for b in sub.json_messages() for i in b["items"] if i["type"] == "reading"]
+        return _sent(sub, "reading")
 
     try:
-        daemon.start().wait_receiving()
-        sender = Sender(emulator)
-        sent_at = {}
-        for _ in range(3):
-            sent_at[sender.send("river-01")] = time.time()  # the test's own, true clock
-        daemon.wait_committed(3)
-        wait_until(lambda: any(u["state"] == "up" for u in daemon.status()["uplinks"]), 20, "uplink up")
+        sender, sent_at = _three_river_readings(daemon, emulator)
         time.sleep(1.5)  # a batch wait and then some: nothing goes
         assert readings() == []
 
@@ -407,8 +409,7 @@ def test_readings_held_for_ntp_go_once_it_set_the_clock_restamped_or_marked_sync
         held = wait_until(lambda: len(r := readings()) >= 3 and r, 20, "the held readings")
         assert {r["id"] for r in held} == set(sent_at)
         for r in held:
-            observed = time.mktime(time.strptime(r["observed_at"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
-            assert abs(observed - sent_at[r["id"]]) < 2.0, r
+            assert abs(_observed(r) - sent_at[r["id"]]) < 2.0, r
             assert r["time_quality"] == ("estimated" if behind else "synced"), r
         wait_until(lambda: "clock synchronised by NTP" in daemon.log.read_text(), 10, "the sync logged")
 
