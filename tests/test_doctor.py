@@ -427,6 +427,7 @@ def test_a_clock_not_synchronised_is_a_warning_with_the_fix(tmp_path, emulator):
     clock = one(report, "clock")
     assert clock["status"] == "warning"
     assert clock["message"].startswith("the clock is not synchronised (timedatectl NTPSynchronized=no)")
+    assert clock["message"].endswith("set [clock] await_sync to hold them until then")
     assert clock["fix"].startswith("timedatectl set-ntp true")
     fake_tool(bin_dir, "timedatectl", "yes")
     clock = one(doctor(gateway(tmp_path, emulator.link), "--no-radio",

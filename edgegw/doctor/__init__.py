@@ -52,7 +52,7 @@ def diagnose(config: Config, config_path: Path, user: ServiceUser, probe_radio: 
     if running.status == "warning":  # a daemon runs: it knows how its modules are
         findings += radio.daemon_sources(config)
     findings += storage.data_dir(config, user)
-    findings += [host.clock(), *host.throttling()]
+    findings += [host.clock(config), *host.throttling()]
     findings += network.uplinks(config, user)
     findings += security.secrets(config, config_path, user)
     findings += security.devices(config)

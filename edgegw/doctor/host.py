@@ -39,7 +39,7 @@ def daemon_running(config: Config) -> Finding:
     return Finding("daemon", subject, "ok", "no edgegw runs on this data directory")
 
 
-def clock() -> Finding:
+def clock(config: Config) -> Finding:
     """Whether the system clock is synchronised: timedatectl, or the kernel's adjtimex where there
     is no systemd."""
     if not plausible(time.time()):
@@ -54,8 +54,11 @@ def clock() -> Finding:
     if not synced:
         return Finding("clock", "system clock", "warning",
                        f"the clock is not synchronised ({how}): readings are stamped by a clock that may be"
-                       " wrong (fake-hwclock boots a Pi at its last shutdown's time); unsent ones are re-stamped"
-                       " once it is, and [clock] await_sync holds them meanwhile",
+                       " wrong (fake-hwclock boots a Pi at its last shutdown's time), and unsent ones are"
+                       " re-stamped once it is; " + (
+                           f"this boot's are held until then, up to {config.clock.await_sync / 60:g} min after boot"
+                           " ([clock] await_sync)" if config.clock.await_sync else
+                           "set [clock] await_sync to hold them until then"),
                        "timedatectl set-ntp true, and check that the gateway reaches an NTP server"
                        " (timedatectl timesync-status)")
     return Finding("clock", "system clock", "ok", f"synchronised ({how})")
