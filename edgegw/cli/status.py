@@ -95,9 +95,10 @@ def _format_daemon(now: float, d: dict) -> list[str]:
             out.append(f"  stage {name}: {stage['state']}, {stage['restarts']} restart(s)"
                        + (f", last error: {stage['last_error']}" if stage["last_error"] else ""))
     if clock := beat.get("clock"):
+        left = clock.get("held_for_s", 0)
         out.append("  CLOCK not set by NTP yet: " + (
-            f"this boot's readings are held, {clock['held_for_s'] / 60:.0f} min more at most ([clock] await_sync)"
-            if "held_for_s" in clock else "readings are sent marked unsynced"))
+            f"this boot's readings are held, {f'{left} s' if left < 120 else f'{left / 60:.0f} min'} more at most"
+            " ([clock] await_sync)" if "held_for_s" in clock else "readings are sent marked unsynced"))
     if full := beat.get("disk_full"):
         out.append(f"  DISK FULL since {ago(now, full['since'])}: {full['events']} events wait for room to commit"
                    f" ({full['tries']} tries)")
