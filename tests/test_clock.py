@@ -393,7 +393,8 @@ def test_readings_held_for_ntp_go_once_it_set_the_clock_restamped_or_marked_sync
     emulator = RylrEmulator(tmp_path / "rylr0")
     emulator.plug()
     await_sync = f'[clock]\nawait_sync = "{int(time.monotonic()) + 600}s"\n'  # NTP ends the wait, not the time
-    daemon = Daemon(write_config(tmp_path, emulator.link, mosquitto.port, top=await_sync, log_level="info"), env)
+    daemon = Daemon(write_config(tmp_path, emulator.link, mosquitto.port, top=await_sync,
+                                 extra='\n[[rules]]\ntype = "trap"\n', log_level="info"), env)
     sub = Subscriber("127.0.0.1", mosquitto.port, "test/gw-test/batches")
 
     def readings() -> list[dict]:
@@ -401,12 +402,15 @@ def test_readings_held_for_ntp_go_once_it_set_the_clock_restamped_or_marked_sync
 
     try:
         sender, sent_at = _three_river_readings(daemon, emulator)
-        time.sleep(1.5)  # a batch wait and then some: nothing goes
+        for state in (ARMED, SPRUNG):
+            sent_at[sender.send("trap-01", state)] = time.time()
+        # The alarm goes at once, and would take every sendable reading with it: none goes.
+        wait_until(lambda: _sent(sub, "alarm"), 10, "the trap alarm, not held")
         assert readings() == []
 
         clock.write_text("+0\n")  # NTP steps the clock to the true time...
         flag.touch()  # ...and tells the kernel
-        held = wait_until(lambda: len(r := readings()) >= 3 and r, 20, "the held readings")
+        held = wait_until(lambda: len(r := readings()) >= len(sent_at) and r, 20, "the held readings")
         assert {r["id"] for r in held} == set(sent_at)
         for r in held:
             assert abs(_observed(r) - sent_at[r["id"]]) < 2.0, r
