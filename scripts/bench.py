@@ -12,7 +12,9 @@ log is written to a tmpfs and counted apart, as the journal would take it):
               thread; bytes written per reading (plus the checkpoint owed); log bytes per reading; and this machine's
               floor under them (wakeup_floor): the CPU of a thread's wake-up, by a timer and by a
               hand-over from another thread, and how much dearer the same Python work is right
-              after a wake-up than back to back (a cold cache)
+              after a wake-up than back to back (a cold cache); and pipeline_floor: at each rate of
+              a frame a second or more, the CPU per reading of scripts/floor.py, the leanest CPython
+              pipeline taking the steps every reading takes (read, parse, commit, publish, ack)
   rss         a 100,000-frame burst: RSS at its start, middle and end, and its end-to-end rate
 Every figure of idle, field and the end-to-end bursts is given over --runs runs: median, min, max.
 The daemon's CPU in all is its process CPU clock, to the nanosecond; by thread it is what the kernel
@@ -47,6 +49,7 @@ import os
 import queue
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -284,6 +287,19 @@ def wakeup_floor(wakes: int = 300, gap: float = 0.01) -> dict:
             "cold_work_factor": round(cold / hot, 1)}
 
 
+def pipeline_floor(port: int, field_n: Mapping[float, int]) -> dict:
+    """scripts/floor.py at each field rate of a frame a second or more (below that its figure would
+    be the idle wake-ups it does not have), on the bench's broker: its CPU µs per reading."""
+    out = {}
+    for rate, count in field_n.items():
+        if rate >= 1:
+            run = subprocess.run([sys.executable, str(Path(__file__).with_name("floor.py")), "--rate", f"{rate:g}",
+                                  "--frames", str(count), "--port", str(port), "--json"],
+                                 capture_output=True, text=True, check=True, timeout=count / rate + 120)
+            out[f"cpu_us_per_reading_at_{rate:g}_per_s"] = json.loads(run.stdout)["cpu_us_per_reading"]
+    return out
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -505,6 +521,7 @@ def run(n: int, backlog: int, phases: set[str], runs: int, field_n: dict[float, 
                         committed += count
                     out[f"field_{rate:g}_per_s"] = {"readings": count, **summarize(results)}
                 out["wakeup_floor"] = summarize([wakeup_floor() for _ in range(runs)])
+                out["pipeline_floor"] = summarize([pipeline_floor(broker.port, field_n) for _ in range(runs)])
 
             if "burst" in phases:
                 # 1. broker up: serial line -> committed -> PUBACK recorded, several times: one
