@@ -20,6 +20,7 @@ import pytest
 import serial
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from edgegw.config import RylrSource
 from edgegw.errors import ModuleError
@@ -725,13 +726,43 @@ def test_a_reset_during_configuration_starts_it_over_at_once(scripted, start_rad
     assert scripted.configured
 
 
-def test_a_module_that_keeps_resetting_backs_off_instead_of_spinning(scripted, start_radio):
+def test_a_module_that_keeps_resetting_is_listened_to_on_the_open_port_and_configured_once_it_stops(
+        scripted, start_radio):
+    # A reset banner is also what a payload with a line break makes the module print. Closing the
+    # port after a few resets (flushing what the kernel held) and backing off up to 30 s let anyone
+    # in range keep the gateway deaf, its alarms with it, for as long as they sent, and for up to
+    # 30 s after. Now the module is listened to between rounds of configuration: frames go on.
     scripted.replies["AT+BAND=920600000"] = "+READY"
     r = start_radio(scripted)
-    down = r.wait_state("down")
-    assert "+READY" in r.events[down].detail
-    assert scripted.commands.count("AT") == rylr.CONFIGURE_TRIES  # a few prompt tries, then the port's backoff
-    assert "receiving" not in [s.state for s in r.states()]
+
+    def pauses() -> list[SourceState]:
+        return [s for s in r.states() if "keeps resetting" in s.detail]
+
+    first = wait_until(pauses, what="a pause to listen")[0]
+    assert "+READY" in first.detail
+    assert scripted.receive(21, WATER)  # heard while the module keeps resetting
+    assert wait_until(r.frames, what="the frame handed over")[0].address == 21
+    del scripted.replies["AT+BAND=920600000"]  # the resets end
+    up = r.wait_state("receiving")
+    assert scripted.configured
+    assert "down" not in [s.state for s in r.states()]  # never closed, never backed off
+    # Not spinning: a round of at most CONFIGURE_TRIES configurations between pauses.
+    assert scripted.commands.count("AT") <= rylr.CONFIGURE_TRIES * (len(pauses()) + 1)
+    assert scripted.receive(22, WATER)
+    assert wait_until(lambda: r.frames(up), what="a frame once configured")[0].address == 22
+
+
+def test_a_stream_of_reset_banners_is_one_log_line_a_minute(emulator, start_radio):
+    r = start_radio(emulator)
+    up = r.wait_state("receiving")
+    with capture_logs() as logs:
+        for _ in range(5):
+            emulator.reset()
+            up = r.wait_state("receiving", r.wait_state("starting", up + 1) + 1)
+    events = [e["event"] for e in logs]
+    assert events.count("radio module reset itself; reconfiguring") == 1
+    assert events.count("radio configured") == 1  # the reconfigurations the log did not announce
+    assert emulator.configured
 
 
 def test_command_times_out_on_silence(scripted, host, monkeypatch):

@@ -9,7 +9,9 @@ becomes a Frame.
 
 The module is configured at every (re)open, because a module that was unplugged or reset has lost
 whatever RAM settings it had. Received frames may arrive between a command and its reply, so one
-loop reads every line and routes it.
+loop reads every line and routes it. A module that keeps resetting is configured again on the open
+port, its frames read meanwhile: a reset banner is a line anyone in radio range can make the module
+print (a payload with a line break in it), so it must never close the port or back off.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import structlog
 
 from edgegw.backoff import Backoff
 from edgegw.errors import ModuleError
+from edgegw.log import Throttle
 from edgegw.model import Frame, Reject
 from edgegw.radio import Emit, ReadTurn, SourceState, Turns, wait_committed, wait_readable
 
@@ -42,7 +45,12 @@ COMMAND_TIMEOUT = 2.0
 TURN_BYTES = 16 * 1024
 COMMAND_TRIES = 3  # sends of a command the module answers with an error, before the port backs off
 STRAY_ERROR_WINDOW = 0.25  # s: an OK this soon after an error was the answer; the error was noise
-CONFIGURE_TRIES = 3  # configurations a module reset cut short, before the port backs off
+CONFIGURE_TRIES = 3  # configurations a module reset cut short in a row, before a pause to listen
+# s: how long a module that keeps resetting is listened to (its frames handed over) before it is
+# configured again: from the first to the longest pause
+RESET_PAUSE = 0.25
+RESET_PAUSE_MAX = 2.0
+RESET_LOG_EVERY = 60.0  # s: a module's resets are logged once per this, with a count of the rest
 _HEX = re.compile(r"[0-9A-Fa-f]*")
 
 Reply = Literal["ok", "error", "reset"]
@@ -199,6 +207,7 @@ class LineModule:
         self.read_turn = read_turn or ReadTurn()
         self.log = structlog.get_logger(f"edgegw.radio.{self.family}")
         self.answer_timeout: float | None = None  # a check's shorter wait for each answer
+        self.throttle = Throttle(RESET_LOG_EVERY)  # a stream of reset banners is not a stream of log lines
 
     # -- what a module family says ---------------------------------------------------------------
 
@@ -254,7 +263,7 @@ class LineModule:
             wait_committed(handed, stop)
             return handed
 
-        self._configure(port, lines, one_by_one, None)
+        self._configure(port, lines, one_by_one, None, stop)
         up()
         while not stop.is_set():
             banner = self._read_turn(lines, turns)
@@ -262,10 +271,13 @@ class LineModule:
                 # The module restarted and may have lost its settings: set them again at once,
                 # on the open port (reopening it would flush the frames the kernel holds).
                 emit([SourceState(self.name, "starting", f"module reset itself ({banner}); reconfiguring")])
-                self.log.warning("radio module reset itself; reconfiguring", source=self.name, port=self.port)
+                suppressed = self.throttle.allow("reset")
+                if suppressed is not None:
+                    self.log.warning("radio module reset itself; reconfiguring", source=self.name, port=self.port,
+                                     similar_suppressed=suppressed)
                 if turns.handed is not None:
                     wait_committed(turns.handed, stop)
-                self._configure(port, lines, one_by_one, banner)
+                self._configure(port, lines, one_by_one, banner, stop, quiet=suppressed is None)
 
     def _read_turn(self, lines: LineReader, turns: Turns) -> str | None:
         """Read what the port holds once the last turn is committed, and hand it over. Returns the banner
@@ -289,11 +301,20 @@ class LineModule:
         turns.take(take)
         return banner
 
-    def _configure(self, port: serial.Serial, lines: LineReader, emit: Emit, banner: str | None) -> bool:
+    def _configure(self, port: serial.Serial, lines: LineReader, emit: Emit, banner: str | None,
+                   stop: threading.Event | None = None, quiet: bool = False) -> bool:
         """Send the settings; start over at once when the module resets meanwhile (what it was told is
-        gone), up to CONFIGURE_TRIES times: a module that keeps resetting backs off with the port.
-        False if :meth:`greet` said the module takes no commands now."""
-        for attempt in range(1, CONFIGURE_TRIES + 1):
+        gone). After CONFIGURE_TRIES resets in a row, a check (no ``stop``) raises ModuleReset; the
+        daemon listens to the module for a pause (RESET_PAUSE, growing to RESET_PAUSE_MAX), handing
+        its frames over, and configures it again, until it takes every setting or ``stop``. Closing
+        the port instead would flush the frames the kernel holds, and its backoff (up to 30 s) would
+        leave the gateway deaf long after the resets ended: a reset banner is also what a payload
+        with a line break in it makes the module print. False if :meth:`greet` said the module takes
+        no commands now, or at ``stop``. ``quiet``: the reset that led here was not logged (see
+        :attr:`throttle`), so neither is its "radio configured"."""
+        pause = Backoff(RESET_PAUSE, RESET_PAUSE_MAX)
+        resets = 0
+        while True:
             try:
                 sent = self.greet(port, lines, emit, banner)
                 if sent:
@@ -301,14 +322,41 @@ class LineModule:
                         self._command(port, lines, cmd, emit)
                 break
             except ModuleReset as exc:
-                if attempt == CONFIGURE_TRIES:
-                    raise
+                resets += 1
                 banner = exc.banner
-                self.log.warning("radio module reset during configuration; starting over", source=self.name,
-                                 port=self.port, error=str(exc))
+                if resets % CONFIGURE_TRIES:
+                    if (suppressed := self.throttle.allow("reset during configuration")) is not None:
+                        self.log.warning("radio module reset during configuration; starting over", source=self.name,
+                                         port=self.port, error=str(exc), similar_suppressed=suppressed)
+                    continue
+                if stop is None:
+                    raise
+                delay = pause.next()
+                emit([SourceState(self.name, "starting", f"module keeps resetting ({resets} resets while"
+                                                         f" configured, the last: {exc}); configuring it again in"
+                                                         f" {delay:.1f} s")])
+                if (suppressed := self.throttle.allow("keeps resetting")) is not None:
+                    self.log.warning("radio module keeps resetting during configuration; listening, then"
+                                     " configuring it again", source=self.name, port=self.port, error=str(exc),
+                                     resets=resets, retry_in=round(delay, 2), similar_suppressed=suppressed)
+                if not self._listen(lines, emit, delay, stop):
+                    return False
         emit([SourceState(self.name, "receiving", self.port)])
-        self.log.info("radio configured", source=self.name, port=self.port, **self.configured_detail())
+        if not quiet or resets >= CONFIGURE_TRIES:
+            self.log.info("radio configured", source=self.name, port=self.port, resets=resets,
+                          **self.configured_detail())
         return sent
+
+    def _listen(self, lines: LineReader, emit: Emit, seconds: float, stop: threading.Event) -> bool:
+        """Hand over the frames the module sends for ``seconds`` (replies and banners are not
+        frames); False at ``stop``."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0 and not stop.is_set():
+            line = lines.readline(left)
+            if line is not None and ((kind := self.reply(line)) is None or kind[0] == "error") \
+                    and (event := self._route(line)) is not None:
+                emit([event])
+        return not stop.is_set()
 
     def _command(self, port: serial.Serial, lines: LineReader, cmd: str, emit: Emit) -> None:
         """Send ``cmd`` until the module answers ok. An error is sent again at once, up to
