@@ -251,13 +251,13 @@ class Writer:
             if time.monotonic() >= next_purge:
                 next_purge = time.monotonic() + (HOUSEKEEPING_STEP if self._purge() else PURGE_EVERY)
         self.summary.log()  # the part of a period before the stop
-        self.save_rules()
+        self.save_rules(stopping=True)
 
-    def save_rules(self) -> None:
+    def save_rules(self, stopping: bool = False) -> None:
         """At a stop or a reload: write what the rules hold back (see edgegw.rules.engine.PROGRESS)."""
         try:
             with self.store.transaction():
-                self.rules.save(time.time(), everything=True)
+                self.rules.save(time.time(), everything=True, stopping=stopping)
         except Exception:  # a power cut would have lost the same: at most CLOCK_WRITE_EVERY of it
             log.exception("saving the rules' state at the stop failed")
 
@@ -505,6 +505,8 @@ class Writer:
         episode, self.disk_full = self.disk_full, None
         assert episode is not None
         episode["until"] = time.time()
+        # The sources read nothing meanwhile: the devices were not silent, the gateway was deaf.
+        self.rules.deaf(episode["until"] - episode["since"])
         log.warning("disk no longer full: the waiting frames are committed", tries=episode["tries"],
                     waited_s=round(episode["until"] - episode["since"], 1), freed=episode["freed"])
         try:

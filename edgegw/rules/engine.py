@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -44,7 +44,6 @@ from edgegw.store.rulestate import RuleStateTables
 
 log = structlog.get_logger("edgegw.rules")
 
-DOWNTIME = 600.0  # s since the rules' clock was last saved: the gateway was down, silence timers start afresh
 CLOCK_JUMP = 120.0  # s the wall clock moved against the monotonic one: silence timers start afresh
 CLOCK_WRITE_EVERY = 60.0  # s: the rules' clock is written at most this often (a page per commit wears the card)
 # State that a reading moves on every time and that a power cut may set back (to its last write, at most
@@ -133,6 +132,10 @@ class Watch(Protocol):
         """The clock was set ``jump`` seconds ahead (NTP after a boot in 1970, or a stale fake-hwclock):
         times in ``state`` came from the wrong clock; move them by as much."""
 
+    def deaf(self, state: dict[str, Any], seconds: float) -> bool:
+        """The gateway heard nothing for the last ``seconds`` (see :meth:`RuleEngine.deaf`): True if
+        ``state`` changed."""
+
 
 def build_watch(rule: TrapRule | WaterLevelRule | DeviceHealthRule, device: Device,
                 specs: Mapping[str, ValueSpec]) -> Watch:
@@ -184,12 +187,18 @@ class RuleEngine:
                             alarm=kind, id=alarm_id, rule=rule_name, device=device_id)
         store.on_rollback.append(self.reload)  # what a rolled-back group changed is undone here too
         last = store.rules_clock()
-        # Silence counts only while we listened: after downtime every device gets a fresh interval.
-        self.listening_since = last["since"] if last and 0 <= now - last["wall"] <= DOWNTIME else now
+        # A clock behind the last save (a Pi without RTC, 1970): its times mean nothing yet.
+        self.listening_since = last["since"] if last and now >= last["wall"] else now
         self._clock_since = self.listening_since
         self._clock = (now, mono)
         if last is None:  # a first start: remember when listening began before anything else happens
             self.save(now)
+        elif now >= last["wall"]:
+            # Silence counts only while we listened: not the time the gateway was down. After a
+            # stop that is since the save at the stop; after a power cut or a kill, since up to
+            # CLOCK_WRITE_EVERY after the last save (it may have run that long unsaved): a device
+            # that stays silent is then told so up to a minute early, never late.
+            self.deaf(now - last["wall"] - (0.0 if last.get("stopped") else CLOCK_WRITE_EVERY))
 
     def reload(self) -> None:
         """(Re)load state from the database: at start, and after the writer rolled a group back."""
@@ -236,11 +245,9 @@ class RuleEngine:
             log.warning("system clock jumped; silence timers start afresh", jump_s=round(jump))
             self.listening_since = now
             if jump > 0:  # what the rules stamped before is as far behind as the readings re-stamped now
-                for key, state in self.states.items():
-                    for name, watch in self.watches.get(key[1], ()):
-                        if name == key[0]:
-                            watch.clock_ahead(state, jump)
-                            self._dirty.add(key)
+                for key, state, watch in self._watched():
+                    watch.clock_ahead(state, jump)
+                    self._dirty.add(key)
         self._clock = (now, mono)
         if not plausible(now):
             return alarms  # no RTC, no NTP yet: "an hour since" means nothing
@@ -340,14 +347,34 @@ class RuleEngine:
         return bool(self._dirty or self._buffered or self._released
                     or (self._late and now - self._clock_written >= CLOCK_WRITE_EVERY))
 
-    def save(self, now: float, everything: bool = False) -> None:
+    def deaf(self, seconds: float) -> None:
+        """The gateway heard nothing for the last ``seconds``: it was stopped, or its writer waited
+        for disk space while the sources read nothing. Silence timers leave that time out."""
+        if seconds <= 0:
+            return
+        self.listening_since += seconds
+        for key, state, watch in self._watched():
+            if watch.deaf(state, seconds):
+                self._dirty.add(key)
+
+    def _watched(self) -> Iterator[tuple[tuple[str, str], dict[str, Any], Watch]]:
+        """Each rule's state for each device, with the watch that keeps it."""
+        for key, state in self.states.items():
+            for name, watch in self.watches.get(key[1], ()):
+                if name == key[0]:
+                    yield key, state, watch
+
+    def save(self, now: float, everything: bool = False, stopping: bool = False) -> None:
         """Write changed state inside the writer's open transaction: changes to progress keys alone
         (see :data:`PROGRESS`) only with the clock, every :data:`CLOCK_WRITE_EVERY`, or ``everything``
-        (at a stop)."""
-        clock = None
+        (at a stop or a reload). ``stopping``: the daemon stops now, so the next start knows the
+        gateway listened until ``now``."""
+        clock: dict[str, float] | None = None
         if (everything or now - self._clock_written >= CLOCK_WRITE_EVERY
                 or self._clock_since != self.listening_since):
             clock = {"wall": now, "since": self.listening_since}
+            if stopping:
+                clock["stopped"] = True
         keys = self._dirty | self._late if clock is not None else self._dirty
         self.store.save_rules(clock, [(r, d, self.states[(r, d)]) for r, d in keys],
                               [(o.reading_id, o.observed_at, o) for o in self._buffered], self._released)

@@ -38,7 +38,7 @@ class HealthWatch:
     # When the device was last heard, and its reading. A power cut may set them back to what they were
     # up to a minute before it, one report back: a device that then stays silent is told silent up to
     # one report early, never late. The registry's last_seen (edgegw status) is written with every reading.
-    progress = frozenset({"heard", "last"})
+    progress = frozenset({"heard", "last", "deaf"})
 
     def __init__(self, rule: DeviceHealthRule, device: Device, specs: Mapping[str, ValueSpec]):
         self.rule = rule
@@ -59,6 +59,7 @@ class HealthWatch:
             )
             state["silent"] = None
         state["heard"], state["last"] = obs.observed_at, obs.reading_id
+        state.pop("deaf", None)  # of the silence before this reading
         self._battery(ctx, state, obs)
         faults = self._faults(state, obs)
         if faults or state.get("faults"):
@@ -124,15 +125,24 @@ class HealthWatch:
         if "heard" in state:
             state["heard"] += jump
 
+    def deaf(self, state: dict[str, Any], seconds: float) -> bool:
+        # Kept apart from "heard", which the alarm reports as when the device was last heard.
+        if "heard" not in state or state.get("silent"):
+            return False
+        state["deaf"] = state.get("deaf", 0.0) + seconds
+        return True
+
     def tick(self, ctx: Context, state: dict[str, Any], now: float) -> None:
         if state.get("silent"):
             return
-        since = max(state.get("heard", 0.0), ctx.listening_since)
+        # Silence counts the time the gateway listened: not what it spent stopped (see RuleEngine.deaf).
+        since = max(state.get("heard", 0.0) + state.get("deaf", 0.0), ctx.listening_since)
         if now - since <= self.silent_after:
             return
         key = state.get("last") or f"{ctx.device.id}:never:{int(ctx.listening_since)}"
+        said = now - state.get("heard", since)  # since last heard, by the wall clock
         state["silent"] = ctx.raise_alarm(
             "device_silent", self.rule.silent_severity, key, since + self.silent_after,
-            f"{ctx.label()} silent for {spoken(now - since)} (expected every {spoken(ctx.device.interval)})",
+            f"{ctx.label()} silent for {spoken(said)} (expected every {spoken(ctx.device.interval)})",
             None, {"last_heard": state.get("heard"), "interval_s": ctx.device.interval}, opens=True,
         )

@@ -51,6 +51,9 @@ class TrapWatch:
         if state.get("sprung"):  # the catch's time by the true clock: no reminder "after 20,791 days"
             state["since"] += jump
 
+    def deaf(self, state: dict[str, Any], seconds: float) -> bool:
+        return False  # a sprung trap waits for its hunter in wall time, heard or not
+
     def tick(self, ctx: Context, state: dict[str, Any], now: float) -> None:
         every = self.rule.reminder
         if not state.get("sprung") or not every:
