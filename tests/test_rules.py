@@ -578,6 +578,21 @@ def test_time_the_gateway_was_deaf_is_not_silence(rig):
     assert rig.kinds() == ["device_silent"]
 
 
+def test_a_rolled_back_group_keeps_when_devices_were_last_heard_before_it(rig):
+    # A commit that failed for want of space reloaded the rules' state from the database, where
+    # when each device was last heard is written once a minute: a device with a short interval was
+    # told silent as the disk came back (an outside harness: "silent for 42 s", then "back").
+    for at in (T0, T0 + 50):  # the second committed; when it was heard is written with the next clock
+        rig.read("trap-01", trap("armed"), at)
+        rig.read("river-01", level(1000), at)
+    rig.store.begin()  # the next group fails
+    rig.store.rollback()
+    rig.tick(T0 + 50 + 1800)
+    assert rig.kinds() == []
+    rig.tick(T0 + 50 + 1801)
+    assert sorted(a.device_id for a in rig.alarms if a.kind == "device_silent") == ["river-01", "trap-01"]
+
+
 def test_no_timers_while_the_clock_is_implausible(tmp_path):
     rig = Rig(tmp_path / "gw.db", config(), now=1000.0)  # a Pi booted without RTC: 1970
     rig.tick(1000.0 + 86400)

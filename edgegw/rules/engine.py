@@ -169,6 +169,8 @@ class RuleEngine:
                     self.progress[(rule.name, device.id)] = PROGRESS | watch.progress
         self.skipped_out_of_order = 0
         self._throttle = Throttle(60.0)
+        # (rule, device id) -> its progress keys as committed and not yet written (see _on_commit)
+        self._kept: dict[tuple[str, str], dict[str, Any]] = {}
         self.reload()
         # The memory of a device or rule the config no longer has goes: should it come back, what it
         # remembered may be long untrue (a trap re-armed and sprung meanwhile unheard would be silent).
@@ -186,6 +188,7 @@ class RuleEngine:
                 log.warning("open alarm closed: no rule watches its device any more (the config changed)",
                             alarm=kind, id=alarm_id, rule=rule_name, device=device_id)
         store.on_rollback.append(self.reload)  # what a rolled-back group changed is undone here too
+        store.on_commit.append(self._on_commit)
         last = store.rules_clock()
         # A clock behind the last save (a Pi without RTC, 1970): its times mean nothing yet.
         self.listening_since = last["since"] if last and now >= last["wall"] else now
@@ -201,15 +204,24 @@ class RuleEngine:
             self.deaf(now - last["wall"] - (0.0 if last.get("stopped") else CLOCK_WRITE_EVERY))
 
     def reload(self) -> None:
-        """(Re)load state from the database: at start, and after the writer rolled a group back."""
+        """(Re)load state from the database: at start, and after the writer rolled a group back.
+        Progress that earlier groups committed but the database does not hold yet (see
+        :data:`PROGRESS`) is kept: a commit that fails for want of space must not set back when each
+        device was last heard by up to a minute (a device with a short interval was told silent)."""
         self.states = self.store.rule_states()
+        self._dirty: set[tuple[str, str]] = set()
+        for key, kept in self._kept.items():
+            if key in self.states:
+                self.states[key].update(kept)
+                self._dirty.add(key)  # written with the next commit
+        self._late_now: set[tuple[str, str]] = set()  # made late in the open transaction
+        self._saved_now: set[tuple[str, str]] = set()  # written in the open transaction
         self.buffer: list[tuple[float, str, Observation]] = [
             (obs.observed_at, obs.reading_id, obs) for obs in (Observation(*held) for held in self.store.held_readings())
         ]
         heapq.heapify(self.buffer)
         # The newest observation time the rules have seen: more than STEP ahead of now means the clock went back.
         self._newest = max([self._latest_mark(), *(t for t, _, _ in self.buffer)])
-        self._dirty: set[tuple[str, str]] = set()
         self._late: set[tuple[str, str]] = set()  # changed in progress keys only: written with the clock
         # (rule, device id) -> its state but for the progress keys, as last written: what a change is told against
         self._written: dict[tuple[str, str], dict[str, Any]] = {}
@@ -322,6 +334,7 @@ class RuleEngine:
             watch.reading(ctx, state, obs)
             if self._written.get(key) == self._lasting(key, state):
                 self._late.add(key)
+                self._late_now.add(key)
             else:
                 self._dirty.add(key)
             if ctx.alarms:
@@ -357,6 +370,17 @@ class RuleEngine:
             if watch.deaf(state, seconds):
                 self._dirty.add(key)
 
+    def _on_commit(self) -> None:
+        """The writer's transaction committed: keep the progress it made and did not write, for a
+        rollback to come back to (see :meth:`reload`)."""
+        for key in self._saved_now:
+            self._kept.pop(key, None)
+        for key in self._late_now & self._late:
+            progress = self.progress.get(key, PROGRESS)
+            self._kept[key] = {k: v for k, v in self.states[key].items() if k in progress}
+        self._late_now.clear()
+        self._saved_now.clear()
+
     def _watched(self) -> Iterator[tuple[tuple[str, str], dict[str, Any], Watch]]:
         """Each rule's state for each device, with the watch that keeps it."""
         for key, state in self.states.items():
@@ -381,6 +405,7 @@ class RuleEngine:
         for key in keys:
             self._written[key] = self._lasting(key, self.states[key])
         self._late -= keys
+        self._saved_now |= keys
         if clock is not None:
             self._clock_written, self._clock_since = now, self.listening_since
         self._dirty.clear()

@@ -36,6 +36,7 @@ class Tables:
         # Run after a rollback, once the store's own caches are reloaded: those who keep state of
         # their own in the database (the rules engine) reload theirs.
         self.on_rollback: list[Callable[[], None]] = []
+        self.on_commit: list[Callable[[], None]] = []  # run after each commit, in the writer's thread
 
     def _write_back(self) -> None:
         """Write what the parts cache in memory, inside the transaction (before its COMMIT)."""
@@ -72,6 +73,8 @@ class Tables:
         if not self._deleting:  # the eased limit was for the commit that waits for room, not for the deletes
             self._grow_freely = False
         self._committed()
+        for committed in self.on_commit:
+            committed()
 
     def rollback(self) -> None:
         """Undo the open transaction (if any) and everything cached for it."""
