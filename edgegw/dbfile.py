@@ -256,6 +256,20 @@ def is_damage(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.Error) and (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF in DAMAGED_CODES
 
 
+def explain(db: Path, exc: BaseException) -> str:
+    """One line for a maintainer whose command could not read the gateway database: what went
+    wrong and what to do (a traceback said neither)."""
+    text = str(exc)
+    if isinstance(exc, PermissionError) or any(s in text for s in ("readonly", "unable to open", "access")):
+        # A reader needs the directory too: WAL readers map the -shm beside the database.
+        return (f"cannot read the gateway database {db} as this user ({text}): run the command as the"
+                " gateway's user (sudo -u edgegw edgegw ...) or with sudo")
+    if is_damage(exc):
+        return (f"the gateway database {db} is damaged ({text}): the daemon sets it aside and starts a fresh"
+                " one when it next starts (sudo systemctl restart edgegw)")
+    return f"the gateway database {db} could not be read: {text}"
+
+
 def _damaged(exc: sqlite3.Error, db: Path) -> bool:
     # CANTOPEN on a path that exists: a directory or another non-file where the database should be.
     return is_damage(exc) or ((getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF == sqlite3.SQLITE_CANTOPEN

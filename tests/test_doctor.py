@@ -513,6 +513,46 @@ def test_with_the_daemon_running_its_source_down_is_the_fault_in_its_own_words(t
     assert module["fix"].startswith("stop the daemon (systemctl stop edgegw) and run edgegw doctor again")
 
 
+def test_uplinks_the_running_daemon_records_stalled_or_down_are_named_in_its_words(tmp_path):
+    # A broker that takes connections but never answers CONNECT, a context broker answering 500:
+    # "accepts connections" was all doctor said, and "0 fault(s)".
+    from edgegw.doctor.network import daemon_uplinks
+    from edgegw.store import Store
+    from edgegw.store.connection import db_path
+
+    config, _ = load_config(gateway(tmp_path, "/dev/null", uplinks=mqtt_uplink(1883)
+                                 + '[[uplinks]]\ntype = "file"\nname = "stick"\n'), keys=False)
+    store = Store(db_path(config.data_dir))
+    store.register_uplinks(["town", "stick", "gone"])
+    with store.transaction():
+        store.uplink_state("town", "stalled", "items waiting and nothing acknowledged for over 600 s;"
+                           " uplink down: no CONNACK within the 10 s deadline", 1.8e9)
+        store.uplink_state("stick", "up", "out", 1.8e9)
+        store.uplink_state("gone", "down", "no longer configured", 1.8e9)
+    store.close()
+    findings = {f.subject: f for f in daemon_uplinks(config)}
+    assert set(findings) == {"uplink town", "uplink stick"}
+    assert findings["uplink town"].status == "fault"
+    assert findings["uplink town"].message.endswith("uplink down: no CONNACK within the 10 s deadline")
+    assert findings["uplink town"].fix.startswith("edgegw status says what waits")
+    assert findings["uplink stick"].status == "ok"
+
+
+def test_a_damaged_database_is_a_fault_and_every_command_reading_it_says_so_in_one_line(tmp_path):
+    config = gateway(tmp_path, "/dev/null")
+    (tmp_path / "data" / "edgegw.db").write_bytes(b"NOT SQLITE AT ALL" + bytes(4096))
+    code, report = doctor(config, "--no-radio")
+    assert code == 1
+    database = one(report, "database")
+    assert database["status"] == "fault" and database["message"] == "damaged: file is not a database"
+    assert database["fix"].startswith("sudo systemctl restart edgegw: the daemon sets it aside")
+    for command in (["status"], ["alarms"], ["monitor", "--once"], ["outbox", "stats"]):
+        done = edgegw(*command, "-c", str(config))
+        assert done.returncode == 1 and "Traceback" not in done.stderr, (command, done.stderr)
+        assert done.stderr.startswith(f"Error: the gateway database {tmp_path / 'data' / 'edgegw.db'} is damaged"
+                                      " (file is not a database)"), (command, done.stderr)
+
+
 def test_a_ca_file_the_service_user_may_not_read_is_a_tls_fault(tmp_path, emulator, tls_server, someone):
     name, _ = someone
     tls_server.cert.chmod(0o000)

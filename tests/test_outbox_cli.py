@@ -685,7 +685,9 @@ def test_a_file_that_is_not_a_database_is_one_line_not_a_traceback(runner, tmp_p
     (tmp_path / "state" / "edgegw.db").write_bytes(b"not sqlite at all " * 100)
     result = runner.invoke(cli, ["outbox", "stats", "-c", str(config)])
     assert result.exit_code == 1
-    assert result.stderr == "Error: database error: file is not a database\n"
+    assert result.stderr == (f"Error: the gateway database {tmp_path / 'state' / 'edgegw.db'} is damaged (file is not"
+                             " a database): the daemon sets it aside and starts a fresh one when it next starts"
+                             " (sudo systemctl restart edgegw)\n")
 
 
 @pytest.mark.parametrize("synchronous, level", [("FULL", 2), ("NORMAL", 1)])
@@ -800,4 +802,4 @@ def test_config_check_says_so_when_the_database_cannot_be_read(runner, tmp_path)
     (tmp_path / "state" / "edgegw.db").write_bytes(b"not a database, a tired installer's copy error" * 100)
     result = runner.invoke(cli, ["config", "check", str(config)])
     assert result.exit_code == 0, result.output  # the config itself is fine
-    assert result.stderr.startswith(f"warning: could not read {tmp_path / 'state' / 'edgegw.db'}: database error")
+    assert result.stderr.startswith(f"warning: the gateway database {tmp_path / 'state' / 'edgegw.db'} is damaged")

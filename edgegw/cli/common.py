@@ -3,8 +3,10 @@ with every problem listed, and the exit codes systemd's unit relies on."""
 
 from __future__ import annotations
 
+import sqlite3
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -12,6 +14,7 @@ import click
 
 from edgegw import __version__
 from edgegw.config import Config, check_config
+from edgegw.dbfile import explain
 from edgegw.drivers import DriverRegistry
 from edgegw.errors import ConfigError
 
@@ -80,6 +83,16 @@ def check_config_or_exit(path: Path, keys: bool = False) -> tuple[Config, Driver
         for p in exc.problems:
             click.echo(f"  {exc.path}: {p}", err=True)
         sys.exit(EXIT_CONFIG)
+
+
+@contextmanager
+def reading_database(path: Path) -> Iterator[None]:
+    """Around a command's reads of the gateway database at ``path``: what they may raise (a damaged
+    file, a user who may not read it) becomes one line saying what to do, and exit status 1."""
+    try:
+        yield
+    except (sqlite3.DatabaseError, PermissionError) as exc:
+        raise click.ClickException(explain(path, exc)) from None
 
 
 @click.group()

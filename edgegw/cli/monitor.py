@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from edgegw.cli.common import cli, config_option, load_config_or_exit
+from edgegw.cli.common import cli, config_option, load_config_or_exit, reading_database
 
 if TYPE_CHECKING:
     from rich.console import Group
@@ -35,13 +35,15 @@ def monitor(config_path: Path, once: bool) -> None:
     console = Console()
     if not console.is_terminal:  # a pipe or a file: wide enough for every column
         console = Console(width=120)
-    watch = Watch(db_path(config.data_dir))
+    path = db_path(config.data_dir)
+    watch = Watch(path)
     seen = None
 
     def frame() -> Group:
         nonlocal seen
-        if watch.changed():
-            seen = watch.read()
+        with reading_database(path):
+            if watch.changed():
+                seen = watch.read()
         d = daemon_state(config.data_dir)
         daemon = ("daemon running" + (f" (pid {d['pid']})" if d.get("pid") else "") if d["running"] else
                   "daemon NOT RUNNING: what it last recorded" if d["running"] is False else "daemon state unknown")

@@ -72,7 +72,7 @@ def _summarise(config: Config, file: Path, warnings: list[str]) -> None:
     try:
         orphans = Outbox(db).waiting_only_for([u.name for u in config.effective_uplinks()])
     except OutboxError as exc:
-        click.echo(f"warning: could not read {db}: {exc}", err=True)
+        click.echo(f"warning: {exc}", err=True)
         return
     for name, n in orphans.items():
         if n:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from edgegw.cli.common import cli, config_option, json_option, load_config_or_exit, plain_list
+from edgegw.cli.common import cli, config_option, json_option, load_config_or_exit, plain_list, reading_database
 from edgegw.errors import ConfigError
 from edgegw.keys import load_keys, plain_frames_accepted
 
@@ -31,7 +31,8 @@ def status(config_path: Path, as_json: bool) -> None:
     path = db_path(config.data_dir)
     if not path.exists():
         raise click.ClickException(f"no database at {path}: has `edgegw run -c {config_path}` run yet?")
-    st = read_status(path)
+    with reading_database(path):
+        st = read_status(path)
     st["gateway"] = config.gateway_id
     levels = {u.name: acknowledgement_level(u.type) for u in config.effective_uplinks()}
     for u in st["uplinks"]:  # how far an acknowledged item got: an MQTT agent's PUBACK is only the broker's
@@ -197,7 +198,8 @@ def alarms_command(config_path: Path, as_json: bool, recent: int) -> None:
     path = db_path(config.data_dir)
     if not path.exists():
         raise click.ClickException(f"no database at {path}: has `edgegw run -c {config_path}` run yet?")
-    found = alarms(path, recent)
+    with reading_database(path):
+        found = alarms(path, recent)
     if as_json:
         click.echo(json.dumps(found, indent=2, ensure_ascii=False))
         return

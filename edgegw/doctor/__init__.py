@@ -52,8 +52,11 @@ def diagnose(config: Config, config_path: Path, user: ServiceUser, probe_radio: 
     if running.status == "warning":  # a daemon runs: it knows how its modules are
         findings += radio.daemon_sources(config)
     findings += storage.data_dir(config, user)
+    findings.append(storage.database(config))
     findings += [host.clock(config), *host.throttling()]
     findings += network.uplinks(config, user)
+    if running.status == "warning":
+        findings += network.daemon_uplinks(config)
     findings += security.secrets(config, config_path, user)
     findings += security.devices(config)
     return findings

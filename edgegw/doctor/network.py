@@ -43,6 +43,47 @@ def uplinks(config: Config, user: ServiceUser) -> list[Finding]:
     return findings
 
 
+def daemon_uplinks(config: Config) -> list[Finding]:
+    """While a daemon runs, what it last recorded of each uplink: a peer that accepts connections
+    may still never acknowledge (a broker that sends no CONNACK or PUBACK, a platform answering 500)."""
+    import sqlite3
+    import time
+
+    from edgegw.dbfile import explain
+    from edgegw.store.connection import db_path, open_reader
+
+    path = db_path(config.data_dir)
+    if not path.exists():
+        return []
+    names = {u.name for u in config.effective_uplinks()}
+    try:
+        conn = open_reader(path)
+        try:
+            rows = conn.execute("SELECT name, state, detail, changed_at FROM uplinks").fetchall()
+        finally:
+            conn.close()
+    except (sqlite3.DatabaseError, PermissionError) as exc:
+        return [Finding("uplink_state", "uplinks", "skipped", explain(path, exc))]
+    findings = []
+    for name, state, detail, changed_at in rows:
+        if name not in names:
+            continue
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(changed_at or 0))
+        if state == "stalled":
+            findings.append(Finding("uplink_state", f"uplink {name}", "fault",
+                                    f"the running daemon's uplink is stalled since {since}: {detail}",
+                                    "edgegw status says what waits; check the platform's side (its logs, the"
+                                    " credentials, a broker or agent that takes connections but does not answer)"))
+        elif state == "down":
+            findings.append(Finding("uplink_state", f"uplink {name}", "warning",
+                                    f"the running daemon's uplink is down since {since}: {detail}",
+                                    "the daemon tries again with a backoff; if this lasts, check the address, the"
+                                    " network and the platform"))
+        elif state is not None:
+            findings.append(Finding("uplink_state", f"uplink {name}", "ok", f"the running daemon's uplink is {state}"))
+    return findings
+
+
 def ca_readable(subject: str, ca_file: Path, user: ServiceUser) -> Finding | None:
     """A fault if ``user`` may not read the CA file (this process may be root, who reads anything)."""
     try:

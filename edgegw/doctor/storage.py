@@ -4,10 +4,12 @@ writable and has room."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import tempfile
 from pathlib import Path
 
 from edgegw.config import Config
+from edgegw.dbfile import explain, is_damage
 from edgegw.doctor import Finding
 from edgegw.doctor.access import SEARCH, WRITE, ServiceUser
 
@@ -77,3 +79,27 @@ def _room(subject: str, where: Path, fs: os.statvfs_result, min_free: int) -> Fi
         return Finding("disk", subject, "warning", f"{text}: nearly full",
                        "free space there before the disk cap starts deleting the oldest readings")
     return Finding("disk", subject, "ok", text)
+
+
+def database(config: Config) -> Finding:
+    """The gateway database opens and reads as one (the daemon sets a damaged one aside at its
+    start, and stops when it finds damage in use: a maintainer should know before restarting it)."""
+    from edgegw.store.connection import db_path, open_reader
+
+    path = db_path(config.data_dir)
+    subject = f"database {path}"
+    if not path.exists():
+        return Finding("database", subject, "ok", "not made yet: the daemon makes it at its first start")
+    try:
+        conn = open_reader(path)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            conn.close()
+    except (sqlite3.DatabaseError, PermissionError) as exc:
+        if is_damage(exc):
+            return Finding("database", subject, "fault", f"damaged: {exc}",
+                           "sudo systemctl restart edgegw: the daemon sets it aside (kept, never deleted) and"
+                           " starts a fresh one; what it held is lost unless it was already delivered")
+        return Finding("database", subject, "skipped", explain(path, exc))
+    return Finding("database", subject, "ok", "opens and reads")

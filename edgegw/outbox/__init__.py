@@ -37,13 +37,14 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal, ParamSpec, TypeVar
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 from sqlite_utils import Database
 
 from edgegw.config import Duration
 from edgegw.config.base import WRITTEN
+from edgegw.dbfile import explain
 from edgegw.errors import OutboxError
 from edgegw.outbox.purge import PURGE_CHUNK, Purge
 from edgegw.outbox.results import (
@@ -78,19 +79,19 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _sqlite_errors(method: Callable[P, R]) -> Callable[P, R]:
+def _sqlite_errors(method: Callable[Concatenate[Outbox, P], R]) -> Callable[Concatenate[Outbox, P], R]:
     """Turn SQLite's errors (locked for longer than busy_timeout, not a database, ...) into OutboxError."""
 
     @functools.wraps(method)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+    def wrapper(self: Outbox, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return method(*args, **kwargs)
+            return method(self, *args, **kwargs)
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc) or "busy" in str(exc):
                 raise OutboxError(f"the database stayed locked ({exc}); the daemon may be busy: try again") from None
-            raise OutboxError(f"database error: {exc}") from None
+            raise OutboxError(explain(self.path, exc)) from None
         except sqlite3.DatabaseError as exc:
-            raise OutboxError(f"database error: {exc}") from None
+            raise OutboxError(explain(self.path, exc)) from None
 
     return wrapper
 
@@ -298,7 +299,7 @@ class Outbox:
         try:
             db = self._reader()
         except sqlite3.Error as exc:
-            raise OutboxError(f"database error: {exc}") from None
+            raise OutboxError(explain(self.path, exc)) from None
         try:
             names = _uplink_names(db)
             where, args = _filters(kind, device, "kind", "device_id")
@@ -312,7 +313,7 @@ class Outbox:
                                 f" WHERE {' AND '.join(where) or '1'} ORDER BY seq", args):
                 yield {**row, "pending": ",".join(_names(row["pending"], names))}
         except sqlite3.Error as exc:
-            raise OutboxError(f"database error: {exc}") from None
+            raise OutboxError(explain(self.path, exc)) from None
         finally:
             db.close()
 

@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from edgegw.dbfile import explain
 from edgegw.errors import OutboxError
 from edgegw.outbox.results import DiskUsage
 from edgegw.store.alarms import count_purgeable
@@ -55,7 +56,7 @@ class Purge:
         try:
             conn = self.outbox._writer()
         except sqlite3.Error as exc:
-            raise OutboxError(f"database error: {exc}") from None
+            raise OutboxError(explain(self.outbox.path, exc)) from None
         try:
             more = True
             while more:
