@@ -95,6 +95,13 @@ class Gateway:
             db_path(config.data_dir), lambda path: Store(path, config.store.synchronous, config.store.rejects_kept))
         uplinks = config.effective_uplinks()
         bits = self.store.register_uplinks([u.name for u in uplinks])
+        # What a daemon killed before this one recorded ("receiving", "up") is not this one's: until
+        # its own stages say, status shows them starting, not a port or a broker connection as open.
+        with self.store.transaction(durable=False):
+            for source in config.sources:
+                self.store.source_state(source.name, "starting", "the daemon is starting", time.time())
+            for uplink in uplinks:
+                self.store.uplink_state(uplink.name, "starting", "the daemon is starting", time.time())
         for name, kinds in self.store.released.items():
             log.warning("uplink no longer in the config: what waited for it alone is released unsent",
                         uplink=name, **kinds)

@@ -142,6 +142,7 @@ class Daemon:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Daemon:
+        self.started_at = time.time()  # what the database says from before is not this process's
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         with open(self.log, "ab") as log:
             main = ["-c", f"{self.inject}\nfrom edgegw.cli import main\nmain()"] if self.inject else ["-m", "edgegw"]
@@ -161,7 +162,8 @@ class Daemon:
     def wait_receiving(self, timeout: float = 20.0) -> None:
         def receiving() -> bool:
             self.check_alive()
-            return any(s["state"] == "receiving" for s in self.status().get("sources", []))
+            return any(s["state"] == "receiving" and s["changed_at"] >= self.started_at
+                       for s in self.status().get("sources", []))
         wait_until(receiving, timeout, f"source receiving (log: {self.log_tail()})")
 
     def wait_uplinks_up(self, timeout: float = 20.0) -> None:
