@@ -250,6 +250,50 @@ def test_export_as_csv_to_a_file(runner, site, tmp_path):
     assert site.run(runner, "export", "--uplink", "nowhere").stderr.startswith("Error: unknown uplink 'nowhere'")
 
 
+def test_export_to_a_folder_that_is_not_there_says_so_even_with_nothing_to_export(runner, site, tmp_path):
+    # It exited 0 and said nothing when no row matched: the USB stick's folder mistyped went unseen.
+    for kind in ("reading", "alarm"):
+        result = site.run(runner, "export", "--kind", kind, "--device", "nobody", "-o", str(tmp_path / "no" / "x"))
+        assert result.exit_code == 1
+        assert result.stderr == (f"Error: could not write {tmp_path / 'no' / 'x'}: No such file or directory;"
+                                 " nothing was exported\n")
+
+
+def test_export_onto_a_full_stick_leaves_no_part_of_a_file_and_the_old_one_whole(runner, site, tmp_path):
+    import os
+    import subprocess
+
+    stick = tmp_path / "stick"
+    stick.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(stick)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        (stick / "backlog.jsonl").write_text("yesterday's export\n")
+        with (stick / "filler").open("wb", buffering=0) as filler, pytest.raises(OSError):
+            while True:
+                filler.write(b"x" * 4096)
+        result = site.run(runner, "export", "--pending", "-o", str(stick / "backlog.jsonl"))
+        assert result.exit_code == 1, result.output
+        assert result.stderr == (f"Error: could not write {stick / 'backlog.jsonl'}: No space left on device;"
+                                 " nothing was exported\n")  # not a traceback
+        assert sorted(p.name for p in stick.iterdir()) == ["backlog.jsonl", "filler"]
+        assert (stick / "backlog.jsonl").read_text() == "yesterday's export\n"
+        (stick / "filler").unlink()
+        result = site.run(runner, "export", "--pending", "-o", str(stick / "backlog.jsonl"))
+        assert result.exit_code == 0 and result.stderr == f"5 row(s) written to {stick / 'backlog.jsonl'}\n"
+        assert len((stick / "backlog.jsonl").read_text().splitlines()) == 5
+    finally:
+        subprocess.run(["umount", "-l", str(stick)])
+
+
+def test_alarms_recent_takes_a_count_not_a_negative_or_a_number_past_sqlite(runner, site):
+    for recent in ("-3", str(10**20)):
+        result = runner.invoke(cli, ["alarms", "-c", str(site.config), "--recent", recent])
+        assert result.exit_code == 2 and "is not in the range 0<=x<=1000000" in result.stderr, result.output
+
+
 def test_list_pending_text_and_limit(runner, site):
     result = site.run(runner, "list", "--pending", "--limit", "2")
     assert result.exit_code == 0, result.output
@@ -335,7 +379,7 @@ def test_show_text_has_the_state_per_uplink_and_the_full_json(runner, site):
 
 
 def test_show_unknown_id(runner, site):
-    for ident in ("river-03:0:99", "999"):
+    for ident in ("river-03:0:99", "999", "9" * 25, "²"):  # past SQLite's integers; a digit, not ASCII
         result = site.run(runner, "show", ident)
         assert result.exit_code == 1
         assert result.stdout == ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -146,26 +147,66 @@ def outbox_list(config_path: Path, state: str | None, kind: str | None, device: 
 @click.option("--uplink", help="only items pending for this uplink")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True,
               help="JSON lines (one object per row, the item as JSON) or CSV (the item as JSON text)")
-@click.option("-o", "--output", type=click.File("w", encoding="utf-8"), default="-", help="file to write (default: stdout)")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path), default="-",
+              help="file to write (default: stdout)")
 def outbox_export(config_path: Path, state: str | None, kind: str | None, device: str | None, uplink: str | None,
-                  fmt: str, output) -> None:
+                  fmt: str, output: Path) -> None:
     """Export outbox rows with their batch items, in seq order: to hand a backlog to a platform by
-    hand, or to look at it in a spreadsheet. Streams; safe while the daemon runs.
+    hand, or to look at it in a spreadsheet. Streams; safe while the daemon runs. A file is whole or
+    not there: written beside its name, synced, then renamed (a USB stick pulled at once keeps it).
 
     Example: edgegw outbox export -c /etc/edgegw/gateway.toml --pending --format csv -o backlog.csv
     """
+    rows = _outbox(config_path).export(state=state, kind=kind, device=device, uplink=uplink)
+    if str(output) == "-":
+        _write_rows(sys.stdout, rows, fmt)
+        return
+    if output.exists() and not output.is_file():  # a pipe, /dev/stdout: written to, never replaced
+        try:
+            with open(output, "w", encoding="utf-8", newline="") as out:
+                _write_rows(out, rows, fmt)
+        except OSError as exc:
+            raise click.ClickException(f"could not write {output}: {exc.strerror or exc}") from None
+        return
+    partial = output.with_name(f".{output.name}.partial")
+    try:
+        try:
+            with open(partial, "w", encoding="utf-8", newline="") as out:
+                written = _write_rows(out, rows, fmt)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(partial, output)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        directory = os.open(output.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename too
+        finally:
+            os.close(directory)
+    except OSError as exc:
+        raise click.ClickException(f"could not write {output}: {exc.strerror or exc}; nothing was exported") from None
+    click.echo(f"{written} row(s) written to {output}", err=True)
+
+
+def _write_rows(out, rows, fmt: str) -> int:
+    """Write the export's ``rows`` to ``out`` as ``fmt``; how many."""
     import csv
 
     from edgegw.outbox import EXPORT_COLUMNS
 
-    rows = _outbox(config_path).export(state=state, kind=kind, device=device, uplink=uplink)
+    written = 0
     if fmt == "csv":
-        writer = csv.DictWriter(output, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(out, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
-        return
+        for row in rows:
+            writer.writerow(row)
+            written += 1
+        return written
     for row in rows:
-        output.write(json.dumps({**row, "item": json.loads(row["item"])}, ensure_ascii=False) + "\n")
+        out.write(json.dumps({**row, "item": json.loads(row["item"])}, ensure_ascii=False) + "\n")
+        written += 1
+    return written
 
 
 @outbox_group.command("show")

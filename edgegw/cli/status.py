@@ -185,7 +185,8 @@ def _format_status(st: dict) -> str:
 @cli.command("alarms")
 @config_option
 @json_option
-@click.option("--recent", default=20, show_default=True, help="how many recent alarms (open or closed) to list")
+@click.option("--recent", default=20, show_default=True, type=click.IntRange(0, 1_000_000),
+              help="how many recent alarms (open or closed) to list")
 def alarms_command(config_path: Path, as_json: bool, recent: int) -> None:
     """List open alarms, then the most recent ones (a running gateway's database is read, not locked).
 

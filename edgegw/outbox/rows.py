@@ -62,7 +62,7 @@ def _find(conn: Queries, ident: str) -> sqlite3.Row | None:
     row = (conn.execute(f"SELECT {cols} FROM outbox_items WHERE counter IS NULL AND item_id = ?", (ident,)).fetchone()
            or conn.execute(f"SELECT {cols} FROM outbox_items WHERE counter IS NOT NULL AND item_id = ?",
                            (ident,)).fetchone())
-    if row is None and ident.isdigit():
+    if row is None and ident.isascii() and ident.isdigit() and int(ident) < 2**63:  # a seq: an SQLite INTEGER
         row = conn.execute(f"SELECT {cols} FROM outbox_items WHERE seq = ?", (int(ident),)).fetchone()
     return row
 
