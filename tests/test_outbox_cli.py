@@ -294,6 +294,19 @@ def test_alarms_recent_takes_a_count_not_a_negative_or_a_number_past_sqlite(runn
         assert result.exit_code == 2 and "is not in the range 0<=x<=1000000" in result.stderr, result.output
 
 
+def test_status_shows_what_a_peer_answered_without_letting_it_drive_the_terminal(runner, site):
+    # An HTTP peer's garbage status line reached the maintainer's terminal raw: ESC ] 0 ; ... BEL
+    # set its title, and any other escape sequence would do what it says.
+    store = Store(site.db)
+    with store.transaction(durable=False):
+        store.uplink_state("orion", "down", "HTTP 400: \x1b]0;owned\x07\x00\x9b", time.time())
+    store.close()
+    result = runner.invoke(cli, ["status", "-c", str(site.config)])
+    assert result.exit_code == 0, result.output
+    assert "HTTP 400: \\x1b]0;owned\\x07\\x00\\x9b" in result.stdout
+    assert not any(c in result.stdout for c in "\x1b\x07\x00\x9b")
+
+
 def test_list_pending_text_and_limit(runner, site):
     result = site.run(runner, "list", "--pending", "--limit", "2")
     assert result.exit_code == 0, result.output

@@ -3,6 +3,7 @@ with every problem listed, and the exit codes systemd's unit relies on."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator
@@ -83,6 +84,17 @@ def check_config_or_exit(path: Path, keys: bool = False) -> tuple[Config, Driver
         for p in exc.problems:
             click.echo(f"  {exc.path}: {p}", err=True)
         sys.exit(EXIT_CONFIG)
+
+
+# C0 controls but newline and tab, DEL and C1: what a terminal would act on rather than show.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def shown(text: str) -> str:
+    """``text`` safe to print to a terminal: control characters written as escapes. What a peer
+    answered (an error text) or a radio sent (a payload's string value) reaches status output, and
+    ESC ] 0 ; ... BEL set the maintainer's terminal title."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 @contextmanager

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from edgegw.cli.common import cli, config_option, json_option, load_config_or_exit
+from edgegw.cli.common import cli, config_option, json_option, load_config_or_exit, shown
 from edgegw.cli.status import ago
 
 
@@ -93,7 +93,7 @@ def outbox_stats(config_path: Path, as_json: bool) -> None:
     d = st.disk
     out.append(f"disk     database {_size(d.database_bytes)}, WAL {_size(d.wal_bytes)}, "
                f"{_size(d.free_bytes)} free inside the database")
-    click.echo("\n".join(out))
+    click.echo(shown("\n".join(out)))
 
 
 @outbox_group.command("list")
@@ -133,7 +133,7 @@ def outbox_list(config_path: Path, state: str | None, kind: str | None, device: 
     if not rows:
         click.echo("no items")
         return
-    click.echo("\n".join(lines))
+    click.echo(shown("\n".join(lines)))
     if limit and len(rows) == limit:
         click.echo(f"(the first {limit}; --limit 0 lists all)")
 
@@ -232,7 +232,7 @@ def outbox_show(config_path: Path, as_json: bool, ident: str) -> None:
         state = {"pending": "pending", "done": "done (acknowledged, or the uplink came later)"}.get(d.state)
         out.append(f"  {name:<12} " + (state or f"parked {_utc(d.parked_at)}: {d.error}"))
     out.append(json.dumps(item.body, indent=2, ensure_ascii=False))
-    click.echo("\n".join(out))
+    click.echo(shown("\n".join(out)))
 
 
 @outbox_group.command("retry")

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import click
 
-from edgegw.cli.common import cli, config_option, json_option, load_config_or_exit, plain_list, reading_database
+from edgegw.cli.common import (
+    cli,
+    config_option,
+    json_option,
+    load_config_or_exit,
+    plain_list,
+    reading_database,
+    shown,
+)
 from edgegw.errors import ConfigError
 from edgegw.keys import load_keys, plain_frames_accepted
 
@@ -58,7 +66,7 @@ def status(config_path: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(st, indent=2))
     else:
-        click.echo(_format_status(st))
+        click.echo(shown(_format_status(st)))
 
 
 def ago(now: float, t: float | None) -> str:
@@ -205,11 +213,11 @@ def alarms_command(config_path: Path, as_json: bool, recent: int) -> None:
         click.echo(json.dumps(found, indent=2, ensure_ascii=False))
         return
     now = time.time()
-    click.echo("\n".join(_format_open(now, found["open"])))
+    click.echo(shown("\n".join(_format_open(now, found["open"]))))
     click.echo(f"recent alarms ({len(found['recent'])})")
     for a in found["recent"]:
         closed = f"  [closed by {a['closed_by']}]" if a["closed_by"] else ""
-        click.echo(_format_alarm(now, a) + closed)
+        click.echo(shown(_format_alarm(now, a) + closed))
 
 
 # -- outbox -----------------------------------------------------------------------------------------
