@@ -65,11 +65,11 @@ class Rig:
         self.alarms += new
         return new
 
-    def read(self, device: str, values: dict, at: float, now: float | None = None) -> list[Alarm]:
+    def read(self, device: str, values: dict, at: float, now: float | None = None, verified: bool = False) -> list[Alarm]:
         self.counter += 1
         driver = "trap" if device.startswith("trap") else "water_level"
         reading = Reading(f"{device}:0:{self.counter}", device, driver, at, "synced", self.counter, values,
-                          "lora0", 17, None, None, 0.0, "boot")
+                          "lora0", 17, None, None, 0.0, "boot", verified=verified)
         now = at if now is None else now
         self.store.begin()
         return self._commit(self.engine.observe(reading, now), now)
@@ -597,6 +597,22 @@ def test_no_timers_while_the_clock_is_implausible(tmp_path):
     rig = Rig(tmp_path / "gw.db", config(), now=1000.0)  # a Pi booted without RTC: 1970
     rig.tick(1000.0 + 86400)
     assert rig.alarms == []
+
+
+def test_an_authenticated_catch_after_an_unverified_one_is_an_alarm_of_its_own(tmp_path):
+    # A keyed trap in its rollout window takes plain frames too: one forged "sprung" raised an
+    # unverified alarm, and the real, sealed catch after it was a repeat, ignored. A siren told to
+    # trust only verified alarms never sounded (an outside attack harness).
+    rig = Rig(tmp_path / "gw.db", config(RULES_ALL))
+    (forged,) = rig.read("trap-01", trap("sprung"), T0)
+    assert forged.kind == "trap_sprung" and forged.verified is False
+    (real,) = rig.read("trap-01", trap("sprung"), T0 + 60, verified=True)
+    assert real.kind == "trap_sprung" and real.verified is True and real.closes == (forged.alarm_id,)
+    assert rig.read("trap-01", trap("sprung"), T0 + 120, verified=True) == []  # its repeats change nothing
+    assert rig.read("trap-01", trap("sprung"), T0 + 180) == []  # nor does an unverified one now
+    (rearmed,) = rig.read("trap-01", trap("armed"), T0 + 240, verified=True)
+    assert rearmed.kind == "trap_rearmed" and rearmed.closes == (real.alarm_id,)
+    assert rearmed.details["sprung_for_s"] == 240  # since the first word of the catch
 
 
 def test_a_trap_taken_out_of_the_config_and_back_forgets_its_old_catch(tmp_path):

@@ -2,7 +2,10 @@
 
 A sprung trap holds a live animal: leaving it unchecked is an animal-welfare and legal problem, so
 the alarm is repeated every ``reminder`` until a reading says the trap is armed again. Repeated
-sprung frames (the device reports its state each interval) change nothing.
+sprung frames (the device reports its state each interval) change nothing, but for one: an
+authenticated catch after an unverified one (a keyed trap in its rollout window, whose plain frames
+anyone may forge) is an alarm of its own, since a siren told to trust only verified alarms must
+hear it.
 """
 
 from __future__ import annotations
@@ -24,12 +27,17 @@ class TrapWatch:
         if value is None:
             return
         sprung = value == self.rule.sprung
-        if sprung and not state.get("sprung"):
+        # A catch told by an unverified frame before this authenticated one: a state from before
+        # "verified" was kept counts as this frame's.
+        confirmed = sprung and state.get("sprung") and obs.verified and not state.get("verified", True)
+        if sprung and (not state.get("sprung") or confirmed):
             alarm = ctx.raise_alarm(
                 "trap_sprung", "high", obs.reading_id, obs.observed_at, f"{ctx.label()}: trap sprung", obs,
-                {self.rule.value: value}, opens=True,
+                {self.rule.value: value}, opens=True, closes=(state["alarm"],) if confirmed else (),
             )
-            state.update(sprung=True, since=obs.observed_at, alarm=alarm, cause=obs.reading_id, reminders=0)
+            state.update(sprung=True, since=state["since"] if confirmed else obs.observed_at, alarm=alarm,
+                         cause=obs.reading_id, reminders=state.get("reminders", 0) if confirmed else 0)
+            state["verified"] = obs.verified
         elif not sprung and state.get("sprung"):
             ctx.raise_alarm(
                 "trap_rearmed", "informational", obs.reading_id, obs.observed_at,
@@ -37,7 +45,7 @@ class TrapWatch:
                 {self.rule.value: value, "sprung_for_s": round(obs.observed_at - state["since"], 1)},
                 closes=(state["alarm"],),
             )
-            state.update(sprung=False, alarm=None, cause=None, reminders=0)
+            state.update(sprung=False, alarm=None, cause=None, reminders=0, verified=None)
         elif not sprung:
             state["sprung"] = False
 
