@@ -30,6 +30,7 @@ from edgegw.drivers import Decoded, Driver, DriverRegistry
 from edgegw.envelope import EnvelopeError, Opened, looks_sealed, open_envelope
 from edgegw.errors import DecodeError, FrameRefused
 from edgegw.keys import load_keys
+from edgegw.log import Throttle
 from edgegw.model import Frame, Reading, Reject, boot_id
 from edgegw.store import LATE_WINDOW, DeviceState, Store
 
@@ -120,6 +121,7 @@ class Ingest:
         store.note_boot(self.boot_id)
         self.configure(config, drivers, uplink_mask)
         self.allowance = Allowance()
+        self.throttle = Throttle(60.0)  # new counter epochs logged, by device
         # device id -> {counter: (seq, accepted at)} of its recent frames in the current epoch, oldest first
         self.recent: dict[str, dict[int, tuple[int, float]]] = self._recent_frames(store)
 
@@ -227,8 +229,11 @@ class Ingest:
                     if self._copy(device.id, earlier_id, counter, frame.payload, now):
                         return self._duplicate(state, earlier_id)
                     # Same counter with other bytes, or far behind: the counter wrapped or the device restarted.
-                    log.info("frame counter went back: new counter epoch", device=device.id, source=frame.source,
-                             last_counter=last, counter=counter, epoch=state.epoch + 1, seen_before=bool(seen))
+                    # (Or anyone in range sends its address random counters: a line a minute, not a frame.)
+                    if (suppressed := self.throttle.allow(device.id)) is not None:
+                        log.info("frame counter went back: new counter epoch", device=device.id, source=frame.source,
+                                 last_counter=last, counter=counter, epoch=state.epoch + 1, seen_before=bool(seen),
+                                 similar_suppressed=suppressed)
                     self._new_epoch(state, state.epoch + 1, counter)
                 else:  # a late frame, never seen, within the window: it keeps the current epoch
                     state.seen |= 1 << behind

@@ -79,6 +79,20 @@ def test_device_reset_starts_a_new_epoch(tmp_path):
     assert ids(handle(ingest, frame(0, level=1200), frame(1, level=1201))) == ["river-01:1:0", "river-01:1:1"]
 
 
+def test_counters_going_back_again_and_again_are_one_log_line_a_minute(tmp_path):
+    # Anyone in range can send a plain device's address random counters: each that went back
+    # logged a line, without bound for a device with no rate limit.
+    from structlog.testing import capture_logs
+
+    ingest = make(tmp_path)
+    with capture_logs() as logs:
+        results = handle(ingest, *(frame(counter) for counter in (5000, 10, 4000, 20, 3000, 30)))
+    assert ids(results) == ["river-01:0:5000", "river-01:1:10", "river-01:1:4000", "river-01:2:20",
+                            "river-01:2:3000", "river-01:3:30"]  # three counters went back
+    epochs = [e for e in logs if e["event"] == "frame counter went back: new counter epoch"]
+    assert len(epochs) == 1 and epochs[0]["epoch"] == 1
+
+
 def test_counter_wrap_starts_a_new_epoch(tmp_path):
     ingest = make(tmp_path)
     assert ids(handle(ingest, frame(65534), frame(65535), frame(0), frame(1))) == [
