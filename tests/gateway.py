@@ -140,9 +140,12 @@ class Daemon:
         self.db = config.parent / "data" / "edgegw.db"
         self.log = config.parent / "daemon.log"
         self.proc: subprocess.Popen | None = None
+        self.recorded: dict[str, float] = {}  # source -> when its state was recorded before start()
 
     def start(self) -> Daemon:
-        self.started_at = time.time()  # what the database says from before is not this process's
+        # What the database says of the sources from before is not this process's (a daemon killed
+        # with kill -9 left "receiving"): by when it was recorded, which libfaketime may have set.
+        self.recorded = {s["name"]: s["changed_at"] for s in self.status().get("sources", [])}
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         with open(self.log, "ab") as log:
             main = ["-c", f"{self.inject}\nfrom edgegw.cli import main\nmain()"] if self.inject else ["-m", "edgegw"]
@@ -162,7 +165,7 @@ class Daemon:
     def wait_receiving(self, timeout: float = 20.0) -> None:
         def receiving() -> bool:
             self.check_alive()
-            return any(s["state"] == "receiving" and s["changed_at"] >= self.started_at
+            return any(s["state"] == "receiving" and s["changed_at"] != self.recorded.get(s["name"])
                        for s in self.status().get("sources", []))
         wait_until(receiving, timeout, f"source receiving (log: {self.log_tail()})")
 
