@@ -267,11 +267,11 @@ class Gateway:
                 self.ingest.configure(config, drivers, routes.reading)
             except Exception as exc:  # nothing swapped yet: the writer goes on with the running config
                 if rules is not None:
-                    self.store.on_rollback.remove(rules.reload)
+                    rules.detach()
                 failed.append(exc)
                 raise
             # Nothing below can fail: the writer takes the new config whole.
-            self.store.on_rollback.remove(self.rules.reload)
+            self.rules.detach()
             self.rules = self.writer.rules = rules
             w = self.writer
             w.config, w.bits, w.routing = config, bits, routes

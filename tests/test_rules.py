@@ -593,6 +593,15 @@ def test_a_rolled_back_group_keeps_when_devices_were_last_heard_before_it(rig):
     assert sorted(a.device_id for a in rig.alarms if a.kind == "device_silent") == ["river-01", "trap-01"]
 
 
+def test_an_engine_replaced_at_a_reload_stops_following_the_store(tmp_path):
+    # Each SIGHUP built an engine whose hooks the store kept calling after the next replaced it.
+    store = Store(tmp_path / "gw.db")
+    first = RuleEngine(config(), DRIVERS, store, T0, 0.0)
+    second = RuleEngine(config(), DRIVERS, store, T0, 0.0)
+    first.detach()
+    assert store.on_commit == [second._on_commit] and store.on_rollback == [second.reload]
+
+
 def test_no_timers_while_the_clock_is_implausible(tmp_path):
     rig = Rig(tmp_path / "gw.db", config(), now=1000.0)  # a Pi booted without RTC: 1970
     rig.tick(1000.0 + 86400)

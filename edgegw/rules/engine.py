@@ -370,6 +370,11 @@ class RuleEngine:
             if watch.deaf(state, seconds):
                 self._dirty.add(key)
 
+    def detach(self) -> None:
+        """Stop following the store's commits and rollbacks: another engine takes over (a reload)."""
+        self.store.on_rollback.remove(self.reload)
+        self.store.on_commit.remove(self._on_commit)
+
     def _on_commit(self) -> None:
         """The writer's transaction committed: keep the progress it made and did not write, for a
         rollback to come back to (see :meth:`reload`)."""
